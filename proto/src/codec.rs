@@ -1,0 +1,481 @@
+//! The two sub-protocols: `herald.v1.json` (text frames) and `herald.v1.msgpack` (binary
+//! frames, MessagePack maps with the same field names).
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::frame::{ClientFrame, ClientOp, Event, EventRef, Id, Payload, ServerFrame};
+
+/// The sub-protocol name of the JSON codec.
+pub const JSON_PROTOCOL: &str = "herald.v1.json";
+/// The sub-protocol name of the MessagePack codec.
+pub const MSGPACK_PROTOCOL: &str = "herald.v1.msgpack";
+
+/// A wire codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Json,
+    MsgPack,
+}
+
+/// Why a client frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a value of the codec at all (close 1007).
+    #[error("undecodable frame: {0}")]
+    Undecodable(String),
+    /// A value, but not a valid op (`bad_request`; the connection stays open).
+    #[error("{message}")]
+    BadRequest { id: Option<Id>, message: String },
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("binary data cannot be sent over the JSON protocol")]
+    BinaryOverJson,
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    MsgPack(#[from] rmp_serde::encode::Error),
+}
+
+/// A client op as it appears on the wire, before validation. Unknown fields are ignored.
+#[derive(Deserialize)]
+struct WireOp<D> {
+    op: Option<String>,
+    id: Option<Id>,
+    room: Option<String>,
+    since: Option<u64>,
+    presence: Option<bool>,
+    data: Option<D>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    users: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct EventOut<'a, D> {
+    t: &'static str,
+    room: &'a str,
+    seq: u64,
+    prev: u64,
+    ts: u64,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<D>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_b64: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MsgPackData<'a> {
+    Value(serde_json::Value),
+    Bytes(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+// === impl Codec ===
+
+impl Codec {
+    /// The codec of a `Sec-WebSocket-Protocol` name.
+    pub fn from_protocol(name: &str) -> Option<Self> {
+        match name.trim() {
+            JSON_PROTOCOL => Some(Self::Json),
+            MSGPACK_PROTOCOL => Some(Self::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Self::Json => JSON_PROTOCOL,
+            Self::MsgPack => MSGPACK_PROTOCOL,
+        }
+    }
+
+    /// Whether frames of this codec travel as binary WebSocket frames.
+    pub fn is_binary(self) -> bool {
+        self == Self::MsgPack
+    }
+
+    // --- client frames ---
+
+    pub fn decode_client(self, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+        match self {
+            Self::Json => decode_client_json(bytes),
+            Self::MsgPack => decode_client_msgpack(bytes),
+        }
+    }
+
+    pub fn encode_client(self, frame: &ClientFrame) -> Result<Vec<u8>, EncodeError> {
+        let value = client_to_json(frame)?;
+        self.encode_value(&value)
+    }
+
+    // --- server frames ---
+
+    /// Encodes a stored event. The hot path: called once per event per codec, not per client.
+    pub fn encode_event(self, ev: EventRef<'_>) -> Vec<u8> {
+        let json = crate::frame::is_json(ev.payload);
+        fn out<'a, D>(ev: &EventRef<'a>, data: Option<D>, data_b64: Option<String>) -> EventOut<'a, D> {
+            EventOut {
+                t: "event",
+                room: ev.room,
+                seq: ev.seq,
+                prev: ev.prev,
+                ts: ev.ts,
+                kind: ev.kind,
+                from: ev.from,
+                data,
+                data_b64,
+            }
+        }
+        let encoded = match self {
+            Self::Json if json => {
+                let raw: &RawValue = serde_json::from_slice(ev.payload).expect("checked above");
+                serde_json::to_vec(&out(&ev, Some(raw), None)).map_err(EncodeError::from)
+            }
+            Self::Json => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(ev.payload);
+                serde_json::to_vec(&out(&ev, None::<&RawValue>, Some(b64))).map_err(EncodeError::from)
+            }
+            Self::MsgPack => {
+                let data = match serde_json::from_slice::<serde_json::Value>(ev.payload) {
+                    Ok(v) if json => MsgPackData::Value(v),
+                    _ => MsgPackData::Bytes(ev.payload),
+                };
+                rmp_serde::to_vec_named(&out(&ev, Some(data), None)).map_err(EncodeError::from)
+            }
+        };
+        encoded.expect("an event of plain fields always encodes")
+    }
+
+    pub fn encode_server(self, frame: &ServerFrame) -> Vec<u8> {
+        if let ServerFrame::Event(ev) = frame {
+            let payload = match (&ev.data, &ev.data_bytes) {
+                (_, Some(b)) => b.clone(),
+                (Some(v), None) => serde_json::to_vec(v).expect("a JSON value encodes"),
+                (None, None) => b"null".to_vec(),
+            };
+            return self.encode_event(EventRef {
+                room: &ev.room,
+                seq: ev.seq,
+                prev: ev.prev,
+                ts: ev.ts,
+                kind: ev.kind.as_deref(),
+                from: ev.from.as_deref(),
+                payload: &payload,
+            });
+        }
+        match self {
+            Self::Json => serde_json::to_vec(frame).expect("server frames always encode"),
+            Self::MsgPack => rmp_serde::to_vec_named(frame).expect("server frames always encode"),
+        }
+    }
+
+    pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
+        let undecodable = |e: &dyn std::fmt::Display| DecodeError::Undecodable(e.to_string());
+        let (mut value, bin) = match self {
+            Self::Json => (serde_json::from_slice(bytes).map_err(|e| undecodable(&e))?, None),
+            Self::MsgPack => {
+                let mut v = read_msgpack(bytes)?;
+                let bin = take_binary_data(&mut v);
+                (serde_json::to_value(&v).map_err(|e| undecodable(&e))?, bin)
+            }
+        };
+        let b64 = value
+            .as_object_mut()
+            .and_then(|m| m.remove("data_b64"))
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let mut frame: ServerFrame = serde_json::from_value(value).map_err(|e| undecodable(&e))?;
+        if let ServerFrame::Event(Event { data_bytes, .. }) = &mut frame {
+            *data_bytes = match (bin, b64) {
+                (Some(b), _) => Some(b),
+                (None, Some(s)) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|e| undecodable(&e))?,
+                ),
+                (None, None) => None,
+            };
+        }
+        Ok(frame)
+    }
+
+    fn encode_value(self, value: &serde_json::Value) -> Result<Vec<u8>, EncodeError> {
+        Ok(match self {
+            Self::Json => serde_json::to_vec(value)?,
+            Self::MsgPack => rmp_serde::to_vec_named(value)?,
+        })
+    }
+}
+
+fn decode_client_json(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    match serde_json::from_slice::<WireOp<Box<RawValue>>>(bytes) {
+        Ok(wire) => validate(wire, |raw| {
+            Ok(Payload::Json(Bytes::copy_from_slice(raw.get().as_bytes())))
+        }),
+        Err(e) => {
+            let id = serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .and_then(|id| serde_json::from_value(id).ok());
+            Err(DecodeError::BadRequest {
+                id,
+                message: format!("malformed op: {e}"),
+            })
+        }
+    }
+}
+
+fn decode_client_msgpack(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let value = read_msgpack(bytes)?;
+    let id = value
+        .as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id")))
+        .and_then(|(_, v)| rmpv::ext::from_value(v.clone()).ok());
+    let wire: WireOp<rmpv::Value> =
+        rmpv::ext::from_value(value).map_err(|e| DecodeError::BadRequest {
+            id,
+            message: format!("malformed op: {e}"),
+        })?;
+    validate(wire, |data| match data {
+        rmpv::Value::Binary(b) => Ok(Payload::Binary(Bytes::from(b))),
+        other => serde_json::to_vec(&other)
+            .map(|v| Payload::Json(Bytes::from(v)))
+            .map_err(|e| format!("data is not representable as JSON: {e}")),
+    })
+}
+
+fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, DecodeError> {
+    let mut rest = bytes;
+    let value = rmpv::decode::read_value(&mut rest)
+        .map_err(|e| DecodeError::Undecodable(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Undecodable("trailing bytes after the value".into()));
+    }
+    Ok(value)
+}
+
+/// Removes a binary `data` field from a MessagePack map, returning its bytes.
+fn take_binary_data(value: &mut rmpv::Value) -> Option<Vec<u8>> {
+    let rmpv::Value::Map(entries) = value else {
+        return None;
+    };
+    let pos = entries
+        .iter()
+        .position(|(k, v)| k.as_str() == Some("data") && matches!(v, rmpv::Value::Binary(_)))?;
+    match entries.remove(pos).1 {
+        rmpv::Value::Binary(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn validate<D>(
+    wire: WireOp<D>,
+    payload: impl FnOnce(D) -> Result<Payload, String>,
+) -> Result<ClientFrame, DecodeError> {
+    let id = wire.id;
+    let bad = |message: String| DecodeError::BadRequest {
+        id: id.clone(),
+        message,
+    };
+    let need_room = || wire.room.clone().ok_or_else(|| bad("`room` is required".into()));
+    let need_users = || wire.users.clone().ok_or_else(|| bad("`users` is required".into()));
+    let op = match wire.op.as_deref() {
+        Some("subscribe") => ClientOp::Subscribe {
+            room: need_room()?,
+            since: wire.since,
+            presence: wire.presence.unwrap_or(false),
+        },
+        Some("unsubscribe") => ClientOp::Unsubscribe { room: need_room()? },
+        Some("publish") => {
+            let room = need_room()?;
+            let data = wire.data.ok_or_else(|| bad("`data` is required".into()))?;
+            ClientOp::Publish {
+                room,
+                data: payload(data).map_err(bad)?,
+                kind: wire.kind,
+            }
+        }
+        Some("presence") => ClientOp::Presence { room: need_room()? },
+        Some("watch") => ClientOp::Watch { users: need_users()? },
+        Some("unwatch") => ClientOp::Unwatch { users: need_users()? },
+        Some("ping") => ClientOp::Ping,
+        Some(other) => return Err(bad(format!("unknown op `{other}`"))),
+        None => return Err(bad("`op` is required".into())),
+    };
+    Ok(ClientFrame { id, op })
+}
+
+fn client_to_json(frame: &ClientFrame) -> Result<serde_json::Value, EncodeError> {
+    use serde_json::{json, Value};
+    let mut v = match &frame.op {
+        ClientOp::Subscribe {
+            room,
+            since,
+            presence,
+        } => {
+            let mut v = json!({"op": "subscribe", "room": room});
+            if let Some(since) = since {
+                v["since"] = json!(since);
+            }
+            if *presence {
+                v["presence"] = json!(true);
+            }
+            v
+        }
+        ClientOp::Unsubscribe { room } => json!({"op": "unsubscribe", "room": room}),
+        ClientOp::Publish { room, data, kind } => {
+            let data: Value = match data {
+                Payload::Json(b) => serde_json::from_slice(b)?,
+                Payload::Binary(_) => return Err(EncodeError::BinaryOverJson),
+            };
+            let mut v = json!({"op": "publish", "room": room, "data": data});
+            if let Some(kind) = kind {
+                v["type"] = json!(kind);
+            }
+            v
+        }
+        ClientOp::Presence { room } => json!({"op": "presence", "room": room}),
+        ClientOp::Watch { users } => json!({"op": "watch", "users": users}),
+        ClientOp::Unwatch { users } => json!({"op": "unwatch", "users": users}),
+        ClientOp::Ping => json!({"op": "ping"}),
+    };
+    if let Some(id) = &frame.id {
+        v["id"] = serde_json::to_value(id)?;
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::code::ErrorCode;
+    use crate::frame::{Ack, ErrorFrame};
+
+    #[test]
+    fn negotiates_protocols() {
+        assert_eq!(Codec::from_protocol("herald.v1.json"), Some(Codec::Json));
+        assert_eq!(Codec::from_protocol(" herald.v1.msgpack"), Some(Codec::MsgPack));
+        assert_eq!(Codec::from_protocol("mqtt"), None);
+    }
+
+    #[test]
+    fn decodes_a_json_subscribe() {
+        let f = Codec::Json
+            .decode_client(br#"{"op":"subscribe","id":7,"room":"lobby","since":42,"x":1}"#)
+            .unwrap();
+        assert_eq!(f.id, Some(Id::Num(7)));
+        assert_eq!(
+            f.op,
+            ClientOp::Subscribe {
+                room: "lobby".into(),
+                since: Some(42),
+                presence: false
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request_with_the_id_when_there_is_one() {
+        let e = Codec::Json.decode_client(br#"{"op":"subscribe","id":"a"}"#).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::BadRequest {
+                id: Some(Id::Str("a".into())),
+                message: "`room` is required".into()
+            }
+        );
+        let e = Codec::Json.decode_client(br#"{"op":"subscribe","id":3,"since":"x"}"#);
+        assert!(matches!(e, Err(DecodeError::BadRequest { id: Some(Id::Num(3)), .. })));
+        let e = Codec::Json.decode_client(b"not json");
+        assert!(matches!(e, Err(DecodeError::BadRequest { id: None, .. })));
+        let e = Codec::Json.decode_client(br#"{"op":"fly"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "unknown op `fly`");
+    }
+
+    #[test]
+    fn garbage_msgpack_is_undecodable() {
+        assert!(matches!(
+            Codec::MsgPack.decode_client(&[0x92, 0x01]),
+            Err(DecodeError::Undecodable(_))
+        ));
+        assert!(matches!(
+            Codec::MsgPack.decode_client(&[0x90, 0x90]),
+            Err(DecodeError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn json_event_embeds_the_payload_verbatim() {
+        let ev = EventRef {
+            room: "lobby",
+            seq: 58,
+            prev: 57,
+            ts: 1732312345123,
+            kind: Some("message"),
+            from: Some("alice"),
+            payload: br#"{"text":"hi"}"#,
+        };
+        assert_eq!(
+            String::from_utf8(Codec::Json.encode_event(ev)).unwrap(),
+            r#"{"t":"event","room":"lobby","seq":58,"prev":57,"ts":1732312345123,"type":"message","from":"alice","data":{"text":"hi"}}"#
+        );
+        let bin = EventRef {
+            payload: &[0xff, 0x00],
+            kind: None,
+            from: None,
+            ..ev
+        };
+        assert_eq!(
+            String::from_utf8(Codec::Json.encode_event(bin)).unwrap(),
+            r#"{"t":"event","room":"lobby","seq":58,"prev":57,"ts":1732312345123,"data_b64":"/wA="}"#
+        );
+    }
+
+    #[test]
+    fn both_codecs_decode_to_the_same_event() {
+        let ev = EventRef {
+            room: "lobby",
+            seq: 2,
+            prev: 1,
+            ts: 5,
+            kind: None,
+            from: Some("bob"),
+            payload: br#"{"n":[1,2.5,"x",null,true]}"#,
+        };
+        let j = Codec::Json.decode_server(&Codec::Json.encode_event(ev)).unwrap();
+        let m = Codec::MsgPack.decode_server(&Codec::MsgPack.encode_event(ev)).unwrap();
+        assert_eq!(j, m);
+        let bin = EventRef { payload: &[1, 2, 3], ..ev };
+        let j = Codec::Json.decode_server(&Codec::Json.encode_event(bin)).unwrap();
+        let m = Codec::MsgPack.decode_server(&Codec::MsgPack.encode_event(bin)).unwrap();
+        assert_eq!(j, m);
+        let ServerFrame::Event(e) = m else { panic!("not an event") };
+        assert_eq!(e.data_bytes, Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn other_frames_round_trip() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            for frame in [
+                ServerFrame::Ack(Ack {
+                    id: Some(Id::Num(1)),
+                    room: Some("lobby".into()),
+                    seq: Some(9),
+                    recovered: Some(true),
+                }),
+                ServerFrame::Error(ErrorFrame::new(None, ErrorCode::Forbidden, "no")),
+            ] {
+                assert_eq!(codec.decode_server(&codec.encode_server(&frame)).unwrap(), frame);
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Herald's wire protocol, with no I/O and no async runtime.
+//!
+//! Everything a client, a gateway, fanout or an app backend exchanges is defined here once:
+//!
+//! - [`frame`]: client ops ([`frame::ClientOp`]) and server frames ([`frame::ServerFrame`]), and the
+//!   two codecs ([`codec::Codec`]: JSON text frames and MessagePack binary frames).
+//! - [`code`]: error codes (with their HTTP statuses) and WebSocket close codes.
+//! - [`subject`]: NATS subjects, [`header`]: NATS headers, [`room`]: room-name rules,
+//!   [`cursor`]: the `room:seq,...` cursor of the HTTP transports, [`claims`]: JWT claims and
+//!   room globs.
+//!
+//! Start with [`frame`] and [`codec`].
+
+pub mod claims;
+pub mod code;
+pub mod codec;
+pub mod cursor;
+pub mod frame;
+pub mod header;
+pub mod room;
+pub mod subject;
+
+pub use code::{CloseCode, ErrorCode};
+pub use codec::Codec;
+pub use frame::{ClientOp, ServerFrame};
