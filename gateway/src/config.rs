@@ -1,0 +1,201 @@
+//! Command-line flags and their `HERALD_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Herald edge gateway: WebSocket, SSE, long-poll and short-poll push over NATS JetStream.
+///
+/// Every flag also reads the environment variable named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald-gateway", version, about, long_about = None)]
+pub struct Config {
+    /// Public listener: /ws /sse /poll /publish and the demo page at /.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: /metrics /healthz /readyz.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
+    pub admin_listen: SocketAddr,
+
+    /// NATS server URL; a comma-separated list for a cluster.
+    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// This gateway's id (A-Z a-z 0-9 _ -), shown to clients and used in connection ids.
+    /// Default: a random id.
+    #[arg(long, env = "HERALD_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    /// Prefix of every NATS subject Herald uses.
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
+    pub subject_prefix: String,
+
+    /// HS256 secret that signs client tokens.
+    #[arg(long, env = "HERALD_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<String>,
+
+    /// Public key (PEM text, or the path of a PEM file) that verifies RS256, ES256 or EdDSA
+    /// client tokens.
+    #[arg(long, env = "HERALD_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<String>,
+
+    /// Accept clients without a token: the user is `anon-<conn>` and may use any room.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// Comma-separated Origins allowed to connect (e.g. `https://app.example.com`); `*` or
+    /// empty allows any.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// TLS certificate chain (PEM) for https/wss on the public listener.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most client connections at once; more are refused with 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Largest client message in bytes; a larger WebSocket message closes with 1009.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// Most room subscriptions per connection.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 128)]
+    pub max_subscriptions: usize,
+
+    /// Interval of server pings; a client silent for two intervals is closed.
+    #[arg(long, env = "HERALD_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Bytes queued per connection before it is closed as a slow consumer (4008).
+    #[arg(long, env = "HERALD_OUTBOUND_BUFFER_BYTES", default_value_t = 1 << 20)]
+    pub outbound_buffer_bytes: usize,
+
+    /// Publishes per second per connection (burst: the same number); more get `rate_limited`,
+    /// and a flood closes with 4029.
+    #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 50.0)]
+    pub publish_rate: f64,
+
+    /// Longest a long-poll is held.
+    #[arg(long, env = "HERALD_POLL_MAX_WAIT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub poll_max_wait: Duration,
+
+    /// On SIGTERM/SIGINT, WebSocket clients are closed with 1012 spread over this time.
+    #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Time allowed for a TCP connection to complete TLS and its HTTP request head.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long a room's NATS subscription outlives its last local subscriber.
+    #[arg(long, env = "HERALD_ROOM_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub room_linger: Duration,
+
+    /// Events kept per room (used when this gateway provisions the stream).
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: i64,
+
+    /// How long events are kept (used when this gateway provisions the stream).
+    #[arg(long, env = "HERALD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// JetStream replicas of the event stream (used when this gateway provisions it).
+    #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+
+    /// Add `GET /echo`, a WebSocket echo endpoint for RFC 6455 conformance runs.
+    #[arg(long, env = "HERALD_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
+
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no authentication configured: set --auth-hs256-secret, --auth-public-key or --allow-anonymous")]
+    NoAuth,
+    #[error("--gateway-id may hold only A-Z a-z 0-9 _ -")]
+    GatewayId,
+    #[error("--subject-prefix must be a non-empty NATS subject without wildcards")]
+    SubjectPrefix,
+    #[error("--{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("invalid auth key: {0}")]
+    Key(String),
+    #[error("invalid TLS material: {0}")]
+    Tls(String),
+}
+
+// === impl Config ===
+
+impl Config {
+    /// A configuration for tests and embedding: loopback listeners on port 0, every default.
+    pub fn for_test(nats_url: &str) -> Self {
+        let mut c = Self::parse_from(["herald-gateway"]);
+        c.listen = "127.0.0.1:0".parse().expect("literal address");
+        c.admin_listen = "127.0.0.1:0".parse().expect("literal address");
+        c.nats_url = nats_url.to_owned();
+        c
+    }
+
+    /// Checks what clap cannot; an error here means exit 64.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth_hs256_secret.is_none() && self.auth_public_key.is_none() && !self.allow_anonymous {
+            return Err(ConfigError::NoAuth);
+        }
+        if let Some(id) = &self.gateway_id {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(ConfigError::GatewayId);
+            }
+        }
+        let p = &self.subject_prefix;
+        if p.is_empty() || p.contains(['*', '>', ' ']) || p.starts_with('.') || p.ends_with('.') {
+            return Err(ConfigError::SubjectPrefix);
+        }
+        for (name, v) in [
+            ("max-connections", self.max_connections),
+            ("max-message-bytes", self.max_message_bytes),
+            ("max-subscriptions", self.max_subscriptions),
+            ("outbound-buffer-bytes", self.outbound_buffer_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError::Zero("ping-interval"));
+        }
+        if self.publish_rate <= 0.0 {
+            return Err(ConfigError::Zero("publish-rate"));
+        }
+        Ok(())
+    }
+
+    pub fn allowed_origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty() && o != "*")
+            .collect()
+    }
+}

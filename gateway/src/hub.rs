@@ -1,0 +1,358 @@
+//! The hub: rooms → local subscribers, and fan-out of stored events.
+//!
+//! Rooms are sharded by name hash so events of different rooms don't contend. Each event is
+//! encoded at most once per codec and the same `Bytes` go to every subscriber's queue.
+//! A subscriber starts `Pending` (live events are buffered while its replay is fetched) and
+//! turns `Live` in [`Hub::activate`], which splices replay and buffer without a duplicate or
+//! a reorder: a subscriber only ever receives seqs above the last one it received.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use herald_proto::frame::EventRef;
+use herald_proto::Codec;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::outbound::{opcode, ws_frame, Item, Outbound, Pushed};
+
+const SHARDS: usize = 64;
+
+/// A stored room event, shared by everyone who receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub room: Arc<str>,
+    pub seq: u64,
+    pub prev: u64,
+    /// Milliseconds since the epoch when stored.
+    pub ts: u64,
+    /// Microseconds since the epoch when stored (for the latency histogram).
+    pub stored_us: u64,
+    pub kind: Option<Box<str>>,
+    pub from: Option<Box<str>>,
+    pub payload: Bytes,
+}
+
+/// Whether a room's upstream subscription is in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomState {
+    Starting,
+    Ready,
+    Failed,
+}
+
+/// The result of [`Hub::join`].
+#[derive(Debug)]
+pub struct Joined {
+    /// The room was created by this join: its upstream must be started.
+    pub new_room: bool,
+    pub state: watch::Receiver<RoomState>,
+}
+
+/// Rooms and their local subscribers.
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<Arc<str>, Room>>]>,
+    hasher: RandomState,
+}
+
+struct Room {
+    subs: HashMap<u64, Sub>,
+    last_seq: u64,
+    state: watch::Sender<RoomState>,
+    pump: Option<AbortHandle>,
+    /// Bumped on every join, so a linger timer knows whether the room was reused.
+    generation: u64,
+}
+
+struct Sub {
+    out: Arc<Outbound>,
+    codec: Codec,
+    mode: Mode,
+    delivered: u64,
+}
+
+enum Mode {
+    Pending(Vec<Arc<StoredEvent>>),
+    Live,
+}
+
+/// An event's frames, encoded on first use per codec.
+struct Frames<'e> {
+    ev: &'e StoredEvent,
+    json: Option<Bytes>,
+    msgpack: Option<Bytes>,
+}
+
+// === impl StoredEvent ===
+
+impl StoredEvent {
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            room: &self.room,
+            seq: self.seq,
+            prev: self.prev,
+            ts: self.ts,
+            kind: self.kind.as_deref(),
+            from: self.from.as_deref(),
+            payload: &self.payload,
+        }
+    }
+}
+
+// === impl Hub ===
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl Hub {
+    fn shard(&self, room: &str) -> MutexGuard<'_, HashMap<Arc<str>, Room>> {
+        let i = self.hasher.hash_one(room) as usize % SHARDS;
+        self.shards[i].lock().expect("hub shard lock")
+    }
+
+    /// Adds a pending subscriber; live events are buffered for it until [`Hub::activate`].
+    pub fn join(&self, room: &str, conn: u64, out: Arc<Outbound>, codec: Codec) -> Joined {
+        let mut shard = self.shard(room);
+        let new_room = !shard.contains_key(room);
+        let r = shard.entry(Arc::from(room)).or_insert_with(|| Room {
+            subs: HashMap::new(),
+            last_seq: 0,
+            state: watch::channel(RoomState::Starting).0,
+            pump: None,
+            generation: 0,
+        });
+        r.generation += 1;
+        let sub = Sub {
+            out,
+            codec,
+            mode: Mode::Pending(Vec::new()),
+            delivered: 0,
+        };
+        if r.subs.insert(conn, sub).is_none() {
+            crate::metrics::room_subscriptions(1.0);
+        }
+        Joined {
+            new_room,
+            state: r.state.subscribe(),
+        }
+    }
+
+    /// Records the upstream task of a room, so that removing the room stops it.
+    pub fn set_pump(&self, room: &str, pump: AbortHandle) {
+        match self.shard(room).get_mut(room) {
+            Some(r) => r.pump = Some(pump),
+            None => pump.abort(),
+        }
+    }
+
+    /// Marks a room's upstream ready, at the room's last stored seq.
+    pub fn set_ready(&self, room: &str, last_seq: u64) {
+        if let Some(r) = self.shard(room).get_mut(room) {
+            r.last_seq = r.last_seq.max(last_seq);
+            r.state.send_replace(RoomState::Ready);
+        }
+    }
+
+    /// Marks a room's upstream failed; pending subscribers give up.
+    pub fn set_failed(&self, room: &str) {
+        if let Some(r) = self.shard(room).get_mut(room) {
+            r.state.send_replace(RoomState::Failed);
+        }
+    }
+
+    /// The last seq the hub has seen in a room.
+    pub fn last_seq(&self, room: &str) -> Option<u64> {
+        self.shard(room).get(room).map(|r| r.last_seq)
+    }
+
+    /// Turns a pending subscriber live: queues `replay` (events above `floor`), then the live
+    /// events buffered meanwhile that are newer, then the frame `ack(seq)` makes from the last
+    /// seq delivered. Returns that seq, or `None` if the subscriber is gone.
+    pub fn activate(
+        &self,
+        room: &str,
+        conn: u64,
+        replay: &[Arc<StoredEvent>],
+        floor: u64,
+        ack: impl FnOnce(u64) -> Bytes,
+    ) -> Option<u64> {
+        let mut shard = self.shard(room);
+        let sub = shard.get_mut(room)?.subs.get_mut(&conn)?;
+        sub.delivered = floor;
+        let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
+            Mode::Pending(buf) => buf,
+            Mode::Live => Vec::new(),
+        };
+        for ev in replay.iter().chain(buffered.iter()) {
+            if ev.seq > sub.delivered {
+                let bytes = encode(ev, sub.codec);
+                sub.delivered = ev.seq;
+                if sub.out.push(Item { bytes, stored_us: 0 }) != Pushed::Queued {
+                    return Some(sub.delivered);
+                }
+            }
+        }
+        sub.out.push_frame(ack(sub.delivered));
+        Some(sub.delivered)
+    }
+
+    /// Removes a subscriber. Returns the room's generation if the room is now empty (the
+    /// caller lingers, then calls [`Hub::remove_if_idle`]).
+    pub fn leave(&self, room: &str, conn: u64) -> Option<u64> {
+        let mut shard = self.shard(room);
+        let r = shard.get_mut(room)?;
+        if r.subs.remove(&conn).is_some() {
+            crate::metrics::room_subscriptions(-1.0);
+        }
+        r.subs.is_empty().then_some(r.generation)
+    }
+
+    /// Drops a room (and stops its upstream) if nobody joined since `generation`.
+    pub fn remove_if_idle(&self, room: &str, generation: u64) -> bool {
+        let mut shard = self.shard(room);
+        let idle = shard
+            .get(room)
+            .is_some_and(|r| r.subs.is_empty() && r.generation == generation);
+        if idle {
+            if let Some(pump) = shard.remove(room).and_then(|r| r.pump) {
+                pump.abort();
+            }
+        }
+        idle
+    }
+
+    /// Hands a stored event to every subscriber of its room; returns how many got it.
+    pub fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
+        let mut shard = self.shard(&ev.room);
+        let Some(r) = shard.get_mut(&*ev.room) else {
+            return 0;
+        };
+        r.last_seq = r.last_seq.max(ev.seq);
+        let mut frames = Frames {
+            ev,
+            json: None,
+            msgpack: None,
+        };
+        let mut n = 0;
+        for sub in r.subs.values_mut() {
+            match &mut sub.mode {
+                Mode::Pending(buf) => buf.push(Arc::clone(ev)),
+                Mode::Live if ev.seq > sub.delivered => {
+                    sub.delivered = ev.seq;
+                    let bytes = frames.get(sub.codec);
+                    if sub.out.push(Item { bytes, stored_us: ev.stored_us }) == Pushed::Queued {
+                        n += 1;
+                    }
+                }
+                Mode::Live => {}
+            }
+        }
+        n
+    }
+
+    /// Rooms with at least one local subscriber or lingering.
+    pub fn rooms(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("hub shard lock").len()).sum()
+    }
+}
+
+fn encode(ev: &StoredEvent, codec: Codec) -> Bytes {
+    let op = if codec.is_binary() { opcode::BINARY } else { opcode::TEXT };
+    ws_frame(op, &codec.encode_event(ev.as_ref()))
+}
+
+// === impl Frames ===
+
+impl Frames<'_> {
+    fn get(&mut self, codec: Codec) -> Bytes {
+        let slot = match codec {
+            Codec::Json => &mut self.json,
+            Codec::MsgPack => &mut self.msgpack,
+        };
+        slot.get_or_insert_with(|| encode(self.ev, codec)).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, prev: u64) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
+            room: Arc::from("lobby"),
+            seq,
+            prev,
+            ts: 1,
+            stored_us: 0,
+            kind: None,
+            from: None,
+            payload: Bytes::from_static(b"1"),
+        })
+    }
+
+    fn drain(out: &Outbound) -> Vec<String> {
+        let mut batch = Vec::new();
+        out.take(&mut batch);
+        batch
+            .iter()
+            .map(|i| String::from_utf8_lossy(&i.bytes[2..]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn pending_subscribers_get_replay_then_buffer_without_duplicates() {
+        let hub = Hub::default();
+        let out = Outbound::new(1 << 20);
+        let joined = hub.join("lobby", 1, out.clone(), Codec::Json);
+        assert!(joined.new_room);
+        hub.set_ready("lobby", 5);
+        // Live events arrive while the replay is being fetched.
+        hub.deliver(&ev(7, 6));
+        hub.deliver(&ev(8, 7));
+        assert!(drain(&out).is_empty());
+        let seq = hub.activate("lobby", 1, &[ev(6, 5), ev(7, 6)], 5, |s| Bytes::from(format!("__ack {s}")));
+        assert_eq!(seq, Some(8));
+        hub.deliver(&ev(8, 7));
+        hub.deliver(&ev(9, 8));
+        let got = drain(&out);
+        let seqs: Vec<&str> = got
+            .iter()
+            .map(|f| match f.find("\"seq\":") {
+                Some(i) => &f[i + 6..i + 7],
+                None => f.as_str(),
+            })
+            .collect();
+        assert_eq!(seqs, ["6", "7", "8", "ack 8", "9"]);
+    }
+
+    #[test]
+    fn encodes_once_per_codec_and_lingers() {
+        let hub = Hub::default();
+        let a = Outbound::new(1 << 20);
+        let b = Outbound::new(1 << 20);
+        hub.join("lobby", 1, a.clone(), Codec::Json);
+        hub.join("lobby", 2, b.clone(), Codec::Json);
+        hub.activate("lobby", 1, &[], 0, |_| Bytes::new());
+        hub.activate("lobby", 2, &[], 0, |_| Bytes::new());
+        assert_eq!(hub.deliver(&ev(1, 0)), 2);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        a.take(&mut x);
+        b.take(&mut y);
+        assert_eq!(x[1].bytes.as_ptr(), y[1].bytes.as_ptr(), "the same bytes are shared");
+        assert_eq!(hub.leave("lobby", 1), None);
+        let generation = hub.leave("lobby", 2).unwrap();
+        hub.join("lobby", 3, a, Codec::Json);
+        assert!(!hub.remove_if_idle("lobby", generation), "reused before the linger ended");
+        let generation = hub.leave("lobby", 3).unwrap();
+        assert!(hub.remove_if_idle("lobby", generation));
+        assert_eq!(hub.rooms(), 0);
+    }
+}

@@ -1,0 +1,174 @@
+//! Herald's edge gateway.
+//!
+//! Clients hold WebSocket connections ([`session`]); each room they subscribe to has one
+//! upstream NATS subscription per gateway ([`upstream`]), and the [`hub`] fans every stored
+//! event out to the room's local subscribers, encoded once per codec, into bounded
+//! per-connection queues ([`outbound`]). Events live in a JetStream stream ([`stream`]), so
+//! a client resumes on any gateway with `since`.
+//!
+//! Start reading at [`Gateway::bind`] and [`Gateway::serve`], then [`server`] (listeners,
+//! upgrade, drain) and [`session`] (the ops).
+
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod outbound;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::subject::Subjects;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::server::Shared;
+use crate::stream::StreamSettings;
+use crate::upstream::Upstream;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("NATS: {0}")]
+    Nats(#[from] upstream::UpstreamError),
+}
+
+/// A bound gateway, ready to serve.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admin: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Validates the configuration, connects to NATS (retrying in the background if it is
+    /// down) and binds both listeners. Port 0 works; see [`Gateway::local_addr`].
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let auth = Authenticator::from_config(&config)?;
+        let tls = tls::acceptor(&config)?;
+        let metrics = metrics::install();
+        let gateway_id = config.gateway_id.clone().unwrap_or_else(random_id);
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| Error::Bind(config.listen, e))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| Error::Bind(config.admin_listen, e))?;
+        let (client, reconnects) = Upstream::connect(&config.nats_url, &format!("herald-gateway {gateway_id}")).await?;
+        let hub = Arc::new(Hub::default());
+        let subjects = Subjects::new(config.subject_prefix.clone());
+        let upstream = Upstream::new(client, reconnects, subjects, Arc::clone(&hub), config.room_linger);
+        let shared = Arc::new(Shared::new(config, gateway_id, auth, hub, upstream));
+        Ok(Self {
+            shared,
+            listener,
+            admin,
+            tls,
+            metrics,
+        })
+    }
+
+    /// The public listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener")
+    }
+
+    pub fn gateway_id(&self) -> &str {
+        &self.shared.gateway_id
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503, no new
+    /// connections, WebSocket clients get 1012 spread over `--drain-timeout`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            shared,
+            listener,
+            admin,
+            tls,
+            metrics,
+        } = self;
+        info!(
+            gateway = %shared.gateway_id,
+            listen = %listener.local_addr().expect("bound listener"),
+            admin = %admin.local_addr().expect("bound listener"),
+            tls = tls.is_some(),
+            "Gateway serving"
+        );
+        let stop_public = Arc::new(Notify::new());
+        let stop_admin = Arc::new(Notify::new());
+        let provision = tokio::spawn(provision_stream(Arc::clone(&shared)));
+        let upkeep = tokio::spawn(metrics::upkeep(metrics.clone()));
+        let public = tokio::spawn(server::accept_loop(Arc::clone(&shared), listener, tls, Arc::clone(&stop_public)));
+        let admin = tokio::spawn(server::admin_loop(Arc::clone(&shared), admin, metrics, Arc::clone(&stop_admin)));
+
+        shutdown.await;
+        shared.draining.store(true, Ordering::SeqCst);
+        stop_public.notify_one();
+        let _ = public.await;
+        let drain = shared.config.drain_timeout;
+        // Closes are spread over most of the window, leaving time for the last ones to flush.
+        shared.conns.drain(drain.mul_f64(0.8), drain).await;
+        stop_admin.notify_one();
+        let _ = admin.await;
+        provision.abort();
+        upkeep.abort();
+        let _ = shared.upstream.client().flush().await;
+        info!("Gateway stopped");
+    }
+}
+
+/// Makes sure the event stream exists (fanout normally owns it; a gateway must work
+/// without it), retrying until NATS answers.
+async fn provision_stream(shared: Arc<Shared>) {
+    let c = &shared.config;
+    let settings = StreamSettings {
+        history_size: c.history_size,
+        history_ttl: c.history_ttl,
+        replicas: c.stream_replicas,
+    };
+    let upstream = &shared.upstream;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match stream::ensure(upstream.jetstream(), upstream.subjects(), &settings).await {
+            Ok(()) => {
+                shared.stream_ready.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => warn!(error = %e, "Event stream not ready; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    let n: u32 = rand::rng().random();
+    format!("gw-{n:08x}")
+}

@@ -1,0 +1,149 @@
+//! Every `herald_gateway_*` metric: its name, its description, and a typed helper.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use herald_proto::ErrorCode;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "herald_gateway_connections";
+pub const CONNECTIONS_OPENED: &str = "herald_gateway_connections_opened_total";
+pub const MESSAGES_SENT: &str = "herald_gateway_messages_sent_total";
+pub const MESSAGES_RECEIVED: &str = "herald_gateway_messages_received_total";
+pub const DELIVERY_LATENCY: &str = "herald_gateway_delivery_latency_seconds";
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer_disconnects_total";
+pub const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
+pub const NATS_SUBSCRIPTIONS: &str = "herald_gateway_nats_subscriptions";
+pub const ERRORS: &str = "herald_gateway_errors_total";
+pub const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
+pub const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
+pub const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
+pub const REPLAYED: &str = "herald_gateway_replayed_events_total";
+pub const CLOSES: &str = "herald_gateway_closes_total";
+
+/// Buckets of the delivery-latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), &LATENCY_BUCKETS)
+                .expect("buckets are not empty")
+                .install_recorder()
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Runs the recorder's periodic upkeep (histogram housekeeping).
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open client connections, by transport.");
+    describe_counter!(CONNECTIONS_OPENED, "Client connections opened, by transport.");
+    describe_counter!(MESSAGES_SENT, "Frames written to clients, by transport.");
+    describe_counter!(MESSAGES_RECEIVED, "Client frames received.");
+    describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Time from an event being stored to its frame being written to the socket.");
+    describe_counter!(SLOW_CONSUMER_DISCONNECTS, "Connections closed because their outbound buffer overflowed (4008).");
+    describe_gauge!(ROOM_SUBSCRIPTIONS, "Room subscriptions held by clients of this gateway.");
+    describe_gauge!(NATS_SUBSCRIPTIONS, "Upstream NATS room subscriptions of this gateway.");
+    describe_counter!(ERRORS, "Errors sent to clients (error frames, HTTP errors and close codes), by code.");
+    describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written to clients, by transport.");
+    describe_counter!(GAPS_REPAIRED, "Events fetched from the stream to fill a gap in the live feed.");
+    describe_counter!(NATS_EVENTS, "NATS connection events, by event.");
+    describe_counter!(REPLAYED, "Events replayed from history to resuming subscribers.");
+    describe_counter!(CLOSES, "WebSocket connections closed by the gateway, by close code.");
+}
+
+/// The transports a client connection can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    LongPoll,
+    Poll,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+            Self::LongPoll => "long-poll",
+            Self::Poll => "poll",
+        }
+    }
+}
+
+pub fn connection_opened(t: Transport) {
+    counter!(CONNECTIONS_OPENED, "transport" => t.as_str()).increment(1);
+    gauge!(CONNECTIONS, "transport" => t.as_str()).increment(1.0);
+}
+
+pub fn connection_closed(t: Transport) {
+    gauge!(CONNECTIONS, "transport" => t.as_str()).decrement(1.0);
+}
+
+pub fn sent(t: Transport, frames: u64, bytes: u64) {
+    counter!(MESSAGES_SENT, "transport" => t.as_str()).increment(frames);
+    counter!(BYTES_SENT, "transport" => t.as_str()).increment(bytes);
+}
+
+pub fn received() {
+    counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+pub fn delivery_latency(seconds: f64) {
+    histogram!(DELIVERY_LATENCY).record(seconds);
+}
+
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
+}
+
+pub fn room_subscriptions(delta: f64) {
+    gauge!(ROOM_SUBSCRIPTIONS).increment(delta);
+}
+
+pub fn nats_subscriptions(delta: f64) {
+    gauge!(NATS_SUBSCRIPTIONS).increment(delta);
+}
+
+pub fn error(code: ErrorCode) {
+    counter!(ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// Close codes count as errors too, under their number.
+pub fn close(code: u16) {
+    counter!(CLOSES, "code" => code.to_string()).increment(1);
+    if code != 1000 {
+        counter!(ERRORS, "code" => code.to_string()).increment(1);
+    }
+}
+
+pub fn gap_repaired(events: u64) {
+    counter!(GAPS_REPAIRED).increment(events);
+}
+
+pub fn replayed(events: u64) {
+    counter!(REPLAYED).increment(events);
+}
+
+pub fn nats_event(event: &'static str) {
+    counter!(NATS_EVENTS, "event" => event).increment(1);
+}

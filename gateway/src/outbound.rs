@@ -1,0 +1,244 @@
+//! A connection's outbound queue: bounded in bytes, drained by one writer in batches.
+//!
+//! Producers (the hub, the session) never wait: [`Outbound::push`] either queues the frame
+//! or, when the queue would pass its byte bound, marks the connection a slow consumer
+//! (close 4008) and drops what is queued. The writer takes everything queued at once and
+//! writes it with vectored writes, so a burst costs one syscall per batch, not per frame.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_proto::CloseCode;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// WebSocket opcodes the gateway writes.
+pub mod opcode {
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// One queued frame, already encoded for the wire.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub bytes: Bytes,
+    /// When the event in this frame was stored (µs since the epoch); 0 for other frames.
+    pub stored_us: u64,
+}
+
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The byte bound was passed: the connection is now closing with 4008.
+    Overflow,
+    /// The connection is already closing.
+    Closed,
+}
+
+/// A bounded, byte-counted frame queue with one consumer.
+#[derive(Debug)]
+pub struct Outbound {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    bytes: usize,
+    close: Option<Close>,
+}
+
+/// How the writer should end the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The close frame to send; `None` when one is already queued.
+    pub code: Option<CloseCode>,
+}
+
+// === impl Outbound ===
+
+impl Outbound {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            limit,
+        })
+    }
+
+    /// Queues a frame unless that would pass the byte bound.
+    pub fn push(&self, item: Item) -> Pushed {
+        let mut q = self.queue.lock().expect("outbound lock");
+        if q.close.is_some() {
+            return Pushed::Closed;
+        }
+        if q.bytes + item.bytes.len() > self.limit {
+            q.items.clear();
+            q.bytes = 0;
+            q.close = Some(Close {
+                code: Some(CloseCode::SLOW_CONSUMER),
+            });
+            drop(q);
+            crate::metrics::slow_consumer();
+            self.notify.notify_one();
+            return Pushed::Overflow;
+        }
+        q.bytes += item.bytes.len();
+        q.items.push_back(item);
+        drop(q);
+        self.notify.notify_one();
+        Pushed::Queued
+    }
+
+    /// Queues a frame that is not an event.
+    pub fn push_frame(&self, bytes: Bytes) -> Pushed {
+        self.push(Item { bytes, stored_us: 0 })
+    }
+
+    /// Asks the writer to end the connection after what is queued. The first close wins.
+    pub fn close(&self, code: Option<CloseCode>) {
+        let mut q = self.queue.lock().expect("outbound lock");
+        if q.close.is_none() {
+            q.close = Some(Close { code });
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.queue.lock().expect("outbound lock").close.is_some()
+    }
+
+    /// Moves everything queued into `batch`; returns the close request, if any.
+    pub fn take(&self, batch: &mut Vec<Item>) -> Option<Close> {
+        let mut q = self.queue.lock().expect("outbound lock");
+        batch.extend(q.items.drain(..));
+        q.bytes = 0;
+        q.close
+    }
+
+    /// Waits until something is pushed or a close is requested.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().expect("outbound lock").bytes
+    }
+}
+
+/// Encodes one unmasked server frame (FIN set): header and payload in one buffer.
+pub fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut buf = BytesMut::with_capacity(len + 10);
+    buf.put_u8(0x80 | opcode);
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        buf.put_u8(126);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// A close frame with `code` and its reason.
+pub fn close_frame(code: CloseCode) -> Bytes {
+    let reason = code.reason().as_bytes();
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.0.to_be_bytes());
+    payload.extend_from_slice(reason);
+    ws_frame(opcode::CLOSE, &payload)
+}
+
+/// Writes every item with vectored writes (up to 64 buffers per call), then flushes.
+pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, items: &[Item]) -> io::Result<usize> {
+    let total: usize = items.iter().map(|i| i.bytes.len()).sum();
+    let (mut idx, mut off) = (0, 0);
+    while idx < items.len() {
+        let mut slices = Vec::with_capacity(64.min(items.len() - idx));
+        slices.push(IoSlice::new(&items[idx].bytes[off..]));
+        slices.extend(items[idx + 1..].iter().take(63).map(|i| IoSlice::new(&i.bytes)));
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = items[idx].bytes.len() - off;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    w.flush().await?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize) -> Item {
+        Item {
+            bytes: Bytes::from(vec![b'x'; n]),
+            stored_us: 0,
+        }
+    }
+
+    #[test]
+    fn frames_have_the_right_length_encoding() {
+        assert_eq!(&ws_frame(opcode::TEXT, b"hi")[..], &[0x81, 2, b'h', b'i']);
+        let f = ws_frame(opcode::BINARY, &[0; 300]);
+        assert_eq!(&f[..4], &[0x82, 126, 1, 44]);
+        let f = ws_frame(opcode::BINARY, &[0; 70_000]);
+        assert_eq!(&f[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(&close_frame(CloseCode::SLOW_CONSUMER)[..4], &[0x88, 15, 0x0f, 0xa8]);
+    }
+
+    #[test]
+    fn the_byte_bound_holds() {
+        let out = Outbound::new(100);
+        assert_eq!(out.push(item(60)), Pushed::Queued);
+        assert_eq!(out.push(item(40)), Pushed::Queued);
+        assert_eq!(out.queued_bytes(), 100);
+        assert_eq!(out.push(item(1)), Pushed::Overflow);
+        assert_eq!(out.queued_bytes(), 0);
+        assert_eq!(out.push(item(1)), Pushed::Closed);
+        let mut batch = Vec::new();
+        let close = out.take(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(close.unwrap().code, Some(CloseCode::SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn write_all_survives_partial_writes() {
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let items: Vec<Item> = (1..=20).map(item).collect();
+        let expect: usize = (1..=20).sum();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
+            got.len()
+        });
+        assert_eq!(write_all(&mut a, &items).await.unwrap(), expect);
+        drop(a);
+        assert_eq!(reader.await.unwrap(), expect);
+    }
+}

@@ -1,0 +1,469 @@
+//! The listeners: the public one (WebSocket upgrade and the HTTP routes) and the admin one
+//! (/metrics /healthz /readyz), the connection registry, and the drain.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use herald_proto::{codec, Codec, CloseCode, ErrorCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::outbound::Outbound;
+use crate::session::{self, Accepted, Mode};
+use crate::upstream::Upstream;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// What every connection of a gateway shares.
+pub struct Shared {
+    pub config: Config,
+    pub gateway_id: String,
+    pub auth: Authenticator,
+    pub hub: Arc<Hub>,
+    pub upstream: Arc<Upstream>,
+    pub conns: Connections,
+    pub draining: AtomicBool,
+    pub stream_ready: AtomicBool,
+    next_conn: AtomicU64,
+    origins: Vec<String>,
+}
+
+/// Open client connections, for limits and the drain.
+#[derive(Default)]
+pub struct Connections {
+    map: Mutex<HashMap<u64, Arc<Outbound>>>,
+    reserved: AtomicU64,
+    empty: Notify,
+}
+
+/// An HTTP error in the contract's shape.
+#[derive(Debug)]
+pub struct HttpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    pub fn new(config: Config, gateway_id: String, auth: Authenticator, hub: Arc<Hub>, upstream: Arc<Upstream>) -> Self {
+        Self {
+            origins: config.allowed_origins(),
+            config,
+            gateway_id,
+            auth,
+            hub,
+            upstream,
+            conns: Connections::default(),
+            draining: AtomicBool::new(false),
+            stream_ready: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.stream_ready.load(Ordering::Relaxed) && self.upstream.is_connected()
+    }
+
+    fn new_conn(&self) -> (u64, String) {
+        let n = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        (n, format!("{}-{n:x}", self.gateway_id))
+    }
+
+    fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+            // Non-browser clients send no Origin; browsers always do.
+            return true;
+        };
+        let origin = origin.trim_end_matches('/');
+        self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+// === impl Connections ===
+
+impl Connections {
+    /// Reserves a slot unless `max` are taken.
+    fn reserve(&self, max: usize) -> bool {
+        let prev = self.reserved.fetch_add(1, Ordering::AcqRel);
+        if prev as usize >= max {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn unreserve(&self) {
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        if self.reserved.load(Ordering::Acquire) == 0 {
+            self.empty.notify_waiters();
+        }
+    }
+
+    pub fn insert(&self, id: u64, out: Arc<Outbound>) {
+        self.map.lock().expect("conns lock").insert(id, out);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.map.lock().expect("conns lock").remove(&id);
+        self.unreserve();
+    }
+
+    pub fn len(&self) -> usize {
+        self.reserved.load(Ordering::Acquire) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every connection with 1012, spread over `spread`, and waits until all are gone
+    /// or `deadline` passes.
+    pub async fn drain(&self, spread: Duration, deadline: Duration) {
+        let outs: Vec<Arc<Outbound>> = self.map.lock().expect("conns lock").values().cloned().collect();
+        info!(connections = outs.len(), "Draining");
+        let spread_ms = spread.as_millis().max(1) as u64;
+        for out in outs {
+            let delay = Duration::from_millis(rand::rng().random_range(0..spread_ms));
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                out.close(Some(CloseCode::DRAINING));
+            });
+        }
+        let wait_empty = async {
+            loop {
+                let notified = self.empty.notified();
+                if self.is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(deadline, wait_empty).await.is_err() {
+            warn!(left = self.len(), "Drain deadline passed with connections open");
+        }
+    }
+}
+
+// === impl HttpError ===
+
+impl HttpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        crate::metrics::error(self.code);
+        let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(body.to_string()))
+            .expect("static response parts")
+    }
+}
+
+impl From<AuthError> for HttpError {
+    fn from(e: AuthError) -> Self {
+        Self::new(ErrorCode::Unauthorized, e.to_string())
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+// === public listener ===
+
+/// Accepts connections until `stop` fires.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, stop: Arc<Notify>) {
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let timeout = shared.config.handshake_timeout;
+            match tls {
+                None => serve_io(shared, tcp, remote).await,
+                Some(tls) => match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_io(shared, stream, remote).await,
+                    Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%remote, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+}
+
+async fn serve_io<I>(shared: Arc<Shared>, io: I, remote: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let timeout = shared.config.handshake_timeout;
+    let service = service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(route(shared, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%remote, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let result = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald),
+        (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),
+        (&Method::GET, "/") => Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(full(INDEX_HTML))
+            .expect("static response parts")),
+        _ => Err(HttpError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path()))),
+    };
+    result.unwrap_or_else(HttpError::into_response)
+}
+
+const INDEX_HTML: &str = "<!doctype html><meta charset=utf-8><title>Herald</title>\
+<h1>Herald gateway</h1><p>WebSocket endpoint: <code>/ws</code>. See the project README.</p>";
+
+/// A query parameter, percent-decoded.
+pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = req.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The bearer token of a request: `Authorization: Bearer` or `?token=`.
+pub fn token(req: &Request<Incoming>) -> Option<String> {
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_owned());
+    from_header.or_else(|| query_param(req, "token"))
+}
+
+fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Result<Response<Body>, HttpError> {
+    if shared.draining.load(Ordering::Relaxed) {
+        return Err(HttpError::new(ErrorCode::Unavailable, "gateway is draining; connect to another"));
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return Err(HttpError::new(ErrorCode::BadRequest, "expected a WebSocket upgrade"));
+    }
+    if !shared.origin_allowed(&req) {
+        return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    let codec = negotiate(&req)?;
+    let (conn_id, conn) = shared.new_conn();
+    let identity = match mode {
+        Mode::Echo => None,
+        Mode::Herald => {
+            let name = query_param(&req, "name");
+            Some(shared.auth.authenticate(token(&req).as_deref(), &conn, name.as_deref())?)
+        }
+    };
+    if !shared.conns.reserve(shared.config.max_connections) {
+        return Err(HttpError::new(ErrorCode::Unavailable, "too many connections"));
+    }
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(ok) => ok,
+        Err(e) => {
+            shared.conns.unreserve();
+            return Err(HttpError::new(ErrorCode::BadRequest, format!("bad upgrade: {e}")));
+        }
+    };
+    let offered_protocol = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
+    let identity = identity.unwrap_or_else(|| crate::auth::Identity {
+        user: format!("echo-{conn}"),
+        name: None,
+        claims: None,
+    });
+    tokio::spawn(async move {
+        match fut.await {
+            Ok(ws) => {
+                let accepted = Accepted {
+                    conn_id,
+                    conn,
+                    identity,
+                    codec,
+                    mode,
+                };
+                session::run(shared, ws.into_inner(), accepted).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "Upgrade did not complete");
+                shared.conns.unreserve();
+            }
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    if offered_protocol {
+        parts
+            .headers
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(codec.protocol()));
+    }
+    Ok(Response::from_parts(parts, full(Bytes::new())))
+}
+
+/// Picks the first offered sub-protocol Herald speaks; none offered means JSON.
+fn negotiate(req: &Request<Incoming>) -> Result<Codec, HttpError> {
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(Codec::Json);
+    }
+    offered.iter().find_map(|p| Codec::from_protocol(p)).ok_or_else(|| {
+        HttpError::new(
+            ErrorCode::BadRequest,
+            format!("unsupported sub-protocol; use {} or {}", codec::JSON_PROTOCOL, codec::MSGPACK_PROTOCOL),
+        )
+    })
+}
+
+// === admin listener ===
+
+/// Serves /metrics /healthz /readyz until `stop` fires.
+pub async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, metrics: PrometheusHandle, stop: Arc<Notify>) {
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        let tcp: TcpStream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let shared = Arc::clone(&shared);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (shared, metrics) = (Arc::clone(&shared), metrics.clone());
+                async move { Ok::<_, Infallible>(admin_route(&shared, &metrics, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn admin_route(shared: &Shared, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<Body> {
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(full(body))
+            .expect("static response parts")
+    };
+    match req.uri().path() {
+        "/metrics" => text(StatusCode::OK, metrics.render()),
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n".into()),
+        "/readyz" => {
+            let why = if shared.draining.load(Ordering::Relaxed) {
+                "draining"
+            } else if !shared.upstream.is_connected() {
+                "NATS disconnected"
+            } else {
+                "event stream not provisioned"
+            };
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("x%C3%A9"), "xé");
+    }
+}

@@ -1,0 +1,512 @@
+//! One WebSocket connection: a reader that decodes and runs ops, and a writer that drains
+//! the outbound queue, pings, and enforces the idle and token-expiry limits.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use herald_proto::codec::DecodeError;
+use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, ServerFrame, Welcome};
+use herald_proto::{room, Codec, CloseCode, ErrorCode};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, Instrument};
+
+use crate::auth::Identity;
+use crate::hub::RoomState;
+use crate::metrics::{self, Transport};
+use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
+use crate::server::Shared;
+
+/// Rejected publishes in a row that close the connection with 4029.
+const RATE_STRIKES: u32 = 10;
+/// Longest wait for a room's upstream subscription.
+const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the endpoint does with messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Herald's protocol (`/ws`).
+    Herald,
+    /// Echo every message unchanged (`/echo`, for conformance runs).
+    Echo,
+}
+
+/// A connection's identity and settings, fixed at the upgrade.
+pub struct Accepted {
+    pub conn_id: u64,
+    pub conn: String,
+    pub identity: Identity,
+    pub codec: Codec,
+    pub mode: Mode,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    conn: String,
+    identity: Identity,
+    codec: Codec,
+    out: Arc<Outbound>,
+    rooms: HashSet<String>,
+    bucket: TokenBucket,
+}
+
+/// Why the reader stopped.
+enum End {
+    /// The peer closed (its close frame is already answered) or the socket failed.
+    Peer,
+    /// Close with this code.
+    Close(CloseCode),
+}
+
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    strikes: u32,
+}
+
+// === impl Session ===
+
+/// Runs a connection until it ends.
+pub async fn run(shared: Arc<Shared>, upgraded: TokioIo<Upgraded>, accepted: Accepted) {
+    let span = tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
+    run_inner(shared, upgraded, accepted).instrument(span).await
+}
+
+async fn run_inner<S>(shared: Arc<Shared>, io: S, a: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (rd, wr) = tokio::io::split(io);
+    let (mut reader, _) = fastwebsockets::after_handshake_split(rd, tokio::io::sink(), Role::Server);
+    reader.set_max_message_size(shared.config.max_message_bytes);
+    let out = Outbound::new(shared.config.outbound_buffer_bytes);
+    let last_seen = Arc::new(AtomicU64::new(now_ms()));
+    shared.conns.insert(a.conn_id, Arc::clone(&out));
+    metrics::connection_opened(Transport::WebSocket);
+
+    let mut session = Session {
+        conn_id: a.conn_id,
+        conn: a.conn,
+        codec: a.codec,
+        out: Arc::clone(&out),
+        rooms: HashSet::new(),
+        bucket: TokenBucket::new(shared.config.publish_rate),
+        identity: a.identity,
+        shared: Arc::clone(&shared),
+    };
+    if a.mode == Mode::Herald {
+        session.send(&ServerFrame::Welcome(Welcome {
+            conn: session.conn.clone(),
+            user: session.identity.user.clone(),
+            gateway: shared.gateway_id.clone(),
+            ping_s: shared.config.ping_interval.as_secs(),
+        }));
+    }
+    let expires = session.identity.expires_at();
+    let writer = tokio::spawn(
+        write_loop(wr, Arc::clone(&out), Arc::clone(&last_seen), shared.config.ping_interval, expires)
+            .in_current_span(),
+    );
+    let writer_abort = writer.abort_handle();
+    tokio::pin!(writer);
+    let max = shared.config.max_message_bytes;
+    let reading = session.read_loop(&mut reader, &last_seen, a.mode, max);
+    tokio::select! {
+        end = reading => {
+            match end {
+                End::Peer => out.close(None),
+                End::Close(code) => out.close(Some(code)),
+            }
+            if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+                writer_abort.abort();
+            }
+        }
+        _ = &mut writer => {}
+    }
+    session.leave_all();
+    shared.conns.remove(a.conn_id);
+    metrics::connection_closed(Transport::WebSocket);
+    debug!("Connection closed");
+}
+
+impl Session {
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut WebSocketRead<R>,
+        last_seen: &AtomicU64,
+        mode: Mode,
+        max: usize,
+    ) -> End {
+        let out = Arc::clone(&self.out);
+        // Pongs and close replies that the frame reader owes the peer go through the queue.
+        let mut obligated = move |frame: Frame<'_>| {
+            let op = match frame.opcode {
+                OpCode::Close => opcode::CLOSE,
+                _ => opcode::PONG,
+            };
+            out.push_frame(ws_frame(op, &frame.payload));
+            std::future::ready(Ok::<(), Infallible>(()))
+        };
+        let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+        loop {
+            let frame = match reader.read_frame(&mut obligated).await {
+                Ok(frame) => frame,
+                Err(e) => return read_error(e),
+            };
+            last_seen.store(now_ms(), Ordering::Relaxed);
+            let (op, payload): (OpCode, Vec<u8>) = match frame.opcode {
+                OpCode::Close => return End::Peer,
+                OpCode::Ping | OpCode::Pong => continue,
+                OpCode::Text | OpCode::Binary if fragments.is_some() => {
+                    return End::Close(CloseCode::PROTOCOL_ERROR)
+                }
+                OpCode::Text | OpCode::Binary if !frame.fin => {
+                    fragments = Some((frame.opcode, frame.payload.to_vec()));
+                    continue;
+                }
+                OpCode::Text | OpCode::Binary => (frame.opcode, frame.payload.to_vec()),
+                OpCode::Continuation => {
+                    let Some((op, buf)) = fragments.as_mut() else {
+                        return End::Close(CloseCode::PROTOCOL_ERROR);
+                    };
+                    if buf.len() + frame.payload.len() > max {
+                        return End::Close(CloseCode::TOO_BIG);
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if !frame.fin {
+                        continue;
+                    }
+                    let (op, buf) = (*op, std::mem::take(buf));
+                    fragments = None;
+                    if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
+                        return End::Close(CloseCode::INVALID_PAYLOAD);
+                    }
+                    (op, buf)
+                }
+            };
+            if let Err(code) = self.on_message(mode, op, payload).await {
+                return End::Close(code);
+            }
+        }
+    }
+
+    async fn on_message(&mut self, mode: Mode, op: OpCode, payload: Vec<u8>) -> Result<(), CloseCode> {
+        if mode == Mode::Echo {
+            let code = if op == OpCode::Text { opcode::TEXT } else { opcode::BINARY };
+            self.out.push_frame(ws_frame(code, &payload));
+            return Ok(());
+        }
+        metrics::received();
+        if (op == OpCode::Binary) != self.codec.is_binary() {
+            return Err(CloseCode::UNSUPPORTED_DATA);
+        }
+        match self.codec.decode_client(&payload) {
+            Ok(frame) => self.on_op(frame).await,
+            Err(DecodeError::Undecodable(_)) => Err(CloseCode::INVALID_PAYLOAD),
+            Err(DecodeError::BadRequest { id, message }) => {
+                self.error(id, ErrorCode::BadRequest, message);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_op(&mut self, ClientFrame { id, op }: ClientFrame) -> Result<(), CloseCode> {
+        match op {
+            ClientOp::Subscribe { room, since, presence: _ } => self.subscribe(id, room, since).await,
+            ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
+            ClientOp::Publish { room, data, kind } => return self.publish(id, room, data, kind).await,
+            ClientOp::Presence { room } => self.presence(id, room).await,
+            ClientOp::Watch { .. } | ClientOp::Unwatch { .. } => self.error(
+                id,
+                ErrorCode::Unavailable,
+                "watch needs the presence service, which this gateway does not reach",
+            ),
+            ClientOp::Ping => self.send(&ServerFrame::Pong(Pong { id })),
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>) {
+        if let Err(e) = room::validate(&room) {
+            return self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
+        }
+        if !self.identity.may_subscribe(&room) {
+            return self.error(id, ErrorCode::Forbidden, format!("may not subscribe to {room}"));
+        }
+        if !self.rooms.contains(&room) && self.rooms.len() >= self.shared.config.max_subscriptions {
+            let max = self.shared.config.max_subscriptions;
+            return self.error(id, ErrorCode::TooManySubscriptions, format!("at most {max} subscriptions per connection"));
+        }
+        if self.rooms.contains(&room) {
+            self.leave(&room);
+        }
+        let shared = Arc::clone(&self.shared);
+        let joined = shared.hub.join(&room, self.conn_id, Arc::clone(&self.out), self.codec);
+        self.rooms.insert(room.clone());
+        if joined.new_room {
+            shared.upstream.start_room(&room);
+        }
+        let mut state = joined.state;
+        let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
+        if !ready {
+            self.leave(&room);
+            return self.error(id, ErrorCode::Unavailable, "the event store is unavailable");
+        }
+        let replay = match since {
+            None => shared.upstream.last_seq(&room).await.map(|last| (Vec::new(), last, true)),
+            Some(since) => self.replay(&room, since).await,
+        };
+        let (events, floor, recovered) = match replay {
+            Ok(r) => r,
+            Err(e) => {
+                self.leave(&room);
+                return self.error(id, ErrorCode::Unavailable, format!("history unavailable: {e}"));
+            }
+        };
+        metrics::replayed(events.len() as u64);
+        let codec = self.codec;
+        let ack_room = room.clone();
+        let activated = shared.hub.activate(&room, self.conn_id, &events, floor, |seq| {
+            encode(
+                codec,
+                &ServerFrame::Ack(Ack {
+                    id,
+                    room: Some(ack_room),
+                    seq: Some(seq),
+                    recovered: Some(recovered),
+                }),
+            )
+        });
+        debug!(%room, ?since, seq = ?activated, recovered, "Subscribed");
+    }
+
+    /// Events after `since`, and whether history still covers everything after it.
+    async fn replay(
+        &self,
+        room: &str,
+        since: u64,
+    ) -> Result<(Vec<Arc<crate::hub::StoredEvent>>, u64, bool), crate::upstream::UpstreamError> {
+        let upstream = &self.shared.upstream;
+        let recovered = since == 0 || upstream.holds(room, since).await?;
+        let events = upstream.fetch_after(room, since, None).await?;
+        Ok((events.into_iter().map(Arc::new).collect(), since, recovered))
+    }
+
+    fn unsubscribe(&mut self, id: Option<Id>, room: String) {
+        self.leave(&room);
+        self.send(&ServerFrame::Ack(Ack {
+            id,
+            room: Some(room),
+            ..Ack::default()
+        }));
+    }
+
+    async fn publish(&mut self, id: Option<Id>, room: String, data: Payload, kind: Option<String>) -> Result<(), CloseCode> {
+        if let Err(e) = room::validate(&room) {
+            self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
+            return Ok(());
+        }
+        if !self.identity.may_publish(&room) {
+            self.error(id, ErrorCode::Forbidden, format!("may not publish to {room}"));
+            return Ok(());
+        }
+        if !self.bucket.take() {
+            if self.bucket.strikes >= RATE_STRIKES {
+                return Err(CloseCode::RATE_LIMITED);
+            }
+            self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
+            return Ok(());
+        }
+        let upstream = &self.shared.upstream;
+        let ack = match upstream.publish(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user).await {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.error(id, ErrorCode::Unavailable, format!("publish failed: {e}"));
+                return Ok(());
+            }
+        };
+        let (out, codec) = (Arc::clone(&self.out), self.codec);
+        tokio::spawn(async move {
+            let frame = match ack.await {
+                Ok(ack) => ServerFrame::Ack(Ack {
+                    id,
+                    room: Some(room),
+                    seq: Some(ack.sequence),
+                    recovered: None,
+                }),
+                Err(e) => {
+                    metrics::error(ErrorCode::Unavailable);
+                    ServerFrame::Error(ErrorFrame::new(id, ErrorCode::Unavailable, format!("publish failed: {e}")))
+                }
+            };
+            out.push_frame(encode(codec, &frame));
+        });
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: Option<Id>, room: String) {
+        if let Err(e) = room::validate(&room) {
+            return self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
+        }
+        if !self.identity.may_subscribe(&room) {
+            return self.error(id, ErrorCode::Forbidden, format!("may not see presence of {room}"));
+        }
+        let upstream = &self.shared.upstream;
+        let subject = upstream.subjects().api_presence(&room);
+        let reply = tokio::time::timeout(Duration::from_secs(2), upstream.client().request(subject, Bytes::new())).await;
+        let presence = match reply {
+            Ok(Ok(msg)) => serde_json::from_slice::<herald_proto::frame::Presence>(&msg.payload).ok(),
+            _ => None,
+        };
+        match presence {
+            Some(mut p) => {
+                p.id = id;
+                self.send(&ServerFrame::Presence(p));
+            }
+            None => self.error(id, ErrorCode::Unavailable, "the presence service did not answer"),
+        }
+    }
+
+    fn leave(&mut self, room: &str) {
+        if self.rooms.remove(room) {
+            if let Some(generation) = self.shared.hub.leave(room, self.conn_id) {
+                self.shared.upstream.release_room(room, generation);
+            }
+        }
+    }
+
+    fn leave_all(&mut self) {
+        for room in std::mem::take(&mut self.rooms) {
+            if let Some(generation) = self.shared.hub.leave(&room, self.conn_id) {
+                self.shared.upstream.release_room(&room, generation);
+            }
+        }
+    }
+
+    fn send(&self, frame: &ServerFrame) {
+        self.out.push_frame(encode(self.codec, frame));
+    }
+
+    fn error(&self, id: Option<Id>, code: ErrorCode, message: impl Into<String>) {
+        let message = message.into();
+        debug!(code = code.as_str(), %message, "Error sent");
+        metrics::error(code);
+        self.send(&ServerFrame::Error(ErrorFrame::new(id, code, message)));
+    }
+}
+
+/// A whole WebSocket frame for a server frame in `codec`.
+pub fn encode(codec: Codec, frame: &ServerFrame) -> Bytes {
+    let op = if codec.is_binary() { opcode::BINARY } else { opcode::TEXT };
+    ws_frame(op, &codec.encode_server(frame))
+}
+
+fn read_error(e: WebSocketError) -> End {
+    match e {
+        WebSocketError::FrameTooLarge => End::Close(CloseCode::TOO_BIG),
+        WebSocketError::InvalidUTF8 => End::Close(CloseCode::INVALID_PAYLOAD),
+        WebSocketError::IoError(_) | WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => End::Peer,
+        // The frame reader has already queued a 1002 close for a bad close code.
+        WebSocketError::InvalidCloseCode => End::Peer,
+        _ => End::Close(CloseCode::PROTOCOL_ERROR),
+    }
+}
+
+/// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    out: Arc<Outbound>,
+    last_seen: Arc<AtomicU64>,
+    ping_interval: Duration,
+    expires_at: Option<u64>,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let expiry = expires_at.map(|exp| Duration::from_millis((exp * 1000).saturating_sub(now_ms())));
+    let expiry = tokio::time::sleep(expiry.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
+    tokio::pin!(expiry);
+    let idle_limit = 2 * ping_interval.as_millis() as u64;
+    let mut batch: Vec<Item> = Vec::with_capacity(8);
+    loop {
+        let close = out.take(&mut batch);
+        if !batch.is_empty() {
+            match outbound::write_all(&mut w, &batch).await {
+                Ok(bytes) => record_sent(&batch, bytes),
+                Err(_) => return,
+            }
+            batch.clear();
+            batch.shrink_to(8);
+            continue;
+        }
+        if let Some(close) = close {
+            if let Some(code) = close.code {
+                metrics::close(code.0);
+                let frame = [Item { bytes: close_frame(code), stored_us: 0 }];
+                let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut w, &frame)).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
+            return;
+        }
+        tokio::select! {
+            _ = out.notified() => {}
+            _ = ping.tick() => {
+                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
+                    debug!("No answer for two ping intervals");
+                    out.close(Some(CloseCode::GOING_AWAY));
+                } else {
+                    out.push_frame(ws_frame(opcode::PING, b""));
+                }
+            }
+            _ = &mut expiry => out.close(Some(CloseCode::POLICY)),
+        }
+    }
+}
+
+fn record_sent(batch: &[Item], bytes: usize) {
+    metrics::sent(Transport::WebSocket, batch.len() as u64, bytes as u64);
+    let now_us = crate::upstream::now_ns() / 1000;
+    for item in batch.iter().filter(|i| i.stored_us > 0) {
+        metrics::delivery_latency(now_us.saturating_sub(item.stored_us) as f64 / 1e6);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    crate::upstream::now_ns() / 1_000_000
+}
+
+// === impl TokenBucket ===
+
+impl TokenBucket {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            tokens: rate.max(1.0),
+            last: Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let burst = self.rate.max(1.0);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The gateway's side of NATS: one subscription per room with local subscribers, gap
+//! repair, history replay and publishing on behalf of clients.
+//!
+//! Each room's live subject is drained by its own task ("pump"), so one busy room never
+//! fills another's channel. The pump checks `prev` against the last seq it delivered and
+//! fetches any missing events from the stream before delivering (direct get,
+//! `next_by_subj`); after a NATS reconnect it fetches whatever was stored meanwhile.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetErrorKind};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_proto::header;
+use herald_proto::subject::Subjects;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::hub::{Hub, StoredEvent};
+
+/// Why a NATS operation failed (the client gets `unavailable`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamError(String);
+
+/// NATS connection, JetStream context and the room pumps.
+pub struct Upstream {
+    client: Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    stream: String,
+    hub: Arc<Hub>,
+    linger: Duration,
+    /// Bumped on every reconnect, so pumps fetch what they missed.
+    reconnects: watch::Receiver<u64>,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Connects (retrying in the background if NATS is down at start).
+    pub async fn connect(url: &str, name: &str) -> Result<(Client, watch::Receiver<u64>), UpstreamError> {
+        let (tx, rx) = watch::channel(0u64);
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .ping_interval(Duration::from_secs(10))
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    let label = match &event {
+                        async_nats::Event::Connected => {
+                            tx.send_modify(|n| *n += 1);
+                            "connected"
+                        }
+                        async_nats::Event::Disconnected => "disconnected",
+                        async_nats::Event::LameDuckMode => "lame_duck",
+                        async_nats::Event::SlowConsumer(_) => "slow_consumer",
+                        async_nats::Event::ServerError(_) => "server_error",
+                        async_nats::Event::ClientError(_) => "client_error",
+                        async_nats::Event::Draining => "draining",
+                        async_nats::Event::Closed => "closed",
+                    };
+                    crate::metrics::nats_event(label);
+                    debug!(event = label, "NATS connection event");
+                }
+            })
+            .connect(url.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))?;
+        Ok((client, rx))
+    }
+
+    pub fn new(client: Client, reconnects: watch::Receiver<u64>, subjects: Subjects, hub: Arc<Hub>, linger: Duration) -> Arc<Self> {
+        let js = jetstream::new(client.clone());
+        Arc::new(Self {
+            stream: subjects.stream_name(),
+            client,
+            js,
+            subjects,
+            hub,
+            linger,
+            reconnects,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Starts the pump of a room the hub just created.
+    pub fn start_room(self: &Arc<Self>, room: &str) {
+        let room: Arc<str> = Arc::from(room);
+        let task = tokio::spawn(Arc::clone(self).pump(Arc::clone(&room)));
+        self.hub.set_pump(&room, task.abort_handle());
+    }
+
+    /// Called when a room lost its last local subscriber: drop it after the linger.
+    pub fn release_room(self: &Arc<Self>, room: &str, generation: u64) {
+        let this = Arc::clone(self);
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.linger).await;
+            this.hub.remove_if_idle(&room, generation);
+        });
+    }
+
+    async fn pump(self: Arc<Self>, room: Arc<str>) {
+        let _gauge = GaugeGuard::new();
+        let mut sub = loop {
+            match self.subscribe_room(&room).await {
+                Ok(ok) => break ok,
+                Err(e) => {
+                    warn!(%room, error = %e, "Room subscription failed; retrying");
+                    self.hub.set_failed(&room);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut reconnects = self.reconnects.clone();
+        reconnects.borrow_and_update();
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(ev) = self.live_event(&room, &msg) else { continue };
+                    self.on_live(&room, ev).await;
+                }
+                changed = reconnects.changed() => {
+                    if changed.is_err() { break }
+                    self.catch_up(&room, None).await;
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the room's live subject, then reads its last seq: any event stored
+    /// after the subscription is in place arrives live; anything before is history.
+    async fn subscribe_room(&self, room: &str) -> Result<async_nats::Subscriber, UpstreamError> {
+        let sub = self
+            .client
+            .subscribe(self.subjects.live_room(room))
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))?;
+        self.client.flush().await.map_err(|e| UpstreamError(e.to_string()))?;
+        let last = self.last_seq(room).await?;
+        self.hub.set_ready(room, last);
+        Ok(sub)
+    }
+
+    async fn on_live(&self, room: &str, ev: StoredEvent) {
+        let last = self.hub.last_seq(room).unwrap_or(0);
+        if ev.seq <= last {
+            return;
+        }
+        if ev.prev > last {
+            self.catch_up(room, Some(ev.seq)).await;
+        }
+        self.hub.deliver(&Arc::new(ev));
+    }
+
+    /// Fetches and delivers what the room stored after the hub's last seq (up to `until`).
+    async fn catch_up(&self, room: &str, until: Option<u64>) {
+        let last = self.hub.last_seq(room).unwrap_or(0);
+        match self.fetch_after(room, last, until).await {
+            Ok(events) => {
+                crate::metrics::gap_repaired(events.len() as u64);
+                if !events.is_empty() {
+                    debug!(%room, from = last, events = events.len(), "Gap repaired from the stream");
+                }
+                for ev in events {
+                    self.hub.deliver(&Arc::new(ev));
+                }
+            }
+            Err(e) => warn!(%room, error = %e, "Gap repair failed"),
+        }
+    }
+
+    fn live_event(&self, room: &str, msg: &async_nats::Message) -> Option<StoredEvent> {
+        let headers = msg.headers.as_ref()?;
+        let num = |name: &str| headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
+        let seq = num(header::NATS_SEQUENCE)?;
+        let stored_ns = headers
+            .get(header::NATS_TIME_STAMP)
+            .and_then(|v| humantime::parse_rfc3339_weak(v.as_str()).ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_else(now_ns);
+        Some(StoredEvent {
+            room: Arc::from(room),
+            seq,
+            prev: num(header::NATS_LAST_SEQUENCE).unwrap_or(0),
+            ts: stored_ns / 1_000_000,
+            stored_us: stored_ns / 1_000,
+            kind: text_header(headers, header::HERALD_TYPE),
+            from: text_header(headers, header::HERALD_FROM),
+            payload: msg.payload.clone(),
+        })
+    }
+
+    /// The room's last stored seq (0 if it has none).
+    pub async fn last_seq(&self, room: &str) -> Result<u64, UpstreamError> {
+        let stream = self.stream().await?;
+        match stream.direct_get_last_for_subject(self.subjects.room(room)).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(0),
+            Err(e) => Err(UpstreamError(e.to_string())),
+        }
+    }
+
+    /// Whether `seq` is still stored as an event of `room`.
+    pub async fn holds(&self, room: &str, seq: u64) -> Result<bool, UpstreamError> {
+        let stream = self.stream().await?;
+        match stream.direct_get(seq).await {
+            Ok(m) => Ok(m.subject.as_str() == self.subjects.room(room)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(UpstreamError(e.to_string())),
+        }
+    }
+
+    /// The room's stored events after `after`, in order, stopping before `until`; each
+    /// event's `prev` is the one before it (the first one's is `after`).
+    pub async fn fetch_after(&self, room: &str, after: u64, until: Option<u64>) -> Result<Vec<StoredEvent>, UpstreamError> {
+        let stream = self.stream().await?;
+        let subject = self.subjects.room(room);
+        let room: Arc<str> = Arc::from(room);
+        let mut out = Vec::new();
+        let mut cur = after;
+        loop {
+            let m = match stream.direct_get_next_for_subject(subject.as_str(), Some(cur + 1)).await {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+                Err(e) => return Err(UpstreamError(e.to_string())),
+            };
+            if until.is_some_and(|u| m.sequence >= u) {
+                break;
+            }
+            let stored_ns = m.time.unix_timestamp_nanos().max(0) as u64;
+            out.push(StoredEvent {
+                room: Arc::clone(&room),
+                seq: m.sequence,
+                prev: cur,
+                ts: stored_ns / 1_000_000,
+                stored_us: stored_ns / 1_000,
+                kind: text_header(&m.headers, header::HERALD_TYPE),
+                from: text_header(&m.headers, header::HERALD_FROM),
+                payload: m.payload,
+            });
+            cur = m.sequence;
+        }
+        Ok(out)
+    }
+
+    /// Stores an event for a client; the returned future resolves to its seq.
+    pub async fn publish(&self, room: &str, payload: Bytes, kind: Option<&str>, from: &str) -> Result<PublishAckFuture, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HERALD_FROM, from);
+        if let Some(kind) = kind {
+            headers.insert(header::HERALD_TYPE, kind);
+        }
+        self.js
+            .publish_with_headers(self.subjects.room(room), headers, payload)
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))
+    }
+
+    async fn stream(&self) -> Result<jetstream::stream::Stream<()>, UpstreamError> {
+        self.js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))
+    }
+}
+
+fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
+    headers.get(name).map(|v| Box::from(v.as_str())).filter(|s: &Box<str>| !s.is_empty())
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Counts a pump in `herald_gateway_nats_subscriptions` for as long as it lives.
+struct GaugeGuard;
+
+impl GaugeGuard {
+    fn new() -> Self {
+        crate::metrics::nats_subscriptions(1.0);
+        Self
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        crate::metrics::nats_subscriptions(-1.0);
+    }
+}
