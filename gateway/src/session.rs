@@ -25,6 +25,8 @@ use crate::server::Shared;
 
 /// Rejected publishes in a row that close the connection with 4029.
 const RATE_STRIKES: u32 = 10;
+/// How long a closing connection's pending write may stay blocked.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait for a room's upstream subscription.
 const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -439,7 +441,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     loop {
         let close = out.take(&mut batch);
         if !batch.is_empty() {
-            match outbound::write_all(&mut w, &batch).await {
+            // A peer that stops reading blocks this write; once the connection is closing
+            // (e.g. its queue overflowed) it gets a grace period to read, then is dropped.
+            let stuck = async {
+                while !out.is_closing() {
+                    out.notified().await;
+                }
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            let written = tokio::select! {
+                r = outbound::write_all(&mut w, &batch) => r,
+                _ = stuck => return,
+            };
+            match written {
                 Ok(bytes) => record_sent(&batch, bytes),
                 Err(_) => return,
             }

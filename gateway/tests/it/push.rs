@@ -1,0 +1,97 @@
+//! Events published to NATS reach subscribers on every gateway, in both codecs.
+
+use herald_proto::frame::ServerFrame;
+use herald_proto::Codec;
+use herald_testkit::{jwt, WsClient};
+use serde_json::json;
+
+use crate::{backend_publish, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_event_reaches_both_gateways_in_both_codecs_with_seq_and_prev() {
+    let stack = Stack::start().await;
+    let token = jwt::any_room("alice");
+    let mut json_a = WsClient::connect_codec(&stack.a.ws_url(), &token, Codec::Json).await;
+    let mut mp_b = WsClient::connect_codec(&stack.b.ws_url(), &token, Codec::MsgPack).await;
+    assert_eq!(mp_b.codec, Codec::MsgPack);
+    let welcome = json_a.welcome.clone().unwrap();
+    assert_eq!(welcome.user, "alice");
+    assert_eq!(welcome.gateway, stack.a.id);
+    assert_eq!(welcome.ping_s, 25);
+
+    let (replayed, ack_a) = json_a.subscribe("lobby", None).await;
+    assert!(replayed.is_empty());
+    assert_eq!(ack_a.seq, Some(0));
+    assert_eq!(ack_a.recovered, Some(true));
+    let (_, ack_b) = mp_b.subscribe("lobby", None).await;
+    assert_eq!(ack_b.seq, Some(0));
+
+    let nats = stack.nats_client().await;
+    for i in 0..3 {
+        backend_publish(&nats, "lobby", json!({"text": format!("hello {i}")})).await;
+    }
+    let mut prev = 0;
+    for i in 0..3 {
+        let a = json_a.event().await;
+        let b = mp_b.event().await;
+        assert_eq!(a, b, "JSON and MessagePack clients get the same event");
+        assert_eq!(a.room, "lobby");
+        assert_eq!(a.prev, prev);
+        assert!(a.seq > prev);
+        assert_eq!(a.kind.as_deref(), Some("message"));
+        assert_eq!(a.from, None);
+        assert_eq!(a.data, Some(json!({"text": format!("hello {i}")})));
+        assert!(a.ts > 1_700_000_000_000);
+        prev = a.seq;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_publish_ack_matches_the_seq_subscribers_on_the_other_gateway_see() {
+    let stack = Stack::start().await;
+    let mut bob = WsClient::connect(&stack.b.ws_url(), &jwt::token("bob", 3600, &["chat"], &[])).await;
+    bob.subscribe("chat", None).await;
+    let mut alice = WsClient::connect(&stack.a.ws_url(), &jwt::token("alice", 3600, &[], &["chat"])).await;
+    let ack = alice.publish("chat", json!({"text": "hi bob"})).await;
+    assert_eq!(ack.room.as_deref(), Some("chat"));
+    let ev = bob.event().await;
+    let first = ev.seq;
+    assert_eq!(Some(ev.seq), ack.seq);
+    assert_eq!(ev.prev, 0);
+    assert_eq!(ev.from.as_deref(), Some("alice"));
+    assert_eq!(ev.data, Some(json!({"text": "hi bob"})));
+
+    // A binary payload from a MessagePack client reaches a JSON client as data_b64.
+    let mut mp = WsClient::connect_codec(&stack.a.ws_url(), &jwt::token("carol", 3600, &[], &["chat"]), Codec::MsgPack).await;
+    let op = rmp_serde::to_vec_named(&serde_json::json!({"op": "publish", "id": 5, "room": "chat"})).unwrap();
+    // Append a binary `data` field by hand: map of 4 instead of 3.
+    let mut bytes = vec![0x84];
+    bytes.extend_from_slice(&op[1..]);
+    bytes.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a', 0xc4, 3, 1, 2, 3]);
+    mp.send_raw(fastwebsockets::OpCode::Binary, bytes).await;
+    let ServerFrame::Ack(ack) = mp.recv().await else { panic!("ack expected") };
+    let ev = bob.event().await;
+    assert_eq!(Some(ev.seq), ack.seq);
+    assert_eq!(ev.prev, first);
+    assert_eq!(ev.data, None);
+    assert_eq!(ev.data_bytes, Some(vec![1, 2, 3]));
+    assert_eq!(ev.from.as_deref(), Some("carol"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_pong_and_unsubscribe() {
+    let stack = Stack::start().await;
+    let mut c = WsClient::connect(&stack.a.ws_url(), &jwt::any_room("dan")).await;
+    c.op(json!({"op": "ping", "id": 42})).await;
+    let frame = c.recv().await;
+    assert_eq!(frame, ServerFrame::Pong(herald_proto::frame::Pong { id: Some(herald_proto::frame::Id::Num(42)) }));
+    c.subscribe("news", None).await;
+    c.op(json!({"op": "unsubscribe", "id": 2, "room": "news"})).await;
+    let ServerFrame::Ack(ack) = c.recv().await else { panic!("ack expected") };
+    assert_eq!(ack.room.as_deref(), Some("news"));
+    let nats = stack.nats_client().await;
+    backend_publish(&nats, "news", json!(1)).await;
+    c.op(json!({"op": "ping", "id": 43})).await;
+    // Nothing from `news` arrives before the pong.
+    assert!(matches!(c.recv().await, ServerFrame::Pong(_)));
+}

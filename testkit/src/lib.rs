@@ -1,0 +1,46 @@
+//! Test harnesses for Herald's integration tests.
+//!
+//! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with its own store
+//!   directory, killed and cleaned up on drop; restartable on the same port and store.
+//! - [`TestGateway`]: an in-process gateway on port 0, shut down on drop.
+//! - [`WsClient`]: a WebSocket client speaking either codec, able to send raw frames.
+//! - [`jwt`]: token minting. [`http`]: tiny HTTP requests. [`wait_until`]: condition waits.
+
+pub mod client;
+pub mod gateway;
+pub mod http;
+pub mod jwt;
+pub mod nats;
+
+pub use client::WsClient;
+pub use gateway::TestGateway;
+pub use nats::NatsServer;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
