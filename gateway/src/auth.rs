@@ -37,7 +37,10 @@ impl Authenticator {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.auth_hs256_secret {
-            keys.push((DecodingKey::from_secret(secret.as_bytes()), validation(Algorithm::HS256)));
+            keys.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256),
+            ));
         }
         if let Some(key) = &config.auth_public_key {
             let pem = if key.trim_start().starts_with("-----BEGIN") {
@@ -54,7 +57,12 @@ impl Authenticator {
     }
 
     /// Verifies `token`; with no token, an anonymous identity if anonymous mode is on.
-    pub fn authenticate(&self, token: Option<&str>, anon_id: &str, anon_name: Option<&str>) -> Result<Identity, AuthError> {
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        anon_id: &str,
+        anon_name: Option<&str>,
+    ) -> Result<Identity, AuthError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             if self.allow_anonymous {
                 return Ok(Identity {
@@ -110,7 +118,9 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Validation), ConfigError> {
     if let Ok(k) = DecodingKey::from_ec_pem(pem) {
         return Ok((k, validation(Algorithm::ES256)));
     }
-    DecodingKey::from_ed_pem(pem).map(|k| (k, validation(Algorithm::EdDSA))).map_err(bad)
+    DecodingKey::from_ed_pem(pem)
+        .map(|k| (k, validation(Algorithm::EdDSA)))
+        .map_err(bad)
 }
 
 // === impl Identity ===

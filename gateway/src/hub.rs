@@ -53,9 +53,11 @@ pub struct Joined {
 
 /// Rooms and their local subscribers.
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<Arc<str>, Room>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
 }
+
+type Shard = HashMap<Arc<str>, Room>;
 
 struct Room {
     subs: HashMap<u64, Sub>,
@@ -113,7 +115,7 @@ impl Default for Hub {
 }
 
 impl Hub {
-    fn shard(&self, room: &str) -> MutexGuard<'_, HashMap<Arc<str>, Room>> {
+    fn shard(&self, room: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(room) as usize % SHARDS;
         self.shards[i].lock().expect("hub shard lock")
     }
@@ -248,7 +250,11 @@ impl Hub {
                 Mode::Live if ev.seq > sub.delivered => {
                     sub.delivered = ev.seq;
                     let bytes = frames.get(sub.codec);
-                    if sub.out.push(Item { bytes, stored_us: ev.stored_us }) == Pushed::Queued {
+                    if sub.out.push(Item {
+                        bytes,
+                        stored_us: ev.stored_us,
+                    }) == Pushed::Queued
+                    {
                         n += 1;
                     }
                 }
@@ -260,12 +266,19 @@ impl Hub {
 
     /// Rooms with at least one local subscriber or lingering.
     pub fn rooms(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().expect("hub shard lock").len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("hub shard lock").len())
+            .sum()
     }
 }
 
 fn encode(ev: &StoredEvent, codec: Codec) -> Bytes {
-    let op = if codec.is_binary() { opcode::BINARY } else { opcode::TEXT };
+    let op = if codec.is_binary() {
+        opcode::BINARY
+    } else {
+        opcode::TEXT
+    };
     ws_frame(op, &codec.encode_event(ev.as_ref()))
 }
 
@@ -318,7 +331,9 @@ mod tests {
         hub.deliver(&ev(7, 6));
         hub.deliver(&ev(8, 7));
         assert!(drain(&out).is_empty());
-        let seq = hub.activate("lobby", 1, &[ev(6, 5), ev(7, 6)], 5, |s| Bytes::from(format!("__ack {s}")));
+        let seq = hub.activate("lobby", 1, &[ev(6, 5), ev(7, 6)], 5, |s| {
+            Bytes::from(format!("__ack {s}"))
+        });
         assert_eq!(seq, Some(8));
         hub.deliver(&ev(8, 7));
         hub.deliver(&ev(9, 8));
@@ -350,7 +365,10 @@ mod tests {
         assert_eq!(hub.leave("lobby", 1), None);
         let generation = hub.leave("lobby", 2).unwrap();
         hub.join("lobby", 3, a, Codec::Json);
-        assert!(!hub.remove_if_idle("lobby", generation), "reused before the linger ended");
+        assert!(
+            !hub.remove_if_idle("lobby", generation),
+            "reused before the linger ended"
+        );
         let generation = hub.leave("lobby", 3).unwrap();
         assert!(hub.remove_if_idle("lobby", generation));
         assert_eq!(hub.rooms(), 0);

@@ -71,7 +71,9 @@ impl Gateway {
         let tls = tls::acceptor(&config)?;
         let metrics = metrics::install();
         let gateway_id = config.gateway_id.clone().unwrap_or_else(random_id);
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| Error::Bind(config.listen, e))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Bind(config.listen, e))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| Error::Bind(config.admin_listen, e))?;
@@ -124,8 +126,17 @@ impl Gateway {
         let stop_admin = Arc::new(Notify::new());
         let provision = tokio::spawn(provision_stream(Arc::clone(&shared)));
         let upkeep = tokio::spawn(metrics::upkeep(metrics.clone()));
-        let public = tokio::spawn(server::accept_loop(Arc::clone(&shared), listener, tls, Arc::clone(&stop_public)));
-        let admin = tokio::spawn(server::admin_loop(Arc::clone(&shared), admin, metrics, Arc::clone(&stop_admin)));
+        let public = tokio::spawn(server::accept_loop(
+            Arc::clone(&shared),
+            listener,
+            tls,
+            Arc::clone(&stop_public),
+        ));
+        let readiness: server::Readiness = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move || shared.not_ready())
+        };
+        let admin = tokio::spawn(server::admin_loop(admin, metrics, readiness, Arc::clone(&stop_admin)));
 
         shutdown.await;
         shared.draining.store(true, Ordering::SeqCst);

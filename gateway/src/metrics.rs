@@ -58,13 +58,29 @@ fn describe() {
     describe_counter!(CONNECTIONS_OPENED, "Client connections opened, by transport.");
     describe_counter!(MESSAGES_SENT, "Frames written to clients, by transport.");
     describe_counter!(MESSAGES_RECEIVED, "Client frames received.");
-    describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Time from an event being stored to its frame being written to the socket.");
-    describe_counter!(SLOW_CONSUMER_DISCONNECTS, "Connections closed because their outbound buffer overflowed (4008).");
-    describe_gauge!(ROOM_SUBSCRIPTIONS, "Room subscriptions held by clients of this gateway.");
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Time from an event being stored to its frame being written to the socket."
+    );
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        "Connections closed because their outbound buffer overflowed (4008)."
+    );
+    describe_gauge!(
+        ROOM_SUBSCRIPTIONS,
+        "Room subscriptions held by clients of this gateway."
+    );
     describe_gauge!(NATS_SUBSCRIPTIONS, "Upstream NATS room subscriptions of this gateway.");
-    describe_counter!(ERRORS, "Errors sent to clients (error frames, HTTP errors and close codes), by code.");
+    describe_counter!(
+        ERRORS,
+        "Errors sent to clients (error frames, HTTP errors and close codes), by code."
+    );
     describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written to clients, by transport.");
-    describe_counter!(GAPS_REPAIRED, "Events fetched from the stream to fill a gap in the live feed.");
+    describe_counter!(
+        GAPS_REPAIRED,
+        "Events fetched from the stream to fill a gap in the live feed."
+    );
     describe_counter!(NATS_EVENTS, "NATS connection events, by event.");
     describe_counter!(REPLAYED, "Events replayed from history to resuming subscribers.");
     describe_counter!(CLOSES, "WebSocket connections closed by the gateway, by close code.");

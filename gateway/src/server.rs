@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_proto::{codec, CloseCode, Codec, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use herald_proto::{codec, Codec, CloseCode, ErrorCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -66,7 +66,13 @@ pub struct HttpError {
 // === impl Shared ===
 
 impl Shared {
-    pub fn new(config: Config, gateway_id: String, auth: Authenticator, hub: Arc<Hub>, upstream: Arc<Upstream>) -> Self {
+    pub fn new(
+        config: Config,
+        gateway_id: String,
+        auth: Authenticator,
+        hub: Arc<Hub>,
+        upstream: Arc<Upstream>,
+    ) -> Self {
         Self {
             origins: config.allowed_origins(),
             config,
@@ -81,8 +87,17 @@ impl Shared {
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.stream_ready.load(Ordering::Relaxed) && self.upstream.is_connected()
+    /// Why the gateway is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if !self.upstream.is_connected() {
+            Some("NATS disconnected")
+        } else if !self.stream_ready.load(Ordering::Relaxed) {
+            Some("event stream not provisioned")
+        } else {
+            None
+        }
     }
 
     fn new_conn(&self) -> (u64, String) {
@@ -263,7 +278,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
             .body(full(INDEX_HTML))
             .expect("static response parts")),
-        _ => Err(HttpError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path()))),
+        _ => Err(HttpError::new(
+            ErrorCode::NotFound,
+            format!("no route for {} {}", req.method(), req.uri().path()),
+        )),
     };
     result.unwrap_or_else(HttpError::into_response)
 }
@@ -317,7 +335,10 @@ pub fn token(req: &Request<Incoming>) -> Option<String> {
 
 fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Result<Response<Body>, HttpError> {
     if shared.draining.load(Ordering::Relaxed) {
-        return Err(HttpError::new(ErrorCode::Unavailable, "gateway is draining; connect to another"));
+        return Err(HttpError::new(
+            ErrorCode::Unavailable,
+            "gateway is draining; connect to another",
+        ));
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Err(HttpError::new(ErrorCode::BadRequest, "expected a WebSocket upgrade"));
@@ -331,7 +352,11 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
         Mode::Echo => None,
         Mode::Herald => {
             let name = query_param(&req, "name");
-            Some(shared.auth.authenticate(token(&req).as_deref(), &conn, name.as_deref())?)
+            Some(
+                shared
+                    .auth
+                    .authenticate(token(&req).as_deref(), &conn, name.as_deref())?,
+            )
         }
     };
     if !shared.conns.reserve(shared.config.max_connections) {
@@ -370,9 +395,10 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
     });
     let (mut parts, _) = resp.into_parts();
     if offered_protocol {
-        parts
-            .headers
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(codec.protocol()));
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(codec.protocol()),
+        );
     }
     Ok(Response::from_parts(parts, full(Bytes::new())))
 }
@@ -394,15 +420,22 @@ fn negotiate(req: &Request<Incoming>) -> Result<Codec, HttpError> {
     offered.iter().find_map(|p| Codec::from_protocol(p)).ok_or_else(|| {
         HttpError::new(
             ErrorCode::BadRequest,
-            format!("unsupported sub-protocol; use {} or {}", codec::JSON_PROTOCOL, codec::MSGPACK_PROTOCOL),
+            format!(
+                "unsupported sub-protocol; use {} or {}",
+                codec::JSON_PROTOCOL,
+                codec::MSGPACK_PROTOCOL
+            ),
         )
     })
 }
 
 // === admin listener ===
 
+/// Why a process is not ready (`None`: ready). Shared by the gateway and fanout.
+pub type Readiness = Arc<dyn Fn() -> Option<&'static str> + Send + Sync>;
+
 /// Serves /metrics /healthz /readyz until `stop` fires.
-pub async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, metrics: PrometheusHandle, stop: Arc<Notify>) {
+pub async fn admin_loop(listener: TcpListener, metrics: PrometheusHandle, ready: Readiness, stop: Arc<Notify>) {
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
@@ -416,12 +449,11 @@ pub async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, metrics: Pro
             },
             _ = &mut stopped => return,
         };
-        let shared = Arc::clone(&shared);
-        let metrics = metrics.clone();
+        let (metrics, ready) = (metrics.clone(), Arc::clone(&ready));
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (shared, metrics) = (Arc::clone(&shared), metrics.clone());
-                async move { Ok::<_, Infallible>(admin_route(&shared, &metrics, &req)) }
+                let (metrics, ready) = (metrics.clone(), Arc::clone(&ready));
+                async move { Ok::<_, Infallible>(admin_route(&metrics, &*ready, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -430,7 +462,11 @@ pub async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, metrics: Pro
     }
 }
 
-fn admin_route(shared: &Shared, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<Body> {
+fn admin_route(
+    metrics: &PrometheusHandle,
+    ready: &(dyn Fn() -> Option<&'static str> + Send + Sync),
+    req: &Request<Incoming>,
+) -> Response<Body> {
     let text = |status: StatusCode, body: String| {
         Response::builder()
             .status(status)
@@ -441,17 +477,10 @@ fn admin_route(shared: &Shared, metrics: &PrometheusHandle, req: &Request<Incomi
     match req.uri().path() {
         "/metrics" => text(StatusCode::OK, metrics.render()),
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n".into()),
-        "/readyz" => {
-            let why = if shared.draining.load(Ordering::Relaxed) {
-                "draining"
-            } else if !shared.upstream.is_connected() {
-                "NATS disconnected"
-            } else {
-                "event stream not provisioned"
-            };
-            text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
-        }
+        "/readyz" => match ready() {
+            None => text(StatusCode::OK, "ready\n".into()),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }

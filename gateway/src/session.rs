@@ -11,7 +11,7 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, ServerFrame, Welcome};
-use herald_proto::{room, Codec, CloseCode, ErrorCode};
+use herald_proto::{room, CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -78,7 +78,8 @@ struct TokenBucket {
 
 /// Runs a connection until it ends.
 pub async fn run(shared: Arc<Shared>, upgraded: TokioIo<Upgraded>, accepted: Accepted) {
-    let span = tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
+    let span =
+        tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
     run_inner(shared, upgraded, accepted).instrument(span).await
 }
 
@@ -114,8 +115,14 @@ where
     }
     let expires = session.identity.expires_at();
     let writer = tokio::spawn(
-        write_loop(wr, Arc::clone(&out), Arc::clone(&last_seen), shared.config.ping_interval, expires)
-            .in_current_span(),
+        write_loop(
+            wr,
+            Arc::clone(&out),
+            Arc::clone(&last_seen),
+            shared.config.ping_interval,
+            expires,
+        )
+        .in_current_span(),
     );
     let writer_abort = writer.abort_handle();
     tokio::pin!(writer);
@@ -167,9 +174,7 @@ impl Session {
             let (op, payload): (OpCode, Vec<u8>) = match frame.opcode {
                 OpCode::Close => return End::Peer,
                 OpCode::Ping | OpCode::Pong => continue,
-                OpCode::Text | OpCode::Binary if fragments.is_some() => {
-                    return End::Close(CloseCode::PROTOCOL_ERROR)
-                }
+                OpCode::Text | OpCode::Binary if fragments.is_some() => return End::Close(CloseCode::PROTOCOL_ERROR),
                 OpCode::Text | OpCode::Binary if !frame.fin => {
                     fragments = Some((frame.opcode, frame.payload.to_vec()));
                     continue;
@@ -202,7 +207,11 @@ impl Session {
 
     async fn on_message(&mut self, mode: Mode, op: OpCode, payload: Vec<u8>) -> Result<(), CloseCode> {
         if mode == Mode::Echo {
-            let code = if op == OpCode::Text { opcode::TEXT } else { opcode::BINARY };
+            let code = if op == OpCode::Text {
+                opcode::TEXT
+            } else {
+                opcode::BINARY
+            };
             self.out.push_frame(ws_frame(code, &payload));
             return Ok(());
         }
@@ -222,7 +231,11 @@ impl Session {
 
     async fn on_op(&mut self, ClientFrame { id, op }: ClientFrame) -> Result<(), CloseCode> {
         match op {
-            ClientOp::Subscribe { room, since, presence: _ } => self.subscribe(id, room, since).await,
+            ClientOp::Subscribe {
+                room,
+                since,
+                presence: _,
+            } => self.subscribe(id, room, since).await,
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
             ClientOp::Publish { room, data, kind } => return self.publish(id, room, data, kind).await,
             ClientOp::Presence { room } => self.presence(id, room).await,
@@ -245,7 +258,11 @@ impl Session {
         }
         if !self.rooms.contains(&room) && self.rooms.len() >= self.shared.config.max_subscriptions {
             let max = self.shared.config.max_subscriptions;
-            return self.error(id, ErrorCode::TooManySubscriptions, format!("at most {max} subscriptions per connection"));
+            return self.error(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max} subscriptions per connection"),
+            );
         }
         if self.rooms.contains(&room) {
             self.leave(&room);
@@ -265,7 +282,11 @@ impl Session {
             return self.error(id, ErrorCode::Unavailable, "the event store is unavailable");
         }
         let replay = match since {
-            None => shared.upstream.last_seq(&room).await.map(|last| (Vec::new(), last, true)),
+            None => shared
+                .upstream
+                .last_seq(&room)
+                .await
+                .map(|last| (Vec::new(), last, true)),
             Some(since) => self.replay(&room, since).await,
         };
         let (events, floor, recovered) = match replay {
@@ -313,7 +334,13 @@ impl Session {
         }));
     }
 
-    async fn publish(&mut self, id: Option<Id>, room: String, data: Payload, kind: Option<String>) -> Result<(), CloseCode> {
+    async fn publish(
+        &mut self,
+        id: Option<Id>,
+        room: String,
+        data: Payload,
+        kind: Option<String>,
+    ) -> Result<(), CloseCode> {
         if let Err(e) = room::validate(&room) {
             self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
             return Ok(());
@@ -330,7 +357,10 @@ impl Session {
             return Ok(());
         }
         let upstream = &self.shared.upstream;
-        let ack = match upstream.publish(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user).await {
+        let ack = match upstream
+            .publish(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user)
+            .await
+        {
             Ok(ack) => ack,
             Err(e) => {
                 self.error(id, ErrorCode::Unavailable, format!("publish failed: {e}"));
@@ -348,7 +378,11 @@ impl Session {
                 }),
                 Err(e) => {
                     metrics::error(ErrorCode::Unavailable);
-                    ServerFrame::Error(ErrorFrame::new(id, ErrorCode::Unavailable, format!("publish failed: {e}")))
+                    ServerFrame::Error(ErrorFrame::new(
+                        id,
+                        ErrorCode::Unavailable,
+                        format!("publish failed: {e}"),
+                    ))
                 }
             };
             out.push_frame(encode(codec, &frame));
@@ -365,7 +399,8 @@ impl Session {
         }
         let upstream = &self.shared.upstream;
         let subject = upstream.subjects().api_presence(&room);
-        let reply = tokio::time::timeout(Duration::from_secs(2), upstream.client().request(subject, Bytes::new())).await;
+        let reply =
+            tokio::time::timeout(Duration::from_secs(2), upstream.client().request(subject, Bytes::new())).await;
         let presence = match reply {
             Ok(Ok(msg)) => serde_json::from_slice::<herald_proto::frame::Presence>(&msg.payload).ok(),
             _ => None,
@@ -409,7 +444,11 @@ impl Session {
 
 /// A whole WebSocket frame for a server frame in `codec`.
 pub fn encode(codec: Codec, frame: &ServerFrame) -> Bytes {
-    let op = if codec.is_binary() { opcode::BINARY } else { opcode::TEXT };
+    let op = if codec.is_binary() {
+        opcode::BINARY
+    } else {
+        opcode::TEXT
+    };
     ws_frame(op, &codec.encode_server(frame))
 }
 
@@ -464,7 +503,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if let Some(close) = close {
             if let Some(code) = close.code {
                 metrics::close(code.0);
-                let frame = [Item { bytes: close_frame(code), stored_us: 0 }];
+                let frame = [Item {
+                    bytes: close_frame(code),
+                    stored_us: 0,
+                }];
                 let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut w, &frame)).await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;

@@ -55,7 +55,12 @@ pub async fn provision(js: &jetstream::Context, subjects: &Subjects, s: &StreamS
     provision_inner(js, subjects, s, true).await
 }
 
-async fn provision_inner(js: &jetstream::Context, subjects: &Subjects, s: &StreamSettings, own: bool) -> Result<(), ProvisionError> {
+async fn provision_inner(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    s: &StreamSettings,
+    own: bool,
+) -> Result<(), ProvisionError> {
     let want = config(subjects, s);
     let err = |e: &dyn std::fmt::Display| ProvisionError {
         name: want.name.clone(),

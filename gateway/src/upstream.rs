@@ -74,7 +74,13 @@ impl Upstream {
         Ok((client, rx))
     }
 
-    pub fn new(client: Client, reconnects: watch::Receiver<u64>, subjects: Subjects, hub: Arc<Hub>, linger: Duration) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        reconnects: watch::Receiver<u64>,
+        subjects: Subjects,
+        hub: Arc<Hub>,
+        linger: Duration,
+    ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
         Arc::new(Self {
             stream: subjects.stream_name(),
@@ -235,14 +241,22 @@ impl Upstream {
 
     /// The room's stored events after `after`, in order, stopping before `until`; each
     /// event's `prev` is the one before it (the first one's is `after`).
-    pub async fn fetch_after(&self, room: &str, after: u64, until: Option<u64>) -> Result<Vec<StoredEvent>, UpstreamError> {
+    pub async fn fetch_after(
+        &self,
+        room: &str,
+        after: u64,
+        until: Option<u64>,
+    ) -> Result<Vec<StoredEvent>, UpstreamError> {
         let stream = self.stream().await?;
         let subject = self.subjects.room(room);
         let room: Arc<str> = Arc::from(room);
         let mut out = Vec::new();
         let mut cur = after;
         loop {
-            let m = match stream.direct_get_next_for_subject(subject.as_str(), Some(cur + 1)).await {
+            let m = match stream
+                .direct_get_next_for_subject(subject.as_str(), Some(cur + 1))
+                .await
+            {
                 Ok(m) => m,
                 Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
                 Err(e) => return Err(UpstreamError(e.to_string())),
@@ -267,7 +281,13 @@ impl Upstream {
     }
 
     /// Stores an event for a client; the returned future resolves to its seq.
-    pub async fn publish(&self, room: &str, payload: Bytes, kind: Option<&str>, from: &str) -> Result<PublishAckFuture, UpstreamError> {
+    pub async fn publish(
+        &self,
+        room: &str,
+        payload: Bytes,
+        kind: Option<&str>,
+        from: &str,
+    ) -> Result<PublishAckFuture, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::HERALD_FROM, from);
         if let Some(kind) = kind {
@@ -288,11 +308,18 @@ impl Upstream {
 }
 
 fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
-    headers.get(name).map(|v| Box::from(v.as_str())).filter(|s: &Box<str>| !s.is_empty())
+    headers
+        .get(name)
+        .map(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(Box::from)
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Counts a pump in `herald_gateway_nats_subscriptions` for as long as it lives.

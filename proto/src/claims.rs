@@ -32,8 +32,7 @@ pub struct Grants {
 
 impl Claims {
     pub fn may_subscribe(&self, room: &str) -> bool {
-        room::personal_owner(room) == Some(self.sub.as_str())
-            || self.grants().is_some_and(|g| any_match(&g.sub, room))
+        room::personal_owner(room) == Some(self.sub.as_str()) || self.grants().is_some_and(|g| any_match(&g.sub, room))
     }
 
     pub fn may_publish(&self, room: &str) -> bool {

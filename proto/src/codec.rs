@@ -240,11 +240,10 @@ fn decode_client_msgpack(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
         .as_map()
         .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id")))
         .and_then(|(_, v)| rmpv::ext::from_value(v.clone()).ok());
-    let wire: WireOp<rmpv::Value> =
-        rmpv::ext::from_value(value).map_err(|e| DecodeError::BadRequest {
-            id,
-            message: format!("malformed op: {e}"),
-        })?;
+    let wire: WireOp<rmpv::Value> = rmpv::ext::from_value(value).map_err(|e| DecodeError::BadRequest {
+        id,
+        message: format!("malformed op: {e}"),
+    })?;
     validate(wire, |data| match data {
         rmpv::Value::Binary(b) => Ok(Payload::Binary(Bytes::from(b))),
         other => serde_json::to_vec(&other)
@@ -255,8 +254,7 @@ fn decode_client_msgpack(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
 
 fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, DecodeError> {
     let mut rest = bytes;
-    let value = rmpv::decode::read_value(&mut rest)
-        .map_err(|e| DecodeError::Undecodable(e.to_string()))?;
+    let value = rmpv::decode::read_value(&mut rest).map_err(|e| DecodeError::Undecodable(e.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::Undecodable("trailing bytes after the value".into()));
     }
@@ -317,11 +315,7 @@ fn validate<D>(
 fn client_to_json(frame: &ClientFrame) -> Result<serde_json::Value, EncodeError> {
     use serde_json::{json, Value};
     let mut v = match &frame.op {
-        ClientOp::Subscribe {
-            room,
-            since,
-            presence,
-        } => {
+        ClientOp::Subscribe { room, since, presence } => {
             let mut v = json!({"op": "subscribe", "room": room});
             if let Some(since) = since {
                 v["since"] = json!(since);
@@ -385,7 +379,9 @@ mod tests {
 
     #[test]
     fn malformed_json_is_a_bad_request_with_the_id_when_there_is_one() {
-        let e = Codec::Json.decode_client(br#"{"op":"subscribe","id":"a"}"#).unwrap_err();
+        let e = Codec::Json
+            .decode_client(br#"{"op":"subscribe","id":"a"}"#)
+            .unwrap_err();
         assert_eq!(
             e,
             DecodeError::BadRequest {
@@ -394,7 +390,13 @@ mod tests {
             }
         );
         let e = Codec::Json.decode_client(br#"{"op":"subscribe","id":3,"since":"x"}"#);
-        assert!(matches!(e, Err(DecodeError::BadRequest { id: Some(Id::Num(3)), .. })));
+        assert!(matches!(
+            e,
+            Err(DecodeError::BadRequest {
+                id: Some(Id::Num(3)),
+                ..
+            })
+        ));
         let e = Codec::Json.decode_client(b"not json");
         assert!(matches!(e, Err(DecodeError::BadRequest { id: None, .. })));
         let e = Codec::Json.decode_client(br#"{"op":"fly"}"#).unwrap_err();
@@ -454,11 +456,16 @@ mod tests {
         let j = Codec::Json.decode_server(&Codec::Json.encode_event(ev)).unwrap();
         let m = Codec::MsgPack.decode_server(&Codec::MsgPack.encode_event(ev)).unwrap();
         assert_eq!(j, m);
-        let bin = EventRef { payload: &[1, 2, 3], ..ev };
+        let bin = EventRef {
+            payload: &[1, 2, 3],
+            ..ev
+        };
         let j = Codec::Json.decode_server(&Codec::Json.encode_event(bin)).unwrap();
         let m = Codec::MsgPack.decode_server(&Codec::MsgPack.encode_event(bin)).unwrap();
         assert_eq!(j, m);
-        let ServerFrame::Event(e) = m else { panic!("not an event") };
+        let ServerFrame::Event(e) = m else {
+            panic!("not an event")
+        };
         assert_eq!(e.data_bytes, Some(vec![1, 2, 3]));
     }
 

@@ -28,9 +28,7 @@ impl Cursor {
             let (room, seq) = item
                 .rsplit_once(':')
                 .ok_or_else(|| CursorError::Item(item.to_owned()))?;
-            let seq = seq
-                .parse::<u64>()
-                .map_err(|_| CursorError::Item(item.to_owned()))?;
+            let seq = seq.parse::<u64>().map_err(|_| CursorError::Item(item.to_owned()))?;
             room::validate(room)?;
             map.insert(room.to_owned(), seq);
         }

@@ -36,21 +36,14 @@ fn id() -> impl Strategy<Value = Option<Id>> {
 
 fn op() -> impl Strategy<Value = ClientOp> {
     prop_oneof![
-        (room(), proptest::option::of(any::<u64>()), any::<bool>()).prop_map(
-            |(room, since, presence)| ClientOp::Subscribe {
-                room,
-                since,
-                presence
-            }
-        ),
+        (room(), proptest::option::of(any::<u64>()), any::<bool>())
+            .prop_map(|(room, since, presence)| ClientOp::Subscribe { room, since, presence }),
         room().prop_map(|room| ClientOp::Unsubscribe { room }),
-        (room(), json_value(), proptest::option::of("[a-z]{1,8}")).prop_map(
-            |(room, v, kind)| ClientOp::Publish {
-                room,
-                data: Payload::Json(Bytes::from(serde_json::to_vec(&v).unwrap())),
-                kind
-            }
-        ),
+        (room(), json_value(), proptest::option::of("[a-z]{1,8}")).prop_map(|(room, v, kind)| ClientOp::Publish {
+            room,
+            data: Payload::Json(Bytes::from(serde_json::to_vec(&v).unwrap())),
+            kind
+        }),
         room().prop_map(|room| ClientOp::Presence { room }),
         prop::collection::vec("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Watch { users }),
         prop::collection::vec("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Unwatch { users }),

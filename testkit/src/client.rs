@@ -83,7 +83,10 @@ impl WsClient {
     /// refused upgrade (0 for other failures).
     pub async fn open(opts: Connect) -> Result<Self, u16> {
         let rest = opts.url.strip_prefix("ws://").expect("ws:// URL");
-        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .unwrap_or((rest, "/".into()));
         let mut path = path;
         if let (Some(token), false) = (&opts.token, opts.token_in_header) {
             path.push(if path.contains('?') { '&' } else { '?' });
@@ -173,7 +176,11 @@ impl WsClient {
                         return Incoming::Frame(decoded.unwrap_or_else(|e| panic!("undecodable server frame: {e}")));
                     }
                     OpCode::Close => {
-                        let code = frame.payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(1005);
+                        let code = frame
+                            .payload
+                            .get(..2)
+                            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                            .unwrap_or(1005);
                         return Incoming::Closed(code);
                     }
                     _ => continue,
@@ -185,7 +192,9 @@ impl WsClient {
 
     /// The next thing on the socket; panics after [`RECV_TIMEOUT`].
     pub async fn next(&mut self) -> Incoming {
-        self.next_within(RECV_TIMEOUT).await.expect("a frame within the receive timeout")
+        self.next_within(RECV_TIMEOUT)
+            .await
+            .expect("a frame within the receive timeout")
     }
 
     /// The next server frame; panics on close or timeout.
@@ -227,7 +236,8 @@ impl WsClient {
 
     /// Publishes JSON data; returns the ack (events arriving meanwhile are dropped).
     pub async fn publish(&mut self, room: &str, data: serde_json::Value) -> Ack {
-        self.op(serde_json::json!({"op": "publish", "id": "p", "room": room, "data": data})).await;
+        self.op(serde_json::json!({"op": "publish", "id": "p", "room": room, "data": data}))
+            .await;
         loop {
             match self.recv().await {
                 ServerFrame::Ack(a) => return a,

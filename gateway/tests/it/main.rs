@@ -32,8 +32,12 @@ impl Stack {
 pub async fn backend_publish(nats: &async_nats::Client, room: &str, data: serde_json::Value) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Herald-Type", "message");
-    nats.publish_with_headers(format!("herald.room.{room}"), headers, serde_json::to_vec(&data).unwrap().into())
-        .await
-        .expect("published");
+    nats.publish_with_headers(
+        format!("herald.room.{room}"),
+        headers,
+        serde_json::to_vec(&data).unwrap().into(),
+    )
+    .await
+    .expect("published");
     nats.flush().await.expect("flushed");
 }

@@ -62,14 +62,21 @@ async fn ws_publish_ack_matches_the_seq_subscribers_on_the_other_gateway_see() {
     assert_eq!(ev.data, Some(json!({"text": "hi bob"})));
 
     // A binary payload from a MessagePack client reaches a JSON client as data_b64.
-    let mut mp = WsClient::connect_codec(&stack.a.ws_url(), &jwt::token("carol", 3600, &[], &["chat"]), Codec::MsgPack).await;
+    let mut mp = WsClient::connect_codec(
+        &stack.a.ws_url(),
+        &jwt::token("carol", 3600, &[], &["chat"]),
+        Codec::MsgPack,
+    )
+    .await;
     let op = rmp_serde::to_vec_named(&serde_json::json!({"op": "publish", "id": 5, "room": "chat"})).unwrap();
     // Append a binary `data` field by hand: map of 4 instead of 3.
     let mut bytes = vec![0x84];
     bytes.extend_from_slice(&op[1..]);
     bytes.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a', 0xc4, 3, 1, 2, 3]);
     mp.send_raw(fastwebsockets::OpCode::Binary, bytes).await;
-    let ServerFrame::Ack(ack) = mp.recv().await else { panic!("ack expected") };
+    let ServerFrame::Ack(ack) = mp.recv().await else {
+        panic!("ack expected")
+    };
     let ev = bob.event().await;
     assert_eq!(Some(ev.seq), ack.seq);
     assert_eq!(ev.prev, first);
@@ -84,10 +91,17 @@ async fn ping_pong_and_unsubscribe() {
     let mut c = WsClient::connect(&stack.a.ws_url(), &jwt::any_room("dan")).await;
     c.op(json!({"op": "ping", "id": 42})).await;
     let frame = c.recv().await;
-    assert_eq!(frame, ServerFrame::Pong(herald_proto::frame::Pong { id: Some(herald_proto::frame::Id::Num(42)) }));
+    assert_eq!(
+        frame,
+        ServerFrame::Pong(herald_proto::frame::Pong {
+            id: Some(herald_proto::frame::Id::Num(42))
+        })
+    );
     c.subscribe("news", None).await;
     c.op(json!({"op": "unsubscribe", "id": 2, "room": "news"})).await;
-    let ServerFrame::Ack(ack) = c.recv().await else { panic!("ack expected") };
+    let ServerFrame::Ack(ack) = c.recv().await else {
+        panic!("ack expected")
+    };
     assert_eq!(ack.room.as_deref(), Some("news"));
     let nats = stack.nats_client().await;
     backend_publish(&nats, "news", json!(1)).await;

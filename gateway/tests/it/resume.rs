@@ -54,7 +54,10 @@ async fn resume_on_the_other_gateway_gets_exactly_the_missed_events_then_live_wi
     while events.len() < 150 {
         events.push(b.event().await);
     }
-    let ns: Vec<u64> = events.iter().map(|e| e.data.as_ref().unwrap()["n"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = events
+        .iter()
+        .map(|e| e.data.as_ref().unwrap()["n"].as_u64().unwrap())
+        .collect();
     assert_eq!(ns, (1..=150).collect::<Vec<u64>>(), "every event once, in order");
     assert_chain(since, &events);
     // Nothing more is pending: the next frame is the pong.
@@ -79,7 +82,10 @@ async fn since_older_than_history_is_not_recovered() {
     let mut late = WsClient::connect(&gw.ws_url(), &token).await;
     let (replayed, ack) = late.subscribe("news", Some(first)).await;
     assert_eq!(ack.recovered, Some(false));
-    assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), all[5..].iter().map(|e| e.seq).collect::<Vec<_>>());
+    assert_eq!(
+        replayed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        all[5..].iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
 
     // A seq inside history recovers.
     let mut ok = WsClient::connect(&gw.ws_url(), &token).await;
@@ -133,10 +139,14 @@ async fn nats_restart_under_steady_publishing_loses_and_duplicates_nothing() {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("steady-{n}").as_str());
                 let attempt = async {
-                    js.publish_with_headers("herald.room.steady", headers, serde_json::to_vec(&json!({"n": n})).unwrap().into())
-                        .await?
-                        .await
-                        .map_err(async_nats::Error::from)
+                    js.publish_with_headers(
+                        "herald.room.steady",
+                        headers,
+                        serde_json::to_vec(&json!({"n": n})).unwrap().into(),
+                    )
+                    .await?
+                    .await
+                    .map_err(async_nats::Error::from)
                 };
                 match tokio::time::timeout(Duration::from_secs(2), attempt).await {
                     Ok(Ok(ack)) => {
@@ -157,9 +167,15 @@ async fn nats_restart_under_steady_publishing_loses_and_duplicates_nothing() {
         received.push(sub.event().await);
     }
     nats.kill();
-    wait_until(Duration::from_secs(10), "/readyz 503 while NATS is down", || gw_readyz(&gw, 503)).await;
+    wait_until(Duration::from_secs(10), "/readyz 503 while NATS is down", || {
+        gw_readyz(&gw, 503)
+    })
+    .await;
     nats.restart();
-    wait_until(Duration::from_secs(30), "/readyz 200 after NATS is back", || gw_readyz(&gw, 200)).await;
+    wait_until(Duration::from_secs(30), "/readyz 200 after NATS is back", || {
+        gw_readyz(&gw, 200)
+    })
+    .await;
     let target = received.len() + 60;
     while received.len() < target {
         received.push(sub.event().await);

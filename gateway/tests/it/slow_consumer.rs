@@ -28,7 +28,9 @@ async fn a_reader_that_stops_is_closed_with_4008_and_the_others_get_everything()
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&masked_text(br#"{"op":"subscribe","id":1,"room":"firehose"}"#)).await.unwrap();
+    slow.write_all(&masked_text(br#"{"op":"subscribe","id":1,"room":"firehose"}"#))
+        .await
+        .unwrap();
 
     let mut readers = Vec::new();
     for _ in 0..READERS {
@@ -77,7 +79,10 @@ async fn a_reader_that_stops_is_closed_with_4008_and_the_others_get_everything()
     backend_publish(&client, "firehose", json!({"last": true})).await;
 
     for task in counting {
-        let seqs = tokio::time::timeout(Duration::from_secs(60), task).await.expect("reader finishes").unwrap();
+        let seqs = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("reader finishes")
+            .unwrap();
         assert_eq!(seqs.len(), published, "a reader missed events");
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     }
@@ -97,9 +102,14 @@ async fn a_reader_that_stops_is_closed_with_4008_and_the_others_get_everything()
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("slow socket ends");
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("slow socket ends");
     let close = [0x88u8, 15, 0x0f, 0xa8];
-    let pos = tail.windows(4).rposition(|w| w == close).expect("a 4008 close frame at the end");
+    let pos = tail
+        .windows(4)
+        .rposition(|w| w == close)
+        .expect("a 4008 close frame at the end");
     assert_eq!(&tail[pos + 4..], b"slow consumer");
 }
 
