@@ -84,6 +84,27 @@ fn describe() {
     describe_counter!(NATS_EVENTS, "NATS connection events, by event.");
     describe_counter!(REPLAYED, "Events replayed from history to resuming subscribers.");
     describe_counter!(CLOSES, "WebSocket connections closed by the gateway, by close code.");
+    // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
+    for t in [
+        Transport::WebSocket,
+        Transport::Sse,
+        Transport::LongPoll,
+        Transport::Poll,
+    ] {
+        gauge!(CONNECTIONS, "transport" => t.as_str()).increment(0.0);
+        counter!(CONNECTIONS_OPENED, "transport" => t.as_str()).increment(0);
+        counter!(MESSAGES_SENT, "transport" => t.as_str()).increment(0);
+        counter!(BYTES_SENT, "transport" => t.as_str()).increment(0);
+    }
+    for code in ErrorCode::ALL {
+        counter!(ERRORS, "code" => code.as_str()).increment(0);
+    }
+    counter!(MESSAGES_RECEIVED).increment(0);
+    counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
+    counter!(GAPS_REPAIRED).increment(0);
+    counter!(REPLAYED).increment(0);
+    gauge!(ROOM_SUBSCRIPTIONS).increment(0.0);
+    gauge!(NATS_SUBSCRIPTIONS).increment(0.0);
 }
 
 /// The transports a client connection can use.

@@ -89,7 +89,8 @@ where
 {
     let (rd, wr) = tokio::io::split(io);
     let (mut reader, _) = fastwebsockets::after_handshake_split(rd, tokio::io::sink(), Role::Server);
-    reader.set_max_message_size(shared.config.max_message_bytes);
+    // fastwebsockets refuses frames of `max` bytes or more; the contract refuses only larger ones.
+    reader.set_max_message_size(shared.config.max_message_bytes.saturating_add(1));
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
     let last_seen = Arc::new(AtomicU64::new(now_ms()));
     shared.conns.insert(a.conn_id, Arc::clone(&out));

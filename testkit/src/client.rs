@@ -82,19 +82,29 @@ impl WsClient {
     /// Opens a connection without reading anything. `Err` carries the HTTP status of a
     /// refused upgrade (0 for other failures).
     pub async fn open(opts: Connect) -> Result<Self, u16> {
-        let rest = opts.url.strip_prefix("ws://").expect("ws:// URL");
+        let url = opts.url.clone();
+        let rest = url.strip_prefix("ws://").expect("ws:// URL");
         let (host, path) = rest
             .split_once('/')
             .map(|(h, p)| (h, format!("/{p}")))
             .unwrap_or((rest, "/".into()));
+        let tcp = TcpStream::connect(host).await.map_err(|_| 0u16)?;
+        let _ = tcp.set_nodelay(true);
+        Self::open_on(tcp, host, path, opts).await
+    }
+
+    /// Like [`WsClient::open`], over an established stream (e.g. TLS) to `host`.
+    pub async fn open_on<S>(stream: S, host: &str, path: String, opts: Connect) -> Result<Self, u16>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let tcp = stream;
         let mut path = path;
         if let (Some(token), false) = (&opts.token, opts.token_in_header) {
             path.push(if path.contains('?') { '&' } else { '?' });
             path.push_str("token=");
             path.push_str(token);
         }
-        let tcp = TcpStream::connect(host).await.map_err(|_| 0u16)?;
-        let _ = tcp.set_nodelay(true);
         let mut req = Request::builder()
             .method("GET")
             .uri(path)

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod http;
 pub mod jwt;
 pub mod nats;
+pub mod tls;
 
 pub use client::WsClient;
 pub use gateway::TestGateway;

@@ -20,11 +20,13 @@ fn main() -> ExitCode {
         Some("up") => up(),
         Some("test") => test(&args[1..]),
         Some("install") => install().map(|p| println!("{}", p.display())),
+        Some("autobahn") => autobahn(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  up       build and run the local stack (NATS, fanout, two gateways) until Ctrl-C\n  \
                  test     run every check: fmt, clippy -D warnings, all tests (installs nats-server if missing)\n  \
-                 install  install the pinned nats-server and print its path"
+                 install  install the pinned nats-server and print its path\n  \
+                 autobahn run the Autobahn RFC 6455 suite against the gateway's /echo (part of `test`)"
             );
             return ExitCode::from(2);
         }
@@ -115,6 +117,7 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--locked"])
         .args(extra)
         .env("HERALD_NATS_SERVER", &nats))?;
+    autobahn()?;
     eprintln!("xtask: every check passed");
     Ok(())
 }
@@ -213,4 +216,126 @@ fn wait_port(port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Runs the Autobahn testsuite (fuzzingclient, every case but compression) against the
+/// gateway's `/echo`; any FAILED case fails.
+fn autobahn() -> Result<()> {
+    let python = python27()?;
+    let lib = root().join("target/tools/autobahn");
+    if !lib.join("autobahntestsuite").is_dir() {
+        eprintln!("xtask: installing autobahntestsuite (PyPI) for {}", python.display());
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&lib)
+            .arg("autobahntestsuite"))?;
+    }
+    run(cargo().args(["build", "--locked", "-p", "herald-gateway"]))?;
+    let nats_bin = install()?;
+    let work = root().join("target/autobahn");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let (nats_port, port, admin) = (free_port()?, free_port()?, free_port()?);
+    let mut nats = Command::new(nats_bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
+        .arg(work.join("nats"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut gateway = Command::new(root().join("target/debug/herald-gateway"))
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("HERALD_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+        .env("HERALD_ALLOW_ANONYMOUS", "true")
+        .env("HERALD_ECHO_ENDPOINT", "true")
+        // The suite sends messages of up to 16 MiB and expects them echoed.
+        .env("HERALD_MAX_MESSAGE_BYTES", (32u64 << 20).to_string())
+        .env("HERALD_OUTBOUND_BUFFER_BYTES", (64u64 << 20).to_string())
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let result = (|| {
+        wait_port(port)?;
+        let spec = serde_json::json!({
+            "outdir": work.join("report"),
+            "servers": [{"agent": "herald", "url": format!("ws://127.0.0.1:{port}/echo")}],
+            "cases": ["*"],
+            "exclude-cases": ["12.*", "13.*"],
+            "exclude-agent-cases": {},
+        });
+        std::fs::write(work.join("spec.json"), spec.to_string())?;
+        let script = format!(
+            "import site,sys; site.addsitedir({lib:?}); sys.argv=['wstest','-m','fuzzingclient','-s','spec.json']; \
+             from autobahntestsuite import wstest; wstest.run()",
+            lib = lib.display().to_string()
+        );
+        let log = std::fs::File::create(work.join("wstest.log"))?;
+        run(Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .current_dir(&work)
+            .stdout(log.try_clone()?)
+            .stderr(log))?;
+        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(work.join("report/index.json"))?)?;
+        let cases = index["herald"].as_object().context("no results for agent herald")?;
+        let mut counts = std::collections::BTreeMap::new();
+        let mut failed = Vec::new();
+        for (case, r) in cases {
+            let behavior = r["behavior"].as_str().unwrap_or("?").to_owned();
+            if !matches!(behavior.as_str(), "OK" | "NON-STRICT" | "INFORMATIONAL") {
+                failed.push(format!("{case} {behavior}"));
+            }
+            *counts.entry(behavior).or_insert(0) += 1;
+        }
+        eprintln!("xtask: autobahn: {} cases: {counts:?}", cases.len());
+        if cases.len() < 290 {
+            bail!("autobahn ran only {} cases", cases.len());
+        }
+        if !failed.is_empty() {
+            bail!("autobahn failures (report in target/autobahn/report): {failed:?}");
+        }
+        Ok(())
+    })();
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    result
+}
+
+/// Python 2.7 (pyenv's, or `python2.7` on PATH): the Autobahn suite is Python 2 code.
+fn python27() -> Result<PathBuf> {
+    if let Ok(out) = Command::new("pyenv").arg("root").output() {
+        let versions = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("versions");
+        if let Ok(entries) = std::fs::read_dir(&versions) {
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("2.7"))
+                .map(|e| e.path().join("bin/python2.7"))
+                .filter(|p| p.is_file())
+                .collect();
+            found.sort();
+            if let Some(p) = found.pop() {
+                return Ok(p);
+            }
+        }
+    }
+    if Command::new("python2.7")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(PathBuf::from("python2.7"));
+    }
+    bail!("the Autobahn testsuite needs Python 2.7 (e.g. `pyenv install 2.7.18`)")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

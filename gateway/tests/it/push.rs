@@ -109,3 +109,88 @@ async fn ping_pong_and_unsubscribe() {
     // Nothing from `news` arrives before the pong.
     assert!(matches!(c.recv().await, ServerFrame::Pong(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_the_contract_names_with_real_values() {
+    let stack = Stack::start().await;
+    let mut c = WsClient::connect(&stack.a.ws_url(), &jwt::any_room("metered")).await;
+    c.op(json!({"op": "subscribe", "room": "bad.name"})).await;
+    assert!(matches!(c.recv().await, ServerFrame::Error(_)));
+    c.subscribe("metered", None).await;
+    c.publish("metered", json!({"n": 1})).await;
+    let a = &stack.a;
+    // The event may be written before or after the ack; wait until it has been.
+    herald_testkit::wait_until(std::time::Duration::from_secs(10), "a delivery", || async {
+        a.metric("herald_gateway_delivery_latency_seconds_count").await >= 1.0
+    })
+    .await;
+    assert!(a.metric("herald_gateway_connections{transport=\"websocket\"}").await >= 1.0);
+    assert!(
+        a.metric("herald_gateway_connections_opened_total{transport=\"websocket\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        a.metric("herald_gateway_messages_sent_total{transport=\"websocket\"}")
+            .await
+            >= 4.0
+    );
+    assert!(a.metric("herald_gateway_messages_received_total").await >= 3.0);
+    assert!(a.metric("herald_gateway_delivery_latency_seconds_count").await >= 1.0);
+    assert!(
+        a.metric("herald_gateway_delivery_latency_seconds_bucket{le=\"+Inf\"}")
+            .await
+            >= 1.0
+    );
+    assert!(a.metric("herald_gateway_room_subscriptions").await >= 1.0);
+    assert!(a.metric("herald_gateway_nats_subscriptions").await >= 1.0);
+    assert!(a.metric("herald_gateway_errors_total{code=\"bad_request\"}").await >= 1.0);
+    let body = herald_testkit::http::get(a.admin, "/metrics").await.unwrap().body;
+    assert!(
+        body.contains("herald_gateway_slow_consumer_disconnects_total"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE herald_gateway_delivery_latency_seconds histogram"),
+        "{body}"
+    );
+    assert_eq!(
+        herald_testkit::http::get(a.admin, "/healthz").await.unwrap().status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_the_gateways_own_tls() {
+    let nats = herald_testkit::NatsServer::start();
+    let cert = herald_testkit::tls::TestCert::new();
+    let gw = herald_testkit::TestGateway::start_with(&nats.url(), |c| {
+        c.tls_cert = Some(cert.cert_path());
+        c.tls_key = Some(cert.key_path());
+    })
+    .await;
+    let token = jwt::any_room("secure");
+    let tls = cert.connect(gw.addr).await.expect("TLS handshake");
+    let opts = herald_testkit::client::Connect {
+        url: format!("wss://localhost/ws"),
+        token: Some(token.clone()),
+        token_in_header: true,
+        ..Default::default()
+    };
+    let mut c = WsClient::open_on(tls, "localhost", "/ws".into(), opts)
+        .await
+        .expect("wss upgrade");
+    assert!(matches!(c.recv().await, ServerFrame::Welcome(_)));
+    c.subscribe("vault", None).await;
+    let ack = c.publish("vault", json!("sealed")).await;
+    let ev = c.event().await;
+    assert_eq!(Some(ev.seq), ack.seq);
+    // Plain TCP to a TLS listener gets no HTTP answer.
+    assert!(WsClient::open(herald_testkit::client::Connect {
+        url: gw.ws_url(),
+        token: Some(token),
+        ..Default::default()
+    })
+    .await
+    .is_err());
+}
