@@ -241,10 +241,10 @@ async fn a_client_that_stops_answering_pings_is_closed_after_two_intervals() {
     let nats = NatsServer::start();
     let interval = Duration::from_millis(300);
     let gw = TestGateway::start_with(&nats.url(), |c| c.ping_interval = interval).await;
+    let started = Instant::now();
     let mut quiet = WsClient::connect(&gw.ws_url(), &jwt::any_room("quiet")).await;
     quiet.set_auto_pong(false);
     let mut lively = WsClient::connect(&gw.ws_url(), &jwt::any_room("lively")).await;
-    let started = Instant::now();
     // The lively client answers pings (automatically, while it reads).
     let lively_task = tokio::spawn(async move {
         let r = lively.next_within(interval * 8).await;

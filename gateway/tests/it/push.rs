@@ -172,7 +172,7 @@ async fn wss_with_the_gateways_own_tls() {
     let token = jwt::any_room("secure");
     let tls = cert.connect(gw.addr).await.expect("TLS handshake");
     let opts = herald_testkit::client::Connect {
-        url: format!("wss://localhost/ws"),
+        url: "wss://localhost/ws".to_string(),
         token: Some(token.clone()),
         token_in_header: true,
         ..Default::default()
