@@ -1,0 +1,28 @@
+//! Readings from /proc: process RSS and the kernel's TCP memory.
+
+use anyhow::{Context, Result};
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("no process {pid}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+/// Memory the kernel holds for TCP sockets (`/proc/net/sockstat`, `TCP: ... mem <pages>`), KiB.
+pub fn tcp_mem_kib() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat")?;
+    let line = s.lines().find(|l| l.starts_with("TCP:")).context("no TCP line")?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mem" {
+            let pages: u64 = words.next().context("mem value")?.parse()?;
+            return Ok(pages * 4);
+        }
+    }
+    anyhow::bail!("no TCP mem in /proc/net/sockstat")
+}
