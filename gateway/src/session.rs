@@ -14,7 +14,7 @@ use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, P
 use herald_proto::{room, CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
 use crate::auth::Identity;
@@ -87,8 +87,8 @@ async fn run_inner<S>(shared: Arc<Shared>, io: S, a: Accepted)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (rd, wr) = tokio::io::split(io);
-    let (mut reader, _) = fastwebsockets::after_handshake_split(rd, tokio::io::sink(), Role::Server);
+    let (mut rd, wr) = tokio::io::split(io);
+    let (mut reader, _) = fastwebsockets::after_handshake_split(&mut rd, tokio::io::sink(), Role::Server);
     // fastwebsockets refuses frames of `max` bytes or more; the contract refuses only larger ones.
     reader.set_max_message_size(shared.config.max_message_bytes.saturating_add(1));
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
@@ -129,8 +129,9 @@ where
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
     let reading = session.read_loop(&mut reader, &last_seen, a.mode, max);
-    tokio::select! {
+    let peer_closed = tokio::select! {
         end = reading => {
+            let peer_closed = matches!(end, End::Peer);
             match end {
                 End::Peer => out.close(None),
                 End::Close(code) => out.close(Some(code)),
@@ -138,12 +139,37 @@ where
             if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
                 writer_abort.abort();
             }
+            peer_closed
         }
-        _ = &mut writer => {}
-    }
+        _ = &mut writer => false,
+    };
     session.leave_all();
     shared.conns.remove(a.conn_id);
     metrics::connection_closed(Transport::WebSocket);
+    if !peer_closed {
+        // We closed first: read (and discard) until the peer's close frame or EOF, so that
+        // unread input does not turn our close into a reset that destroys the close frame.
+        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+        let frames = async {
+            let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+            loop {
+                match reader.read_frame(&mut ignore).await {
+                    Ok(frame) if frame.opcode == OpCode::Close => return false,
+                    Ok(_) => continue,
+                    Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => return false,
+                    // Unparseable input (e.g. the rest of an oversized frame): skip raw bytes.
+                    Err(_) => return true,
+                }
+            }
+        };
+        let raw_needed = tokio::time::timeout_at(deadline, frames).await.unwrap_or(false);
+        drop(reader);
+        if raw_needed {
+            let mut buf = [0u8; 4096];
+            let raw = async { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout_at(deadline, raw).await;
+        }
+    }
     debug!("Connection closed");
 }
 

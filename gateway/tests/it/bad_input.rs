@@ -226,7 +226,8 @@ async fn bad_input_gets_its_code_and_harms_no_one_else() {
         }
     };
     assert_eq!(code, 4029);
-    assert!((1..=3).contains(&acks), "the burst is let through: {acks}");
+    // The burst (2) is stored; its acks may still be in flight when the connection closes.
+    assert!(acks <= 2, "only the burst is let through: {acks}");
     assert_eq!(limited, 9, "nine rate_limited errors, then the tenth strike closes");
 
     // The bystander saw every event, in order, and nothing else.

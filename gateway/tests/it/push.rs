@@ -182,9 +182,18 @@ async fn wss_with_the_gateways_own_tls() {
         .expect("wss upgrade");
     assert!(matches!(c.recv().await, ServerFrame::Welcome(_)));
     c.subscribe("vault", None).await;
-    let ack = c.publish("vault", json!("sealed")).await;
-    let ev = c.event().await;
-    assert_eq!(Some(ev.seq), ack.seq);
+    c.op(json!({"op": "publish", "id": 1, "room": "vault", "data": "sealed"}))
+        .await;
+    // The event and the ack may come in either order.
+    let (mut ack, mut ev) = (None, None);
+    while ack.is_none() || ev.is_none() {
+        match c.recv().await {
+            ServerFrame::Ack(a) => ack = a.seq,
+            ServerFrame::Event(e) => ev = Some(e.seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ev, ack);
     // Plain TCP to a TLS listener gets no HTTP answer.
     assert!(WsClient::open(herald_testkit::client::Connect {
         url: gw.ws_url(),
