@@ -4,7 +4,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use herald_proto::ErrorCode;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS: &str = "herald_gateway_connections";
@@ -39,6 +41,7 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
             describe();
+            write_handles();
             handle
         })
         .clone()
@@ -110,10 +113,10 @@ fn describe() {
 /// The transports a client connection can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    WebSocket,
-    Sse,
-    LongPoll,
-    Poll,
+    WebSocket = 0,
+    Sse = 1,
+    LongPoll = 2,
+    Poll = 3,
 }
 
 impl Transport {
@@ -136,9 +139,35 @@ pub fn connection_closed(t: Transport) {
     gauge!(CONNECTIONS, "transport" => t.as_str()).decrement(1.0);
 }
 
+/// Handles of the per-write metrics, looked up once: the write path runs per delivery.
+struct WriteHandles {
+    frames: [Counter; 4],
+    bytes: [Counter; 4],
+    latency: Histogram,
+}
+
+static WRITE: OnceLock<WriteHandles> = OnceLock::new();
+
+fn write_handles() -> &'static WriteHandles {
+    WRITE.get_or_init(|| {
+        let all = [
+            Transport::WebSocket,
+            Transport::Sse,
+            Transport::LongPoll,
+            Transport::Poll,
+        ];
+        WriteHandles {
+            frames: all.map(|t| counter!(MESSAGES_SENT, "transport" => t.as_str())),
+            bytes: all.map(|t| counter!(BYTES_SENT, "transport" => t.as_str())),
+            latency: histogram!(DELIVERY_LATENCY),
+        }
+    })
+}
+
 pub fn sent(t: Transport, frames: u64, bytes: u64) {
-    counter!(MESSAGES_SENT, "transport" => t.as_str()).increment(frames);
-    counter!(BYTES_SENT, "transport" => t.as_str()).increment(bytes);
+    let h = write_handles();
+    h.frames[t as usize].increment(frames);
+    h.bytes[t as usize].increment(bytes);
 }
 
 pub fn received() {
@@ -146,7 +175,7 @@ pub fn received() {
 }
 
 pub fn delivery_latency(seconds: f64) {
-    histogram!(DELIVERY_LATENCY).record(seconds);
+    write_handles().latency.record(seconds);
 }
 
 pub fn slow_consumer() {

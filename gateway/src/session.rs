@@ -165,7 +165,7 @@ where
         let raw_needed = tokio::time::timeout_at(deadline, frames).await.unwrap_or(false);
         drop(reader);
         if raw_needed {
-            let mut buf = [0u8; 4096];
+            let mut buf = vec![0u8; 4096];
             let raw = async { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} };
             let _ = tokio::time::timeout_at(deadline, raw).await;
         }
@@ -247,7 +247,8 @@ impl Session {
             return Err(CloseCode::UNSUPPORTED_DATA);
         }
         match self.codec.decode_client(&payload) {
-            Ok(frame) => self.on_op(frame).await,
+            // Boxed: the ops' futures are large and rare; kept out of every idle connection's task.
+            Ok(frame) => Box::pin(self.on_op(frame)).await,
             Err(DecodeError::Undecodable(_)) => Err(CloseCode::INVALID_PAYLOAD),
             Err(DecodeError::BadRequest { id, message }) => {
                 self.error(id, ErrorCode::BadRequest, message);
