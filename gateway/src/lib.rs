@@ -149,7 +149,8 @@ impl Gateway {
         let _ = admin.await;
         provision.abort();
         upkeep.abort();
-        let _ = shared.upstream.client().flush().await;
+        // Bounded: with NATS unreachable a flush would wait for the reconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.upstream.client().flush()).await;
         info!("Gateway stopped");
     }
 }

@@ -203,3 +203,33 @@ async fn wss_with_the_gateways_own_tls() {
     .await
     .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_mode_names_the_user_after_the_connection_and_allows_any_room() {
+    let nats = herald_testkit::NatsServer::start();
+    let gw = herald_testkit::TestGateway::start_with(&nats.url(), |c| c.allow_anonymous = true).await;
+    let opts = herald_testkit::client::Connect {
+        url: format!("{}?name=Guest%20One", gw.ws_url()),
+        ..Default::default()
+    };
+    let mut c = WsClient::open(opts).await.expect("anonymous upgrade");
+    let ServerFrame::Welcome(w) = c.recv().await else {
+        panic!("welcome expected")
+    };
+    assert_eq!(w.user, format!("anon-{}", w.conn));
+    assert!(w.conn.starts_with(&gw.id));
+    c.subscribe("anything:goes", None).await;
+    let mut other = WsClient::connect(&gw.ws_url(), &jwt::token("member", 3600, &["anything:goes"], &[])).await;
+    other.subscribe("anything:goes", None).await;
+    c.op(json!({"op": "publish", "id": 1, "room": "anything:goes", "data": {"hi": true}}))
+        .await;
+    let ev = other.event().await;
+    assert_eq!(ev.from.as_deref(), Some(w.user.as_str()));
+    // A bad token is still refused in anonymous mode.
+    let bad = herald_testkit::client::Connect {
+        url: gw.ws_url(),
+        token: Some("garbage".into()),
+        ..Default::default()
+    };
+    assert_eq!(WsClient::open(bad).await.err(), Some(401));
+}
