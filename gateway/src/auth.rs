@@ -139,3 +139,141 @@ impl Identity {
         self.claims.as_ref().map(|c| c.exp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use herald_proto::claims::Grants;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    fn data(name: &str) -> String {
+        format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn auth(edit: impl FnOnce(&mut Config)) -> Authenticator {
+        let mut c = Config::parse_from(["herald-gateway"]);
+        edit(&mut c);
+        Authenticator::from_config(&c).unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims(sub: &str, ttl: i64) -> Claims {
+        Claims {
+            sub: sub.into(),
+            exp: (now() as i64 + ttl) as u64,
+            name: Some("Alice".into()),
+            herald: Some(Grants {
+                sub: vec!["lobby".into()],
+                publish: vec![],
+            }),
+        }
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, c: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(alg), c, key).unwrap()
+    }
+
+    fn pem(name: &str) -> Vec<u8> {
+        std::fs::read(data(name)).unwrap()
+    }
+
+    #[test]
+    fn every_public_key_algorithm_verifies() {
+        let cases = [
+            (
+                Algorithm::RS256,
+                "rsa",
+                EncodingKey::from_rsa_pem(&pem("rsa_private.pem")).unwrap(),
+            ),
+            (
+                Algorithm::ES256,
+                "ec",
+                EncodingKey::from_ec_pem(&pem("ec_private.pem")).unwrap(),
+            ),
+            (
+                Algorithm::EdDSA,
+                "ed",
+                EncodingKey::from_ed_pem(&pem("ed_private.pem")).unwrap(),
+            ),
+        ];
+        for (alg, name, key) in &cases {
+            let a = auth(|c| c.auth_public_key = Some(data(&format!("{name}_public.pem"))));
+            let id = a
+                .authenticate(Some(&sign(*alg, key, &claims("alice", 60))), "c1", None)
+                .unwrap();
+            assert_eq!(id.user, "alice", "{name}");
+            assert_eq!(id.name.as_deref(), Some("Alice"));
+            assert!(id.may_subscribe("lobby") && !id.may_subscribe("other"));
+            let expired = sign(*alg, key, &claims("alice", -5));
+            assert_eq!(
+                a.authenticate(Some(&expired), "c1", None).unwrap_err(),
+                AuthError::Expired,
+                "{name}"
+            );
+            // A token from another key pair is refused.
+            for (other_alg, other_name, other_key) in &cases {
+                if other_name != name {
+                    let t = sign(*other_alg, other_key, &claims("mallory", 60));
+                    assert!(
+                        matches!(a.authenticate(Some(&t), "c1", None), Err(AuthError::Invalid(_))),
+                        "{name} accepted {other_name}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inline_pem_and_hs256_together() {
+        let public = String::from_utf8(pem("ec_public.pem")).unwrap();
+        let a = auth(|c| {
+            c.auth_public_key = Some(public);
+            c.auth_hs256_secret = Some("s3cret".into());
+        });
+        let ec = EncodingKey::from_ec_pem(&pem("ec_private.pem")).unwrap();
+        assert!(a
+            .authenticate(Some(&sign(Algorithm::ES256, &ec, &claims("a", 60))), "c", None)
+            .is_ok());
+        let hs = EncodingKey::from_secret(b"s3cret");
+        assert!(a
+            .authenticate(Some(&sign(Algorithm::HS256, &hs, &claims("b", 60))), "c", None)
+            .is_ok());
+        let wrong = EncodingKey::from_secret(b"guess");
+        assert!(a
+            .authenticate(Some(&sign(Algorithm::HS256, &wrong, &claims("b", 60))), "c", None)
+            .is_err());
+        // "alg: none" and an HS256 token signed with the public key text are refused.
+        let forged = EncodingKey::from_secret(&pem("ec_public.pem"));
+        assert!(a
+            .authenticate(Some(&sign(Algorithm::HS256, &forged, &claims("x", 60))), "c", None)
+            .is_err());
+    }
+
+    #[test]
+    fn anonymous_and_missing_tokens() {
+        let strict = auth(|c| c.auth_hs256_secret = Some("s".into()));
+        assert_eq!(strict.authenticate(None, "gw-1", None).unwrap_err(), AuthError::Missing);
+        let open = auth(|c| c.allow_anonymous = true);
+        let id = open.authenticate(None, "gw-1", Some("Guest")).unwrap();
+        assert_eq!(id.user, "anon-gw-1");
+        assert_eq!(id.name.as_deref(), Some("Guest"));
+        assert!(id.may_subscribe("anything") && id.may_publish("anything"));
+    }
+
+    #[test]
+    fn user_ids_that_would_break_subjects_are_refused() {
+        let a = auth(|c| c.auth_hs256_secret = Some("s".into()));
+        let key = EncodingKey::from_secret(b"s");
+        for bad in ["a.b", "a b", "a*", ""] {
+            let t = sign(Algorithm::HS256, &key, &claims(bad, 60));
+            assert!(a.authenticate(Some(&t), "c", None).is_err(), "{bad:?}");
+        }
+    }
+}

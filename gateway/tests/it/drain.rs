@@ -162,3 +162,41 @@ async fn sigterm_drains_every_client_with_1012_and_exits_0() {
         started.elapsed()
     );
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    use std::io::BufRead;
+    let nats = NatsServer::start();
+    let mut child = Proc(
+        gateway_bin()
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("HERALD_NATS_URL", nats.url())
+            .env("HERALD_ALLOW_ANONYMOUS", "true")
+            .env("HERALD_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("a 'Gateway serving' log line within 20 s");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["fields"]["message"] == "Gateway serving" {
+            assert_eq!(v["level"], "INFO");
+            assert!(v["fields"]["listen"].as_str().unwrap().starts_with("127.0.0.1:"));
+            break;
+        }
+    }
+}
