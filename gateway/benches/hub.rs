@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use herald_gateway::hub::{Hub, StoredEvent};
+use herald_gateway::hub::{Format, Hub, StoredEvent};
 use herald_gateway::outbound::Outbound;
 use herald_proto::Codec;
 
@@ -20,7 +20,12 @@ fn fan_out(c: &mut Criterion) {
         let hub = Hub::default();
         let outs: Vec<Arc<Outbound>> = (0..SUBSCRIBERS).map(|_| Outbound::new(usize::MAX / 2)).collect();
         for (i, out) in outs.iter().enumerate() {
-            hub.join("lobby", i as u64, Arc::clone(out), codecs[i % codecs.len()]);
+            hub.join(
+                "lobby",
+                i as u64,
+                Arc::clone(out),
+                Format::WebSocket(codecs[i % codecs.len()]),
+            );
             hub.activate("lobby", i as u64, &[], 0, |_| Bytes::new());
         }
         let mut scratch = Vec::new();

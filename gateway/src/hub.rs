@@ -35,6 +35,15 @@ pub struct StoredEvent {
     pub payload: Bytes,
 }
 
+/// How a subscriber's event frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A whole WebSocket frame in the connection's codec.
+    WebSocket(Codec),
+    /// The JSON event alone, for the HTTP transports.
+    Bare,
+}
+
 /// Whether a room's upstream subscription is in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoomState {
@@ -70,7 +79,7 @@ struct Room {
 
 struct Sub {
     out: Arc<Outbound>,
-    codec: Codec,
+    format: Format,
     mode: Mode,
     delivered: u64,
 }
@@ -80,11 +89,10 @@ enum Mode {
     Live,
 }
 
-/// An event's frames, encoded on first use per codec.
+/// An event's frames, encoded on first use per format.
 struct Frames<'e> {
     ev: &'e StoredEvent,
-    json: Option<Bytes>,
-    msgpack: Option<Bytes>,
+    slots: [Option<Bytes>; 3],
 }
 
 // === impl StoredEvent ===
@@ -121,7 +129,7 @@ impl Hub {
     }
 
     /// Adds a pending subscriber; live events are buffered for it until [`Hub::activate`].
-    pub fn join(&self, room: &str, conn: u64, out: Arc<Outbound>, codec: Codec) -> Joined {
+    pub fn join(&self, room: &str, conn: u64, out: Arc<Outbound>, format: Format) -> Joined {
         let mut shard = self.shard(room);
         let new_room = !shard.contains_key(room);
         let r = shard.entry(Arc::from(room)).or_insert_with(|| Room {
@@ -134,7 +142,7 @@ impl Hub {
         r.generation += 1;
         let sub = Sub {
             out,
-            codec,
+            format,
             mode: Mode::Pending(Vec::new()),
             delivered: 0,
         };
@@ -195,14 +203,17 @@ impl Hub {
         };
         for ev in replay.iter().chain(buffered.iter()) {
             if ev.seq > sub.delivered {
-                let bytes = encode(ev, sub.codec);
+                let bytes = encode(ev, sub.format);
                 sub.delivered = ev.seq;
                 if sub.out.push(Item { bytes, stored_us: 0 }) != Pushed::Queued {
                     return Some(sub.delivered);
                 }
             }
         }
-        sub.out.push_frame(ack(sub.delivered));
+        let ack = ack(sub.delivered);
+        if !ack.is_empty() {
+            sub.out.push_frame(ack);
+        }
         Some(sub.delivered)
     }
 
@@ -240,8 +251,7 @@ impl Hub {
         r.last_seq = r.last_seq.max(ev.seq);
         let mut frames = Frames {
             ev,
-            json: None,
-            msgpack: None,
+            slots: [None, None, None],
         };
         let mut n = 0;
         for sub in r.subs.values_mut() {
@@ -249,7 +259,7 @@ impl Hub {
                 Mode::Pending(buf) => buf.push(Arc::clone(ev)),
                 Mode::Live if ev.seq > sub.delivered => {
                     sub.delivered = ev.seq;
-                    let bytes = frames.get(sub.codec);
+                    let bytes = frames.get(sub.format);
                     if sub.out.push(Item {
                         bytes,
                         stored_us: ev.stored_us,
@@ -273,24 +283,24 @@ impl Hub {
     }
 }
 
-fn encode(ev: &StoredEvent, codec: Codec) -> Bytes {
-    let op = if codec.is_binary() {
-        opcode::BINARY
-    } else {
-        opcode::TEXT
-    };
-    ws_frame(op, &codec.encode_event(ev.as_ref()))
+fn encode(ev: &StoredEvent, format: Format) -> Bytes {
+    match format {
+        Format::WebSocket(Codec::Json) => ws_frame(opcode::TEXT, &Codec::Json.encode_event(ev.as_ref())),
+        Format::WebSocket(Codec::MsgPack) => ws_frame(opcode::BINARY, &Codec::MsgPack.encode_event(ev.as_ref())),
+        Format::Bare => Bytes::from(Codec::Json.encode_event(ev.as_ref())),
+    }
 }
 
 // === impl Frames ===
 
 impl Frames<'_> {
-    fn get(&mut self, codec: Codec) -> Bytes {
-        let slot = match codec {
-            Codec::Json => &mut self.json,
-            Codec::MsgPack => &mut self.msgpack,
+    fn get(&mut self, format: Format) -> Bytes {
+        let i = match format {
+            Format::WebSocket(Codec::Json) => 0,
+            Format::WebSocket(Codec::MsgPack) => 1,
+            Format::Bare => 2,
         };
-        slot.get_or_insert_with(|| encode(self.ev, codec)).clone()
+        self.slots[i].get_or_insert_with(|| encode(self.ev, format)).clone()
     }
 }
 
@@ -324,7 +334,7 @@ mod tests {
     fn pending_subscribers_get_replay_then_buffer_without_duplicates() {
         let hub = Hub::default();
         let out = Outbound::new(1 << 20);
-        let joined = hub.join("lobby", 1, out.clone(), Codec::Json);
+        let joined = hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
         assert!(joined.new_room);
         hub.set_ready("lobby", 5);
         // Live events arrive while the replay is being fetched.
@@ -353,18 +363,19 @@ mod tests {
         let hub = Hub::default();
         let a = Outbound::new(1 << 20);
         let b = Outbound::new(1 << 20);
-        hub.join("lobby", 1, a.clone(), Codec::Json);
-        hub.join("lobby", 2, b.clone(), Codec::Json);
+        hub.join("lobby", 1, a.clone(), Format::WebSocket(Codec::Json));
+        hub.join("lobby", 2, b.clone(), Format::WebSocket(Codec::Json));
         hub.activate("lobby", 1, &[], 0, |_| Bytes::new());
         hub.activate("lobby", 2, &[], 0, |_| Bytes::new());
         assert_eq!(hub.deliver(&ev(1, 0)), 2);
         let (mut x, mut y) = (Vec::new(), Vec::new());
         a.take(&mut x);
         b.take(&mut y);
-        assert_eq!(x[1].bytes.as_ptr(), y[1].bytes.as_ptr(), "the same bytes are shared");
+        assert_eq!((x.len(), y.len()), (1, 1), "an empty ack is not queued");
+        assert_eq!(x[0].bytes.as_ptr(), y[0].bytes.as_ptr(), "the same bytes are shared");
         assert_eq!(hub.leave("lobby", 1), None);
         let generation = hub.leave("lobby", 2).unwrap();
-        hub.join("lobby", 3, a, Codec::Json);
+        hub.join("lobby", 3, a, Format::WebSocket(Codec::Json));
         assert!(
             !hub.remove_if_idle("lobby", generation),
             "reused before the linger ended"

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
 use crate::auth::Identity;
-use crate::hub::RoomState;
+use crate::hub::Format;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 use crate::server::Shared;
@@ -27,8 +27,6 @@ use crate::server::Shared;
 const RATE_STRIKES: u32 = 10;
 /// How long a closing connection's pending write may stay blocked.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Longest wait for a room's upstream subscription.
-const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the endpoint does with messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,62 +293,30 @@ impl Session {
         if self.rooms.contains(&room) {
             self.leave(&room);
         }
-        let shared = Arc::clone(&self.shared);
-        let joined = shared.hub.join(&room, self.conn_id, Arc::clone(&self.out), self.codec);
         self.rooms.insert(room.clone());
-        if joined.new_room {
-            shared.upstream.start_room(&room);
-        }
-        let mut state = joined.state;
-        let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
+        let (codec, ack_id, ack_room) = (self.codec, id.clone(), room.clone());
+        let ack = move |seq, recovered| {
+            let ack = Ack {
+                id: ack_id,
+                room: Some(ack_room),
+                seq: Some(seq),
+                recovered: Some(recovered),
+            };
+            encode(codec, &ServerFrame::Ack(ack))
+        };
+        let format = Format::WebSocket(self.codec);
+        match self
+            .shared
+            .upstream
+            .attach(&room, self.conn_id, &self.out, format, since, ack)
             .await
-            .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
-        if !ready {
-            self.leave(&room);
-            return self.error(id, ErrorCode::Unavailable, "the event store is unavailable");
-        }
-        let replay = match since {
-            None => shared
-                .upstream
-                .last_seq(&room)
-                .await
-                .map(|last| (Vec::new(), last, true)),
-            Some(since) => self.replay(&room, since).await,
-        };
-        let (events, floor, recovered) = match replay {
-            Ok(r) => r,
-            Err(e) => {
-                self.leave(&room);
-                return self.error(id, ErrorCode::Unavailable, format!("history unavailable: {e}"));
+        {
+            Ok(seq) => debug!(%room, ?since, seq, "Subscribed"),
+            Err(message) => {
+                self.rooms.remove(&room);
+                self.error(id, ErrorCode::Unavailable, message);
             }
-        };
-        metrics::replayed(events.len() as u64);
-        let codec = self.codec;
-        let ack_room = room.clone();
-        let activated = shared.hub.activate(&room, self.conn_id, &events, floor, |seq| {
-            encode(
-                codec,
-                &ServerFrame::Ack(Ack {
-                    id,
-                    room: Some(ack_room),
-                    seq: Some(seq),
-                    recovered: Some(recovered),
-                }),
-            )
-        });
-        debug!(%room, ?since, seq = ?activated, recovered, "Subscribed");
-    }
-
-    /// Events after `since`, and whether history still covers everything after it.
-    async fn replay(
-        &self,
-        room: &str,
-        since: u64,
-    ) -> Result<(Vec<Arc<crate::hub::StoredEvent>>, u64, bool), crate::upstream::UpstreamError> {
-        let upstream = &self.shared.upstream;
-        let recovered = since == 0 || upstream.holds(room, since).await?;
-        let events = upstream.fetch_after(room, since, None).await?;
-        Ok((events.into_iter().map(Arc::new).collect(), since, recovered))
+        }
     }
 
     fn unsubscribe(&mut self, id: Option<Id>, room: String) {
@@ -444,17 +410,13 @@ impl Session {
 
     fn leave(&mut self, room: &str) {
         if self.rooms.remove(room) {
-            if let Some(generation) = self.shared.hub.leave(room, self.conn_id) {
-                self.shared.upstream.release_room(room, generation);
-            }
+            self.shared.upstream.detach(room, self.conn_id);
         }
     }
 
     fn leave_all(&mut self) {
         for room in std::mem::take(&mut self.rooms) {
-            if let Some(generation) = self.shared.hub.leave(&room, self.conn_id) {
-                self.shared.upstream.release_room(&room, generation);
-            }
+            self.shared.upstream.detach(&room, self.conn_id);
         }
     }
 

@@ -18,7 +18,11 @@ use herald_proto::subject::Subjects;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::hub::{Hub, StoredEvent};
+use crate::hub::{Format, Hub, RoomState, StoredEvent};
+use crate::outbound::Outbound;
+
+/// Longest wait for a room's upstream subscription.
+const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a NATS operation failed (the client gets `unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +121,71 @@ impl Upstream {
     }
 
     /// Called when a room lost its last local subscriber: drop it after the linger.
-    pub fn release_room(self: &Arc<Self>, room: &str, generation: u64) {
+    fn release_room(self: &Arc<Self>, room: &str, generation: u64) {
         let this = Arc::clone(self);
         let room = room.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(this.linger).await;
             this.hub.remove_if_idle(&room, generation);
         });
+    }
+
+    /// Subscribes connection `conn` to `room`: joins the hub (pending), makes sure the room's
+    /// pump runs, then queues the events after `since` (none without it), the live events
+    /// that arrived meanwhile, and `ack(seq, recovered)` (skipped when empty). Returns the
+    /// last seq queued. On failure the connection is not left in the room.
+    pub async fn attach(
+        self: &Arc<Self>,
+        room: &str,
+        conn: u64,
+        out: &Arc<Outbound>,
+        format: Format,
+        since: Option<u64>,
+        ack: impl FnOnce(u64, bool) -> Bytes,
+    ) -> Result<u64, String> {
+        let joined = self.hub.join(room, conn, Arc::clone(out), format);
+        if joined.new_room {
+            self.start_room(room);
+        }
+        let mut state = joined.state;
+        let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
+        let replay = match (ready, since) {
+            (false, _) => Err("the event store is unavailable".to_owned()),
+            (true, None) => self
+                .last_seq(room)
+                .await
+                .map(|last| (Vec::new(), last, true))
+                .map_err(|e| e.to_string()),
+            (true, Some(since)) => self.replay(room, since).await,
+        };
+        let (events, floor, recovered) = match replay {
+            Ok(r) => r,
+            Err(e) => {
+                self.detach(room, conn);
+                return Err(e);
+            }
+        };
+        crate::metrics::replayed(events.len() as u64);
+        let ack = |seq| ack(seq, recovered);
+        self.hub
+            .activate(room, conn, &events, floor, ack)
+            .ok_or_else(|| "connection closed".to_owned())
+    }
+
+    /// Removes `conn` from `room`; an emptied room keeps its pump for the linger.
+    pub fn detach(self: &Arc<Self>, room: &str, conn: u64) {
+        if let Some(generation) = self.hub.leave(room, conn) {
+            self.release_room(room, generation);
+        }
+    }
+
+    /// Events after `since`, and whether history still covers everything after it.
+    async fn replay(&self, room: &str, since: u64) -> Result<(Vec<Arc<StoredEvent>>, u64, bool), String> {
+        let recovered = since == 0 || self.holds(room, since).await.map_err(|e| e.to_string())?;
+        let events = self.fetch_after(room, since, None).await.map_err(|e| e.to_string())?;
+        Ok((events.into_iter().map(Arc::new).collect(), since, recovered))
     }
 
     async fn pump(self: Arc<Self>, room: Arc<str>) {
