@@ -88,6 +88,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_POLL_MAX_WAIT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub poll_max_wait: Duration,
 
+    /// Interval of SSE keep-alive comments (so proxies keep idle streams open).
+    #[arg(long, env = "HERALD_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_keepalive: Duration,
+
     /// On SIGTERM/SIGINT, WebSocket clients are closed with 1012 spread over this time.
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -11,11 +11,14 @@
 
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbound;
+pub mod poll;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;

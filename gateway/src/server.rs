@@ -12,7 +12,7 @@ use bytes::Bytes;
 use herald_proto::{codec, CloseCode, Codec, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -32,7 +32,7 @@ use crate::outbound::Outbound;
 use crate::session::{self, Accepted, Mode};
 use crate::upstream::Upstream;
 
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// What every connection of a gateway shares.
 pub struct Shared {
@@ -100,12 +100,12 @@ impl Shared {
         }
     }
 
-    fn new_conn(&self) -> (u64, String) {
+    pub fn new_conn(&self) -> (u64, String) {
         let n = self.next_conn.fetch_add(1, Ordering::Relaxed);
         (n, format!("{}-{n:x}", self.gateway_id))
     }
 
-    fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
+    pub fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
         if self.origins.is_empty() {
             return true;
         }
@@ -122,7 +122,7 @@ impl Shared {
 
 impl Connections {
     /// Reserves a slot unless `max` are taken.
-    fn reserve(&self, max: usize) -> bool {
+    pub fn reserve(&self, max: usize) -> bool {
         let prev = self.reserved.fetch_add(1, Ordering::AcqRel);
         if prev as usize >= max {
             self.reserved.fetch_sub(1, Ordering::AcqRel);
@@ -131,7 +131,7 @@ impl Connections {
         true
     }
 
-    fn unreserve(&self) {
+    pub fn unreserve(&self) {
         self.reserved.fetch_sub(1, Ordering::AcqRel);
         if self.reserved.load(Ordering::Acquire) == 0 {
             self.empty.notify_waiters();
@@ -212,7 +212,7 @@ impl From<AuthError> for HttpError {
 }
 
 pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).boxed()
+    Full::new(body.into()).boxed_unsync()
 }
 
 // === public listener ===
@@ -271,8 +271,15 @@ where
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald),
+        (&Method::GET, "/poll") => crate::http::cors(&shared, origin, crate::poll::poll(&shared, req).await),
+        (&Method::GET, "/sse") => crate::http::cors(&shared, origin, crate::sse::sse(&shared, req).await),
+        (&Method::POST, "/publish") => crate::http::cors(&shared, origin, crate::http::publish(&shared, req).await),
+        (&Method::OPTIONS, "/poll" | "/sse" | "/publish") => {
+            crate::http::cors(&shared, origin, crate::http::preflight(&shared, &req))
+        }
         (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),
         (&Method::GET, "/") => Ok(Response::builder()
             .header(header::CONTENT_TYPE, "text/html; charset=utf-8")

@@ -77,3 +77,104 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A streaming Server-Sent Events reader over HTTP/1.1 (chunked or not).
+pub struct Sse {
+    reader: tokio::io::BufReader<TcpStream>,
+    chunked: bool,
+    text: String,
+    pub status: u16,
+}
+
+/// One SSE event: its `id:`, `event:` and `data:` lines.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl Sse {
+    /// `GET path` with extra request headers; reads the response head.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        tcp.write_all(head.as_bytes()).await?;
+        let mut reader = tokio::io::BufReader::new(tcp);
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with("transfer-encoding:") && line.contains("chunked") {
+                chunked = true;
+            }
+        }
+        Ok(Self {
+            reader,
+            chunked,
+            text: String::new(),
+            status,
+        })
+    }
+
+    /// The next event (comments skipped); `None` when the stream ends or after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(timeout, self.next_inner()).await.ok().flatten()
+    }
+
+    async fn next_inner(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_owned());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = Some(v.to_owned());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        ev.data.push_str(v);
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(ev);
+                }
+            }
+            let more = self.read_more().await?;
+            self.text.push_str(&more);
+        }
+    }
+
+    async fn read_more(&mut self) -> Option<String> {
+        use tokio::io::AsyncBufReadExt;
+        if !self.chunked {
+            let mut buf = vec![0u8; 4096];
+            let n = self.reader.read(&mut buf).await.ok()?;
+            return (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let mut size = String::new();
+        self.reader.read_line(&mut size).await.ok()?;
+        let n = usize::from_str_radix(size.trim(), 16).ok()?;
+        if n == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; n + 2];
+        self.reader.read_exact(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}

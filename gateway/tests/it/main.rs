@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod drain;
+mod fallback;
 mod push;
 mod resume;
 mod slow_consumer;

@@ -1,0 +1,223 @@
+//! What the HTTP transports share: who the caller is, which rooms and cursor they asked for,
+//! CORS, and `POST /publish`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_proto::cursor::Cursor;
+use herald_proto::{room, ErrorCode};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::auth::Identity;
+use crate::outbound::Outbound;
+use crate::server::{full, query_param, token, Body, HttpError, Shared};
+
+/// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`.
+pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
+    if !shared.origin_allowed(req) {
+        return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    let name = query_param(req, "name");
+    Ok(shared.auth.authenticate(token(req).as_deref(), conn, name.as_deref())?)
+}
+
+/// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
+pub fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
+    let list = query_param(req, "rooms").unwrap_or_default();
+    let mut rooms: Vec<String> = list.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect();
+    rooms.sort();
+    rooms.dedup();
+    if rooms.is_empty() {
+        return Err(HttpError::new(ErrorCode::BadRequest, "`rooms` is required"));
+    }
+    let max = shared.config.max_subscriptions;
+    if rooms.len() > max {
+        return Err(HttpError::new(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {max} rooms per request"),
+        ));
+    }
+    for r in &rooms {
+        room::validate(r).map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("invalid room {r:?}: {e}")))?;
+        if !who.may_subscribe(r) {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("may not subscribe to {r}"),
+            ));
+        }
+    }
+    Ok(rooms)
+}
+
+/// The cursor from `Last-Event-ID` (SSE reconnects) or `?cursor=`.
+pub fn cursor(req: &Request<Incoming>) -> Result<Option<Cursor>, HttpError> {
+    let from_header = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match from_header.or_else(|| query_param(req, "cursor")) {
+        None => Ok(None),
+        Some(s) => Cursor::parse(&s)
+            .map(Some)
+            .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("invalid cursor: {e}"))),
+    }
+}
+
+/// A registered HTTP client: counts toward `--max-connections`, is closed by the drain,
+/// and leaves its rooms when dropped.
+pub struct Registration {
+    pub shared: Arc<Shared>,
+    pub conn_id: u64,
+    pub out: Arc<Outbound>,
+    pub rooms: Vec<String>,
+}
+
+impl Registration {
+    pub fn new(shared: &Arc<Shared>, conn_id: u64) -> Result<Self, HttpError> {
+        if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(HttpError::new(
+                ErrorCode::Unavailable,
+                "gateway is draining; retry on another",
+            ));
+        }
+        if !shared.conns.reserve(shared.config.max_connections) {
+            return Err(HttpError::new(ErrorCode::Unavailable, "too many connections"));
+        }
+        let out = Outbound::new(shared.config.outbound_buffer_bytes);
+        shared.conns.insert(conn_id, Arc::clone(&out));
+        Ok(Self {
+            shared: Arc::clone(shared),
+            conn_id,
+            out,
+            rooms: Vec::new(),
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for room in &self.rooms {
+            self.shared.upstream.detach(room, self.conn_id);
+        }
+        self.shared.conns.remove(self.conn_id);
+    }
+}
+
+/// The `room` and `seq` of an event's JSON, for cursors.
+#[derive(Deserialize)]
+pub struct EventHead<'a> {
+    pub room: &'a str,
+    pub seq: u64,
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(body))
+        .expect("static response parts")
+}
+
+/// Adds CORS headers for an allowed browser origin (every origin when none are configured).
+pub fn cors(
+    shared: &Shared,
+    origin: Option<HeaderValue>,
+    result: Result<Response<Body>, HttpError>,
+) -> Result<Response<Body>, HttpError> {
+    let mut resp = result.unwrap_or_else(HttpError::into_response);
+    if let Some(origin) = origin {
+        let allowed = shared.config.allowed_origins().is_empty()
+            || origin.to_str().is_ok_and(|o| {
+                let o = o.trim_end_matches('/');
+                shared
+                    .config
+                    .allowed_origins()
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            });
+        if allowed {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("Content-Type"),
+            );
+        }
+    }
+    Ok(resp)
+}
+
+/// `OPTIONS` preflight for the HTTP transports.
+pub fn preflight(shared: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    if !shared.origin_allowed(req) {
+        return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS")
+        .header(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "Authorization, Content-Type, Last-Event-ID",
+        )
+        .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+        .body(full(Bytes::new()))
+        .expect("static response parts"))
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    room: String,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `POST /publish` with `{"room","data","type"?}` → `{"room","seq"}` once stored.
+pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    let (_, conn) = shared.new_conn();
+    let who = identify(shared, &req, &conn)?;
+    let max = shared.config.max_message_bytes;
+    let body = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|_| HttpError::new(ErrorCode::TooLarge, format!("body larger than {max} bytes")))?
+        .to_bytes();
+    let p: PublishBody<'_> = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
+    room::validate(&p.room).map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("invalid room: {e}")))?;
+    let data = p
+        .data
+        .ok_or_else(|| HttpError::new(ErrorCode::BadRequest, "`data` is required"))?;
+    if !who.may_publish(&p.room) {
+        return Err(HttpError::new(
+            ErrorCode::Forbidden,
+            format!("may not publish to {}", p.room),
+        ));
+    }
+    let unavailable =
+        |e: &dyn std::fmt::Display| HttpError::new(ErrorCode::Unavailable, format!("publish failed: {e}"));
+    let payload = Bytes::copy_from_slice(data.get().as_bytes());
+    let ack = shared
+        .upstream
+        .publish(&p.room, payload, p.kind.as_deref(), &who.user)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let ack = tokio::time::timeout(Duration::from_secs(10), ack)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .map_err(|e| unavailable(&e))?;
+    crate::metrics::received();
+    let body = serde_json::json!({"room": p.room, "seq": ack.sequence});
+    Ok(json(StatusCode::OK, body.to_string()))
+}

@@ -1,0 +1,142 @@
+//! `GET /poll`: ajax polling (`wait=0`) and long-polling (`wait>0`), stateless by cursor.
+//!
+//! Backlog is answered from history at once. With nothing new, a long-poll registers on the
+//! hub like a WebSocket subscriber (no NATS subscription of its own) and is answered at the
+//! first event, at `wait`, or at the drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_proto::cursor::Cursor;
+use herald_proto::{Codec, ErrorCode};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::http::{cursor, identify, json, rooms, EventHead, Registration};
+use crate::hub::Format;
+use crate::metrics::{self, Transport};
+use crate::server::{query_param, Body, HttpError, Shared};
+
+pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    let (conn_id, conn) = shared.new_conn();
+    let who = identify(shared, &req, &conn)?;
+    let rooms = rooms(shared, &req, &who)?;
+    let asked = cursor(&req)?;
+    let wait = wait(shared, &req)?;
+    let transport = if wait.is_zero() {
+        Transport::Poll
+    } else {
+        Transport::LongPoll
+    };
+    metrics::connection_opened(transport);
+    let _open = OpenGauge(transport);
+
+    let upstream = &shared.upstream;
+    let unavailable = |e: String| HttpError::new(ErrorCode::Unavailable, e);
+    let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
+    let mut events: Vec<Bytes> = Vec::new();
+    if asked.is_some() {
+        for room in &rooms {
+            let after = positions.get(room).unwrap_or(0);
+            for ev in upstream
+                .fetch_after(room, after, None)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+            {
+                positions.set(room, ev.seq);
+                events.push(Bytes::from(Codec::Json.encode_event(ev.as_ref())));
+            }
+        }
+    }
+    let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    if !events.is_empty() || wait.is_zero() || draining {
+        return Ok(respond(transport, &events, &positions));
+    }
+
+    let mut reg = Registration::new(shared, conn_id)?;
+    for room in &rooms {
+        reg.rooms.push(room.clone());
+        let since = positions.get(room);
+        upstream
+            .attach(room, conn_id, &reg.out, Format::Bare, since, |_, _| Bytes::new())
+            .await
+            .map_err(unavailable)?;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut batch = Vec::new();
+    loop {
+        let close = reg.out.take(&mut batch);
+        if !batch.is_empty() || close.is_some() {
+            break;
+        }
+        tokio::select! {
+            _ = reg.out.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    drop(reg);
+    for item in batch {
+        if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
+            positions.set(head.room, head.seq);
+        }
+        events.push(item.bytes);
+    }
+    Ok(respond(transport, &events, &positions))
+}
+
+/// Where each room starts: the client's cursor, or the room's live tail.
+pub async fn start_positions(shared: &Shared, rooms: &[String], asked: Option<&Cursor>) -> Result<Cursor, HttpError> {
+    let mut positions = Cursor::default();
+    for room in rooms {
+        let pos = match asked.and_then(|c| c.get(room)) {
+            Some(seq) => seq,
+            None => shared
+                .upstream
+                .last_seq(room)
+                .await
+                .map_err(|e| HttpError::new(ErrorCode::Unavailable, e.to_string()))?,
+        };
+        positions.set(room, pos);
+    }
+    Ok(positions)
+}
+
+/// `?wait=` in seconds (fractions allowed), capped at `--poll-max-wait`.
+fn wait(shared: &Shared, req: &Request<Incoming>) -> Result<Duration, HttpError> {
+    let Some(w) = query_param(req, "wait") else {
+        return Ok(Duration::ZERO);
+    };
+    match w.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Duration::from_secs_f64(s.min(86_400.0)).min(shared.config.poll_max_wait))
+        }
+        _ => Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "`wait` must be a number of seconds ≥ 0",
+        )),
+    }
+}
+
+fn respond(transport: Transport, events: &[Bytes], positions: &Cursor) -> Response<Body> {
+    let mut body = Vec::with_capacity(64 + events.iter().map(|e| e.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, ev) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(ev);
+    }
+    body.extend_from_slice(format!("],\"cursor\":\"{positions}\"}}").as_bytes());
+    metrics::sent(transport, events.len() as u64, body.len() as u64);
+    json(StatusCode::OK, body)
+}
+
+/// Keeps `herald_gateway_connections{transport}` up while a request is open.
+pub struct OpenGauge(pub Transport);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::connection_closed(self.0);
+    }
+}

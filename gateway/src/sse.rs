@@ -1,0 +1,94 @@
+//! `GET /sse`: Server-Sent Events. Each event's `id:` is the whole cursor after it, so a
+//! reconnect with `Last-Event-ID` (to any gateway) resumes every room.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_proto::ErrorCode;
+use http::header;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use crate::http::{cursor, identify, rooms, EventHead, Registration};
+use crate::hub::Format;
+use crate::metrics::{self, Transport};
+use crate::poll::{start_positions, OpenGauge};
+use crate::server::{Body, HttpError, Shared};
+
+pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    let (conn_id, conn) = shared.new_conn();
+    let who = identify(shared, &req, &conn)?;
+    let rooms = rooms(shared, &req, &who)?;
+    let asked = cursor(&req)?;
+    let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
+    let mut reg = Registration::new(shared, conn_id)?;
+    for room in &rooms {
+        reg.rooms.push(room.clone());
+        shared
+            .upstream
+            .attach(room, conn_id, &reg.out, Format::Bare, positions.get(room), |_, _| {
+                Bytes::new()
+            })
+            .await
+            .map_err(|e| HttpError::new(ErrorCode::Unavailable, e))?;
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let keepalive = shared.config.sse_keepalive;
+    metrics::connection_opened(Transport::Sse);
+    tokio::spawn(async move {
+        let _open = OpenGauge(Transport::Sse);
+        let reg = reg;
+        if tx.send(Bytes::from_static(b": herald\n\n")).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut batch = Vec::new();
+        loop {
+            let close = reg.out.take(&mut batch);
+            if !batch.is_empty() {
+                let mut chunk = Vec::new();
+                let events = batch.len() as u64;
+                for item in batch.drain(..) {
+                    if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
+                        positions.set(head.room, head.seq);
+                    }
+                    chunk.extend_from_slice(format!("id: {positions}\ndata: ").as_bytes());
+                    chunk.extend_from_slice(&item.bytes);
+                    chunk.extend_from_slice(b"\n\n");
+                }
+                let bytes = chunk.len() as u64;
+                if tx.send(Bytes::from(chunk)).await.is_err() {
+                    break;
+                }
+                metrics::sent(Transport::Sse, events, bytes);
+                continue;
+            }
+            // Drain or slow consumer: end the stream; the client reconnects with Last-Event-ID.
+            if close.is_some() {
+                break;
+            }
+            tokio::select! {
+                _ = reg.out.notified() => {}
+                _ = tick.tick() => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(StreamBody::new(stream).boxed_unsync())
+        .expect("static response parts"))
+}
