@@ -151,7 +151,7 @@ impl WsClient {
     pub async fn op(&mut self, op: serde_json::Value) {
         let (opcode, bytes) = match self.codec {
             Codec::Json => (OpCode::Text, serde_json::to_vec(&op).expect("JSON encodes")),
-            Codec::MsgPack => (OpCode::Binary, herald_proto_msgpack(&op)),
+            Codec::MsgPack => (OpCode::Binary, msgpack_op(&op)),
         };
         self.send_raw(opcode, bytes).await;
     }
@@ -266,16 +266,16 @@ impl WsClient {
     }
 }
 
-fn herald_proto_msgpack(v: &serde_json::Value) -> Vec<u8> {
+fn msgpack_op(v: &serde_json::Value) -> Vec<u8> {
     let frame = serde_json::to_vec(v).expect("JSON encodes");
     let decoded = Codec::Json.decode_client(&frame);
     match decoded {
         Ok(f) => Codec::MsgPack.encode_client(&f).expect("MessagePack encodes"),
         // Not a valid op: send the same map anyway, so the server judges it.
-        Err(_) => serde_json_to_msgpack(v),
+        Err(_) => msgpack_value(v),
     }
 }
 
-fn serde_json_to_msgpack(v: &serde_json::Value) -> Vec<u8> {
+fn msgpack_value(v: &serde_json::Value) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("MessagePack encodes")
 }
