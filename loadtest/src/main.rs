@@ -65,7 +65,7 @@ struct HoldArgs {
     /// Connections to hold (at most ~19,900 per process on this machine's file limit).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
-    /// Rooms the connections subscribe to, round-robin.
+    /// Rooms the connections subscribe to, round-robin (0: connect without subscribing).
     #[arg(long, default_value_t = 10)]
     rooms: usize,
     /// PIDs of the gateway processes to measure (VmRSS from /proc).
@@ -135,7 +135,9 @@ async fn connect_all(common: &Common, n: usize, room: impl Fn(usize) -> String) 
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut c = client::Conn::open(&url, source, token.as_deref()).await?;
-            c.subscribe(&room).await?;
+            if !room.is_empty() {
+                c.subscribe(&room).await?;
+            }
             Ok::<_, anyhow::Error>(c)
         }));
     }
@@ -150,8 +152,15 @@ async fn hold(a: HoldArgs) -> Result<()> {
     let before: Vec<u64> = a.gateway_pid.iter().map(|&p| proc::rss_kib(p)).collect::<Result<_>>()?;
     let sock_before = proc::tcp_mem_kib()?;
     let started = Instant::now();
-    let rooms = a.rooms.max(1);
-    let conns = connect_all(&a.common, a.connections, |i| format!("hold-{}", i % rooms)).await?;
+    let rooms = a.rooms;
+    let conns = connect_all(&a.common, a.connections, |i| {
+        if rooms == 0 {
+            String::new()
+        } else {
+            format!("hold-{}", i % rooms)
+        }
+    })
+    .await?;
     let took = started.elapsed();
     println!(
         "connected {} in {:.1}s ({:.0}/s)",
