@@ -27,14 +27,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    fanout.serve(shutdown_signal()).await;
+    fanout.serve(herald_gateway::shutdown_signal()).await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

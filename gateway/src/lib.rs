@@ -182,6 +182,15 @@ async fn provision_stream(shared: Arc<Shared>) {
     }
 }
 
+/// Resolves at SIGTERM or SIGINT: the signal to drain and stop.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 fn random_id() -> String {
     use rand::Rng;
     let n: u32 = rand::rng().random();
