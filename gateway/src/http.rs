@@ -135,16 +135,7 @@ pub fn cors(
 ) -> Result<Response<Body>, HttpError> {
     let mut resp = result.unwrap_or_else(HttpError::into_response);
     if let Some(origin) = origin {
-        let allowed = shared.config.allowed_origins().is_empty()
-            || origin.to_str().is_ok_and(|o| {
-                let o = o.trim_end_matches('/');
-                shared
-                    .config
-                    .allowed_origins()
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            });
-        if allowed {
+        if origin.to_str().is_ok_and(|o| shared.is_allowed_origin(o)) {
             let h = resp.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             h.insert(header::VARY, HeaderValue::from_static("Origin"));

@@ -106,15 +106,16 @@ impl Shared {
     }
 
     pub fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
-        if self.origins.is_empty() {
-            return true;
-        }
-        let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-            // Non-browser clients send no Origin; browsers always do.
-            return true;
-        };
+        // Non-browser clients send no Origin; browsers always do.
+        req.headers()
+            .get(header::ORIGIN)
+            .is_none_or(|o| o.to_str().is_ok_and(|o| self.is_allowed_origin(o)))
+    }
+
+    /// Whether a browser `Origin` may connect (any, when `--allowed-origins` is empty).
+    pub fn is_allowed_origin(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/');
-        self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+        self.origins.is_empty() || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 }
 
