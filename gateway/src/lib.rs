@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod input;
 pub mod metrics;
 pub mod outbound;
 pub mod poll;

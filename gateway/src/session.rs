@@ -3,22 +3,23 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, ServerFrame, Welcome};
 use herald_proto::{room, CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
 use crate::auth::Identity;
 use crate::hub::Format;
+use crate::input::Input;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 use crate::server::Shared;
@@ -85,10 +86,9 @@ async fn run_inner<S>(shared: Arc<Shared>, io: S, a: Accepted)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut rd, wr) = tokio::io::split(io);
-    let (mut reader, _) = fastwebsockets::after_handshake_split(&mut rd, tokio::io::sink(), Role::Server);
-    // fastwebsockets refuses frames of `max` bytes or more; the contract refuses only larger ones.
-    reader.set_max_message_size(shared.config.max_message_bytes.saturating_add(1));
+    let (rd, wr) = tokio::io::split(io);
+    let idle = AtomicBool::new(true);
+    let mut input = Input::new(rd, &idle);
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
     let last_seen = Arc::new(AtomicU64::new(now_ms()));
     shared.conns.insert(a.conn_id, Arc::clone(&out));
@@ -126,7 +126,7 @@ where
     let writer_abort = writer.abort_handle();
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
-    let reading = session.read_loop(&mut reader, &last_seen, a.mode, max);
+    let reading = session.read_loop(&mut input, &idle, &last_seen, a.mode, max);
     let peer_closed = tokio::select! {
         end = reading => {
             let peer_closed = matches!(end, End::Peer);
@@ -148,6 +148,8 @@ where
         // We closed first: read (and discard) until the peer's close frame or EOF, so that
         // unread input does not turn our close into a reset that destroys the close frame.
         let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+        let (mut reader, _) = fastwebsockets::after_handshake_split(&mut input, tokio::io::sink(), Role::Server);
+        reader.set_max_message_size(max.saturating_add(1));
         let frames = async {
             let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
             loop {
@@ -163,18 +165,19 @@ where
         let raw_needed = tokio::time::timeout_at(deadline, frames).await.unwrap_or(false);
         drop(reader);
         if raw_needed {
-            let mut buf = vec![0u8; 4096];
-            let raw = async { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} };
-            let _ = tokio::time::timeout_at(deadline, raw).await;
+            let _ = tokio::time::timeout_at(deadline, input.discard()).await;
         }
     }
     debug!("Connection closed");
 }
 
 impl Session {
+    /// Reads messages until the connection ends. A frame reader (and its buffer) exists only
+    /// while a message is arriving; between messages the connection holds none.
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut WebSocketRead<R>,
+        input: &mut Input<'_, R>,
+        idle: &AtomicBool,
         last_seen: &AtomicU64,
         mode: Mode,
         max: usize,
@@ -191,42 +194,34 @@ impl Session {
         };
         let mut fragments: Option<(OpCode, Vec<u8>)> = None;
         loop {
-            let frame = match reader.read_frame(&mut obligated).await {
-                Ok(frame) => frame,
-                Err(e) => return read_error(e),
-            };
-            last_seen.store(now_ms(), Ordering::Relaxed);
-            let (op, payload): (OpCode, Vec<u8>) = match frame.opcode {
-                OpCode::Close => return End::Peer,
-                OpCode::Ping | OpCode::Pong => continue,
-                OpCode::Text | OpCode::Binary if fragments.is_some() => return End::Close(CloseCode::PROTOCOL_ERROR),
-                OpCode::Text | OpCode::Binary if !frame.fin => {
-                    fragments = Some((frame.opcode, frame.payload.to_vec()));
-                    continue;
-                }
-                OpCode::Text | OpCode::Binary => (frame.opcode, frame.payload.to_vec()),
-                OpCode::Continuation => {
-                    let Some((op, buf)) = fragments.as_mut() else {
-                        return End::Close(CloseCode::PROTOCOL_ERROR);
-                    };
-                    if buf.len() + frame.payload.len() > max {
-                        return End::Close(CloseCode::TOO_BIG);
-                    }
-                    buf.extend_from_slice(&frame.payload);
-                    if !frame.fin {
-                        continue;
-                    }
-                    let (op, buf) = (*op, std::mem::take(buf));
-                    fragments = None;
-                    if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
-                        return End::Close(CloseCode::INVALID_PAYLOAD);
-                    }
-                    (op, buf)
-                }
-            };
-            if let Err(code) = self.on_message(mode, op, payload).await {
-                return End::Close(code);
+            match input.wait().await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return End::Peer,
             }
+            let (mut reader, _) = fastwebsockets::after_handshake_split(&mut *input, tokio::io::sink(), Role::Server);
+            // fastwebsockets refuses frames of `max` bytes or more; the contract refuses only larger ones.
+            reader.set_max_message_size(max.saturating_add(1));
+            loop {
+                let frame = match reader.read_frame(&mut obligated).await {
+                    Ok(frame) => frame,
+                    Err(e) => return read_error(e),
+                };
+                last_seen.store(now_ms(), Ordering::Relaxed);
+                match assemble(frame, &mut fragments, max) {
+                    Err(end) => return end,
+                    Ok(Some((op, payload))) => {
+                        if let Err(code) = self.on_message(mode, op, payload).await {
+                            return End::Close(code);
+                        }
+                    }
+                    Ok(None) => {}
+                }
+                if idle.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            drop(reader);
+            input.shrink();
         }
     }
 
@@ -440,6 +435,43 @@ pub fn encode(codec: Codec, frame: &ServerFrame) -> Bytes {
         opcode::TEXT
     };
     ws_frame(op, &codec.encode_server(frame))
+}
+
+/// Turns frames into messages: a whole message when one is complete, `None` for control
+/// frames and unfinished fragments, or how to end the connection.
+fn assemble(
+    frame: Frame<'_>,
+    fragments: &mut Option<(OpCode, Vec<u8>)>,
+    max: usize,
+) -> Result<Option<(OpCode, Vec<u8>)>, End> {
+    match frame.opcode {
+        OpCode::Close => Err(End::Peer),
+        OpCode::Ping | OpCode::Pong => Ok(None),
+        OpCode::Text | OpCode::Binary if fragments.is_some() => Err(End::Close(CloseCode::PROTOCOL_ERROR)),
+        OpCode::Text | OpCode::Binary if !frame.fin => {
+            *fragments = Some((frame.opcode, frame.payload.to_vec()));
+            Ok(None)
+        }
+        OpCode::Text | OpCode::Binary => Ok(Some((frame.opcode, frame.payload.to_vec()))),
+        OpCode::Continuation => {
+            let Some((op, buf)) = fragments.as_mut() else {
+                return Err(End::Close(CloseCode::PROTOCOL_ERROR));
+            };
+            if buf.len() + frame.payload.len() > max {
+                return Err(End::Close(CloseCode::TOO_BIG));
+            }
+            buf.extend_from_slice(&frame.payload);
+            if !frame.fin {
+                return Ok(None);
+            }
+            let (op, buf) = (*op, std::mem::take(buf));
+            *fragments = None;
+            if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
+                return Err(End::Close(CloseCode::INVALID_PAYLOAD));
+            }
+            Ok(Some((op, buf)))
+        }
+    }
 }
 
 fn read_error(e: WebSocketError) -> End {
