@@ -186,15 +186,6 @@ impl ClientOp {
 // === impl Payload ===
 
 impl Payload {
-    /// Classifies stored bytes: JSON if they parse as JSON, binary otherwise.
-    pub fn from_stored(bytes: Bytes) -> Self {
-        if is_json(&bytes) {
-            Self::Json(bytes)
-        } else {
-            Self::Binary(bytes)
-        }
-    }
-
     pub fn bytes(&self) -> &Bytes {
         match self {
             Self::Json(b) | Self::Binary(b) => b,
