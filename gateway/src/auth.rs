@@ -1,6 +1,7 @@
 //! Token verification: HS256 with a shared secret, or RS256/ES256/EdDSA with a public key.
 
 use herald_proto::claims::Claims;
+use herald_proto::{room, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{Config, ConfigError};
@@ -19,6 +20,20 @@ pub struct Identity {
     pub name: Option<String>,
     /// `None` for anonymous users, who may use any room.
     pub claims: Option<Claims>,
+}
+
+/// What a client wants to do with a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Subscribe,
+    Publish,
+}
+
+/// A room refused to a client: the contract's code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRefused {
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +147,23 @@ impl Identity {
 
     pub fn may_publish(&self, room: &str) -> bool {
         self.claims.as_ref().is_none_or(|c| c.may_publish(room))
+    }
+
+    /// Checks a room name (`bad_request`) and this identity's grant for it (`forbidden`).
+    pub fn check_room(&self, room: &str, access: Access) -> Result<(), RoomRefused> {
+        let refuse = |code, message| Err(RoomRefused { code, message });
+        if let Err(e) = room::validate(room) {
+            return refuse(ErrorCode::BadRequest, format!("invalid room {room:?}: {e}"));
+        }
+        match access {
+            Access::Subscribe if !self.may_subscribe(room) => {
+                refuse(ErrorCode::Forbidden, format!("may not subscribe to {room}"))
+            }
+            Access::Publish if !self.may_publish(room) => {
+                refuse(ErrorCode::Forbidden, format!("may not publish to {room}"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Token expiry, seconds since the epoch.

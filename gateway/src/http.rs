@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
-use herald_proto::{room, ErrorCode};
+use herald_proto::ErrorCode;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::auth::Identity;
+use crate::auth::{Access, Identity};
+use crate::hub::Format;
 use crate::outbound::Outbound;
 use crate::server::{full, query_param, token, Body, HttpError, Shared};
 
@@ -44,13 +45,7 @@ pub fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result
         ));
     }
     for r in &rooms {
-        room::validate(r).map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("invalid room {r:?}: {e}")))?;
-        if !who.may_subscribe(r) {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!("may not subscribe to {r}"),
-            ));
-        }
+        who.check_room(r, Access::Subscribe)?;
     }
     Ok(rooms)
 }
@@ -98,6 +93,28 @@ impl Registration {
             out,
             rooms: Vec::new(),
         })
+    }
+}
+
+impl Registration {
+    /// Subscribes to every room from its position (events after it are queued at once).
+    pub async fn attach_all(&mut self, rooms: &[String], positions: &Cursor) -> Result<(), HttpError> {
+        for room in rooms {
+            self.rooms.push(room.clone());
+            self.shared
+                .upstream
+                .attach(
+                    room,
+                    self.conn_id,
+                    &self.out,
+                    Format::Bare,
+                    positions.get(room),
+                    |_, _| Bytes::new(),
+                )
+                .await
+                .map_err(|e| HttpError::new(ErrorCode::Unavailable, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -186,16 +203,10 @@ pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Res
         .to_bytes();
     let p: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
-    room::validate(&p.room).map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("invalid room: {e}")))?;
+    who.check_room(&p.room, Access::Publish)?;
     let data = p
         .data
         .ok_or_else(|| HttpError::new(ErrorCode::BadRequest, "`data` is required"))?;
-    if !who.may_publish(&p.room) {
-        return Err(HttpError::new(
-            ErrorCode::Forbidden,
-            format!("may not publish to {}", p.room),
-        ));
-    }
     let unavailable =
         |e: &dyn std::fmt::Display| HttpError::new(ErrorCode::Unavailable, format!("publish failed: {e}"));
     let payload = Bytes::copy_from_slice(data.get().as_bytes());

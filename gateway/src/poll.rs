@@ -14,7 +14,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::http::{cursor, identify, json, rooms, EventHead, Registration};
-use crate::hub::Format;
 use crate::metrics::{self, Transport};
 use crate::server::{query_param, Body, HttpError, Shared};
 
@@ -55,14 +54,7 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
     }
 
     let mut reg = Registration::new(shared, conn_id)?;
-    for room in &rooms {
-        reg.rooms.push(room.clone());
-        let since = positions.get(room);
-        upstream
-            .attach(room, conn_id, &reg.out, Format::Bare, since, |_, _| Bytes::new())
-            .await
-            .map_err(unavailable)?;
-    }
+    reg.attach_all(&rooms, &positions).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut batch = Vec::new();
     loop {

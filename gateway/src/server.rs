@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, RoomRefused};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outbound::Outbound;
@@ -203,6 +203,12 @@ impl HttpError {
             .header(header::CONTENT_TYPE, "application/json")
             .body(full(body.to_string()))
             .expect("static response parts")
+    }
+}
+
+impl From<RoomRefused> for HttpError {
+    fn from(r: RoomRefused) -> Self {
+        Self::new(r.code, r.message)
     }
 }
 

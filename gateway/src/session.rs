@@ -11,13 +11,13 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, ServerFrame, Welcome};
-use herald_proto::{room, CloseCode, Codec, ErrorCode};
+use herald_proto::{CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
-use crate::auth::Identity;
+use crate::auth::{Access, Identity};
 use crate::hub::Format;
 use crate::input::Input;
 use crate::metrics::{self, Transport};
@@ -271,11 +271,8 @@ impl Session {
     }
 
     async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>) {
-        if let Err(e) = room::validate(&room) {
-            return self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
-        }
-        if !self.identity.may_subscribe(&room) {
-            return self.error(id, ErrorCode::Forbidden, format!("may not subscribe to {room}"));
+        if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
+            return self.error(id, r.code, r.message);
         }
         if !self.rooms.contains(&room) && self.rooms.len() >= self.shared.config.max_subscriptions {
             let max = self.shared.config.max_subscriptions;
@@ -330,12 +327,8 @@ impl Session {
         data: Payload,
         kind: Option<String>,
     ) -> Result<(), CloseCode> {
-        if let Err(e) = room::validate(&room) {
-            self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
-            return Ok(());
-        }
-        if !self.identity.may_publish(&room) {
-            self.error(id, ErrorCode::Forbidden, format!("may not publish to {room}"));
+        if let Err(r) = self.identity.check_room(&room, Access::Publish) {
+            self.error(id, r.code, r.message);
             return Ok(());
         }
         if !self.bucket.take() {
@@ -380,11 +373,8 @@ impl Session {
     }
 
     async fn presence(&mut self, id: Option<Id>, room: String) {
-        if let Err(e) = room::validate(&room) {
-            return self.error(id, ErrorCode::BadRequest, format!("invalid room: {e}"));
-        }
-        if !self.identity.may_subscribe(&room) {
-            return self.error(id, ErrorCode::Forbidden, format!("may not see presence of {room}"));
+        if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
+            return self.error(id, r.code, r.message);
         }
         let upstream = &self.shared.upstream;
         let subject = upstream.subjects().api_presence(&room);

@@ -5,14 +5,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_proto::ErrorCode;
 use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::http::{cursor, identify, rooms, EventHead, Registration};
-use crate::hub::Format;
 use crate::metrics::{self, Transport};
 use crate::poll::{start_positions, OpenGauge};
 use crate::server::{Body, HttpError, Shared};
@@ -24,16 +22,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     let asked = cursor(&req)?;
     let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let mut reg = Registration::new(shared, conn_id)?;
-    for room in &rooms {
-        reg.rooms.push(room.clone());
-        shared
-            .upstream
-            .attach(room, conn_id, &reg.out, Format::Bare, positions.get(room), |_, _| {
-                Bytes::new()
-            })
-            .await
-            .map_err(|e| HttpError::new(ErrorCode::Unavailable, e))?;
-    }
+    reg.attach_all(&rooms, &positions).await?;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let keepalive = shared.config.sse_keepalive;
