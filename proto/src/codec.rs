@@ -44,16 +44,24 @@ pub enum EncodeError {
 
 /// A client op as it appears on the wire, before validation. Unknown fields are ignored.
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
 struct WireOp<D> {
     op: Option<String>,
     id: Option<Id>,
     room: Option<String>,
     since: Option<u64>,
     presence: Option<bool>,
+    /// Present (even as `null`) or absent.
+    #[serde(default, deserialize_with = "present")]
     data: Option<D>,
     #[serde(rename = "type")]
     kind: Option<String>,
     users: Option<Vec<String>>,
+}
+
+/// A field that is present, whatever its value: `null` data is data.
+fn present<'de, D: Deserialize<'de>, De: serde::Deserializer<'de>>(de: De) -> Result<Option<D>, De::Error> {
+    D::deserialize(de).map(Some)
 }
 
 #[derive(Serialize)]

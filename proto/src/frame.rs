@@ -113,16 +113,23 @@ pub struct Pong {
     pub id: Option<Id>,
 }
 
-/// A member of a room: one connection of one user.
+/// A member of a room: one user, however many connections it holds there.
+///
+/// `conn` is the user's oldest connection in the room; `conns` counts them all.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Member {
     pub user: String,
     pub conn: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conns: Option<u32>,
 }
 
 /// A presence diff (`joined`/`left`) or snapshot (`members`).
+///
+/// `count` is the number of members (unique users), `conns` the number of connections.
+/// Rooms above fanout's large-room size carry counts only.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Presence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,7 +137,7 @@ pub struct Presence {
     pub room: String,
     pub count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<u64>,
+    pub conns: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub joined: Vec<Member>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

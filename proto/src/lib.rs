@@ -7,7 +7,7 @@
 //! - [`code`]: error codes (with their HTTP statuses) and WebSocket close codes.
 //! - [`subject`]: NATS subjects, [`header`]: NATS headers, [`room`]: room-name rules,
 //!   [`cursor`]: the `room:seq,...` cursor of the HTTP transports, [`claims`]: JWT claims and
-//!   room globs.
+//!   room globs, [`sys`]: internal gateway ↔ fanout messages.
 //!
 //! Start with [`frame`] and [`codec`].
 
@@ -19,6 +19,7 @@ pub mod frame;
 pub mod header;
 pub mod room;
 pub mod subject;
+pub mod sys;
 
 pub use code::{CloseCode, ErrorCode};
 pub use codec::Codec;

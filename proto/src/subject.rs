@@ -67,6 +67,41 @@ impl Subjects {
         format!("{}.lifecycle.{room}", self.prefix)
     }
 
+    /// `herald.status.>`: every user's status transitions.
+    pub fn status_wildcard(&self) -> String {
+        format!("{}.status.>", self.prefix)
+    }
+
+    /// `herald.api.presence.*`: snapshot requests of every room (room names hold no `.`).
+    pub fn api_presence_wildcard(&self) -> String {
+        format!("{}.api.presence.*", self.prefix)
+    }
+
+    /// `herald.api.status`: request/reply, the current status of a list of users.
+    pub fn api_status(&self) -> String {
+        format!("{}.api.status", self.prefix)
+    }
+
+    /// `herald.sys.gw.<gateway>`: a gateway's membership changes, heartbeats and snapshots.
+    pub fn sys_gateway(&self, gateway: &str) -> String {
+        format!("{}.sys.gw.{gateway}", self.prefix)
+    }
+
+    /// `herald.sys.gw.*`: every gateway's internal messages.
+    pub fn sys_gateways_wildcard(&self) -> String {
+        format!("{}.sys.gw.*", self.prefix)
+    }
+
+    /// `herald.sys.sync`: fanout asks gateways for their membership.
+    pub fn sys_sync(&self) -> String {
+        format!("{}.sys.sync", self.prefix)
+    }
+
+    /// The JetStream key-value bucket holding fanout's leader leases.
+    pub fn leader_bucket(&self) -> String {
+        format!("{}_PRESENCE", self.prefix.to_ascii_uppercase().replace(['.', '-'], "_"))
+    }
+
     /// The JetStream stream that stores room events.
     pub fn stream_name(&self) -> String {
         format!("{}_ROOMS", self.prefix.to_ascii_uppercase().replace(['.', '-'], "_"))

@@ -1,0 +1,131 @@
+//! Internal messages between gateways and fanout (`herald.sys.*`). Not part of the contract:
+//! both sides are built from this module, and it may change between versions.
+//!
+//! Each gateway publishes everything on one subject, `herald.sys.gw.<gateway>`, from one
+//! task, so fanout receives it in order: batches of numbered membership [`Change`]s,
+//! heartbeats carrying the last change number, and (when asked on `herald.sys.sync`) a
+//! snapshot of its whole membership split into parts. A gap in the numbers, a heartbeat
+//! whose number differs from what fanout applied, or a new `epoch` (a restarted gateway)
+//! makes fanout ask that gateway for a snapshot.
+
+use serde::{Deserialize, Serialize};
+
+/// One message on `herald.sys.gw.<gateway>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayMsg {
+    pub gw: String,
+    /// Chosen at gateway start; a new epoch means the old membership is gone.
+    pub epoch: u64,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+pub enum Body {
+    /// Changes numbered `first`, `first + 1`, …
+    Changes { first: u64, changes: Vec<Change> },
+    /// Sent every heartbeat interval; `seq` is the number of the last change sent.
+    Heartbeat { seq: u64 },
+    /// Part `part` (0-based) of `parts` of the membership as of change `seq`.
+    Snapshot {
+        seq: u64,
+        part: u32,
+        parts: u32,
+        conns: Vec<Conn>,
+        members: Vec<Join>,
+    },
+}
+
+/// A membership change on one gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "c", rename_all = "lowercase")]
+pub enum Change {
+    /// A connection opened (user status counts every connection).
+    Open(Conn),
+    /// A connection closed; it has left every room too.
+    Close { conn: String },
+    /// A connection joined a room's presence.
+    Join(Join),
+    /// A connection left a room's presence.
+    Leave { room: String, conn: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Conn {
+    pub conn: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Join {
+    pub room: String,
+    pub conn: String,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Body of `herald.sys.sync`: every gateway (or only `gw`) publishes a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<String>,
+}
+
+/// Body of a `herald.api.status` request: the users whose status is wanted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub users: Vec<String>,
+}
+
+/// Reply to a `herald.api.status` request, in the order asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub users: Vec<crate::frame::Status>,
+}
+
+/// A stable 64-bit hash (FNV-1a) of a name, equal in every process: it assigns rooms and
+/// users to fanout partitions.
+pub fn stable_hash(name: &str) -> u64 {
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_compact_tagged_form() {
+        let msg = GatewayMsg {
+            gw: "gw-a".into(),
+            epoch: 7,
+            body: Body::Changes {
+                first: 3,
+                changes: vec![
+                    Change::Open(Conn {
+                        conn: "gw-a-1".into(),
+                        user: "bob".into(),
+                    }),
+                    Change::Leave {
+                        room: "lobby".into(),
+                        conn: "gw-a-1".into(),
+                    },
+                ],
+            },
+        };
+        let text = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            text,
+            r#"{"gw":"gw-a","epoch":7,"k":"changes","first":3,"changes":[{"c":"open","conn":"gw-a-1","user":"bob"},{"c":"leave","room":"lobby","conn":"gw-a-1"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<GatewayMsg>(&text).unwrap(), msg);
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
