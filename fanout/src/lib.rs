@@ -1,10 +1,17 @@
-//! Herald's fanout service.
+//! Herald's fanout service: presence across every gateway, and the event stream's owner.
 //!
-//! Today it owns the JetStream event stream (creates it and keeps its settings in line with
-//! `--history-size`, `--history-ttl` and `--stream-replicas`) and serves the admin endpoints.
-//! Presence tracking across gateways is planned here (see docs/ARCHITECTURE.md).
+//! Gateways report their connections and presence members on `herald.sys.gw.<gateway>`
+//! ([`herald_proto::sys`]); every fanout instance applies them to the same [`state::State`]
+//! in one task, answers snapshot and status requests (queue groups: any instance answers),
+//! and publishes coalesced diffs, user status and room lifecycle for the partitions whose
+//! [`leader`] lease it holds. It also creates the JetStream event stream and keeps its
+//! settings in line with `--history-size`, `--history-ttl` and `--stream-replicas`.
 //!
-//! Start at [`Fanout::bind`] and [`Fanout::serve`].
+//! Start at [`Fanout::bind`] and [`Fanout::serve`], then [`state`].
+
+pub mod leader;
+mod presence;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,11 +29,25 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::leader::Leases;
+use crate::presence::Tracker;
+
 /// Metric names of fanout.
 pub mod metric {
     pub const PRESENCE_MEMBERS: &str = "herald_fanout_presence_members";
     pub const PRESENCE_EVENTS: &str = "herald_fanout_presence_events_total";
     pub const STREAM_PROVISIONED: &str = "herald_fanout_stream_provisioned";
+    pub const ROOMS: &str = "herald_fanout_presence_rooms";
+    pub const CONNECTIONS: &str = "herald_fanout_connections";
+    pub const USERS_ONLINE: &str = "herald_fanout_users_online";
+    pub const GATEWAYS: &str = "herald_fanout_gateways";
+    pub const STATUS_EVENTS: &str = "herald_fanout_status_events_total";
+    pub const LIFECYCLE_EVENTS: &str = "herald_fanout_lifecycle_events_total";
+    pub const LEADER: &str = "herald_fanout_leader";
+    pub const SYNC_DURATION: &str = "herald_fanout_sync_duration_seconds";
+    pub const SYNCS: &str = "herald_fanout_syncs_total";
+    pub const GATEWAYS_EXPIRED: &str = "herald_fanout_gateways_expired_total";
+    pub const REQUESTS: &str = "herald_fanout_requests_total";
 }
 
 /// Herald fanout: presence across gateways and the event stream's owner.
@@ -62,6 +83,31 @@ pub struct Config {
     /// A gateway silent this long has its members expired.
     #[arg(long, env = "HERALD_GATEWAY_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub gateway_timeout: Duration,
+
+    /// A user whose last connection in a room (or anywhere) closes stays present this long,
+    /// so a quick reconnect makes no leave/join pair and no offline/online flip.
+    #[arg(long, env = "HERALD_LEAVE_DELAY", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub leave_delay: Duration,
+
+    /// Rooms with more members than this get counts only (no member lists).
+    #[arg(long, env = "HERALD_LARGE_ROOM", default_value_t = 1000)]
+    pub large_room: usize,
+
+    /// Presence partitions; each has one leader instance that publishes its rooms and users.
+    #[arg(long, env = "HERALD_PARTITIONS", default_value_t = 1)]
+    pub partitions: u32,
+
+    /// Leader lease: a dead leader's partitions are taken over within about this long.
+    #[arg(long, env = "HERALD_LEADER_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+
+    /// How long a starting instance collects gateway snapshots before it answers requests.
+    #[arg(long, env = "HERALD_SYNC_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sync_window: Duration,
+
+    /// This instance's id in logs and leases. Default: a random id.
+    #[arg(long, env = "HERALD_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     /// JetStream replicas of the event stream (3 on a 3-node NATS cluster).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
@@ -101,6 +147,20 @@ impl Config {
         if !(1..=5).contains(&self.stream_replicas) {
             return Err(Error::Config("--stream-replicas must be 1 to 5".into()));
         }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(Error::Config("--partitions must be 1 to 1024".into()));
+        }
+        for (name, d) in [
+            ("presence-interval", self.presence_interval),
+            ("gateway-timeout", self.gateway_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("--{name} must be greater than zero")));
+            }
+        }
+        if self.leader_lease < Duration::from_secs(1) {
+            return Err(Error::Config("--leader-lease must be at least 1s".into()));
+        }
         Ok(())
     }
 }
@@ -121,19 +181,27 @@ impl Fanout {
         self.admin.local_addr().expect("bound listener")
     }
 
-    /// Provisions the stream (retrying until NATS answers) and serves the admin endpoints
-    /// until `shutdown` resolves.
+    /// Provisions the stream, tracks presence and serves the admin endpoints until
+    /// `shutdown` resolves; then stops answering, hands its leases over and exits.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let admin_addr = self.admin_addr();
         let metrics = herald_gateway::metrics::install();
-        metrics::describe_gauge!(metric::PRESENCE_MEMBERS, "Members tracked across all rooms.");
-        metrics::describe_counter!(metric::PRESENCE_EVENTS, "Presence diffs published.");
-        metrics::gauge!(metric::PRESENCE_MEMBERS).set(0.0);
-        metrics::counter!(metric::PRESENCE_EVENTS).absolute(0);
+        describe_metrics();
+        let config = self.config;
+        let instance = config.instance_id.clone().unwrap_or_else(|| {
+            let n: u32 = rand::random();
+            format!("fanout-{n:08x}")
+        });
         let provisioned = Arc::new(AtomicBool::new(false));
+        let synced = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
         let readiness: Readiness = {
-            let (client, provisioned, draining) =
-                (self.client.clone(), Arc::clone(&provisioned), Arc::clone(&draining));
+            let (client, provisioned, synced, draining) = (
+                self.client.clone(),
+                Arc::clone(&provisioned),
+                Arc::clone(&synced),
+                Arc::clone(&draining),
+            );
             Arc::new(move || {
                 if draining.load(Ordering::Relaxed) {
                     Some("draining")
@@ -141,50 +209,135 @@ impl Fanout {
                     Some("NATS disconnected")
                 } else if !provisioned.load(Ordering::Relaxed) {
                     Some("event stream not provisioned")
+                } else if !synced.load(Ordering::Relaxed) {
+                    Some("presence not synced with the gateways yet")
                 } else {
                     None
                 }
             })
         };
-        let stop = Arc::new(Notify::new());
+        let stop_admin = Arc::new(Notify::new());
         let admin = tokio::spawn(server::admin_loop(
             self.admin,
             metrics.clone(),
             readiness,
-            Arc::clone(&stop),
+            Arc::clone(&stop_admin),
         ));
         let upkeep = tokio::spawn(herald_gateway::metrics::upkeep(metrics));
-        let settings = StreamSettings {
-            history_size: self.config.history_size,
-            history_ttl: self.config.history_ttl,
-            replicas: self.config.stream_replicas,
-        };
         let js = async_nats::jetstream::new(self.client.clone());
-        let subjects = Subjects::new(self.config.subject_prefix.clone());
-        let provision = tokio::spawn({
-            let provisioned = Arc::clone(&provisioned);
+        let subjects = Subjects::new(config.subject_prefix.clone());
+        let provision = tokio::spawn(provision(
+            js.clone(),
+            subjects.clone(),
+            StreamSettings {
+                history_size: config.history_size,
+                history_ttl: config.history_ttl,
+                replicas: config.stream_replicas,
+            },
+            Arc::clone(&provisioned),
+        ));
+
+        let leases = Leases::new(config.partitions);
+        let stop_leases = Arc::new(Notify::new());
+        let leasing = tokio::spawn({
+            let (leases, stop, instance) = (leases.clone(), Arc::clone(&stop_leases), instance.clone());
+            let (bucket, lease, replicas) = (subjects.leader_bucket(), config.leader_lease, config.stream_replicas);
             async move {
-                loop {
-                    match stream::provision(&js, &subjects, &settings).await {
-                        Ok(()) => {
-                            provisioned.store(true, Ordering::SeqCst);
-                            metrics::gauge!(metric::STREAM_PROVISIONED).set(1.0);
-                            info!(stream = %subjects.stream_name(), "Event stream provisioned");
-                            return;
-                        }
-                        Err(e) => warn!(error = %e, "Event stream not provisioned; retrying"),
+                let store = loop {
+                    match leader::bucket(&js, &bucket, lease, replicas).await {
+                        Ok(store) => break store,
+                        Err(e) => warn!(error = %e, "Lease bucket unavailable; retrying"),
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                    tokio::select! {
+                        _ = stop.notified() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                };
+                leader::run(store, instance, leases, lease, stop).await;
             }
         });
+        let stop_presence = Arc::new(Notify::new());
+        let tracker = Tracker {
+            client: self.client.clone(),
+            subjects,
+            leases,
+            synced,
+        };
+        let presence = tokio::spawn(tracker.run(config.clone(), Arc::clone(&stop_presence)));
+        info!(%instance, admin = %admin_addr, "Fanout serving");
+
         shutdown.await;
         draining.store(true, Ordering::SeqCst);
         provision.abort();
-        let _ = tokio::time::timeout(self.config.drain_timeout, self.client.flush()).await;
-        stop.notify_one();
+        stop_presence.notify_one();
+        let _ = presence.await;
+        stop_leases.notify_one();
+        let _ = tokio::time::timeout(config.drain_timeout, leasing).await;
+        let _ = tokio::time::timeout(config.drain_timeout, self.client.flush()).await;
+        stop_admin.notify_one();
         let _ = admin.await;
         upkeep.abort();
         info!("Fanout stopped");
+    }
+}
+
+/// Creates the event stream (or brings its settings in line), retrying until NATS answers.
+async fn provision(
+    js: async_nats::jetstream::Context,
+    subjects: Subjects,
+    settings: StreamSettings,
+    provisioned: Arc<AtomicBool>,
+) {
+    loop {
+        match stream::provision(&js, &subjects, &settings).await {
+            Ok(()) => {
+                provisioned.store(true, Ordering::SeqCst);
+                metrics::gauge!(metric::STREAM_PROVISIONED).set(1.0);
+                info!(stream = %subjects.stream_name(), "Event stream provisioned");
+                return;
+            }
+            Err(e) => warn!(error = %e, "Event stream not provisioned; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn describe_metrics() {
+    use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+    describe_gauge!(metric::PRESENCE_MEMBERS, "Room members (unique users per room) across all rooms.");
+    describe_gauge!(metric::ROOMS, "Rooms with at least one member.");
+    describe_gauge!(metric::CONNECTIONS, "Client connections reported by the gateways.");
+    describe_gauge!(metric::USERS_ONLINE, "Users with at least one connection anywhere.");
+    describe_gauge!(metric::GATEWAYS, "Gateways heard from within --gateway-timeout.");
+    describe_gauge!(metric::LEADER, "1 for each partition this instance leads.");
+    describe_gauge!(metric::STREAM_PROVISIONED, "1 once the event stream is provisioned.");
+    describe_counter!(metric::PRESENCE_EVENTS, "Presence diffs published.");
+    describe_counter!(metric::STATUS_EVENTS, "User status transitions published.");
+    describe_counter!(metric::LIFECYCLE_EVENTS, "Room occupied/vacated events published.");
+    describe_counter!(metric::SYNCS, "Gateway snapshots applied (first sync or repair).");
+    describe_counter!(metric::GATEWAYS_EXPIRED, "Gateways expired after --gateway-timeout of silence.");
+    describe_counter!(metric::REQUESTS, "Snapshot and status requests answered, by kind.");
+    describe_histogram!(metric::SYNC_DURATION, "Time from a sync request to the gateway's applied snapshot.");
+    for name in [
+        metric::PRESENCE_MEMBERS,
+        metric::ROOMS,
+        metric::CONNECTIONS,
+        metric::USERS_ONLINE,
+        metric::GATEWAYS,
+        metric::STREAM_PROVISIONED,
+    ] {
+        gauge!(name).set(0.0);
+    }
+    for name in [
+        metric::PRESENCE_EVENTS,
+        metric::STATUS_EVENTS,
+        metric::LIFECYCLE_EVENTS,
+        metric::SYNCS,
+        metric::GATEWAYS_EXPIRED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for kind in ["presence", "status"] {
+        counter!(metric::REQUESTS, "kind" => kind).absolute(0);
     }
 }

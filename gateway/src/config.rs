@@ -104,6 +104,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_ROOM_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
     pub room_linger: Duration,
 
+    /// Interval of the heartbeat that tells fanout this gateway and its members are alive
+    /// (keep it well below fanout's `--gateway-timeout`).
+    #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub presence_heartbeat: Duration,
+
+    /// Most users one connection may `watch`; a longer list is refused with `bad_request`.
+    #[arg(long, env = "HERALD_MAX_WATCH", default_value_t = 1000)]
+    pub max_watch: usize,
+
     /// Events kept per room (used when this gateway provisions the stream).
     #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000)]
     pub history_size: i64,
@@ -188,6 +197,9 @@ impl Config {
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::Zero("ping-interval"));
+        }
+        if self.presence_heartbeat.is_zero() {
+            return Err(ConfigError::Zero("presence-heartbeat"));
         }
         if self.publish_rate <= 0.0 {
             return Err(ConfigError::Zero("publish-rate"));

@@ -11,12 +11,14 @@
 
 pub mod auth;
 pub mod config;
+pub mod feeds;
 pub mod http;
 pub mod hub;
 pub mod input;
 pub mod metrics;
 pub mod outbound;
 pub mod poll;
+pub mod presence;
 pub mod server;
 pub mod session;
 pub mod sse;

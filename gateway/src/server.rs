@@ -25,6 +25,8 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::feeds::Feeds;
+use crate::presence::Tracker;
 use crate::auth::{AuthError, Authenticator, RoomRefused};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -41,6 +43,10 @@ pub struct Shared {
     pub auth: Authenticator,
     pub hub: Arc<Hub>,
     pub upstream: Arc<Upstream>,
+    /// Reports connections and presence members to fanout.
+    pub tracker: Tracker,
+    /// Presence diffs and user status forwarded to the connections that asked.
+    pub feeds: Arc<Feeds>,
     pub conns: Connections,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
@@ -73,6 +79,13 @@ impl Shared {
         hub: Arc<Hub>,
         upstream: Arc<Upstream>,
     ) -> Self {
+        let tracker = Tracker::start(
+            upstream.client().clone(),
+            upstream.subjects(),
+            &gateway_id,
+            config.presence_heartbeat,
+        );
+        let feeds = Feeds::new(upstream.client().clone());
         Self {
             origins: config.allowed_origins(),
             config,
@@ -80,6 +93,8 @@ impl Shared {
             auth,
             hub,
             upstream,
+            tracker,
+            feeds,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             stream_ready: AtomicBool::new(false),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use herald_proto::codec::DecodeError;
-use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, ServerFrame, Welcome};
+use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
+use herald_proto::room;
+use herald_proto::sys::{StatusReply, StatusRequest};
 use herald_proto::{CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -18,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
 use crate::auth::{Access, Identity};
+use crate::feeds::Kind;
 use crate::hub::Format;
 use crate::input::Input;
 use crate::metrics::{self, Transport};
@@ -26,6 +29,8 @@ use crate::server::Shared;
 
 /// Rejected publishes in a row that close the connection with 4029.
 const RATE_STRIKES: u32 = 10;
+/// Longest wait for fanout's answer to a snapshot or status request.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a closing connection's pending write may stay blocked.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -55,6 +60,10 @@ struct Session {
     codec: Codec,
     out: Arc<Outbound>,
     rooms: HashSet<String>,
+    /// Rooms subscribed with `presence: true` (a subset of `rooms`).
+    presence_rooms: HashSet<String>,
+    /// Users whose status this connection watches.
+    watching: HashSet<String>,
     bucket: TokenBucket,
 }
 
@@ -100,6 +109,8 @@ where
         codec: a.codec,
         out: Arc::clone(&out),
         rooms: HashSet::new(),
+        presence_rooms: HashSet::new(),
+        watching: HashSet::new(),
         bucket: TokenBucket::new(shared.config.publish_rate),
         identity: a.identity,
         shared: Arc::clone(&shared),
@@ -111,6 +122,7 @@ where
             gateway: shared.gateway_id.clone(),
             ping_s: shared.config.ping_interval.as_secs(),
         }));
+        shared.tracker.open(&session.conn, &session.identity.user);
     }
     let expires = session.identity.expires_at();
     let writer = tokio::spawn(
@@ -142,6 +154,9 @@ where
         _ = &mut writer => false,
     };
     session.leave_all();
+    if a.mode == Mode::Herald {
+        shared.tracker.close(&session.conn);
+    }
     shared.conns.remove(a.conn_id);
     metrics::connection_closed(Transport::WebSocket);
     if !peer_closed {
@@ -252,25 +267,18 @@ impl Session {
 
     async fn on_op(&mut self, ClientFrame { id, op }: ClientFrame) -> Result<(), CloseCode> {
         match op {
-            ClientOp::Subscribe {
-                room,
-                since,
-                presence: _,
-            } => self.subscribe(id, room, since).await,
+            ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence).await,
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
             ClientOp::Publish { room, data, kind } => return self.publish(id, room, data, kind).await,
             ClientOp::Presence { room } => self.presence(id, room).await,
-            ClientOp::Watch { .. } | ClientOp::Unwatch { .. } => self.error(
-                id,
-                ErrorCode::Unavailable,
-                "watch needs the presence service, which this gateway does not reach",
-            ),
+            ClientOp::Watch { users } => self.watch(id, users).await,
+            ClientOp::Unwatch { users } => self.unwatch(id, users),
             ClientOp::Ping => self.send(&ServerFrame::Pong(Pong { id })),
         }
         Ok(())
     }
 
-    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>) {
+    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>, presence: bool) {
         if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
             return self.error(id, r.code, r.message);
         }
@@ -303,12 +311,37 @@ impl Session {
             .attach(&room, self.conn_id, &self.out, format, since, ack)
             .await
         {
-            Ok(seq) => debug!(%room, ?since, seq, "Subscribed"),
+            Ok(seq) => debug!(%room, ?since, seq, presence, "Subscribed"),
             Err(message) => {
                 self.rooms.remove(&room);
-                self.error(id, ErrorCode::Unavailable, message);
+                return self.error(id, ErrorCode::Unavailable, message);
             }
         }
+        if presence {
+            self.join_presence(id, room).await;
+        }
+    }
+
+    /// Joins the room's presence, then sends its snapshot and, after it, every diff.
+    async fn join_presence(&mut self, id: Option<Id>, room: String) {
+        let shared = Arc::clone(&self.shared);
+        let name = self.identity.name.as_deref();
+        shared.tracker.join(&room, &self.conn, &self.identity.user, name).await;
+        self.presence_rooms.insert(room.clone());
+        let subject = shared.upstream.subjects().presence(&room);
+        if !shared
+            .feeds
+            .add(&subject, Kind::Presence, self.conn_id, &self.out, self.codec)
+            .await
+        {
+            return self.error(id, ErrorCode::Unavailable, "presence updates are unavailable");
+        }
+        let snapshot = self.snapshot(id.clone(), &room).await;
+        let first = snapshot.as_ref().map(|p| encode(self.codec, &ServerFrame::Presence(p.clone())));
+        if first.is_none() {
+            self.error(id, ErrorCode::Unavailable, "the presence service did not answer");
+        }
+        shared.feeds.release(&subject, self.conn_id, first);
     }
 
     fn unsubscribe(&mut self, id: Option<Id>, room: String) {
@@ -376,32 +409,115 @@ impl Session {
         if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
             return self.error(id, r.code, r.message);
         }
+        match self.snapshot(id.clone(), &room).await {
+            Some(p) => self.send(&ServerFrame::Presence(p)),
+            None => self.error(id, ErrorCode::Unavailable, "the presence service did not answer"),
+        }
+    }
+
+    /// The room's presence snapshot from fanout, if it answers in time.
+    async fn snapshot(&self, id: Option<Id>, room: &str) -> Option<Presence> {
         let upstream = &self.shared.upstream;
-        let subject = upstream.subjects().api_presence(&room);
-        let reply =
-            tokio::time::timeout(Duration::from_secs(2), upstream.client().request(subject, Bytes::new())).await;
-        let presence = match reply {
-            Ok(Ok(msg)) => serde_json::from_slice::<herald_proto::frame::Presence>(&msg.payload).ok(),
-            _ => None,
-        };
-        match presence {
-            Some(mut p) => {
-                p.id = id;
-                self.send(&ServerFrame::Presence(p));
+        let subject = upstream.subjects().api_presence(room);
+        let reply = tokio::time::timeout(FANOUT_TIMEOUT, upstream.client().request(subject, Bytes::new())).await;
+        let mut p = serde_json::from_slice::<Presence>(&reply.ok()?.ok()?.payload).ok()?;
+        p.id = id;
+        Some(p)
+    }
+
+    async fn watch(&mut self, id: Option<Id>, users: Vec<String>) {
+        if let Some(bad) = users.iter().find(|u| room::validate(u).is_err()) {
+            return self.error(id, ErrorCode::BadRequest, format!("`{bad}` is not a valid user id"));
+        }
+        let added: Vec<String> = users
+            .iter()
+            .filter(|u| !self.watching.contains(*u))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let max = self.shared.config.max_watch;
+        if self.watching.len() + added.len() > max {
+            return self.error(id, ErrorCode::BadRequest, format!("at most {max} watched users per connection"));
+        }
+        let shared = Arc::clone(&self.shared);
+        let subjects = shared.upstream.subjects();
+        let mut feeds = Vec::with_capacity(added.len());
+        for user in added {
+            let subject = subjects.status(&user);
+            if shared
+                .feeds
+                .add(&subject, Kind::Status, self.conn_id, &self.out, self.codec)
+                .await
+            {
+                self.watching.insert(user);
+                feeds.push(subject);
+            }
+        }
+        let request = serde_json::to_vec(&StatusRequest { users: users.clone() }).expect("serializable");
+        let reply = tokio::time::timeout(
+            FANOUT_TIMEOUT,
+            shared.upstream.client().request(subjects.api_status(), request.into()),
+        )
+        .await;
+        let statuses = reply
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|msg| serde_json::from_slice::<StatusReply>(&msg.payload).ok());
+        self.send(&ServerFrame::Ack(Ack {
+            id: id.clone(),
+            ..Ack::default()
+        }));
+        match statuses {
+            Some(reply) => {
+                for status in reply.users {
+                    self.send(&ServerFrame::Status(status));
+                }
             }
             None => self.error(id, ErrorCode::Unavailable, "the presence service did not answer"),
         }
+        for subject in feeds {
+            shared.feeds.release(&subject, self.conn_id, None);
+        }
+    }
+
+    fn unwatch(&mut self, id: Option<Id>, users: Vec<String>) {
+        for user in users {
+            if self.watching.remove(&user) {
+                let subject = self.shared.upstream.subjects().status(&user);
+                self.shared.feeds.remove(&subject, self.conn_id);
+            }
+        }
+        self.send(&ServerFrame::Ack(Ack { id, ..Ack::default() }));
     }
 
     fn leave(&mut self, room: &str) {
         if self.rooms.remove(room) {
             self.shared.upstream.detach(room, self.conn_id);
         }
+        self.leave_presence(room);
     }
 
+    fn leave_presence(&mut self, room: &str) {
+        if self.presence_rooms.remove(room) {
+            let subject = self.shared.upstream.subjects().presence(room);
+            self.shared.feeds.remove(&subject, self.conn_id);
+            self.shared.tracker.leave(room, &self.conn);
+        }
+    }
+
+    /// Leaves everything as the connection ends. Fanout learns from the connection's close
+    /// (which applies the leave delay), not from per-room leaves (which do not).
     fn leave_all(&mut self) {
+        let subjects = self.shared.upstream.subjects();
+        for room in std::mem::take(&mut self.presence_rooms) {
+            self.shared.feeds.remove(&subjects.presence(&room), self.conn_id);
+        }
         for room in std::mem::take(&mut self.rooms) {
             self.shared.upstream.detach(&room, self.conn_id);
+        }
+        for user in std::mem::take(&mut self.watching) {
+            self.shared.feeds.remove(&subjects.status(&user), self.conn_id);
         }
     }
 

@@ -3,6 +3,7 @@
 //! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with its own store
 //!   directory, killed and cleaned up on drop; restartable on the same port and store.
 //! - [`TestGateway`]: an in-process gateway on port 0, shut down on drop.
+//! - [`Process`]: a gateway or fanout as a child process, for `kill -9`.
 //! - [`WsClient`]: a WebSocket client speaking either codec, able to send raw frames.
 //! - [`jwt`]: token minting. [`http`]: tiny HTTP requests. [`wait_until`]: condition waits.
 
@@ -11,11 +12,13 @@ pub mod gateway;
 pub mod http;
 pub mod jwt;
 pub mod nats;
+pub mod process;
 pub mod tls;
 
 pub use client::WsClient;
 pub use gateway::TestGateway;
 pub use nats::NatsServer;
+pub use process::Process;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,211 @@
+//! The presence task: gateway messages in, snapshots and status answered, diffs out.
+//!
+//! Everything runs in one task over one [`State`]. The gateway subscription is polled
+//! first, so a request is answered only after every gateway message that arrived before it
+//! (a gateway sends a member's join before asking for the snapshot that should hold it).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, Message, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_proto::room;
+use herald_proto::subject::Subjects;
+use herald_proto::sys::{GatewayMsg, StatusReply, StatusRequest, SyncRequest};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::leader::Leases;
+use crate::metric;
+use crate::state::{Output, Settings, State};
+use crate::Config;
+
+/// Queue group of the request subjects: one instance answers each request.
+const QUEUE: &str = "herald-fanout";
+
+pub(crate) struct Tracker {
+    pub client: Client,
+    pub subjects: Subjects,
+    pub leases: Leases,
+    /// Set once the first sync window has passed (readiness).
+    pub synced: Arc<AtomicBool>,
+}
+
+impl Tracker {
+    pub async fn run(self, config: Config, stop: Arc<Notify>) {
+        let mut state = State::new(Settings {
+            leave_delay: config.leave_delay,
+            large_room: config.large_room,
+            gateway_timeout: config.gateway_timeout,
+        });
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        let mut sys = tokio::select! {
+            _ = &mut stopped => return,
+            sub = self.subscribe(self.subjects.sys_gateways_wildcard(), None) => sub,
+        };
+        let _ = self.client.flush().await;
+        let started = Instant::now();
+        state.requested_all(started);
+        self.publish(self.subjects.sys_sync(), &SyncRequest::default()).await;
+        let window = tokio::time::sleep(config.sync_window);
+        tokio::pin!(window);
+        let (mut api_presence, mut api_status): (Option<Subscriber>, Option<Subscriber>) = (None, None);
+        let mut tick = tokio::time::interval(config.presence_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        // Partitions led at the last tick since the first sync window ended.
+        let mut led = vec![false; self.leases.partitions() as usize];
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                Some(msg) = sys.next() => match serde_json::from_slice::<GatewayMsg>(&msg.payload) {
+                    Ok(msg) => state.on_gateway(msg, Instant::now()),
+                    Err(e) => debug!(subject = %msg.subject, error = %e, "Undecodable gateway message"),
+                },
+                Some(msg) = next(&mut api_presence) => self.answer_presence(&state, msg).await,
+                Some(msg) = next(&mut api_status) => self.answer_status(&state, msg).await,
+                _ = &mut window, if api_presence.is_none() => {
+                    api_presence = Some(self.subscribe(self.subjects.api_presence_wildcard(), Some(QUEUE)).await);
+                    api_status = Some(self.subscribe(self.subjects.api_status(), Some(QUEUE)).await);
+                    self.synced.store(true, Ordering::SeqCst);
+                    let t = state.totals();
+                    info!(gateways = t.gateways, conns = t.conns, members = t.members, "Presence synced; answering requests");
+                }
+                _ = tick.tick() => {
+                    let outputs = state.tick(Instant::now());
+                    for out in outputs {
+                        self.emit(out).await;
+                    }
+                    // A partition just taken over (or led when this instance is first synced):
+                    // its rooms get a snapshot, which repairs whatever diffs fell between the
+                    // old leader's death and now.
+                    let synced = api_presence.is_some();
+                    let now_led: Vec<bool> =
+                        (0..self.leases.partitions()).map(|p| synced && self.leases.leads(p)).collect();
+                    if now_led.iter().zip(&led).any(|(now, before)| *now && !before) {
+                        for room in state.room_names() {
+                            let p = self.leases.partition_of(&room) as usize;
+                            if now_led[p] && !led[p] {
+                                metrics::counter!(metric::PRESENCE_EVENTS).increment(1);
+                                self.publish(self.subjects.presence(&room), &state.snapshot(&room)).await;
+                            }
+                        }
+                    }
+                    led = now_led;
+                }
+                _ = gauges.tick() => record(&mut state),
+            }
+        }
+        // Stop answering: another instance's queue member takes the requests.
+        for sub in [api_presence, api_status].iter_mut().flatten() {
+            let _ = sub.unsubscribe().await;
+        }
+    }
+
+    async fn answer_presence(&self, state: &State, msg: Message) {
+        let Some(reply) = msg.reply else { return };
+        let prefix = self.subjects.api_presence("");
+        let Some(room) = msg.subject.as_str().strip_prefix(prefix.as_str()) else {
+            return;
+        };
+        metrics::counter!(metric::REQUESTS, "kind" => "presence").increment(1);
+        self.publish(reply.to_string(), &state.snapshot(room)).await;
+    }
+
+    async fn answer_status(&self, state: &State, msg: Message) {
+        let Some(reply) = msg.reply else { return };
+        let req = serde_json::from_slice::<StatusRequest>(&msg.payload).unwrap_or_default();
+        metrics::counter!(metric::REQUESTS, "kind" => "status").increment(1);
+        let users = req
+            .users
+            .into_iter()
+            .map(|user| herald_proto::frame::Status {
+                online: state.online(&user),
+                user,
+            })
+            .collect();
+        self.publish(reply.to_string(), &StatusReply { users }).await;
+    }
+
+    /// Publishes an output if this instance leads its partition (sync requests: always).
+    async fn emit(&self, out: Output) {
+        let ts = now_ms();
+        match out {
+            Output::Presence(p) if self.leases.leads_name(&p.room) => {
+                metrics::counter!(metric::PRESENCE_EVENTS).increment(1);
+                self.publish(self.subjects.presence(&p.room), &p).await;
+            }
+            Output::Status(s) if self.leases.leads_name(&s.user) && room::validate(&s.user).is_ok() => {
+                metrics::counter!(metric::STATUS_EVENTS).increment(1);
+                let body = json!({"user": s.user, "online": s.online, "ts": ts});
+                self.publish(self.subjects.status(&s.user), &body).await;
+            }
+            Output::Lifecycle { room, occupied } if self.leases.leads_name(&room) => {
+                metrics::counter!(metric::LIFECYCLE_EVENTS).increment(1);
+                let event = if occupied { "occupied" } else { "vacated" };
+                let body = json!({"room": room, "event": event, "ts": ts});
+                self.publish(self.subjects.lifecycle(&room), &body).await;
+            }
+            Output::Sync { gw } => {
+                debug!(%gw, "Asking a gateway for its snapshot");
+                self.publish(self.subjects.sys_sync(), &SyncRequest { gw: Some(gw) }).await;
+            }
+            Output::Presence(_) | Output::Status(_) | Output::Lifecycle { .. } => {}
+        }
+    }
+
+    async fn publish(&self, subject: String, body: &impl serde::Serialize) {
+        let payload = Bytes::from(serde_json::to_vec(body).expect("serializable"));
+        if let Err(e) = self.client.publish(subject, payload).await {
+            debug!(error = %e, "Presence output not sent");
+        }
+    }
+
+    async fn subscribe(&self, subject: String, queue: Option<&str>) -> Subscriber {
+        loop {
+            let sub = match queue {
+                Some(q) => self.client.queue_subscribe(subject.clone(), q.to_owned()).await,
+                None => self.client.subscribe(subject.clone()).await,
+            };
+            match sub {
+                Ok(sub) => return sub,
+                Err(e) => warn!(%subject, error = %e, "Subscription failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The next message of an optional subscription (pending while there is none).
+async fn next(sub: &mut Option<Subscriber>) -> Option<Message> {
+    match sub.as_mut() {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn record(state: &mut State) {
+    let t = state.totals();
+    metrics::gauge!(metric::GATEWAYS).set(t.gateways as f64);
+    metrics::gauge!(metric::ROOMS).set(t.rooms as f64);
+    metrics::gauge!(metric::PRESENCE_MEMBERS).set(t.members as f64);
+    metrics::gauge!(metric::CONNECTIONS).set(t.conns as f64);
+    metrics::gauge!(metric::USERS_ONLINE).set(t.users as f64);
+    for d in state.sync_durations.drain(..) {
+        metrics::histogram!(metric::SYNC_DURATION).record(d.as_secs_f64());
+        metrics::counter!(metric::SYNCS).increment(1);
+    }
+    metrics::counter!(metric::GATEWAYS_EXPIRED).absolute(state.expired);
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,169 @@
+//! Feeds: fanout's presence diffs (`herald.presence.<room>`) and user status
+//! (`herald.status.<user>`) forwarded to the local connections that asked for them.
+//!
+//! One NATS subscription per subject per gateway, shared by every local recipient; each
+//! message is decoded once and encoded once per codec. A recipient starts *held*: what
+//! arrives is kept until [`Feeds::release`], so a snapshot sent first is never overtaken.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::Client;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_proto::frame::{Presence, ServerFrame, Status};
+use herald_proto::Codec;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tracing::debug;
+
+use crate::outbound::Outbound;
+use crate::session::encode;
+
+/// What a feed carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Presence,
+    Status,
+}
+
+/// The feeds of one gateway.
+pub struct Feeds {
+    client: Client,
+    feeds: Mutex<HashMap<String, Feed>>,
+}
+
+struct Feed {
+    recipients: HashMap<u64, Recipient>,
+    ready: watch::Receiver<bool>,
+    task: Option<AbortHandle>,
+}
+
+struct Recipient {
+    out: Arc<Outbound>,
+    codec: Codec,
+    held: Option<Vec<Bytes>>,
+}
+
+// === impl Feeds ===
+
+impl Feeds {
+    pub fn new(client: Client) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            feeds: Mutex::default(),
+        })
+    }
+
+    /// Adds `conn` to the feed of `subject` (held), and returns once the feed's NATS
+    /// subscription is in place; false if it could not be made.
+    pub async fn add(self: &Arc<Self>, subject: &str, kind: Kind, conn: u64, out: &Arc<Outbound>, codec: Codec) -> bool {
+        let (mut ready, start) = {
+            let mut feeds = self.feeds.lock().expect("feeds lock");
+            let recipient = Recipient {
+                out: Arc::clone(out),
+                codec,
+                held: Some(Vec::new()),
+            };
+            match feeds.get_mut(subject) {
+                Some(feed) => {
+                    feed.recipients.insert(conn, recipient);
+                    (feed.ready.clone(), None)
+                }
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    let feed = Feed {
+                        recipients: HashMap::from([(conn, recipient)]),
+                        ready: rx.clone(),
+                        task: None,
+                    };
+                    feeds.insert(subject.to_owned(), feed);
+                    (rx, Some(tx))
+                }
+            }
+        };
+        if let Some(tx) = start {
+            self.start(subject, kind, tx).await;
+        }
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(5), ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ok {
+            self.remove(subject, conn);
+        }
+        ok
+    }
+
+    /// Sends `first` (if any) and then everything held for `conn`, and stops holding.
+    pub fn release(&self, subject: &str, conn: u64, first: Option<Bytes>) {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let Some(r) = feeds.get_mut(subject).and_then(|f| f.recipients.get_mut(&conn)) else {
+            return;
+        };
+        if let Some(first) = first {
+            r.out.push_frame(first);
+        }
+        for frame in r.held.take().unwrap_or_default() {
+            r.out.push_frame(frame);
+        }
+    }
+
+    /// Removes `conn` from the feed; the last recipient's removal ends the subscription.
+    pub fn remove(&self, subject: &str, conn: u64) {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let Some(feed) = feeds.get_mut(subject) else { return };
+        feed.recipients.remove(&conn);
+        if feed.recipients.is_empty() {
+            if let Some(task) = feeds.remove(subject).and_then(|f| f.task) {
+                task.abort();
+            }
+        }
+    }
+
+    async fn start(self: &Arc<Self>, subject: &str, kind: Kind, ready: watch::Sender<bool>) {
+        let sub = match self.client.subscribe(subject.to_owned()).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                debug!(subject, error = %e, "Feed subscription failed");
+                self.feeds.lock().expect("feeds lock").remove(subject);
+                return;
+            }
+        };
+        let _ = self.client.flush().await;
+        let this = Arc::clone(self);
+        let owned = subject.to_owned();
+        let task = tokio::spawn(async move { this.forward(&owned, kind, sub).await });
+        match self.feeds.lock().expect("feeds lock").get_mut(subject) {
+            Some(feed) => feed.task = Some(task.abort_handle()),
+            // Every recipient left meanwhile.
+            None => task.abort(),
+        }
+        let _ = ready.send(true);
+    }
+
+    async fn forward(&self, subject: &str, kind: Kind, mut sub: async_nats::Subscriber) {
+        while let Some(msg) = sub.next().await {
+            let frame = match kind {
+                Kind::Presence => serde_json::from_slice::<Presence>(&msg.payload).map(ServerFrame::Presence),
+                Kind::Status => serde_json::from_slice::<Status>(&msg.payload).map(ServerFrame::Status),
+            };
+            let Ok(frame) = frame else {
+                debug!(subject, "Undecodable feed message dropped");
+                continue;
+            };
+            let mut encoded: [Option<Bytes>; 2] = [None, None];
+            let mut feeds = self.feeds.lock().expect("feeds lock");
+            let Some(feed) = feeds.get_mut(subject) else { return };
+            for r in feed.recipients.values_mut() {
+                let slot = &mut encoded[usize::from(r.codec.is_binary())];
+                let bytes = slot.get_or_insert_with(|| encode(r.codec, &frame)).clone();
+                match &mut r.held {
+                    Some(held) => held.push(bytes),
+                    None => {
+                        r.out.push_frame(bytes);
+                    }
+                }
+            }
+        }
+    }
+}
