@@ -58,7 +58,12 @@ impl Leases {
 }
 
 /// Opens (or creates) the lease bucket.
-pub async fn bucket(js: &jetstream::Context, name: &str, lease: Duration, replicas: usize) -> Result<kv::Store, String> {
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    lease: Duration,
+    replicas: usize,
+) -> Result<kv::Store, String> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
@@ -128,7 +133,9 @@ pub async fn run(store: kv::Store, instance: String, leases: Leases, lease: Dura
     for (p, slot) in held.iter().enumerate() {
         if let Some((revision, _)) = slot {
             leases.set(p, false);
-            let _ = store.delete_expect_revision(format!("leader.{p}"), Some(*revision)).await;
+            let _ = store
+                .delete_expect_revision(format!("leader.{p}"), Some(*revision))
+                .await;
         }
     }
 }

@@ -304,7 +304,10 @@ async fn provision(
 
 fn describe_metrics() {
     use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
-    describe_gauge!(metric::PRESENCE_MEMBERS, "Room members (unique users per room) across all rooms.");
+    describe_gauge!(
+        metric::PRESENCE_MEMBERS,
+        "Room members (unique users per room) across all rooms."
+    );
     describe_gauge!(metric::ROOMS, "Rooms with at least one member.");
     describe_gauge!(metric::CONNECTIONS, "Client connections reported by the gateways.");
     describe_gauge!(metric::USERS_ONLINE, "Users with at least one connection anywhere.");
@@ -315,9 +318,15 @@ fn describe_metrics() {
     describe_counter!(metric::STATUS_EVENTS, "User status transitions published.");
     describe_counter!(metric::LIFECYCLE_EVENTS, "Room occupied/vacated events published.");
     describe_counter!(metric::SYNCS, "Gateway snapshots applied (first sync or repair).");
-    describe_counter!(metric::GATEWAYS_EXPIRED, "Gateways expired after --gateway-timeout of silence.");
+    describe_counter!(
+        metric::GATEWAYS_EXPIRED,
+        "Gateways expired after --gateway-timeout of silence."
+    );
     describe_counter!(metric::REQUESTS, "Snapshot and status requests answered, by kind.");
-    describe_histogram!(metric::SYNC_DURATION, "Time from a sync request to the gateway's applied snapshot.");
+    describe_histogram!(
+        metric::SYNC_DURATION,
+        "Time from a sync request to the gateway's applied snapshot."
+    );
     for name in [
         metric::PRESENCE_MEMBERS,
         metric::ROOMS,

@@ -153,7 +153,8 @@ impl Tracker {
             }
             Output::Sync { gw } => {
                 debug!(%gw, "Asking a gateway for its snapshot");
-                self.publish(self.subjects.sys_sync(), &SyncRequest { gw: Some(gw) }).await;
+                self.publish(self.subjects.sys_sync(), &SyncRequest { gw: Some(gw) })
+                    .await;
             }
             Output::Presence(_) | Output::Status(_) | Output::Lifecycle { .. } => {}
         }

@@ -80,7 +80,8 @@ impl View {
 /// after the ack and the snapshot.
 async fn join(url: &str, user: &str, room: &str) -> (WsClient, View) {
     let mut c = WsClient::connect(url, &jwt::any_room(user)).await;
-    c.op(json!({"op": "subscribe", "room": room, "presence": true, "id": 1})).await;
+    c.op(json!({"op": "subscribe", "room": room, "presence": true, "id": 1}))
+        .await;
     match c.recv().await {
         ServerFrame::Ack(a) => assert_eq!(a.room.as_deref(), Some(room)),
         other => panic!("{user}: expected the ack, got {other:?}"),
@@ -88,7 +89,10 @@ async fn join(url: &str, user: &str, room: &str) -> (WsClient, View) {
     let mut view = View::default();
     match c.recv().await {
         ServerFrame::Presence(p) => {
-            assert!(p.members.is_some(), "{user}: the first presence frame is a snapshot: {p:?}");
+            assert!(
+                p.members.is_some(),
+                "{user}: the first presence frame is a snapshot: {p:?}"
+            );
             view.apply(&p);
         }
         other => panic!("{user}: expected the presence snapshot, got {other:?}"),
@@ -210,9 +214,15 @@ async fn members_across_two_gateways_and_two_fanouts() {
     // One occupied event, from the leader only; vacated after everyone has gone.
     drop(alice);
     drop(bob);
-    let first = tokio::time::timeout(Duration::from_secs(5), lifecycle.next()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), lifecycle.next())
+        .await
+        .unwrap()
+        .unwrap();
     let first: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
-    assert_eq!((first["room"].as_str(), first["event"].as_str()), (Some("lobby"), Some("occupied")));
+    assert_eq!(
+        (first["room"].as_str(), first["event"].as_str()),
+        (Some("lobby"), Some("occupied"))
+    );
     let second = tokio::time::timeout(LEAVE_DELAY + Duration::from_secs(3), lifecycle.next())
         .await
         .unwrap()
@@ -220,7 +230,9 @@ async fn members_across_two_gateways_and_two_fanouts() {
     let second: serde_json::Value = serde_json::from_slice(&second.payload).unwrap();
     assert_eq!(second["event"], "vacated");
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), lifecycle.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), lifecycle.next())
+            .await
+            .is_err(),
         "no duplicate lifecycle event"
     );
     for f in [&f1, &f2] {
@@ -238,7 +250,13 @@ async fn one_member_for_two_tabs_and_no_leave_for_a_quick_reconnect() {
     let (mut alice, mut va) = join(&a.ws_url(), "alice", "lobby").await;
     alice.op(json!({"op": "watch", "users": ["bob"], "id": "w"})).await;
     assert!(matches!(alice.recv().await, ServerFrame::Ack(_)));
-    assert_eq!(status(&mut alice).await, Status { user: "bob".into(), online: false });
+    assert_eq!(
+        status(&mut alice).await,
+        Status {
+            user: "bob".into(),
+            online: false
+        }
+    );
 
     let (tab1, _) = join(&a.ws_url(), "bob", "lobby").await;
     let (tab2, _) = join(&b.ws_url(), "bob", "lobby").await;
@@ -246,9 +264,18 @@ async fn one_member_for_two_tabs_and_no_leave_for_a_quick_reconnect() {
     let mut online = 0;
     let deadline = Instant::now() + Duration::from_secs(3);
     while online == 0 || va.users() != ["alice", "bob"] {
-        match alice.next_within(deadline.saturating_duration_since(Instant::now())).await {
+        match alice
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
             Some(Incoming::Frame(ServerFrame::Status(s))) => {
-                assert_eq!(s, Status { user: "bob".into(), online: true });
+                assert_eq!(
+                    s,
+                    Status {
+                        user: "bob".into(),
+                        online: true
+                    }
+                );
                 online += 1;
             }
             Some(Incoming::Frame(ServerFrame::Presence(p))) => va.apply(&p),
@@ -258,7 +285,11 @@ async fn one_member_for_two_tabs_and_no_leave_for_a_quick_reconnect() {
     silent(&mut alice, LEAVE_DELAY, "the second tab changes nothing").await;
     let p = snapshot(&mut alice, "lobby").await;
     assert_eq!((p.count, p.conns), (2, Some(3)));
-    assert_eq!(p.members.as_ref().unwrap()[1].conns, Some(2), "bob: one member, two connections");
+    assert_eq!(
+        p.members.as_ref().unwrap()[1].conns,
+        Some(2),
+        "bob: one member, two connections"
+    );
 
     // Closing one tab: no leave, no offline.
     drop(tab1);
@@ -276,9 +307,18 @@ async fn one_member_for_two_tabs_and_no_leave_for_a_quick_reconnect() {
     let mut offline = 0;
     let deadline = Instant::now() + LEAVE_DELAY + Duration::from_secs(2);
     while offline == 0 || va.users() != ["alice"] {
-        match alice.next_within(deadline.saturating_duration_since(Instant::now())).await {
+        match alice
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
             Some(Incoming::Frame(ServerFrame::Status(s))) => {
-                assert_eq!(s, Status { user: "bob".into(), online: false });
+                assert_eq!(
+                    s,
+                    Status {
+                        user: "bob".into(),
+                        online: false
+                    }
+                );
                 offline += 1;
             }
             Some(Incoming::Frame(ServerFrame::Presence(p))) => {
@@ -309,7 +349,14 @@ async fn a_killed_gateway_s_members_leave_and_the_others_stay() {
     k.kill9();
     let survivors = |v: &View| v.users() == ["alice", "frank"] && v.count == 2;
     let within = GATEWAY_TIMEOUT + Duration::from_secs(2);
-    until(&mut alice, &mut va, within, "the killed gateway's members leave", survivors).await;
+    until(
+        &mut alice,
+        &mut va,
+        within,
+        "the killed gateway's members leave",
+        survivors,
+    )
+    .await;
     assert_eq!(users(&snapshot(&mut alice, "lobby").await), ["alice", "frank"]);
     wait_until(Duration::from_secs(3), "the expiry counted", || async {
         f.metric("herald_fanout_gateways_expired_total").await == 1.0
@@ -328,7 +375,10 @@ async fn the_standby_takes_over_when_the_leader_is_killed() {
     let leader = one_leader(&[&fanouts[0], &fanouts[1]]).await;
     let (mut alice, mut va) = join(&a.ws_url(), "alice", "lobby").await;
     let (bob, _) = join(&b.ws_url(), "bob", "lobby").await;
-    until(&mut alice, &mut va, Duration::from_secs(3), "bob joins", |v| v.users() == ["alice", "bob"]).await;
+    until(&mut alice, &mut va, Duration::from_secs(3), "bob joins", |v| {
+        v.users() == ["alice", "bob"]
+    })
+    .await;
 
     let mut dead = fanouts.remove(leader);
     dead.kill9();
@@ -338,16 +388,34 @@ async fn the_standby_takes_over_when_the_leader_is_killed() {
     let (_carol, _) = join(&b.ws_url(), "carol", "lobby").await;
     let (_dave, _) = join(&a.ws_url(), "dave", "lobby").await;
     let truth = |v: &View| v.users() == ["alice", "carol", "dave"] && v.count == 3;
-    until(&mut alice, &mut va, Duration::from_secs(10), "diffs continue after the takeover", truth).await;
+    until(
+        &mut alice,
+        &mut va,
+        Duration::from_secs(10),
+        "diffs continue after the takeover",
+        truth,
+    )
+    .await;
     let takeover = killed.elapsed();
     assert_eq!(fanouts[0].metric("herald_fanout_leader{partition=\"0\"}").await, 1.0);
 
     // Diffs keep flowing from the new leader, and a snapshot equals the true membership.
     let (_erin, _) = join(&b.ws_url(), "erin", "lobby").await;
     let more = |v: &View| v.users() == ["alice", "carol", "dave", "erin"];
-    until(&mut alice, &mut va, Duration::from_secs(3), "a diff from the new leader", more).await;
+    until(
+        &mut alice,
+        &mut va,
+        Duration::from_secs(3),
+        "a diff from the new leader",
+        more,
+    )
+    .await;
     let p = snapshot(&mut alice, "lobby").await;
-    assert_eq!(users(&p), ["alice", "carol", "dave", "erin"], "no ghost, no missing member");
+    assert_eq!(
+        users(&p),
+        ["alice", "carol", "dave", "erin"],
+        "no ghost, no missing member"
+    );
     assert_eq!((p.count, p.conns), (4, Some(4)));
     eprintln!("takeover seen by a client after {takeover:?}");
 }
@@ -359,7 +427,8 @@ async fn a_fanout_started_after_the_gateways_has_a_complete_first_snapshot() {
     let mut clients = Vec::new();
     for (user, gw) in [("alice", &a), ("bob", &b), ("carol", &b)] {
         let mut c = WsClient::connect(&gw.ws_url(), &jwt::any_room(user)).await;
-        c.op(json!({"op": "subscribe", "room": "lobby", "presence": true, "id": 1})).await;
+        c.op(json!({"op": "subscribe", "room": "lobby", "presence": true, "id": 1}))
+            .await;
         assert!(matches!(c.recv().await, ServerFrame::Ack(_)));
         match c.recv().await {
             ServerFrame::Error(e) => assert_eq!(e.code.as_str(), "unavailable"),
@@ -375,9 +444,13 @@ async fn a_fanout_started_after_the_gateways_has_a_complete_first_snapshot() {
     assert_eq!(p.members.unwrap()[2].name.as_deref(), Some("CAROL"));
     // Clients that joined before fanout get its first snapshot as a presence frame.
     let mut view = View::default();
-    until(&mut clients[1], &mut view, Duration::from_secs(5), "bob gets the first snapshot", |v| {
-        v.users() == ["alice", "bob", "carol"]
-    })
+    until(
+        &mut clients[1],
+        &mut view,
+        Duration::from_secs(5),
+        "bob gets the first snapshot",
+        |v| v.users() == ["alice", "bob", "carol"],
+    )
     .await;
     wait_until(Duration::from_secs(3), "3 connections counted", || async {
         f.metric("herald_fanout_connections").await == 3.0
@@ -395,18 +468,47 @@ async fn watch_follows_a_user_across_gateways() {
     let mut alice = WsClient::connect(&a.ws_url(), &jwt::any_room("alice")).await;
     alice.op(json!({"op": "watch", "users": ["bob", "zed"], "id": 1})).await;
     assert!(matches!(alice.recv().await, ServerFrame::Ack(_)));
-    assert_eq!(status(&mut alice).await, Status { user: "bob".into(), online: false });
-    assert_eq!(status(&mut alice).await, Status { user: "zed".into(), online: false });
+    assert_eq!(
+        status(&mut alice).await,
+        Status {
+            user: "bob".into(),
+            online: false
+        }
+    );
+    assert_eq!(
+        status(&mut alice).await,
+        Status {
+            user: "zed".into(),
+            online: false
+        }
+    );
 
     let bob_a = WsClient::connect(&a.ws_url(), &jwt::any_room("bob")).await;
-    assert_eq!(status(&mut alice).await, Status { user: "bob".into(), online: true });
+    assert_eq!(
+        status(&mut alice).await,
+        Status {
+            user: "bob".into(),
+            online: true
+        }
+    );
     let bob_b = WsClient::connect(&b.ws_url(), &jwt::any_room("bob")).await;
     drop(bob_a);
-    silent(&mut alice, LEAVE_DELAY + Duration::from_millis(800), "bob is still online on b").await;
+    silent(
+        &mut alice,
+        LEAVE_DELAY + Duration::from_millis(800),
+        "bob is still online on b",
+    )
+    .await;
     drop(bob_b);
     let within = LEAVE_DELAY + Duration::from_secs(2);
     match alice.next_within(within).await {
-        Some(Incoming::Frame(ServerFrame::Status(s))) => assert_eq!(s, Status { user: "bob".into(), online: false }),
+        Some(Incoming::Frame(ServerFrame::Status(s))) => assert_eq!(
+            s,
+            Status {
+                user: "bob".into(),
+                online: false
+            }
+        ),
         other => panic!("expected bob offline, got {other:?}"),
     }
 
@@ -429,20 +531,26 @@ async fn presence_refuses_forbidden_rooms_and_long_watch_lists() {
     let expect = |code: &'static str, id: &'static str| {
         move |frame: ServerFrame| match frame {
             ServerFrame::Error(e) => {
-                assert_eq!((e.code.as_str(), e.id), (code, Some(herald_proto::frame::Id::Str(id.into()))))
+                assert_eq!(
+                    (e.code.as_str(), e.id),
+                    (code, Some(herald_proto::frame::Id::Str(id.into())))
+                )
             }
             other => panic!("expected {code}, got {other:?}"),
         }
     };
     c.op(json!({"op": "presence", "room": "secret", "id": "p"})).await;
     expect("forbidden", "p")(c.recv().await);
-    c.op(json!({"op": "subscribe", "room": "secret", "presence": true, "id": "s"})).await;
+    c.op(json!({"op": "subscribe", "room": "secret", "presence": true, "id": "s"}))
+        .await;
     expect("forbidden", "s")(c.recv().await);
-    c.op(json!({"op": "watch", "users": ["u1", "u2", "u3", "u4"], "id": "w"})).await;
+    c.op(json!({"op": "watch", "users": ["u1", "u2", "u3", "u4"], "id": "w"}))
+        .await;
     expect("bad_request", "w")(c.recv().await);
     c.op(json!({"op": "watch", "users": ["not a user"], "id": "x"})).await;
     expect("bad_request", "x")(c.recv().await);
-    c.op(json!({"op": "watch", "users": ["u1", "u2", "u3"], "id": "ok"})).await;
+    c.op(json!({"op": "watch", "users": ["u1", "u2", "u3"], "id": "ok"}))
+        .await;
     assert!(matches!(c.recv().await, ServerFrame::Ack(_)));
     for _ in 0..3 {
         assert!(!status(&mut c).await.online);
@@ -452,15 +560,25 @@ async fn presence_refuses_forbidden_rooms_and_long_watch_lists() {
     // The connection still works, and the bystander saw only mallory's join.
     c.op(json!({"op": "ping", "id": 9})).await;
     assert!(matches!(c.recv().await, ServerFrame::Pong(_)));
-    c.op(json!({"op": "subscribe", "room": "lobby", "presence": true, "id": 1})).await;
+    c.op(json!({"op": "subscribe", "room": "lobby", "presence": true, "id": 1}))
+        .await;
     assert!(matches!(c.recv().await, ServerFrame::Ack(_)));
-    until(&mut bystander, &mut vb, Duration::from_secs(3), "mallory joins lobby", |v| {
-        v.users() == ["bystander", "mallory"]
-    })
+    until(
+        &mut bystander,
+        &mut vb,
+        Duration::from_secs(3),
+        "mallory joins lobby",
+        |v| v.users() == ["bystander", "mallory"],
+    )
     .await;
     // The bystander may see its own join in a diff after its snapshot; besides that, only
     // mallory's join.
-    let joined: Vec<String> = vb.changes.iter().flat_map(|c| c.0.clone()).filter(|u| u != "bystander").collect();
+    let joined: Vec<String> = vb
+        .changes
+        .iter()
+        .flat_map(|c| c.0.clone())
+        .filter(|u| u != "bystander")
+        .collect();
     assert_eq!(joined, ["mallory"], "{:?}", vb.changes);
     assert!(vb.changes.iter().all(|c| c.1.is_empty()), "{:?}", vb.changes);
 }
@@ -481,7 +599,10 @@ async fn busy_rooms_get_coalesced_diffs_and_large_rooms_counts_only() {
         c.op(json!({"op": "subscribe", "room": "hall", "presence": true})).await;
         crowd.push(c);
     }
-    until(&mut watcher, &mut view, Duration::from_secs(5), "20 joins", |v| v.count == 21).await;
+    until(&mut watcher, &mut view, Duration::from_secs(5), "20 joins", |v| {
+        v.count == 21
+    })
+    .await;
     assert_eq!(view.members.len(), 21);
     let diffs = view.changes.len();
     assert!(diffs < 20, "coalesced: {diffs} diff frames for 20 joins");
@@ -495,7 +616,10 @@ async fn busy_rooms_get_coalesced_diffs_and_large_rooms_counts_only() {
     let mut last = None;
     let deadline = Instant::now() + Duration::from_secs(5);
     while last.as_ref().is_none_or(|p: &Presence| p.count != 41) {
-        match watcher.next_within(deadline.saturating_duration_since(Instant::now())).await {
+        match watcher
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
             Some(Incoming::Frame(ServerFrame::Presence(p))) => {
                 if p.count > 30 {
                     assert!(p.joined.is_empty() && p.left.is_empty() && p.members.is_none(), "{p:?}");

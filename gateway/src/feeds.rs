@@ -57,7 +57,14 @@ impl Feeds {
 
     /// Adds `conn` to the feed of `subject` (held), and returns once the feed's NATS
     /// subscription is in place; false if it could not be made.
-    pub async fn add(self: &Arc<Self>, subject: &str, kind: Kind, conn: u64, out: &Arc<Outbound>, codec: Codec) -> bool {
+    pub async fn add(
+        self: &Arc<Self>,
+        subject: &str,
+        kind: Kind,
+        conn: u64,
+        out: &Arc<Outbound>,
+        codec: Codec,
+    ) -> bool {
         let (mut ready, start) = {
             let mut feeds = self.feeds.lock().expect("feeds lock");
             let recipient = Recipient {

@@ -202,8 +202,17 @@ impl Task {
                 });
             }
         }
-        let parts = conns.len().div_ceil(SNAPSHOT_PART).max(members.len().div_ceil(SNAPSHOT_PART)).max(1);
-        debug!(conns = conns.len(), members = members.len(), parts, "Presence snapshot sent");
+        let parts = conns
+            .len()
+            .div_ceil(SNAPSHOT_PART)
+            .max(members.len().div_ceil(SNAPSHOT_PART))
+            .max(1);
+        debug!(
+            conns = conns.len(),
+            members = members.len(),
+            parts,
+            "Presence snapshot sent"
+        );
         let (mut conns, mut members) = (conns.into_iter(), members.into_iter());
         for part in 0..parts {
             let body = Body::Snapshot {

@@ -25,12 +25,12 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::feeds::Feeds;
-use crate::presence::Tracker;
 use crate::auth::{AuthError, Authenticator, RoomRefused};
 use crate::config::Config;
+use crate::feeds::Feeds;
 use crate::hub::Hub;
 use crate::outbound::Outbound;
+use crate::presence::Tracker;
 use crate::session::{self, Accepted, Mode};
 use crate::upstream::Upstream;
 

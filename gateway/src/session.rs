@@ -337,7 +337,9 @@ impl Session {
             return self.error(id, ErrorCode::Unavailable, "presence updates are unavailable");
         }
         let snapshot = self.snapshot(id.clone(), &room).await;
-        let first = snapshot.as_ref().map(|p| encode(self.codec, &ServerFrame::Presence(p.clone())));
+        let first = snapshot
+            .as_ref()
+            .map(|p| encode(self.codec, &ServerFrame::Presence(p.clone())));
         if first.is_none() {
             self.error(id, ErrorCode::Unavailable, "the presence service did not answer");
         }
@@ -438,7 +440,11 @@ impl Session {
             .collect();
         let max = self.shared.config.max_watch;
         if self.watching.len() + added.len() > max {
-            return self.error(id, ErrorCode::BadRequest, format!("at most {max} watched users per connection"));
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                format!("at most {max} watched users per connection"),
+            );
         }
         let shared = Arc::clone(&self.shared);
         let subjects = shared.upstream.subjects();

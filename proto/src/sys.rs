@@ -88,8 +88,9 @@ pub struct StatusReply {
 /// A stable 64-bit hash (FNV-1a) of a name, equal in every process: it assigns rooms and
 /// users to fanout partitions.
 pub fn stable_hash(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -111,7 +111,10 @@ impl Drop for Process {
 /// `cargo test --workspace` builds every workspace binary first.
 pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
