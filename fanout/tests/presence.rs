@@ -632,3 +632,67 @@ async fn busy_rooms_get_coalesced_diffs_and_large_rooms_counts_only() {
     let p = snapshot(&mut watcher, "hall").await;
     assert_eq!((p.count, p.conns, p.members), (41, Some(41), None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_leader_hands_over_and_exits_cleanly() {
+    let nats = NatsServer::start();
+    let mut fanouts = vec![fanout(&nats, "f1", &[]), fanout(&nats, "f2", &[])];
+    let a = gateway(&nats).await;
+    for f in &fanouts {
+        f.wait_ready().await;
+    }
+    let leader = one_leader(&[&fanouts[0], &fanouts[1]]).await;
+    let (mut alice, mut va) = join(&a.ws_url(), "alice", "lobby").await;
+    let mut old = fanouts.remove(leader);
+    let stopped = Instant::now();
+    let status = tokio::task::spawn_blocking(move || old.terminate(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit 0 after the drain");
+    let standby = &fanouts[0];
+    wait_until(Duration::from_secs(5), "the standby leads", || async {
+        standby.metric("herald_fanout_leader{partition=\"0\"}").await == 1.0
+    })
+    .await;
+    eprintln!("handover after {:?}", stopped.elapsed());
+    let (_bob, _) = join(&a.ws_url(), "bob", "lobby").await;
+    until(
+        &mut alice,
+        &mut va,
+        Duration::from_secs(3),
+        "diffs from the new leader",
+        |v| v.users() == ["alice", "bob"],
+    )
+    .await;
+}
+
+#[test]
+fn help_names_every_flag_and_its_variable_and_bad_flags_exit_64() {
+    let bin = env!("CARGO_BIN_EXE_herald-fanout");
+    let help = std::process::Command::new(bin).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for (flag, var) in [
+        ("--nats-url", "HERALD_NATS_URL"),
+        ("--presence-interval", "HERALD_PRESENCE_INTERVAL"),
+        ("--gateway-timeout", "HERALD_GATEWAY_TIMEOUT"),
+        ("--leave-delay", "HERALD_LEAVE_DELAY"),
+        ("--large-room", "HERALD_LARGE_ROOM"),
+        ("--partitions", "HERALD_PARTITIONS"),
+        ("--leader-lease", "HERALD_LEADER_LEASE"),
+        ("--sync-window", "HERALD_SYNC_WINDOW"),
+        ("--stream-replicas", "HERALD_STREAM_REPLICAS"),
+        ("--drain-timeout", "HERALD_DRAIN_TIMEOUT"),
+    ] {
+        assert!(text.contains(flag) && text.contains(var), "{flag} / {var} in:\n{text}");
+    }
+    for bad in [
+        ["--partitions", "0"],
+        ["--leader-lease", "10ms"],
+        ["--presence-interval", "0s"],
+    ] {
+        let out = std::process::Command::new(bin).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(bad[0]), "{bad:?}");
+    }
+}

@@ -92,6 +92,22 @@ impl Process {
             .sum()
     }
 
+    /// SIGTERM, and the exit status (None if it did not exit within `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.lock().expect("child lock").take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// SIGKILL, and wait for the exit.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.lock().expect("child lock").take() {
