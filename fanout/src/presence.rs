@@ -4,6 +4,7 @@
 //! first, so a request is answered only after every gateway message that arrived before it
 //! (a gateway sends a member's join before asking for the snapshot that should hold it).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +58,11 @@ impl Tracker {
         let mut tick = tokio::time::interval(config.presence_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        // Encoded snapshots, dropped at the tick after their room changes: a big room's list
+        // is encoded at most once per interval however many join meanwhile. A snapshot from
+        // the cache holds every change up to the last diff published, so the diffs that
+        // follow it complete it.
+        let mut cache: HashMap<String, Bytes> = HashMap::new();
         // Partitions led at the last tick since the first sync window ended.
         let mut led = vec![false; self.leases.partitions() as usize];
         loop {
@@ -67,7 +73,7 @@ impl Tracker {
                     Ok(msg) => state.on_gateway(msg, Instant::now()),
                     Err(e) => debug!(subject = %msg.subject, error = %e, "Undecodable gateway message"),
                 },
-                Some(msg) = next(&mut api_presence) => self.answer_presence(&state, msg).await,
+                Some(msg) = next(&mut api_presence) => self.answer_presence(&state, &mut cache, msg).await,
                 Some(msg) = next(&mut api_status) => self.answer_status(&state, msg).await,
                 _ = &mut window, if api_presence.is_none() => {
                     api_presence = Some(self.subscribe(self.subjects.api_presence_wildcard(), Some(QUEUE)).await);
@@ -78,6 +84,9 @@ impl Tracker {
                 }
                 _ = tick.tick() => {
                     let outputs = state.tick(Instant::now());
+                    for room in state.take_touched() {
+                        cache.remove(&room);
+                    }
                     for out in outputs {
                         self.emit(out).await;
                     }
@@ -107,14 +116,23 @@ impl Tracker {
         }
     }
 
-    async fn answer_presence(&self, state: &State, msg: Message) {
+    async fn answer_presence(&self, state: &State, cache: &mut HashMap<String, Bytes>, msg: Message) {
         let Some(reply) = msg.reply else { return };
         let prefix = self.subjects.api_presence("");
         let Some(room) = msg.subject.as_str().strip_prefix(prefix.as_str()) else {
             return;
         };
         metrics::counter!(metric::REQUESTS, "kind" => "presence").increment(1);
-        self.publish(reply.to_string(), &state.snapshot(room)).await;
+        let encode = || Bytes::from(serde_json::to_vec(&state.snapshot(room)).expect("serializable"));
+        // Only rooms with members are cached (they leave the cache when they change).
+        let payload = if state.has_room(room) {
+            cache.entry(room.to_owned()).or_insert_with(encode).clone()
+        } else {
+            encode()
+        };
+        if let Err(e) = self.client.publish(reply, payload).await {
+            debug!(error = %e, "Snapshot not sent");
+        }
     }
 
     async fn answer_status(&self, state: &State, msg: Message) {

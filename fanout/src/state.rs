@@ -57,6 +57,8 @@ pub struct State {
     deadlines: BTreeMap<Instant, Vec<Deadline>>,
     /// Rooms with unpublished changes.
     dirty: HashSet<String>,
+    /// Rooms whose members or connection counts changed since [`State::take_touched`].
+    touched: HashSet<String>,
     outputs: Vec<Output>,
     /// When every gateway was last asked for a snapshot at once.
     broadcast_at: Option<Instant>,
@@ -134,6 +136,7 @@ impl State {
             users: HashMap::new(),
             deadlines: BTreeMap::new(),
             dirty: HashSet::new(),
+            touched: HashSet::new(),
             outputs: Vec::new(),
             broadcast_at: None,
             sync_durations: Vec::new(),
@@ -342,6 +345,7 @@ impl State {
     }
 
     fn room_join(&mut self, room: &str, user: &str, name: Option<String>, key: (Arc<str>, String)) {
+        self.touched.insert(room.to_owned());
         let r = self.rooms.entry(room.to_owned()).or_default();
         r.conns += 1;
         let occupied = r.users.is_empty();
@@ -383,6 +387,7 @@ impl State {
             return;
         }
         r.conns -= 1;
+        self.touched.insert(room.to_owned());
         if !u.conns.is_empty() {
             return;
         }
@@ -401,6 +406,7 @@ impl State {
     fn remove_member(&mut self, room: &str, user: &str) {
         let Some(r) = self.rooms.get_mut(room) else { return };
         let Some(u) = r.users.remove(user) else { return };
+        self.touched.insert(room.to_owned());
         if !r.joined.remove(user) {
             r.left.insert(user.to_owned(), member(user, &u));
         }
@@ -559,6 +565,15 @@ impl State {
             members: (!large).then(|| r.users.iter().map(|(u, ru)| member(u, ru)).collect()),
             ..Presence::default()
         }
+    }
+
+    /// The rooms whose snapshot changed since the last call.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        self.touched.drain().collect()
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
     }
 
     /// Names of the rooms with members.

@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 pub struct Conn {
     ws: WebSocket<TokioIo<Upgraded>>,
+    /// The user id the gateway assigned (from the welcome frame).
+    pub user: String,
 }
 
 /// What one subscriber saw.
@@ -71,16 +73,26 @@ impl Conn {
             req = req.header("Authorization", format!("Bearer {token}"));
         }
         let (ws, _) = handshake::client(&Exec, req.body(Empty::<Bytes>::new())?, tcp).await?;
-        let mut conn = Self { ws };
+        let mut conn = Self {
+            ws,
+            user: String::new(),
+        };
         let welcome = conn.next_text().await?;
-        if !welcome.contains("\"welcome\"") {
+        let welcome: serde_json::Value = serde_json::from_str(&welcome)?;
+        if welcome["t"] != "welcome" {
             bail!("expected welcome, got {welcome}");
         }
+        conn.user = welcome["user"].as_str().unwrap_or_default().to_owned();
         Ok(conn)
     }
 
     pub async fn subscribe(&mut self, room: &str) -> Result<()> {
-        let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room}).to_string();
+        self.subscribe_with(room, false).await
+    }
+
+    /// Subscribes; with `presence`, the room's presence snapshot and diffs follow the ack.
+    pub async fn subscribe_with(&mut self, room: &str, presence: bool) -> Result<()> {
+        let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": presence}).to_string();
         self.ws
             .write_frame(Frame::text(Payload::Owned(op.into_bytes())))
             .await?;
@@ -95,7 +107,16 @@ impl Conn {
         }
     }
 
-    async fn next_text(&mut self) -> Result<String> {
+    /// Sends one op.
+    pub async fn send(&mut self, op: &serde_json::Value) -> Result<()> {
+        let text = op.to_string();
+        self.ws
+            .write_frame(Frame::text(Payload::Owned(text.into_bytes())))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn next_text(&mut self) -> Result<String> {
         loop {
             let frame = self.ws.read_frame().await?;
             match frame.opcode {

@@ -4,9 +4,11 @@
 //!   gateway's memory per connection and the kernel's socket memory.
 //! - `bench`: subscribers on one room, an open-loop fixed-rate publisher through NATS, and
 //!   publish→deliver latency percentiles, with loss and duplicates counted from `seq`/`prev`.
+//! - `presence`: a big room with constant churn; presence frames, diff lag and fanout CPU.
 //! - `compare`: push against long-poll and ajax polling (being built).
 
 mod client;
+mod presence;
 mod proc;
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,12 +39,16 @@ enum Mode {
     ///
     /// Example: loadtest bench --gateway ws://127.0.0.1:8080/ws --subscribers 1000 --rate 100 --run-time 20s
     Bench(BenchArgs),
+    /// A big room with constant churn: presence frames per subscriber, diff lag, fanout CPU.
+    ///
+    /// Example: loadtest presence --gateway ws://127.0.0.1:8080/ws,ws://127.0.0.1:8081/ws --members 5000 --churn 200 --fanout-pid $(pgrep herald-fanout)
+    Presence(presence::PresenceArgs),
     /// The same rooms, clients and publish rate over ws, sse, long-poll and poll (being built).
     Compare,
 }
 
-#[derive(Debug, Args)]
-struct Common {
+#[derive(Debug, Clone, Args)]
+pub struct Common {
     /// Gateway WebSocket URLs (comma-separated); connections are spread over them.
     #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
     gateway: Vec<String>,
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
         match cli.command {
             Mode::Hold(a) => hold(a).await,
             Mode::Bench(a) => bench(a).await,
+            Mode::Presence(a) => presence::run(a).await,
             Mode::Compare => bail!("compare is not built yet"),
         }
     });

@@ -26,3 +26,13 @@ pub fn tcp_mem_kib() -> Result<u64> {
     }
     anyhow::bail!("no TCP mem in /proc/net/sockstat")
 }
+
+/// CPU time (user + system) a process has used, in seconds (`/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("no process {pid}"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}

@@ -1,0 +1,266 @@
+//! `loadtest presence`: a big room with constant churn, and what presence costs.
+//!
+//! `members` connections sit in one room with `presence: true` (so every one of them
+//! receives the diffs, as in a chat room that shows who is online). Then, for `run-time`,
+//! membership changes at `churn` per second in alternating one-second phases: new members
+//! join, then as many of the oldest leave (an explicit `unsubscribe`, so fanout's leave
+//! delay does not count). Within a phase the count only rises or only falls, so the diff
+//! that announces the k-th change is the first whose `count` reaches the count after it:
+//! lag is measured per change, in list mode and in counts-only (large room) mode alike.
+//! `observers` more connections record every presence frame; fanout's and the gateways'
+//! CPU come from `/proc/<pid>/stat`.
+//!
+//! Gateways must allow anonymous users (every connection is then its own user), as the
+//! `cargo xtask up` stack does.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{client, proc, Common};
+
+#[derive(Debug, Args)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Members held in the room.
+    #[arg(long, default_value_t = 5000)]
+    members: usize,
+    /// Membership changes per second (half joins, half leaves).
+    #[arg(long, default_value_t = 200.0)]
+    churn: f64,
+    /// Connections that only watch and measure.
+    #[arg(long, default_value_t = 5)]
+    observers: usize,
+    /// Measuring time (after everyone has joined).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    run_time: Duration,
+    /// PID of the fanout instance that leads (CPU from /proc).
+    #[arg(long)]
+    fanout_pid: Option<u32>,
+    /// PIDs of the gateways (CPU from /proc).
+    #[arg(long, value_delimiter = ',')]
+    gateway_pid: Vec<u32>,
+}
+
+/// One membership change: when it was sent, and the member count right after it.
+struct Change {
+    at: Instant,
+    count: u64,
+    join: bool,
+}
+
+struct Member {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<()>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    frames: u64,
+    bytes: u64,
+    counts_only: u64,
+    /// Every diff's arrival and count.
+    counts: Vec<(Instant, u64)>,
+}
+
+pub async fn run(a: PresenceArgs) -> Result<()> {
+    let room = format!("presence-{}", crate::now_ns() / 1_000_000);
+    let mut next = 0usize;
+    let mut members = VecDeque::with_capacity(a.members);
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.common.concurrency));
+    let mut opening = Vec::with_capacity(a.members);
+    for _ in 0..a.members {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let (common, room, i) = (a.common.clone(), room.clone(), next);
+        next += 1;
+        opening.push(tokio::spawn(async move {
+            let _permit = permit;
+            member(&common, i, &room).await
+        }));
+    }
+    for m in opening {
+        members.push_back(m.await??);
+    }
+    println!(
+        "{} members joined {room} in {:.1}s",
+        members.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut observers = Vec::new();
+    for i in 0..a.observers {
+        let mut c = client::Conn::open(
+            &a.common.gateway[i % a.common.gateway.len()],
+            a.common.sources[0],
+            a.common.token.as_deref(),
+        )
+        .await?;
+        c.subscribe_with(&room, true).await?;
+        let until = Instant::now() + a.run_time + Duration::from_secs(5);
+        observers.push(tokio::spawn(observe(c, until)));
+    }
+    // Let the joins above settle into the count before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut count = (a.members + a.observers) as u64;
+    let cpu = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| proc::cpu_seconds(p).unwrap_or(0.0))
+            .collect::<Vec<_>>()
+    };
+    let fanout_pid: Vec<u32> = a.fanout_pid.into_iter().collect();
+    let (fanout_cpu0, gateway_cpu0) = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let period = Duration::from_secs_f64(1.0 / a.churn);
+    let per_phase = a.churn.round().max(1.0) as u64;
+    let start = tokio::time::Instant::now();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut n = 0u64;
+    while start.elapsed() < a.run_time {
+        tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
+        let join = (n / per_phase) % 2 == 0;
+        n += 1;
+        if join {
+            let at = Instant::now();
+            members.push_back(member(&a.common, next, &room).await?);
+            next += 1;
+            count += 1;
+            changes.push(Change { at, count, join });
+        } else if let Some(old) = members.pop_front() {
+            let at = Instant::now();
+            let _ = old.stop.send(());
+            let _ = old.task.await;
+            count -= 1;
+            changes.push(Change { at, count, join });
+        }
+    }
+    let elapsed = start.elapsed();
+    let (fanout_cpu1, gateway_cpu1) = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let mut seen = Seen::default();
+    let mut lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut missing = 0u64;
+    // A change is announced by a frame before the phase after the next one starts; past
+    // that, the count has been back where it was. Changes in the last window before a
+    // phase switch can be netted out by the opposite ones (one diff per interval carries
+    // only the net count): those are counted apart, not as lag.
+    let phase_starts: Vec<Instant> = changes
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i == 0 || changes[i - 1].join != c.join)
+        .map(|(_, c)| c.at)
+        .collect();
+    let limit = |at: Instant| {
+        let phase = phase_starts.partition_point(|s| *s <= at);
+        phase_starts.get(phase + 1).copied()
+    };
+    for o in observers {
+        let s = o.await?;
+        seen.frames += s.frames;
+        seen.bytes += s.bytes;
+        seen.counts_only += s.counts_only;
+        for c in &changes {
+            let until = limit(c.at);
+            let announced = s
+                .counts
+                .iter()
+                .take_while(|(t, _)| until.is_none_or(|u| *t < u))
+                .find(|(t, n)| *t >= c.at && if c.join { *n >= c.count } else { *n <= c.count });
+            match announced {
+                Some((t, _)) => lags.record(t.duration_since(c.at).as_micros().max(1) as u64)?,
+                None => missing += 1,
+            }
+        }
+    }
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{} changes in {secs:.1}s ({:.0}/s, joins and leaves in alternating 1 s phases) on {} members",
+        changes.len(),
+        changes.len() as f64 / secs,
+        a.members
+    );
+    println!(
+        "presence frames per subscriber: {:.1}/s, {:.0} bytes/frame, {} of {} counts-only",
+        seen.frames as f64 / a.observers.max(1) as f64 / secs,
+        seen.bytes as f64 / seen.frames.max(1) as f64,
+        seen.counts_only,
+        seen.frames
+    );
+    let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "diff lag ms ({} samples; {missing} netted out at phase switches): p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        lags.len(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        lags.max() as f64 / 1000.0
+    );
+    let report = |name: &str, before: &[f64], after: &[f64], pids: &[u32]| {
+        for (i, pid) in pids.iter().enumerate() {
+            let used = after[i] - before[i];
+            println!(
+                "{name} pid {pid}: {used:.2} CPU-s ({:.1} % of a core)",
+                100.0 * used / secs
+            );
+        }
+    };
+    report("fanout", &fanout_cpu0, &fanout_cpu1, &fanout_pid);
+    report("gateway", &gateway_cpu0, &gateway_cpu1, &a.gateway_pid);
+    for m in members {
+        let _ = m.stop.send(());
+    }
+    Ok(())
+}
+
+/// Connects member `i`, joins the room with presence, and keeps reading until stopped; then
+/// unsubscribes and closes.
+async fn member(common: &Common, i: usize, room: &str) -> Result<Member> {
+    let url = &common.gateway[i % common.gateway.len()];
+    let source = common.sources[(i / common.gateway.len()) % common.sources.len()];
+    let mut c = client::Conn::open(url, source, common.token.as_deref())
+        .await
+        .context("member connect")?;
+    c.subscribe_with(room, true).await?;
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let room = room.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                r = c.next_text() => { r?; }
+            }
+        }
+        c.send(&serde_json::json!({"op": "unsubscribe", "room": room})).await?;
+        // Until the ack: the unsubscribe is then applied, and the close can't overtake it.
+        while !c.next_text().await?.contains("\"ack\"") {}
+        Ok(())
+    });
+    Ok(Member { stop, task })
+}
+
+async fn observe(mut c: client::Conn, until: Instant) -> Seen {
+    let mut seen = Seen::default();
+    while let Ok(Ok(text)) = tokio::time::timeout(until.saturating_duration_since(Instant::now()), c.next_text()).await
+    {
+        let now = Instant::now();
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if frame["t"] != "presence" {
+            continue;
+        }
+        seen.frames += 1;
+        seen.bytes += text.len() as u64;
+        let listed = |key: &str| frame[key].as_array().is_some_and(|a| !a.is_empty());
+        if !listed("joined") && !listed("left") {
+            seen.counts_only += 1;
+        }
+        seen.counts.push((now, frame["count"].as_u64().unwrap_or(0)));
+    }
+    seen
+}
