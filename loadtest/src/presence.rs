@@ -124,7 +124,7 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
     let mut n = 0u64;
     while start.elapsed() < a.run_time {
         tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
-        let join = (n / per_phase) % 2 == 0;
+        let join = (n / per_phase).is_multiple_of(2);
         n += 1;
         if join {
             let at = Instant::now();
