@@ -58,11 +58,7 @@ impl Tracker {
         let mut tick = tokio::time::interval(config.presence_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
-        // Encoded snapshots, dropped at the tick after their room changes: a big room's list
-        // is encoded at most once per interval however many join meanwhile. A snapshot from
-        // the cache holds every change up to the last diff published, so the diffs that
-        // follow it complete it.
-        let mut cache: HashMap<String, Bytes> = HashMap::new();
+        let mut cache = SnapshotCache::new(config.presence_interval);
         // Partitions led at the last tick since the first sync window ended.
         let mut led = vec![false; self.leases.partitions() as usize];
         loop {
@@ -73,7 +69,7 @@ impl Tracker {
                     Ok(msg) => state.on_gateway(msg, Instant::now()),
                     Err(e) => debug!(subject = %msg.subject, error = %e, "Undecodable gateway message"),
                 },
-                Some(msg) = next(&mut api_presence) => self.answer_presence(&state, &mut cache, msg).await,
+                Some(msg) = next(&mut api_presence) => self.answer_presence(&mut state, &mut cache, msg).await,
                 Some(msg) = next(&mut api_status) => self.answer_status(&state, msg).await,
                 _ = &mut window, if api_presence.is_none() => {
                     api_presence = Some(self.subscribe(self.subjects.api_presence_wildcard(), Some(QUEUE)).await);
@@ -84,9 +80,7 @@ impl Tracker {
                 }
                 _ = tick.tick() => {
                     let outputs = state.tick(Instant::now());
-                    for room in state.take_touched() {
-                        cache.remove(&room);
-                    }
+                    cache.retain_rooms(&state);
                     for out in outputs {
                         self.emit(out).await;
                     }
@@ -116,20 +110,14 @@ impl Tracker {
         }
     }
 
-    async fn answer_presence(&self, state: &State, cache: &mut HashMap<String, Bytes>, msg: Message) {
+    async fn answer_presence(&self, state: &mut State, cache: &mut SnapshotCache, msg: Message) {
         let Some(reply) = msg.reply else { return };
         let prefix = self.subjects.api_presence("");
         let Some(room) = msg.subject.as_str().strip_prefix(prefix.as_str()) else {
             return;
         };
         metrics::counter!(metric::REQUESTS, "kind" => "presence").increment(1);
-        let encode = || Bytes::from(serde_json::to_vec(&state.snapshot(room)).expect("serializable"));
-        // Only rooms with members are cached (they leave the cache when they change).
-        let payload = if state.has_room(room) {
-            cache.entry(room.to_owned()).or_insert_with(encode).clone()
-        } else {
-            encode()
-        };
+        let payload = cache.get(state, room);
         if let Err(e) = self.client.publish(reply, payload).await {
             debug!(error = %e, "Snapshot not sent");
         }
@@ -197,6 +185,65 @@ impl Tracker {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Encoded snapshots of rooms with members. A room that changed is encoded again, except a
+/// big one (more than [`SnapshotCache::SMALL`] members) whose entry is younger than the
+/// presence interval: however many join a big listed room, its list is encoded at most
+/// once per interval. Such a snapshot holds every change up to the last published diff, so
+/// the diffs that follow it (which a gateway delivers after it) complete it.
+struct SnapshotCache {
+    entries: HashMap<String, Cached>,
+    interval: Duration,
+}
+
+struct Cached {
+    payload: Bytes,
+    at: Instant,
+    stale: bool,
+}
+
+impl SnapshotCache {
+    const SMALL: u64 = 100;
+
+    fn new(interval: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            interval,
+        }
+    }
+
+    fn get(&mut self, state: &mut State, room: &str) -> Bytes {
+        for touched in state.take_touched() {
+            if let Some(c) = self.entries.get_mut(&touched) {
+                c.stale = true;
+            }
+        }
+        let encode = |state: &State| Bytes::from(serde_json::to_vec(&state.snapshot(room)).expect("serializable"));
+        if !state.has_room(room) {
+            self.entries.remove(room);
+            return encode(state);
+        }
+        if let Some(c) = self.entries.get(room) {
+            let throttled = c.at.elapsed() < self.interval && state.snapshot_size(room) > Self::SMALL;
+            if !c.stale || throttled {
+                return c.payload.clone();
+            }
+        }
+        let payload = encode(state);
+        let cached = Cached {
+            payload: payload.clone(),
+            at: Instant::now(),
+            stale: false,
+        };
+        self.entries.insert(room.to_owned(), cached);
+        payload
+    }
+
+    /// Forgets rooms that have no members any more.
+    fn retain_rooms(&mut self, state: &State) {
+        self.entries.retain(|room, _| state.has_room(room));
     }
 }
 

@@ -572,6 +572,11 @@ impl State {
         self.touched.drain().collect()
     }
 
+    /// Members of the room (0 if it has none).
+    pub fn snapshot_size(&self, room: &str) -> u64 {
+        self.rooms.get(room).map_or(0, |r| r.users.len() as u64)
+    }
+
     pub fn has_room(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
     }

@@ -109,6 +109,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub presence_heartbeat: Duration,
 
+    /// A polling client (`/poll` with `sid=`) stays online, and a member of its presence
+    /// rooms, this long after its last poll ends.
+    #[arg(long, env = "HERALD_POLL_SESSION_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub poll_session_ttl: Duration,
+
     /// Most users one connection may `watch`; a longer list is refused with `bad_request`.
     #[arg(long, env = "HERALD_MAX_WATCH", default_value_t = 1000)]
     pub max_watch: usize,

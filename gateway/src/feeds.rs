@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::debug;
 
+use crate::hub::Format;
 use crate::outbound::Outbound;
 use crate::session::encode;
 
@@ -41,8 +42,17 @@ struct Feed {
 
 struct Recipient {
     out: Arc<Outbound>,
-    codec: Codec,
+    format: Format,
     held: Option<Vec<Bytes>>,
+}
+
+/// A server frame as a recipient in `format` receives it: a whole WebSocket frame, or bare
+/// JSON for the HTTP transports.
+pub fn encode_for(format: Format, frame: &ServerFrame) -> Bytes {
+    match format {
+        Format::WebSocket(codec) => encode(codec, frame),
+        Format::Bare => Bytes::from(Codec::Json.encode_server(frame)),
+    }
 }
 
 // === impl Feeds ===
@@ -63,13 +73,13 @@ impl Feeds {
         kind: Kind,
         conn: u64,
         out: &Arc<Outbound>,
-        codec: Codec,
+        format: Format,
     ) -> bool {
         let (mut ready, start) = {
             let mut feeds = self.feeds.lock().expect("feeds lock");
             let recipient = Recipient {
                 out: Arc::clone(out),
-                codec,
+                format,
                 held: Some(Vec::new()),
             };
             match feeds.get_mut(subject) {
@@ -158,12 +168,17 @@ impl Feeds {
                 debug!(subject, "Undecodable feed message dropped");
                 continue;
             };
-            let mut encoded: [Option<Bytes>; 2] = [None, None];
+            let mut encoded: [Option<Bytes>; 3] = [None, None, None];
             let mut feeds = self.feeds.lock().expect("feeds lock");
             let Some(feed) = feeds.get_mut(subject) else { return };
             for r in feed.recipients.values_mut() {
-                let slot = &mut encoded[usize::from(r.codec.is_binary())];
-                let bytes = slot.get_or_insert_with(|| encode(r.codec, &frame)).clone();
+                let slot = match r.format {
+                    Format::WebSocket(codec) => usize::from(codec.is_binary()),
+                    Format::Bare => 2,
+                };
+                let bytes = encoded[slot]
+                    .get_or_insert_with(|| encode_for(r.format, &frame))
+                    .clone();
                 match &mut r.held {
                     Some(held) => held.push(bytes),
                     None => {

@@ -25,7 +25,94 @@ pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     let name = query_param(req, "name");
-    Ok(shared.auth.authenticate(token(req).as_deref(), conn, name.as_deref())?)
+    let sid = session_id(req)?;
+    let anon_id = sid.as_deref().unwrap_or(conn);
+    Ok(shared
+        .auth
+        .authenticate(token(req).as_deref(), anon_id, name.as_deref())?)
+}
+
+/// `?sid=`: a session id the client chose (8–64 of `A-Z a-z 0-9 _ -`) and keeps across
+/// reconnects and transports. An anonymous user is `anon-<sid>` with it (`anon-<conn>`
+/// without), so a reconnect is the same user; a polling client's membership is keyed by it.
+pub fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
+    match query_param(req, "sid") {
+        None => Ok(None),
+        Some(sid)
+            if (8..=64).contains(&sid.len())
+                && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            Ok(Some(sid))
+        }
+        Some(_) => Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "`sid` must be 8-64 of A-Z a-z 0-9 _ -",
+        )),
+    }
+}
+
+/// `?presence=`: the rooms (among `rooms`) to be a member of; `1` or `true` for all of them.
+pub fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<String>, HttpError> {
+    let Some(list) = query_param(req, "presence") else {
+        return Ok(Vec::new());
+    };
+    if list == "1" || list == "true" {
+        return Ok(rooms.to_vec());
+    }
+    let mut wanted: Vec<String> = list.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect();
+    wanted.sort();
+    wanted.dedup();
+    if let Some(r) = wanted.iter().find(|r| !rooms.contains(r)) {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("presence room `{r}` is not in `rooms`"),
+        ));
+    }
+    Ok(wanted)
+}
+
+/// `?watch=a,b`: users whose status to follow (valid ids, at most `--max-watch`).
+pub fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, HttpError> {
+    let list = query_param(req, "watch").unwrap_or_default();
+    let mut users: Vec<String> = list.split(',').filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    users.sort();
+    users.dedup();
+    if let Some(bad) = users.iter().find(|u| herald_proto::room::validate(u).is_err()) {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("`{bad}` is not a valid user id"),
+        ));
+    }
+    let max = shared.config.max_watch;
+    if users.len() > max {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("at most {max} watched users"),
+        ));
+    }
+    Ok(users)
+}
+
+/// What a queued bare-JSON frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Event,
+    Presence,
+    Status,
+}
+
+impl Queued {
+    pub fn of(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(br#"{"t":"event""#) {
+            Some(Self::Event)
+        } else if bytes.starts_with(br#"{"t":"presence""#) {
+            Some(Self::Presence)
+        } else if bytes.starts_with(br#"{"t":"status""#) {
+            Some(Self::Status)
+        } else {
+            None
+        }
+    }
 }
 
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.

@@ -3,6 +3,10 @@
 //! Backlog is answered from history at once. With nothing new, a long-poll registers on the
 //! hub like a WebSocket subscriber (no NATS subscription of its own) and is answered at the
 //! first event, at `wait`, or at the drain.
+//!
+//! With `sid=`, the poller is a session: online, and a member of its `presence=` rooms, until
+//! no poll came for `--poll-session-ttl` after the last one. `presence=` and `watch=` add the rooms' snapshots and
+//! the users' status to every answer, and a change to them ends a long-poll's wait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +17,38 @@ use herald_proto::{Codec, ErrorCode};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::http::{cursor, identify, json, rooms, EventHead, Registration};
+use crate::feeds::Kind;
+use crate::http::{
+    cursor, identify, json, presence_rooms, rooms, session_id, watched, EventHead, Queued, Registration,
+};
+use crate::hub::Format;
 use crate::metrics::{self, Transport};
+use crate::presence;
 use crate::server::{query_param, Body, HttpError, Shared};
 
 pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
     let rooms = rooms(shared, &req, &who)?;
+    let members_of = presence_rooms(&req, &rooms)?;
+    let watch = watched(shared, &req)?;
+    let sid = session_id(&req)?;
     let asked = cursor(&req)?;
     let wait = wait(shared, &req)?;
+    let session = sid.as_ref().map(|sid| format!("p-{sid}"));
+    let ttl = shared.config.poll_session_ttl;
+    match &session {
+        Some(session) => {
+            shared
+                .polls
+                .touch(&shared.tracker, session, &who, &members_of, wait + ttl)
+                .await
+        }
+        None if !members_of.is_empty() => {
+            return Err(HttpError::new(ErrorCode::BadRequest, "`presence` on /poll needs `sid`"));
+        }
+        None => {}
+    }
     let transport = if wait.is_zero() {
         Transport::Poll
     } else {
@@ -50,11 +76,24 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
     }
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     if !events.is_empty() || wait.is_zero() || draining {
-        return Ok(respond(transport, &events, &positions));
+        let extra = extra(shared, &members_of, &watch).await;
+        return Ok(respond(transport, &events, &positions, &extra));
     }
 
     let mut reg = Registration::new(shared, conn_id)?;
     reg.attach_all(&rooms, &positions).await?;
+    // A presence or status change ends the wait too (the answer holds fresh snapshots).
+    let subjects = shared.upstream.subjects();
+    let feeds: Vec<(String, Kind)> = members_of
+        .iter()
+        .map(|r| (subjects.presence(r), Kind::Presence))
+        .chain(watch.iter().map(|u| (subjects.status(u), Kind::Status)))
+        .collect();
+    for (subject, kind) in &feeds {
+        if shared.feeds.add(subject, *kind, conn_id, &reg.out, Format::Bare).await {
+            shared.feeds.release(subject, conn_id, None);
+        }
+    }
     let deadline = tokio::time::Instant::now() + wait;
     let mut batch = Vec::new();
     loop {
@@ -67,14 +106,45 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
+    for (subject, _) in &feeds {
+        shared.feeds.remove(subject, conn_id);
+    }
     drop(reg);
-    for item in batch {
+    for item in batch
+        .into_iter()
+        .filter(|i| Queued::of(&i.bytes) == Some(Queued::Event))
+    {
         if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
             positions.set(head.room, head.seq);
         }
         events.push(item.bytes);
     }
-    Ok(respond(transport, &events, &positions))
+    let extra = extra(shared, &members_of, &watch).await;
+    if let Some(session) = &session {
+        shared.polls.keep(session, ttl);
+    }
+    Ok(respond(transport, &events, &positions, &extra))
+}
+
+/// `,"presence":[snapshots],"status":[statuses]` for what the request asked, as fanout
+/// answers now (left out if it does not answer).
+async fn extra(shared: &Shared, rooms: &[String], watch: &[String]) -> String {
+    let mut out = String::new();
+    if !rooms.is_empty() {
+        let mut snapshots = Vec::new();
+        for room in rooms {
+            snapshots.extend(presence::snapshot(&shared.upstream, room).await);
+        }
+        out.push_str(",\"presence\":");
+        out.push_str(&serde_json::to_string(&snapshots).expect("serializable"));
+    }
+    if !watch.is_empty() {
+        if let Some(statuses) = presence::statuses(&shared.upstream, watch).await {
+            out.push_str(",\"status\":");
+            out.push_str(&serde_json::to_string(&statuses).expect("serializable"));
+        }
+    }
+    out
 }
 
 /// Where each room starts: the client's cursor, or the room's live tail.
@@ -110,7 +180,7 @@ fn wait(shared: &Shared, req: &Request<Incoming>) -> Result<Duration, HttpError>
     }
 }
 
-fn respond(transport: Transport, events: &[Bytes], positions: &Cursor) -> Response<Body> {
+fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, extra: &str) -> Response<Body> {
     let mut body = Vec::with_capacity(64 + events.iter().map(|e| e.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
     for (i, ev) in events.iter().enumerate() {
@@ -119,7 +189,7 @@ fn respond(transport: Transport, events: &[Bytes], positions: &Cursor) -> Respon
         }
         body.extend_from_slice(ev);
     }
-    body.extend_from_slice(format!("],\"cursor\":\"{positions}\"}}").as_bytes());
+    body.extend_from_slice(format!("],\"cursor\":\"{positions}\"{extra}}}").as_bytes());
     metrics::sent(transport, events.len() as u64, body.len() as u64);
     json(StatusCode::OK, body)
 }

@@ -6,21 +6,52 @@
 //! parts whenever fanout asks on `herald.sys.sync`. One publisher task keeps fanout's view in
 //! order; the numbers let fanout notice a lost message and ask for a snapshot.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use herald_proto::frame::{Presence, ServerFrame, Status};
 use herald_proto::subject::Subjects;
-use herald_proto::sys::{Body, Change, Conn, GatewayMsg, Join, SyncRequest};
+use herald_proto::sys::{Body, Change, Conn, GatewayMsg, Join, StatusReply, StatusRequest, SyncRequest};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
+
+use crate::auth::Identity;
+use crate::feeds::{encode_for, Kind};
+use crate::hub::Format;
+use crate::outbound::Outbound;
+use crate::server::Shared;
+use crate::upstream::Upstream;
 
 /// Changes published in one message at most.
 const BATCH: usize = 512;
 /// Members per snapshot part (a part stays far below NATS's default 1 MiB payload limit).
 const SNAPSHOT_PART: usize = 2000;
+
+/// Longest wait for fanout's answer to a snapshot or status request.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The room's presence snapshot from fanout, if it answers in time.
+pub async fn snapshot(upstream: &Upstream, room: &str) -> Option<Presence> {
+    let subject = upstream.subjects().api_presence(room);
+    let reply = tokio::time::timeout(FANOUT_TIMEOUT, upstream.client().request(subject, Bytes::new())).await;
+    serde_json::from_slice::<Presence>(&reply.ok()?.ok()?.payload).ok()
+}
+
+/// The users' current status from fanout, in the order asked, if it answers in time.
+pub async fn statuses(upstream: &Upstream, users: &[String]) -> Option<Vec<Status>> {
+    let request = serde_json::to_vec(&StatusRequest { users: users.to_vec() }).expect("serializable");
+    let subject = upstream.subjects().api_status();
+    let reply = tokio::time::timeout(FANOUT_TIMEOUT, upstream.client().request(subject, request.into())).await;
+    Some(
+        serde_json::from_slice::<StatusReply>(&reply.ok()?.ok()?.payload)
+            .ok()?
+            .users,
+    )
+}
 
 /// Reports membership changes to fanout. Cheap to clone.
 #[derive(Clone)]
@@ -236,5 +267,168 @@ impl Task {
         if let Err(e) = self.client.publish(self.subject.clone(), payload).await {
             debug!(error = %e, "Presence message not sent");
         }
+    }
+}
+
+/// The presence of a connection on an HTTP stream (SSE): online while it lives, a member of
+/// `rooms`, following `watched` users; snapshots, statuses and diffs go to `out` as bare JSON.
+pub struct Membership {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    conn: String,
+    rooms: Vec<String>,
+    watched: Vec<String>,
+}
+
+impl Membership {
+    /// Reports the connection and its rooms, then queues each room's snapshot and each
+    /// watched user's status, followed by every diff since.
+    pub async fn start(
+        shared: &Arc<Shared>,
+        conn_id: u64,
+        conn: &str,
+        who: &Identity,
+        out: &Arc<Outbound>,
+        rooms: Vec<String>,
+        watched: Vec<String>,
+    ) -> Self {
+        let tracker = &shared.tracker;
+        tracker.open(conn, &who.user);
+        for room in &rooms {
+            tracker.join(room, conn, &who.user, who.name.as_deref()).await;
+        }
+        let subjects = shared.upstream.subjects();
+        let mut feeds = Vec::new();
+        for room in &rooms {
+            let subject = subjects.presence(room);
+            if shared
+                .feeds
+                .add(&subject, Kind::Presence, conn_id, out, Format::Bare)
+                .await
+            {
+                let first = snapshot(&shared.upstream, room)
+                    .await
+                    .map(|p| encode_for(Format::Bare, &ServerFrame::Presence(p)));
+                shared.feeds.release(&subject, conn_id, first);
+                feeds.push(subject);
+            }
+        }
+        for user in &watched {
+            let subject = subjects.status(user);
+            if shared
+                .feeds
+                .add(&subject, Kind::Status, conn_id, out, Format::Bare)
+                .await
+            {
+                feeds.push(subject);
+            }
+        }
+        if !watched.is_empty() {
+            for status in statuses(&shared.upstream, &watched).await.unwrap_or_default() {
+                out.push_frame(encode_for(Format::Bare, &ServerFrame::Status(status)));
+            }
+            for user in &watched {
+                shared.feeds.release(&subjects.status(user), conn_id, None);
+            }
+        }
+        Self {
+            shared: Arc::clone(shared),
+            conn_id,
+            conn: conn.to_owned(),
+            rooms,
+            watched,
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let subjects = self.shared.upstream.subjects();
+        for room in &self.rooms {
+            self.shared.feeds.remove(&subjects.presence(room), self.conn_id);
+        }
+        for user in &self.watched {
+            self.shared.feeds.remove(&subjects.status(user), self.conn_id);
+        }
+        self.shared.tracker.close(&self.conn);
+    }
+}
+
+/// Polling clients' presence, keyed by their `sid`: a session is online and a member of its
+/// presence rooms from its first poll until no poll came for its time to live.
+#[derive(Default)]
+pub struct PollSessions {
+    sessions: Mutex<HashMap<String, PollSession>>,
+}
+
+struct PollSession {
+    user: String,
+    rooms: HashSet<String>,
+    expires: Instant,
+}
+
+impl PollSessions {
+    /// Records a poll of session `conn`: opens it if new, joins and leaves rooms so that its
+    /// presence rooms are `rooms`, and keeps it alive for `ttl`.
+    pub async fn touch(&self, tracker: &Tracker, conn: &str, who: &Identity, rooms: &[String], ttl: Duration) {
+        let wanted: HashSet<String> = rooms.iter().cloned().collect();
+        let (reopen, open, join, leave) = {
+            let mut sessions = self.sessions.lock().expect("poll sessions lock");
+            let expires = Instant::now() + ttl;
+            match sessions.get_mut(conn) {
+                Some(s) if s.user == who.user => {
+                    s.expires = s.expires.max(expires);
+                    let join: Vec<String> = wanted.difference(&s.rooms).cloned().collect();
+                    let leave: Vec<String> = s.rooms.difference(&wanted).cloned().collect();
+                    s.rooms = wanted;
+                    (false, false, join, leave)
+                }
+                existing => {
+                    let reopen = existing.is_some();
+                    let join = wanted.iter().cloned().collect();
+                    sessions.insert(
+                        conn.to_owned(),
+                        PollSession {
+                            user: who.user.clone(),
+                            rooms: wanted,
+                            expires,
+                        },
+                    );
+                    (reopen, true, join, Vec::new())
+                }
+            }
+        };
+        if reopen {
+            tracker.close(conn);
+        }
+        if open {
+            tracker.open(conn, &who.user);
+        }
+        for room in &leave {
+            tracker.leave(room, conn);
+        }
+        for room in &join {
+            tracker.join(room, conn, &who.user, who.name.as_deref()).await;
+        }
+    }
+
+    /// Keeps session `conn` alive for `ttl` from now (a long-poll that just ended).
+    pub fn keep(&self, conn: &str, ttl: Duration) {
+        if let Some(s) = self.sessions.lock().expect("poll sessions lock").get_mut(conn) {
+            s.expires = Instant::now() + ttl;
+        }
+    }
+
+    /// Closes the sessions whose time to live has passed.
+    pub fn sweep(&self, tracker: &Tracker) {
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().expect("poll sessions lock");
+        sessions.retain(|conn, s| {
+            let alive = s.expires > now;
+            if !alive {
+                tracker.close(conn);
+            }
+            alive
+        });
     }
 }

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::feeds::Feeds;
 use crate::hub::Hub;
 use crate::outbound::Outbound;
-use crate::presence::Tracker;
+use crate::presence::{PollSessions, Tracker};
 use crate::session::{self, Accepted, Mode};
 use crate::upstream::Upstream;
 
@@ -47,6 +47,8 @@ pub struct Shared {
     pub tracker: Tracker,
     /// Presence diffs and user status forwarded to the connections that asked.
     pub feeds: Arc<Feeds>,
+    /// Polling clients' presence sessions.
+    pub polls: Arc<PollSessions>,
     pub conns: Connections,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
@@ -86,6 +88,18 @@ impl Shared {
             config.presence_heartbeat,
         );
         let feeds = Feeds::new(upstream.client().clone());
+        let polls = Arc::new(PollSessions::default());
+        tokio::spawn({
+            let (polls, tracker) = (Arc::downgrade(&polls), tracker.clone());
+            async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    let Some(polls) = polls.upgrade() else { return };
+                    polls.sweep(&tracker);
+                }
+            }
+        });
         Self {
             origins: config.allowed_origins(),
             config,
@@ -95,6 +109,7 @@ impl Shared {
             upstream,
             tracker,
             feeds,
+            polls,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             stream_ready: AtomicBool::new(false),
@@ -381,10 +396,12 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
         Mode::Echo => None,
         Mode::Herald => {
             let name = query_param(&req, "name");
+            let sid = crate::http::session_id(&req)?;
+            let anon_id = sid.as_deref().unwrap_or(&conn);
             Some(
                 shared
                     .auth
-                    .authenticate(token(&req).as_deref(), &conn, name.as_deref())?,
+                    .authenticate(token(&req).as_deref(), anon_id, name.as_deref())?,
             )
         }
     };

@@ -12,7 +12,6 @@ use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
 use herald_proto::room;
-use herald_proto::sys::{StatusReply, StatusRequest};
 use herald_proto::{CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -25,12 +24,11 @@ use crate::hub::Format;
 use crate::input::Input;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
+use crate::presence;
 use crate::server::Shared;
 
 /// Rejected publishes in a row that close the connection with 4029.
 const RATE_STRIKES: u32 = 10;
-/// Longest wait for fanout's answer to a snapshot or status request.
-const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a closing connection's pending write may stay blocked.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -331,7 +329,13 @@ impl Session {
         let subject = shared.upstream.subjects().presence(&room);
         if !shared
             .feeds
-            .add(&subject, Kind::Presence, self.conn_id, &self.out, self.codec)
+            .add(
+                &subject,
+                Kind::Presence,
+                self.conn_id,
+                &self.out,
+                Format::WebSocket(self.codec),
+            )
             .await
         {
             return self.error(id, ErrorCode::Unavailable, "presence updates are unavailable");
@@ -419,10 +423,7 @@ impl Session {
 
     /// The room's presence snapshot from fanout, if it answers in time.
     async fn snapshot(&self, id: Option<Id>, room: &str) -> Option<Presence> {
-        let upstream = &self.shared.upstream;
-        let subject = upstream.subjects().api_presence(room);
-        let reply = tokio::time::timeout(FANOUT_TIMEOUT, upstream.client().request(subject, Bytes::new())).await;
-        let mut p = serde_json::from_slice::<Presence>(&reply.ok()?.ok()?.payload).ok()?;
+        let mut p = presence::snapshot(&self.shared.upstream, room).await?;
         p.id = id;
         Some(p)
     }
@@ -453,30 +454,27 @@ impl Session {
             let subject = subjects.status(&user);
             if shared
                 .feeds
-                .add(&subject, Kind::Status, self.conn_id, &self.out, self.codec)
+                .add(
+                    &subject,
+                    Kind::Status,
+                    self.conn_id,
+                    &self.out,
+                    Format::WebSocket(self.codec),
+                )
                 .await
             {
                 self.watching.insert(user);
                 feeds.push(subject);
             }
         }
-        let request = serde_json::to_vec(&StatusRequest { users: users.clone() }).expect("serializable");
-        let reply = tokio::time::timeout(
-            FANOUT_TIMEOUT,
-            shared.upstream.client().request(subjects.api_status(), request.into()),
-        )
-        .await;
-        let statuses = reply
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|msg| serde_json::from_slice::<StatusReply>(&msg.payload).ok());
+        let statuses = presence::statuses(&shared.upstream, &users).await;
         self.send(&ServerFrame::Ack(Ack {
             id: id.clone(),
             ..Ack::default()
         }));
         match statuses {
-            Some(reply) => {
-                for status in reply.users {
+            Some(statuses) => {
+                for status in statuses {
                     self.send(&ServerFrame::Status(status));
                 }
             }

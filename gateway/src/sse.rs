@@ -1,5 +1,7 @@
 //! `GET /sse`: Server-Sent Events. Each event's `id:` is the whole cursor after it, so a
-//! reconnect with `Last-Event-ID` (to any gateway) resumes every room.
+//! reconnect with `Last-Event-ID` (to any gateway) resumes every room. With `presence=` the
+//! stream is a member of those rooms and carries `event: presence` frames; with `watch=`,
+//! `event: status` frames. The stream counts as a connection for user status.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,19 +12,23 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::http::{cursor, identify, rooms, EventHead, Registration};
+use crate::http::{cursor, identify, presence_rooms, rooms, watched, EventHead, Queued, Registration};
 use crate::metrics::{self, Transport};
 use crate::poll::{start_positions, OpenGauge};
+use crate::presence::Membership;
 use crate::server::{Body, HttpError, Shared};
 
 pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
     let rooms = rooms(shared, &req, &who)?;
+    let members_of = presence_rooms(&req, &rooms)?;
+    let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
     let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let mut reg = Registration::new(shared, conn_id)?;
     reg.attach_all(&rooms, &positions).await?;
+    let membership = Membership::start(shared, conn_id, &conn, &who, &reg.out, members_of, watch).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let keepalive = shared.config.sse_keepalive;
@@ -30,6 +36,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     tokio::spawn(async move {
         let _open = OpenGauge(Transport::Sse);
         let reg = reg;
+        let _membership = membership;
         if tx.send(Bytes::from_static(b": herald\n\n")).await.is_err() {
             return;
         }
@@ -41,10 +48,17 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                 let mut chunk = Vec::new();
                 let events = batch.len() as u64;
                 for item in batch.drain(..) {
-                    if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
-                        positions.set(head.room, head.seq);
+                    match Queued::of(&item.bytes) {
+                        Some(Queued::Event) => {
+                            if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
+                                positions.set(head.room, head.seq);
+                            }
+                            chunk.extend_from_slice(format!("id: {positions}\ndata: ").as_bytes());
+                        }
+                        Some(Queued::Presence) => chunk.extend_from_slice(b"event: presence\ndata: "),
+                        Some(Queued::Status) => chunk.extend_from_slice(b"event: status\ndata: "),
+                        None => continue,
                     }
-                    chunk.extend_from_slice(format!("id: {positions}\ndata: ").as_bytes());
                     chunk.extend_from_slice(&item.bytes);
                     chunk.extend_from_slice(b"\n\n");
                 }
