@@ -310,3 +310,16 @@ pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let body = serde_json::json!({"room": p.room, "seq": ack.sequence});
     Ok(json(StatusCode::OK, body.to_string()))
 }
+
+/// `GET /presence?room=R` → the room's snapshot (`presence` frame JSON), without joining it.
+pub async fn presence(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    let (_, conn) = shared.new_conn();
+    let who = identify(shared, &req, &conn)?;
+    let room = query_param(&req, "room").unwrap_or_default();
+    who.check_room(&room, Access::Subscribe)?;
+    let snapshot = crate::presence::snapshot(&shared.upstream, &room)
+        .await
+        .ok_or_else(|| HttpError::new(ErrorCode::Unavailable, "the presence service did not answer"))?;
+    let frame = herald_proto::frame::ServerFrame::Presence(snapshot);
+    Ok(json(StatusCode::OK, herald_proto::Codec::Json.encode_server(&frame)))
+}

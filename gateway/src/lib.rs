@@ -26,6 +26,7 @@ pub mod stream;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -314,14 +314,14 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/poll") => crate::http::cors(&shared, origin, crate::poll::poll(&shared, req).await),
         (&Method::GET, "/sse") => crate::http::cors(&shared, origin, crate::sse::sse(&shared, req).await),
         (&Method::POST, "/publish") => crate::http::cors(&shared, origin, crate::http::publish(&shared, req).await),
-        (&Method::OPTIONS, "/poll" | "/sse" | "/publish") => {
+        (&Method::OPTIONS, "/poll" | "/sse" | "/publish" | "/presence") => {
             crate::http::cors(&shared, origin, crate::http::preflight(&shared, &req))
         }
         (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),
-        (&Method::GET, "/") => Ok(Response::builder()
-            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .body(full(INDEX_HTML))
-            .expect("static response parts")),
+        (&Method::GET, "/presence") => crate::http::cors(&shared, origin, crate::http::presence(&shared, req).await),
+        (&Method::GET, path) if crate::web::asset(&shared, path).is_some() => {
+            Ok(crate::web::asset(&shared, path).expect("asset"))
+        }
         _ => Err(HttpError::new(
             ErrorCode::NotFound,
             format!("no route for {} {}", req.method(), req.uri().path()),
@@ -329,9 +329,6 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
     result.unwrap_or_else(HttpError::into_response)
 }
-
-const INDEX_HTML: &str = "<!doctype html><meta charset=utf-8><title>Herald</title>\
-<h1>Herald gateway</h1><p>WebSocket endpoint: <code>/ws</code>. See the project README.</p>";
 
 /// A query parameter, percent-decoded.
 pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {

@@ -21,12 +21,14 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("install") => install().map(|p| println!("{}", p.display())),
         Some("autobahn") => autobahn(),
+        Some("browser") => browser(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  up       build and run the local stack (NATS, fanout, two gateways) until Ctrl-C\n  \
                  test     run every check: fmt, clippy -D warnings, all tests (installs nats-server if missing)\n  \
                  install  install the pinned nats-server and print its path\n  \
-                 autobahn run the Autobahn RFC 6455 suite against the gateway's /echo (part of `test`)"
+                 autobahn run the Autobahn RFC 6455 suite against the gateway's /echo (part of `test`)\n  \
+                 browser  run the demo and herald.js in headless Chromium (part of `test`; installs Chromium and playwright-core)"
             );
             return ExitCode::from(2);
         }
@@ -118,6 +120,7 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("HERALD_NATS_SERVER", &nats))?;
     autobahn()?;
+    browser()?;
     eprintln!("xtask: every check passed");
     Ok(())
 }
@@ -177,8 +180,14 @@ fn up() -> Result<()> {
     }
     wait_port(8080)?;
     wait_port(8081)?;
+    let gateways = "http://127.0.0.1:8080,http://127.0.0.1:8081";
+    let agent = token("agent-acme", "Acme agent", &["support:acme:*"], DEV_SECRET)?;
+    let ann = token("ann", "Ann", &["support:acme:ann"], DEV_SECRET)?;
     println!(
-        "\nHerald is up.\n\n  demo page      http://127.0.0.1:8080/   and   http://127.0.0.1:8081/\n  \
+        "\nHerald is up.\n\n  chat demo      http://127.0.0.1:8080/?gateways={gateways}\n                 \
+         (open it in several tabs; ?transport=sse, long-poll or poll forces a transport)\n  \
+         support desk   agent:    http://127.0.0.1:8080/support.html?company=acme&customers=ann,bob&token={agent}\n                 \
+         customer: http://127.0.0.1:8081/support.html?company=acme&customer=ann&token={ann}\n  \
          WebSocket      ws://127.0.0.1:8080/ws   and   ws://127.0.0.1:8081/ws   (anonymous allowed)\n  \
          NATS           nats://127.0.0.1:4222    (monitoring http://127.0.0.1:8222)\n  \
          metrics        http://127.0.0.1:9100/metrics  http://127.0.0.1:9101/metrics  http://127.0.0.1:9200/metrics\n  \
@@ -334,6 +343,164 @@ fn python27() -> Result<PathBuf> {
         return Ok(PathBuf::from("python2.7"));
     }
     bail!("the Autobahn testsuite needs Python 2.7 (e.g. `pyenv install 2.7.18`)")
+}
+
+/// An HS256 token for `user` that may subscribe and publish to `rooms`, valid for a day.
+fn token(user: &str, name: &str, rooms: &[&str], secret: &str) -> Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 86_400;
+    let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+    let claims = herald_proto::claims::Claims {
+        sub: user.to_owned(),
+        exp,
+        name: Some(name.to_owned()),
+        herald: Some(herald_proto::claims::Grants {
+            sub: rooms.clone(),
+            publish: rooms,
+        }),
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?)
+}
+
+/// Runs `browser/tests` (node:test + playwright-core) in headless Chromium against a stack
+/// of NATS, fanout and two gateways on free ports. Installs Chromium (Debian package) and
+/// the npm packages when missing; screenshots go to `target/browser`.
+fn browser() -> Result<()> {
+    let chromium = chromium()?;
+    let dir = root().join("browser");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir))?;
+    run(cargo().args(["build", "--locked", "-p", "herald-gateway", "-p", "herald-fanout"]))?;
+    let nats_bin = install()?;
+    let work = root().join("target/browser");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("screenshots"))?;
+    let secret = "herald-browser-secret";
+    let nats_port = free_port()?;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let log = |name: &str| std::fs::File::create(work.join(format!("{name}.log")));
+    let mut children: Vec<Child> = Vec::new();
+    let result = (|| {
+        children.push(
+            Command::new(nats_bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
+                .arg(work.join("nats"))
+                .stdout(log("nats")?)
+                .stderr(log("nats-err")?)
+                .spawn()?,
+        );
+        wait_port(nats_port)?;
+        let debug = root().join("target/debug");
+        let fanout_admin = free_port()?;
+        children.push(
+            Command::new(debug.join("herald-fanout"))
+                .env("HERALD_NATS_URL", &nats_url)
+                .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{fanout_admin}"))
+                .env("HERALD_LEAVE_DELAY", "2s")
+                .stderr(log("fanout")?)
+                .spawn()?,
+        );
+        let mut urls = Vec::new();
+        let mut pids = Vec::new();
+        for id in ["gw-a", "gw-b"] {
+            let (port, admin) = (free_port()?, free_port()?);
+            let child = Command::new(debug.join("herald-gateway"))
+                .env("HERALD_NATS_URL", &nats_url)
+                .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+                .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+                .env("HERALD_GATEWAY_ID", id)
+                .env("HERALD_AUTH_HS256_SECRET", secret)
+                .env("HERALD_ALLOW_ANONYMOUS", "true")
+                .env("HERALD_POLL_MAX_WAIT", "10s")
+                .stderr(log(id)?)
+                .spawn()?;
+            pids.push(child.id().to_string());
+            children.push(child);
+            urls.push(format!("http://127.0.0.1:{port}"));
+            wait_ready(admin)?;
+        }
+        wait_ready(fanout_admin)?;
+        let tokens = serde_json::json!({
+            "agentAcme": token("agent-acme", "Acme agent", &["support:acme:*"], secret)?,
+            "annAcme": token("ann", "Ann", &["support:acme:ann"], secret)?,
+        });
+        run(Command::new("node")
+            .args(["--test", "--test-concurrency=1", "tests/"])
+            .current_dir(&dir)
+            .env("HERALD_CHROMIUM", &chromium)
+            .env("HERALD_GATEWAYS", urls.join(","))
+            .env("HERALD_GATEWAY_PIDS", pids.join(","))
+            .env("HERALD_TOKENS", tokens.to_string())
+            .env("HERALD_ARTIFACTS", work.join("screenshots")))
+    })();
+    for child in children.iter_mut().rev() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if result.is_err() {
+        eprintln!(
+            "xtask: browser tests failed; logs and screenshots in {}",
+            work.display()
+        );
+    }
+    result
+}
+
+/// `HERALD_CHROMIUM`, or Debian's `/usr/bin/chromium` (installed with apt-get when missing).
+fn chromium() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HERALD_CHROMIUM") {
+        return Ok(PathBuf::from(p));
+    }
+    let debian = PathBuf::from("/usr/bin/chromium");
+    if !debian.is_file() {
+        eprintln!("xtask: installing chromium (Debian package)");
+        let sudo = |args: &[&str]| {
+            let mut c = if Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"0"))
+            {
+                Command::new(args[0])
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(args[0]);
+                c
+            };
+            c.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        run(&mut sudo(&["apt-get", "update", "-qq"]))?;
+        run(&mut sudo(&["apt-get", "install", "-y", "-qq", "chromium"]))?;
+    }
+    if !debian.is_file() {
+        bail!("no Chromium at {}; set HERALD_CHROMIUM", debian.display());
+    }
+    Ok(debian)
+}
+
+/// Waits for `/readyz` 200 on an admin port.
+fn wait_ready(admin: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok_and(|mut s| {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            buf.starts_with("HTTP/1.1 200")
+        });
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("127.0.0.1:{admin}/readyz not 200 after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn free_port() -> Result<u16> {

@@ -1,0 +1,191 @@
+// The chat demo and herald.js in real headless Chromium, against the stack `cargo xtask
+// browser` starts: NATS, fanout and two gateways (HERALD_GATEWAYS, HERALD_GATEWAY_PIDS).
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { copyFileSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const gateways = process.env.HERALD_GATEWAYS.split(",");
+const pids = process.env.HERALD_GATEWAY_PIDS.split(",").map(Number);
+const tokens = JSON.parse(process.env.HERALD_TOKENS);
+const artifacts = process.env.HERALD_ARTIFACTS;
+const WAIT = 20_000;
+
+let browser;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.HERALD_CHROMIUM,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/** Opens the demo on `gateway` (trying `order` for connections) and joins as `name`. */
+async function joinDemo({ room, name, gateway, order, transport, noWebSocket }) {
+  const context = await browser.newContext({ viewport: { width: 900, height: 640 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${name}] page error:`, e.message));
+  if (noWebSocket) await page.addInitScript(() => delete window.WebSocket);
+  const q = new URLSearchParams({ room, gateways: order.join(",") });
+  if (transport) q.set("transport", transport);
+  await page.goto(`${gateway}/?${q}`);
+  await page.getByTestId("name-input").fill(name);
+  await page.getByTestId("join").click();
+  await page.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
+  return page;
+}
+
+async function onlineList(page) {
+  const items = await page.getByTestId("online-list").locator("li").allTextContents();
+  return items.sort();
+}
+
+async function waitFor(what, fn, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  let last;
+  while (Date.now() < deadline) {
+    last = await fn();
+    if (last === true) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+async function messages(page) {
+  return page.getByTestId("messages").locator("li.message").allTextContents();
+}
+
+/** A 64×48 PNG (red and blue halves), generated in the page. */
+async function pngFile(page) {
+  const base64 = await page.evaluate(() => {
+    const c = document.createElement("canvas");
+    c.width = 64;
+    c.height = 48;
+    const g = c.getContext("2d");
+    g.fillStyle = "#d33";
+    g.fillRect(0, 0, 32, 48);
+    g.fillStyle = "#33d";
+    g.fillRect(32, 0, 32, 48);
+    return c.toDataURL("image/png").split(",")[1];
+  });
+  return { name: "flag.png", mimeType: "image/png", buffer: Buffer.from(base64, "base64") };
+}
+
+test("four browsers on four transports share one room, then survive a gateway's death", async () => {
+  const room = `demo-${Date.now()}`;
+  const [a, b] = gateways;
+  const ws = await joinDemo({ room, name: "Ann", gateway: a, order: [a, b] });
+  const sse = await joinDemo({ room, name: "Ann", gateway: b, order: [b, a], noWebSocket: true });
+  const longPoll = await joinDemo({ room, name: "Cy", gateway: a, order: [a, b], transport: "long-poll" });
+  const poll = await joinDemo({ room, name: "Dee", gateway: b, order: [b, a], transport: "poll" });
+  const pages = { ws, sse, longPoll, poll };
+
+  const expected = { ws: "websocket", sse: "sse", longPoll: "long-poll", poll: "poll" };
+  for (const [key, page] of Object.entries(pages)) {
+    assert.equal(await page.getByTestId("transport").textContent(), expected[key], key);
+  }
+
+  // Everyone sees the same online list: a duplicate name is two members.
+  for (const [key, page] of Object.entries(pages)) {
+    await waitFor(`${key}'s online list`, async () => {
+      const list = await onlineList(page);
+      const count = await page.getByTestId("online-count").textContent();
+      return (count === "4" && JSON.stringify(list) === JSON.stringify(["Ann", "Ann", "Cy", "Dee"])) || { count, list };
+    });
+  }
+
+  // Each sends a message; everyone sees all four, each once.
+  for (const [key, page] of Object.entries(pages)) {
+    await page.getByTestId("message-input").fill(`hello from ${key}`);
+    await page.getByTestId("send").click();
+  }
+  const all = Object.keys(pages).map((k) => `hello from ${k}`);
+  for (const [key, page] of Object.entries(pages)) {
+    await waitFor(`${key} sees every message`, async () => {
+      const got = await messages(page);
+      const texts = got.map((m) => m.replace(/^[^:]*: /, ""));
+      return all.every((t) => texts.filter((x) => x === t).length === 1) || got;
+    });
+  }
+
+  // An image from the WebSocket page arrives everywhere.
+  await ws.getByTestId("image-input").setInputFiles(await pngFile(ws));
+  for (const [key, page] of Object.entries(pages)) {
+    await waitFor(`${key} shows the image`, async () => {
+      const n = await page.getByTestId("messages").locator("img").count();
+      return n === 1 || n;
+    });
+    const src = await page.getByTestId("messages").locator("img").getAttribute("src");
+    assert.match(src, /^data:image\/jpeg;base64,/, key);
+  }
+  for (const [key, page] of Object.entries(pages)) {
+    await page.screenshot({ path: join(artifacts, `demo-${key}.png`) });
+  }
+  copyFileSync(join(artifacts, "demo-ws.png"), join(artifacts, "demo.png"));
+
+  // Kill the gateway the WebSocket and long-poll pages use: they move to the other one and
+  // catch up with what was sent meanwhile.
+  process.kill(pids[0], "SIGKILL");
+  await sse.getByTestId("message-input").fill("sent while a gateway was down");
+  await sse.getByTestId("send").click();
+  for (const [key, page] of Object.entries({ ws, longPoll })) {
+    await waitFor(`${key} reconnects and catches up`, async () => {
+      const texts = (await messages(page)).map((m) => m.replace(/^[^:]*: /, ""));
+      const status = await page.getByTestId("status").textContent();
+      return (status === "open" && texts.includes("sent while a gateway was down")) || { status, texts };
+    }, 30_000);
+  }
+  assert.equal(await ws.getByTestId("transport").textContent(), "websocket");
+  await ws.getByTestId("message-input").fill("back online");
+  await ws.getByTestId("send").click();
+  for (const [key, page] of Object.entries(pages)) {
+    await waitFor(`${key} sees the message sent after the failover`, async () => {
+      const texts = (await messages(page)).map((m) => m.replace(/^[^:]*: /, ""));
+      return texts.filter((t) => t === "back online").length === 1 || texts;
+    }, 30_000);
+  }
+  await ws.screenshot({ path: join(artifacts, "demo-after-failover.png") });
+  for (const page of Object.values(pages)) await page.context().close();
+});
+
+test("support desk: the agent sees a customer's message; a customer cannot open another company's room", async () => {
+  const b = gateways[1]; // gateways[0] was killed by the previous test
+  const context = await browser.newContext();
+  const agent = await context.newPage();
+  await agent.goto(`${b}/support.html?company=acme&customers=ann,bob&token=${tokens.agentAcme}&gateways=${b}`);
+  await agent.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
+  const customer = await (await browser.newContext()).newPage();
+  await customer.goto(`${b}/support.html?company=acme&customer=ann&token=${tokens.annAcme}&gateways=${b}`);
+  await customer.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
+  await waitFor("the agent sees ann online", async () => {
+    const badge = await agent.getByTestId("ticket-ann").locator("small").textContent();
+    return badge === "online" || badge;
+  });
+  await customer.getByTestId("input-ann").fill("my order is late");
+  await customer.getByTestId("input-ann").press("Enter");
+  await waitFor("the agent gets ann's message", async () => {
+    const got = await agent.getByTestId("messages-ann").locator("li").allTextContents();
+    return got.includes("ann: my order is late") || got;
+  });
+  await agent.screenshot({ path: join(artifacts, "support-agent.png") });
+
+  const intruder = await (await browser.newContext()).newPage();
+  await intruder.goto(`${b}/support.html?company=globex&customer=ann&token=${tokens.annAcme}&gateways=${b}`);
+  await waitFor("forbidden", async () => {
+    const errors = await intruder.getByTestId("error").allTextContents();
+    return errors.includes("error: forbidden") || errors;
+  });
+});

@@ -1,0 +1,597 @@
+// Herald browser client: WebSocket first, then SSE + HTTP publish, then long-poll, then
+// short-poll. Reconnects with backoff and jitter, fails over between gateways, and resumes
+// every room from the last event it saw. No dependencies.
+//
+//   import { Herald } from "/herald.js";            // or <script src="/herald.classic.js">
+//   const client = Herald.connect(["https://a.example", "https://b.example"], { token });
+//   const lobby = client.subscribe("lobby", { presence: true });
+//   lobby.on("event", (ev) => console.log(ev.seq, ev.data));
+//   lobby.on("presence", (p) => console.log(p.count, p.members));
+//   await client.publish("lobby", { text: "hi" }, { type: "message" });
+
+/** @typedef {"websocket" | "sse" | "long-poll" | "poll"} Transport */
+/** @typedef {"connecting" | "open" | "reconnecting" | "closed"} State */
+/** @typedef {{room: string, seq: number, prev: number, ts: number, type?: string, from?: string, data?: any}} HeraldEvent */
+/** @typedef {{user: string, conn: string, name?: string, conns?: number}} Member */
+/** @typedef {{room: string, count: number, conns?: number, members: Member[], joined: Member[], left: Member[]}} PresenceState */
+/** @typedef {{user: string, online: boolean}} Status */
+
+const TRANSPORTS = ["websocket", "sse", "long-poll", "poll"];
+
+/** A minimal typed event emitter. */
+class Emitter {
+  constructor() {
+    /** @type {Map<string, Set<Function>>} */
+    this._handlers = new Map();
+  }
+  /** Adds a handler; returns a function that removes it. */
+  on(type, fn) {
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(fn);
+    return () => this._handlers.get(type).delete(fn);
+  }
+  off(type, fn) {
+    this._handlers.get(type)?.delete(fn);
+  }
+  emit(type, value) {
+    for (const fn of this._handlers.get(type) ?? []) {
+      try {
+        fn(value);
+      } catch (e) {
+        console.error("herald: handler failed", e);
+      }
+    }
+  }
+}
+
+/** One room: emits `event` (a HeraldEvent) and `presence` (a PresenceState). */
+class Subscription extends Emitter {
+  constructor(client, room, presence) {
+    super();
+    this.client = client;
+    this.room = room;
+    this.presence = presence;
+    /** Last seq received; the resume point. */
+    this.seq = null;
+    /** @type {Map<string, Member>} */
+    this.members = new Map();
+    this.count = 0;
+    this.conns = 0;
+  }
+
+  /** Stops receiving this room. */
+  unsubscribe() {
+    this.client._unsubscribe(this);
+  }
+
+  _event(ev) {
+    if (this.seq !== null && ev.seq <= this.seq) return; // already seen (resume overlap)
+    this.seq = ev.seq;
+    this.emit("event", ev);
+  }
+
+  _presence(p) {
+    if (p.members) this.members = new Map(p.members.map((m) => [m.user, m]));
+    for (const m of p.joined ?? []) this.members.set(m.user, m);
+    for (const m of p.left ?? []) this.members.delete(m.user);
+    this.count = p.count ?? this.members.size;
+    this.conns = p.conns ?? this.conns;
+    this.emit("presence", {
+      room: this.room,
+      count: this.count,
+      conns: this.conns,
+      members: [...this.members.values()],
+      joined: p.joined ?? [],
+      left: p.left ?? [],
+      snapshot: Boolean(p.members),
+    });
+  }
+}
+
+/**
+ * A connection to Herald over the best transport available. Emits `state` (State),
+ * `transport` (Transport), `status` (Status) and `error` ({code, message}).
+ */
+class Client extends Emitter {
+  /**
+   * @param {string | string[]} urls gateway base URLs (http(s)://host:port), tried in turn
+   * @param {{token?: string, name?: string, transports?: Transport[], pollInterval?: number,
+   *          longPollWait?: number, sid?: string}} [options]
+   */
+  constructor(urls, options = {}) {
+    super();
+    this.urls = (Array.isArray(urls) ? urls : [urls]).map((u) => u.replace(/\/+$/, ""));
+    this.options = options;
+    this.token = options.token ?? null;
+    this.name = options.name ?? null;
+    /** Keeps an anonymous user the same across reconnects and transports. */
+    this.sid = options.sid ?? randomId();
+    this.pollInterval = options.pollInterval ?? 1000;
+    this.longPollWait = options.longPollWait ?? 25;
+    const wanted = options.transports ?? TRANSPORTS;
+    /** @type {Transport[]} */
+    this.transports = wanted.filter((t) => supported(t));
+    if (this.transports.length === 0) throw new Error("herald: no supported transport");
+    /** @type {Map<string, Subscription>} */
+    this.rooms = new Map();
+    /** @type {Set<string>} */
+    this.watched = new Set();
+    /** @type {State} */
+    this.state = "connecting";
+    /** @type {Transport | null} */
+    this.transport = null;
+    this._urlIndex = 0;
+    this._transportIndex = 0;
+    this._failures = 0;
+    this._nextId = 1;
+    /** @type {Map<number, {resolve: Function, reject: Function}>} */
+    this._pending = new Map();
+    this._session = null;
+    this._timer = null;
+    this._start();
+  }
+
+  /** Subscribes to a room; with `presence`, the connection is a member and gets presence. */
+  subscribe(room, { presence = false } = {}) {
+    let sub = this.rooms.get(room);
+    if (!sub) {
+      sub = new Subscription(this, room, presence);
+      this.rooms.set(room, sub);
+    } else {
+      sub.presence = sub.presence || presence;
+    }
+    this._session?.subscribe(sub);
+    return sub;
+  }
+
+  _unsubscribe(sub) {
+    if (this.rooms.get(sub.room) !== sub) return;
+    this.rooms.delete(sub.room);
+    this._session?.unsubscribe(sub.room);
+  }
+
+  /** Publishes; resolves to {room, seq} once stored. */
+  publish(room, data, { type } = {}) {
+    const s = this._session;
+    if (s instanceof WsSession && s.opened && !s.ended) return s.request({ op: "publish", room, data, type });
+    return this._post("/publish", { room, data, type });
+  }
+
+  /** The room's current presence snapshot. */
+  async presence(room) {
+    if (this._session instanceof WsSession) return this._session.request({ op: "presence", room });
+    return this._get(`/presence?room=${enc(room)}`);
+  }
+
+  /** Follows users' online status (`status` events). */
+  watch(users) {
+    for (const u of users) this.watched.add(u);
+    this._session?.watch(users);
+  }
+
+  unwatch(users) {
+    for (const u of users) this.watched.delete(u);
+    this._session?.unwatch(users);
+  }
+
+  /** Closes for good. */
+  close() {
+    clearTimeout(this._timer);
+    this._session?.close();
+    this._session = null;
+    this._setState("closed");
+  }
+
+  // --- connection management ---
+
+  get url() {
+    return this.urls[this._urlIndex % this.urls.length];
+  }
+
+  _start() {
+    const transport = this.transports[this._transportIndex];
+    if (this.transport !== transport) {
+      this.transport = transport;
+      this.emit("transport", transport);
+    }
+    const Session = SESSIONS[transport];
+    this._session = new Session(this, this.url);
+    this._session.start();
+  }
+
+  /** Called by a session once it delivers. */
+  _opened(session) {
+    if (session !== this._session) return;
+    this._failures = 0;
+    this._setState("open");
+  }
+
+  /** Called by a session that ended or failed; reconnects elsewhere after a backoff. */
+  _lost(session, opened) {
+    if (session !== this._session || this.state === "closed") return;
+    this._session = null;
+    for (const [, p] of this._pending) p.reject(new Error("connection lost"));
+    this._pending.clear();
+    this._failures = opened ? 1 : this._failures + 1;
+    this._urlIndex += 1; // fail over to the next gateway
+    // A transport that never opens on any gateway (twice round) gives way to the next one.
+    if (!opened && this._failures >= 2 * this.urls.length && this._transportIndex < this.transports.length - 1) {
+      this._transportIndex += 1;
+      this._failures = 0;
+    }
+    this._setState("reconnecting");
+    const base = Math.min(10000, 250 * 2 ** Math.min(this._failures, 6));
+    const delay = opened ? 100 + Math.random() * 400 : base / 2 + (Math.random() * base) / 2;
+    this._timer = setTimeout(() => this._start(), delay);
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit("state", state);
+  }
+
+  _query(extra) {
+    const q = new URLSearchParams(extra);
+    q.set("sid", this.sid);
+    if (this.token) q.set("token", this.token);
+    if (this.name) q.set("name", this.name);
+    return q.toString();
+  }
+
+  /** The cursor `room:seq,...` of the rooms with a known position. */
+  _cursor() {
+    return [...this.rooms.values()]
+      .filter((s) => s.seq !== null)
+      .map((s) => `${s.room}:${s.seq}`)
+      .join(",");
+  }
+
+  async _post(path, body) {
+    const res = await fetch(this.url + path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}) },
+      body: JSON.stringify(body),
+    });
+    return answer(res);
+  }
+
+  async _get(path, signal) {
+    const sep = path.includes("?") ? "&" : "?";
+    const res = await fetch(`${this.url}${path}${sep}${this._query({})}`, { signal, cache: "no-store" });
+    return answer(res);
+  }
+
+  _dispatch(frame) {
+    switch (frame.t) {
+      case "event":
+        this.rooms.get(frame.room)?._event(frame);
+        break;
+      case "presence":
+        this.rooms.get(frame.room)?._presence(frame);
+        break;
+      case "status":
+        this.emit("status", { user: frame.user, online: frame.online });
+        break;
+      case "error":
+        this.emit("error", { code: frame.code, message: frame.message });
+        break;
+    }
+  }
+}
+
+/** WebSocket: every op over one socket; resubscribes with `since` on every (re)connect. */
+class WsSession {
+  constructor(client, url) {
+    this.client = client;
+    this.opened = false;
+    this.ended = false;
+    this.url = url;
+    this.ws = null;
+  }
+
+  start() {
+    const wsUrl = this.url.replace(/^http/, "ws") + "/ws?" + this.client._query({});
+    this.ws = new WebSocket(wsUrl, "herald.v1.json");
+    this.ws.onmessage = (m) => this._message(JSON.parse(m.data));
+    this.ws.onclose = () => this._end();
+    this.ws.onerror = () => this._end();
+  }
+
+  _message(frame) {
+    const c = this.client;
+    if (frame.t === "welcome") {
+      this.opened = true;
+      for (const sub of c.rooms.values()) this.subscribe(sub);
+      if (c.watched.size) this.watch([...c.watched]);
+      c._opened(this);
+      return;
+    }
+    const pending = frame.id !== undefined ? c._pending.get(frame.id) : undefined;
+    if (pending && (frame.t === "ack" || frame.t === "error" || (frame.t === "presence" && frame.members))) {
+      c._pending.delete(frame.id);
+      if (frame.t === "error") pending.reject(Object.assign(new Error(frame.message), { code: frame.code }));
+      else pending.resolve(frame);
+      if (frame.t !== "presence") return;
+    }
+    c._dispatch(frame);
+  }
+
+  send(op) {
+    if (this.ws.readyState === WebSocket.OPEN && this.opened) this.ws.send(JSON.stringify(op));
+  }
+
+  request(op) {
+    const id = this.client._nextId++;
+    return new Promise((resolve, reject) => {
+      this.client._pending.set(id, { resolve, reject });
+      if (!(this.ws.readyState === WebSocket.OPEN && this.opened)) {
+        this.client._pending.delete(id);
+        reject(new Error("not connected"));
+        return;
+      }
+      this.ws.send(JSON.stringify({ ...op, id }));
+    });
+  }
+
+  subscribe(sub) {
+    const op = { op: "subscribe", room: sub.room, presence: sub.presence };
+    if (sub.seq !== null) op.since = sub.seq;
+    this.send(op);
+  }
+
+  unsubscribe(room) {
+    this.send({ op: "unsubscribe", room });
+  }
+
+  watch(users) {
+    this.send({ op: "watch", users });
+  }
+
+  unwatch(users) {
+    this.send({ op: "unwatch", users });
+  }
+
+  close() {
+    this.ended = true;
+    this.ws.close(1000);
+  }
+
+  _end() {
+    if (this.ended) return;
+    this.ended = true;
+    try {
+      this.ws.close();
+    } catch (_) {
+      /* already closed */
+    }
+    this.client._lost(this, this.opened);
+  }
+}
+
+/** SSE for receiving, HTTP POST for publishing. Restarts the stream when rooms change. */
+class SseSession {
+  constructor(client, url) {
+    this.client = client;
+    this.url = url;
+    this.opened = false;
+    this.ended = false;
+    this.source = null;
+  }
+
+  start() {
+    this._restart();
+  }
+
+  _restart() {
+    this.source?.close();
+    const c = this.client;
+    const rooms = [...c.rooms.keys()];
+    if (rooms.length === 0) {
+      // Nothing to receive yet: "open" once a room is added.
+      this.source = null;
+      if (!this.opened) {
+        this.opened = true;
+        c._opened(this);
+      }
+      return;
+    }
+    const q = { rooms: rooms.join(",") };
+    const presence = [...c.rooms.values()].filter((s) => s.presence).map((s) => s.room);
+    if (presence.length) q.presence = presence.join(",");
+    if (c.watched.size) q.watch = [...c.watched].join(",");
+    const cursor = c._cursor();
+    if (cursor) q.cursor = cursor;
+    const source = new EventSource(`${this.url}/sse?${c._query(q)}`);
+    this.source = source;
+    source.onopen = () => {
+      if (!this.opened) {
+        this.opened = true;
+        c._opened(this);
+      }
+    };
+    source.onmessage = (m) => c._dispatch(JSON.parse(m.data));
+    source.addEventListener("presence", (m) => c._dispatch(JSON.parse(m.data)));
+    source.addEventListener("status", (m) => c._dispatch(JSON.parse(m.data)));
+    // The browser's own retry would stay on this gateway with the old URL: fail over instead.
+    source.onerror = () => this._end();
+  }
+
+  subscribe() {
+    this._restart();
+  }
+
+  unsubscribe() {
+    this._restart();
+  }
+
+  watch() {
+    this._restart();
+  }
+
+  unwatch() {
+    this._restart();
+  }
+
+  close() {
+    this.ended = true;
+    this.source?.close();
+  }
+
+  _end() {
+    if (this.ended) return;
+    this.ended = true;
+    this.source?.close();
+    this.client._lost(this, this.opened);
+  }
+}
+
+/** Long-poll (`wait` > 0) or ajax polling (`wait` = 0, every `pollInterval`). */
+class PollSession {
+  constructor(client, url, long) {
+    this.client = client;
+    this.url = url;
+    this.long = long;
+    this.opened = false;
+    this.ended = false;
+    this.abort = null;
+    this.again = false;
+  }
+
+  start() {
+    this._loop();
+  }
+
+  async _loop() {
+    const c = this.client;
+    while (!this.ended) {
+      const rooms = [...c.rooms.keys()];
+      if (rooms.length === 0) {
+        if (!this.opened) {
+          this.opened = true;
+          c._opened(this);
+        }
+        await sleep(200);
+        continue;
+      }
+      const q = { rooms: rooms.join(","), wait: this.long ? String(c.longPollWait) : "0" };
+      const presence = [...c.rooms.values()].filter((s) => s.presence).map((s) => s.room);
+      if (presence.length) q.presence = presence.join(",");
+      if (c.watched.size) q.watch = [...c.watched].join(",");
+      const cursor = c._cursor();
+      if (cursor) q.cursor = cursor;
+      this.abort = new AbortController();
+      this.again = false;
+      let res;
+      try {
+        res = await c._get(`/poll?${new URLSearchParams(q)}`, this.abort.signal);
+      } catch (e) {
+        if (this.ended) return;
+        if (this.again) continue; // aborted to poll again with new parameters
+        return this._end();
+      }
+      if (this.ended) return;
+      if (!this.opened) {
+        this.opened = true;
+        c._opened(this);
+      }
+      for (const ev of res.events ?? []) c._dispatch(ev);
+      // The answer's cursor covers rooms that had no event too (their live tail).
+      for (const part of (res.cursor ?? "").split(",").filter(Boolean)) {
+        const at = part.lastIndexOf(":");
+        const sub = c.rooms.get(part.slice(0, at));
+        const seq = Number(part.slice(at + 1));
+        if (sub && (sub.seq === null || seq > sub.seq)) sub.seq = seq;
+      }
+      for (const p of res.presence ?? []) c._dispatch({ t: "presence", ...p });
+      for (const s of res.status ?? []) c._dispatch({ t: "status", ...s });
+      if (!this.long) await sleep(c.pollInterval);
+    }
+  }
+
+  /** Polls again at once with the new rooms or users. */
+  _again() {
+    this.again = true;
+    this.abort?.abort();
+  }
+
+  subscribe() {
+    this._again();
+  }
+
+  unsubscribe() {
+    this._again();
+  }
+
+  watch() {
+    this._again();
+  }
+
+  unwatch() {
+    this._again();
+  }
+
+  close() {
+    this.ended = true;
+    this.abort?.abort();
+  }
+
+  _end() {
+    if (this.ended) return;
+    this.ended = true;
+    this.client._lost(this, this.opened);
+  }
+}
+
+const SESSIONS = {
+  websocket: WsSession,
+  sse: SseSession,
+  "long-poll": class extends PollSession {
+    constructor(client, url) {
+      super(client, url, true);
+    }
+  },
+  poll: class extends PollSession {
+    constructor(client, url) {
+      super(client, url, false);
+    }
+  },
+};
+
+function supported(transport) {
+  if (transport === "websocket") return typeof WebSocket === "function";
+  if (transport === "sse") return typeof EventSource === "function" && typeof fetch === "function";
+  return TRANSPORTS.includes(transport) && typeof fetch === "function";
+}
+
+async function answer(res) {
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const err = body.error ?? { code: "unavailable", message: res.statusText };
+    throw Object.assign(new Error(err.message), { code: err.code, status: res.status });
+  }
+  return body;
+}
+
+function randomId() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const enc = encodeURIComponent;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export const Herald = {
+  /**
+   * Connects to one or more gateways.
+   * @param {string | string[]} urls
+   * @param {ConstructorParameters<typeof Client>[1]} [options]
+   * @returns {Client}
+   */
+  connect(urls, options) {
+    return new Client(urls, options);
+  },
+  transports: TRANSPORTS,
+};
+export default Herald;
