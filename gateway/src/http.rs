@@ -291,6 +291,9 @@ pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let p: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
     who.check_room(&p.room, Access::Publish)?;
+    if !shared.http_publish_allowed(&who.user) {
+        return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
+    }
     let data = p
         .data
         .ok_or_else(|| HttpError::new(ErrorCode::BadRequest, "`data` is required"))?;

@@ -31,6 +31,7 @@ use crate::feeds::Feeds;
 use crate::hub::Hub;
 use crate::outbound::Outbound;
 use crate::presence::{PollSessions, Tracker};
+use crate::session::TokenBucket;
 use crate::session::{self, Accepted, Mode};
 use crate::upstream::Upstream;
 
@@ -49,6 +50,8 @@ pub struct Shared {
     pub feeds: Arc<Feeds>,
     /// Polling clients' presence sessions.
     pub polls: Arc<PollSessions>,
+    /// `POST /publish` rate limits, per user.
+    http_buckets: Mutex<HashMap<String, TokenBucket>>,
     pub conns: Connections,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
@@ -110,11 +113,26 @@ impl Shared {
             tracker,
             feeds,
             polls,
+            http_buckets: Mutex::default(),
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             stream_ready: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Whether `user` may publish over HTTP now (`--publish-rate` per user per gateway).
+    pub fn http_publish_allowed(&self, user: &str) -> bool {
+        let mut buckets = self.http_buckets.lock().expect("buckets lock");
+        if buckets.len() > 100_000 {
+            // Full buckets carry no state worth keeping.
+            buckets.retain(|_, b| !b.is_full());
+        }
+        let rate = self.config.publish_rate;
+        buckets
+            .entry(user.to_owned())
+            .or_insert_with(|| TokenBucket::new(rate))
+            .take()
     }
 
     /// Why the gateway is not ready, if it is not.

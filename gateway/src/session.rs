@@ -73,7 +73,7 @@ enum End {
     Close(CloseCode),
 }
 
-struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     tokens: f64,
     last: Instant,
@@ -674,7 +674,7 @@ pub fn now_ms() -> u64 {
 // === impl TokenBucket ===
 
 impl TokenBucket {
-    fn new(rate: f64) -> Self {
+    pub(crate) fn new(rate: f64) -> Self {
         Self {
             rate,
             tokens: rate.max(1.0),
@@ -683,7 +683,13 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self) -> bool {
+    /// Whether the bucket has refilled completely (nothing to remember about it).
+    pub(crate) fn is_full(&self) -> bool {
+        let burst = self.rate.max(1.0);
+        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= burst
+    }
+
+    pub(crate) fn take(&mut self) -> bool {
         let now = Instant::now();
         let burst = self.rate.max(1.0);
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(burst);

@@ -243,3 +243,76 @@ async fn the_drain_answers_held_long_polls() {
     assert_eq!(page["events"], json!([]));
     assert!(took < Duration::from_secs(10), "answered only after {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_as_soon_as_an_event_is_stored() {
+    let stack = Stack::start().await;
+    let token = jwt::any_room("waiter");
+    let nats = stack.nats_client().await;
+    let addr = stack.a.addr;
+    let poll_token = token.clone();
+    let poll = tokio::spawn(async move {
+        let r = get_json(addr, "/poll?rooms=soon&cursor=soon:0&wait=20", &poll_token).await;
+        (r, Instant::now())
+    });
+    // Wait until a long-poll is held (the cursor makes the answer right even if it was another).
+    herald_testkit::wait_until(Duration::from_secs(5), "the long-poll held", || async {
+        stack
+            .a
+            .metric("herald_gateway_connections{transport=\"long-poll\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let published = Instant::now();
+    backend_publish(&nats, "soon", json!({"n": 1})).await;
+    let ((status, page), answered) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(ns(&page), vec![1]);
+    let took = answered.duration_since(published);
+    eprintln!("long-poll answered {took:?} after the publish");
+    // The contract's 100 ms, with room for a loaded CI machine; the measured value is printed.
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publish_floods_get_429_and_a_full_gateway_503() {
+    let nats = herald_testkit::NatsServer::start();
+    let gw = herald_testkit::TestGateway::start_with(&nats.url(), |c| {
+        c.publish_rate = 2.0;
+        c.max_connections = 1;
+    })
+    .await;
+    let token = jwt::token("flood", 3600, &["news"], &["news"]);
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
+    let body = r#"{"room":"news","data":1}"#;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (s, v) = post_json(gw.addr, "/publish", Some(&token), body).await;
+        statuses.push((s, code(&v)));
+    }
+    assert_eq!(
+        statuses,
+        [
+            (200, String::new()),
+            (200, String::new()),
+            (429, "rate_limited".into()),
+            (429, "rate_limited".into())
+        ]
+    );
+    // Another user has a bucket of its own.
+    let other = jwt::token("calm", 3600, &["news"], &["news"]);
+    assert_eq!(post_json(gw.addr, "/publish", Some(&other), body).await.0, 200);
+
+    // One connection fills the gateway: the next transport gets 503.
+    let _held = WsClient::connect(&format!("ws://{}/ws", gw.addr), &token).await;
+    let (s, v) = get_json(gw.addr, "/poll?rooms=news&wait=5", &token).await;
+    assert_eq!((s, code(&v).as_str()), (503, "unavailable"));
+    let sse = Sse::open(gw.addr, &format!("/sse?rooms=news&token={token}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(sse.status, 503);
+}
