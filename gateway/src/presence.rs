@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_proto::frame::{Presence, ServerFrame, Status};
+use herald_proto::frame::{Id, Presence, ServerFrame, Status};
 use herald_proto::subject::Subjects;
 use herald_proto::sys::{Body, Change, Conn, GatewayMsg, Join, StatusReply, StatusRequest, SyncRequest};
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +51,30 @@ pub async fn statuses(upstream: &Upstream, users: &[String]) -> Option<Vec<Statu
             .ok()?
             .users,
     )
+}
+
+/// Subscribes `conn` to the room's presence diffs and queues, before them, the room's
+/// snapshot (with `id`). Errs with the reason if either is unavailable (the diffs still
+/// come if only the snapshot failed).
+pub async fn follow(
+    shared: &Shared,
+    conn: u64,
+    out: &Arc<Outbound>,
+    format: Format,
+    room: &str,
+    id: Option<Id>,
+) -> Result<(), &'static str> {
+    let subject = shared.upstream.subjects().presence(room);
+    if !shared.feeds.add(&subject, Kind::Presence, conn, out, format).await {
+        return Err("presence updates are unavailable");
+    }
+    let first = snapshot(&shared.upstream, room).await.map(|mut p| {
+        p.id = id;
+        encode_for(format, &ServerFrame::Presence(p))
+    });
+    let answered = first.is_some();
+    shared.feeds.release(&subject, conn, first);
+    answered.then_some(()).ok_or("the presence service did not answer")
 }
 
 /// Reports membership changes to fanout. Cheap to clone.

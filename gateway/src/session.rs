@@ -326,28 +326,11 @@ impl Session {
         let name = self.identity.name.as_deref();
         shared.tracker.join(&room, &self.conn, &self.identity.user, name).await;
         self.presence_rooms.insert(room.clone());
-        let subject = shared.upstream.subjects().presence(&room);
-        if !shared
-            .feeds
-            .add(
-                &subject,
-                Kind::Presence,
-                self.conn_id,
-                &self.out,
-                Format::WebSocket(self.codec),
-            )
-            .await
-        {
-            return self.error(id, ErrorCode::Unavailable, "presence updates are unavailable");
+        let format = Format::WebSocket(self.codec);
+        match presence::follow(&shared, self.conn_id, &self.out, format, &room, id.clone()).await {
+            Ok(()) => {}
+            Err(message) => self.error(id, ErrorCode::Unavailable, message),
         }
-        let snapshot = self.snapshot(id.clone(), &room).await;
-        let first = snapshot
-            .as_ref()
-            .map(|p| encode(self.codec, &ServerFrame::Presence(p.clone())));
-        if first.is_none() {
-            self.error(id, ErrorCode::Unavailable, "the presence service did not answer");
-        }
-        shared.feeds.release(&subject, self.conn_id, first);
     }
 
     fn unsubscribe(&mut self, id: Option<Id>, room: String) {

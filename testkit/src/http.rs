@@ -178,3 +178,13 @@ impl Sse {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
+
+/// The value of a metric line in `/metrics` on `admin` whose name and labels start with
+/// `prefix` (summed over matching lines).
+pub async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
+    let body = get(admin, "/metrics").await.expect("metrics").body;
+    body.lines()
+        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}

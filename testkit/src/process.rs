@@ -85,11 +85,7 @@ impl Process {
     /// The value of a metric line in `/metrics` whose name and labels start with `prefix`
     /// (summed over matching lines).
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let body = crate::http::get(self.admin, "/metrics").await.expect("metrics").body;
-        body.lines()
-            .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
+        crate::http::metric(self.admin, prefix).await
     }
 
     /// SIGTERM, and the exit status (None if it did not exit within `within`).
