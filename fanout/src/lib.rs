@@ -272,8 +272,9 @@ impl Fanout {
         stop_presence.notify_one();
         let _ = presence.await;
         stop_leases.notify_one();
-        let _ = tokio::time::timeout(config.drain_timeout, leasing).await;
-        let _ = tokio::time::timeout(config.drain_timeout, self.client.flush()).await;
+        // Bounded: with NATS gone, handing the leases over and flushing would wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(3), leasing).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         stop_admin.notify_one();
         let _ = admin.await;
         upkeep.abort();

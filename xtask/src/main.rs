@@ -206,10 +206,9 @@ fn up() -> Result<()> {
             break;
         }
     }
-    for (_, child) in children.iter().rev() {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    }
+    // Gateways first (they drain), then fanout (it hands its leases over), then NATS.
     for (name, mut child) in children.into_iter().rev() {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let _ = child.wait();
         eprintln!("xtask: {name} stopped");
     }
