@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use herald_gateway::session::now_ms;
 use herald_proto::room;
 use herald_proto::subject::Subjects;
 use herald_proto::sys::{GatewayMsg, StatusReply, StatusRequest, SyncRequest};
@@ -267,11 +268,4 @@ fn record(state: &mut State) {
         metrics::counter!(metric::SYNCS).increment(1);
     }
     metrics::counter!(metric::GATEWAYS_EXPIRED).absolute(state.expired);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -246,8 +246,8 @@ impl State {
             self.sync_durations.push(now.saturating_duration_since(asked));
         }
         g.last_sync = None;
-        let old = std::mem::take(&mut g.conns);
         (g.epoch, g.seq, g.synced) = (a.epoch, a.seq, true);
+        let old = &g.conns;
         // Joins first, then leaves: a member that moved between connections never flickers.
         let mut changes = Vec::new();
         let mut closes = Vec::new();
@@ -271,7 +271,7 @@ impl State {
                 }
             }
         }
-        for (conn, have) in &old {
+        for (conn, have) in old {
             match wanted.get(conn) {
                 Some(want) if want.user == have.user => {
                     for room in have.rooms.keys().filter(|r| !want.rooms.contains_key(*r)) {
@@ -288,8 +288,6 @@ impl State {
         let (reopened, closes): (Vec<_>, Vec<_>) = closes
             .into_iter()
             .partition(|c| matches!(c, Change::Close { conn } if wanted.contains_key(conn)));
-        let g = self.gateways.get_mut(gw).expect("known gateway");
-        g.conns = old;
         for change in reopened.into_iter().chain(changes).chain(closes) {
             self.apply(&key, change, now);
         }

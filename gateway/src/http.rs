@@ -59,9 +59,7 @@ pub fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<S
     if list == "1" || list == "true" {
         return Ok(rooms.to_vec());
     }
-    let mut wanted: Vec<String> = list.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect();
-    wanted.sort();
-    wanted.dedup();
+    let wanted = list_items(&list);
     if let Some(r) = wanted.iter().find(|r| !rooms.contains(r)) {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
@@ -73,16 +71,8 @@ pub fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<S
 
 /// `?watch=a,b`: users whose status to follow (valid ids, at most `--max-watch`).
 pub fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, HttpError> {
-    let list = query_param(req, "watch").unwrap_or_default();
-    let mut users: Vec<String> = list.split(',').filter(|u| !u.is_empty()).map(str::to_owned).collect();
-    users.sort();
-    users.dedup();
-    if let Some(bad) = users.iter().find(|u| herald_proto::room::validate(u).is_err()) {
-        return Err(HttpError::new(
-            ErrorCode::BadRequest,
-            format!("`{bad}` is not a valid user id"),
-        ));
-    }
+    let users = list_items(&query_param(req, "watch").unwrap_or_default());
+    crate::presence::check_users(&users).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))?;
     let max = shared.config.max_watch;
     if users.len() > max {
         return Err(HttpError::new(
@@ -91,6 +81,14 @@ pub fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, 
         ));
     }
     Ok(users)
+}
+
+/// The items of a comma-separated query value, sorted, without empties or repeats.
+fn list_items(list: &str) -> Vec<String> {
+    let mut items: Vec<String> = list.split(',').filter(|i| !i.is_empty()).map(str::to_owned).collect();
+    items.sort();
+    items.dedup();
+    items
 }
 
 /// What a queued bare-JSON frame is.
@@ -117,10 +115,7 @@ impl Queued {
 
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
 pub fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
-    let list = query_param(req, "rooms").unwrap_or_default();
-    let mut rooms: Vec<String> = list.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect();
-    rooms.sort();
-    rooms.dedup();
+    let rooms = list_items(&query_param(req, "rooms").unwrap_or_default());
     if rooms.is_empty() {
         return Err(HttpError::new(ErrorCode::BadRequest, "`rooms` is required"));
     }

@@ -34,6 +34,14 @@ const SNAPSHOT_PART: usize = 2000;
 /// Longest wait for fanout's answer to a snapshot or status request.
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// User ids to watch must be valid subject tokens (the room-name characters).
+pub fn check_users(users: &[String]) -> Result<(), String> {
+    match users.iter().find(|u| herald_proto::room::validate(u).is_err()) {
+        Some(bad) => Err(format!("`{bad}` is not a valid user id")),
+        None => Ok(()),
+    }
+}
+
 /// The room's presence snapshot from fanout, if it answers in time.
 pub async fn snapshot(upstream: &Upstream, room: &str) -> Option<Presence> {
     let subject = upstream.subjects().api_presence(room);

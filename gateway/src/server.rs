@@ -337,13 +337,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),
         (&Method::GET, "/presence") => crate::http::cors(&shared, origin, crate::http::presence(&shared, req).await),
-        (&Method::GET, path) if crate::web::asset(&shared, path).is_some() => {
-            Ok(crate::web::asset(&shared, path).expect("asset"))
-        }
-        _ => Err(HttpError::new(
-            ErrorCode::NotFound,
-            format!("no route for {} {}", req.method(), req.uri().path()),
-        )),
+        (method, path) => match (method, crate::web::asset(&shared, path)) {
+            (&Method::GET, Some(page)) => Ok(page),
+            _ => Err(HttpError::new(
+                ErrorCode::NotFound,
+                format!("no route for {} {}", req.method(), req.uri().path()),
+            )),
+        },
     };
     result.unwrap_or_else(HttpError::into_response)
 }

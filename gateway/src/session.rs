@@ -11,7 +11,6 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
-use herald_proto::room;
 use herald_proto::{CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -412,8 +411,8 @@ impl Session {
     }
 
     async fn watch(&mut self, id: Option<Id>, users: Vec<String>) {
-        if let Some(bad) = users.iter().find(|u| room::validate(u).is_err()) {
-            return self.error(id, ErrorCode::BadRequest, format!("`{bad}` is not a valid user id"));
+        if let Err(message) = presence::check_users(&users) {
+            return self.error(id, ErrorCode::BadRequest, message);
         }
         let added: Vec<String> = users
             .iter()

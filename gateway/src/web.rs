@@ -1,6 +1,8 @@
 //! The browser client (`/herald.js`, `/herald.classic.js`) and the demo pages (`/`, the chat
 //! room; `/support.html`, the support desk), compiled into the binary.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use http::{header, Response};
 
@@ -9,6 +11,7 @@ use crate::server::{full, Body, Shared};
 const HERALD_JS: &str = include_str!("../web/herald.js");
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const SUPPORT_HTML: &str = include_str!("../web/support.html");
+static CLASSIC_JS: LazyLock<String> = LazyLock::new(classic);
 
 /// The page or script at `path`, if there is one.
 pub fn asset(shared: &Shared, path: &str) -> Option<Response<Body>> {
@@ -24,7 +27,10 @@ pub fn asset(shared: &Shared, path: &str) -> Option<Response<Body>> {
             Bytes::from_static(HERALD_JS.as_bytes()),
             "text/javascript; charset=utf-8",
         ),
-        "/herald.classic.js" => (classic().into(), "text/javascript; charset=utf-8"),
+        "/herald.classic.js" => (
+            Bytes::from_static(CLASSIC_JS.as_bytes()),
+            "text/javascript; charset=utf-8",
+        ),
         _ => return None,
     };
     Some(

@@ -457,23 +457,24 @@ fn chromium() -> Result<PathBuf> {
     let debian = PathBuf::from("/usr/bin/chromium");
     if !debian.is_file() {
         eprintln!("xtask: installing chromium (Debian package)");
-        let sudo = |args: &[&str]| {
-            let mut c = if Command::new("id")
-                .arg("-u")
-                .output()
-                .is_ok_and(|o| o.stdout.starts_with(b"0"))
-            {
-                Command::new(args[0])
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let apt_get = |args: &[&str]| {
+            let mut c = if root {
+                Command::new("apt-get")
             } else {
-                let mut c = Command::new("sudo");
-                c.arg(args[0]);
-                c
+                Command::new("sudo")
             };
-            c.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+            if !root {
+                c.arg("apt-get");
+            }
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
             c
         };
-        run(&mut sudo(&["apt-get", "update", "-qq"]))?;
-        run(&mut sudo(&["apt-get", "install", "-y", "-qq", "chromium"]))?;
+        run(&mut apt_get(&["update", "-qq"]))?;
+        run(&mut apt_get(&["install", "-y", "-qq", "chromium"]))?;
     }
     if !debian.is_file() {
         bail!("no Chromium at {}; set HERALD_CHROMIUM", debian.display());
