@@ -55,6 +55,17 @@ where
 
 impl Conn {
     pub async fn open(url: &str, source: IpAddr, token: Option<&str>) -> Result<Self> {
+        Ok(Self::open_with(url, source, token, &[]).await?.0)
+    }
+
+    /// Opens with `extra` request headers; also returns the handshake's request and response
+    /// head sizes in bytes (as sent and received on HTTP/1.1).
+    pub async fn open_with(
+        url: &str,
+        source: IpAddr,
+        token: Option<&str>,
+        extra: &[(String, String)],
+    ) -> Result<(Self, u64, u64)> {
         let rest = url.strip_prefix("ws://").context("ws:// URL")?;
         let (host, path) = rest
             .split_once('/')
@@ -63,7 +74,7 @@ impl Conn {
         let addr = tokio::net::lookup_host(host).await?.next().context("gateway address")?;
         let tcp = crate::connect_from(source, addr).await?;
         let mut req = hyper::Request::builder()
-            .uri(path)
+            .uri(&path)
             .header("Host", host)
             .header("Upgrade", "websocket")
             .header("Connection", "upgrade")
@@ -72,7 +83,13 @@ impl Conn {
         if let Some(token) = token {
             req = req.header("Authorization", format!("Bearer {token}"));
         }
-        let (ws, _) = handshake::client(&Exec, req.body(Empty::<Bytes>::new())?, tcp).await?;
+        for (k, v) in extra {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
+        let sent = crate::head_bytes(&format!("GET {path} HTTP/1.1"), req.headers());
+        let (ws, resp) = handshake::client(&Exec, req, tcp).await?;
+        let got = crate::head_bytes("HTTP/1.1 101 Switching Protocols", resp.headers());
         let mut conn = Self {
             ws,
             user: String::new(),
@@ -83,7 +100,7 @@ impl Conn {
             bail!("expected welcome, got {welcome}");
         }
         conn.user = welcome["user"].as_str().unwrap_or_default().to_owned();
-        Ok(conn)
+        Ok((conn, sent, got))
     }
 
     pub async fn subscribe(&mut self, room: &str) -> Result<()> {

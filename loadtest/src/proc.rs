@@ -36,3 +36,16 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     Ok(ticks as f64 / 100.0)
 }
+
+/// TCP sockets in use (`/proc/net/sockstat`, `TCP: inuse <n>`).
+pub fn tcp_inuse() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat")?;
+    let line = s.lines().find(|l| l.starts_with("TCP:")).context("no TCP line")?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "inuse" {
+            return Ok(words.next().context("inuse value")?.parse()?);
+        }
+    }
+    anyhow::bail!("no TCP inuse in /proc/net/sockstat")
+}
