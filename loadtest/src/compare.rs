@@ -72,6 +72,9 @@ pub struct CompareArgs {
     /// Where report.md, report.json, report.html, the charts and per-mode files go.
     #[arg(long, default_value = "target/loadtest/compare")]
     pub report_dir: PathBuf,
+    /// Do not run: rebuild the report from the mode-<mode>.json files already in --report-dir.
+    #[arg(long)]
+    pub from_results: bool,
     /// goose 0.18's name for --increase-rate.
     #[arg(long)]
     pub hatch_rate: Option<String>,
@@ -122,6 +125,17 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
         bail!("no modes");
     }
     std::fs::create_dir_all(&a.report_dir)?;
+    if a.from_results {
+        let mut results = Vec::new();
+        for kind in &kinds {
+            let path = a.report_dir.join(format!("mode-{}.json", kind.label()));
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            results.push(serde_json::from_slice::<ModeResult>(&bytes)?);
+        }
+        build(&a, &results)?.write(&a.report_dir)?;
+        eprintln!("report: {}", a.report_dir.join("report.html").display());
+        return Ok(true);
+    }
     let run_id = format!("{}", crate::now_ns() / 1_000_000);
     let nats = if a.spawn {
         Some(crate::stack::Nats::start()?)
@@ -315,11 +329,17 @@ fn explain(r: &ModeResult, t: &Theory, b: f64) -> String {
     }
     if off(r.latency_ms.mean, t.mean) {
         why.push(match (r.poll_interval_s, r.long_poll_wait_s) {
-            (None, Some(_)) => format!(
-                "latency: every delivery ends a request, so an event waits for the HTTP answer path and often \
-                 for the next request (G); B ({} ms) is the WebSocket path",
-                num(b)
-            ),
+            (None, Some(_)) => {
+                let per_room = r.subscribed as f64 / r.rooms.max(1) as f64;
+                let us = r.gateway_cpu_s / r.delivered.max(1) as f64 * 1e6;
+                format!(
+                    "latency: each event answers all {per_room:.0} parked requests of its room at once, and an \
+                     answer costs the gateway {us:.0} µs of CPU, so the middle of the burst waits about \
+                     {} ms more than B ({} ms, the WebSocket path); the next request must also arrive first",
+                    num(per_room / 2.0 * us / 1000.0),
+                    num(b)
+                )
+            }
             (None, None) => format!(
                 "latency: the SSE path (event, chunk, HTTP body) differs from WebSocket's; at B = {} ms a \
                  fraction of a millisecond is over 20%",

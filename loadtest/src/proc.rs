@@ -49,3 +49,28 @@ pub fn tcp_inuse() -> Result<u64> {
     }
     anyhow::bail!("no TCP inuse in /proc/net/sockstat")
 }
+
+/// Kernel slab memory of sockets (`/proc/slabinfo`: TCP socket, inode, bind bucket and epoll
+/// entries), KiB; `None` where slabinfo is not readable (it needs root).
+pub fn socket_slab_kib() -> Option<u64> {
+    const CACHES: [&str; 6] = [
+        "TCP",
+        "TCPv6",
+        "sock_inode_cache",
+        "tcp_bind_bucket",
+        "eventpoll_epi",
+        "request_sock_TCP",
+    ];
+    let s = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    let bytes: u64 = s
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (name, active, size) = (f.first()?, f.get(1)?, f.get(3)?);
+            CACHES
+                .contains(name)
+                .then(|| Some(active.parse::<u64>().ok()? * size.parse::<u64>().ok()?))?
+        })
+        .sum();
+    Some(bytes / 1024)
+}

@@ -237,6 +237,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     let rss_before = rss(&pids);
     let tcp_before = proc::tcp_mem_kib()?;
     let sock_before = proc::tcp_inuse()?;
+    let slab_before = proc::socket_slab_kib();
 
     let workers = a.connections.div_ceil(per);
     let started = Instant::now();
@@ -311,13 +312,22 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
             published += 1;
         }
         if measured.is_none() && Instant::now() >= measure_at {
-            measured = Some((rss(&pids), proc::tcp_mem_kib()?, proc::tcp_inuse()?));
+            measured = Some((
+                rss(&pids),
+                proc::tcp_mem_kib()?,
+                proc::tcp_inuse()?,
+                proc::socket_slab_kib(),
+            ));
         }
     }
     if let Some(n) = &nats {
         n.flush().await?;
     }
-    let (rss_after, tcp_after, sock_after) = measured.unwrap_or_else(|| (rss(&pids), 0, 0));
+    let (rss_after, tcp_after, sock_after, slab_after) = measured.unwrap_or_else(|| (rss(&pids), 0, 0, None));
+    let slab_per_conn = match (slab_before, slab_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / total.max(1) as f64),
+        _ => None,
+    };
     let mut done = Vec::new();
     for (mut child, mut out) in children {
         if let Some(stdin) = child.stdin.as_mut() {
@@ -383,6 +393,17 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
             ),
         ),
         (
+            "kernel socket slabs".into(),
+            match (slab_before, slab_after, slab_per_conn) {
+                (Some(b), Some(a), Some(p)) => format!(
+                    "{} → {} MiB ({p:.2} KiB per connection, both ends: TCP sockets, inodes, epoll entries)",
+                    num(b as f64 / 1024.0),
+                    num(a as f64 / 1024.0)
+                ),
+                _ => "not readable (/proc/slabinfo needs root)".into(),
+            },
+        ),
+        (
             "broadcast".into(),
             format!(
                 "{published} events to each of {} rooms; delivered {delivered}/{expected} ({:.3}%), gaps {gaps}, p99 {} ms",
@@ -436,6 +457,8 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
             "kernel_tcp_kib_before": tcp_before, "kernel_tcp_kib": tcp_after,
             "kernel_tcp_kib_per_connection": tcp_per_conn,
             "tcp_inuse_before": sock_before, "tcp_inuse": sock_after,
+            "socket_slab_kib_before": slab_before, "socket_slab_kib": slab_after,
+            "socket_slab_kib_per_connection": slab_per_conn,
             "published": published, "expected": expected, "delivered": delivered, "gaps": gaps,
             "closed": closed, "p99_ms": p99, "workers_detail": done,
         }),

@@ -152,5 +152,8 @@ fn a_failed_threshold_fails_the_run_and_names_the_rule() {
     );
     let report: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).expect("written anyway")).expect("json");
-    assert_eq!(report["modes"][0]["delivered"], 300, "10 events/s for 3 s to 10 clients");
+    assert_eq!(
+        report["modes"][0]["delivered"], 300,
+        "10 events/s for 3 s to 10 clients"
+    );
 }
