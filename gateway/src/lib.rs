@@ -139,6 +139,16 @@ impl Gateway {
             tls,
             Arc::clone(&stop_public),
         ));
+        let state = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    metrics::state(shared.not_ready().is_none(), shared.upstream.is_connected());
+                }
+            })
+        };
         let readiness: server::Readiness = {
             let shared = Arc::clone(&shared);
             Arc::new(move || shared.not_ready())
@@ -156,6 +166,7 @@ impl Gateway {
         let _ = admin.await;
         provision.abort();
         upkeep.abort();
+        state.abort();
         // Bounded: with NATS unreachable a flush would wait for the reconnect.
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.upstream.client().flush()).await;
         info!("Gateway stopped");

@@ -23,6 +23,8 @@ pub const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
 pub const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
 pub const REPLAYED: &str = "herald_gateway_replayed_events_total";
 pub const CLOSES: &str = "herald_gateway_closes_total";
+pub const READY: &str = "herald_gateway_ready";
+pub const NATS_CONNECTED: &str = "herald_gateway_nats_connected";
 
 /// Buckets of the delivery-latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -85,6 +87,11 @@ fn describe() {
         "Events fetched from the stream to fill a gap in the live feed."
     );
     describe_counter!(NATS_EVENTS, "NATS connection events, by event.");
+    describe_gauge!(
+        READY,
+        "1 while /readyz answers 200 (NATS connected, stream provisioned, not draining)."
+    );
+    describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up.");
     describe_counter!(REPLAYED, "Events replayed from history to resuming subscribers.");
     describe_counter!(CLOSES, "WebSocket connections closed by the gateway, by close code.");
     // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
@@ -101,6 +108,18 @@ fn describe() {
     }
     for code in ErrorCode::ALL {
         counter!(ERRORS, "code" => code.as_str()).increment(0);
+    }
+    for event in [
+        "connected",
+        "disconnected",
+        "lame_duck",
+        "slow_consumer",
+        "server_error",
+        "client_error",
+        "draining",
+        "closed",
+    ] {
+        counter!(NATS_EVENTS, "event" => event).increment(0);
     }
     counter!(MESSAGES_RECEIVED).increment(0);
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
@@ -208,6 +227,12 @@ pub fn gap_repaired(events: u64) {
 
 pub fn replayed(events: u64) {
     counter!(REPLAYED).increment(events);
+}
+
+/// Readiness and NATS state as gauges, for dashboards and alerts.
+pub fn state(ready: bool, nats_connected: bool) {
+    gauge!(READY).set(f64::from(u8::from(ready)));
+    gauge!(NATS_CONNECTED).set(f64::from(u8::from(nats_connected)));
 }
 
 pub fn nats_event(event: &'static str) {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    monitor: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
 }
@@ -23,6 +24,7 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: crate::free_port(),
+            monitor: crate::free_port(),
             store,
             binary,
         };
@@ -36,6 +38,11 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The HTTP monitoring port (`/varz`, `/healthz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor
     }
 
     pub fn store_dir(&self) -> &Path {
@@ -60,6 +67,8 @@ impl NatsServer {
         let child = Command::new(&self.binary)
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor.to_string())
             .arg("-sd")
             .arg(self.store.path())
             .stdout(Stdio::null())

