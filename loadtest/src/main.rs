@@ -6,7 +6,7 @@
 //! - `bench`: one room, a rising publish rate, until p99 crosses a limit.
 //! - `presence`: a big room with constant churn; presence frames, diff lag and fanout CPU.
 //!
-//! Every mode but `presence` writes `report.md`, `report.json` and `report.html` to `--report-dir`.
+//! Every mode writes `report.md`, `report.json` and `report.html` to `--report-dir`.
 
 mod client;
 mod compare;

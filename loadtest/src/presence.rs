@@ -47,6 +47,9 @@ pub struct PresenceArgs {
     /// PIDs of the gateways (CPU from /proc).
     #[arg(long, value_delimiter = ',')]
     gateway_pid: Vec<u32>,
+    /// Where report.md, report.json and report.html go.
+    #[arg(long, default_value = "target/loadtest/presence")]
+    report_dir: std::path::PathBuf,
 }
 
 /// One membership change: when it was sent, and the member count right after it.
@@ -178,39 +181,83 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
         }
     }
     let secs = elapsed.as_secs_f64();
-    println!(
-        "{} changes in {secs:.1}s ({:.0}/s, joins and leaves in alternating 1 s phases) on {} members",
-        changes.len(),
-        changes.len() as f64 / secs,
-        a.members
-    );
-    println!(
-        "presence frames per subscriber: {:.1}/s, {:.0} bytes/frame, {} of {} counts-only",
-        seen.frames as f64 / a.observers.max(1) as f64 / secs,
-        seen.bytes as f64 / seen.frames.max(1) as f64,
-        seen.counts_only,
-        seen.frames
-    );
     let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "diff lag ms ({} samples; {missing} netted out at phase switches): p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        lags.len(),
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        lags.max() as f64 / 1000.0
-    );
-    let report = |name: &str, before: &[f64], after: &[f64], pids: &[u32]| {
+    let mut lines = vec![
+        (
+            "changes".to_owned(),
+            format!(
+                "{} in {secs:.1}s ({:.0}/s, joins and leaves in alternating 1 s phases) on {} members",
+                changes.len(),
+                changes.len() as f64 / secs,
+                a.members
+            ),
+        ),
+        (
+            "presence frames per subscriber".into(),
+            format!(
+                "{:.1}/s, {:.0} bytes/frame, {} of {} counts-only",
+                seen.frames as f64 / a.observers.max(1) as f64 / secs,
+                seen.bytes as f64 / seen.frames.max(1) as f64,
+                seen.counts_only,
+                seen.frames
+            ),
+        ),
+        (
+            "diff lag ms".into(),
+            format!(
+                "{} samples ({missing} netted out at phase switches): p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+                lags.len(),
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                lags.max() as f64 / 1000.0
+            ),
+        ),
+    ];
+    let mut cpu_json = Vec::new();
+    for (name, before, after, pids) in [
+        ("fanout", &fanout_cpu0, &fanout_cpu1, &fanout_pid),
+        ("gateway", &gateway_cpu0, &gateway_cpu1, &a.gateway_pid),
+    ] {
         for (i, pid) in pids.iter().enumerate() {
             let used = after[i] - before[i];
-            println!(
-                "{name} pid {pid}: {used:.2} CPU-s ({:.1} % of a core)",
-                100.0 * used / secs
-            );
+            lines.push((
+                format!("{name} pid {pid}"),
+                format!("{used:.2} CPU-s ({:.1} % of a core)", 100.0 * used / secs),
+            ));
+            cpu_json.push(serde_json::json!({"process": name, "pid": pid, "cpu_s": used}));
         }
-    };
-    report("fanout", &fanout_cpu0, &fanout_cpu1, &fanout_pid);
-    report("gateway", &gateway_cpu0, &gateway_cpu1, &a.gateway_pid);
+    }
+    for (k, v) in &lines {
+        println!("{k}: {v}");
+    }
+    let mut header = crate::report::machine_header();
+    header.extend([
+        ("members".to_owned(), a.members.to_string()),
+        ("churn".into(), format!("{}/s", a.churn)),
+        ("observers".into(), a.observers.to_string()),
+    ]);
+    crate::report::Report {
+        title: "Herald: presence under churn".into(),
+        header,
+        sections: vec![crate::report::Section {
+            heading: "Summary".into(),
+            table: Some(crate::report::Table {
+                head: vec!["".into(), "".into()],
+                rows: lines.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect(),
+            }),
+            ..Default::default()
+        }],
+        json: serde_json::json!({
+            "changes": changes.len(), "seconds": secs, "members": a.members,
+            "frames": seen.frames, "bytes": seen.bytes, "counts_only": seen.counts_only,
+            "lag_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": lags.max() as f64 / 1000.0,
+                       "samples": lags.len(), "netted_out": missing},
+            "cpu": cpu_json,
+        }),
+    }
+    .write(&a.report_dir)?;
+    eprintln!("report: {}", a.report_dir.join("report.html").display());
     for m in members {
         let _ = m.stop.send(());
     }
