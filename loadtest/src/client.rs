@@ -1,12 +1,10 @@
 //! A lean WebSocket client for load: JSON protocol, reads only what it measures.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use fastwebsockets::{handshake, Frame, OpCode, Payload, WebSocket};
-use hdrhistogram::Histogram;
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -18,27 +16,57 @@ pub struct Conn {
     pub user: String,
 }
 
-/// What one subscriber saw.
-pub struct Stats {
-    pub delivered: u64,
-    /// Events whose `prev` was not the previous event's `seq` (loss or reorder).
-    pub broken_chain: u64,
+/// A server frame as every transport carries events (WS frame, SSE `data:`, poll `events[]`);
+/// the harness's own events carry a [`Stamp`].
+#[derive(Deserialize)]
+pub struct Event {
+    #[serde(default)]
+    pub t: Option<String>,
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub prev: u64,
+    #[serde(default)]
+    pub data: Option<Stamp>,
 }
 
+/// What the harness's publishers put in `data`: the scheduled publish time (ns since the epoch)
+/// and, for `bench`, the step.
 #[derive(Deserialize)]
-struct Incoming {
-    t: String,
+pub struct Stamp {
+    pub t0: u64,
     #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    prev: u64,
-    #[serde(default)]
-    data: Option<Data>,
+    pub s: u64,
 }
 
-#[derive(Deserialize)]
-struct Data {
-    t0: u64,
+/// Where an event falls in a room's `seq`/`prev` chain, as one client sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Order {
+    Next,
+    /// In order after a gap (loss) — still delivered.
+    AfterGap,
+    Duplicate,
+}
+
+/// One client's position in one room: `None` until the first event when the start is unknown,
+/// `Some(0)` for a fresh room (its first event must have `prev` 0).
+#[derive(Debug, Clone, Default)]
+pub struct Chain(pub Option<u64>);
+
+impl Chain {
+    pub fn check(&mut self, seq: u64, prev: u64) -> Order {
+        match self.0 {
+            Some(last) if seq <= last => Order::Duplicate,
+            Some(last) if prev != last => {
+                self.0 = Some(seq);
+                Order::AfterGap
+            }
+            _ => {
+                self.0 = Some(seq);
+                Order::Next
+            }
+        }
+    }
 }
 
 struct Exec;
@@ -115,8 +143,8 @@ impl Conn {
             .await?;
         loop {
             let text = self.next_text().await?;
-            let frame: Incoming = serde_json::from_str(&text)?;
-            match frame.t.as_str() {
+            let frame: Event = serde_json::from_str(&text)?;
+            match frame.t.as_deref().unwrap_or_default() {
                 "ack" => return Ok(()),
                 "event" => continue,
                 _ => bail!("subscribe failed: {text}"),
@@ -143,49 +171,30 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Reads (answering pings) for `d`; `Err` if the gateway closed the connection.
-    pub async fn drain_for(mut self, d: Duration) -> Result<()> {
-        let read_until_error = async {
-            loop {
-                if let Err(e) = self.next_text().await {
-                    return e;
-                }
-            }
-        };
-        match tokio::time::timeout(d, read_until_error).await {
-            Ok(e) => Err(e),
-            Err(_) => Ok(()),
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Reads `expected` events (or until 30 s of silence), recording latency in µs.
-    pub async fn measure(mut self, expected: u64, hist: &mut Histogram<u64>) -> Stats {
-        let mut stats = Stats {
-            delivered: 0,
-            broken_chain: 0,
-        };
-        let mut last = None;
-        while stats.delivered < expected {
-            let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(30), self.next_text()).await else {
-                break;
-            };
-            let now = crate::now_ns();
-            let Ok(frame) = serde_json::from_str::<Incoming>(&text) else {
-                continue;
-            };
-            if frame.t != "event" {
-                continue;
-            }
-            if last.is_some_and(|l| l != frame.prev) {
-                stats.broken_chain += 1;
-            }
-            last = Some(frame.seq);
-            stats.delivered += 1;
-            if let Some(d) = frame.data {
-                let _ = hist.record((now.saturating_sub(d.t0) / 1000).max(1));
-            }
-        }
-        stats
+    #[test]
+    fn a_chain_counts_gaps_and_duplicates() {
+        let mut fresh = Chain(Some(0));
+        assert_eq!(fresh.check(1, 0), Order::Next);
+        assert_eq!(fresh.check(2, 1), Order::Next);
+        assert_eq!(fresh.check(2, 1), Order::Duplicate);
+        assert_eq!(fresh.check(5, 4), Order::AfterGap);
+        assert_eq!(fresh.check(6, 5), Order::Next);
+        let mut joined = Chain::default();
+        assert_eq!(
+            joined.check(40, 39),
+            Order::Next,
+            "an unknown start accepts the first event"
+        );
+        assert_eq!(
+            Chain(Some(0)).check(40, 39),
+            Order::AfterGap,
+            "a fresh room must start at prev 0"
+        );
     }
 }

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::client::{Chain, Event, Order};
 use crate::proc;
 
 /// A transport under test; `Poll` carries its interval T.
@@ -261,34 +262,19 @@ fn browser_headers(origin: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// An event as every transport carries it (WS frame, SSE `data:`, poll `events[]`).
-#[derive(Deserialize)]
-struct Event {
-    #[serde(default)]
-    t: Option<String>,
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    prev: u64,
-    #[serde(default)]
-    data: Option<Stamp>,
-}
-
-#[derive(Deserialize)]
-struct Stamp {
-    t0: u64,
-}
-
-/// Per-client order check: `last` is the last seq delivered on the client's room.
-fn deliver(run: &Run, last: &mut u64, ev: &Event) -> Option<Duration> {
-    if ev.seq <= *last {
-        run.c.duplicates.fetch_add(1, Relaxed);
-        return None;
+/// Counts a delivery on a client's chain (rooms are fresh, so chains start at 0) and records
+/// its latency; `None` for a duplicate.
+fn deliver(run: &Run, chain: &mut Chain, ev: &Event) -> Option<Duration> {
+    match chain.check(ev.seq, ev.prev) {
+        Order::Duplicate => {
+            run.c.duplicates.fetch_add(1, Relaxed);
+            return None;
+        }
+        Order::AfterGap => {
+            run.c.gaps.fetch_add(1, Relaxed);
+        }
+        Order::Next => {}
     }
-    if ev.prev != *last {
-        run.c.gaps.fetch_add(1, Relaxed);
-    }
-    *last = ev.seq;
     run.c.delivered.fetch_add(1, Relaxed);
     let t0 = ev.data.as_ref()?.t0;
     let lat_us = (crate::now_ns().saturating_sub(t0) / 1000).max(1);
@@ -386,7 +372,7 @@ fn ws_header(len: usize) -> u64 {
 
 async fn ws_reader(mut conn: crate::client::Conn, tx: mpsc::UnboundedSender<std::result::Result<Duration, String>>) {
     let run = run();
-    let mut last = 0;
+    let mut chain = Chain(Some(0));
     loop {
         match conn.next_text().await {
             Ok(text) => {
@@ -398,7 +384,7 @@ async fn ws_reader(mut conn: crate::client::Conn, tx: mpsc::UnboundedSender<std:
                 if ev.t.as_deref() != Some("event") {
                     continue;
                 }
-                if let Some(lat) = deliver(run, &mut last, &ev) {
+                if let Some(lat) = deliver(run, &mut chain, &ev) {
                     let _ = tx.send(Ok(lat));
                 }
             }
@@ -483,7 +469,7 @@ async fn sse_reader(
     };
     let mut ready = Some(ready);
     let mut buf: Vec<u8> = Vec::new();
-    let mut last = 0;
+    let mut chain = Chain(Some(0));
     loop {
         let chunk = match body.frame().await {
             Some(Ok(f)) => match f.into_data() {
@@ -533,7 +519,7 @@ async fn sse_reader(
             run.c.down_payload.fetch_add(data.len() as u64, Relaxed);
             run.c.framing.fetch_add(overhead as u64, Relaxed);
             if let Ok(ev) = serde_json::from_str::<Event>(&data) {
-                if let Some(lat) = deliver(run, &mut last, &ev) {
+                if let Some(lat) = deliver(run, &mut chain, &ev) {
                     let _ = tx.send(Ok(lat));
                 }
             }
@@ -550,7 +536,7 @@ async fn sse_receive(user: &mut GooseUser) -> TransactionResult {
 #[derive(Clone)]
 struct PollSession {
     cursor: String,
-    last: u64,
+    chain: Chain,
     next_due: tokio::time::Instant,
 }
 
@@ -640,7 +626,7 @@ async fn poll_once(
         None => {
             user.set_session_data(PollSession {
                 cursor: String::new(),
-                last: 0,
+                chain: Chain(Some(0)),
                 next_due: tokio::time::Instant::now(),
             });
             user.get_session_data_unchecked_mut::<PollSession>()
@@ -649,7 +635,7 @@ async fn poll_once(
     session.cursor = answer.cursor;
     let mut lats = Vec::new();
     for ev in &answer.events {
-        if let Some(lat) = deliver(run, &mut session.last, ev) {
+        if let Some(lat) = deliver(run, &mut session.chain, ev) {
             lats.push(lat);
         }
     }

@@ -19,6 +19,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::client::{Chain, Event, Order};
 use crate::report::{num, Report, Section, Table};
 use crate::svg::{self, Axis, Series};
 use crate::{client, proc, stack, Common};
@@ -87,24 +88,6 @@ struct WorkerDone {
     max_us: u64,
 }
 
-#[derive(Deserialize)]
-struct Event {
-    t: String,
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    prev: u64,
-    #[serde(default)]
-    data: Option<Stamp>,
-}
-
-#[derive(Deserialize)]
-struct Stamp {
-    t0: u64,
-    #[serde(default)]
-    s: u64,
-}
-
 #[derive(Default)]
 struct Tally {
     delivered: AtomicU64,
@@ -115,7 +98,8 @@ struct Tally {
 
 /// Reads a connection until it closes, checking order and recording latency.
 async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec<Histogram<u64>>>>) {
-    let mut last = 0;
+    // Rooms may hold events from earlier runs: the chain starts at the first event seen.
+    let mut chain = Chain::default();
     loop {
         let Ok(text) = c.next_text().await else {
             tally.closed.fetch_add(1, Relaxed);
@@ -124,17 +108,19 @@ async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec
         let Ok(ev) = serde_json::from_str::<Event>(&text) else {
             continue;
         };
-        if ev.t != "event" {
+        if ev.t.as_deref() != Some("event") {
             continue;
         }
-        if ev.seq <= last {
-            tally.duplicates.fetch_add(1, Relaxed);
-            continue;
+        match chain.check(ev.seq, ev.prev) {
+            Order::Duplicate => {
+                tally.duplicates.fetch_add(1, Relaxed);
+                continue;
+            }
+            Order::AfterGap => {
+                tally.gaps.fetch_add(1, Relaxed);
+            }
+            Order::Next => {}
         }
-        if last != 0 && ev.prev != last {
-            tally.gaps.fetch_add(1, Relaxed);
-        }
-        last = ev.seq;
         tally.delivered.fetch_add(1, Relaxed);
         if let Some(d) = ev.data {
             let us = (crate::now_ns().saturating_sub(d.t0) / 1000).max(1);
