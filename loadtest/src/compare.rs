@@ -45,7 +45,8 @@ pub struct CompareArgs {
     /// Gateway admin URL(s) for /metrics when not --spawn.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:9100")]
     pub gateway_admin: Vec<String>,
-    /// Gateway PID(s) for CPU and RSS when not --spawn.
+    /// Gateway PID(s) for CPU and RSS when not --spawn (default: whatever listens on the
+    /// --gateway port here).
     #[arg(long, value_delimiter = ',')]
     pub gateway_pid: Vec<u32>,
     /// NATS URL the publisher uses (as an app backend would), when not --spawn.
@@ -204,6 +205,7 @@ async fn child(a: CompareArgs, label: &str) -> Result<bool> {
     let kind = Kind::parse(label)?;
     let http = a.gateway.trim_end_matches('/').to_owned();
     let ws = format!("{}/ws", http.replacen("http://", "ws://", 1));
+    let port: Option<u16> = http.rsplit(':').next().and_then(|p| p.parse().ok());
     let params = Params {
         kind,
         ws,
@@ -217,7 +219,12 @@ async fn child(a: CompareArgs, label: &str) -> Result<bool> {
         drain: a.drain(),
         token: a.token.clone(),
         browser_headers: a.browser_headers,
-        gateway_pids: a.gateway_pid.clone(),
+        gateway_pids: if a.gateway_pid.is_empty() {
+            // Not given: the process listening on the gateway's port, when it runs here.
+            port.and_then(crate::proc::pid_listening_on).into_iter().collect()
+        } else {
+            a.gateway_pid.clone()
+        },
         gateway_admin: a.gateway_admin.clone(),
         source: a.source,
         goose_sample: a.goose_sample,

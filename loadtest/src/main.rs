@@ -36,11 +36,14 @@ use clap::{Args, Parser, Subcommand};
   # Push vs long-poll vs ajax polling on a private stack, report in target/loadtest/compare/
   loadtest compare --spawn --users 2000 --rooms 10 --rate 100 --run-time 30s --poll-interval 1s,5s
   # The same against the `cargo xtask up` stack, with browser-sized request headers
-  loadtest compare --gateway http://127.0.0.1:8080 --gateway-admin http://127.0.0.1:9100 --browser-headers
+  loadtest compare --gateway http://127.0.0.1:8080 --gateway-admin http://127.0.0.1:9100 \\
+    --browser-headers
   # A CI gate: fail when push p99 is over 100 ms or anything errs
-  loadtest compare --spawn --users 50 --run-time 10s --threshold 'p99<100ms for WS deliver' --threshold 'error-rate<1%'
+  loadtest compare --spawn --users 50 --run-time 10s \\
+    --threshold 'p99<100ms for WS deliver' --threshold 'error-rate<1%'
   # 100,000 WebSocket connections: 6 gateways, 6 workers, 8 source addresses
-  loadtest hold --spawn-gateways 6 --connections 100000 --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8
+  loadtest hold --spawn-gateways 6 --connections 100000 \\
+    --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8
   # Fan-out throughput: 1,000 subscribers, publish rate x1.5 per step until p99 > 50 ms
   loadtest bench --spawn --subscribers 1000 --start-rate 10 --p99-limit 50ms
 
