@@ -141,6 +141,16 @@ fn the_compose_file_passes_the_compose_spec_schema() {
     ] {
         assert!(compose.contains(&format!("\n  {service}")), "compose has {service}");
     }
+    // Grafana finds the dashboards where the provisioning file says, and the rules are mounted
+    // where prometheus.yml loads them.
+    let provider =
+        std::fs::read_to_string(root().join("grafana/provisioning/dashboards/herald.yml")).expect("provider");
+    assert!(provider.contains("path: /var/lib/grafana/dashboards"));
+    assert!(compose.contains("../../grafana/dashboards:/var/lib/grafana/dashboards:ro"));
+    assert!(compose.contains("../../grafana/provisioning:/etc/grafana/provisioning:ro"));
+    let prometheus = std::fs::read_to_string(root().join("deploy/compose/prometheus.yml")).expect("prometheus.yml");
+    assert!(prometheus.contains("/etc/prometheus/rules/herald.rules.yml"));
+    assert!(compose.contains("../../grafana/alerts:/etc/prometheus/rules:ro"));
     for dockerfile in ["gateway.Dockerfile", "fanout.Dockerfile"] {
         let text = std::fs::read_to_string(root().join("deploy/docker").join(dockerfile)).expect("Dockerfile");
         assert_eq!(
