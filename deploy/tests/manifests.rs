@@ -210,6 +210,22 @@ fn promtool_checks_the_rules_and_passes_their_unit_tests() {
         "promtool test rules",
     );
     assert!(out.contains("SUCCESS"), "{out}");
+    // The compose stack's Prometheus config, with the rules where this checkout has them.
+    let config = std::fs::read_to_string(root().join("deploy/compose/prometheus.yml"))
+        .expect("prometheus.yml")
+        .replace(
+            "/etc/prometheus/rules/herald.rules.yml",
+            &alerts.join("herald.rules.yml").to_string_lossy(),
+        );
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("prometheus.yml"), config).expect("write");
+    let out = run(
+        Command::new(&promtool)
+            .args(["check", "config", "prometheus.yml"])
+            .current_dir(dir.path()),
+        "promtool check config",
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
     let names: HashSet<String> = alert_queries().into_iter().map(|(a, _)| a).collect();
     let tests = std::fs::read_to_string(alerts.join("herald.rules.test.yml")).expect("tests");
     for alert in &names {
