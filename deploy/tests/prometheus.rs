@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use herald_deploy::{alert_queries, dashboard_queries, root, tool};
 use herald_testkit::client::Connect;
-use herald_testkit::process::sibling_binary;
 use herald_testkit::{http, jwt, wait_until, NatsServer, Process, WsClient};
 use serde_json::{json, Value};
 
@@ -127,19 +126,7 @@ async fn client(gw: &Process, user: &str) -> WsClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_and_alert_query_evaluates_and_every_panel_has_data() {
     let nats = NatsServer::start();
-    let f = Process::spawn(
-        &sibling_binary("herald-fanout"),
-        [
-            "--nats-url",
-            &nats.url(),
-            "--sync-window",
-            "300ms",
-            "--presence-interval",
-            "100ms",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let f = Process::fanout(&nats.url(), "f1", &[]);
     let a = Process::gateway(&nats.url(), "gw-a", &["--presence-heartbeat", "200ms"]).await;
     let b = Process::gateway(&nats.url(), "gw-b", &["--presence-heartbeat", "200ms"]).await;
     f.wait_ready().await;

@@ -1,7 +1,6 @@
 //! Presence and status over the HTTP transports: SSE streams and polling sessions are
 //! members and online like WebSocket connections, on any gateway.
 
-use std::path::Path;
 use std::time::Duration;
 
 use herald_proto::frame::{Presence, ServerFrame, Status};
@@ -9,26 +8,9 @@ use herald_testkit::http::{self, Sse};
 use herald_testkit::{jwt, wait_until, NatsServer, Process, TestGateway, WsClient};
 use serde_json::{json, Value};
 
-fn fanout(nats: &NatsServer) -> Process {
-    let args = [
-        "--nats-url",
-        &nats.url(),
-        "--presence-interval",
-        "100ms",
-        "--leave-delay",
-        "1s",
-        "--sync-window",
-        "300ms",
-    ];
-    Process::spawn(
-        Path::new(env!("CARGO_BIN_EXE_herald-fanout")),
-        args.iter().map(|s| s.to_string()).collect(),
-    )
-}
-
 async fn stack() -> (NatsServer, Process, TestGateway, TestGateway) {
     let nats = NatsServer::start();
-    let f = fanout(&nats);
+    let f = Process::fanout(&nats.url(), "f1", &[]);
     let edit = |c: &mut herald_gateway::Config| {
         c.presence_heartbeat = Duration::from_millis(200);
         c.poll_session_ttl = Duration::from_secs(2);

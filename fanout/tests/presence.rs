@@ -3,7 +3,6 @@
 //! processes.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -16,22 +15,8 @@ const INTERVAL: Duration = Duration::from_millis(100);
 const LEAVE_DELAY: Duration = Duration::from_secs(1);
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A fanout process with short test timings; `extra` flags replace the defaults.
 fn fanout(nats: &NatsServer, id: &str, extra: &[&str]) -> Process {
-    let defaults = [
-        ("--instance-id", id),
-        ("--presence-interval", "100ms"),
-        ("--leave-delay", "1s"),
-        ("--gateway-timeout", "2s"),
-        ("--leader-lease", "1500ms"),
-        ("--sync-window", "300ms"),
-    ];
-    let mut args = vec!["--nats-url".to_owned(), nats.url()];
-    for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {
-        args.extend([flag.to_owned(), value.to_owned()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Process::spawn(Path::new(env!("CARGO_BIN_EXE_herald-fanout")), args)
+    Process::fanout(&nats.url(), id, extra)
 }
 
 async fn gateway(nats: &NatsServer) -> TestGateway {

@@ -35,6 +35,26 @@ impl Process {
         p
     }
 
+    /// Starts `herald-fanout` with short test timings (100 ms presence interval, 1 s leave
+    /// delay, 2 s gateway timeout, 1.5 s lease, 300 ms sync window); `extra` flags replace
+    /// those defaults. Does not wait for readiness.
+    pub fn fanout(nats_url: &str, id: &str, extra: &[&str]) -> Self {
+        let defaults = [
+            ("--instance-id", id),
+            ("--presence-interval", "100ms"),
+            ("--leave-delay", "1s"),
+            ("--gateway-timeout", "2s"),
+            ("--leader-lease", "1500ms"),
+            ("--sync-window", "300ms"),
+        ];
+        let mut args = vec!["--nats-url".to_owned(), nats_url.to_owned()];
+        for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&sibling_binary("herald-fanout"), args)
+    }
+
     /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_herald-fanout")`) with `--admin-listen`
     /// on a free port and `args`; does not wait.
     pub fn spawn(binary: &Path, args: Vec<String>) -> Self {
