@@ -3,7 +3,7 @@
 //! `--spawn`, against a fresh gateway; then one report side by side.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -691,13 +691,7 @@ fn build(a: &CompareArgs, results: &[ModeResult]) -> Result<Report> {
                             "{}: mode-{}.json (this harness), {} (goose's report), goose-{}.log",
                             r.mode,
                             r.mode,
-                            r.goose_report
-                                .as_deref()
-                                .map(|p| Path::new(p)
-                                    .file_name()
-                                    .map(|f| f.to_string_lossy().into_owned())
-                                    .unwrap_or_default())
-                                .unwrap_or_default(),
+                            r.goose_report.as_deref().unwrap_or_default(),
                             r.mode
                         )
                     })

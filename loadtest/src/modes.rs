@@ -141,6 +141,7 @@ pub struct ModeResult {
     pub harness_cpu_pct: f64,
     pub series: Vec<Sample>,
     pub thresholds_failed: Vec<String>,
+    /// File name of goose's own report for this mode.
     pub goose_report: Option<String>,
 }
 
@@ -734,7 +735,12 @@ pub async fn run_mode(p: Params, mut goose: GooseConfiguration, report_dir: &std
         let path = report_dir.join(format!("goose-{label}.json"));
         goose.report_file.push(path.to_string_lossy().into_owned());
     }
-    let goose_report = goose.report_file.first().cloned();
+    // Its file name: the report links it beside itself, and no machine's path lands in it.
+    let goose_report = goose.report_file.first().map(|f| {
+        std::path::Path::new(f)
+            .file_name()
+            .map_or_else(|| f.clone(), |n| n.to_string_lossy().into_owned())
+    });
     let origin = p.http.clone();
     let rooms: Vec<String> = (0..p.rooms).map(|i| format!("cmp-{}-{label}-{i}", p.run_id)).collect();
     let (stop, _) = watch::channel(false);
