@@ -244,11 +244,6 @@ fn pct(a: u64, b: u64) -> f64 {
     }
 }
 
-/// Events per second each client receives (its room's share of the publish rate).
-fn lambda(r: &ModeResult) -> f64 {
-    r.rate / r.rooms.max(1) as f64
-}
-
 /// The theory of notes §3.5 for one mode, given the push baseline `b` (ms): predicted
 /// (mean latency ms, p99 ms, HTTP req/s, bytes per delivered message).
 struct Theory {
@@ -261,7 +256,7 @@ struct Theory {
 
 fn theory(r: &ModeResult, b: f64) -> Theory {
     let n = r.subscribed as f64;
-    let lam = lambda(r);
+    let lam = r.lambda();
     let delivered = r.delivered.max(1) as f64;
     let exchanges = r.http_requests.max(1) as f64;
     let head = (r.bytes.up_headers + r.bytes.down_headers) as f64 / exchanges;
@@ -338,7 +333,7 @@ fn explain(r: &ModeResult, t: &Theory, b: f64) -> String {
         why.push(match (r.poll_interval_s, r.long_poll_wait_s) {
             (None, Some(_)) => {
                 let per_room = r.subscribed as f64 / r.rooms.max(1) as f64;
-                let us = r.gateway_cpu_s / r.delivered.max(1) as f64 * 1e6;
+                let us = r.cpu_s_per_msg() * 1e6;
                 format!(
                     "latency: each event answers all {per_room:.0} parked requests of its room at once, and an \
                      answer costs the gateway {us:.0} µs of CPU, so the middle of the burst waits about \
@@ -355,10 +350,10 @@ fn explain(r: &ModeResult, t: &Theory, b: f64) -> String {
             _ => "latency: polls are not perfectly uniform over T (ramp-up phases)".into(),
         });
     }
-    if off(r.http_requests as f64 / r.window_s.max(1e-9), t.req_s) {
+    if off(r.req_per_s(), t.req_s) {
         why.push("requests: the window includes the drain after publishing, when long-polls sit idle".into());
     }
-    if off(r.bytes.total() as f64 / r.delivered.max(1) as f64, t.bytes_per_msg) {
+    if off(r.bytes_per_msg(), t.bytes_per_msg) {
         why.push("bytes: answers carry a different number of events than the model's 1 + λG".into());
     }
     why.join("; ")
@@ -375,7 +370,7 @@ fn build(a: &CompareArgs, results: &[ModeResult]) -> Result<Report> {
             format!(
                 "{} events/s over all rooms ({} per client)",
                 num(a.rate),
-                num(lambda(first))
+                num(first.lambda())
             ),
         ),
         ("publishing".into(), format!("{:.0} s per mode", first.publish_s)),
@@ -458,15 +453,15 @@ fn build(a: &CompareArgs, results: &[ModeResult]) -> Result<Report> {
                     num(r.latency_ms.p99),
                     num(r.latency_ms.p999),
                     num(r.latency_ms.max),
-                    num(r.http_requests as f64 / r.window_s.max(1e-9)),
+                    num(r.req_per_s()),
                     num(r.http_requests as f64 / delivered),
                     if r.http_requests > 0 {
                         format!("{:.1}%", pct(r.empty_responses, r.http_requests))
                     } else {
                         "–".into()
                     },
-                    num(r.bytes.total() as f64 / delivered),
-                    num(r.gateway_cpu_s / delivered * 1000.0),
+                    num(r.bytes_per_msg()),
+                    num(r.cpu_s_per_msg() * 1000.0),
                     format!("{:.0}% / {:.0}%", r.gateway_cpu_pct_mean, r.gateway_cpu_pct_max),
                     format!(
                         "{:.1} MiB",
@@ -576,9 +571,8 @@ fn build(a: &CompareArgs, results: &[ModeResult]) -> Result<Report> {
     let mut theory_rows = Vec::new();
     for r in results {
         let t = theory(r, b);
-        let delivered = r.delivered.max(1) as f64;
-        let measured_req = r.http_requests as f64 / r.window_s.max(1e-9);
-        let measured_bytes = r.bytes.total() as f64 / delivered;
+        let measured_req = r.req_per_s();
+        let measured_bytes = r.bytes_per_msg();
         let ratio = |m: f64, p: f64| {
             if p.is_finite() && p > 0.0 {
                 format!("{:.2}", m / p)

@@ -169,6 +169,19 @@ pub async fn connect_some(common: &Common, n: usize, room: impl Fn(usize) -> Str
     (conns, failed)
 }
 
+/// The histogram every latency goes into: 1 µs to 10 minutes, 3 significant digits.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+/// The wall-clock time (ns since the epoch) an event was *scheduled* for, given that it is
+/// sent now: a late publisher shows up as latency instead of hiding it (no coordinated
+/// omission).
+pub fn scheduled_stamp(scheduled: tokio::time::Instant) -> u64 {
+    let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
+    now_ns() - late.as_nanos() as u64
+}
+
 pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -145,6 +145,28 @@ pub struct ModeResult {
     pub goose_report: Option<String>,
 }
 
+impl ModeResult {
+    /// Events per second each client receives (its room's share of the publish rate).
+    pub fn lambda(&self) -> f64 {
+        self.rate / self.rooms.max(1) as f64
+    }
+
+    /// HTTP requests per second over the measurement window.
+    pub fn req_per_s(&self) -> f64 {
+        self.http_requests as f64 / self.window_s.max(1e-9)
+    }
+
+    /// Bytes on the wire per delivered event.
+    pub fn bytes_per_msg(&self) -> f64 {
+        self.bytes.total() as f64 / self.delivered.max(1) as f64
+    }
+
+    /// Gateway CPU-seconds per delivered event.
+    pub fn cpu_s_per_msg(&self) -> f64 {
+        self.gateway_cpu_s / self.delivered.max(1) as f64
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     pub mean: f64,
@@ -216,6 +238,8 @@ struct Run {
     p: Params,
     rooms: Vec<String>,
     headers: Vec<(String, String)>,
+    /// Every header a `/poll` request carries on the wire (for counting its bytes).
+    poll_headers: http::HeaderMap,
     subscribed: AtomicU64,
     room_subscribers: Vec<AtomicU64>,
     publishing: AtomicBool,
@@ -229,10 +253,6 @@ static RUN: OnceLock<Run> = OnceLock::new();
 
 fn run() -> &'static Run {
     RUN.get().expect("mode run set up before goose starts")
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
 /// Request headers a Chromium page sends with a same-origin `fetch`: about 700 B, the size
@@ -261,6 +281,25 @@ fn browser_headers(origin: &str) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
+}
+
+/// The request headers of a `/poll` as they go on the wire: ours, and those goose's reqwest
+/// client adds by itself (which browser-like headers replace).
+fn poll_headers(p: &Params, extra: &[(String, String)]) -> Result<http::HeaderMap> {
+    let mut h = http::HeaderMap::new();
+    h.insert("host", p.http.trim_start_matches("http://").parse()?);
+    if let Some(t) = &p.token {
+        h.insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    if extra.is_empty() {
+        h.insert("user-agent", "goose/0.19.0".parse()?);
+        h.insert("accept", "*/*".parse()?);
+    }
+    h.insert("accept-encoding", "gzip".parse()?);
+    for (k, v) in extra {
+        h.insert(http::HeaderName::try_from(k.as_str())?, v.parse()?);
+    }
+    Ok(h)
 }
 
 /// Counts a delivery on a client's chain (rooms are fresh, so chains start at 0) and records
@@ -565,25 +604,11 @@ async fn poll_once(
         path.push_str(&cursor);
     }
     let mut rb = user.get_request_builder(&GooseMethod::Get, &path)?;
-    let mut sent_headers = http::HeaderMap::new();
-    let host = run.p.http.trim_start_matches("http://");
-    sent_headers.insert("host", host.parse().map_err(fail)?);
     if let Some(t) = &run.p.token {
         rb = rb.bearer_auth(t);
-        sent_headers.insert("authorization", format!("Bearer {t}").parse().map_err(fail)?);
     }
-    if run.headers.is_empty() {
-        // What goose's reqwest client adds by itself.
-        sent_headers.insert("user-agent", concat!("goose/", "0.19.0").parse().map_err(fail)?);
-        sent_headers.insert("accept", "*/*".parse().map_err(fail)?);
-    }
-    sent_headers.insert("accept-encoding", "gzip".parse().map_err(fail)?);
     for (k, v) in &run.headers {
         rb = rb.header(k.as_str(), v.as_str());
-        sent_headers.insert(
-            http::HeaderName::try_from(k.as_str()).map_err(fail)?,
-            v.parse().map_err(fail)?,
-        );
     }
     let req = GooseRequest::builder()
         .method(GooseMethod::Get)
@@ -612,7 +637,7 @@ async fn poll_once(
     if counting {
         run.c.requests.fetch_add(1, Relaxed);
         run.c.up_headers.fetch_add(
-            crate::head_bytes(&format!("GET {path} HTTP/1.1"), &sent_headers),
+            crate::head_bytes(&format!("GET {path} HTTP/1.1"), &run.poll_headers),
             Relaxed,
         );
         run.c.down_headers.fetch_add(head, Relaxed);
@@ -741,22 +766,24 @@ pub async fn run_mode(p: Params, mut goose: GooseConfiguration, report_dir: &std
             .file_name()
             .map_or_else(|| f.clone(), |n| n.to_string_lossy().into_owned())
     });
-    let origin = p.http.clone();
+    let headers = if p.browser_headers {
+        browser_headers(&p.http)
+    } else {
+        Vec::new()
+    };
+    let poll_headers = poll_headers(&p, &headers)?;
     let rooms: Vec<String> = (0..p.rooms).map(|i| format!("cmp-{}-{label}-{i}", p.run_id)).collect();
     let (stop, _) = watch::channel(false);
     let run = Run {
-        headers: if p.browser_headers {
-            browser_headers(&origin)
-        } else {
-            Vec::new()
-        },
+        headers,
+        poll_headers,
         room_subscribers: (0..p.rooms).map(|_| AtomicU64::new(0)).collect(),
         rooms,
         subscribed: AtomicU64::new(0),
         publishing: AtomicBool::new(false),
         c: Counters::default(),
-        hist: Mutex::new(histogram()),
-        second: Mutex::new(histogram()),
+        hist: Mutex::new(crate::latency_histogram()),
+        second: Mutex::new(crate::latency_histogram()),
         stop,
         p,
     };
@@ -813,7 +840,7 @@ struct Sampler {
 
 impl Sampler {
     fn cpu(&self) -> f64 {
-        self.pids.iter().filter_map(|&pid| proc::cpu_seconds(pid).ok()).sum()
+        proc::cpu_seconds_of(&self.pids)
     }
 
     fn rss(&self) -> u64 {
@@ -826,7 +853,7 @@ impl Sampler {
         let pct = (c - self.last_cpu) / now.duration_since(self.last_t).as_secs_f64().max(1e-3) * 100.0;
         let r = self.rss();
         self.rss_peak = self.rss_peak.max(r);
-        self.tcp_peak = self.tcp_peak.max(proc::tcp_mem_kib().unwrap_or(0));
+        self.tcp_peak = self.tcp_peak.max(proc::tcp_stat().map_or(0, |t| t.mem_kib));
         let delivered = run.c.delivered.load(Relaxed);
         let requests = run.c.requests.load(Relaxed);
         let mut h = run.second.lock().expect("histogram");
@@ -857,7 +884,7 @@ async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
     let run = run();
     let p = &run.p;
     let me = std::process::id();
-    let tcp_before = proc::tcp_mem_kib().unwrap_or(0);
+    let tcp_before = proc::tcp_stat().map_or(0, |t| t.mem_kib);
     let mut sm = Sampler {
         pids: p.gateway_pids.clone(),
         started: Instant::now(),
@@ -940,9 +967,7 @@ async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
             next_sample += Duration::from_secs(1);
         }
         tokio::time::sleep_until(scheduled).await;
-        // Stamped with the scheduled time, not the send time: no coordinated omission.
-        let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
-        let stamp = crate::now_ns() - late.as_nanos() as u64;
+        let stamp = crate::scheduled_stamp(scheduled);
         let room = (k as usize) % run.rooms.len();
         let body = format!(r#"{{"t0":{stamp},"n":{k},"pad":"{pad}"}}"#);
         if nats

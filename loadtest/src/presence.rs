@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hdrhistogram::Histogram;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -146,7 +145,7 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
     let elapsed = start.elapsed();
     let (fanout_cpu1, gateway_cpu1) = (cpu(&fanout_pid), cpu(&a.gateway_pid));
     let mut seen = Seen::default();
-    let mut lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut lags = crate::latency_histogram();
     let mut missing = 0u64;
     // A change is announced by a frame before the phase after the next one starts; past
     // that, the count has been back where it was. Changes in the last window before a

@@ -13,18 +13,29 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// Memory the kernel holds for TCP sockets (`/proc/net/sockstat`, `TCP: ... mem <pages>`), KiB.
-pub fn tcp_mem_kib() -> Result<u64> {
+/// The `TCP:` line of `/proc/net/sockstat`: sockets in use and the memory the kernel holds
+/// for their buffers.
+pub struct TcpStat {
+    pub inuse: u64,
+    pub mem_kib: u64,
+}
+
+pub fn tcp_stat() -> Result<TcpStat> {
     let s = std::fs::read_to_string("/proc/net/sockstat")?;
     let line = s.lines().find(|l| l.starts_with("TCP:")).context("no TCP line")?;
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "mem" {
-            let pages: u64 = words.next().context("mem value")?.parse()?;
-            return Ok(pages * 4);
-        }
-    }
-    anyhow::bail!("no TCP mem in /proc/net/sockstat")
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| -> Result<u64> {
+        let at = words
+            .iter()
+            .position(|w| *w == name)
+            .with_context(|| format!("no TCP {name}"))?;
+        Ok(words.get(at + 1).context("no value")?.parse()?)
+    };
+    Ok(TcpStat {
+        inuse: field("inuse")?,
+        // In pages of 4 KiB.
+        mem_kib: field("mem")? * 4,
+    })
 }
 
 /// CPU time (user + system) a process has used, in seconds (`/proc/<pid>/stat`).
@@ -37,17 +48,9 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
-/// TCP sockets in use (`/proc/net/sockstat`, `TCP: inuse <n>`).
-pub fn tcp_inuse() -> Result<u64> {
-    let s = std::fs::read_to_string("/proc/net/sockstat")?;
-    let line = s.lines().find(|l| l.starts_with("TCP:")).context("no TCP line")?;
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "inuse" {
-            return Ok(words.next().context("inuse value")?.parse()?);
-        }
-    }
-    anyhow::bail!("no TCP inuse in /proc/net/sockstat")
+/// CPU seconds used by all of `pids` (processes that are gone count 0).
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&pid| cpu_seconds(pid).ok()).sum()
 }
 
 /// Kernel slab memory of sockets (`/proc/slabinfo`: TCP socket, inode, bind bucket and epoll

@@ -127,7 +127,7 @@ async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec
             let mut h = hist.lock().expect("histogram");
             let step = d.s as usize;
             while h.len() <= step {
-                h.push(Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds"));
+                h.push(crate::latency_histogram());
             }
             let _ = h[step].record(us);
         }
@@ -173,7 +173,7 @@ async fn worker(a: HoldArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let h = hist.lock().expect("histogram");
-    let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut all = crate::latency_histogram();
     for s in h.iter() {
         all.add(s)?;
     }
@@ -221,8 +221,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     let pids = a.gateway_pid.clone();
     let rss = |pids: &[u32]| -> Vec<u64> { pids.iter().map(|&p| proc::rss_kib(p).unwrap_or(0)).collect() };
     let rss_before = rss(&pids);
-    let tcp_before = proc::tcp_mem_kib()?;
-    let sock_before = proc::tcp_inuse()?;
+    let tcp_before = proc::tcp_stat()?;
     let slab_before = proc::socket_slab_kib();
 
     let workers = a.connections.div_ceil(per);
@@ -298,18 +297,16 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
             published += 1;
         }
         if measured.is_none() && Instant::now() >= measure_at {
-            measured = Some((
-                rss(&pids),
-                proc::tcp_mem_kib()?,
-                proc::tcp_inuse()?,
-                proc::socket_slab_kib(),
-            ));
+            measured = Some((rss(&pids), proc::tcp_stat()?, proc::socket_slab_kib()));
         }
     }
     if let Some(n) = &nats {
         n.flush().await?;
     }
-    let (rss_after, tcp_after, sock_after, slab_after) = measured.unwrap_or_else(|| (rss(&pids), 0, 0, None));
+    let (rss_after, tcp_after, slab_after) = match measured {
+        Some(m) => m,
+        None => (rss(&pids), proc::tcp_stat()?, proc::socket_slab_kib()),
+    };
     let slab_per_conn = match (slab_before, slab_after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / total.max(1) as f64),
         _ => None,
@@ -357,7 +354,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     let closed: u64 = done.iter().map(|d| d.closed).sum();
     let gaps: u64 = done.iter().map(|d| d.gaps).sum();
     let p99 = done.iter().map(|d| d.p99_us).max().unwrap_or(0) as f64 / 1000.0;
-    let tcp_per_conn = tcp_after.saturating_sub(tcp_before) as f64 / total.max(1) as f64;
+    let tcp_per_conn = tcp_after.mem_kib.saturating_sub(tcp_before.mem_kib) as f64 / total.max(1) as f64;
     let summary = vec![
         ("connections held".to_owned(), format!("{total} of {}", a.connections)),
         ("connect rate".into(), format!("{:.0}/s ({connect_s:.1} s)", total as f64 / connect_s)),
@@ -375,7 +372,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
             "kernel TCP memory".into(),
             format!(
                 "{} → {} KiB ({:.2} KiB per connection, both ends on loopback); TCP sockets in use {} → {}",
-                tcp_before, tcp_after, tcp_per_conn, sock_before, sock_after
+                tcp_before.mem_kib, tcp_after.mem_kib, tcp_per_conn, tcp_before.inuse, tcp_after.inuse
             ),
         ),
         (
@@ -440,9 +437,9 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
             "gateways": pids.len(), "workers": workers,
             "gateway_rss_kib_before": rss_before, "gateway_rss_kib": rss_after,
             "gateway_kib_per_connection": gw_delta as f64 / total.max(1) as f64,
-            "kernel_tcp_kib_before": tcp_before, "kernel_tcp_kib": tcp_after,
+            "kernel_tcp_kib_before": tcp_before.mem_kib, "kernel_tcp_kib": tcp_after.mem_kib,
             "kernel_tcp_kib_per_connection": tcp_per_conn,
-            "tcp_inuse_before": sock_before, "tcp_inuse": sock_after,
+            "tcp_inuse_before": tcp_before.inuse, "tcp_inuse": tcp_after.inuse,
             "socket_slab_kib_before": slab_before, "socket_slab_kib": slab_after,
             "socket_slab_kib_per_connection": slab_per_conn,
             "published": published, "expected": expected, "delivered": delivered, "gaps": gaps,
@@ -540,7 +537,6 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
     let nats = async_nats::connect(&a.nats_url).await.context("NATS")?;
     let subject = format!("herald.room.{room}");
     let pad = "x".repeat(a.payload_bytes);
-    let cpu = |pids: &[u32]| pids.iter().filter_map(|&p| proc::cpu_seconds(p).ok()).sum::<f64>();
     let limit_ms = a.p99_limit.as_secs_f64() * 1000.0;
     let mut steps: Vec<Step> = Vec::new();
     let mut rate = a.start_rate;
@@ -548,15 +544,14 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
     let mut step = 0u64;
     while rate <= a.max_rate {
         let delivered_before = tally.delivered.load(Relaxed);
-        let cpu_before = cpu(&a.gateway_pid);
+        let cpu_before = proc::cpu_seconds_of(&a.gateway_pid);
         let count = (rate * a.step_time.as_secs_f64()).round() as u64;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = tokio::time::Instant::now();
         for i in 0..count {
             let scheduled = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(scheduled).await;
-            let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
-            let t0 = crate::now_ns() - late.as_nanos() as u64;
+            let t0 = crate::scheduled_stamp(scheduled);
             let body = format!(r#"{{"t0":{t0},"n":{k},"s":{step},"pad":"{pad}"}}"#);
             nats.publish(subject.clone(), body.into()).await?;
             k += 1;
@@ -570,7 +565,7 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
         }
         let took = start.elapsed().as_secs_f64();
         let delivered = tally.delivered.load(Relaxed) - delivered_before;
-        let cpu_s = cpu(&a.gateway_pid) - cpu_before;
+        let cpu_s = proc::cpu_seconds_of(&a.gateway_pid) - cpu_before;
         let (p50, p99, max) = {
             let h = hist.lock().expect("histogram");
             h.get(step as usize)
