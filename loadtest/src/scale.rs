@@ -274,12 +274,14 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     let hold_until = Instant::now() + a.hold;
     let measure_at = Instant::now() + a.hold / 2;
     let mut measured = None;
-    let nats = if a.broadcast_rate > 0.0 {
+    // Connections without rooms (`--rooms 0`) have nothing to receive: no broadcast then.
+    let broadcast = a.broadcast_rate > 0.0 && a.rooms > 0;
+    let nats = if broadcast {
         Some(async_nats::connect(&a.nats_url).await.context("NATS")?)
     } else {
         None
     };
-    let interval = if a.broadcast_rate > 0.0 {
+    let interval = if broadcast {
         Duration::from_secs_f64(1.0 / a.broadcast_rate)
     } else {
         Duration::from_millis(500)
@@ -290,7 +292,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
         next += interval;
         if let Some(n) = &nats {
             let t0 = crate::now_ns();
-            for r in 0..a.rooms.max(1) {
+            for r in 0..a.rooms {
                 let body = format!(r#"{{"t0":{t0},"n":{published}}}"#);
                 n.publish(format!("herald.room.hold-{r}"), body.into()).await?;
             }
