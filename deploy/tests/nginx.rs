@@ -98,6 +98,19 @@ async fn wss(cert: &TestCert, port: u16, user: &str) -> WsClient {
     c
 }
 
+/// Reads the stream into `text` until it contains `needle`; 10 s at most per read.
+async fn read_until(stream: &mut (impl AsyncReadExt + Unpin), text: &mut String, needle: &str) {
+    let mut chunk = [0u8; 4096];
+    while !text.contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} within 10 s; got {text}"))
+            .expect("read");
+        assert!(n > 0, "stream closed before {needle:?}: {text}");
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_terminates_tls_for_wss_sse_and_long_poll_across_two_gateways() {
     let nats = NatsServer::start();
@@ -127,15 +140,7 @@ async fn nginx_terminates_tls_for_wss_sse_and_long_poll_across_two_gateways() {
     .await
     .expect("write");
     let mut sse_text = String::new();
-    let mut chunk = [0u8; 4096];
-    while !sse_text.contains(": herald") {
-        let n = tokio::time::timeout(Duration::from_secs(10), sse.read(&mut chunk))
-            .await
-            .expect("SSE preamble within 10 s")
-            .expect("read");
-        assert!(n > 0, "SSE closed: {sse_text}");
-        sse_text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    read_until(&mut sse, &mut sse_text, ": herald").await;
     assert!(sse_text.starts_with("HTTP/1.1 200"), "{sse_text}");
     assert!(sse_text
         .to_ascii_lowercase()
@@ -193,13 +198,6 @@ async fn nginx_terminates_tls_for_wss_sse_and_long_poll_across_two_gateways() {
         assert_eq!(e.data, Some(json!({"text": "through nginx"})));
     }
     // And the SSE stream carries it, with its cursor as the id.
-    while !sse_text.contains("through nginx") {
-        let n = tokio::time::timeout(Duration::from_secs(10), sse.read(&mut chunk))
-            .await
-            .expect("SSE event within 10 s")
-            .expect("read");
-        assert!(n > 0, "SSE closed: {sse_text}");
-        sse_text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    read_until(&mut sse, &mut sse_text, "through nginx").await;
     assert!(sse_text.contains(&format!("id: lobby:{seq}\n")), "{sse_text}");
 }
