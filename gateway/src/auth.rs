@@ -1,7 +1,7 @@
 //! Token verification: HS256 with a shared secret, or RS256/ES256/EdDSA with a public key.
 
 use herald_proto::claims::Claims;
-use herald_proto::{room, ErrorCode};
+use herald_proto::{room, text, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{Config, ConfigError};
@@ -82,7 +82,7 @@ impl Authenticator {
             if self.allow_anonymous {
                 return Ok(Identity {
                     user: format!("anon-{anon_id}"),
-                    name: anon_name.map(|n| n.chars().take(64).collect()),
+                    name: anon_name.and_then(text::clean_name),
                     claims: None,
                 });
             }
@@ -93,12 +93,12 @@ impl Authenticator {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {
                 Ok(data) => {
                     let claims = data.claims;
-                    if claims.sub.is_empty() || !claims.sub.bytes().all(is_user_byte) {
-                        return Err(AuthError::Invalid("`sub` must be 1+ of A-Z a-z 0-9 _ - @ =".into()));
+                    if let Err(e) = text::validate_user(&claims.sub) {
+                        return Err(AuthError::Invalid(format!("`sub`: {e}")));
                     }
                     return Ok(Identity {
                         user: claims.sub.clone(),
-                        name: claims.name.clone(),
+                        name: claims.name.as_deref().and_then(text::clean_name),
                         claims: Some(claims),
                     });
                 }
@@ -110,11 +110,6 @@ impl Authenticator {
         }
         Err(last)
     }
-}
-
-/// User ids appear in room names (`user:<id>`) and subjects (`herald.status.<id>`).
-fn is_user_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@' | b'=')
 }
 
 fn validation(alg: Algorithm) -> Validation {

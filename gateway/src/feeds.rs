@@ -20,6 +20,7 @@ use tracing::debug;
 use crate::hub::Format;
 use crate::outbound::Outbound;
 use crate::session::encode;
+use crate::sync::lock;
 
 /// What a feed carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +47,57 @@ struct Recipient {
     held: Option<Vec<Bytes>>,
 }
 
+/// The feeds of one HTTP request or stream, left together when it is dropped: a request
+/// that hyper cancels or a panic unwinds leaves no recipient behind (a held recipient would
+/// keep every message of its feed, and the feed's NATS subscription, forever).
+pub struct FeedSet {
+    feeds: Arc<Feeds>,
+    conn: u64,
+    subjects: Vec<String>,
+}
+
 /// A server frame as a recipient in `format` receives it: a whole WebSocket frame, or bare
 /// JSON for the HTTP transports.
 pub fn encode_for(format: Format, frame: &ServerFrame) -> Bytes {
     match format {
         Format::WebSocket(codec) => encode(codec, frame),
         Format::Bare => Bytes::from(Codec::Json.encode_server(frame)),
+    }
+}
+
+// === impl FeedSet ===
+
+impl FeedSet {
+    pub fn new(feeds: &Arc<Feeds>, conn: u64) -> Self {
+        Self {
+            feeds: Arc::clone(feeds),
+            conn,
+            subjects: Vec::new(),
+        }
+    }
+
+    /// [`Feeds::add`], recorded before its first await so that a cancelled add is undone.
+    pub async fn add(&mut self, subject: String, kind: Kind, out: &Arc<Outbound>, format: Format) -> bool {
+        self.subjects.push(subject);
+        let subject = self.subjects.last().expect("just pushed");
+        let ok = self.feeds.add(subject, kind, self.conn, out, format).await;
+        if !ok {
+            self.subjects.pop();
+        }
+        ok
+    }
+
+    /// [`Feeds::release`].
+    pub fn release(&self, subject: &str, first: Option<Bytes>) {
+        self.feeds.release(subject, self.conn, first);
+    }
+}
+
+impl Drop for FeedSet {
+    fn drop(&mut self) {
+        for subject in &self.subjects {
+            self.feeds.remove(subject, self.conn);
+        }
     }
 }
 
@@ -76,7 +122,7 @@ impl Feeds {
         format: Format,
     ) -> bool {
         let (mut ready, start) = {
-            let mut feeds = self.feeds.lock().expect("feeds lock");
+            let mut feeds = lock(&self.feeds);
             let recipient = Recipient {
                 out: Arc::clone(out),
                 format,
@@ -113,7 +159,7 @@ impl Feeds {
 
     /// Sends `first` (if any) and then everything held for `conn`, and stops holding.
     pub fn release(&self, subject: &str, conn: u64, first: Option<Bytes>) {
-        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let mut feeds = lock(&self.feeds);
         let Some(r) = feeds.get_mut(subject).and_then(|f| f.recipients.get_mut(&conn)) else {
             return;
         };
@@ -127,7 +173,7 @@ impl Feeds {
 
     /// Removes `conn` from the feed; the last recipient's removal ends the subscription.
     pub fn remove(&self, subject: &str, conn: u64) {
-        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let mut feeds = lock(&self.feeds);
         let Some(feed) = feeds.get_mut(subject) else { return };
         feed.recipients.remove(&conn);
         if feed.recipients.is_empty() {
@@ -142,7 +188,7 @@ impl Feeds {
             Ok(sub) => sub,
             Err(e) => {
                 debug!(subject, error = %e, "Feed subscription failed");
-                self.feeds.lock().expect("feeds lock").remove(subject);
+                lock(&self.feeds).remove(subject);
                 return;
             }
         };
@@ -150,7 +196,7 @@ impl Feeds {
         let this = Arc::clone(self);
         let owned = subject.to_owned();
         let task = tokio::spawn(async move { this.forward(&owned, kind, sub).await });
-        match self.feeds.lock().expect("feeds lock").get_mut(subject) {
+        match lock(&self.feeds).get_mut(subject) {
             Some(feed) => feed.task = Some(task.abort_handle()),
             // Every recipient left meanwhile.
             None => task.abort(),
@@ -169,7 +215,7 @@ impl Feeds {
                 continue;
             };
             let mut encoded: [Option<Bytes>; 3] = [None, None, None];
-            let mut feeds = self.feeds.lock().expect("feeds lock");
+            let mut feeds = lock(&self.feeds);
             let Some(feed) = feeds.get_mut(subject) else { return };
             for r in feed.recipients.values_mut() {
                 let slot = match r.format {

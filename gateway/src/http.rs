@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
-use herald_proto::ErrorCode;
+use herald_proto::{text, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -17,14 +17,14 @@ use serde_json::value::RawValue;
 use crate::auth::{Access, Identity};
 use crate::hub::Format;
 use crate::outbound::Outbound;
-use crate::server::{full, query_param, token, Body, HttpError, Shared};
+use crate::server::{full, query_param, token, Body, HttpError, Shared, Slot};
 
 /// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`.
 pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
     if !shared.origin_allowed(req) {
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
-    let name = query_param(req, "name");
+    let name = display_name(req)?;
     let sid = session_id(req)?;
     let anon_id = sid.as_deref().unwrap_or(conn);
     Ok(shared
@@ -36,19 +36,24 @@ pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<
 /// reconnects and transports. An anonymous user is `anon-<sid>` with it (`anon-<conn>`
 /// without), so a reconnect is the same user; a polling client's membership is keyed by it.
 pub fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
-    match query_param(req, "sid") {
-        None => Ok(None),
-        Some(sid)
-            if (8..=64).contains(&sid.len())
-                && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
-        {
-            Ok(Some(sid))
-        }
-        Some(_) => Err(HttpError::new(
-            ErrorCode::BadRequest,
-            "`sid` must be 8-64 of A-Z a-z 0-9 _ -",
-        )),
+    let sid = query_param(req, "sid");
+    if let Some(sid) = &sid {
+        text::validate_sid(sid).map_err(bad_request)?;
     }
+    Ok(sid)
+}
+
+/// `?name=`: an anonymous user's display name (at most 64 characters, no control characters).
+pub fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
+    let name = query_param(req, "name");
+    if let Some(name) = &name {
+        text::validate_name(name).map_err(bad_request)?;
+    }
+    Ok(name)
+}
+
+fn bad_request(e: impl std::fmt::Display) -> HttpError {
+    HttpError::new(ErrorCode::BadRequest, e.to_string())
 }
 
 /// `?presence=`: the rooms (among `rooms`) to be a member of; `1` or `true` for all of them.
@@ -72,7 +77,7 @@ pub fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<S
 /// `?watch=a,b`: users whose status to follow (valid ids, at most `--max-watch`).
 pub fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, HttpError> {
     let users = list_items(&query_param(req, "watch").unwrap_or_default());
-    crate::presence::check_users(&users).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))?;
+    let users = text::validate_users(&users).map_err(bad_request)?;
     let max = shared.config.max_watch;
     if users.len() > max {
         return Err(HttpError::new(
@@ -147,34 +152,29 @@ pub fn cursor(req: &Request<Incoming>) -> Result<Option<Cursor>, HttpError> {
     }
 }
 
-/// A registered HTTP client: counts toward `--max-connections`, is closed by the drain,
-/// and leaves its rooms when dropped.
+/// A registered HTTP client: holds its slot among `--max-connections`, is closed by the
+/// drain, and leaves its rooms when dropped (also when hyper drops the request's future
+/// because the client went away).
 pub struct Registration {
     pub shared: Arc<Shared>,
     pub conn_id: u64,
     pub out: Arc<Outbound>,
     pub rooms: Vec<String>,
+    /// Dropped after the rooms are left.
+    _slot: Slot,
 }
 
 impl Registration {
-    pub fn new(shared: &Arc<Shared>, conn_id: u64) -> Result<Self, HttpError> {
-        if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(HttpError::new(
-                ErrorCode::Unavailable,
-                "gateway is draining; retry on another",
-            ));
-        }
-        if !shared.conns.reserve(shared.config.max_connections) {
-            return Err(HttpError::new(ErrorCode::Unavailable, "too many connections"));
-        }
+    pub fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64) -> Self {
         let out = Outbound::new(shared.config.outbound_buffer_bytes);
-        shared.conns.insert(conn_id, Arc::clone(&out));
-        Ok(Self {
+        slot.register(Arc::clone(&out));
+        Self {
             shared: Arc::clone(shared),
             conn_id,
             out,
             rooms: Vec::new(),
-        })
+            _slot: slot,
+        }
     }
 }
 
@@ -183,6 +183,7 @@ impl Registration {
     pub async fn attach_all(&mut self, rooms: &[String], positions: &Cursor) -> Result<(), HttpError> {
         for room in rooms {
             self.rooms.push(room.clone());
+            fail::fail_point!("http.attach");
             self.shared
                 .upstream
                 .attach(
@@ -205,7 +206,6 @@ impl Drop for Registration {
         for room in &self.rooms {
             self.shared.upstream.detach(room, self.conn_id);
         }
-        self.shared.conns.remove(self.conn_id);
     }
 }
 
@@ -286,6 +286,9 @@ pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let p: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
     who.check_room(&p.room, Access::Publish)?;
+    if let Some(kind) = &p.kind {
+        text::validate_type(kind).map_err(bad_request)?;
+    }
     if !shared.http_publish_allowed(&who.user) {
         return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
     }

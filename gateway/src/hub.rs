@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::outbound::{opcode, ws_frame, Item, Outbound, Pushed};
+use crate::sync::lock;
 
 const SHARDS: usize = 64;
 
@@ -125,7 +126,7 @@ impl Default for Hub {
 impl Hub {
     fn shard(&self, room: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(room) as usize % SHARDS;
-        self.shards[i].lock().expect("hub shard lock")
+        lock(&self.shards[i])
     }
 
     /// Adds a pending subscriber; live events are buffered for it until [`Hub::activate`].
@@ -276,10 +277,7 @@ impl Hub {
 
     /// Rooms with at least one local subscriber or lingering.
     pub fn rooms(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().expect("hub shard lock").len())
-            .sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }
 

@@ -23,6 +23,7 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod stream;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

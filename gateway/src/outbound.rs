@@ -14,6 +14,8 @@ use herald_proto::CloseCode;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::sync::lock;
+
 /// WebSocket opcodes the gateway writes.
 pub mod opcode {
     pub const TEXT: u8 = 0x1;
@@ -76,7 +78,7 @@ impl Outbound {
 
     /// Queues a frame unless that would pass the byte bound.
     pub fn push(&self, item: Item) -> Pushed {
-        let mut q = self.queue.lock().expect("outbound lock");
+        let mut q = lock(&self.queue);
         if q.close.is_some() {
             return Pushed::Closed;
         }
@@ -105,7 +107,7 @@ impl Outbound {
 
     /// Asks the writer to end the connection after what is queued. The first close wins.
     pub fn close(&self, code: Option<CloseCode>) {
-        let mut q = self.queue.lock().expect("outbound lock");
+        let mut q = lock(&self.queue);
         if q.close.is_none() {
             q.close = Some(Close { code });
         }
@@ -114,12 +116,12 @@ impl Outbound {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.queue.lock().expect("outbound lock").close.is_some()
+        lock(&self.queue).close.is_some()
     }
 
     /// Moves everything queued into `batch`; returns the close request, if any.
     pub fn take(&self, batch: &mut Vec<Item>) -> Option<Close> {
-        let mut q = self.queue.lock().expect("outbound lock");
+        let mut q = lock(&self.queue);
         batch.extend(q.items.drain(..));
         q.bytes = 0;
         q.close
@@ -132,7 +134,7 @@ impl Outbound {
 
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.queue.lock().expect("outbound lock").bytes
+        lock(&self.queue).bytes
     }
 }
 

@@ -17,7 +17,7 @@ use herald_proto::{Codec, ErrorCode};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::feeds::Kind;
+use crate::feeds::{FeedSet, Kind};
 use crate::http::{
     cursor, identify, json, presence_rooms, rooms, session_id, watched, EventHead, Queued, Registration,
 };
@@ -35,8 +35,12 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
     let sid = session_id(&req)?;
     let asked = cursor(&req)?;
     let wait = wait(shared, &req)?;
+    let slot = shared.reserve(conn_id)?;
     let session = sid.as_ref().map(|sid| format!("p-{sid}"));
     let ttl = shared.config.poll_session_ttl;
+    // However this request ends (answered, cancelled, panicked), the session lives `ttl` more.
+    let _keep = session.as_ref().map(|session| KeepSession { shared, session, ttl });
+    fail::fail_point!("poll.touch");
     match &session {
         Some(session) => {
             shared
@@ -59,6 +63,7 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
 
     let upstream = &shared.upstream;
     let unavailable = |e: String| HttpError::new(ErrorCode::Unavailable, e);
+    fail::fail_point!("poll.positions");
     let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let mut events: Vec<Bytes> = Vec::new();
     if asked.is_some() {
@@ -74,26 +79,29 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
             }
         }
     }
+    fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     if !events.is_empty() || wait.is_zero() || draining {
         let extra = extra(shared, &members_of, &watch).await;
         return Ok(respond(transport, &events, &positions, &extra));
     }
 
-    let mut reg = Registration::new(shared, conn_id)?;
+    let mut reg = Registration::new(shared, slot, conn_id);
     reg.attach_all(&rooms, &positions).await?;
     // A presence or status change ends the wait too (the answer holds fresh snapshots).
     let subjects = shared.upstream.subjects();
-    let feeds: Vec<(String, Kind)> = members_of
+    let wanted = members_of
         .iter()
         .map(|r| (subjects.presence(r), Kind::Presence))
-        .chain(watch.iter().map(|u| (subjects.status(u), Kind::Status)))
-        .collect();
-    for (subject, kind) in &feeds {
-        if shared.feeds.add(subject, *kind, conn_id, &reg.out, Format::Bare).await {
-            shared.feeds.release(subject, conn_id, None);
+        .chain(watch.iter().map(|u| (subjects.status(u), Kind::Status)));
+    let mut feeds = FeedSet::new(&shared.feeds, conn_id);
+    for (subject, kind) in wanted {
+        fail::fail_point!("poll.feed");
+        if feeds.add(subject.clone(), kind, &reg.out, Format::Bare).await {
+            feeds.release(&subject, None);
         }
     }
+    fail::fail_point!("poll.wait");
     let deadline = tokio::time::Instant::now() + wait;
     let mut batch = Vec::new();
     loop {
@@ -106,9 +114,7 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    for (subject, _) in &feeds {
-        shared.feeds.remove(subject, conn_id);
-    }
+    drop(feeds);
     drop(reg);
     for item in batch
         .into_iter()
@@ -120,9 +126,6 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
         events.push(item.bytes);
     }
     let extra = extra(shared, &members_of, &watch).await;
-    if let Some(session) = &session {
-        shared.polls.keep(session, ttl);
-    }
     Ok(respond(transport, &events, &positions, &extra))
 }
 
@@ -192,6 +195,19 @@ fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, extra: &s
     body.extend_from_slice(format!("],\"cursor\":\"{positions}\"{extra}}}").as_bytes());
     metrics::sent(transport, events.len() as u64, body.len() as u64);
     json(StatusCode::OK, body)
+}
+
+/// Keeps a poll session alive for its time to live from the moment the request ends.
+struct KeepSession<'a> {
+    shared: &'a Shared,
+    session: &'a str,
+    ttl: Duration,
+}
+
+impl Drop for KeepSession<'_> {
+    fn drop(&mut self) {
+        self.shared.polls.keep(self.session, self.ttl);
+    }
 }
 
 /// Keeps `herald_gateway_connections{transport}` up while a request is open.

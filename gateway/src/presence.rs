@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::auth::Identity;
-use crate::feeds::{encode_for, Kind};
+use crate::feeds::{encode_for, FeedSet, Kind};
 use crate::hub::Format;
 use crate::outbound::Outbound;
 use crate::server::Shared;
+use crate::sync::lock;
 use crate::upstream::Upstream;
 
 /// Changes published in one message at most.
@@ -33,14 +34,6 @@ const SNAPSHOT_PART: usize = 2000;
 
 /// Longest wait for fanout's answer to a snapshot or status request.
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// User ids to watch must be valid subject tokens (the room-name characters).
-pub fn check_users(users: &[String]) -> Result<(), String> {
-    match users.iter().find(|u| herald_proto::room::validate(u).is_err()) {
-        Some(bad) => Err(format!("`{bad}` is not a valid user id")),
-        None => Ok(()),
-    }
-}
 
 /// The room's presence snapshot from fanout, if it answers in time.
 pub async fn snapshot(upstream: &Upstream, room: &str) -> Option<Presence> {
@@ -304,12 +297,12 @@ impl Task {
 
 /// The presence of a connection on an HTTP stream (SSE): online while it lives, a member of
 /// `rooms`, following `watched` users; snapshots, statuses and diffs go to `out` as bare JSON.
+/// Dropping it (also half-way through [`Membership::start`]) closes the connection in fanout
+/// and leaves its feeds.
 pub struct Membership {
     shared: Arc<Shared>,
-    conn_id: u64,
     conn: String,
-    rooms: Vec<String>,
-    watched: Vec<String>,
+    feeds: FeedSet,
 }
 
 impl Membership {
@@ -326,62 +319,47 @@ impl Membership {
     ) -> Self {
         let tracker = &shared.tracker;
         tracker.open(conn, &who.user);
+        let mut this = Self {
+            shared: Arc::clone(shared),
+            conn: conn.to_owned(),
+            feeds: FeedSet::new(&shared.feeds, conn_id),
+        };
+        fail::fail_point!("membership.join");
         for room in &rooms {
             tracker.join(room, conn, &who.user, who.name.as_deref()).await;
         }
         let subjects = shared.upstream.subjects();
-        let mut feeds = Vec::new();
         for room in &rooms {
             let subject = subjects.presence(room);
-            if shared
-                .feeds
-                .add(&subject, Kind::Presence, conn_id, out, Format::Bare)
-                .await
-            {
+            fail::fail_point!("membership.feed");
+            if this.feeds.add(subject.clone(), Kind::Presence, out, Format::Bare).await {
+                fail::fail_point!("membership.snapshot");
                 let first = snapshot(&shared.upstream, room)
                     .await
                     .map(|p| encode_for(Format::Bare, &ServerFrame::Presence(p)));
-                shared.feeds.release(&subject, conn_id, first);
-                feeds.push(subject);
+                this.feeds.release(&subject, first);
             }
         }
         for user in &watched {
-            let subject = subjects.status(user);
-            if shared
-                .feeds
-                .add(&subject, Kind::Status, conn_id, out, Format::Bare)
-                .await
-            {
-                feeds.push(subject);
-            }
+            this.feeds
+                .add(subjects.status(user), Kind::Status, out, Format::Bare)
+                .await;
         }
         if !watched.is_empty() {
+            fail::fail_point!("membership.statuses");
             for status in statuses(&shared.upstream, &watched).await.unwrap_or_default() {
                 out.push_frame(encode_for(Format::Bare, &ServerFrame::Status(status)));
             }
             for user in &watched {
-                shared.feeds.release(&subjects.status(user), conn_id, None);
+                this.feeds.release(&subjects.status(user), None);
             }
         }
-        Self {
-            shared: Arc::clone(shared),
-            conn_id,
-            conn: conn.to_owned(),
-            rooms,
-            watched,
-        }
+        this
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let subjects = self.shared.upstream.subjects();
-        for room in &self.rooms {
-            self.shared.feeds.remove(&subjects.presence(room), self.conn_id);
-        }
-        for user in &self.watched {
-            self.shared.feeds.remove(&subjects.status(user), self.conn_id);
-        }
         self.shared.tracker.close(&self.conn);
     }
 }
@@ -405,7 +383,7 @@ impl PollSessions {
     pub async fn touch(&self, tracker: &Tracker, conn: &str, who: &Identity, rooms: &[String], ttl: Duration) {
         let wanted: HashSet<String> = rooms.iter().cloned().collect();
         let (reopen, open, join, leave) = {
-            let mut sessions = self.sessions.lock().expect("poll sessions lock");
+            let mut sessions = lock(&self.sessions);
             let expires = Instant::now() + ttl;
             match sessions.get_mut(conn) {
                 Some(s) if s.user == who.user => {
@@ -446,7 +424,7 @@ impl PollSessions {
 
     /// Keeps session `conn` alive for `ttl` from now (a long-poll that just ended).
     pub fn keep(&self, conn: &str, ttl: Duration) {
-        if let Some(s) = self.sessions.lock().expect("poll sessions lock").get_mut(conn) {
+        if let Some(s) = lock(&self.sessions).get_mut(conn) {
             s.expires = Instant::now() + ttl;
         }
     }
@@ -454,7 +432,7 @@ impl PollSessions {
     /// Closes the sessions whose time to live has passed.
     pub fn sweep(&self, tracker: &Tracker) {
         let now = Instant::now();
-        let mut sessions = self.sessions.lock().expect("poll sessions lock");
+        let mut sessions = lock(&self.sessions);
         sessions.retain(|conn, s| {
             let alive = s.expires > now;
             if !alive {

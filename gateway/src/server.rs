@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use herald_proto::{codec, CloseCode, Codec, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -19,11 +20,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rand::Rng;
+use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::{AuthError, Authenticator, RoomRefused};
 use crate::config::Config;
@@ -33,6 +35,7 @@ use crate::outbound::Outbound;
 use crate::presence::{PollSessions, Tracker};
 use crate::session::TokenBucket;
 use crate::session::{self, Accepted, Mode};
+use crate::sync::lock;
 use crate::upstream::Upstream;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -57,6 +60,14 @@ pub struct Shared {
     pub stream_ready: AtomicBool,
     next_conn: AtomicU64,
     origins: Vec<String>,
+}
+
+/// A place among `--max-connections`, taken before a connection's or a request's first
+/// `.await` and given back by `Drop`, however it ends: closed, cancelled by hyper when the
+/// client goes away, or unwound by a panic.
+pub struct Slot {
+    shared: Arc<Shared>,
+    conn_id: u64,
 }
 
 /// Open client connections, for limits and the drain.
@@ -123,7 +134,7 @@ impl Shared {
 
     /// Whether `user` may publish over HTTP now (`--publish-rate` per user per gateway).
     pub fn http_publish_allowed(&self, user: &str) -> bool {
-        let mut buckets = self.http_buckets.lock().expect("buckets lock");
+        let mut buckets = lock(&self.http_buckets);
         if buckets.len() > 100_000 {
             // Full buckets carry no state worth keeping.
             buckets.retain(|_, b| !b.is_full());
@@ -133,6 +144,23 @@ impl Shared {
             .entry(user.to_owned())
             .or_insert_with(|| TokenBucket::new(rate))
             .take()
+    }
+
+    /// Takes a connection slot, unless the gateway is draining or full.
+    pub fn reserve(self: &Arc<Self>, conn_id: u64) -> Result<Slot, HttpError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(HttpError::new(
+                ErrorCode::Unavailable,
+                "gateway is draining; connect to another",
+            ));
+        }
+        if !self.conns.reserve(self.config.max_connections) {
+            return Err(HttpError::new(ErrorCode::Unavailable, "too many connections"));
+        }
+        Ok(Slot {
+            shared: Arc::clone(self),
+            conn_id,
+        })
     }
 
     /// Why the gateway is not ready, if it is not.
@@ -167,11 +195,26 @@ impl Shared {
     }
 }
 
+// === impl Slot ===
+
+impl Slot {
+    /// Makes the connection known to the drain, which closes it through `out`.
+    pub fn register(&self, out: Arc<Outbound>) {
+        self.shared.conns.insert(self.conn_id, out);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.conns.remove(self.conn_id);
+    }
+}
+
 // === impl Connections ===
 
 impl Connections {
     /// Reserves a slot unless `max` are taken.
-    pub fn reserve(&self, max: usize) -> bool {
+    fn reserve(&self, max: usize) -> bool {
         let prev = self.reserved.fetch_add(1, Ordering::AcqRel);
         if prev as usize >= max {
             self.reserved.fetch_sub(1, Ordering::AcqRel);
@@ -180,19 +223,19 @@ impl Connections {
         true
     }
 
-    pub fn unreserve(&self) {
+    fn unreserve(&self) {
         self.reserved.fetch_sub(1, Ordering::AcqRel);
         if self.reserved.load(Ordering::Acquire) == 0 {
             self.empty.notify_waiters();
         }
     }
 
-    pub fn insert(&self, id: u64, out: Arc<Outbound>) {
-        self.map.lock().expect("conns lock").insert(id, out);
+    fn insert(&self, id: u64, out: Arc<Outbound>) {
+        lock(&self.map).insert(id, out);
     }
 
-    pub fn remove(&self, id: u64) {
-        self.map.lock().expect("conns lock").remove(&id);
+    fn remove(&self, id: u64) {
+        lock(&self.map).remove(&id);
         self.unreserve();
     }
 
@@ -207,7 +250,7 @@ impl Connections {
     /// Closes every connection with 1012, spread over `spread`, and waits until all are gone
     /// or `deadline` passes.
     pub async fn drain(&self, spread: Duration, deadline: Duration) {
-        let outs: Vec<Arc<Outbound>> = self.map.lock().expect("conns lock").values().cloned().collect();
+        let outs: Vec<Arc<Outbound>> = lock(&self.map).values().cloned().collect();
         info!(connections = outs.len(), "Draining");
         let spread_ms = spread.as_millis().max(1) as u64;
         for out in outs {
@@ -313,7 +356,18 @@ where
     let timeout = shared.config.handshake_timeout;
     let service = service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(route(shared, req).await) }
+        async move {
+            // A panic in a handler answers its request with 500 and ends nothing else; the
+            // handler's guards release what it held.
+            let routed = AssertUnwindSafe(route(shared, req)).catch_unwind().await;
+            Ok::<_, Infallible>(routed.unwrap_or_else(|panic| {
+                error!(
+                    panic = crate::session::panic_message(&*panic),
+                    "Request handler panicked"
+                );
+                HttpError::new(ErrorCode::Internal, "internal error").into_response()
+            }))
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -393,12 +447,6 @@ pub fn token(req: &Request<Incoming>) -> Option<String> {
 }
 
 fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Result<Response<Body>, HttpError> {
-    if shared.draining.load(Ordering::Relaxed) {
-        return Err(HttpError::new(
-            ErrorCode::Unavailable,
-            "gateway is draining; connect to another",
-        ));
-    }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Err(HttpError::new(ErrorCode::BadRequest, "expected a WebSocket upgrade"));
     }
@@ -410,7 +458,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
     let identity = match mode {
         Mode::Echo => None,
         Mode::Herald => {
-            let name = query_param(&req, "name");
+            let name = crate::http::display_name(&req)?;
             let sid = crate::http::session_id(&req)?;
             let anon_id = sid.as_deref().unwrap_or(&conn);
             Some(
@@ -420,16 +468,9 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
             )
         }
     };
-    if !shared.conns.reserve(shared.config.max_connections) {
-        return Err(HttpError::new(ErrorCode::Unavailable, "too many connections"));
-    }
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(ok) => ok,
-        Err(e) => {
-            shared.conns.unreserve();
-            return Err(HttpError::new(ErrorCode::BadRequest, format!("bad upgrade: {e}")));
-        }
-    };
+    let slot = shared.reserve(conn_id)?;
+    let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
+        .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("bad upgrade: {e}")))?;
     let offered_protocol = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     let identity = identity.unwrap_or_else(|| crate::auth::Identity {
         user: format!("echo-{conn}"),
@@ -440,6 +481,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
         match fut.await {
             Ok(ws) => {
                 let accepted = Accepted {
+                    slot,
                     conn_id,
                     conn,
                     identity,
@@ -448,10 +490,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
                 };
                 session::run(shared, ws.into_inner(), accepted).await;
             }
-            Err(e) => {
-                debug!(error = %e, "Upgrade did not complete");
-                shared.conns.unreserve();
-            }
+            Err(e) => debug!(error = %e, "Upgrade did not complete"),
         }
     });
     let (mut parts, _) = resp.into_parts();

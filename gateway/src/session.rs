@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use futures_util::FutureExt;
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
 use herald_proto::{CloseCode, Codec, ErrorCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, Instrument};
+use tracing::{debug, error, Instrument};
 
 use crate::auth::{Access, Identity};
 use crate::feeds::Kind;
@@ -24,7 +26,7 @@ use crate::input::Input;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 use crate::presence;
-use crate::server::Shared;
+use crate::server::{Shared, Slot};
 
 /// Rejected publishes in a row that close the connection with 4029.
 const RATE_STRIKES: u32 = 10;
@@ -42,6 +44,7 @@ pub enum Mode {
 
 /// A connection's identity and settings, fixed at the upgrade.
 pub struct Accepted {
+    pub slot: Slot,
     pub conn_id: u64,
     pub conn: String,
     pub identity: Identity,
@@ -49,8 +52,13 @@ pub struct Accepted {
     pub mode: Mode,
 }
 
+/// Everything a connection holds. Its `Drop` gives it all back (rooms, presence, watched
+/// users, fanout's record of the connection, the slot), so a connection that ends in a
+/// panic or is cancelled leaves nothing behind.
 struct Session {
     shared: Arc<Shared>,
+    mode: Mode,
+    slot: Slot,
     conn_id: u64,
     conn: String,
     identity: Identity,
@@ -97,10 +105,12 @@ where
     let mut input = Input::new(rd, &idle);
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
     let last_seen = Arc::new(AtomicU64::new(now_ms()));
-    shared.conns.insert(a.conn_id, Arc::clone(&out));
+    a.slot.register(Arc::clone(&out));
     metrics::connection_opened(Transport::WebSocket);
 
     let mut session = Session {
+        mode: a.mode,
+        slot: a.slot,
         conn_id: a.conn_id,
         conn: a.conn,
         codec: a.codec,
@@ -133,6 +143,7 @@ where
         .in_current_span(),
     );
     let writer_abort = writer.abort_handle();
+    let _writer = AbortOnDrop(writer.abort_handle());
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
     let reading = session.read_loop(&mut input, &idle, &last_seen, a.mode, max);
@@ -150,12 +161,7 @@ where
         }
         _ = &mut writer => false,
     };
-    session.leave_all();
-    if a.mode == Mode::Herald {
-        shared.tracker.close(&session.conn);
-    }
-    shared.conns.remove(a.conn_id);
-    metrics::connection_closed(Transport::WebSocket);
+    drop(session);
     if !peer_closed {
         // We closed first: read (and discard) until the peer's close frame or EOF, so that
         // unread input does not turn our close into a reset that destroys the close frame.
@@ -222,8 +228,19 @@ impl Session {
                 match assemble(frame, &mut fragments, max) {
                     Err(end) => return end,
                     Ok(Some((op, payload))) => {
-                        if let Err(code) = self.on_message(mode, op, payload).await {
-                            return End::Close(code);
+                        // A bug that one input triggers ends that input's connection (1011),
+                        // never the gateway; the session's Drop releases what it held.
+                        let handled = AssertUnwindSafe(self.on_message(mode, op, payload))
+                            .catch_unwind()
+                            .await;
+                        match handled {
+                            Ok(Ok(())) => {}
+                            Ok(Err(code)) => return End::Close(code),
+                            Err(panic) => {
+                                error!(panic = panic_message(&*panic), "Op panicked; closing its connection");
+                                metrics::error(ErrorCode::Internal);
+                                return End::Close(CloseCode::INTERNAL);
+                            }
                         }
                     }
                     Ok(None) => {}
@@ -302,6 +319,7 @@ impl Session {
             encode(codec, &ServerFrame::Ack(ack))
         };
         let format = Format::WebSocket(self.codec);
+        fail::fail_point!("ws.subscribe");
         match self
             .shared
             .upstream
@@ -323,8 +341,10 @@ impl Session {
     async fn join_presence(&mut self, id: Option<Id>, room: String) {
         let shared = Arc::clone(&self.shared);
         let name = self.identity.name.as_deref();
-        shared.tracker.join(&room, &self.conn, &self.identity.user, name).await;
         self.presence_rooms.insert(room.clone());
+        fail::fail_point!("ws.presence.join");
+        shared.tracker.join(&room, &self.conn, &self.identity.user, name).await;
+        fail::fail_point!("ws.presence.follow");
         let format = Format::WebSocket(self.codec);
         match presence::follow(&shared, self.conn_id, &self.out, format, &room, id.clone()).await {
             Ok(()) => {}
@@ -360,6 +380,7 @@ impl Session {
             return Ok(());
         }
         let upstream = &self.shared.upstream;
+        fail::fail_point!("ws.publish");
         let ack = match upstream
             .publish(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user)
             .await
@@ -397,6 +418,7 @@ impl Session {
         if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
             return self.error(id, r.code, r.message);
         }
+        fail::fail_point!("ws.presence");
         match self.snapshot(id.clone(), &room).await {
             Some(p) => self.send(&ServerFrame::Presence(p)),
             None => self.error(id, ErrorCode::Unavailable, "the presence service did not answer"),
@@ -411,9 +433,6 @@ impl Session {
     }
 
     async fn watch(&mut self, id: Option<Id>, users: Vec<String>) {
-        if let Err(message) = presence::check_users(&users) {
-            return self.error(id, ErrorCode::BadRequest, message);
-        }
         let added: Vec<String> = users
             .iter()
             .filter(|u| !self.watching.contains(*u))
@@ -434,21 +453,21 @@ impl Session {
         let mut feeds = Vec::with_capacity(added.len());
         for user in added {
             let subject = subjects.status(&user);
+            // Recorded first: a panic or cancel inside `add` still has it removed at the end.
+            self.watching.insert(user.clone());
+            fail::fail_point!("ws.watch");
+            let format = Format::WebSocket(self.codec);
             if shared
                 .feeds
-                .add(
-                    &subject,
-                    Kind::Status,
-                    self.conn_id,
-                    &self.out,
-                    Format::WebSocket(self.codec),
-                )
+                .add(&subject, Kind::Status, self.conn_id, &self.out, format)
                 .await
             {
-                self.watching.insert(user);
                 feeds.push(subject);
+            } else {
+                self.watching.remove(&user);
             }
         }
+        fail::fail_point!("ws.watch.statuses");
         let statuses = presence::statuses(&shared.upstream, &users).await;
         self.send(&ServerFrame::Ack(Ack {
             id: id.clone(),
@@ -495,6 +514,7 @@ impl Session {
     /// Leaves everything as the connection ends. Fanout learns from the connection's close
     /// (which applies the leave delay), not from per-room leaves (which do not).
     fn leave_all(&mut self) {
+        self.out.close(None);
         let subjects = self.shared.upstream.subjects();
         for room in std::mem::take(&mut self.presence_rooms) {
             self.shared.feeds.remove(&subjects.presence(&room), self.conn_id);
@@ -517,6 +537,36 @@ impl Session {
         metrics::error(code);
         self.send(&ServerFrame::Error(ErrorFrame::new(id, code, message)));
     }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave_all();
+        if self.mode == Mode::Herald {
+            self.shared.tracker.close(&self.conn);
+        }
+        metrics::connection_closed(Transport::WebSocket);
+        // `slot` is dropped after this, giving the connection's place back.
+        let _ = &self.slot;
+    }
+}
+
+/// Aborts a task when dropped (the writer of a connection whose reader ended).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The message of a caught panic, for the log.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// A whole WebSocket frame for a server frame in `codec`.

@@ -25,9 +25,12 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     let members_of = presence_rooms(&req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
+    let slot = shared.reserve(conn_id)?;
+    fail::fail_point!("sse.positions");
     let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
-    let mut reg = Registration::new(shared, conn_id)?;
+    let mut reg = Registration::new(shared, slot, conn_id);
     reg.attach_all(&rooms, &positions).await?;
+    fail::fail_point!("sse.membership");
     let membership = Membership::start(shared, conn_id, &conn, &who, &reg.out, members_of, watch).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -40,6 +43,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
         if tx.send(Bytes::from_static(b": herald\n\n")).await.is_err() {
             return;
         }
+        fail::fail_point!("sse.stream");
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut batch = Vec::new();
         loop {

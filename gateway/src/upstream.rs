@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetErrorKind};
-use async_nats::{Client, HeaderMap};
+use async_nats::{Client, HeaderMap, HeaderValue};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::header;
@@ -147,6 +147,7 @@ impl Upstream {
         if joined.new_room {
             self.start_room(room);
         }
+        fail::fail_point!("upstream.attach");
         let mut state = joined.state;
         let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
             .await
@@ -350,10 +351,16 @@ impl Upstream {
         kind: Option<&str>,
         from: &str,
     ) -> Result<PublishAckFuture, UpstreamError> {
+        // Fallible constructors: a value with CR or LF must be an error, never a panic (proto
+        // has validated both already; this keeps it so if a caller forgets).
+        let value = |v: &str| {
+            v.parse::<HeaderValue>()
+                .map_err(|e| UpstreamError(format!("bad header value: {e}")))
+        };
         let mut headers = HeaderMap::new();
-        headers.insert(header::HERALD_FROM, from);
+        headers.insert(header::HERALD_FROM, value(from)?);
         if let Some(kind) = kind {
-            headers.insert(header::HERALD_TYPE, kind);
+            headers.insert(header::HERALD_TYPE, value(kind)?);
         }
         self.js
             .publish_with_headers(self.subjects.room(room), headers, payload)

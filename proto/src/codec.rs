@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::frame::{ClientFrame, ClientOp, Event, EventRef, Id, Payload, ServerFrame};
+use crate::{room, text};
 
 /// The sub-protocol name of the JSON codec.
 pub const JSON_PROTOCOL: &str = "herald.v1.json";
@@ -146,7 +147,8 @@ impl Codec {
         }
         let encoded = match self {
             Self::Json if json => {
-                let raw: &RawValue = serde_json::from_slice(ev.payload).expect("checked above");
+                let compact = one_line_json(ev.payload);
+                let raw: &RawValue = serde_json::from_slice(&compact).expect("checked above");
                 serde_json::to_vec(&out(&ev, Some(raw), None)).map_err(EncodeError::from)
             }
             Self::Json => {
@@ -224,6 +226,33 @@ impl Codec {
     }
 }
 
+/// The JSON text with no line breaks: CR and LF can only be whitespace between tokens in
+/// valid JSON (inside strings they are escaped), so whitespace outside strings is dropped
+/// when there is a line break. A frame then always fits on one line, which SSE's `data:`
+/// field and line-based tools need.
+fn one_line_json(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            out.push(b);
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = b == b'"';
+            out.push(b);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn decode_client_json(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
     match serde_json::from_slice::<WireOp<Box<RawValue>>>(bytes) {
         Ok(wire) => validate(wire, |raw| {
@@ -233,10 +262,11 @@ fn decode_client_json(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
             let id = serde_json::from_slice::<serde_json::Value>(bytes)
                 .ok()
                 .and_then(|v| v.get("id").cloned())
-                .and_then(|id| serde_json::from_value(id).ok());
+                .and_then(|id| serde_json::from_value(id).ok())
+                .filter(|id| text::validate_id(id).is_ok());
             Err(DecodeError::BadRequest {
                 id,
-                message: format!("malformed op: {e}"),
+                message: malformed(&e),
             })
         }
     }
@@ -247,10 +277,11 @@ fn decode_client_msgpack(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
     let id = value
         .as_map()
         .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id")))
-        .and_then(|(_, v)| rmpv::ext::from_value(v.clone()).ok());
+        .and_then(|(_, v)| rmpv::ext::from_value(v.clone()).ok())
+        .filter(|id| text::validate_id(id).is_ok());
     let wire: WireOp<rmpv::Value> = rmpv::ext::from_value(value).map_err(|e| DecodeError::BadRequest {
         id,
-        message: format!("malformed op: {e}"),
+        message: malformed(&e),
     })?;
     validate(wire, |data| match data {
         rmpv::Value::Binary(b) => Ok(Payload::Binary(Bytes::from(b))),
@@ -258,6 +289,11 @@ fn decode_client_msgpack(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
             .map(|v| Payload::Json(Bytes::from(v)))
             .map_err(|e| format!("data is not representable as JSON: {e}")),
     })
+}
+
+/// A decoder's complaint, cut short: it may quote the client's input.
+fn malformed(e: &dyn std::fmt::Display) -> String {
+    format!("malformed op: {}", text::printable_long(&e.to_string()))
 }
 
 fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, DecodeError> {
@@ -283,17 +319,34 @@ fn take_binary_data(value: &mut rmpv::Value) -> Option<Vec<u8>> {
     }
 }
 
+/// Checks a decoded op against every rule of the protocol: after this, each string in a
+/// [`ClientFrame`] is valid for the subject, header or frame it will go into.
 fn validate<D>(
     wire: WireOp<D>,
     payload: impl FnOnce(D) -> Result<Payload, String>,
 ) -> Result<ClientFrame, DecodeError> {
-    let id = wire.id;
+    let id = match wire.id {
+        Some(id) if text::validate_id(&id).is_err() => {
+            return Err(DecodeError::BadRequest {
+                id: None,
+                message: text::TextError::Id.to_string(),
+            })
+        }
+        id => id,
+    };
     let bad = |message: String| DecodeError::BadRequest {
         id: id.clone(),
         message,
     };
-    let need_room = || wire.room.clone().ok_or_else(|| bad("`room` is required".into()));
-    let need_users = || wire.users.clone().ok_or_else(|| bad("`users` is required".into()));
+    let need_room = || {
+        let room = wire.room.clone().ok_or_else(|| bad("`room` is required".into()))?;
+        room::validate(&room).map_err(|e| bad(format!("invalid room \"{}\": {e}", text::printable(&room))))?;
+        Ok(room)
+    };
+    let need_users = || {
+        let users = wire.users.as_deref().ok_or_else(|| bad("`users` is required".into()))?;
+        text::validate_users(users).map_err(|e| bad(e.to_string()))
+    };
     let op = match wire.op.as_deref() {
         Some("subscribe") => ClientOp::Subscribe {
             room: need_room()?,
@@ -303,6 +356,9 @@ fn validate<D>(
         Some("unsubscribe") => ClientOp::Unsubscribe { room: need_room()? },
         Some("publish") => {
             let room = need_room()?;
+            if let Some(kind) = &wire.kind {
+                text::validate_type(kind).map_err(|e| bad(e.to_string()))?;
+            }
             let data = wire.data.ok_or_else(|| bad("`data` is required".into()))?;
             ClientOp::Publish {
                 room,
@@ -314,7 +370,7 @@ fn validate<D>(
         Some("watch") => ClientOp::Watch { users: need_users()? },
         Some("unwatch") => ClientOp::Unwatch { users: need_users()? },
         Some("ping") => ClientOp::Ping,
-        Some(other) => return Err(bad(format!("unknown op `{other}`"))),
+        Some(other) => return Err(bad(format!("unknown op `{}`", text::printable(other)))),
         None => return Err(bad("`op` is required".into())),
     };
     Ok(ClientFrame { id, op })
@@ -447,6 +503,28 @@ mod tests {
         assert_eq!(
             String::from_utf8(Codec::Json.encode_event(bin)).unwrap(),
             r#"{"t":"event","room":"lobby","seq":58,"prev":57,"ts":1732312345123,"data_b64":"/wA="}"#
+        );
+    }
+
+    #[test]
+    fn multi_line_json_is_sent_on_one_line() {
+        let ev = EventRef {
+            room: "lobby",
+            seq: 1,
+            prev: 0,
+            ts: 2,
+            kind: None,
+            from: None,
+            payload: b"{\r\n  \"text\": \"a \\\"b\\\" \\n c\",\n  \"n\": [1,\n 2]\n}\n",
+        };
+        assert_eq!(
+            String::from_utf8(Codec::Json.encode_event(ev)).unwrap(),
+            r#"{"t":"event","room":"lobby","seq":1,"prev":0,"ts":2,"data":{"text":"a \"b\" \n c","n":[1,2]}}"#
+        );
+        let one_line = br#"{ "a" : "x y" }"#;
+        assert!(
+            matches!(one_line_json(one_line), std::borrow::Cow::Borrowed(_)),
+            "no copy without a line break"
         );
     }
 

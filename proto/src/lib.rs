@@ -7,7 +7,8 @@
 //! - [`code`]: error codes (with their HTTP statuses) and WebSocket close codes.
 //! - [`subject`]: NATS subjects, [`header`]: NATS headers, [`room`]: room-name rules,
 //!   [`cursor`]: the `room:seq,...` cursor of the HTTP transports, [`claims`]: JWT claims and
-//!   room globs, [`sys`]: internal gateway ↔ fanout messages.
+//!   room globs, [`sys`]: internal gateway ↔ fanout messages, [`text`]: the rules for every
+//!   other string a client controls.
 //!
 //! Start with [`frame`] and [`codec`].
 
@@ -20,6 +21,7 @@ pub mod header;
 pub mod room;
 pub mod subject;
 pub mod sys;
+pub mod text;
 
 pub use code::{CloseCode, ErrorCode};
 pub use codec::Codec;

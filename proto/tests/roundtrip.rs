@@ -45,8 +45,13 @@ fn op() -> impl Strategy<Value = ClientOp> {
             kind
         }),
         room().prop_map(|room| ClientOp::Presence { room }),
-        prop::collection::vec("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Watch { users }),
-        prop::collection::vec("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Unwatch { users }),
+        // Decoding sorts user lists and drops repeats.
+        prop::collection::btree_set("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Watch {
+            users: users.into_iter().collect()
+        }),
+        prop::collection::btree_set("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Unwatch {
+            users: users.into_iter().collect()
+        }),
         Just(ClientOp::Ping),
     ]
 }
@@ -59,6 +64,17 @@ proptest! {
             let bytes = codec.encode_client(&frame).unwrap();
             prop_assert_eq!(codec.decode_client(&bytes).unwrap(), frame.clone());
         }
+    }
+
+    #[test]
+    fn pretty_printed_payloads_are_framed_on_one_line(v in json_value()) {
+        let pretty = serde_json::to_vec_pretty(&v).unwrap();
+        let pretty = [pretty.as_slice(), b"\r\n"].concat();
+        let ev = EventRef { room: "r", seq: 1, prev: 0, ts: 0, kind: None, from: None, payload: &pretty };
+        let frame = Codec::Json.encode_event(ev);
+        prop_assert!(!frame.contains(&b'\n') && !frame.contains(&b'\r'));
+        let ServerFrame::Event(e) = Codec::Json.decode_server(&frame).unwrap() else { panic!("not an event") };
+        prop_assert_eq!(e.data.unwrap_or(serde_json::Value::Null), v);
     }
 
     #[test]

@@ -45,6 +45,25 @@ impl NatsServer {
         self.monitor
     }
 
+    /// The subjects of every subscription the server holds (`/subsz?subs=1`), one entry
+    /// per subscription.
+    pub async fn subscriptions(&self) -> Vec<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.monitor));
+        let body = crate::http::get(addr, "/subsz?subs=1&limit=100000")
+            .await
+            .expect("nats-server /subsz answers")
+            .body;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("/subsz is JSON");
+        v["subscriptions_list"]
+            .as_array()
+            .map(|subs| {
+                subs.iter()
+                    .filter_map(|s| s["subject"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn store_dir(&self) -> &Path {
         self.store.path()
     }
