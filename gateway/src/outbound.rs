@@ -82,7 +82,9 @@ impl Outbound {
         if q.close.is_some() {
             return Pushed::Closed;
         }
-        if q.bytes + item.bytes.len() > self.limit {
+        // The bound is on the backlog: one frame larger than the bound still goes out alone
+        // (an event is at most NATS's `max_payload`), or its room could never be read.
+        if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit {
             q.items.clear();
             q.bytes = 0;
             q.close = Some(Close {

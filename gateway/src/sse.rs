@@ -18,6 +18,22 @@ use crate::poll::{start_positions, OpenGauge};
 use crate::presence::Membership;
 use crate::server::{Body, HttpError, Shared};
 
+/// Writes `bytes` as the `data:` field of an event, one `data:` line per line of it (the
+/// HTML standard splits at CRLF, CR and LF, and the browser joins the lines with LF).
+/// Frames are single-line JSON today; this keeps any payload from ending an event early.
+fn data_lines(chunk: &mut Vec<u8>, bytes: &[u8]) {
+    let mut rest = bytes;
+    loop {
+        let end = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+        chunk.extend_from_slice(b"data: ");
+        chunk.extend_from_slice(&rest[..end.unwrap_or(rest.len())]);
+        chunk.push(b'\n');
+        let Some(end) = end else { return };
+        let skip = if rest[end..].starts_with(b"\r\n") { 2 } else { 1 };
+        rest = &rest[end + skip..];
+    }
+}
+
 pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
@@ -57,14 +73,14 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                             if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
                                 positions.set(head.room, head.seq);
                             }
-                            chunk.extend_from_slice(format!("id: {positions}\ndata: ").as_bytes());
+                            chunk.extend_from_slice(format!("id: {positions}\n").as_bytes());
                         }
-                        Some(Queued::Presence) => chunk.extend_from_slice(b"event: presence\ndata: "),
-                        Some(Queued::Status) => chunk.extend_from_slice(b"event: status\ndata: "),
+                        Some(Queued::Presence) => chunk.extend_from_slice(b"event: presence\n"),
+                        Some(Queued::Status) => chunk.extend_from_slice(b"event: status\n"),
                         None => continue,
                     }
-                    chunk.extend_from_slice(&item.bytes);
-                    chunk.extend_from_slice(b"\n\n");
+                    data_lines(&mut chunk, &item.bytes);
+                    chunk.extend_from_slice(b"\n");
                 }
                 let bytes = chunk.len() as u64;
                 if tx.send(Bytes::from(chunk)).await.is_err() {
@@ -98,4 +114,22 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
         .header("x-accel-buffering", "no")
         .body(StreamBody::new(stream).boxed_unsync())
         .expect("static response parts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_lines;
+
+    #[test]
+    fn every_line_break_starts_a_data_line() {
+        let mut chunk = Vec::new();
+        data_lines(&mut chunk, b"a\r\nb\rc\nd");
+        assert_eq!(chunk, b"data: a\ndata: b\ndata: c\ndata: d\n");
+        chunk.clear();
+        data_lines(&mut chunk, b"{}");
+        assert_eq!(chunk, b"data: {}\n");
+        chunk.clear();
+        data_lines(&mut chunk, b"x\n");
+        assert_eq!(chunk, b"data: x\ndata: \n", "a trailing break is an empty last line");
+    }
 }

@@ -137,20 +137,23 @@ impl Sse {
         loop {
             while let Some(end) = self.text.find("\n\n") {
                 let block: String = self.text.drain(..end + 2).collect();
+                // As the HTML standard parses it: `field: value` or `field:value`, data lines
+                // joined with LF.
                 let mut ev = SseEvent::default();
                 let mut any = false;
+                let mut data: Vec<&str> = Vec::new();
                 for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        ev.id = Some(v.to_owned());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        ev.event = Some(v.to_owned());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        ev.data.push_str(v);
-                        any = true;
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "id" => ev.id = Some(value.to_owned()),
+                        "event" => ev.event = Some(value.to_owned()),
+                        "data" => data.push(value),
+                        _ => continue,
                     }
+                    any = true;
                 }
+                ev.data = data.join("\n");
                 if any {
                     return Some(ev);
                 }

@@ -3,6 +3,7 @@
 mod bad_input;
 mod drain;
 mod fallback;
+mod hostile;
 mod push;
 mod resume;
 mod slow_consumer;
