@@ -114,6 +114,16 @@ pub struct Config {
     #[arg(long, env = "HERALD_POLL_SESSION_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub poll_session_ttl: Duration,
 
+    /// Most events in one replay burst (a WebSocket or SSE catch-up is sent in bursts, each
+    /// after the client has read the last) and in one `/poll` answer, which then says `more`.
+    #[arg(long, env = "HERALD_REPLAY_MAX_EVENTS", default_value_t = 1000)]
+    pub replay_max_events: usize,
+
+    /// Most bytes of event data in one replay burst or `/poll` answer (one larger event still
+    /// goes alone).
+    #[arg(long, env = "HERALD_REPLAY_MAX_BYTES", default_value_t = 1 << 20)]
+    pub replay_max_bytes: usize,
+
     /// Most users one connection may `watch`; a longer list is refused with `bad_request`.
     #[arg(long, env = "HERALD_MAX_WATCH", default_value_t = 1000)]
     pub max_watch: usize,
@@ -195,6 +205,8 @@ impl Config {
             ("max-message-bytes", self.max_message_bytes),
             ("max-subscriptions", self.max_subscriptions),
             ("outbound-buffer-bytes", self.outbound_buffer_bytes),
+            ("replay-max-events", self.replay_max_events),
+            ("replay-max-bytes", self.replay_max_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

@@ -192,6 +192,7 @@ impl Registration {
                     &self.out,
                     Format::Bare,
                     positions.get(room),
+                    true,
                     |_, _| Bytes::new(),
                 )
                 .await

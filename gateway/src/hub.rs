@@ -281,7 +281,8 @@ impl Hub {
     }
 }
 
-fn encode(ev: &StoredEvent, format: Format) -> Bytes {
+/// An event's frame in `format`.
+pub fn encode(ev: &StoredEvent, format: Format) -> Bytes {
     match format {
         Format::WebSocket(Codec::Json) => ws_frame(opcode::TEXT, &Codec::Json.encode_event(ev.as_ref())),
         Format::WebSocket(Codec::MsgPack) => ws_frame(opcode::BINARY, &Codec::MsgPack.encode_event(ev.as_ref())),

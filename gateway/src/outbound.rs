@@ -48,6 +48,8 @@ pub enum Pushed {
 pub struct Outbound {
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Woken whenever the writer takes what is queued (paced replays wait on it).
+    drained: Notify,
     limit: usize,
 }
 
@@ -72,6 +74,7 @@ impl Outbound {
         Arc::new(Self {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
+            drained: Notify::new(),
             limit,
         })
     }
@@ -126,7 +129,32 @@ impl Outbound {
         let mut q = lock(&self.queue);
         batch.extend(q.items.drain(..));
         q.bytes = 0;
-        q.close
+        let close = q.close;
+        drop(q);
+        self.drained.notify_waiters();
+        close
+    }
+
+    /// Waits until at most half the bound is queued; false if the connection is closing.
+    pub async fn wait_for_room(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let q = lock(&self.queue);
+                if q.close.is_some() {
+                    return false;
+                }
+                if q.bytes <= self.limit / 2 {
+                    return true;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// The bound, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Waits until something is pushed or a close is requested.

@@ -66,23 +66,41 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
     fail::fail_point!("poll.positions");
     let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let mut events: Vec<Bytes> = Vec::new();
-    if asked.is_some() {
-        for room in &rooms {
+    let mut backlog = Backlog::default();
+    if let Some(asked) = &asked {
+        let mut budget = shared.page_limit();
+        for (i, room) in rooms.iter().enumerate() {
             let after = positions.get(room).unwrap_or(0);
-            for ev in upstream
-                .fetch_after(room, after, None)
+            let page = upstream
+                .page_after(room, after, budget)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?
-            {
+                .map_err(|e| unavailable(e.to_string()))?;
+            if page.events.is_empty() && asked.get(room).is_some_and(|since| since > 0) {
+                // Nothing after the cursor: if it is beyond the room's last seq, the stream
+                // was recreated or purged; continue from the room's last seq and say so.
+                let last = upstream.last_seq(room).await.map_err(|e| unavailable(e.to_string()))?;
+                if after > last {
+                    positions.set(room, last);
+                    backlog.unrecovered.push(room.clone());
+                }
+            }
+            budget.events -= page.events.len();
+            budget.bytes = budget.bytes.saturating_sub(page.bytes);
+            for ev in &page.events {
                 positions.set(room, ev.seq);
                 events.push(Bytes::from(Codec::Json.encode_event(ev.as_ref())));
+            }
+            let spent = budget.events == 0 || budget.bytes == 0;
+            if page.more || (spent && i + 1 < rooms.len()) {
+                backlog.more = true;
+                break;
             }
         }
     }
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
-    if !events.is_empty() || wait.is_zero() || draining {
-        let extra = extra(shared, &members_of, &watch).await;
+    if !events.is_empty() || wait.is_zero() || draining || backlog.more || !backlog.unrecovered.is_empty() {
+        let extra = extra(shared, &members_of, &watch, &backlog).await;
         return Ok(respond(transport, &events, &positions, &extra));
     }
 
@@ -125,14 +143,32 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
         }
         events.push(item.bytes);
     }
-    let extra = extra(shared, &members_of, &watch).await;
+    let extra = extra(shared, &members_of, &watch, &backlog).await;
     Ok(respond(transport, &events, &positions, &extra))
 }
 
-/// `,"presence":[snapshots],"status":[statuses]` for what the request asked, as fanout
-/// answers now (left out if it does not answer).
-async fn extra(shared: &Shared, rooms: &[String], watch: &[String]) -> String {
+/// What an answer says of the history behind it.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// The answer holds `--replay-max-events`/`--replay-max-bytes` and more is stored after
+    /// its cursor: poll again at once.
+    more: bool,
+    /// Rooms whose history no longer covers the cursor (the stream was recreated or purged);
+    /// their position is now the room's last seq.
+    unrecovered: Vec<String>,
+}
+
+/// `,"more":true,"unrecovered":[rooms],"presence":[snapshots],"status":[statuses]` for what
+/// applies and what the request asked, as fanout answers now (left out if it does not answer).
+async fn extra(shared: &Shared, rooms: &[String], watch: &[String], backlog: &Backlog) -> String {
     let mut out = String::new();
+    if backlog.more {
+        out.push_str(",\"more\":true");
+    }
+    if !backlog.unrecovered.is_empty() {
+        out.push_str(",\"unrecovered\":");
+        out.push_str(&serde_json::to_string(&backlog.unrecovered).expect("serializable"));
+    }
     if !rooms.is_empty() {
         let mut snapshots = Vec::new();
         for room in rooms {

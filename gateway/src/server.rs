@@ -163,6 +163,14 @@ impl Shared {
         })
     }
 
+    /// The bound of one replay burst or poll answer.
+    pub fn page_limit(&self) -> crate::upstream::PageLimit {
+        crate::upstream::PageLimit {
+            events: self.config.replay_max_events,
+            bytes: self.config.replay_max_bytes,
+        }
+    }
+
     /// Why the gateway is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.draining.load(Ordering::Relaxed) {

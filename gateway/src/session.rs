@@ -320,10 +320,30 @@ impl Session {
         };
         let format = Format::WebSocket(self.codec);
         fail::fail_point!("ws.subscribe");
-        match self
-            .shared
-            .upstream
-            .attach(&room, self.conn_id, &self.out, format, since, ack)
+        let upstream = &self.shared.upstream;
+        // History first, in bursts the client reads one by one; then the hub splices the
+        // rest of the replay with the live events.
+        let mut recovered = true;
+        let mut after = None;
+        if let Some(since) = since {
+            let limit = self.shared.page_limit();
+            let history = async {
+                let resume = upstream.resume(&room, since).await?;
+                recovered = resume.recovered;
+                upstream
+                    .send_history(&room, resume.after, &self.out, format, limit)
+                    .await
+            };
+            match history.await {
+                Ok(seq) => after = Some(seq),
+                Err(e) => {
+                    self.rooms.remove(&room);
+                    return self.error(id, ErrorCode::Unavailable, e.to_string());
+                }
+            }
+        }
+        match upstream
+            .attach(&room, self.conn_id, &self.out, format, after, recovered, ack)
             .await
         {
             Ok(seq) => debug!(%room, ?since, seq, presence, "Subscribed"),

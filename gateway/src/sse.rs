@@ -17,6 +17,10 @@ use crate::metrics::{self, Transport};
 use crate::poll::{start_positions, OpenGauge};
 use crate::presence::Membership;
 use crate::server::{Body, HttpError, Shared};
+use herald_proto::cursor::Cursor;
+use herald_proto::Codec;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Writes `bytes` as the `data:` field of an event, one `data:` line per line of it (the
 /// HTML standard splits at CRLF, CR and LF, and the browser joins the lines with LF).
@@ -43,23 +47,121 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     let asked = cursor(&req)?;
     let slot = shared.reserve(conn_id)?;
     fail::fail_point!("sse.positions");
-    let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
-    let mut reg = Registration::new(shared, slot, conn_id);
-    reg.attach_all(&rooms, &positions).await?;
+    let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
+    let reg = Registration::new(shared, slot, conn_id);
     fail::fail_point!("sse.membership");
     let membership = Membership::start(shared, conn_id, &conn, &who, &reg.out, members_of, watch).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let keepalive = shared.config.sse_keepalive;
     metrics::connection_opened(Transport::Sse);
+    let stream = Stream {
+        tx,
+        positions,
+        resume: asked.unwrap_or_default(),
+        rooms,
+    };
     tokio::spawn(async move {
         let _open = OpenGauge(Transport::Sse);
-        let reg = reg;
         let _membership = membership;
-        if tx.send(Bytes::from_static(b": herald\n\n")).await.is_err() {
+        stream.run(reg).await;
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(StreamBody::new(body).boxed_unsync())
+        .expect("static response parts"))
+}
+
+/// One SSE stream after its response head: catch-up, then live.
+struct Stream {
+    tx: mpsc::Sender<Bytes>,
+    /// Where each room is; every event's `id:` is this cursor after it.
+    positions: Cursor,
+    /// The cursor the client resumed from.
+    resume: Cursor,
+    rooms: Vec<String>,
+}
+
+/// The stream's client went away.
+struct Gone;
+
+impl Stream {
+    async fn run(mut self, mut reg: Registration) {
+        fail::fail_point!("sse.stream");
+        if self.send(Bytes::from_static(b": herald\n\n")).await.is_err() {
             return;
         }
-        fail::fail_point!("sse.stream");
+        let shared = Arc::clone(&reg.shared);
+        match self.catch_up(&shared).await {
+            Ok(true) => {}
+            Ok(false) | Err(Gone) => return,
+        }
+        if reg.attach_all(&self.rooms, &self.positions).await.is_err() {
+            // The client reconnects with its Last-Event-ID.
+            return;
+        }
+        let _ = self.live(&reg, shared.config.sse_keepalive).await;
+    }
+
+    /// Sends the history after the client's cursor straight to the client, a bounded page at
+    /// a time (the channel and the socket pace it), so a backlog larger than the outbound
+    /// bound arrives whole. A cursor that history no longer covers gets an `unrecovered`
+    /// event first. False if the event store failed.
+    async fn catch_up(&mut self, shared: &Shared) -> Result<bool, Gone> {
+        let upstream = &shared.upstream;
+        let limit = shared.page_limit();
+        let mut unrecovered = Vec::new();
+        for room in &self.rooms {
+            let Some(since) = self.resume.get(room) else { continue };
+            let Ok(resume) = upstream.resume(room, since).await else {
+                return Ok(false);
+            };
+            if !resume.recovered {
+                unrecovered.push(room.clone());
+            }
+            self.positions.set(room, resume.after);
+        }
+        if !unrecovered.is_empty() {
+            let frame = serde_json::json!({"t": "unrecovered", "rooms": unrecovered}).to_string();
+            let mut chunk = b"event: unrecovered\n".to_vec();
+            data_lines(&mut chunk, frame.as_bytes());
+            chunk.push(b'\n');
+            self.send(chunk.into()).await?;
+        }
+        let rooms = self.rooms.clone();
+        for room in rooms.iter().filter(|r| self.resume.get(r).is_some()) {
+            loop {
+                let after = self.positions.get(room).unwrap_or(0);
+                let Ok(page) = upstream.page_after(room, after, limit).await else {
+                    return Ok(false);
+                };
+                metrics::replayed(page.events.len() as u64);
+                let mut chunk = Vec::new();
+                for ev in &page.events {
+                    self.positions.set(room, ev.seq);
+                    self.event(&mut chunk, &Codec::Json.encode_event(ev.as_ref()));
+                }
+                if !chunk.is_empty() {
+                    let (events, bytes) = (page.events.len() as u64, chunk.len() as u64);
+                    self.send(chunk.into()).await?;
+                    metrics::sent(Transport::Sse, events, bytes);
+                }
+                if !page.more {
+                    break;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forwards what the hub and the feeds queue until the client goes, the drain, or a
+    /// slow-consumer close (the client reconnects with Last-Event-ID).
+    async fn live(&mut self, reg: &Registration, keepalive: Duration) -> Result<(), Gone> {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut batch = Vec::new();
         loop {
@@ -71,49 +173,50 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                     match Queued::of(&item.bytes) {
                         Some(Queued::Event) => {
                             if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
-                                positions.set(head.room, head.seq);
+                                self.positions.set(head.room, head.seq);
                             }
-                            chunk.extend_from_slice(format!("id: {positions}\n").as_bytes());
+                            self.event(&mut chunk, &item.bytes);
                         }
-                        Some(Queued::Presence) => chunk.extend_from_slice(b"event: presence\n"),
-                        Some(Queued::Status) => chunk.extend_from_slice(b"event: status\n"),
+                        Some(Queued::Presence) => named(&mut chunk, b"presence", &item.bytes),
+                        Some(Queued::Status) => named(&mut chunk, b"status", &item.bytes),
                         None => continue,
                     }
-                    data_lines(&mut chunk, &item.bytes);
-                    chunk.extend_from_slice(b"\n");
                 }
                 let bytes = chunk.len() as u64;
-                if tx.send(Bytes::from(chunk)).await.is_err() {
-                    break;
-                }
+                self.send(chunk.into()).await?;
                 metrics::sent(Transport::Sse, events, bytes);
                 continue;
             }
-            // Drain or slow consumer: end the stream; the client reconnects with Last-Event-ID.
             if close.is_some() {
-                break;
+                return Ok(());
             }
             tokio::select! {
                 _ = reg.out.notified() => {}
-                _ = tick.tick() => {
-                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                        break;
-                    }
-                }
-                _ = tx.closed() => break,
+                _ = tick.tick() => self.send(Bytes::from_static(b": keep-alive\n\n")).await?,
+                _ = self.tx.closed() => return Err(Gone),
             }
         }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(StreamBody::new(stream).boxed_unsync())
-        .expect("static response parts"))
+    }
+
+    /// An event with the cursor after it as its id.
+    fn event(&self, chunk: &mut Vec<u8>, frame: &[u8]) {
+        chunk.extend_from_slice(format!("id: {}\n", self.positions).as_bytes());
+        data_lines(chunk, frame);
+        chunk.push(b'\n');
+    }
+
+    async fn send(&self, bytes: Bytes) -> Result<(), Gone> {
+        self.tx.send(bytes).await.map_err(|_| Gone)
+    }
+}
+
+/// A named event (`event: presence`, `event: status`).
+fn named(chunk: &mut Vec<u8>, name: &[u8], frame: &[u8]) {
+    chunk.extend_from_slice(b"event: ");
+    chunk.extend_from_slice(name);
+    chunk.push(b'\n');
+    data_lines(chunk, frame);
+    chunk.push(b'\n');
 }
 
 #[cfg(test)]

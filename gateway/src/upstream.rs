@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::hub::{Format, Hub, RoomState, StoredEvent};
-use crate::outbound::Outbound;
+use crate::outbound::{Item, Outbound};
 
 /// Longest wait for a room's upstream subscription.
 const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +28,34 @@ const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UpstreamError(String);
+
+/// The most one replay burst or poll answer holds (`--replay-max-events`, `--replay-max-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// A bounded part of a room's history.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    /// The room has stored events after the page.
+    pub more: bool,
+    /// Bytes of event data in the page.
+    pub bytes: usize,
+}
+
+/// Where a client's `since` leaves it in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Replay the events after this seq.
+    pub after: u64,
+    /// History still holds everything after the client's `since`. False when it was trimmed,
+    /// or when `since` is beyond the room's last seq (the stream was recreated or purged):
+    /// then `after` is the room's last seq, so that every new event is delivered.
+    pub recovered: bool,
+}
 
 /// NATS connection, JetStream context and the room pumps.
 pub struct Upstream {
@@ -134,6 +162,9 @@ impl Upstream {
     /// pump runs, then queues the events after `since` (none without it), the live events
     /// that arrived meanwhile, and `ack(seq, recovered)` (skipped when empty). Returns the
     /// last seq queued. On failure the connection is not left in the room.
+    /// `since` is where the replay starts, already resolved by [`Upstream::resume`]; the ack
+    /// carries `recovered` as given.
+    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         self: &Arc<Self>,
         room: &str,
@@ -141,6 +172,7 @@ impl Upstream {
         out: &Arc<Outbound>,
         format: Format,
         since: Option<u64>,
+        recovered: bool,
         ack: impl FnOnce(u64, bool) -> Bytes,
     ) -> Result<u64, String> {
         let joined = self.hub.join(room, conn, Arc::clone(out), format);
@@ -157,11 +189,15 @@ impl Upstream {
             (true, None) => self
                 .last_seq(room)
                 .await
-                .map(|last| (Vec::new(), last, true))
+                .map(|last| (Vec::new(), last))
                 .map_err(|e| e.to_string()),
-            (true, Some(since)) => self.replay(room, since).await,
+            (true, Some(since)) => self
+                .fetch_after(room, since, None)
+                .await
+                .map(|events| (events.into_iter().map(Arc::new).collect(), since))
+                .map_err(|e| e.to_string()),
         };
-        let (events, floor, recovered) = match replay {
+        let (events, floor) = match replay {
             Ok(r) => r,
             Err(e) => {
                 self.detach(room, conn);
@@ -182,11 +218,95 @@ impl Upstream {
         }
     }
 
-    /// Events after `since`, and whether history still covers everything after it.
-    async fn replay(&self, room: &str, since: u64) -> Result<(Vec<Arc<StoredEvent>>, u64, bool), String> {
-        let recovered = since == 0 || self.holds(room, since).await.map_err(|e| e.to_string())?;
-        let events = self.fetch_after(room, since, None).await.map_err(|e| e.to_string())?;
-        Ok((events.into_iter().map(Arc::new).collect(), since, recovered))
+    /// Queues the room's events after `after` into `out` in bursts of at most `limit` (and
+    /// a third of the connection's outbound bound), each once the client has read most of
+    /// the last; returns the last seq queued. A catch-up longer than the outbound bound
+    /// thus never overflows it. Stops early if the connection closes.
+    pub async fn send_history(
+        &self,
+        room: &str,
+        mut after: u64,
+        out: &Outbound,
+        format: Format,
+        limit: PageLimit,
+    ) -> Result<u64, UpstreamError> {
+        let limit = PageLimit {
+            events: limit.events,
+            bytes: limit.bytes.min(out.limit() / 3).max(1),
+        };
+        loop {
+            let page = self.page_after(room, after, limit).await?;
+            crate::metrics::replayed(page.events.len() as u64);
+            for ev in &page.events {
+                after = ev.seq;
+                out.push(Item {
+                    bytes: crate::hub::encode(ev, format),
+                    stored_us: 0,
+                });
+            }
+            if !page.more || !out.wait_for_room().await {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Where a client holding `since` in `room` resumes.
+    pub async fn resume(&self, room: &str, since: u64) -> Result<Resume, UpstreamError> {
+        if since == 0 {
+            return Ok(Resume {
+                after: 0,
+                recovered: true,
+            });
+        }
+        let last = self.last_seq(room).await?;
+        if since > last {
+            return Ok(Resume {
+                after: last,
+                recovered: false,
+            });
+        }
+        let recovered = since == last || self.holds(room, since).await?;
+        Ok(Resume {
+            after: since,
+            recovered,
+        })
+    }
+
+    /// The room's events after `after`, at most `limit` of them (one at least, however big).
+    pub async fn page_after(&self, room: &str, after: u64, limit: PageLimit) -> Result<Page, UpstreamError> {
+        let stream = self.stream().await?;
+        let subject = self.subjects.room(room);
+        let room: Arc<str> = Arc::from(room);
+        let mut page = Page::default();
+        let mut cur = after;
+        while let Some(m) = self.next_stored(&stream, &subject, cur).await? {
+            if page.events.len() >= limit.events || (page.bytes > 0 && page.bytes + m.payload.len() > limit.bytes) {
+                page.more = true;
+                break;
+            }
+            page.bytes += m.payload.len();
+            let ev = stored_event(&room, cur, m);
+            cur = ev.seq;
+            page.events.push(ev);
+        }
+        Ok(page)
+    }
+
+    /// The first stored message of `subject` after `after` (none after `u64::MAX`).
+    async fn next_stored(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        subject: &str,
+        after: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, UpstreamError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(None);
+        };
+        match stream.direct_get_next_for_subject(subject, Some(from)).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(UpstreamError(e.to_string())),
+        }
     }
 
     async fn pump(self: Arc<Self>, room: Arc<str>) {
@@ -315,30 +435,13 @@ impl Upstream {
         let room: Arc<str> = Arc::from(room);
         let mut out = Vec::new();
         let mut cur = after;
-        loop {
-            let m = match stream
-                .direct_get_next_for_subject(subject.as_str(), Some(cur + 1))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
-                Err(e) => return Err(UpstreamError(e.to_string())),
-            };
+        while let Some(m) = self.next_stored(&stream, &subject, cur).await? {
             if until.is_some_and(|u| m.sequence >= u) {
                 break;
             }
-            let stored_ns = m.time.unix_timestamp_nanos().max(0) as u64;
-            out.push(StoredEvent {
-                room: Arc::clone(&room),
-                seq: m.sequence,
-                prev: cur,
-                ts: stored_ns / 1_000_000,
-                stored_us: stored_ns / 1_000,
-                kind: text_header(&m.headers, header::HERALD_TYPE),
-                from: text_header(&m.headers, header::HERALD_FROM),
-                payload: m.payload,
-            });
-            cur = m.sequence;
+            let ev = stored_event(&room, cur, m);
+            cur = ev.seq;
+            out.push(ev);
         }
         Ok(out)
     }
@@ -373,6 +476,21 @@ impl Upstream {
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| UpstreamError(e.to_string()))
+    }
+}
+
+/// A stored message as an event whose previous event in the room is `prev`.
+fn stored_event(room: &Arc<str>, prev: u64, m: jetstream::message::StreamMessage) -> StoredEvent {
+    let stored_ns = m.time.unix_timestamp_nanos().max(0) as u64;
+    StoredEvent {
+        room: Arc::clone(room),
+        seq: m.sequence,
+        prev,
+        ts: stored_ns / 1_000_000,
+        stored_us: stored_ns / 1_000,
+        kind: text_header(&m.headers, header::HERALD_TYPE),
+        from: text_header(&m.headers, header::HERALD_FROM),
+        payload: m.payload,
     }
 }
 

@@ -108,6 +108,24 @@ impl Process {
         crate::http::metric(self.admin, prefix).await
     }
 
+    /// The process's resident memory now, in bytes (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self
+            .child
+            .lock()
+            .expect("child lock")
+            .as_ref()
+            .map(Child::id)
+            .expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS")
+    }
+
     /// SIGTERM, and the exit status (None if it did not exit within `within`).
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.lock().expect("child lock").take()?;

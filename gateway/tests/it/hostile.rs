@@ -90,9 +90,16 @@ async fn a_control_character_in_a_type_is_a_bad_request_and_the_gateway_stays_av
             "{path}"
         );
     }
+    // Polls count against the limit too: with a and b connected there is no slot.
+    let (status, _) = request(gw.addr, "GET", "/poll?rooms=lobby", &token, "").await;
+    assert_eq!(status, 503, "a poll is a connection for --max-connections");
     drop((a, b));
-    let (status, body) = request(gw.addr, "GET", "/poll?rooms=lobby&cursor=lobby:0", &token, "").await;
-    assert_eq!(status, 200);
+    let poll = || request(gw.addr, "GET", "/poll?rooms=lobby&cursor=lobby:0", &token, "");
+    herald_testkit::wait_until(Duration::from_secs(10), "a free slot", || async {
+        poll().await.0 == 200
+    })
+    .await;
+    let (_, body) = poll().await;
     assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "only alice's event");
 }
 

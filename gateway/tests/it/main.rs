@@ -1,5 +1,6 @@
 //! Gateway integration tests: a real nats-server, gateways on port 0, real WebSocket clients.
 
+mod backlog;
 mod bad_input;
 mod drain;
 mod fallback;
