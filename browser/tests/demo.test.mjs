@@ -189,3 +189,57 @@ test("support desk: the agent sees a customer's message; a customer cannot open 
     return errors.includes("error: forbidden") || errors;
   });
 });
+
+test("hostile URL parameters, names and payloads never run script; the pages carry a CSP", async () => {
+  const b = gateways[1];
+  const attack = (n) => `x"><img src=x onerror="window.pwned=${n}">`;
+  const context = await browser.newContext();
+
+  // The support desk with markup in `customers`: shown as text, nothing runs.
+  const agent = await context.newPage();
+  const response = await agent.goto(
+    `${b}/support.html?company=acme&customers=${encodeURIComponent(attack(1))},ann&token=${tokens.agentAcme}&gateways=${b}`,
+  );
+  const csp = response.headers()["content-security-policy"] ?? "";
+  assert.match(csp, /script-src 'self'/, "the page has a script policy");
+  assert.equal(response.headers()["referrer-policy"], "no-referrer", "the token in the URL is not sent on");
+  await agent.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
+  const titles = await agent.locator(".ticket h2 span").allTextContents();
+  assert.deepEqual(titles, [attack(1), "ann"], "the customer list is text");
+  assert.equal(await agent.locator(".ticket img").count(), 0, "no element was injected");
+
+  // The chat demo with markup in the room, the name and the messages, and an image that is a URL.
+  const page = await context.newPage();
+  const violations = [];
+  page.on("console", (m) => m.text().includes("Content Security Policy") && violations.push(m.text()));
+  const q = new URLSearchParams({ room: "hostile", gateways: b, transport: "websocket" });
+  await page.goto(`${b}/?${q}`);
+  await page.getByTestId("name-input").fill(attack(2));
+  await page.getByTestId("join").click();
+  await page.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
+  await page.getByTestId("message-input").fill(attack(3));
+  await page.getByTestId("send").click();
+  await page.evaluate(() =>
+    window.heraldClient.publish("hostile", { name: "m", image: "https://evil.example/track.png" }, { type: "image" }),
+  );
+  await page.evaluate(() => window.heraldClient.publish("hostile", { name: "m", text: "after" }, { type: "message" }));
+  await waitFor("the messages arrive as text", async () => {
+    const got = await messages(page);
+    return (got.some((t) => t.endsWith(attack(3))) && got.some((t) => t.endsWith("after"))) || got;
+  });
+  const online = await onlineList(page);
+  assert.ok(online.includes(attack(2)), `the name is text: ${online}`);
+  assert.equal(await page.getByTestId("messages").locator("img").count(), 0, "an image URL is not loaded");
+
+  // An inline script cannot run at all under the policy.
+  await page.evaluate(() => {
+    const s = document.createElement("script");
+    s.textContent = "window.pwned = 4";
+    document.body.append(s);
+  });
+  for (const p of [agent, page]) {
+    assert.equal(await p.evaluate(() => window.pwned), undefined, "no injected script ran");
+  }
+  await waitFor("the CSP reports the blocked script", async () => violations.length > 0 || violations);
+  await context.close();
+});

@@ -76,6 +76,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
 
+    /// Most bytes the event stream keeps in all (oldest events go first), so that a flood
+    /// of publishes cannot fill the NATS servers' disks.
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 1 << 30)]
+    pub history_max_bytes: i64,
+
     /// Presence diff coalescing window.
     #[arg(long, env = "HERALD_PRESENCE_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub presence_interval: Duration,
@@ -232,6 +237,7 @@ impl Fanout {
             StreamSettings {
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
+                max_bytes: config.history_max_bytes,
                 replicas: config.stream_replicas,
             },
             Arc::clone(&provisioned),

@@ -84,6 +84,23 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 50.0)]
     pub publish_rate: f64,
 
+    /// Requests per second that change or read state, other than publishes: per WebSocket
+    /// connection for `subscribe`, `unsubscribe`, `presence`, `watch` and `unwatch`; per user
+    /// (anonymous users: per client IP) for `/poll`, `/sse` and `GET /presence`. The burst is
+    /// larger (`--max-subscriptions` or twice the rate, the larger), so a reconnect that
+    /// resubscribes every room passes; more get `rate_limited` (HTTP 429).
+    #[arg(long, env = "HERALD_OP_RATE", default_value_t = 20.0)]
+    pub op_rate: f64,
+
+    /// Polling sessions (`/poll` with `sid=`) one user may hold on this gateway at once;
+    /// more are refused with `rate_limited`.
+    #[arg(long, env = "HERALD_MAX_POLL_SESSIONS_PER_USER", default_value_t = 16)]
+    pub max_poll_sessions_per_user: usize,
+
+    /// Polling sessions this gateway holds at once; more are refused with `unavailable`.
+    #[arg(long, env = "HERALD_MAX_POLL_SESSIONS", default_value_t = 100_000)]
+    pub max_poll_sessions: usize,
+
     /// Longest a long-poll is held.
     #[arg(long, env = "HERALD_POLL_MAX_WAIT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub poll_max_wait: Duration,
@@ -135,6 +152,12 @@ pub struct Config {
     /// How long events are kept (used when this gateway provisions the stream).
     #[arg(long, env = "HERALD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
+
+    /// Most bytes the event stream keeps in all (oldest events go first; used when this gateway provisions
+    /// the stream), so that a flood
+    /// of publishes cannot fill the NATS servers' disks.
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 1 << 30)]
+    pub history_max_bytes: i64,
 
     /// JetStream replicas of the event stream (used when this gateway provisions it).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
@@ -220,6 +243,9 @@ impl Config {
         }
         if self.publish_rate <= 0.0 {
             return Err(ConfigError::Zero("publish-rate"));
+        }
+        if self.op_rate <= 0.0 {
+            return Err(ConfigError::Zero("op-rate"));
         }
         Ok(())
     }

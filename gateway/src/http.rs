@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 use crate::auth::{Access, Identity};
 use crate::hub::Format;
 use crate::outbound::Outbound;
-use crate::server::{full, query_param, token, Body, HttpError, Shared, Slot};
+use crate::server::{full, query_param, token, Body, HttpError, RateKind, Shared, Slot};
+use std::net::IpAddr;
 
 /// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`.
 pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
@@ -26,15 +27,24 @@ pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<
     }
     let name = display_name(req)?;
     let sid = session_id(req)?;
-    let anon_id = sid.as_deref().unwrap_or(conn);
     Ok(shared
         .auth
-        .authenticate(token(req).as_deref(), anon_id, name.as_deref())?)
+        .authenticate(token(req).as_deref(), &anon_id(sid.as_deref(), conn), name.as_deref())?)
+}
+
+/// What follows `anon-` in an anonymous user's id: a digest of the sid (see
+/// [`text::anonymous_user`]), or the connection id without one.
+pub fn anon_id(sid: Option<&str>, conn: &str) -> String {
+    match sid {
+        Some(sid) => text::anonymous_user(sid)["anon-".len()..].to_owned(),
+        None => conn.to_owned(),
+    }
 }
 
 /// `?sid=`: a session id the client chose (8–64 of `A-Z a-z 0-9 _ -`) and keeps across
-/// reconnects and transports. An anonymous user is `anon-<sid>` with it (`anon-<conn>`
-/// without), so a reconnect is the same user; a polling client's membership is keyed by it.
+/// reconnects and transports. An anonymous user is `anon-<digest of sid>` with it
+/// (`anon-<conn>` without), so a reconnect is the same user; a polling client's membership
+/// is keyed by it and its user.
 pub fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
     let sid = query_param(req, "sid");
     if let Some(sid) = &sid {
@@ -50,6 +60,15 @@ pub fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError
         text::validate_name(name).map_err(bad_request)?;
     }
     Ok(name)
+}
+
+/// `--op-rate` for `/poll`, `/sse` and `GET /presence`.
+pub fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr) -> Result<(), HttpError> {
+    if shared.http_allowed(RateKind::Request, who, remote) {
+        Ok(())
+    } else {
+        Err(HttpError::new(ErrorCode::RateLimited, "request rate exceeded"))
+    }
 }
 
 fn bad_request(e: impl std::fmt::Display) -> HttpError {
@@ -275,13 +294,19 @@ struct PublishBody<'a> {
 }
 
 /// `POST /publish` with `{"room","data","type"?}` → `{"room","seq"}` once stored.
-pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+pub async fn publish(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
     let max = shared.config.max_message_bytes;
-    let body = Limited::new(req.into_body(), max)
-        .collect()
+    // A client that sends its body slowly (or never) holds the request no longer than a handshake.
+    let read = Limited::new(req.into_body(), max).collect();
+    let body = tokio::time::timeout(shared.config.handshake_timeout, read)
         .await
+        .map_err(|_| HttpError::new(ErrorCode::BadRequest, "the body did not arrive in time"))?
         .map_err(|_| HttpError::new(ErrorCode::TooLarge, format!("body larger than {max} bytes")))?
         .to_bytes();
     let p: PublishBody<'_> = serde_json::from_slice(&body)
@@ -290,7 +315,7 @@ pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Res
     if let Some(kind) = &p.kind {
         text::validate_type(kind).map_err(bad_request)?;
     }
-    if !shared.http_publish_allowed(&who.user) {
+    if !shared.http_allowed(RateKind::Publish, &who, remote) {
         return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
     }
     let data = p
@@ -314,11 +339,16 @@ pub async fn publish(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Res
 }
 
 /// `GET /presence?room=R` → the room's snapshot (`presence` frame JSON), without joining it.
-pub async fn presence(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+pub async fn presence(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
     let room = query_param(&req, "room").unwrap_or_default();
     who.check_room(&room, Access::Subscribe)?;
+    request_allowed(shared, &who, remote)?;
     let snapshot = crate::presence::snapshot(&shared.upstream, &room)
         .await
         .ok_or_else(|| HttpError::new(ErrorCode::Unavailable, "the presence service did not answer"))?;

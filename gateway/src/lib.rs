@@ -181,6 +181,7 @@ async fn provision_stream(shared: Arc<Shared>) {
     let settings = StreamSettings {
         history_size: c.history_size,
         history_ttl: c.history_ttl,
+        max_bytes: c.history_max_bytes,
         replicas: c.stream_replicas,
     };
     let upstream = &shared.upstream;

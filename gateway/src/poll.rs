@@ -8,6 +8,7 @@
 //! no poll came for `--poll-session-ttl` after the last one. `presence=` and `watch=` add the rooms' snapshots and
 //! the users' status to every answer, and a change to them ends a long-poll's wait.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +20,15 @@ use hyper::body::Incoming;
 
 use crate::feeds::{FeedSet, Kind};
 use crate::http::{
-    cursor, identify, json, presence_rooms, rooms, session_id, watched, EventHead, Queued, Registration,
+    cursor, identify, json, presence_rooms, request_allowed, rooms, session_id, watched, EventHead, Queued,
+    Registration,
 };
 use crate::hub::Format;
 use crate::metrics::{self, Transport};
-use crate::presence;
+use crate::presence::{self, SessionLimits, SessionRefused};
 use crate::server::{query_param, Body, HttpError, Shared};
 
-pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
     let rooms = rooms(shared, &req, &who)?;
@@ -35,18 +37,35 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respon
     let sid = session_id(&req)?;
     let asked = cursor(&req)?;
     let wait = wait(shared, &req)?;
+    request_allowed(shared, &who, remote)?;
     let slot = shared.reserve(conn_id)?;
-    let session = sid.as_ref().map(|sid| format!("p-{sid}"));
+    let session = sid.as_ref().map(|sid| herald_proto::text::poll_session(&who.user, sid));
     let ttl = shared.config.poll_session_ttl;
     // However this request ends (answered, cancelled, panicked), the session lives `ttl` more.
     let _keep = session.as_ref().map(|session| KeepSession { shared, session, ttl });
     fail::fail_point!("poll.touch");
     match &session {
         Some(session) => {
-            shared
+            let limits = SessionLimits {
+                per_user: shared.config.max_poll_sessions_per_user,
+                total: shared.config.max_poll_sessions,
+            };
+            let touched = shared
                 .polls
-                .touch(&shared.tracker, session, &who, &members_of, wait + ttl)
-                .await
+                .touch(&shared.tracker, session, &who, &members_of, wait + ttl, limits)
+                .await;
+            match touched {
+                Ok(()) => {}
+                Err(SessionRefused::UserFull) => {
+                    return Err(HttpError::new(
+                        ErrorCode::RateLimited,
+                        "too many polling sessions for this user",
+                    ))
+                }
+                Err(SessionRefused::Full) => {
+                    return Err(HttpError::new(ErrorCode::Unavailable, "too many polling sessions"))
+                }
+            }
         }
         None if !members_of.is_empty() => {
             return Err(HttpError::new(ErrorCode::BadRequest, "`presence` on /poll needs `sid`"));

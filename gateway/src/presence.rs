@@ -364,11 +364,17 @@ impl Drop for Membership {
     }
 }
 
-/// Polling clients' presence, keyed by their `sid`: a session is online and a member of its
+/// Polling clients' presence, keyed by their user and `sid`: a session is online and a member of its
 /// presence rooms from its first poll until no poll came for its time to live.
 #[derive(Default)]
 pub struct PollSessions {
-    sessions: Mutex<HashMap<String, PollSession>>,
+    inner: Mutex<Sessions>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_conn: HashMap<String, PollSession>,
+    per_user: HashMap<String, usize>,
 }
 
 struct PollSession {
@@ -377,26 +383,59 @@ struct PollSession {
     expires: Instant,
 }
 
+/// Why a new polling session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// The user holds `--max-poll-sessions-per-user` already.
+    UserFull,
+    /// The gateway holds `--max-poll-sessions` already.
+    Full,
+}
+
+/// The caps on polling sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub per_user: usize,
+    pub total: usize,
+}
+
 impl PollSessions {
-    /// Records a poll of session `conn`: opens it if new, joins and leaves rooms so that its
-    /// presence rooms are `rooms`, and keeps it alive for `ttl`.
-    pub async fn touch(&self, tracker: &Tracker, conn: &str, who: &Identity, rooms: &[String], ttl: Duration) {
+    /// Records a poll of session `conn` (a digest of the user and the sid): opens it if new
+    /// and within `limits`, joins and leaves rooms so that its presence rooms are `rooms`, and
+    /// keeps it alive for `ttl`.
+    pub async fn touch(
+        &self,
+        tracker: &Tracker,
+        conn: &str,
+        who: &Identity,
+        rooms: &[String],
+        ttl: Duration,
+        limits: SessionLimits,
+    ) -> Result<(), SessionRefused> {
         let wanted: HashSet<String> = rooms.iter().cloned().collect();
-        let (reopen, open, join, leave) = {
-            let mut sessions = lock(&self.sessions);
+        let (open, join, leave) = {
+            let mut inner = lock(&self.inner);
+            let Sessions { by_conn, per_user } = &mut *inner;
             let expires = Instant::now() + ttl;
-            match sessions.get_mut(conn) {
-                Some(s) if s.user == who.user => {
+            match by_conn.get_mut(conn) {
+                Some(s) => {
                     s.expires = s.expires.max(expires);
                     let join: Vec<String> = wanted.difference(&s.rooms).cloned().collect();
                     let leave: Vec<String> = s.rooms.difference(&wanted).cloned().collect();
                     s.rooms = wanted;
-                    (false, false, join, leave)
+                    (false, join, leave)
                 }
-                existing => {
-                    let reopen = existing.is_some();
+                None => {
+                    if by_conn.len() >= limits.total {
+                        return Err(SessionRefused::Full);
+                    }
+                    let held = per_user.entry(who.user.clone()).or_default();
+                    if *held >= limits.per_user {
+                        return Err(SessionRefused::UserFull);
+                    }
+                    *held += 1;
                     let join = wanted.iter().cloned().collect();
-                    sessions.insert(
+                    by_conn.insert(
                         conn.to_owned(),
                         PollSession {
                             user: who.user.clone(),
@@ -404,13 +443,10 @@ impl PollSessions {
                             expires,
                         },
                     );
-                    (reopen, true, join, Vec::new())
+                    (true, join, Vec::new())
                 }
             }
         };
-        if reopen {
-            tracker.close(conn);
-        }
         if open {
             tracker.open(conn, &who.user);
         }
@@ -420,11 +456,12 @@ impl PollSessions {
         for room in &join {
             tracker.join(room, conn, &who.user, who.name.as_deref()).await;
         }
+        Ok(())
     }
 
     /// Keeps session `conn` alive for `ttl` from now (a long-poll that just ended).
     pub fn keep(&self, conn: &str, ttl: Duration) {
-        if let Some(s) = lock(&self.sessions).get_mut(conn) {
+        if let Some(s) = lock(&self.inner).by_conn.get_mut(conn) {
             s.expires = Instant::now() + ttl;
         }
     }
@@ -432,11 +469,18 @@ impl PollSessions {
     /// Closes the sessions whose time to live has passed.
     pub fn sweep(&self, tracker: &Tracker) {
         let now = Instant::now();
-        let mut sessions = lock(&self.sessions);
-        sessions.retain(|conn, s| {
+        let mut inner = lock(&self.inner);
+        let Sessions { by_conn, per_user } = &mut *inner;
+        by_conn.retain(|conn, s| {
             let alive = s.expires > now;
             if !alive {
                 tracker.close(conn);
+                if let Some(held) = per_user.get_mut(&s.user) {
+                    *held -= 1;
+                    if *held == 0 {
+                        per_user.remove(&s.user);
+                    }
+                }
             }
             alive
         });

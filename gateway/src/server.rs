@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::{AuthError, Authenticator, RoomRefused};
+use crate::auth::{AuthError, Authenticator, Identity, RoomRefused};
 use crate::config::Config;
 use crate::feeds::Feeds;
 use crate::hub::Hub;
@@ -53,8 +53,8 @@ pub struct Shared {
     pub feeds: Arc<Feeds>,
     /// Polling clients' presence sessions.
     pub polls: Arc<PollSessions>,
-    /// `POST /publish` rate limits, per user.
-    http_buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// HTTP rate limits, per kind and user (anonymous users: per client IP).
+    http_buckets: Mutex<HashMap<(RateKind, String), TokenBucket>>,
     pub conns: Connections,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
@@ -77,6 +77,18 @@ pub struct Connections {
     reserved: AtomicU64,
     empty: Notify,
 }
+
+/// What an HTTP rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKind {
+    /// `POST /publish` (`--publish-rate`).
+    Publish,
+    /// `/poll`, `/sse`, `GET /presence` (`--op-rate`).
+    Request,
+}
+
+/// Most HTTP rate-limit buckets kept; past it, full ones are forgotten first.
+const MAX_BUCKETS: usize = 100_000;
 
 /// An HTTP error in the contract's shape.
 #[derive(Debug)]
@@ -132,18 +144,36 @@ impl Shared {
         }
     }
 
-    /// Whether `user` may publish over HTTP now (`--publish-rate` per user per gateway).
-    pub fn http_publish_allowed(&self, user: &str) -> bool {
+    /// Whether `who` may make a `kind` request now. Users with a token are counted by user
+    /// id; anonymous users by client IP, since they choose their own id (behind a proxy,
+    /// every anonymous client shares the proxy's address).
+    pub fn http_allowed(&self, kind: RateKind, who: &Identity, remote: IpAddr) -> bool {
+        let key = match &who.claims {
+            Some(_) => who.user.clone(),
+            None => format!("ip:{remote}"),
+        };
+        let (rate, burst) = match kind {
+            RateKind::Publish => (self.config.publish_rate, self.config.publish_rate),
+            RateKind::Request => (self.config.op_rate, self.op_burst()),
+        };
         let mut buckets = lock(&self.http_buckets);
-        if buckets.len() > 100_000 {
-            // Full buckets carry no state worth keeping.
+        if buckets.len() >= MAX_BUCKETS {
+            // Full buckets carry no state worth keeping; if every one is busy, a flood of
+            // addresses is under way and forgetting them all only lets each one burst again.
             buckets.retain(|_, b| !b.is_full());
+            if buckets.len() >= MAX_BUCKETS {
+                buckets.clear();
+            }
         }
-        let rate = self.config.publish_rate;
         buckets
-            .entry(user.to_owned())
-            .or_insert_with(|| TokenBucket::new(rate))
+            .entry((kind, key))
+            .or_insert_with(|| TokenBucket::with_burst(rate, burst))
             .take()
+    }
+
+    /// The burst of `--op-rate`: a reconnect resubscribes every room at once.
+    pub fn op_burst(&self) -> f64 {
+        (self.config.max_subscriptions as f64).max(2.0 * self.config.op_rate)
     }
 
     /// Takes a connection slot, unless the gateway is draining or full.
@@ -367,7 +397,7 @@ where
         async move {
             // A panic in a handler answers its request with 500 and ends nothing else; the
             // handler's guards release what it held.
-            let routed = AssertUnwindSafe(route(shared, req)).catch_unwind().await;
+            let routed = AssertUnwindSafe(route(shared, req, remote.ip())).catch_unwind().await;
             Ok::<_, Infallible>(routed.unwrap_or_else(|panic| {
                 error!(
                     panic = crate::session::panic_message(&*panic),
@@ -387,18 +417,22 @@ where
     }
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald),
-        (&Method::GET, "/poll") => crate::http::cors(&shared, origin, crate::poll::poll(&shared, req).await),
-        (&Method::GET, "/sse") => crate::http::cors(&shared, origin, crate::sse::sse(&shared, req).await),
-        (&Method::POST, "/publish") => crate::http::cors(&shared, origin, crate::http::publish(&shared, req).await),
+        (&Method::GET, "/poll") => crate::http::cors(&shared, origin, crate::poll::poll(&shared, req, remote).await),
+        (&Method::GET, "/sse") => crate::http::cors(&shared, origin, crate::sse::sse(&shared, req, remote).await),
+        (&Method::POST, "/publish") => {
+            crate::http::cors(&shared, origin, crate::http::publish(&shared, req, remote).await)
+        }
         (&Method::OPTIONS, "/poll" | "/sse" | "/publish" | "/presence") => {
             crate::http::cors(&shared, origin, crate::http::preflight(&shared, &req))
         }
         (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),
-        (&Method::GET, "/presence") => crate::http::cors(&shared, origin, crate::http::presence(&shared, req).await),
+        (&Method::GET, "/presence") => {
+            crate::http::cors(&shared, origin, crate::http::presence(&shared, req, remote).await)
+        }
         (method, path) => match (method, crate::web::asset(&shared, path)) {
             (&Method::GET, Some(page)) => Ok(page),
             _ => Err(HttpError::new(
@@ -468,11 +502,11 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
         Mode::Herald => {
             let name = crate::http::display_name(&req)?;
             let sid = crate::http::session_id(&req)?;
-            let anon_id = sid.as_deref().unwrap_or(&conn);
+            let anon_id = crate::http::anon_id(sid.as_deref(), &conn);
             Some(
                 shared
                     .auth
-                    .authenticate(token(&req).as_deref(), anon_id, name.as_deref())?,
+                    .authenticate(token(&req).as_deref(), &anon_id, name.as_deref())?,
             )
         }
     };

@@ -70,6 +70,8 @@ struct Session {
     /// Users whose status this connection watches.
     watching: HashSet<String>,
     bucket: TokenBucket,
+    /// `--op-rate`: subscribe, unsubscribe, presence, watch, unwatch.
+    ops: TokenBucket,
 }
 
 /// Why the reader stopped.
@@ -82,6 +84,7 @@ enum End {
 
 pub(crate) struct TokenBucket {
     rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
     strikes: u32,
@@ -119,6 +122,7 @@ where
         presence_rooms: HashSet::new(),
         watching: HashSet::new(),
         bucket: TokenBucket::new(shared.config.publish_rate),
+        ops: TokenBucket::with_burst(shared.config.op_rate, shared.op_burst()),
         identity: a.identity,
         shared: Arc::clone(&shared),
     };
@@ -280,6 +284,14 @@ impl Session {
     }
 
     async fn on_op(&mut self, ClientFrame { id, op }: ClientFrame) -> Result<(), CloseCode> {
+        let counted = !matches!(op, ClientOp::Publish { .. } | ClientOp::Ping);
+        if counted && !self.ops.take() {
+            if self.ops.strikes >= RATE_STRIKES {
+                return Err(CloseCode::RATE_LIMITED);
+            }
+            self.error(id, ErrorCode::RateLimited, format!("`{}` rate exceeded", op.name()));
+            return Ok(());
+        }
         match op {
             ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence).await,
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
@@ -656,25 +668,44 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     expires_at: Option<u64>,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let expiry = expires_at.map(|exp| Duration::from_millis((exp * 1000).saturating_sub(now_ms())));
+    let expiry = expires_at.map(|exp| Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms())));
     let expiry = tokio::time::sleep(expiry.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
     tokio::pin!(expiry);
     let idle_limit = 2 * ping_interval.as_millis() as u64;
+    let mut expired = false;
     let mut batch: Vec<Item> = Vec::with_capacity(8);
     loop {
         let close = out.take(&mut batch);
         if !batch.is_empty() {
             // A peer that stops reading blocks this write; once the connection is closing
-            // (e.g. its queue overflowed) it gets a grace period to read, then is dropped.
+            // (e.g. its queue overflowed, or its token expired meanwhile) it gets a grace
+            // period to read, then is dropped. A peer that sends nothing for two ping
+            // intervals while blocked is dropped too: the checks do not wait for the write.
             let stuck = async {
                 while !out.is_closing() {
                     out.notified().await;
                 }
                 tokio::time::sleep(CLOSE_GRACE).await;
             };
-            let written = tokio::select! {
-                r = outbound::write_all(&mut w, &batch) => r,
-                _ = stuck => return,
+            let written = {
+                let write = outbound::write_all(&mut w, &batch);
+                tokio::pin!(stuck, write);
+                loop {
+                    tokio::select! {
+                        r = &mut write => break r,
+                        _ = &mut stuck => return,
+                        _ = &mut expiry, if !expired => {
+                            expired = true;
+                            out.close(Some(CloseCode::POLICY));
+                        }
+                        _ = ping.tick() => {
+                            if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
+                                debug!("No answer for two ping intervals while a write is blocked");
+                                return;
+                            }
+                        }
+                    }
+                }
             };
             match written {
                 Ok(bytes) => record_sent(&batch, bytes),
@@ -706,7 +737,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     out.push_frame(ws_frame(opcode::PING, b""));
                 }
             }
-            _ = &mut expiry => out.close(Some(CloseCode::POLICY)),
+            _ = &mut expiry, if !expired => {
+                expired = true;
+                out.close(Some(CloseCode::POLICY));
+            }
         }
     }
 }
@@ -727,9 +761,15 @@ pub fn now_ms() -> u64 {
 
 impl TokenBucket {
     pub(crate) fn new(rate: f64) -> Self {
+        Self::with_burst(rate, rate)
+    }
+
+    /// `rate` per second, up to `burst` at once.
+    pub(crate) fn with_burst(rate: f64, burst: f64) -> Self {
         Self {
             rate,
-            tokens: rate.max(1.0),
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
             last: Instant::now(),
             strikes: 0,
         }
@@ -737,14 +777,12 @@ impl TokenBucket {
 
     /// Whether the bucket has refilled completely (nothing to remember about it).
     pub(crate) fn is_full(&self) -> bool {
-        let burst = self.rate.max(1.0);
-        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= burst
+        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
     }
 
     pub(crate) fn take(&mut self) -> bool {
         let now = Instant::now();
-        let burst = self.rate.max(1.0);
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(burst);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

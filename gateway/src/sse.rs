@@ -12,13 +12,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::http::{cursor, identify, presence_rooms, rooms, watched, EventHead, Queued, Registration};
+use crate::http::{cursor, identify, presence_rooms, request_allowed, rooms, watched, EventHead, Queued, Registration};
 use crate::metrics::{self, Transport};
 use crate::poll::{start_positions, OpenGauge};
 use crate::presence::Membership;
 use crate::server::{Body, HttpError, Shared};
 use herald_proto::cursor::Cursor;
 use herald_proto::Codec;
+use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -38,13 +39,14 @@ fn data_lines(chunk: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
     let rooms = rooms(shared, &req, &who)?;
     let members_of = presence_rooms(&req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
+    request_allowed(shared, &who, remote)?;
     let slot = shared.reserve(conn_id)?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
@@ -56,6 +58,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     metrics::connection_opened(Transport::Sse);
     let stream = Stream {
         tx,
+        expires_at: who.expires_at(),
         positions,
         resume: asked.unwrap_or_default(),
         rooms,
@@ -80,6 +83,9 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Respons
 /// One SSE stream after its response head: catch-up, then live.
 struct Stream {
     tx: mpsc::Sender<Bytes>,
+    /// The token's expiry (seconds since the epoch): the stream ends then, and the client
+    /// must come back with a fresh token.
+    expires_at: Option<u64>,
     /// Where each room is; every event's `id:` is this cursor after it.
     positions: Cursor,
     /// The cursor the client resumed from.
@@ -163,6 +169,11 @@ impl Stream {
     /// slow-consumer close (the client reconnects with Last-Event-ID).
     async fn live(&mut self, reg: &Registration, keepalive: Duration) -> Result<(), Gone> {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let left = self
+            .expires_at
+            .map(|exp| Duration::from_millis((exp.saturating_mul(1000)).saturating_sub(crate::session::now_ms())));
+        let expiry = tokio::time::sleep(left.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
+        tokio::pin!(expiry);
         let mut batch = Vec::new();
         loop {
             let close = reg.out.take(&mut batch);
@@ -194,6 +205,7 @@ impl Stream {
                 _ = reg.out.notified() => {}
                 _ = tick.tick() => self.send(Bytes::from_static(b": keep-alive\n\n")).await?,
                 _ = self.tx.closed() => return Err(Gone),
+                _ = &mut expiry => return Ok(()),
             }
         }
     }

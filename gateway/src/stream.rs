@@ -10,6 +10,8 @@ use herald_proto::subject::Subjects;
 pub struct StreamSettings {
     pub history_size: i64,
     pub history_ttl: Duration,
+    /// Bytes kept in all; `-1` for no limit.
+    pub max_bytes: i64,
     pub replicas: usize,
 }
 
@@ -28,6 +30,7 @@ pub fn config(subjects: &Subjects, s: &StreamSettings) -> stream::Config {
         subjects: vec![subjects.rooms_wildcard()],
         max_messages_per_subject: s.history_size,
         max_age: s.history_ttl,
+        max_bytes: s.max_bytes,
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
         num_replicas: s.replicas,
@@ -73,6 +76,7 @@ async fn provision_inner(
             let same = usable
                 && have.max_messages_per_subject == want.max_messages_per_subject
                 && have.max_age == want.max_age
+                && have.max_bytes == want.max_bytes
                 && have.num_replicas == want.num_replicas;
             if !usable || (own && !same) {
                 js.update_stream(want.clone()).await.map_err(|e| err(&e))?;

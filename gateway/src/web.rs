@@ -11,6 +11,16 @@ use crate::server::{full, Body, Shared};
 const HERALD_JS: &str = include_str!("../web/herald.js");
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const SUPPORT_HTML: &str = include_str!("../web/support.html");
+const DEMO_JS: &str = include_str!("../web/demo.js");
+const SUPPORT_JS: &str = include_str!("../web/support.js");
+
+/// The pages' policy: scripts only from this origin (the pages have no inline script, so an
+/// injected one cannot run), images only from here or inline, no plugins, no framing. Clients
+/// may connect to other gateways (`?gateways=`), so `connect-src` allows any http(s)/ws(s).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
+     connect-src 'self' http: https: ws: wss:; object-src 'none'; base-uri 'none'; \
+     frame-ancestors 'none'; form-action 'self'";
 static CLASSIC_JS: LazyLock<String> = LazyLock::new(classic);
 
 /// The page or script at `path`, if there is one.
@@ -31,15 +41,23 @@ pub fn asset(shared: &Shared, path: &str) -> Option<Response<Body>> {
             Bytes::from_static(CLASSIC_JS.as_bytes()),
             "text/javascript; charset=utf-8",
         ),
+        "/demo.js" => (Bytes::from_static(DEMO_JS.as_bytes()), "text/javascript; charset=utf-8"),
+        "/support.js" => (
+            Bytes::from_static(SUPPORT_JS.as_bytes()),
+            "text/javascript; charset=utf-8",
+        ),
         _ => return None,
     };
-    Some(
-        Response::builder()
-            .header(header::CONTENT_TYPE, kind)
-            .header(header::CACHE_CONTROL, "no-cache")
-            .body(full(body))
-            .expect("static response parts"),
-    )
+    let mut page = Response::builder()
+        .header(header::CONTENT_TYPE, kind)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        // Page URLs may carry a token: never send them on as a Referer.
+        .header(header::REFERRER_POLICY, "no-referrer");
+    if kind.starts_with("text/html") {
+        page = page.header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
+    }
+    Some(page.body(full(body)).expect("static response parts"))
 }
 
 /// The module as a classic script: no `export`, `window.Herald` instead.

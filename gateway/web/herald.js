@@ -44,7 +44,8 @@ class Emitter {
   }
 }
 
-/** One room: emits `event` (a HeraldEvent) and `presence` (a PresenceState). */
+/** One room: emits `event` (a HeraldEvent), `presence` (a PresenceState) and `unrecovered`
+ *  (`{room}`: history lost events after the last one seen; refetch the room's state). */
 class Subscription extends Emitter {
   constructor(client, room, presence) {
     super();
@@ -68,6 +69,13 @@ class Subscription extends Emitter {
     if (this.seq !== null && ev.seq <= this.seq) return; // already seen (resume overlap)
     this.seq = ev.seq;
     this.emit("event", ev);
+  }
+
+  /** History no longer covers this room's position (the stream was recreated or purged):
+   *  continue from `seq` (or from the next event) and let the app refetch its state. */
+  _unrecovered(seq) {
+    this.seq = seq ?? null;
+    this.emit("unrecovered", { room: this.room });
   }
 
   _presence(p) {
@@ -276,6 +284,12 @@ class Client extends Emitter {
       case "error":
         this.emit("error", { code: frame.code, message: frame.message });
         break;
+      case "ack":
+        if (frame.recovered === false) this.rooms.get(frame.room)?._unrecovered(frame.seq);
+        break;
+      case "unrecovered":
+        for (const room of frame.rooms ?? []) this.rooms.get(room)?._unrecovered(null);
+        break;
     }
   }
 }
@@ -413,6 +427,7 @@ class SseSession {
     source.onmessage = (m) => c._dispatch(JSON.parse(m.data));
     source.addEventListener("presence", (m) => c._dispatch(JSON.parse(m.data)));
     source.addEventListener("status", (m) => c._dispatch(JSON.parse(m.data)));
+    source.addEventListener("unrecovered", (m) => c._dispatch(JSON.parse(m.data)));
     // The browser's own retry would stay on this gateway with the old URL: fail over instead.
     source.onerror = () => this._end();
   }
@@ -495,6 +510,7 @@ class PollSession {
         this.opened = true;
         c._opened(this);
       }
+      for (const room of res.unrecovered ?? []) c.rooms.get(room)?._unrecovered(null);
       for (const ev of res.events ?? []) c._dispatch(ev);
       // The answer's cursor covers rooms that had no event too (their live tail).
       for (const part of (res.cursor ?? "").split(",").filter(Boolean)) {
@@ -505,7 +521,8 @@ class PollSession {
       }
       for (const p of res.presence ?? []) c._dispatch({ t: "presence", ...p });
       for (const s of res.status ?? []) c._dispatch({ t: "status", ...s });
-      if (!this.long) await sleep(c.pollInterval);
+      // `more`: the answer was capped and history continues after its cursor.
+      if (!this.long && !res.more) await sleep(c.pollInterval);
     }
   }
 

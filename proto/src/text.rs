@@ -92,6 +92,32 @@ pub fn validate_id(id: &Id) -> Result<(), TextError> {
     }
 }
 
+/// The user id of an anonymous client that keeps session id `sid`: `anon-` and 24 hex digits
+/// of a SHA-256 of it. Other users see this id; the sid itself stays the client's secret, so
+/// nobody who sees the id can claim the identity.
+pub fn anonymous_user(sid: &str) -> String {
+    format!("anon-{}", digest_hex(&[b"herald anon\0", sid.as_bytes()]))
+}
+
+/// The connection id of a polling session: `p-` and 24 hex digits of a SHA-256 of the user
+/// and the sid. Keyed by both, so two users cannot share a session; shown to other members
+/// in place of the sid.
+pub fn poll_session(user: &str, sid: &str) -> String {
+    format!(
+        "p-{}",
+        digest_hex(&[b"herald poll\0", user.as_bytes(), b"\0", sid.as_bytes()])
+    )
+}
+
+fn digest_hex(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn is_user_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@' | b'=')
 }
@@ -174,6 +200,17 @@ mod tests {
         assert_eq!(validate_id(&Id::Num(u64::MAX)), Ok(()));
         assert_eq!(validate_id(&Id::Str("x".repeat(MAX_ID_LEN))), Ok(()));
         assert_eq!(validate_id(&Id::Str("x".repeat(MAX_ID_LEN + 1))), Err(TextError::Id));
+    }
+
+    #[test]
+    fn derived_ids_hide_the_sid() {
+        let a = anonymous_user("abcdefgh12");
+        assert_eq!(a.len(), 5 + 24);
+        assert!(!a.contains("abcdefgh12"));
+        assert_eq!(a, anonymous_user("abcdefgh12"), "stable across gateways");
+        assert_ne!(a, anonymous_user("abcdefgh13"));
+        assert_eq!(validate_user(&a), Ok(()));
+        assert_ne!(poll_session("ann", "abcdefgh12"), poll_session("bob", "abcdefgh12"));
     }
 
     #[test]

@@ -51,13 +51,12 @@ async fn poll_answers_are_capped_and_concurrent_full_history_polls_stay_small() 
     let addr = gw.addr.unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
     store(&client, "big", 300, 60 * 1024).await;
-    let token = jwt::any_room("poller");
     let before = gw.rss_bytes();
 
     // 20 clients poll the whole history at once, each following `more` to the end.
     let mut polls = Vec::new();
-    for _ in 0..20 {
-        let token = token.clone();
+    for i in 0..20 {
+        let token = jwt::any_room(&format!("poller{i}"));
         polls.push(tokio::spawn(async move {
             let mut cursor = "big:0".to_owned();
             let mut got = Vec::new();
