@@ -54,7 +54,7 @@ impl Authenticator {
         if let Some(secret) = &config.auth_hs256_secret {
             keys.push((
                 DecodingKey::from_secret(secret.as_bytes()),
-                validation(Algorithm::HS256),
+                validation(Algorithm::HS256, config),
             ));
         }
         if let Some(key) = &config.auth_public_key {
@@ -63,7 +63,7 @@ impl Authenticator {
             } else {
                 std::fs::read(key).map_err(|e| ConfigError::Read(key.clone(), e))?
             };
-            keys.push(public_key(&pem)?);
+            keys.push(public_key(&pem, config)?);
         }
         Ok(Self {
             keys,
@@ -112,36 +112,61 @@ impl Authenticator {
     }
 }
 
-fn validation(alg: Algorithm) -> Validation {
+/// `exp` and `sub` required, `nbf` checked when present, no leeway; `aud` and `iss` required
+/// and checked when `--jwt-audience` / `--jwt-issuer` are set.
+fn validation(alg: Algorithm, config: &Config) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = 0;
-    v.validate_aud = false;
-    v.set_required_spec_claims(&["exp", "sub"]);
+    v.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &config.jwt_audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    if let Some(iss) = &config.jwt_issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
     v
 }
 
-fn public_key(pem: &[u8]) -> Result<(DecodingKey, Validation), ConfigError> {
+fn public_key(pem: &[u8], config: &Config) -> Result<(DecodingKey, Validation), ConfigError> {
     let bad = |e: jsonwebtoken::errors::Error| ConfigError::Key(e.to_string());
     if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        return Ok((k, validation(Algorithm::RS256)));
+        return Ok((k, validation(Algorithm::RS256, config)));
     }
     if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        return Ok((k, validation(Algorithm::ES256)));
+        return Ok((k, validation(Algorithm::ES256, config)));
     }
     DecodingKey::from_ed_pem(pem)
-        .map(|k| (k, validation(Algorithm::EdDSA)))
+        .map(|k| (k, validation(Algorithm::EdDSA, config)))
         .map_err(bad)
 }
 
 // === impl Identity ===
 
 impl Identity {
+    /// Anonymous users may use any room but other users' personal rooms.
     pub fn may_subscribe(&self, room: &str) -> bool {
-        self.claims.as_ref().is_none_or(|c| c.may_subscribe(room))
+        match &self.claims {
+            Some(c) => c.may_subscribe(room),
+            None => self.owns_or_shared(room),
+        }
     }
 
     pub fn may_publish(&self, room: &str) -> bool {
-        self.claims.as_ref().is_none_or(|c| c.may_publish(room))
+        match &self.claims {
+            Some(c) => c.may_publish(room),
+            None => self.owns_or_shared(room),
+        }
+    }
+
+    fn owns_or_shared(&self, room: &str) -> bool {
+        room::personal_owner(room).is_none_or(|owner| owner == self.user)
     }
 
     /// Checks a room name (`bad_request`) and this identity's grant for it (`forbidden`).
@@ -292,6 +317,45 @@ mod tests {
         assert_eq!(id.user, "anon-gw-1");
         assert_eq!(id.name.as_deref(), Some("Guest"));
         assert!(id.may_subscribe("anything") && id.may_publish("anything"));
+        assert!(id.may_subscribe("user:anon-gw-1"), "its own personal room");
+        assert!(
+            !id.may_subscribe("user:bob") && !id.may_publish("user:bob"),
+            "not bob's"
+        );
+    }
+
+    #[test]
+    fn audience_issuer_and_not_before() {
+        let key = EncodingKey::from_secret(b"s");
+        let a = auth(|c| {
+            c.auth_hs256_secret = Some("s".into());
+            c.jwt_audience = Some("herald".into());
+            c.jwt_issuer = Some("https://id.example".into());
+        });
+        let token = |extra: serde_json::Value| {
+            let mut v = serde_json::to_value(claims("alice", 60)).unwrap();
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &v, &key).unwrap()
+        };
+        let ok = token(serde_json::json!({"aud": "herald", "iss": "https://id.example"}));
+        assert_eq!(a.authenticate(Some(&ok), "c", None).unwrap().user, "alice");
+        for bad in [
+            serde_json::json!({"iss": "https://id.example"}),
+            serde_json::json!({"aud": "other", "iss": "https://id.example"}),
+            serde_json::json!({"aud": "herald"}),
+            serde_json::json!({"aud": "herald", "iss": "https://evil.example"}),
+            serde_json::json!({"aud": "herald", "iss": "https://id.example", "nbf": now() + 3600}),
+        ] {
+            let t = token(bad.clone());
+            assert!(a.authenticate(Some(&t), "c", None).is_err(), "{bad}");
+        }
+        // Without the flags, `aud` and `iss` are not required; `nbf` is still checked.
+        let plain = auth(|c| c.auth_hs256_secret = Some("s".into()));
+        assert!(plain
+            .authenticate(Some(&token(serde_json::json!({}))), "c", None)
+            .is_ok());
+        let early = token(serde_json::json!({"nbf": now() + 3600}));
+        assert!(plain.authenticate(Some(&early), "c", None).is_err());
     }
 
     #[test]

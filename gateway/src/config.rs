@@ -42,7 +42,16 @@ pub struct Config {
     #[arg(long, env = "HERALD_AUTH_PUBLIC_KEY")]
     pub auth_public_key: Option<String>,
 
-    /// Accept clients without a token: the user is `anon-<conn>` and may use any room.
+    /// Accept only tokens whose `aud` claim holds this audience (e.g. `herald`).
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Accept only tokens whose `iss` claim is this issuer.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Accept clients without a token: the user is `anon-<conn>` (`anon-<digest>` with a
+    /// `sid`) and may use any room but other users' personal rooms.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 

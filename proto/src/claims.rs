@@ -45,8 +45,15 @@ impl Claims {
     }
 }
 
+/// Whether a grant covers `room`. Another user's personal room (`user:<id>`) is covered
+/// only by a pattern that itself starts with `user:`: a grant of `*` means "every shared
+/// room", not "everyone's private notifications".
 fn any_match(patterns: &[String], room: &str) -> bool {
-    patterns.iter().any(|p| glob_match(p, room))
+    let personal = room::personal_owner(room).is_some();
+    patterns
+        .iter()
+        .filter(|p| !personal || p.starts_with(room::PERSONAL_PREFIX))
+        .any(|p| glob_match(p, room))
 }
 
 /// `*` matches any run of characters (including none); everything else matches itself.
@@ -110,6 +117,13 @@ mod tests {
         assert!(!c.may_publish("support:acme:1"));
         assert!(c.may_subscribe("user:alice"));
         assert!(!c.may_subscribe("user:bob"));
+        let all = claims(&["*"], &["*"]);
+        assert!(all.may_subscribe("anything"));
+        assert!(all.may_subscribe("user:alice"), "one's own");
+        assert!(!all.may_subscribe("user:bob"), "`*` does not open other users' rooms");
+        assert!(!all.may_publish("user:bob"));
+        let admin = claims(&["user:*"], &[]);
+        assert!(admin.may_subscribe("user:bob"), "a grant that names `user:` does");
         let bare = Claims { herald: None, ..c };
         assert!(!bare.may_subscribe("lobby"));
         assert!(bare.may_subscribe("user:alice"));
