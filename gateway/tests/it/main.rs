@@ -5,6 +5,7 @@ mod bad_input;
 mod drain;
 mod fallback;
 mod hostile;
+mod limits;
 mod push;
 mod resume;
 mod slow_consumer;
