@@ -7,7 +7,7 @@
 //! stops publishing before anyone else can start. A draining instance deletes its keys so
 //! another takes over at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,24 +18,37 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Which partitions this instance leads. Cheap to clone.
+///
+/// Leadership is held *until a time*, not until the renewal task says otherwise: a renewal
+/// whose reply hangs (a slow or partitioned NATS) must not leave this instance publishing
+/// after another one may have taken the lease. Each successful renewal extends the time to
+/// two thirds of the lease after the request was sent; the key itself expires after a
+/// whole lease, so the old leader has stopped before a new one can begin.
 #[derive(Clone)]
 pub struct Leases {
-    led: Arc<[AtomicBool]>,
+    /// Per partition: led until this many milliseconds after `base` (0: not led).
+    until: Arc<[AtomicU64]>,
+    base: std::time::Instant,
 }
 
 impl Leases {
     pub fn new(partitions: u32) -> Self {
         Self {
-            led: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            base: std::time::Instant::now(),
         }
     }
 
     pub fn partitions(&self) -> u32 {
-        self.led.len() as u32
+        self.until.len() as u32
     }
 
     pub fn leads(&self, partition: u32) -> bool {
-        self.led[partition as usize].load(Ordering::Relaxed)
+        self.ms(std::time::Instant::now()) < self.until[partition as usize].load(Ordering::Relaxed)
+    }
+
+    fn ms(&self, t: std::time::Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64
     }
 
     /// The partition of a room or user name.
@@ -48,11 +61,14 @@ impl Leases {
     }
 
     pub fn count(&self) -> usize {
-        self.led.iter().filter(|l| l.load(Ordering::Relaxed)).count()
+        (0..self.partitions()).filter(|p| self.leads(*p)).count()
     }
 
-    fn set(&self, partition: usize, led: bool) {
-        self.led[partition].store(led, Ordering::Relaxed);
+    /// Leads `partition` until `until` (`None`: not at all).
+    fn set(&self, partition: usize, until: Option<Instant>) {
+        let ms = until.map_or(0, |t| self.ms(t.into_std()).max(1));
+        self.until[partition].store(ms, Ordering::Relaxed);
+        let led = until.is_some();
         metrics::gauge!(crate::metric::LEADER, "partition" => partition.to_string()).set(f64::from(u8::from(led)));
     }
 }
@@ -90,8 +106,11 @@ pub async fn run(store: kv::Store, instance: String, leases: Leases, lease: Dura
     let mut every = tokio::time::interval(lease / 3);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for p in 0..n {
-        leases.set(p, false);
+        leases.set(p, None);
     }
+    // No call may outlast the renewal period: a hung reply is a failed renewal.
+    let call = lease / 3;
+    let valid = lease * 2 / 3;
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
@@ -102,37 +121,41 @@ pub async fn run(store: kv::Store, instance: String, leases: Leases, lease: Dura
         let value = Bytes::from(instance.clone());
         for (p, slot) in held.iter_mut().enumerate() {
             let key = format!("leader.{p}");
+            // The lease's clock starts no earlier than the request is sent.
             let now = Instant::now();
             *slot = match *slot {
-                Some((revision, renewed)) => match store.update(&key, value.clone(), revision).await {
-                    Ok(revision) => Some((revision, now)),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                        info!(partition = p, "Presence leadership lost");
-                        None
+                Some((revision, renewed)) => {
+                    let updated = tokio::time::timeout(call, store.update(&key, value.clone(), revision)).await;
+                    match updated {
+                        Ok(Ok(revision)) => Some((revision, now)),
+                        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            info!(partition = p, "Presence leadership lost");
+                            None
+                        }
+                        _ if now.duration_since(renewed) < valid => {
+                            warn!(partition = p, "Lease renewal failed or timed out; retrying");
+                            Some((revision, renewed))
+                        }
+                        _ => {
+                            warn!(partition = p, "Lease not renewed in time; stepping down");
+                            None
+                        }
                     }
-                    Err(e) if now.duration_since(renewed) < lease * 2 / 3 => {
-                        warn!(partition = p, error = %e, "Lease renewal failed; retrying");
-                        Some((revision, renewed))
-                    }
-                    Err(e) => {
-                        warn!(partition = p, error = %e, "Lease not renewed in time; stepping down");
-                        None
-                    }
-                },
-                None => match store.create(&key, value.clone()).await {
-                    Ok(revision) => {
+                }
+                None => match tokio::time::timeout(call, store.create(&key, value.clone())).await {
+                    Ok(Ok(revision)) => {
                         info!(partition = p, "Presence leadership taken");
                         Some((revision, now))
                     }
-                    Err(_) => None,
+                    _ => None,
                 },
             };
-            leases.set(p, slot.is_some());
+            leases.set(p, slot.map(|(_, renewed)| renewed + valid));
         }
     }
     for (p, slot) in held.iter().enumerate() {
         if let Some((revision, _)) = slot {
-            leases.set(p, false);
+            leases.set(p, None);
             let _ = store
                 .delete_expect_revision(format!("leader.{p}"), Some(*revision))
                 .await;

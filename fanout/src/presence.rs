@@ -128,9 +128,12 @@ impl Tracker {
         let Some(reply) = msg.reply else { return };
         let req = serde_json::from_slice::<StatusRequest>(&msg.payload).unwrap_or_default();
         metrics::counter!(metric::REQUESTS, "kind" => "status").increment(1);
+        // As many as one `watch` may name: a longer list is not a gateway's, and its answer
+        // would pass NATS's payload limit.
         let users = req
             .users
             .into_iter()
+            .take(herald_proto::text::MAX_USERS_PER_OP)
             .map(|user| herald_proto::frame::Status {
                 online: state.online(&user),
                 user,

@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 
 use herald_proto::frame::{Member, Presence, Status};
 use herald_proto::sys::{Body, Change, Conn, GatewayMsg, Join};
+use tracing::warn;
 
 /// How often a gateway that is out of step is asked again for its snapshot.
 const RESYNC_EVERY: Duration = Duration::from_secs(1);
+/// Most parts of one gateway snapshot (a gateway's parts hold 256 KiB each: this is far
+/// more than any gateway's membership), and most connections and members in it. A message
+/// past either is not a gateway's and would only grow the assembly.
+const MAX_SNAPSHOT_PARTS: u32 = 100_000;
+const MAX_SNAPSHOT_ITEMS: usize = 20_000_000;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -165,15 +171,20 @@ impl State {
         let in_step = g.synced && g.epoch == epoch;
         match body {
             Body::Changes { first, changes } if in_step => {
-                let last = first + changes.len() as u64 - 1;
-                if first > g.seq + 1 {
+                // Numbers start at 1; a batch that is empty or ends past u64::MAX is not a
+                // gateway's.
+                let n = changes.len() as u64;
+                let Some(last) = (first > 0 && n > 0).then(|| first.checked_add(n - 1)).flatten() else {
+                    return;
+                };
+                if first > g.seq.saturating_add(1) {
                     g.synced = false;
                     self.request_sync(&gw, now);
                 } else if last > g.seq {
                     let skip = (g.seq + 1 - first) as usize;
                     g.seq = last;
                     let gw: Arc<str> = Arc::from(gw.as_str());
-                    for change in changes.into_iter().skip(skip) {
+                    for change in changes.into_iter().skip(skip).filter(Change::is_valid) {
                         self.apply(&gw, change, now);
                     }
                 }
@@ -192,6 +203,10 @@ impl State {
                 conns,
                 members,
             } => {
+                if parts == 0 || parts > MAX_SNAPSHOT_PARTS || part >= parts {
+                    g.assembly = None;
+                    return;
+                }
                 let fresh = g.assembly.as_ref().is_none_or(|a| a.epoch != epoch || a.seq != seq);
                 if fresh && part != 0 {
                     return;
@@ -207,13 +222,18 @@ impl State {
                     });
                 }
                 let a = g.assembly.as_mut().expect("assembly in progress");
-                if part != a.next {
+                if part != a.next || a.parts != parts {
+                    g.assembly = None;
+                    return;
+                }
+                if a.conns.len() + a.members.len() + conns.len() + members.len() > MAX_SNAPSHOT_ITEMS {
+                    warn!(gw = %gw, "A snapshot larger than any gateway holds; dropped");
                     g.assembly = None;
                     return;
                 }
                 a.next += 1;
-                a.conns.extend(conns);
-                a.members.extend(members);
+                a.conns.extend(conns.into_iter().filter(Conn::is_valid));
+                a.members.extend(members.into_iter().filter(Join::is_valid));
                 if a.next == a.parts {
                     let a = g.assembly.take().expect("assembly in progress");
                     self.replace(&gw, a, now);
@@ -707,6 +727,55 @@ mod tests {
     fn synced(s: &mut State, now: Instant) {
         s.on_gateway(snapshot("a", 1, 0, &[], &[]), now);
         assert_eq!(s.tick(now), []);
+    }
+
+    #[test]
+    fn crafted_gateway_messages_neither_panic_nor_grow_nor_reach_subjects() {
+        let t = Instant::now();
+        let mut s = state();
+        synced(&mut s, t);
+        // Numbers at the edges: no overflow, nothing applied.
+        s.on_gateway(changes("a", 0, vec![]), t);
+        s.on_gateway(changes("a", 1, vec![]), t);
+        s.on_gateway(changes("a", u64::MAX, vec![open("c1", "bob"), open("c2", "eve")]), t);
+        s.on_gateway(msg("a", 1, Body::Heartbeat { seq: u64::MAX }), t);
+        assert_eq!(s.totals().conns, 0);
+        // Snapshot parts that cannot be: none is kept.
+        for (part, parts) in [(0, 0), (5, 5), (0, u32::MAX)] {
+            let body = Body::Snapshot {
+                seq: 1,
+                part,
+                parts,
+                conns: vec![],
+                members: vec![],
+            };
+            s.on_gateway(msg("b", 1, body), t);
+            assert!(
+                s.gateways.get("b").is_none_or(|g| g.assembly.is_none()),
+                "{part}/{parts}"
+            );
+        }
+        // Names that would become wildcard subjects or break frames are dropped.
+        let mut s = state();
+        synced(&mut s, t);
+        s.on_gateway(
+            changes(
+                "a",
+                1,
+                vec![
+                    open("c1", "bob"),
+                    joined("lobby.>", "c1", "bob"),
+                    joined("lobby", "c1", "bob"),
+                    open("c2", "e*ve"),
+                    joined("lobby", &"c".repeat(300), "bob"),
+                ],
+            ),
+            t,
+        );
+        let out = s.tick(t);
+        assert_eq!(diffs(&out), [(vec!["bob".to_owned()], vec![], 1)]);
+        assert_eq!(s.room_names(), ["lobby"]);
+        assert!(!s.online("e*ve"));
     }
 
     #[test]

@@ -66,6 +66,47 @@ pub struct Join {
     pub name: Option<String>,
 }
 
+/// The longest connection id in a gateway message.
+pub const MAX_CONN_LEN: usize = 256;
+
+// === impl Change ===
+
+impl Change {
+    /// Whether every string in the change is one a gateway could have sent: valid room
+    /// names and user ids (they become NATS subjects), bounded connection ids, clean names.
+    /// Fanout drops anything else, whoever published it on the internal subjects.
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Self::Open(c) => c.is_valid(),
+            Self::Close { conn } => valid_conn(conn),
+            Self::Join(j) => j.is_valid(),
+            Self::Leave { room, conn } => crate::room::validate(room).is_ok() && valid_conn(conn),
+        }
+    }
+}
+
+impl Conn {
+    pub fn is_valid(&self) -> bool {
+        valid_conn(&self.conn) && crate::text::validate_user(&self.user).is_ok()
+    }
+}
+
+impl Join {
+    pub fn is_valid(&self) -> bool {
+        crate::room::validate(&self.room).is_ok()
+            && valid_conn(&self.conn)
+            && crate::text::validate_user(&self.user).is_ok()
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|n| crate::text::validate_name(n).is_ok())
+    }
+}
+
+fn valid_conn(conn: &str) -> bool {
+    !conn.is_empty() && conn.len() <= MAX_CONN_LEN
+}
+
 /// Body of `herald.sys.sync`: every gateway (or only `gw`) publishes a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {

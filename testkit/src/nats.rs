@@ -76,6 +76,22 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): every request to it hangs until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     /// Starts it again on the same port and store directory.
     pub fn restart(&mut self) {
         self.kill();
