@@ -80,6 +80,9 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -
         .expect("static response parts"))
 }
 
+/// Streams with at most this many rooms give every event an `id:`.
+const ID_EVERY_EVENT_ROOMS: usize = 8;
+
 /// One SSE stream after its response head: catch-up, then live.
 struct Stream {
     tx: mpsc::Sender<Bytes>,
@@ -148,9 +151,10 @@ impl Stream {
                 };
                 metrics::replayed(page.events.len() as u64);
                 let mut chunk = Vec::new();
-                for ev in &page.events {
+                for (i, ev) in page.events.iter().enumerate() {
                     self.positions.set(room, ev.seq);
-                    self.event(&mut chunk, &Codec::Json.encode_event(ev.as_ref()));
+                    let last = i + 1 == page.events.len();
+                    self.event(&mut chunk, &Codec::Json.encode_event(ev.as_ref()), last);
                 }
                 if !chunk.is_empty() {
                     let (events, bytes) = (page.events.len() as u64, chunk.len() as u64);
@@ -180,13 +184,14 @@ impl Stream {
             if !batch.is_empty() {
                 let mut chunk = Vec::new();
                 let events = batch.len() as u64;
-                for item in batch.drain(..) {
+                let last_event = batch.iter().rposition(|i| Queued::of(&i.bytes) == Some(Queued::Event));
+                for (i, item) in batch.drain(..).enumerate() {
                     match Queued::of(&item.bytes) {
                         Some(Queued::Event) => {
                             if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
                                 self.positions.set(head.room, head.seq);
                             }
-                            self.event(&mut chunk, &item.bytes);
+                            self.event(&mut chunk, &item.bytes, Some(i) == last_event);
                         }
                         Some(Queued::Presence) => named(&mut chunk, b"presence", &item.bytes),
                         Some(Queued::Status) => named(&mut chunk, b"status", &item.bytes),
@@ -210,9 +215,17 @@ impl Stream {
         }
     }
 
-    /// An event with the cursor after it as its id.
-    fn event(&self, chunk: &mut Vec<u8>, frame: &[u8]) {
-        chunk.extend_from_slice(format!("id: {}\n", self.positions).as_bytes());
+    /// An event with the cursor after it as its id. The cursor names every room, so with
+    /// many rooms only the last event of a chunk carries it (an `id:` per event would
+    /// multiply the cursor by the events in flight); a browser that loses the connection
+    /// mid-chunk resumes from the chunk's start, and the repeated events have the seqs the
+    /// client already holds (herald.js drops them).
+    fn event(&self, chunk: &mut Vec<u8>, frame: &[u8], last_of_chunk: bool) {
+        if last_of_chunk || self.rooms.len() <= ID_EVERY_EVENT_ROOMS {
+            chunk.extend_from_slice(b"id: ");
+            chunk.extend_from_slice(self.positions.to_string().as_bytes());
+            chunk.push(b'\n');
+        }
         data_lines(chunk, frame);
         chunk.push(b'\n');
     }

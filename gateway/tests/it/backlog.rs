@@ -176,3 +176,24 @@ async fn a_cursor_beyond_the_stream_is_reported_and_new_events_still_arrive() {
         last = new;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_many_rooms_the_sse_cursor_is_sent_once_per_chunk_not_per_event() {
+    let nats = NatsServer::start();
+    let gw = TestGateway::start_with(&nats.url(), |c| c.replay_max_events = 10).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let seqs = store(&client, "r0", 50, 10).await;
+    let token = jwt::any_room("reader");
+    let rooms: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let path = format!("/sse?rooms={}&cursor=r0:0&token={token}", rooms.join(","));
+    let mut sse = Sse::open(gw.addr, &path, &[]).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let ev = sse.next_event(Duration::from_secs(10)).await.expect("an event");
+        ids.extend(ev.id);
+    }
+    assert_eq!(ids.len(), 5, "one id per chunk of 10: {ids:?}");
+    let last = ids.last().unwrap();
+    assert!(last.starts_with(&format!("r0:{},", seqs[49])), "{last}");
+    assert_eq!(last.split(',').count(), 10, "the id names every room");
+}

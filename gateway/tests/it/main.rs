@@ -6,6 +6,7 @@ mod drain;
 mod fallback;
 mod hostile;
 mod limits;
+mod op_fuzz;
 mod push;
 mod resume;
 mod slow_consumer;
