@@ -161,6 +161,25 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends one frame as it is: text (even if not UTF-8) or binary.
+    pub async fn send_raw(&mut self, payload: &[u8], text: bool) -> Result<()> {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.ws
+            .write_frame(Frame::new(true, op, None, Payload::Owned(payload.to_vec())))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads until the gateway's close frame; its code (`None` if the socket just ended).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = self.ws.read_frame().await.ok()?;
+            if frame.opcode == OpCode::Close {
+                return frame.payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            }
+        }
+    }
+
     pub async fn next_text(&mut self) -> Result<String> {
         loop {
             let frame = self.ws.read_frame().await?;

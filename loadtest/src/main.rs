@@ -15,6 +15,7 @@ mod presence;
 mod proc;
 mod report;
 mod scale;
+mod soak;
 mod stack;
 mod svg;
 
@@ -81,6 +82,12 @@ enum Mode {
     ///
     /// Example: loadtest presence --gateway ws://127.0.0.1:8080/ws,ws://127.0.0.1:8081/ws --members 5000 --churn 200 --fanout-pid $(pgrep herald-fanout)
     Presence(presence::PresenceArgs),
+    /// Many connections for a long time with churn and hostile clients mixed in, presence on:
+    /// gateway RSS and file descriptors over time (their slope), /readyz, and every event
+    /// checked for loss and duplicates across reconnects.
+    ///
+    /// Example: loadtest soak --connections 20000 --gateways 2 --duration 30m --churn 20 --hostile 10
+    Soak(Box<soak::SoakArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -111,6 +118,7 @@ fn main() -> ExitCode {
             Mode::Hold(a) => scale::hold(*a).await,
             Mode::Bench(a) => scale::bench(*a).await,
             Mode::Presence(a) => presence::run(a).await,
+            Mode::Soak(a) => soak::run(*a).await,
             Mode::Compare(a) => {
                 if !compare::run(*a).await? {
                     bail!("a mode failed its thresholds (see the report)");

@@ -98,6 +98,49 @@ impl Nats {
     }
 }
 
+impl Nats {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A fresh `herald-fanout` on a free admin port; waits until it is ready.
+pub struct Fanout {
+    child: Child,
+    pub pid: u32,
+}
+
+impl Fanout {
+    pub fn start(nats_url: &str) -> Result<Self> {
+        let admin = free_port()?;
+        let mut child = Command::new(sibling("herald-fanout")?)
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--nats-url", nats_url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting herald-fanout")?;
+        wait_port(([127, 0, 0, 1], admin).into(), &mut child, "herald-fanout")?;
+        let url = format!("http://127.0.0.1:{admin}/readyz");
+        let until = Instant::now() + Duration::from_secs(30);
+        while get(&url).map(|r| r.0) != Ok(200) {
+            if Instant::now() > until {
+                bail!("herald-fanout not ready within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pid = child.id();
+        Ok(Self { child, pid })
+    }
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -11,8 +11,13 @@ use crate::room;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor(BTreeMap<String, u64>);
 
+/// The most rooms one cursor may name (a request names at most `--max-subscriptions`).
+pub const MAX_ROOMS: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
+    #[error("a cursor names at most {MAX_ROOMS} rooms")]
+    TooMany,
     #[error("cursor item `{0}` is not room:seq")]
     Item(String),
     #[error("cursor room: {0}")]
@@ -24,11 +29,17 @@ pub enum CursorError {
 impl Cursor {
     pub fn parse(s: &str) -> Result<Self, CursorError> {
         let mut map = BTreeMap::new();
+        let bad = |item: &str| CursorError::Item(crate::text::printable(item));
         for item in s.split(',').filter(|i| !i.is_empty()) {
-            let (room, seq) = item
-                .rsplit_once(':')
-                .ok_or_else(|| CursorError::Item(item.to_owned()))?;
-            let seq = seq.parse::<u64>().map_err(|_| CursorError::Item(item.to_owned()))?;
+            if map.len() >= MAX_ROOMS {
+                return Err(CursorError::TooMany);
+            }
+            let (room, seq) = item.rsplit_once(':').ok_or_else(|| bad(item))?;
+            // Digits only: `+7` and ` 7` are not seqs.
+            if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(item));
+            }
+            let seq = seq.parse::<u64>().map_err(|_| bad(item))?;
             room::validate(room)?;
             map.insert(room.to_owned(), seq);
         }
@@ -82,5 +93,16 @@ mod tests {
         assert!(matches!(Cursor::parse("lobby"), Err(CursorError::Item(_))));
         assert!(matches!(Cursor::parse("lobby:x"), Err(CursorError::Item(_))));
         assert!(matches!(Cursor::parse("lo.bby:1"), Err(CursorError::Room(_))));
+        assert!(matches!(Cursor::parse("lobby:+1"), Err(CursorError::Item(_))));
+        assert!(matches!(
+            Cursor::parse("lobby:18446744073709551616"),
+            Err(CursorError::Item(_))
+        ));
+        assert_eq!(
+            Cursor::parse("lobby:18446744073709551615").unwrap().get("lobby"),
+            Some(u64::MAX)
+        );
+        let many: Vec<String> = (0..=MAX_ROOMS).map(|i| format!("r{i}:1")).collect();
+        assert_eq!(Cursor::parse(&many.join(",")), Err(CursorError::TooMany));
     }
 }

@@ -6,7 +6,7 @@
 //!   two codecs ([`codec::Codec`]: JSON text frames and MessagePack binary frames).
 //! - [`code`]: error codes (with their HTTP statuses) and WebSocket close codes.
 //! - [`subject`]: NATS subjects, [`header`]: NATS headers, [`room`]: room-name rules,
-//!   [`cursor`]: the `room:seq,...` cursor of the HTTP transports, [`claims`]: JWT claims and
+//!   [`cursor`]: the `room:seq,...` cursor of the HTTP transports, [`query`]: their query strings, [`claims`]: JWT claims and
 //!   room globs, [`sys`]: internal gateway ↔ fanout messages, [`text`]: the rules for every
 //!   other string a client controls.
 //!
@@ -18,6 +18,7 @@ pub mod codec;
 pub mod cursor;
 pub mod frame;
 pub mod header;
+pub mod query;
 pub mod room;
 pub mod subject;
 pub mod sys;

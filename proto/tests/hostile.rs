@@ -118,6 +118,29 @@ proptest! {
         check_accepted(Codec::MsgPack, &rmp_serde::to_vec_named(&v).unwrap());
     }
 
+    /// The stable-toolchain twin of the `http_query` fuzz target.
+    #[test]
+    fn any_query_string_parses_without_panicking(q in "([a-z]{1,8}=([^&]|%[0-9a-fA-F]{2}|%){0,40}&?){0,6}") {
+        for name in ["rooms", "cursor", "name", "sid", "watch"] {
+            let Some(v) = herald_proto::query::param(&q, name) else { continue };
+            let _ = text::validate_name(&v);
+            let _ = text::validate_sid(&v);
+            if let Ok(c) = herald_proto::cursor::Cursor::parse(&v) {
+                prop_assert_eq!(herald_proto::cursor::Cursor::parse(&c.to_string()), Ok(c));
+            }
+        }
+    }
+
+    #[test]
+    fn any_cursor_text_parses_or_is_refused(s in "([a-z:]{0,6}:[0-9+ -]{0,22},?){0,8}") {
+        if let Ok(c) = herald_proto::cursor::Cursor::parse(&s) {
+            for (room, _) in c.iter() {
+                prop_assert!(room::validate(room).is_ok());
+            }
+            prop_assert_eq!(herald_proto::cursor::Cursor::parse(&c.to_string()), Ok(c));
+        }
+    }
+
     #[test]
     fn any_bytes_decode_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         check_accepted(Codec::Json, &bytes);

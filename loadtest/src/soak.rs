@@ -1,0 +1,814 @@
+//! `soak`: many WebSocket connections for a long time, with churn and hostile clients mixed
+//! in, presence on. It answers "does the gateway stay flat and lose nothing under abuse?":
+//! gateway RSS and file descriptors sampled throughout (their slope is the leak rate),
+//! `/readyz` polled, and every well-behaved client checks its room's `seq`/`prev` chain
+//! across reconnects (a gap is a lost event, a repeat a duplicate) and, at the end, that it
+//! holds the room's last event.
+//!
+//! The coordinator starts NATS, fanout and the gateways, spreads the connections over worker
+//! processes (each under the 20,000-file limit), publishes at a fixed rate, and runs the
+//! hostile clients itself.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::{Chain, Conn, Event, Order};
+use crate::{proc, stack};
+
+/// Connections one worker holds at most (the file limit is 20,000).
+const PER_PROCESS: usize = 15_000;
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Well-behaved connections held throughout (each in one room, with presence).
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Gateways to start (connections are spread over them).
+    #[arg(long, default_value_t = 2)]
+    gateways: usize,
+    /// Rooms the connections share, round-robin.
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Events per second published in all (round-robin over the rooms).
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Reconnects per second across all connections (each resumes with `since`).
+    #[arg(long, default_value_t = 20.0)]
+    churn: f64,
+    /// Hostile client actions per second (malformed frames, control characters, vanishing
+    /// clients, bad cursors, slow bodies, oversized frames, ...).
+    #[arg(long, default_value_t = 10.0)]
+    hostile: f64,
+    /// How long to soak once every connection is up.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Sampling interval of RSS, file descriptors and `/readyz`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    sample: Duration,
+    /// Source addresses for the connections.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    sources: Vec<IpAddr>,
+    /// Where report.md and report.json go.
+    #[arg(long, default_value = "target/loadtest/soak")]
+    report_dir: PathBuf,
+    /// Run as one worker (internal): its gateways, first connection index and count.
+    #[arg(long, hide = true)]
+    worker: bool,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    urls: Vec<String>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
+}
+
+/// A worker's lines on stdout.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Connected {
+    connected: u64,
+    failed: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerDone {
+    delivered: u64,
+    gaps: u64,
+    duplicates: u64,
+    reconnects: u64,
+    reconnect_failures: u64,
+    /// Connections without the room's last event at the end.
+    behind: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    gaps: AtomicU64,
+    duplicates: AtomicU64,
+    reconnects: AtomicU64,
+    reconnect_failures: AtomicU64,
+}
+
+/// One sample of the stack.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    t_s: f64,
+    gateway_rss_kib: Vec<u64>,
+    gateway_fds: Vec<u64>,
+    nats_rss_kib: u64,
+    fanout_rss_kib: u64,
+    ready: Vec<u16>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Hostile {
+    /// Actions by kind, and how many ended otherwise than the contract says.
+    done: BTreeMap<&'static str, u64>,
+    unexpected: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    revision: String,
+    connections: usize,
+    connected: u64,
+    failed_connects: u64,
+    gateways: usize,
+    rooms: usize,
+    rate: f64,
+    churn: f64,
+    duration_s: f64,
+    published: u64,
+    delivered: u64,
+    gaps: u64,
+    duplicates: u64,
+    reconnects: u64,
+    reconnect_failures: u64,
+    behind: u64,
+    not_ready_samples: u64,
+    /// Least-squares slope over the second half of the run, per gateway.
+    rss_slope_kib_per_min: Vec<f64>,
+    fd_slope_per_min: Vec<f64>,
+    hostile: Hostile,
+    samples: Vec<Sample>,
+}
+
+pub async fn run(a: SoakArgs) -> Result<()> {
+    if a.worker {
+        return worker(a).await;
+    }
+    let nats = stack::Nats::start()?;
+    let fanout = stack::Fanout::start(&nats.url)?;
+    let mut gateways = Vec::new();
+    for i in 0..a.gateways.max(1) {
+        let extra: Vec<String> = ["--max-connections", "19000", "--ping-interval", "20s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        gateways.push(stack::Gateway::start(&nats.url, &format!("soak-{i}"), &extra, None)?);
+    }
+    let urls: Vec<String> = gateways.iter().map(|g| g.ws.clone()).collect();
+    eprintln!(
+        "soak: stack up ({} gateways); connecting {} clients",
+        gateways.len(),
+        a.connections
+    );
+
+    // Workers.
+    let exe = std::env::current_exe()?;
+    let per = PER_PROCESS.min(a.connections.max(1));
+    let mut workers = Vec::new();
+    let mut first = 0;
+    while first < a.connections {
+        let n = per.min(a.connections - first);
+        let mut child = Command::new(&exe)
+            .arg("soak")
+            .args([
+                "--worker",
+                "--connections",
+                &n.to_string(),
+                "--first",
+                &first.to_string(),
+            ])
+            .args(["--rooms", &a.rooms.to_string(), "--urls", &urls.join(",")])
+            .args(["--churn", &(a.churn * n as f64 / a.connections as f64).to_string()])
+            .args([
+                "--sources",
+                &a.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a soak worker")?;
+        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
+        workers.push((child, stdout));
+        first += n;
+    }
+    let (mut connected, mut failed) = (0, 0);
+    for (_, out) in &mut workers {
+        let c: Connected = read_line(out)?;
+        connected += c.connected;
+        failed += c.failed;
+    }
+    eprintln!(
+        "soak: {connected} connected, {failed} failed; soaking for {:?}",
+        a.duration
+    );
+
+    // Publisher, hostile clients and sampler, until the end.
+    let client = async_nats::connect(&nats.url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let started = Instant::now();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let published = Arc::new(AtomicU64::new(0));
+    let last_seqs = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let publisher = tokio::spawn(publish(
+        js,
+        a.rooms,
+        a.rate,
+        Arc::clone(&stop),
+        Arc::clone(&published),
+        Arc::clone(&last_seqs),
+    ));
+    let http: Vec<String> = gateways.iter().map(|g| g.http.clone()).collect();
+    let hostile = tokio::spawn(hostile_clients(http, a.hostile, Arc::clone(&stop)));
+    let pids: Vec<u32> = gateways.iter().map(|g| g.pid).collect();
+    let admins: Vec<String> = gateways.iter().map(|g| g.admin.clone()).collect();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(a.sample);
+    let end = tokio::time::Instant::now() + a.duration;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(end) => break,
+        }
+        let s = sample(started, &pids, &admins, nats.pid(), fanout.pid);
+        let t = s.t_s as u64;
+        if t % 60 < a.sample.as_secs().max(1) {
+            eprintln!(
+                "soak: {t:>5} s  gateway RSS {:?} KiB  fds {:?}  ready {:?}  published {}",
+                s.gateway_rss_kib,
+                s.gateway_fds,
+                s.ready,
+                published.load(Relaxed)
+            );
+        }
+        samples.push(s);
+    }
+    stop.notify_waiters();
+    let _ = publisher.await;
+    let hostile = hostile.await?;
+    let last = last_seqs.lock().expect("seqs").clone();
+    let duration_s = started.elapsed().as_secs_f64();
+
+    // Workers: the rooms' last seqs; each checks its connections hold them.
+    let mut done = WorkerDone::default();
+    let stop_line = serde_json::to_string(&last)?;
+    for (child, out) in &mut workers {
+        writeln!(child.stdin.as_mut().context("worker stdin")?, "{stop_line}")?;
+        let d: WorkerDone = read_line(out)?;
+        done.delivered += d.delivered;
+        done.gaps += d.gaps;
+        done.duplicates += d.duplicates;
+        done.reconnects += d.reconnects;
+        done.reconnect_failures += d.reconnect_failures;
+        done.behind += d.behind;
+        let _ = child.wait();
+    }
+    let half: Vec<&Sample> = samples.iter().skip(samples.len() / 2).collect();
+    let slope = |f: &dyn Fn(&Sample) -> f64| slope_per_min(&half.iter().map(|s| (s.t_s, f(s))).collect::<Vec<_>>());
+    let report = Report {
+        revision: revision(),
+        connections: a.connections,
+        connected,
+        failed_connects: failed,
+        gateways: gateways.len(),
+        rooms: a.rooms,
+        rate: a.rate,
+        churn: a.churn,
+        duration_s,
+        published: published.load(Relaxed),
+        delivered: done.delivered,
+        gaps: done.gaps,
+        duplicates: done.duplicates,
+        reconnects: done.reconnects,
+        reconnect_failures: done.reconnect_failures,
+        behind: done.behind,
+        not_ready_samples: samples.iter().filter(|s| s.ready.iter().any(|r| *r != 200)).count() as u64,
+        rss_slope_kib_per_min: (0..pids.len())
+            .map(|i| slope(&|s| s.gateway_rss_kib[i] as f64))
+            .collect(),
+        fd_slope_per_min: (0..pids.len()).map(|i| slope(&|s| s.gateway_fds[i] as f64)).collect(),
+        hostile,
+        samples,
+    };
+    write_report(&a.report_dir, &report)?;
+    let ok = report.gaps == 0 && report.duplicates == 0 && report.behind == 0 && report.not_ready_samples == 0;
+    if !ok {
+        bail!("soak: events lost, duplicated or /readyz not 200 (see the report)");
+    }
+    Ok(())
+}
+
+/// The measured build's revision, and `-dirty` when the work tree has changes.
+fn revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{rev}-dirty")
+    } else {
+        rev
+    }
+}
+
+fn read_line<T: for<'de> Deserialize<'de>>(out: &mut BufReader<std::process::ChildStdout>) -> Result<T> {
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    serde_json::from_str(&line).with_context(|| format!("a worker said {line:?}"))
+}
+
+/// Publishes to the rooms in turn at `rate`, through JetStream (acked), remembering each
+/// room's last stored seq.
+async fn publish(
+    js: async_nats::jetstream::Context,
+    rooms: usize,
+    rate: f64,
+    stop: Arc<tokio::sync::Notify>,
+    published: Arc<AtomicU64>,
+    last: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.01)));
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = every.tick() => {}
+        }
+        let room = format!("soak-{}", n % rooms.max(1));
+        n += 1;
+        let body = serde_json::json!({"n": n}).to_string();
+        let Ok(ack) = js.publish(format!("herald.room.{room}"), body.into()).await else {
+            continue;
+        };
+        if let Ok(ack) = ack.await {
+            published.fetch_add(1, Relaxed);
+            last.lock().expect("seqs").insert(room, ack.sequence);
+        }
+    }
+}
+
+fn sample(started: Instant, pids: &[u32], admins: &[String], nats: u32, fanout: u32) -> Sample {
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    Sample {
+        t_s: started.elapsed().as_secs_f64(),
+        gateway_rss_kib: pids.iter().map(|p| proc::rss_kib(*p).unwrap_or(0)).collect(),
+        gateway_fds: pids.iter().map(|p| fds(*p)).collect(),
+        nats_rss_kib: proc::rss_kib(nats).unwrap_or(0),
+        fanout_rss_kib: proc::rss_kib(fanout).unwrap_or(0),
+        ready: admins
+            .iter()
+            .map(|a| stack::get(&format!("{a}/readyz")).map_or(0, |r| r.0))
+            .collect(),
+    }
+}
+
+/// Least-squares slope of (seconds, value) points, per minute.
+fn slope_per_min(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let cov: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let var: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if var == 0.0 {
+        0.0
+    } else {
+        cov / var * 60.0
+    }
+}
+
+fn write_report(dir: &std::path::Path, r: &Report) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    let mut md = String::new();
+    let first = r.samples.first();
+    let last = r.samples.last();
+    md.push_str(&format!(
+        "# Soak\n\nRevision `{}`. {} connections ({} connected, {} failed) over {} gateways, {} rooms with \
+         presence, {} events/s, {} reconnects/s, hostile clients mixed in; {:.0} s.\n\n",
+        r.revision, r.connections, r.connected, r.failed_connects, r.gateways, r.rooms, r.rate, r.churn, r.duration_s
+    ));
+    md.push_str("| | value |\n|---|---|\n");
+    for (k, v) in [
+        ("events published", r.published.to_string()),
+        ("events delivered", r.delivered.to_string()),
+        ("gaps (lost)", r.gaps.to_string()),
+        ("duplicates", r.duplicates.to_string()),
+        ("connections behind at the end", r.behind.to_string()),
+        ("reconnects (resumed with since)", r.reconnects.to_string()),
+        ("reconnects that failed", r.reconnect_failures.to_string()),
+        ("samples with /readyz ≠ 200", r.not_ready_samples.to_string()),
+        (
+            "gateway RSS slope, 2nd half (KiB/min)",
+            format!("{:.1?}", r.rss_slope_kib_per_min),
+        ),
+        (
+            "gateway fd slope, 2nd half (per min)",
+            format!("{:.2?}", r.fd_slope_per_min),
+        ),
+        (
+            "gateway RSS first → last (KiB)",
+            format!(
+                "{:?} → {:?}",
+                first.map(|s| &s.gateway_rss_kib),
+                last.map(|s| &s.gateway_rss_kib)
+            ),
+        ),
+        (
+            "gateway fds first → last",
+            format!(
+                "{:?} → {:?}",
+                first.map(|s| &s.gateway_fds),
+                last.map(|s| &s.gateway_fds)
+            ),
+        ),
+    ] {
+        md.push_str(&format!("| {k} | {v} |\n"));
+    }
+    md.push_str("\n| hostile action | done | not as the contract says |\n|---|---|---|\n");
+    for (k, n) in &r.hostile.done {
+        md.push_str(&format!(
+            "| {k} | {n} | {} |\n",
+            r.hostile.unexpected.get(k).unwrap_or(&0)
+        ));
+    }
+    std::fs::write(dir.join("report.md"), md)?;
+    eprintln!("soak: report in {}", dir.display());
+    Ok(())
+}
+
+// === worker ===
+
+async fn worker(a: SoakArgs) -> Result<()> {
+    let tally = Arc::new(Tally::default());
+    let positions: Arc<Vec<AtomicU64>> = Arc::new((0..a.connections).map(|_| AtomicU64::new(0)).collect());
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::new();
+    for i in 0..a.connections {
+        let global = a.first + i;
+        let room = format!("soak-{}", global % a.rooms.max(1));
+        let url = a.urls[global % a.urls.len()].clone();
+        let source = a.sources[(global / a.urls.len()) % a.sources.len()];
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let mut c = Conn::open(&url, source, None).await?;
+            let seq = subscribe(&mut c, &room, None).await?;
+            Ok::<_, anyhow::Error>((c, room, url, source, seq))
+        }));
+    }
+    let mut conns = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(c)) => conns.push(c),
+            _ => failed += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string(&Connected {
+            connected: conns.len() as u64,
+            failed
+        })?
+    );
+    // Each connection lives a random time (mean: connections / churn), then resumes with
+    // `since` on another gateway.
+    let mean_life = conns.len() as f64 / a.churn.max(0.001);
+    let urls = Arc::new(a.urls.clone());
+    for (i, (c, room, _url, source, seq)) in conns.into_iter().enumerate() {
+        positions[i].store(seq, Relaxed);
+        tokio::spawn(follow(
+            c,
+            room,
+            source,
+            Arc::clone(&urls),
+            i,
+            Arc::clone(&positions),
+            Arc::clone(&tally),
+            mean_life,
+        ));
+    }
+    // The rooms' last seqs on stdin end the soak.
+    let last: BTreeMap<String, u64> = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        serde_json::from_str(line.trim()).unwrap_or_default()
+    })
+    .await?;
+    let behind = |i: usize| {
+        let room = format!("soak-{}", (a.first + i) % a.rooms.max(1));
+        last.get(&room).is_some_and(|want| positions[i].load(Relaxed) < *want)
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while (0..positions.len()).any(behind) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = WorkerDone {
+        delivered: tally.delivered.load(Relaxed),
+        gaps: tally.gaps.load(Relaxed),
+        duplicates: tally.duplicates.load(Relaxed),
+        reconnects: tally.reconnects.load(Relaxed),
+        reconnect_failures: tally.reconnect_failures.load(Relaxed),
+        behind: (0..positions.len()).filter(|i| behind(*i)).count() as u64,
+    };
+    println!("{}", serde_json::to_string(&done)?);
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Subscribes with presence (and `since`); counts nothing, returns the ack's seq.
+async fn subscribe(c: &mut Conn, room: &str, since: Option<u64>) -> Result<u64> {
+    let mut op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": true});
+    if let Some(since) = since {
+        op["since"] = since.into();
+    }
+    c.send(&op).await?;
+    loop {
+        let text = c.next_text().await?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        match v["t"].as_str() {
+            Some("ack") => return Ok(v["seq"].as_u64().unwrap_or(0)),
+            Some("error") => bail!("subscribe refused: {text}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads one connection's events, checking the chain; reconnects with `since` when its life
+/// ends or the gateway closes it, and keeps the chain across reconnects.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    mut c: Conn,
+    room: String,
+    source: IpAddr,
+    urls: Arc<Vec<String>>,
+    i: usize,
+    positions: Arc<Vec<AtomicU64>>,
+    tally: Arc<Tally>,
+    mean_life: f64,
+) {
+    let mut chain = Chain(Some(positions[i].load(Relaxed)));
+    loop {
+        let life = Duration::from_secs_f64(-mean_life * (1.0 - rand::rng().random::<f64>()).ln());
+        let end = tokio::time::sleep(life);
+        tokio::pin!(end);
+        loop {
+            let text = tokio::select! {
+                t = c.next_text() => t,
+                _ = &mut end => break,
+            };
+            let Ok(text) = text else { break };
+            let Ok(ev) = serde_json::from_str::<Event>(&text) else {
+                continue;
+            };
+            if ev.t.as_deref() != Some("event") {
+                continue;
+            }
+            record(&mut chain, &ev, &tally, &positions[i]);
+        }
+        // Resume: replayed events come before the ack and go through the same chain.
+        tally.reconnects.fetch_add(1, Relaxed);
+        drop(c);
+        let since = chain.0.unwrap_or(0);
+        c = loop {
+            let url = &urls[rand::rng().random_range(0..urls.len())];
+            match resume(url, source, &room, since, &mut chain, &tally, &positions[i]).await {
+                Ok(c) => break c,
+                Err(_) => {
+                    tally.reconnect_failures.fetch_add(1, Relaxed);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+    }
+}
+
+async fn resume(
+    url: &str,
+    source: IpAddr,
+    room: &str,
+    since: u64,
+    chain: &mut Chain,
+    tally: &Tally,
+    position: &AtomicU64,
+) -> Result<Conn> {
+    let mut c = Conn::open(url, source, None).await?;
+    let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": true, "since": since});
+    c.send(&op).await?;
+    loop {
+        let text = c.next_text().await?;
+        let Ok(ev) = serde_json::from_str::<Event>(&text) else {
+            continue;
+        };
+        match ev.t.as_deref() {
+            Some("event") => record(chain, &ev, tally, position),
+            Some("ack") => return Ok(c),
+            Some("error") => bail!("resume refused: {text}"),
+            _ => {}
+        }
+    }
+}
+
+fn record(chain: &mut Chain, ev: &Event, tally: &Tally, position: &AtomicU64) {
+    match chain.check(ev.seq, ev.prev) {
+        Order::Duplicate => {
+            tally.duplicates.fetch_add(1, Relaxed);
+            return;
+        }
+        Order::AfterGap => {
+            tally.gaps.fetch_add(1, Relaxed);
+        }
+        Order::Next => {}
+    }
+    tally.delivered.fetch_add(1, Relaxed);
+    position.store(ev.seq, Relaxed);
+}
+
+// === hostile clients ===
+
+/// What each hostile action sends, and what the contract says must come back.
+const ACTIONS: [&str; 10] = [
+    "ws bad type (a\\nb)",
+    "ws invalid UTF-8",
+    "ws binary on JSON",
+    "ws oversized frame",
+    "ws since u64::MAX",
+    "ws vanish mid-subscribe",
+    "http bad query",
+    "http sse then vanish",
+    "http slow body",
+    "http long-poll with presence then vanish",
+];
+
+async fn hostile_clients(http: Vec<String>, rate: f64, stop: Arc<tokio::sync::Notify>) -> Hostile {
+    let mut out = Hostile::default();
+    if rate <= 0.0 {
+        return out;
+    }
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    let results = Arc::new(std::sync::Mutex::new(Vec::<(&'static str, bool)>::new()));
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = every.tick() => {}
+        }
+        let kind = rand::rng().random_range(0..ACTIONS.len());
+        let base = http[rand::rng().random_range(0..http.len())].clone();
+        let results = Arc::clone(&results);
+        tokio::spawn(async move {
+            let ok = tokio::time::timeout(Duration::from_secs(20), hostile_action(kind, &base))
+                .await
+                .unwrap_or(false);
+            results.lock().expect("results").push((ACTIONS[kind], ok));
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    for (kind, ok) in results.lock().expect("results").drain(..) {
+        *out.done.entry(kind).or_default() += 1;
+        if !ok {
+            *out.unexpected.entry(kind).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Runs one hostile action; true when the gateway answered as the contract says.
+async fn hostile_action(kind: usize, base: &str) -> bool {
+    let addr = base.trim_start_matches("http://").to_owned();
+    let ws = format!("ws://{addr}/ws");
+    let local: IpAddr = [127, 0, 0, 1].into();
+    match kind {
+        0 => {
+            ws_expect(
+                &ws,
+                br#"{"op":"publish","id":1,"room":"soak-0","data":1,"type":"a\nb"}"#,
+                true,
+                "bad_request",
+            )
+            .await
+        }
+        1 => ws_close(&ws, &[b'{', 0xff, b'}'], true, 1007).await,
+        2 => ws_close(&ws, b"\x93\x01\x02\x03", false, 1003).await,
+        3 => ws_close(&ws, &vec![b'x'; 70_000], true, 1009).await,
+        4 => {
+            ws_expect(
+                &ws,
+                br#"{"op":"subscribe","id":1,"room":"soak-1","since":18446744073709551615}"#,
+                true,
+                "ack",
+            )
+            .await
+        }
+        5 => {
+            // Subscribe with presence and drop the socket without a close frame.
+            let Ok(mut c) = Conn::open(&ws, local, None).await else {
+                return false;
+            };
+            let op = serde_json::json!({"op": "subscribe", "room": "soak-2", "presence": true});
+            c.send(&op).await.is_ok()
+        }
+        6 => {
+            let paths = [
+                "/poll?rooms=soak-0&cursor=soak-0:x",
+                "/poll?rooms=soak-0&sid=a%0Ab",
+                "/poll?rooms=soak-0&name=%1B%5B31m",
+                "/poll?rooms=a.b",
+                "/sse?rooms=soak-0&watch=x%00y",
+            ];
+            let path = paths[rand::rng().random_range(0..paths.len())];
+            raw_status(
+                &addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            )
+            .await
+                == Some(400)
+        }
+        7 => {
+            vanish(
+                &addr,
+                "GET /sse?rooms=soak-3&presence=1&watch=u1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .await
+        }
+        8 => {
+            let head = "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"room\"";
+            raw_status(&addr, head).await == Some(400)
+        }
+        _ => {
+            vanish(
+                &addr,
+                "GET /poll?rooms=soak-4&presence=1&watch=u2&sid=hostile-sid-1&wait=20 HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .await
+        }
+    }
+}
+
+/// Sends one frame; true when the reply is of type `want` (the connection stays open).
+async fn ws_expect(url: &str, frame: &[u8], text: bool, want: &str) -> bool {
+    let Ok(mut c) = Conn::open(url, [127, 0, 0, 1].into(), None).await else {
+        return false;
+    };
+    if c.send_raw(frame, text).await.is_err() {
+        return false;
+    }
+    loop {
+        let Ok(t) = c.next_text().await else { return false };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+        match (v["t"].as_str(), v["code"].as_str()) {
+            (Some("ack"), _) if want == "ack" => return true,
+            (Some("error"), Some(code)) => return code == want,
+            _ => continue,
+        }
+    }
+}
+
+/// Sends one frame; true when the gateway closes with `code`.
+async fn ws_close(url: &str, frame: &[u8], text: bool, code: u16) -> bool {
+    let Ok(mut c) = Conn::open(url, [127, 0, 0, 1].into(), None).await else {
+        return false;
+    };
+    if c.send_raw(frame, text).await.is_err() {
+        return false;
+    }
+    c.close_code().await == Some(code)
+}
+
+async fn raw_status(addr: &str, raw: &str) -> Option<u16> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(raw.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 512];
+    let n = tcp.read(&mut buf).await.ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Sends a request and goes away once the gateway has answered its head (or at once).
+async fn vanish(addr: &str, raw: &str) -> bool {
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if tcp.write_all(raw.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+    true
+}
