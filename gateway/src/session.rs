@@ -794,3 +794,44 @@ impl TokenBucket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that never reads: the writer's first big batch blocks for good.
+    fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let out = Outbound::new(1 << 20);
+        out.push_frame(Bytes::from(vec![0u8; 4096]));
+        (ours, theirs, out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_does_not_suspend_the_idle_check() {
+        let (ours, _theirs, out) = blocked();
+        // The peer was last heard from long ago.
+        let last_seen = Arc::new(AtomicU64::new(0));
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_loop(ours, out, last_seen, Duration::from_millis(100), None),
+        )
+        .await;
+        assert!(ended.is_ok(), "the writer dropped the silent peer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_does_not_suspend_the_token_expiry() {
+        let (ours, _theirs, out) = blocked();
+        let last_seen = Arc::new(AtomicU64::new(now_ms()));
+        // Expired already: the connection closes (1008), and a peer that does not read is
+        // dropped after the close grace.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_loop(ours, Arc::clone(&out), last_seen, Duration::from_secs(3600), Some(1)),
+        )
+        .await;
+        assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");
+        assert!(out.is_closing());
+    }
+}
