@@ -20,6 +20,10 @@ use crate::outbound::{opcode, ws_frame, Item, Outbound, Pushed};
 use crate::sync::lock;
 
 const SHARDS: usize = 64;
+/// Live events buffered for one subscriber while its replay is fetched, at most. A room that
+/// outruns a stalled replay by this much closes the subscriber as a slow consumer (4008); it
+/// resumes with `since` and loses nothing still in history.
+const MAX_PENDING_EVENTS: usize = 10_000;
 
 /// A stored room event, shared by everyone who receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +261,10 @@ impl Hub {
         let mut n = 0;
         for sub in r.subs.values_mut() {
             match &mut sub.mode {
+                Mode::Pending(buf) if buf.len() >= MAX_PENDING_EVENTS => {
+                    *buf = Vec::new();
+                    sub.out.close(Some(herald_proto::CloseCode::SLOW_CONSUMER));
+                }
                 Mode::Pending(buf) => buf.push(Arc::clone(ev)),
                 Mode::Live if ev.seq > sub.delivered => {
                     sub.delivered = ev.seq;
@@ -355,6 +363,18 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, ["6", "7", "8", "ack 8", "9"]);
+    }
+
+    #[test]
+    fn a_pending_buffer_is_bounded() {
+        let hub = Hub::default();
+        let out = Outbound::new(1 << 30);
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        for seq in 1..=(MAX_PENDING_EVENTS as u64 + 1) {
+            hub.deliver(&ev(seq, seq - 1));
+        }
+        assert!(out.is_closing(), "a stalled replay ends as a slow consumer");
+        assert_eq!(hub.activate("lobby", 1, &[], 0, |_| Bytes::new()), Some(0));
     }
 
     #[test]
