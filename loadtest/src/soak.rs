@@ -24,7 +24,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{Chain, Conn, Event, Order};
+use crate::client::{Chain, Conn, Order};
 use crate::{proc, stack};
 
 /// Connections one worker holds at most (the file limit is 20,000).
@@ -70,6 +70,17 @@ pub struct SoakArgs {
     urls: Vec<String>,
     #[arg(long, hide = true, default_value_t = 0)]
     first: usize,
+}
+
+/// The fields of a server frame a soak client checks (unknown fields are ignored).
+#[derive(Deserialize)]
+struct Event {
+    #[serde(default)]
+    t: Option<String>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    prev: u64,
 }
 
 /// A worker's lines on stdout.
