@@ -243,3 +243,29 @@ test("hostile URL parameters, names and payloads never run script; the pages car
   await waitFor("the CSP reports the blocked script", async () => violations.length > 0 || violations);
   await context.close();
 });
+
+test("a poller that was cut off catches up over capped answers, each event once, in order", async () => {
+  const b = gateways[1];
+  const room = `backlog-${Date.now()}`;
+  const page = await joinDemo({ room, name: "Pat", gateway: b, order: [b], transport: "poll" });
+  // Cut the page's polls off, publish more than a few answers' worth, then let it back.
+  await page.route("**/poll?**", (r) => r.abort());
+  await waitFor("the poller notices", async () => (await page.getByTestId("status").textContent()) !== "open");
+  const sent = [];
+  for (let i = 0; i < 23; i++) {
+    const text = `backlog ${String(i).padStart(2, "0")}`;
+    const res = await fetch(`${b}/publish`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${tokens.publisher}` },
+      body: JSON.stringify({ room, data: { name: "bot", text }, type: "message" }),
+    });
+    assert.equal(res.status, 200, await res.text());
+    sent.push(`bot: ${text}`);
+  }
+  await page.unroute("**/poll?**");
+  await waitFor("every event once, in order", async () => {
+    const got = await messages(page);
+    return JSON.stringify(got) === JSON.stringify(sent) || got;
+  }, 30_000);
+  await page.context().close();
+});

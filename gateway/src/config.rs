@@ -95,7 +95,8 @@ pub struct Config {
 
     /// Requests per second that change or read state, other than publishes: per WebSocket
     /// connection for `subscribe`, `unsubscribe`, `presence`, `watch` and `unwatch`; per user
-    /// (anonymous users: per client IP) for `/poll`, `/sse` and `GET /presence`. The burst is
+    /// (anonymous users: per sid, or per client IP without one) for `/poll`, `/sse` and
+    /// `GET /presence`. The burst is
     /// larger (`--max-subscriptions` or twice the rate, the larger), so a reconnect that
     /// resubscribes every room passes; more get `rate_limited` (HTTP 429).
     #[arg(long, env = "HERALD_OP_RATE", default_value_t = 20.0)]

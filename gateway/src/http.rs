@@ -63,8 +63,14 @@ pub fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError
 }
 
 /// `--op-rate` for `/poll`, `/sse` and `GET /presence`.
-pub fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr) -> Result<(), HttpError> {
-    if shared.http_allowed(RateKind::Request, who, remote) {
+pub fn request_allowed(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    who: &Identity,
+    remote: IpAddr,
+) -> Result<(), HttpError> {
+    let has_sid = session_id(req)?.is_some();
+    if shared.http_allowed(RateKind::Request, who, remote, has_sid) {
         Ok(())
     } else {
         Err(HttpError::new(ErrorCode::RateLimited, "request rate exceeded"))
@@ -301,6 +307,7 @@ pub async fn publish(
 ) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn)?;
+    let has_sid = session_id(&req)?.is_some();
     let max = shared.config.max_message_bytes;
     // A client that sends its body slowly (or never) holds the request no longer than a handshake.
     let read = Limited::new(req.into_body(), max).collect();
@@ -315,7 +322,7 @@ pub async fn publish(
     if let Some(kind) = &p.kind {
         text::validate_type(kind).map_err(bad_request)?;
     }
-    if !shared.http_allowed(RateKind::Publish, &who, remote) {
+    if !shared.http_allowed(RateKind::Publish, &who, remote, has_sid) {
         return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
     }
     let data = p
@@ -348,7 +355,7 @@ pub async fn presence(
     let who = identify(shared, &req, &conn)?;
     let room = query_param(&req, "room").unwrap_or_default();
     who.check_room(&room, Access::Subscribe)?;
-    request_allowed(shared, &who, remote)?;
+    request_allowed(shared, &req, &who, remote)?;
     let snapshot = crate::presence::snapshot(&shared.upstream, &room)
         .await
         .ok_or_else(|| HttpError::new(ErrorCode::Unavailable, "the presence service did not answer"))?;

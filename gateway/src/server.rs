@@ -145,11 +145,13 @@ impl Shared {
     }
 
     /// Whether `who` may make a `kind` request now. Users with a token are counted by user
-    /// id; anonymous users by client IP, since they choose their own id (behind a proxy,
-    /// every anonymous client shares the proxy's address).
-    pub fn http_allowed(&self, kind: RateKind, who: &Identity, remote: IpAddr) -> bool {
+    /// id, anonymous users by their session id (their user id is its digest) or, without
+    /// one, by client IP, since each such request is a new user (behind a proxy, those all
+    /// share the proxy's address).
+    pub fn http_allowed(&self, kind: RateKind, who: &Identity, remote: IpAddr, has_sid: bool) -> bool {
         let key = match &who.claims {
             Some(_) => who.user.clone(),
+            None if has_sid => who.user.clone(),
             None => format!("ip:{remote}"),
         };
         let (rate, burst) = match kind {

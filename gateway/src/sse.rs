@@ -46,7 +46,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -
     let members_of = presence_rooms(&req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
-    request_allowed(shared, &who, remote)?;
+    request_allowed(shared, &req, &who, remote)?;
     let slot = shared.reserve(conn_id)?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;

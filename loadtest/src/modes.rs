@@ -323,6 +323,12 @@ fn deliver(run: &Run, chain: &mut Chain, ev: &Event) -> Option<Duration> {
     Some(Duration::from_micros(lat_us))
 }
 
+/// The session id of client `index` (herald.js sends a random one; rate limits and polling
+/// sessions count per sid).
+fn sid(index: usize) -> String {
+    format!("loadtest-{index:08}")
+}
+
 fn room_index(user: &GooseUser) -> usize {
     user.weighted_users_index % run().rooms.len()
 }
@@ -448,7 +454,7 @@ async fn sse_connect(user: &mut GooseUser) -> TransactionResult {
     let started = Instant::now();
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(sse_reader(room, tx, ready_tx));
+    tokio::spawn(sse_reader(room, user.weighted_users_index, tx, ready_tx));
     match ready_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -467,6 +473,7 @@ async fn sse_connect(user: &mut GooseUser) -> TransactionResult {
 
 async fn sse_reader(
     room: usize,
+    index: usize,
     tx: mpsc::UnboundedSender<std::result::Result<Duration, String>>,
     ready: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
 ) {
@@ -477,7 +484,8 @@ async fn sse_reader(
         let tcp = crate::connect_from(run.p.source, addr).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
-        let path = format!("/sse?rooms={}", run.rooms[room]);
+        // A session id per client, as herald.js sends: rate limits count per client.
+        let path = format!("/sse?rooms={}&sid={}", run.rooms[room], sid(index));
         let mut req = hyper::Request::get(&path)
             .header("host", rest)
             .header("accept", "text/event-stream");
@@ -598,7 +606,12 @@ async fn poll_once(
         .get_session_data::<PollSession>()
         .map(|s| s.cursor.clone())
         .unwrap_or_default();
-    let mut path = format!("/poll?rooms={}&wait={}", run.rooms[room], wait.as_secs_f64());
+    let mut path = format!(
+        "/poll?rooms={}&wait={}&sid={}",
+        run.rooms[room],
+        wait.as_secs_f64(),
+        sid(user.weighted_users_index)
+    );
     if !cursor.is_empty() {
         path.push_str("&cursor=");
         path.push_str(&cursor);

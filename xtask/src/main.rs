@@ -418,6 +418,8 @@ fn browser() -> Result<()> {
                 .env("HERALD_AUTH_HS256_SECRET", secret)
                 .env("HERALD_ALLOW_ANONYMOUS", "true")
                 .env("HERALD_POLL_MAX_WAIT", "10s")
+                // Small replay pages, so that a resume spans several (herald.js follows `more`).
+                .env("HERALD_REPLAY_MAX_EVENTS", "5")
                 .stderr(log(id)?)
                 .spawn()?;
             pids.push(child.id().to_string());
@@ -429,6 +431,7 @@ fn browser() -> Result<()> {
         let tokens = serde_json::json!({
             "agentAcme": token("agent-acme", "Acme agent", &["support:acme:*"], secret)?,
             "annAcme": token("ann", "Ann", &["support:acme:ann"], secret)?,
+            "publisher": token("bot", "Bot", &["*"], secret)?,
         });
         run(Command::new("node")
             .args(["--test", "--test-concurrency=1", "tests/"])

@@ -64,7 +64,7 @@ async fn ops_are_rate_limited_and_a_flood_closes_with_4029() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_http_clients_share_a_bucket_per_address_and_requests_are_limited() {
+async fn anonymous_http_clients_are_limited_per_sid_or_else_per_address_and_requests_too() {
     let nats = NatsServer::start();
     let gw = TestGateway::start_with(&nats.url(), |c| {
         c.allow_anonymous = true;
@@ -73,15 +73,17 @@ async fn anonymous_http_clients_share_a_bucket_per_address_and_requests_are_limi
         c.max_subscriptions = 1;
     })
     .await;
-    // A fresh sid per request does not buy a fresh bucket.
+    // Without a sid every anonymous request is a new user: they share the address's bucket.
+    let publish = |path: &'static str| request(gw.addr, "POST", path, None, r#"{"room":"r","data":1}"#);
     let mut statuses = Vec::new();
-    for i in 0..3 {
-        let path = format!("/publish?sid=anonymous-{i:04}");
-        statuses.push(
-            request(gw.addr, "POST", &path, None, r#"{"room":"r","data":1}"#)
-                .await
-                .0,
-        );
+    for _ in 0..3 {
+        statuses.push(publish("/publish").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    // With a sid the client is one user (its id is the sid's digest) with a bucket of its own.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(publish("/publish?sid=anonymous-0001").await.0);
     }
     assert_eq!(statuses, [200, 200, 429]);
     // A user with a token has a bucket of its own.
