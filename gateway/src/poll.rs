@@ -18,6 +18,7 @@ use herald_proto::{Codec, ErrorCode};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::auth::Identity;
 use crate::feeds::{FeedSet, Kind};
 use crate::http::{
     cursor, identify, json, presence_rooms, request_allowed, rooms, session_id, watched, EventHead, Queued,
@@ -27,6 +28,7 @@ use crate::hub::Format;
 use crate::metrics::{self, Transport};
 use crate::presence::{self, SessionLimits, SessionRefused};
 use crate::server::{query_param, Body, HttpError, Shared};
+use crate::upstream::UpstreamError;
 
 pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
@@ -45,28 +47,7 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
     let _keep = session.as_ref().map(|session| KeepSession { shared, session, ttl });
     fail::fail_point!("poll.touch");
     match &session {
-        Some(session) => {
-            let limits = SessionLimits {
-                per_user: shared.config.max_poll_sessions_per_user,
-                total: shared.config.max_poll_sessions,
-            };
-            let touched = shared
-                .polls
-                .touch(&shared.tracker, session, &who, &members_of, wait + ttl, limits)
-                .await;
-            match touched {
-                Ok(()) => {}
-                Err(SessionRefused::UserFull) => {
-                    return Err(HttpError::new(
-                        ErrorCode::RateLimited,
-                        "too many polling sessions for this user",
-                    ))
-                }
-                Err(SessionRefused::Full) => {
-                    return Err(HttpError::new(ErrorCode::Unavailable, "too many polling sessions"))
-                }
-            }
-        }
+        Some(session) => touch(shared, session, &who, &members_of, wait + ttl).await?,
         None if !members_of.is_empty() => {
             return Err(HttpError::new(ErrorCode::BadRequest, "`presence` on /poll needs `sid`"));
         }
@@ -80,41 +61,12 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
     metrics::connection_opened(transport);
     let _open = OpenGauge(transport);
 
-    let upstream = &shared.upstream;
-    let unavailable = |e: String| HttpError::new(ErrorCode::Unavailable, e);
     fail::fail_point!("poll.positions");
     let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let mut events: Vec<Bytes> = Vec::new();
     let mut backlog = Backlog::default();
     if let Some(asked) = &asked {
-        let mut budget = shared.page_limit();
-        for (i, room) in rooms.iter().enumerate() {
-            let after = positions.get(room).unwrap_or(0);
-            let page = upstream
-                .page_after(room, after, budget)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            if page.events.is_empty() && asked.get(room).is_some_and(|since| since > 0) {
-                // Nothing after the cursor: if it is beyond the room's last seq, the stream
-                // was recreated or purged; continue from the room's last seq and say so.
-                let last = upstream.last_seq(room).await.map_err(|e| unavailable(e.to_string()))?;
-                if after > last {
-                    positions.set(room, last);
-                    backlog.unrecovered.push(room.clone());
-                }
-            }
-            budget.events -= page.events.len();
-            budget.bytes = budget.bytes.saturating_sub(page.bytes);
-            for ev in &page.events {
-                positions.set(room, ev.seq);
-                events.push(Bytes::from(Codec::Json.encode_event(ev.as_ref())));
-            }
-            let spent = budget.events == 0 || budget.bytes == 0;
-            if page.more || (spent && i + 1 < rooms.len()) {
-                backlog.more = true;
-                break;
-            }
-        }
+        backlog = history(shared, &rooms, asked, &mut positions, &mut events).await?;
     }
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
@@ -164,6 +116,71 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
     }
     let extra = extra(shared, &members_of, &watch, &backlog).await;
     Ok(respond(transport, &events, &positions, &extra))
+}
+
+/// The events after `positions` (moved past them), one bounded page across all the rooms.
+async fn history(
+    shared: &Shared,
+    rooms: &[String],
+    asked: &Cursor,
+    positions: &mut Cursor,
+    events: &mut Vec<Bytes>,
+) -> Result<Backlog, HttpError> {
+    let upstream = &shared.upstream;
+    let unavailable = |e: UpstreamError| HttpError::new(ErrorCode::Unavailable, e.to_string());
+    let mut backlog = Backlog::default();
+    let mut budget = shared.page_limit();
+    for (i, room) in rooms.iter().enumerate() {
+        let after = positions.get(room).unwrap_or(0);
+        let page = upstream.page_after(room, after, budget).await.map_err(unavailable)?;
+        if page.events.is_empty() && asked.get(room).is_some_and(|since| since > 0) {
+            // Nothing after the cursor: if it is beyond the room's last seq, the stream was
+            // recreated or purged; continue from the room's last seq and say so.
+            let last = upstream.last_seq(room).await.map_err(unavailable)?;
+            if after > last {
+                positions.set(room, last);
+                backlog.unrecovered.push(room.clone());
+            }
+        }
+        budget.events -= page.events.len();
+        budget.bytes = budget.bytes.saturating_sub(page.bytes);
+        for ev in &page.events {
+            positions.set(room, ev.seq);
+            events.push(Bytes::from(Codec::Json.encode_event(ev.as_ref())));
+        }
+        let spent = budget.events == 0 || budget.bytes == 0;
+        if page.more || (spent && i + 1 < rooms.len()) {
+            backlog.more = true;
+            break;
+        }
+    }
+    Ok(backlog)
+}
+
+/// Opens or refreshes polling session `session`, within the caps.
+async fn touch(
+    shared: &Shared,
+    session: &str,
+    who: &Identity,
+    rooms: &[String],
+    ttl: Duration,
+) -> Result<(), HttpError> {
+    let limits = SessionLimits {
+        per_user: shared.config.max_poll_sessions_per_user,
+        total: shared.config.max_poll_sessions,
+    };
+    match shared
+        .polls
+        .touch(&shared.tracker, session, who, rooms, ttl, limits)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(SessionRefused::UserFull) => Err(HttpError::new(
+            ErrorCode::RateLimited,
+            "too many polling sessions for this user",
+        )),
+        Err(SessionRefused::Full) => Err(HttpError::new(ErrorCode::Unavailable, "too many polling sessions")),
+    }
 }
 
 /// What an answer says of the history behind it.

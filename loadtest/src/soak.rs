@@ -158,6 +158,8 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     if a.worker {
         return worker(a).await;
     }
+    // The measured build: taken now, before the work tree can move on during the run.
+    let revision = revision();
     let nats = stack::Nats::start()?;
     let fanout = stack::Fanout::start(&nats.url)?;
     let mut gateways = Vec::new();
@@ -279,7 +281,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     let half: Vec<&Sample> = samples.iter().skip(samples.len() / 2).collect();
     let slope = |f: &dyn Fn(&Sample) -> f64| slope_per_min(&half.iter().map(|s| (s.t_s, f(s))).collect::<Vec<_>>());
     let report = Report {
-        revision: revision(),
+        revision,
         connections: a.connections,
         connected,
         failed_connects: failed,
