@@ -245,9 +245,11 @@ impl Task {
         let mut beat = tokio::time::interval(heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Rare and periodic work first: under constant churn `wake` is ready at every
+            // turn, and it must not starve fanout's sync requests (which would then pile up
+            // unread, and leave fanout without this gateway's snapshot) or the heartbeat.
             tokio::select! {
                 biased;
-                _ = self.wake.notified() => self.flush().await,
                 Some(msg) = sync.next() => {
                     let req = serde_json::from_slice::<SyncRequest>(&msg.payload).unwrap_or_default();
                     if req.gw.as_ref().is_none_or(|gw| *gw == self.gw) {
@@ -259,8 +261,10 @@ impl Task {
                     if Arc::strong_count(&self.state) == 1 {
                         return;
                     }
+                    self.flush().await;
                     self.publish(Body::Heartbeat { seq: self.seq }).await;
                 }
+                _ = self.wake.notified() => self.flush().await,
             }
         }
     }
