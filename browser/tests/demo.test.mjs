@@ -248,6 +248,9 @@ test("a poller that was cut off catches up over capped answers, each event once,
   const b = gateways[1];
   const room = `backlog-${Date.now()}`;
   const page = await joinDemo({ room, name: "Pat", gateway: b, order: [b], transport: "poll" });
+  // The room has a position (a poll that names it was answered): a resume starts from there.
+  const position = () => page.evaluate((r) => window.heraldClient.rooms.get(r)?.seq ?? null, room);
+  await waitFor("a position in the room", async () => (await position()) !== null);
   // Cut the page's polls off, publish more than a few answers' worth, then let it back.
   await page.route("**/poll?**", (r) => r.abort());
   await waitFor("the poller notices", async () => (await page.getByTestId("status").textContent()) !== "open");
