@@ -60,6 +60,9 @@ pub struct SoakArgs {
     /// Source addresses for the connections.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
     sources: Vec<IpAddr>,
+    /// Subscribe without presence (to tell the presence path's cost from the rest).
+    #[arg(long)]
+    no_presence: bool,
     /// Where report.md and report.json go.
     #[arg(long, default_value = "target/loadtest/soak")]
     report_dir: PathBuf,
@@ -194,6 +197,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
                 &first.to_string(),
             ])
             .args(["--rooms", &a.rooms.to_string(), "--urls", &urls.join(",")])
+            .args(a.no_presence.then_some("--no-presence"))
             .args(["--churn", &(a.churn * n as f64 / a.connections as f64).to_string()])
             .args([
                 "--sources",
@@ -476,11 +480,12 @@ async fn worker(a: SoakArgs) -> Result<()> {
         let room = format!("soak-{}", global % a.rooms.max(1));
         let url = a.urls[global % a.urls.len()].clone();
         let source = a.sources[(global / a.urls.len()) % a.sources.len()];
+        let presence = !a.no_presence;
         let permit = Arc::clone(&sem).acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut c = Conn::open(&url, source, None).await?;
-            let seq = subscribe(&mut c, &room, None).await?;
+            let seq = subscribe(&mut c, &room, None, presence).await?;
             Ok::<_, anyhow::Error>((c, room, url, source, seq))
         }));
     }
@@ -514,6 +519,7 @@ async fn worker(a: SoakArgs) -> Result<()> {
             Arc::clone(&positions),
             Arc::clone(&tally),
             mean_life,
+            !a.no_presence,
         ));
     }
     // The rooms' last seqs on stdin end the soak.
@@ -545,8 +551,8 @@ async fn worker(a: SoakArgs) -> Result<()> {
 }
 
 /// Subscribes with presence (and `since`); counts nothing, returns the ack's seq.
-async fn subscribe(c: &mut Conn, room: &str, since: Option<u64>) -> Result<u64> {
-    let mut op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": true});
+async fn subscribe(c: &mut Conn, room: &str, since: Option<u64>, presence: bool) -> Result<u64> {
+    let mut op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": presence});
     if let Some(since) = since {
         op["since"] = since.into();
     }
@@ -574,6 +580,7 @@ async fn follow(
     positions: Arc<Vec<AtomicU64>>,
     tally: Arc<Tally>,
     mean_life: f64,
+    presence: bool,
 ) {
     let mut chain = Chain(Some(positions[i].load(Relaxed)));
     loop {
@@ -600,7 +607,7 @@ async fn follow(
         let since = chain.0.unwrap_or(0);
         c = loop {
             let url = &urls[rand::rng().random_range(0..urls.len())];
-            match resume(url, source, &room, since, &mut chain, &tally, &positions[i]).await {
+            match resume(url, source, &room, since, presence, &mut chain, &tally, &positions[i]).await {
                 Ok(c) => break c,
                 Err(_) => {
                     tally.reconnect_failures.fetch_add(1, Relaxed);
@@ -611,17 +618,19 @@ async fn follow(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn resume(
     url: &str,
     source: IpAddr,
     room: &str,
     since: u64,
+    presence: bool,
     chain: &mut Chain,
     tally: &Tally,
     position: &AtomicU64,
 ) -> Result<Conn> {
     let mut c = Conn::open(url, source, None).await?;
-    let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": true, "since": since});
+    let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": presence, "since": since});
     c.send(&op).await?;
     loop {
         let text = c.next_text().await?;
