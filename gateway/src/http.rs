@@ -33,12 +33,9 @@ pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<
 }
 
 /// What follows `anon-` in an anonymous user's id: a digest of the sid (see
-/// [`text::anonymous_user`]), or the connection id without one.
+/// [`text::anonymous_id`]), or the connection id without one.
 pub fn anon_id(sid: Option<&str>, conn: &str) -> String {
-    match sid {
-        Some(sid) => text::anonymous_user(sid)["anon-".len()..].to_owned(),
-        None => conn.to_owned(),
-    }
+    sid.map_or_else(|| conn.to_owned(), text::anonymous_id)
 }
 
 /// `?sid=`: a session id the client chose (8–64 of `A-Z a-z 0-9 _ -`) and keeps across
@@ -63,13 +60,7 @@ pub fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError
 }
 
 /// `--op-rate` for `/poll`, `/sse` and `GET /presence`.
-pub fn request_allowed(
-    shared: &Shared,
-    req: &Request<Incoming>,
-    who: &Identity,
-    remote: IpAddr,
-) -> Result<(), HttpError> {
-    let has_sid = session_id(req)?.is_some();
+pub fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr, has_sid: bool) -> Result<(), HttpError> {
     if shared.http_allowed(RateKind::Request, who, remote, has_sid) {
         Ok(())
     } else {
@@ -211,15 +202,9 @@ impl Registration {
             fail::fail_point!("http.attach");
             self.shared
                 .upstream
-                .attach(
-                    room,
-                    self.conn_id,
-                    &self.out,
-                    Format::Bare,
-                    positions.get(room),
-                    true,
-                    |_, _| Bytes::new(),
-                )
+                .attach(room, self.conn_id, &self.out, Format::Bare, positions.get(room), |_| {
+                    Bytes::new()
+                })
                 .await
                 .map_err(|e| HttpError::new(ErrorCode::Unavailable, e))?;
         }
@@ -355,7 +340,7 @@ pub async fn presence(
     let who = identify(shared, &req, &conn)?;
     let room = query_param(&req, "room").unwrap_or_default();
     who.check_room(&room, Access::Subscribe)?;
-    request_allowed(shared, &req, &who, remote)?;
+    request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
     let snapshot = crate::presence::snapshot(&shared.upstream, &room)
         .await
         .ok_or_else(|| HttpError::new(ErrorCode::Unavailable, "the presence service did not answer"))?;

@@ -39,7 +39,7 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
     let sid = session_id(&req)?;
     let asked = cursor(&req)?;
     let wait = wait(shared, &req)?;
-    request_allowed(shared, &req, &who, remote)?;
+    request_allowed(shared, &who, remote, sid.is_some())?;
     let slot = shared.reserve(conn_id)?;
     let session = sid.as_ref().map(|sid| herald_proto::text::poll_session(&who.user, sid));
     let ttl = shared.config.poll_session_ttl;

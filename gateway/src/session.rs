@@ -58,7 +58,8 @@ pub struct Accepted {
 struct Session {
     shared: Arc<Shared>,
     mode: Mode,
-    slot: Slot,
+    /// Dropped after `Drop::drop` has left everything else.
+    _slot: Slot,
     conn_id: u64,
     conn: String,
     identity: Identity,
@@ -113,7 +114,7 @@ where
 
     let mut session = Session {
         mode: a.mode,
-        slot: a.slot,
+        _slot: a.slot,
         conn_id: a.conn_id,
         conn: a.conn,
         codec: a.codec,
@@ -146,8 +147,7 @@ where
         )
         .in_current_span(),
     );
-    let writer_abort = writer.abort_handle();
-    let _writer = AbortOnDrop(writer.abort_handle());
+    let writer_abort = AbortOnDrop(writer.abort_handle());
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
     let reading = session.read_loop(&mut input, &idle, &last_seen, a.mode, max);
@@ -159,7 +159,7 @@ where
                 End::Close(code) => out.close(Some(code)),
             }
             if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
-                writer_abort.abort();
+                writer_abort.0.abort();
             }
             peer_closed
         }
@@ -320,16 +320,6 @@ impl Session {
             self.leave(&room);
         }
         self.rooms.insert(room.clone());
-        let (codec, ack_id, ack_room) = (self.codec, id.clone(), room.clone());
-        let ack = move |seq, recovered| {
-            let ack = Ack {
-                id: ack_id,
-                room: Some(ack_room),
-                seq: Some(seq),
-                recovered: Some(recovered),
-            };
-            encode(codec, &ServerFrame::Ack(ack))
-        };
         let format = Format::WebSocket(self.codec);
         fail::fail_point!("ws.subscribe");
         let upstream = &self.shared.upstream;
@@ -354,8 +344,18 @@ impl Session {
                 }
             }
         }
+        let (codec, ack_id, ack_room) = (self.codec, id.clone(), room.clone());
+        let ack = move |seq| {
+            let ack = Ack {
+                id: ack_id,
+                room: Some(ack_room),
+                seq: Some(seq),
+                recovered: Some(recovered),
+            };
+            encode(codec, &ServerFrame::Ack(ack))
+        };
         match upstream
-            .attach(&room, self.conn_id, &self.out, format, after, recovered, ack)
+            .attach(&room, self.conn_id, &self.out, format, after, ack)
             .await
         {
             Ok(seq) => debug!(%room, ?since, seq, presence, "Subscribed"),
@@ -578,8 +578,7 @@ impl Drop for Session {
             self.shared.tracker.close(&self.conn);
         }
         metrics::connection_closed(Transport::WebSocket);
-        // `slot` is dropped after this, giving the connection's place back.
-        let _ = &self.slot;
+        // `_slot` is dropped after this, giving the connection's place back.
     }
 }
 

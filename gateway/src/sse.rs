@@ -12,7 +12,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::http::{cursor, identify, presence_rooms, request_allowed, rooms, watched, EventHead, Queued, Registration};
+use crate::http::{
+    cursor, identify, presence_rooms, request_allowed, rooms, session_id, watched, EventHead, Queued, Registration,
+};
 use crate::metrics::{self, Transport};
 use crate::poll::{start_positions, OpenGauge};
 use crate::presence::Membership;
@@ -46,7 +48,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -
     let members_of = presence_rooms(&req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
-    request_allowed(shared, &req, &who, remote)?;
+    request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
     let slot = shared.reserve(conn_id)?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;

@@ -160,11 +160,9 @@ impl Upstream {
 
     /// Subscribes connection `conn` to `room`: joins the hub (pending), makes sure the room's
     /// pump runs, then queues the events after `since` (none without it), the live events
-    /// that arrived meanwhile, and `ack(seq, recovered)` (skipped when empty). Returns the
-    /// last seq queued. On failure the connection is not left in the room.
-    /// `since` is where the replay starts, already resolved by [`Upstream::resume`]; the ack
-    /// carries `recovered` as given.
-    #[allow(clippy::too_many_arguments)]
+    /// that arrived meanwhile, and `ack(seq)` (skipped when empty). Returns the last seq
+    /// queued. On failure the connection is not left in the room. `since` is where the replay
+    /// starts, already resolved by [`Upstream::resume`].
     pub async fn attach(
         self: &Arc<Self>,
         room: &str,
@@ -172,8 +170,7 @@ impl Upstream {
         out: &Arc<Outbound>,
         format: Format,
         since: Option<u64>,
-        recovered: bool,
-        ack: impl FnOnce(u64, bool) -> Bytes,
+        ack: impl FnOnce(u64) -> Bytes,
     ) -> Result<u64, String> {
         let joined = self.hub.join(room, conn, Arc::clone(out), format);
         if joined.new_room {
@@ -205,7 +202,6 @@ impl Upstream {
             }
         };
         crate::metrics::replayed(events.len() as u64);
-        let ack = |seq| ack(seq, recovered);
         self.hub
             .activate(room, conn, &events, floor, ack)
             .ok_or_else(|| "connection closed".to_owned())

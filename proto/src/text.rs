@@ -92,11 +92,11 @@ pub fn validate_id(id: &Id) -> Result<(), TextError> {
     }
 }
 
-/// The user id of an anonymous client that keeps session id `sid`: `anon-` and 24 hex digits
-/// of a SHA-256 of it. Other users see this id; the sid itself stays the client's secret, so
-/// nobody who sees the id can claim the identity.
-pub fn anonymous_user(sid: &str) -> String {
-    format!("anon-{}", digest_hex(&[b"herald anon\0", sid.as_bytes()]))
+/// What follows `anon-` in the user id of an anonymous client that keeps session id `sid`:
+/// 24 hex digits of a SHA-256 of it. Other users see the id; the sid itself stays the
+/// client's secret, so nobody who sees the id can claim the identity.
+pub fn anonymous_id(sid: &str) -> String {
+    digest_hex(&[b"herald anon\0", sid.as_bytes()])
 }
 
 /// The connection id of a polling session: `p-` and 24 hex digits of a SHA-256 of the user
@@ -204,11 +204,15 @@ mod tests {
 
     #[test]
     fn derived_ids_hide_the_sid() {
-        let a = anonymous_user("abcdefgh12");
+        let a = format!("anon-{}", anonymous_id("abcdefgh12"));
         assert_eq!(a.len(), 5 + 24);
         assert!(!a.contains("abcdefgh12"));
-        assert_eq!(a, anonymous_user("abcdefgh12"), "stable across gateways");
-        assert_ne!(a, anonymous_user("abcdefgh13"));
+        assert_eq!(
+            a,
+            format!("anon-{}", anonymous_id("abcdefgh12")),
+            "stable across gateways"
+        );
+        assert_ne!(a, format!("anon-{}", anonymous_id("abcdefgh13")));
         assert_eq!(validate_user(&a), Ok(()));
         assert_ne!(poll_session("ann", "abcdefgh12"), poll_session("bob", "abcdefgh12"));
     }
