@@ -139,9 +139,8 @@ impl Stream {
         }
         if !unrecovered.is_empty() {
             let frame = serde_json::json!({"t": "unrecovered", "rooms": unrecovered}).to_string();
-            let mut chunk = b"event: unrecovered\n".to_vec();
-            data_lines(&mut chunk, frame.as_bytes());
-            chunk.push(b'\n');
+            let mut chunk = Vec::new();
+            named(&mut chunk, b"unrecovered", frame.as_bytes());
             self.send(chunk.into()).await?;
         }
         let rooms = self.rooms.clone();
