@@ -100,7 +100,7 @@ impl Upstream {
                     debug!(event = label, "NATS connection event");
                 }
             })
-            .connect(url.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+            .connect(server_list(url)?.as_slice())
             .await
             .map_err(|e| UpstreamError(e.to_string()))?;
         Ok((client, rx))
@@ -490,6 +490,17 @@ fn stored_event(room: &Arc<str>, prev: u64, m: jetstream::message::StreamMessage
     }
 }
 
+/// `--nats-url`: one URL, or a comma-separated list of a cluster's seed URLs.
+pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, UpstreamError> {
+    let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    if list.is_empty() {
+        return Err(UpstreamError("--nats-url is empty".into()));
+    }
+    list.into_iter()
+        .map(|u| u.parse().map_err(|e| UpstreamError(format!("--nats-url {u:?}: {e}"))))
+        .collect()
+}
+
 fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
     headers
         .get(name)
@@ -518,5 +529,22 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         crate::metrics::nats_subscriptions(-1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_is_given_as_a_comma_separated_list() {
+        let list = server_list("nats://a:4222, nats://b:4223,nats://c:4224").expect("three URLs");
+        let hosts: Vec<(String, u16)> = list.iter().map(|a| (a.host().to_owned(), a.port())).collect();
+        assert_eq!(hosts, [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]);
+        assert_eq!(server_list("nats://127.0.0.1:4222").expect("one URL").len(), 1);
+        assert!(server_list("").is_err());
+        assert!(server_list(" , ").is_err());
+        let e = server_list("nats://a:4222,nats://b:x").expect_err("a bad port");
+        assert!(e.to_string().contains("nats://b:x"), "{e}");
     }
 }

@@ -11,25 +11,112 @@ pub struct NatsServer {
     monitor: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    /// `--cluster_name`, `--server_name`, `--cluster` and `--routes` when one of a cluster.
+    cluster: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts `nats-server -js` on a free port with a fresh store directory.
     pub fn start() -> Self {
-        let binary = find_binary();
+        let mut server = Self::new(Vec::new());
+        server.spawn();
+        server
+    }
+
+    /// Starts `n` servers routed to each other on loopback as one JetStream cluster
+    /// (`herald-test`), and waits until JetStream has a leader.
+    pub async fn cluster(n: usize) -> Vec<Self> {
+        let routes: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<Self> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                Self::new(vec![
+                    "--cluster_name".into(),
+                    "herald-test".into(),
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{port}"),
+                    "--routes".into(),
+                    all.clone(),
+                ])
+            })
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &nodes {
+            node.wait_jetstream_leader().await;
+        }
+        nodes
+    }
+
+    fn new(cluster: Vec<String>) -> Self {
         let store = tempfile::Builder::new()
             .prefix("herald-nats-")
             .tempdir()
             .expect("temp dir");
-        let mut server = Self {
+        Self {
             child: None,
             port: crate::free_port(),
             monitor: crate::free_port(),
             store,
-            binary,
-        };
-        server.spawn();
-        server
+            binary: find_binary(),
+            cluster,
+        }
+    }
+
+    /// Waits (up to 30 s) until this node knows the JetStream meta leader and, if it is the
+    /// leader, sees every peer as current (`/jsz` → `meta_cluster`).
+    pub async fn wait_jetstream_leader(&self) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.monitor));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match crate::http::get(addr, "/jsz").await {
+                Ok(r) => serde_json::from_str::<serde_json::Value>(&r.body)
+                    .ok()
+                    .map(|v| {
+                        let meta = &v["meta_cluster"];
+                        // Only the leader knows whether its followers are current.
+                        let leader = meta["leader"].as_str().unwrap_or("");
+                        let peers_current = meta["replicas"]
+                            .as_array()
+                            .is_none_or(|r| r.iter().all(|p| p["current"].as_bool() == Some(true)));
+                        !leader.is_empty() && (Some(leader) != self.name() || peers_current)
+                    })
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on {} has no JetStream meta leader within 30 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The server's id as its peers name it (`/varz` → `server_name`).
+    pub fn name(&self) -> Option<&str> {
+        self.cluster
+            .iter()
+            .position(|a| a == "--server_name")
+            .and_then(|i| self.cluster.get(i + 1))
+            .map(String::as_str)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -106,6 +193,7 @@ impl NatsServer {
             .arg(self.monitor.to_string())
             .arg("-sd")
             .arg(self.store.path())
+            .args(&self.cluster)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
