@@ -6,6 +6,12 @@ use clap::Parser;
 use herald_fanout::{Config, Error, Fanout};
 use herald_gateway::telemetry;
 
+/// jemalloc: under connection churn glibc's malloc keeps freed memory fragmented and the
+/// process grows for hours; jemalloc returns it (docs/benchmarks.md, "Soak").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]

@@ -197,3 +197,148 @@ async fn polling_sessions_are_members_across_gateways_until_they_stop() {
     }
     assert_eq!(view, ["pat"]);
 }
+
+/// Reads presence frames for `within`; returns the users that joined and left, in order.
+async fn presence_changes(c: &mut WsClient, within: Duration) -> (Vec<String>, Vec<String>) {
+    let (mut joined, mut left) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.next_within(rest).await {
+            None => return (joined, left),
+            Some(herald_testkit::client::Incoming::Frame(ServerFrame::Presence(p))) => {
+                joined.extend(p.joined.iter().map(|m| m.user.clone()));
+                left.extend(p.left.iter().map(|m| m.user.clone()));
+            }
+            other => panic!("expected presence frames, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Change {
+    Joins,
+    Leaves,
+}
+
+/// Waits (5 s at most) until `user` joins or leaves in `alice`'s view; nothing else may
+/// change (alice's own join may still come as a diff after her snapshot).
+async fn changes(alice: &mut WsClient, user: &str, change: Change) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match alice.next_within(rest).await {
+            Some(herald_testkit::client::Incoming::Frame(ServerFrame::Presence(p))) => {
+                let joined: Vec<&str> = p
+                    .joined
+                    .iter()
+                    .map(|m| m.user.as_str())
+                    .filter(|u| *u != "alice")
+                    .collect();
+                let left: Vec<&str> = p.left.iter().map(|m| m.user.as_str()).collect();
+                let (seen, other) = match change {
+                    Change::Joins => (joined, left),
+                    Change::Leaves => (left, joined),
+                };
+                assert!(other.is_empty(), "{p:?}");
+                if seen == [user] {
+                    return;
+                }
+                assert!(seen.is_empty(), "{p:?}");
+            }
+            other => panic!("expected {user} {change:?} within 5 s, got {other:?}"),
+        }
+    }
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let raw = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    http::request(addr, &raw).await.unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_client_leaves_when_it_says_so_or_its_long_poll_is_dropped() {
+    let nats = NatsServer::start();
+    let f = Process::fanout(&nats.url(), "f1", &[]);
+    let gw = TestGateway::start_with(&nats.url(), |c| {
+        c.presence_heartbeat = Duration::from_millis(200);
+        // Long enough that only a leave or the grace can explain a departure.
+        c.poll_session_ttl = Duration::from_secs(60);
+        c.poll_leave_grace = Duration::from_millis(500);
+    })
+    .await;
+    f.wait_ready().await;
+    let mut alice = WsClient::connect(&gw.ws_url(), &jwt::any_room("alice")).await;
+    alice
+        .op(json!({"op": "subscribe", "room": "lobby", "presence": true}))
+        .await;
+    assert!(matches!(alice.recv().await, ServerFrame::Ack(_)));
+    ws_sees(&mut alice, &["alice"]).await;
+
+    // An ajax poller says it leaves (herald.js on `pagehide`): gone within the leave delay.
+    let pat = jwt::any_room("pat");
+    let poll = format!("/poll?rooms=lobby&presence=1&sid=pat-tab-1&wait=0&token={pat}");
+    assert_eq!(http::get(gw.addr, &poll).await.unwrap().status, 200);
+    changes(&mut alice, "pat", Change::Joins).await;
+    assert_eq!(
+        post(gw.addr, &format!("/poll/leave?sid=pat-tab-1&token={pat}")).await,
+        204
+    );
+    changes(&mut alice, "pat", Change::Leaves).await;
+    // Idempotent; authenticated and keyed like /poll.
+    assert_eq!(
+        post(gw.addr, &format!("/poll/leave?sid=pat-tab-1&token={pat}")).await,
+        204
+    );
+    assert_eq!(post(gw.addr, &format!("/poll/leave?token={pat}")).await, 400);
+    assert_eq!(post(gw.addr, "/poll/leave?sid=pat-tab-1&token=forged").await, 401);
+    assert_eq!(post(gw.addr, &format!("/poll/leave?sid=a%0Ab&token={pat}")).await, 400);
+
+    // Another user's leave does not end pat's session: the sid is pat's.
+    assert_eq!(http::get(gw.addr, &poll).await.unwrap().status, 200);
+    changes(&mut alice, "pat", Change::Joins).await;
+    let mallory = jwt::any_room("mallory");
+    assert_eq!(
+        post(gw.addr, &format!("/poll/leave?sid=pat-tab-1&token={mallory}")).await,
+        204
+    );
+    let (joined, left) = presence_changes(&mut alice, Duration::from_secs(2)).await;
+    assert!(joined.is_empty() && left.is_empty(), "{joined:?} {left:?}");
+    assert_eq!(
+        post(gw.addr, &format!("/poll/leave?sid=pat-tab-1&token={pat}")).await,
+        204
+    );
+    changes(&mut alice, "pat", Change::Leaves).await;
+
+    // A long-poll whose client goes away (a closed tab) starts the grace, not the TTL.
+    let quinn = jwt::any_room("quinn");
+    let long = format!("/poll?rooms=lobby&presence=1&sid=quinn-tab-1&wait=30&token={quinn}");
+    let held = {
+        let long = long.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move { http::get(addr, &long).await })
+    };
+    changes(&mut alice, "quinn", Change::Joins).await;
+    held.abort();
+    changes(&mut alice, "quinn", Change::Leaves).await;
+
+    // A reload (a new poll within the grace) is no departure; nor is a dropped long-poll
+    // while another of the session is still held.
+    let first = {
+        let long = long.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move { http::get(addr, &long).await })
+    };
+    changes(&mut alice, "quinn", Change::Joins).await;
+    let second = {
+        let long = long.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move { http::get(addr, &long).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    let (joined, left) = presence_changes(&mut alice, Duration::from_secs(3)).await;
+    assert!(joined.is_empty() && left.is_empty(), "{joined:?} {left:?}");
+    second.abort();
+    changes(&mut alice, "quinn", Change::Leaves).await;
+}

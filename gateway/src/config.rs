@@ -141,6 +141,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_POLL_SESSION_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub poll_session_ttl: Duration,
 
+    /// A polling session whose client went away with a poll unanswered (a closed tab's
+    /// long-poll) ends this long after, unless a poll of it comes first (a reload, a retry).
+    #[arg(long, env = "HERALD_POLL_LEAVE_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_leave_grace: Duration,
+
     /// Most events in one replay burst (a WebSocket or SSE catch-up is sent in bursts, each
     /// after the client has read the last) and in one `/poll` answer, which then says `more`.
     #[arg(long, env = "HERALD_REPLAY_MAX_EVENTS", default_value_t = 1000)]

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use herald_gateway::{telemetry, Config, Error, Gateway};
 
+/// jemalloc: under connection churn glibc's malloc keeps freed memory fragmented and the
+/// process grows for hours; jemalloc returns it (docs/benchmarks.md, "Soak").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// EX_CONFIG from sysexits: the configuration cannot run.
 const EXIT_CONFIG: u8 = 64;
 

@@ -17,6 +17,7 @@ pub const DELIVERY_LATENCY: &str = "herald_gateway_delivery_latency_seconds";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer_disconnects_total";
 pub const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
 pub const NATS_SUBSCRIPTIONS: &str = "herald_gateway_nats_subscriptions";
+pub const POLL_SESSIONS: &str = "herald_gateway_poll_sessions";
 pub const ERRORS: &str = "herald_gateway_errors_total";
 pub const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
 pub const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
@@ -77,6 +78,11 @@ fn describe() {
         "Room subscriptions held by clients of this gateway."
     );
     describe_gauge!(NATS_SUBSCRIPTIONS, "Upstream NATS room subscriptions of this gateway.");
+    describe_gauge!(
+        POLL_SESSIONS,
+        "Polling clients (long-poll and ajax polling with a sid) online on this gateway: one per \
+         session, whether or not a poll of it is in flight."
+    );
     describe_counter!(
         ERRORS,
         "Errors sent to clients (error frames, HTTP errors and close codes), by code."
@@ -122,6 +128,7 @@ fn describe() {
         counter!(NATS_EVENTS, "event" => event).increment(0);
     }
     counter!(MESSAGES_RECEIVED).increment(0);
+    gauge!(POLL_SESSIONS).increment(0.0);
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
     counter!(GAPS_REPAIRED).increment(0);
     counter!(REPLAYED).increment(0);
@@ -203,6 +210,10 @@ pub fn slow_consumer() {
 
 pub fn room_subscriptions(delta: f64) {
     gauge!(ROOM_SUBSCRIPTIONS).increment(delta);
+}
+
+pub fn poll_sessions(delta: f64) {
+    gauge!(POLL_SESSIONS).increment(delta);
 }
 
 pub fn nats_subscriptions(delta: f64) {

@@ -26,7 +26,7 @@ use crate::http::{
 };
 use crate::hub::Format;
 use crate::metrics::{self, Transport};
-use crate::presence::{self, SessionLimits, SessionRefused};
+use crate::presence::{self, PollSessions, SessionLimits, SessionRefused};
 use crate::server::{query_param, Body, HttpError, Shared};
 use crate::upstream::UpstreamError;
 
@@ -42,17 +42,36 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
     request_allowed(shared, &who, remote, sid.is_some())?;
     let slot = shared.reserve(conn_id)?;
     let session = sid.as_ref().map(|sid| herald_proto::text::poll_session(&who.user, sid));
-    let ttl = shared.config.poll_session_ttl;
-    // However this request ends (answered, cancelled, panicked), the session lives `ttl` more.
-    let _keep = session.as_ref().map(|session| KeepSession { shared, session, ttl });
     fail::fail_point!("poll.touch");
-    match &session {
-        Some(session) => touch(shared, session, &who, &members_of, wait + ttl).await?,
+    // While this request is in flight its session stays; after, it lives `--poll-session-ttl`
+    // if answered, `--poll-leave-grace` if the client went away first.
+    let mut held = match &session {
+        Some(session) => Some(hold(shared, session, &who, &members_of).await?),
         None if !members_of.is_empty() => {
             return Err(HttpError::new(ErrorCode::BadRequest, "`presence` on /poll needs `sid`"));
         }
-        None => {}
+        None => None,
+    };
+    let answer = answer(shared, slot, conn_id, &rooms, &members_of, &watch, asked.as_ref(), wait).await;
+    if let Some(held) = &mut held {
+        held.answered = true;
     }
+    answer
+}
+
+/// The answer to a poll: backlog at once, else the first event, presence or status change
+/// within `wait`.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    shared: &Arc<Shared>,
+    slot: crate::server::Slot,
+    conn_id: u64,
+    rooms: &[String],
+    members_of: &[String],
+    watch: &[String],
+    asked: Option<&Cursor>,
+    wait: Duration,
+) -> Result<Response<Body>, HttpError> {
     let transport = if wait.is_zero() {
         Transport::Poll
     } else {
@@ -62,21 +81,21 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
     let _open = OpenGauge(transport);
 
     fail::fail_point!("poll.positions");
-    let mut positions = start_positions(shared, &rooms, asked.as_ref()).await?;
+    let mut positions = start_positions(shared, rooms, asked).await?;
     let mut events: Vec<Bytes> = Vec::new();
     let mut backlog = Backlog::default();
-    if let Some(asked) = &asked {
-        backlog = history(shared, &rooms, asked, &mut positions, &mut events).await?;
+    if let Some(asked) = asked {
+        backlog = history(shared, rooms, asked, &mut positions, &mut events).await?;
     }
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     if !events.is_empty() || wait.is_zero() || draining || backlog.more || !backlog.unrecovered.is_empty() {
-        let extra = extra(shared, &members_of, &watch, &backlog).await;
+        let extra = extra(shared, members_of, watch, &backlog).await;
         return Ok(respond(transport, &events, &positions, &extra));
     }
 
     let mut reg = Registration::new(shared, slot, conn_id);
-    reg.attach_all(&rooms, &positions).await?;
+    reg.attach_all(rooms, &positions).await?;
     // A presence or status change ends the wait too (the answer holds fresh snapshots).
     let subjects = shared.upstream.subjects();
     let wanted = members_of
@@ -114,7 +133,7 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
         }
         events.push(item.bytes);
     }
-    let extra = extra(shared, &members_of, &watch, &backlog).await;
+    let extra = extra(shared, members_of, watch, &backlog).await;
     Ok(respond(transport, &events, &positions, &extra))
 }
 
@@ -157,30 +176,35 @@ async fn history(
     Ok(backlog)
 }
 
-/// Opens or refreshes polling session `session`, within the caps.
-async fn touch(
-    shared: &Shared,
-    session: &str,
+/// Holds polling session `session` for this request (opening it within the caps), with
+/// its presence rooms set to `rooms`.
+async fn hold<'a>(
+    shared: &'a Shared,
+    session: &'a str,
     who: &Identity,
     rooms: &[String],
-    ttl: Duration,
-) -> Result<(), HttpError> {
+) -> Result<Held<'a>, HttpError> {
     let limits = SessionLimits {
         per_user: shared.config.max_poll_sessions_per_user,
         total: shared.config.max_poll_sessions,
     };
-    match shared
-        .polls
-        .touch(&shared.tracker, session, who, rooms, ttl, limits)
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(SessionRefused::UserFull) => Err(HttpError::new(
-            ErrorCode::RateLimited,
-            "too many polling sessions for this user",
-        )),
-        Err(SessionRefused::Full) => Err(HttpError::new(ErrorCode::Unavailable, "too many polling sessions")),
-    }
+    let touched = match shared.polls.hold(session, who, rooms, limits) {
+        Ok(touched) => touched,
+        Err(SessionRefused::UserFull) => {
+            return Err(HttpError::new(
+                ErrorCode::RateLimited,
+                "too many polling sessions for this user",
+            ))
+        }
+        Err(SessionRefused::Full) => return Err(HttpError::new(ErrorCode::Unavailable, "too many polling sessions")),
+    };
+    let held = Held {
+        shared,
+        session,
+        answered: false,
+    };
+    PollSessions::apply(&shared.tracker, session, who, &touched).await;
+    Ok(held)
 }
 
 /// What an answer says of the history behind it.
@@ -269,17 +293,43 @@ fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, extra: &s
     json(StatusCode::OK, body)
 }
 
-/// Keeps a poll session alive for its time to live from the moment the request ends.
-struct KeepSession<'a> {
+/// A poll of a session in flight: released however the request ends (answered, cancelled,
+/// panicked).
+struct Held<'a> {
     shared: &'a Shared,
     session: &'a str,
-    ttl: Duration,
+    answered: bool,
 }
 
-impl Drop for KeepSession<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.shared.polls.keep(self.session, self.ttl);
+        let c = &self.shared.config;
+        let ttl = if self.answered {
+            c.poll_session_ttl
+        } else {
+            c.poll_leave_grace
+        };
+        self.shared.polls.release(self.session, ttl);
     }
+}
+
+/// `POST /poll/leave?sid=`: the polling client is leaving (herald.js sends it on `pagehide`);
+/// its session ends now, and fanout's leave delay starts. Authenticated like `/poll`;
+/// idempotent (204 whether or not the session was open).
+pub async fn leave(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
+    let (_, conn) = shared.new_conn();
+    let who = identify(shared, &req, &conn)?;
+    let Some(sid) = session_id(&req)? else {
+        return Err(HttpError::new(ErrorCode::BadRequest, "`sid` is required"));
+    };
+    request_allowed(shared, &who, remote, true)?;
+    let session = herald_proto::text::poll_session(&who.user, &sid);
+    shared.polls.end(&shared.tracker, &session);
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(crate::server::full(bytes::Bytes::new()))
+        .expect("static response parts"))
 }
 
 /// Keeps `herald_gateway_connections{transport}` up while a request is open.

@@ -118,7 +118,7 @@ impl Shared {
         tokio::spawn({
             let (polls, tracker) = (Arc::downgrade(&polls), tracker.clone());
             async move {
-                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
                 loop {
                     every.tick().await;
                     let Some(polls) = polls.upgrade() else { return };
@@ -425,10 +425,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> R
         (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald),
         (&Method::GET, "/poll") => crate::http::cors(&shared, origin, crate::poll::poll(&shared, req, remote).await),
         (&Method::GET, "/sse") => crate::http::cors(&shared, origin, crate::sse::sse(&shared, req, remote).await),
+        (&Method::POST, "/poll/leave") => {
+            crate::http::cors(&shared, origin, crate::poll::leave(&shared, req, remote).await)
+        }
         (&Method::POST, "/publish") => {
             crate::http::cors(&shared, origin, crate::http::publish(&shared, req, remote).await)
         }
-        (&Method::OPTIONS, "/poll" | "/sse" | "/publish" | "/presence") => {
+        (&Method::OPTIONS, "/poll" | "/poll/leave" | "/sse" | "/publish" | "/presence") => {
             crate::http::cors(&shared, origin, crate::http::preflight(&shared, &req))
         }
         (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),

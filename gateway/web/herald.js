@@ -4,6 +4,7 @@
 //
 //   import { Herald } from "/herald.js";            // or <script src="/herald.classic.js">
 //   const client = Herald.connect(["https://a.example", "https://b.example"], { token });
+//   // or, with tokens that expire: { getToken: async () => (await fetch("/herald-token")).text() }
 //   const lobby = client.subscribe("lobby", { presence: true });
 //   lobby.on("event", (ev) => console.log(ev.seq, ev.data));
 //   lobby.on("presence", (p) => console.log(p.count, p.members));
@@ -103,8 +104,12 @@ class Subscription extends Emitter {
 class Client extends Emitter {
   /**
    * @param {string | string[]} urls gateway base URLs (http(s)://host:port), tried in turn
-   * @param {{token?: string, name?: string, transports?: Transport[], pollInterval?: number,
-   *          longPollWait?: number, sid?: string}} [options]
+   * @param {{token?: string, getToken?: () => Promise<string>, name?: string, transports?: Transport[],
+   *          pollInterval?: number, longPollWait?: number, sid?: string}} [options]
+   *   `getToken` is called before each connect and before the token expires; the client
+   *   then reconnects with the new token and resumes every room (WebSocket, SSE) or sends
+   *   it with the next poll. If it fails, the client emits `error` (code `token_refresh`)
+   *   and tries again with backoff.
    */
   constructor(urls, options = {}) {
     super();
@@ -112,8 +117,8 @@ class Client extends Emitter {
     this.options = options;
     this.token = options.token ?? null;
     this.name = options.name ?? null;
-    /** Keeps an anonymous user the same across reconnects and transports. */
-    this.sid = options.sid ?? randomId();
+    /** Keeps an anonymous user the same across reconnects, transports and reloads of the tab. */
+    this.sid = options.sid ?? tabId();
     this.pollInterval = options.pollInterval ?? 1000;
     this.longPollWait = options.longPollWait ?? 25;
     const wanted = options.transports ?? TRANSPORTS;
@@ -136,6 +141,11 @@ class Client extends Emitter {
     this._pending = new Map();
     this._session = null;
     this._timer = null;
+    this._refreshTimer = null;
+    this._tokenFailures = 0;
+    /** A polling client says it leaves when the page goes (the gateway ends its session). */
+    this._onPageHide = () => this._leave();
+    globalThis.addEventListener?.("pagehide", this._onPageHide);
     this._start();
   }
 
@@ -185,9 +195,22 @@ class Client extends Emitter {
   /** Closes for good. */
   close() {
     clearTimeout(this._timer);
+    clearTimeout(this._refreshTimer);
+    globalThis.removeEventListener?.("pagehide", this._onPageHide);
+    this._leave();
     this._session?.close();
     this._session = null;
     this._setState("closed");
+  }
+
+  /** Ends a polling session at once (a WebSocket or SSE stream ends with its connection). */
+  _leave() {
+    if (!(this._session instanceof PollSession) || typeof navigator?.sendBeacon !== "function") return;
+    try {
+      navigator.sendBeacon(`${this.url}/poll/leave?${this._query({})}`);
+    } catch {
+      /* the session's time to live ends it */
+    }
   }
 
   // --- connection management ---
@@ -196,7 +219,39 @@ class Client extends Emitter {
     return this.urls[this._urlIndex % this.urls.length];
   }
 
-  _start() {
+  async _start() {
+    if (this.options.getToken) {
+      const token = await this._fetchToken();
+      if (this.state === "closed") return;
+      if (token === null) {
+        this._tokenFailures += 1;
+        this._setState("reconnecting");
+        const base = Math.min(10000, 250 * 2 ** Math.min(this._tokenFailures, 6));
+        this._timer = setTimeout(() => this._start(), base / 2 + (Math.random() * base) / 2);
+        return;
+      }
+      this._tokenFailures = 0;
+      this.token = token;
+      this._scheduleRefresh();
+    }
+    this._open();
+  }
+
+  /** `getToken()`, or null (and an `error` event) if it fails. */
+  async _fetchToken() {
+    try {
+      const token = await this.options.getToken();
+      if (typeof token !== "string" || token === "") throw new Error("getToken returned no token");
+      return token;
+    } catch (e) {
+      if (this.state !== "closed") {
+        this.emit("error", { code: "token_refresh", message: `getToken failed: ${e?.message ?? e}` });
+      }
+      return null;
+    }
+  }
+
+  _open() {
     const transport = this.transports[this._transportIndex];
     if (this.transport !== transport) {
       this.transport = transport;
@@ -205,6 +260,38 @@ class Client extends Emitter {
     const Session = SESSIONS[transport];
     this._session = new Session(this, this.url);
     this._session.start();
+  }
+
+  /** Fetches a new token shortly before this one expires (a fifth of its life left, 1–30 s). */
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    const exp = tokenExpiry(this.token);
+    if (exp === null) return;
+    const left = exp * 1000 - Date.now();
+    const margin = Math.min(30000, Math.max(1000, left / 5));
+    this._refreshTimer = setTimeout(() => this._refresh(), Math.max(0, left - margin));
+  }
+
+  /** WebSocket and SSE reconnect with the new token and resume; polls carry it from the next one. */
+  async _refresh() {
+    if (this.state === "closed") return;
+    const token = await this._fetchToken();
+    if (this.state === "closed") return;
+    if (token === null) {
+      // The session goes on until the gateway ends it at expiry; try again meanwhile.
+      this._refreshTimer = setTimeout(() => this._refresh(), 1000);
+      return;
+    }
+    this.token = token;
+    this._scheduleRefresh();
+    const s = this._session;
+    if (s === null || s instanceof PollSession) return;
+    this._session = null;
+    s.close();
+    for (const [, p] of this._pending) p.reject(new Error("reconnecting with a new token"));
+    this._pending.clear();
+    clearTimeout(this._timer);
+    this._open();
   }
 
   /** Called by a session once it delivers. */
@@ -588,6 +675,30 @@ async function answer(res) {
     throw Object.assign(new Error(err.message), { code: err.code, status: res.status });
   }
   return body;
+}
+
+/** The tab's id: kept in sessionStorage, so a reload is the same anonymous user. */
+function tabId() {
+  try {
+    const stored = globalThis.sessionStorage?.getItem("herald.sid");
+    if (stored) return stored;
+    const id = randomId();
+    globalThis.sessionStorage?.setItem("herald.sid", id);
+    return id;
+  } catch {
+    return randomId();
+  }
+}
+
+/** A JWT's `exp` (seconds), or null. */
+function tokenExpiry(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const exp = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="))).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
 }
 
 function randomId() {
