@@ -440,6 +440,8 @@ fn browser() -> Result<()> {
             .env("HERALD_GATEWAYS", urls.join(","))
             .env("HERALD_GATEWAY_PIDS", pids.join(","))
             .env("HERALD_TOKENS", tokens.to_string())
+            .env("HERALD_TEST_SECRET", secret)
+            .env("HERALD_TEST_LEAVE_DELAY_MS", "2000")
             .env("HERALD_ARTIFACTS", work.join("screenshots")))
     })();
     for child in children.iter_mut().rev() {
