@@ -1,15 +1,22 @@
-//! Token verification: HS256 with a shared secret, or RS256/ES256/EdDSA with a public key.
+//! Token verification: HS256 with a shared secret, RS256/ES256/EdDSA with a public key, or
+//! the keys of a JWKS chosen by `kid` (see [`crate::jwks`]).
+
+use std::sync::Arc;
 
 use herald_proto::claims::Claims;
 use herald_proto::{room, text, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{Config, ConfigError};
+use crate::jwks::Jwks;
 
 /// Verifies client tokens.
 #[derive(Clone)]
 pub struct Authenticator {
     keys: Vec<(DecodingKey, Validation)>,
+    jwks: Option<Arc<Jwks>>,
+    /// The validation of JWKS keys, less the algorithm (set per key).
+    jwks_validation: Validation,
     allow_anonymous: bool,
 }
 
@@ -44,6 +51,9 @@ pub enum AuthError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token names a `kid` the JWKS does not hold (yet): a refresh may bring it.
+    #[error("invalid token: unknown key id `{0}`")]
+    UnknownKey(String),
 }
 
 // === impl Authenticator ===
@@ -65,10 +75,46 @@ impl Authenticator {
             };
             keys.push(public_key(&pem, config)?);
         }
+        let jwks = match &config.jwks_url {
+            Some(url) => {
+                let jwks = Arc::new(Jwks::new(url, config.jwks_min_interval).map_err(ConfigError::Key)?);
+                Some(jwks)
+            }
+            None => None,
+        };
         Ok(Self {
             keys,
+            jwks,
+            jwks_validation: validation(Algorithm::RS256, config),
             allow_anonymous: config.allow_anonymous,
         })
+    }
+
+    /// The JWKS, if `--jwks-url` is set (the gateway fetches it at start and on a timer).
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// [`Authenticator::authenticate`], fetching the JWKS again (within its rate limit) when
+    /// the token names an unknown `kid`.
+    pub async fn verify(
+        &self,
+        token: Option<&str>,
+        anon_id: &str,
+        anon_name: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        match self.authenticate(token, anon_id, anon_name) {
+            Err(AuthError::UnknownKey(kid)) => {
+                if let Some(jwks) = &self.jwks {
+                    jwks.refresh().await;
+                }
+                self.authenticate(token, anon_id, anon_name).map_err(|e| match e {
+                    AuthError::UnknownKey(_) => AuthError::UnknownKey(kid),
+                    other => other,
+                })
+            }
+            other => other,
+        }
     }
 
     /// Verifies `token`; with no token, an anonymous identity if anonymous mode is on.
@@ -89,7 +135,23 @@ impl Authenticator {
             return Err(AuthError::Missing);
         };
         let mut last = AuthError::Invalid("no key configured".into());
-        for (key, validation) in &self.keys {
+        let mut candidates: Vec<(DecodingKey, Validation)> = Vec::new();
+        if let Some(jwks) = &self.jwks {
+            let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+            if let Some(kid) = header.kid {
+                match jwks.key(&kid) {
+                    Some(k) => {
+                        let mut v = self.jwks_validation.clone();
+                        v.algorithms = vec![k.alg];
+                        candidates.push((k.key, v));
+                    }
+                    // A static key may still verify it; else a refresh may bring the kid.
+                    None => last = AuthError::UnknownKey(kid),
+                }
+            }
+        }
+        let unknown = matches!(last, AuthError::UnknownKey(_));
+        for (key, validation) in candidates.iter().chain(&self.keys) {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {
                 Ok(data) => {
                     let claims = data.claims;
@@ -105,7 +167,8 @@ impl Authenticator {
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                     return Err(AuthError::Expired)
                 }
-                Err(e) => last = AuthError::Invalid(e.to_string()),
+                Err(e) if !unknown => last = AuthError::Invalid(e.to_string()),
+                Err(_) => {}
             }
         }
         Err(last)

@@ -42,6 +42,19 @@ pub struct Config {
     #[arg(long, env = "HERALD_AUTH_PUBLIC_KEY")]
     pub auth_public_key: Option<String>,
 
+    /// JWKS URL (http or https) of an identity provider: tokens whose `kid` names one of its
+    /// RS256, ES256 or EdDSA keys verify, alongside the static keys above.
+    #[arg(long, env = "HERALD_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "HERALD_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// The least time between two fetches caused by tokens with an unknown `kid`.
+    #[arg(long, env = "HERALD_JWKS_MIN_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwks_min_interval: Duration,
+
     /// Accept only tokens whose `aud` claim holds this audience (e.g. `herald`).
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -226,7 +239,11 @@ impl Config {
 
     /// Checks what clap cannot; an error here means exit 64.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth_hs256_secret.is_none() && self.auth_public_key.is_none() && !self.allow_anonymous {
+        if self.auth_hs256_secret.is_none()
+            && self.auth_public_key.is_none()
+            && self.jwks_url.is_none()
+            && !self.allow_anonymous
+        {
             return Err(ConfigError::NoAuth);
         }
         if let Some(id) = &self.gateway_id {

@@ -21,7 +21,7 @@ use crate::server::{full, query_param, token, Body, HttpError, RateKind, Shared,
 use std::net::IpAddr;
 
 /// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`.
-pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
+pub async fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
     if !shared.origin_allowed(req) {
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -29,7 +29,8 @@ pub fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<
     let sid = session_id(req)?;
     Ok(shared
         .auth
-        .authenticate(token(req).as_deref(), &anon_id(sid.as_deref(), conn), name.as_deref())?)
+        .verify(token(req).as_deref(), &anon_id(sid.as_deref(), conn), name.as_deref())
+        .await?)
 }
 
 /// What follows `anon-` in an anonymous user's id: a digest of the sid (see
@@ -291,7 +292,7 @@ pub async fn publish(
     remote: IpAddr,
 ) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn)?;
+    let who = identify(shared, &req, &conn).await?;
     let has_sid = session_id(&req)?.is_some();
     let max = shared.config.max_message_bytes;
     // A client that sends its body slowly (or never) holds the request no longer than a handshake.
@@ -337,7 +338,7 @@ pub async fn presence(
     remote: IpAddr,
 ) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn)?;
+    let who = identify(shared, &req, &conn).await?;
     let room = query_param(&req, "room").unwrap_or_default();
     who.check_room(&room, Access::Subscribe)?;
     request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;

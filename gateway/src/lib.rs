@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod feeds;
 pub mod http;
+pub mod jwks;
 pub mod hub;
 pub mod input;
 pub mod metrics;
@@ -76,6 +77,10 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Self, Error> {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
+        if let Some(jwks) = auth.jwks() {
+            jwks.refresh().await;
+            jwks::spawn_refresh(jwks, config.jwks_refresh);
+        }
         let tls = tls::acceptor(&config)?;
         let metrics = metrics::install();
         let gateway_id = config.gateway_id.clone().unwrap_or_else(random_id);

@@ -32,7 +32,7 @@ use crate::upstream::UpstreamError;
 
 pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn)?;
+    let who = identify(shared, &req, &conn).await?;
     let rooms = rooms(shared, &req, &who)?;
     let members_of = presence_rooms(&req, &rooms)?;
     let watch = watched(shared, &req)?;
@@ -318,7 +318,7 @@ impl Drop for Held<'_> {
 /// idempotent (204 whether or not the session was open).
 pub async fn leave(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn)?;
+    let who = identify(shared, &req, &conn).await?;
     let Some(sid) = session_id(&req)? else {
         return Err(HttpError::new(ErrorCode::BadRequest, "`sid` is required"));
     };

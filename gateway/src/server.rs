@@ -422,7 +422,7 @@ where
 async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let result = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald),
+        (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald).await,
         (&Method::GET, "/poll") => crate::http::cors(&shared, origin, crate::poll::poll(&shared, req, remote).await),
         (&Method::GET, "/sse") => crate::http::cors(&shared, origin, crate::sse::sse(&shared, req, remote).await),
         (&Method::POST, "/poll/leave") => {
@@ -434,7 +434,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> R
         (&Method::OPTIONS, "/poll" | "/poll/leave" | "/sse" | "/publish" | "/presence") => {
             crate::http::cors(&shared, origin, crate::http::preflight(&shared, &req))
         }
-        (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo),
+        (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo).await,
         (&Method::GET, "/presence") => {
             crate::http::cors(&shared, origin, crate::http::presence(&shared, req, remote).await)
         }
@@ -465,7 +465,7 @@ pub fn token(req: &Request<Incoming>) -> Option<String> {
     from_header.or_else(|| query_param(req, "token"))
 }
 
-fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Result<Response<Body>, HttpError> {
+async fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Result<Response<Body>, HttpError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Err(HttpError::new(ErrorCode::BadRequest, "expected a WebSocket upgrade"));
     }
@@ -483,7 +483,8 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Resul
             Some(
                 shared
                     .auth
-                    .authenticate(token(&req).as_deref(), &anon_id, name.as_deref())?,
+                    .verify(token(&req).as_deref(), &anon_id, name.as_deref())
+                    .await?,
             )
         }
     };

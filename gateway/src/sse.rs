@@ -43,7 +43,7 @@ fn data_lines(chunk: &mut Vec<u8>, bytes: &[u8]) {
 
 pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn)?;
+    let who = identify(shared, &req, &conn).await?;
     let rooms = rooms(shared, &req, &who)?;
     let members_of = presence_rooms(&req, &rooms)?;
     let watch = watched(shared, &req)?;
