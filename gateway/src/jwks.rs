@@ -185,14 +185,18 @@ mod tests {
             ed("for-encryption", serde_json::json!({"use": "enc"})),
             ed("other-alg", serde_json::json!({"alg": "ES256"})),
             {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+            // RFC 7517, appendix A.1.
+            {"kty": "RSA", "kid": "rsa", "alg": "RS256", "e": "AQAB",
+             "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"},
             {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
         ]}))
         .unwrap();
         let keys = keys_of(&set);
         let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
         kids.sort();
-        assert_eq!(kids, ["declared", "plain"]);
-        assert!(keys.values().all(|k| k.alg == Algorithm::EdDSA));
+        assert_eq!(kids, ["declared", "plain", "rsa"]);
+        assert_eq!(keys["rsa"].alg, Algorithm::RS256);
+        assert_eq!(keys["plain"].alg, Algorithm::EdDSA);
     }
 
     #[test]
