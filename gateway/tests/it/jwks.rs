@@ -59,7 +59,9 @@ async fn jwks_server(set: Arc<Mutex<Value>>, hits: Arc<AtomicU64>) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (set, hits) = (Arc::clone(&set), Arc::clone(&hits));
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
@@ -132,7 +134,10 @@ async fn keys_rotate_through_the_jwks_and_unknown_kids_do_not_hammer_it() {
         let t = token(Algorithm::EdDSA, &ed, &format!("made-up-{i}"), "mallory");
         let addr = gw.addr;
         flood.push(tokio::spawn(async move {
-            http::get(addr, &format!("/poll?rooms=lobby&wait=0&token={t}")).await.unwrap().status
+            http::get(addr, &format!("/poll?rooms=lobby&wait=0&token={t}"))
+                .await
+                .unwrap()
+                .status
         }));
     }
     for f in flood {
@@ -140,14 +145,19 @@ async fn keys_rotate_through_the_jwks_and_unknown_kids_do_not_hammer_it() {
     }
     let during = hits.load(Ordering::SeqCst) - before;
     let allowed = 1 + (started.elapsed().as_millis() / MIN_INTERVAL.as_millis()) as u64;
-    assert!((1..=allowed).contains(&during), "{during} fetches for one flood (allowed {allowed})");
+    assert!(
+        (1..=allowed).contains(&during),
+        "{during} fetches for one flood (allowed {allowed})"
+    );
 
     // k1 is removed: its tokens verify until the gateway next fetches, then never.
     set.lock().unwrap()["keys"] = json!([ed_jwk("k2")]);
     assert_eq!(status(&gw, &old).await, 200, "until the next fetch");
     tokio::time::sleep(MIN_INTERVAL).await;
     assert_eq!(status(&gw, &token(Algorithm::EdDSA, &ed, "k3", "x")).await, 401);
-    let r = http::get(gw.addr, &format!("/poll?rooms=lobby&wait=0&token={old}")).await.unwrap();
+    let r = http::get(gw.addr, &format!("/poll?rooms=lobby&wait=0&token={old}"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 401);
     assert!(r.body.contains("unknown key id `k1`"), "{}", r.body);
     assert_eq!(status(&gw, &new).await, 200);
