@@ -51,8 +51,10 @@ impl Jwks {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!("--jwks-url {url:?}: expected an http(s) URL"));
         }
+        // The provider is named: with both rustls backends in one build, there is no default.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| format!("--jwks-url: TLS: {e}"))?
             .https_or_http()
             .enable_http1()
             .build();
