@@ -371,9 +371,13 @@ class Client extends Emitter {
       case "error":
         this.emit("error", { code: frame.code, message: frame.message });
         break;
-      case "ack":
-        if (frame.recovered === false) this.rooms.get(frame.room)?._unrecovered(frame.seq);
+      case "ack": {
+        const sub = this.rooms.get(frame.room);
+        if (frame.recovered === false) sub?._unrecovered(frame.seq);
+        // A subscription's position before its first event: a reconnect resumes from it.
+        else if (sub && sub.seq === null && typeof frame.seq === "number") sub.seq = frame.seq;
         break;
+      }
       case "unrecovered":
         for (const room of frame.rooms ?? []) this.rooms.get(room)?._unrecovered(null);
         break;
