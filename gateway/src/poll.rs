@@ -52,26 +52,46 @@ pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) 
         }
         None => None,
     };
-    let answer = answer(shared, slot, conn_id, &rooms, &members_of, &watch, asked.as_ref(), wait).await;
+    let asked = Asked {
+        rooms,
+        members_of,
+        watch,
+        cursor: asked,
+        wait,
+    };
+    let answer = answer(shared, slot, conn_id, &asked).await;
     if let Some(held) = &mut held {
         held.answered = true;
     }
     answer
 }
 
+/// What a poll asks for, parsed and checked.
+struct Asked {
+    rooms: Vec<String>,
+    /// The rooms the poller is a member of (`presence=`).
+    members_of: Vec<String>,
+    watch: Vec<String>,
+    cursor: Option<Cursor>,
+    wait: Duration,
+}
+
 /// The answer to a poll: backlog at once, else the first event, presence or status change
 /// within `wait`.
-#[allow(clippy::too_many_arguments)]
 async fn answer(
     shared: &Arc<Shared>,
     slot: crate::server::Slot,
     conn_id: u64,
-    rooms: &[String],
-    members_of: &[String],
-    watch: &[String],
-    asked: Option<&Cursor>,
-    wait: Duration,
+    asked: &Asked,
 ) -> Result<Response<Body>, HttpError> {
+    let Asked {
+        rooms,
+        members_of,
+        watch,
+        cursor,
+        wait,
+    } = asked;
+    let wait = *wait;
     let transport = if wait.is_zero() {
         Transport::Poll
     } else {
@@ -81,11 +101,11 @@ async fn answer(
     let _open = OpenGauge(transport);
 
     fail::fail_point!("poll.positions");
-    let mut positions = start_positions(shared, rooms, asked).await?;
+    let mut positions = start_positions(shared, rooms, cursor.as_ref()).await?;
     let mut events: Vec<Bytes> = Vec::new();
     let mut backlog = Backlog::default();
-    if let Some(asked) = asked {
-        backlog = history(shared, rooms, asked, &mut positions, &mut events).await?;
+    if let Some(cursor) = cursor {
+        backlog = history(shared, rooms, cursor, &mut positions, &mut events).await?;
     }
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
