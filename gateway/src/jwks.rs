@@ -42,7 +42,6 @@ pub struct Jwks {
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     min_interval: Duration,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Jwks {
@@ -64,18 +63,12 @@ impl Jwks {
             last_fetch: tokio::sync::Mutex::new(None),
             min_interval,
             client: Client::builder(TokioExecutor::new()).build(https),
-            fetches: Default::default(),
         })
     }
 
     /// The key with id `kid`, if the set holds it.
     pub fn key(&self, kid: &str) -> Option<Key> {
         lock(&self.keys).get(kid).cloned()
-    }
-
-    /// How many fetches were made (for tests and the log).
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fetches the set unless one was fetched within `--jwks-min-interval`; a caller that
@@ -102,7 +95,6 @@ impl Jwks {
     }
 
     async fn fetch(&self) {
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match tokio::time::timeout(FETCH_TIMEOUT, self.get()).await {
             Ok(Ok(keys)) => {
                 info!(url = %self.url, keys = keys.len(), "JWKS fetched");

@@ -114,11 +114,6 @@ impl NatsServer {
             .map(String::as_str)
     }
 
-    /// Whether the process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
