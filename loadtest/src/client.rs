@@ -185,7 +185,13 @@ impl Conn {
             let frame = self.ws.read_frame().await?;
             match frame.opcode {
                 OpCode::Text => return Ok(String::from_utf8(frame.payload.to_vec())?),
-                OpCode::Close => bail!("closed by the gateway"),
+                OpCode::Close => {
+                    let code = frame
+                        .payload
+                        .get(..2)
+                        .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                    bail!("closed by the gateway: {code}")
+                }
                 _ => continue,
             }
         }

@@ -102,6 +102,12 @@ struct WorkerDone {
     reconnect_failures: u64,
     /// Connections without the room's last event at the end.
     behind: u64,
+    /// Why connections ended (the harness's own churn is `life ended`), and why a reconnect
+    /// failed: the error's text, by count.
+    #[serde(default)]
+    ends: BTreeMap<String, u64>,
+    #[serde(default)]
+    failures: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -111,6 +117,14 @@ struct Tally {
     duplicates: AtomicU64,
     reconnects: AtomicU64,
     reconnect_failures: AtomicU64,
+    ends: std::sync::Mutex<BTreeMap<String, u64>>,
+    failures: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+impl Tally {
+    fn cause(map: &std::sync::Mutex<BTreeMap<String, u64>>, why: String) {
+        *map.lock().expect("causes").entry(why).or_default() += 1;
+    }
 }
 
 /// One sample of the stack.
@@ -148,6 +162,9 @@ struct Report {
     duplicates: u64,
     reconnects: u64,
     reconnect_failures: u64,
+    /// Why connections ended and why reconnects failed, by count.
+    ends: BTreeMap<String, u64>,
+    reconnect_failure_causes: BTreeMap<String, u64>,
     behind: u64,
     not_ready_samples: u64,
     /// Least-squares slope over the second half of the run, per gateway.
@@ -280,6 +297,12 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         done.reconnects += d.reconnects;
         done.reconnect_failures += d.reconnect_failures;
         done.behind += d.behind;
+        for (k, n) in d.ends {
+            *done.ends.entry(k).or_default() += n;
+        }
+        for (k, n) in d.failures {
+            *done.failures.entry(k).or_default() += n;
+        }
         let _ = child.wait();
     }
     let half: Vec<&Sample> = samples.iter().skip(samples.len() / 2).collect();
@@ -300,6 +323,8 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         duplicates: done.duplicates,
         reconnects: done.reconnects,
         reconnect_failures: done.reconnect_failures,
+        ends: done.ends,
+        reconnect_failure_causes: done.failures,
         behind: done.behind,
         not_ready_samples: samples.iter().filter(|s| s.ready.iter().any(|r| *r != 200)).count() as u64,
         rss_slope_kib_per_min: (0..pids.len())
@@ -456,6 +481,14 @@ fn write_report(dir: &std::path::Path, r: &Report) -> Result<()> {
     ] {
         md.push_str(&format!("| {k} | {v} |\n"));
     }
+    md.push_str("\n| connection ended by | count |\n|---|---|\n");
+    for (k, n) in &r.ends {
+        md.push_str(&format!("| {k} | {n} |\n"));
+    }
+    md.push_str("\n| reconnect failed with | count |\n|---|---|\n");
+    for (k, n) in &r.reconnect_failure_causes {
+        md.push_str(&format!("| {k} | {n} |\n"));
+    }
     md.push_str("\n| hostile action | done | not as the contract says |\n|---|---|---|\n");
     for (k, n) in &r.hostile.done {
         md.push_str(&format!(
@@ -544,6 +577,8 @@ async fn worker(a: SoakArgs) -> Result<()> {
         reconnects: tally.reconnects.load(Relaxed),
         reconnect_failures: tally.reconnect_failures.load(Relaxed),
         behind: (0..positions.len()).filter(|i| behind(*i)).count() as u64,
+        ends: std::mem::take(&mut *tally.ends.lock().expect("causes")),
+        failures: std::mem::take(&mut *tally.failures.lock().expect("causes")),
     };
     println!("{}", serde_json::to_string(&done)?);
     std::io::stdout().flush()?;
@@ -590,9 +625,18 @@ async fn follow(
         loop {
             let text = tokio::select! {
                 t = c.next_text() => t,
-                _ = &mut end => break,
+                _ = &mut end => {
+                    Tally::cause(&tally.ends, "life ended".into());
+                    break;
+                }
             };
-            let Ok(text) = text else { break };
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => {
+                    Tally::cause(&tally.ends, format!("{e:#}"));
+                    break;
+                }
+            };
             let Ok(ev) = serde_json::from_str::<Event>(&text) else {
                 continue;
             };
@@ -609,8 +653,9 @@ async fn follow(
             let url = &urls[rand::rng().random_range(0..urls.len())];
             match resume(url, source, &room, since, presence, &mut chain, &tally, &positions[i]).await {
                 Ok(c) => break c,
-                Err(_) => {
+                Err(e) => {
                     tally.reconnect_failures.fetch_add(1, Relaxed);
+                    Tally::cause(&tally.failures, format!("{e:#}"));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
