@@ -295,7 +295,7 @@ impl Session {
         match op {
             ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence).await,
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
-            ClientOp::Publish { room, data, kind } => return self.publish(id, room, data, kind).await,
+            ClientOp::Publish { room, data, kind, key } => return self.publish(id, room, data, kind, key).await,
             ClientOp::Presence { room } => self.presence(id, room).await,
             ClientOp::Watch { users } => self.watch(id, users).await,
             ClientOp::Unwatch { users } => self.unwatch(id, users),
@@ -351,6 +351,7 @@ impl Session {
                 room: Some(ack_room),
                 seq: Some(seq),
                 recovered: Some(recovered),
+                repeat: None,
             };
             encode(codec, &ServerFrame::Ack(ack))
         };
@@ -399,6 +400,7 @@ impl Session {
         room: String,
         data: Payload,
         kind: Option<String>,
+        key: Option<String>,
     ) -> Result<(), CloseCode> {
         if let Err(r) = self.identity.check_room(&room, Access::Publish) {
             self.error(id, r.code, r.message);
@@ -414,7 +416,13 @@ impl Session {
         let upstream = &self.shared.upstream;
         fail::fail_point!("ws.publish");
         let ack = match upstream
-            .publish(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user)
+            .publish(
+                &room,
+                data.bytes().clone(),
+                kind.as_deref(),
+                key.as_deref(),
+                &self.identity.user,
+            )
             .await
         {
             Ok(ack) => ack,
@@ -426,12 +434,16 @@ impl Session {
         let (out, codec) = (Arc::clone(&self.out), self.codec);
         tokio::spawn(async move {
             let frame = match ack.await {
-                Ok(ack) => ServerFrame::Ack(Ack {
-                    id,
-                    room: Some(room),
-                    seq: Some(ack.sequence),
-                    recovered: None,
-                }),
+                Ok(ack) => {
+                    metrics::published(ack.duplicate);
+                    ServerFrame::Ack(Ack {
+                        id,
+                        room: Some(room),
+                        seq: Some(ack.sequence),
+                        recovered: None,
+                        repeat: ack.duplicate.then_some(true),
+                    })
+                }
                 Err(e) => {
                     metrics::error(ErrorCode::Unavailable);
                     ServerFrame::Error(ErrorFrame::new(
