@@ -200,11 +200,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use herald_service::LogFormat;
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
