@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 1 << 30)]
     pub history_max_bytes: i64,
 
+    /// How long a publish's idempotency key (`Nats-Msg-Id`) is remembered: JetStream's
+    /// duplicate window. At most `--history-ttl`.
+    #[arg(long, env = "HERALD_DEDUP_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+
     /// Presence diff coalescing window.
     #[arg(long, env = "HERALD_PRESENCE_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub presence_interval: Duration,
@@ -158,6 +163,11 @@ impl Config {
         }
         if !(1..=1024).contains(&self.partitions) {
             return Err(Error::Config("--partitions must be 1 to 1024".into()));
+        }
+        if self.dedup_window.is_zero() || self.dedup_window > self.history_ttl {
+            return Err(Error::Config(
+                "--dedup-window must be greater than zero and at most --history-ttl".into(),
+            ));
         }
         for (name, d) in [
             ("presence-interval", self.presence_interval),
@@ -244,6 +254,7 @@ impl Fanout {
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
                 max_bytes: config.history_max_bytes,
+                dedup_window: config.dedup_window,
                 replicas: config.stream_replicas,
             },
             Arc::clone(&provisioned),

@@ -187,6 +187,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 1 << 30)]
     pub history_max_bytes: i64,
 
+    /// How long a publish's idempotency key is remembered: a repeat within it is acked with
+    /// the first event's seq and not stored again (JetStream's duplicate window; used when this
+    /// gateway provisions the stream). At most `--history-ttl`.
+    #[arg(long, env = "HERALD_DEDUP_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+
     /// JetStream replicas of the event stream (used when this gateway provisions it).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
@@ -213,6 +219,8 @@ pub enum ConfigError {
     SubjectPrefix,
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("--dedup-window must not be longer than --history-ttl")]
+    DedupWindow,
     #[error("cannot read {0}: {1}")]
     Read(String, std::io::Error),
     #[error("invalid auth key: {0}")]
@@ -268,6 +276,12 @@ impl Config {
         }
         if self.presence_heartbeat.is_zero() {
             return Err(ConfigError::Zero("presence-heartbeat"));
+        }
+        if self.dedup_window.is_zero() {
+            return Err(ConfigError::Zero("dedup-window"));
+        }
+        if self.dedup_window > self.history_ttl {
+            return Err(ConfigError::DedupWindow);
         }
         if self.publish_rate <= 0.0 {
             return Err(ConfigError::Zero("publish-rate"));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
+use herald_proto::frame::PublishReply;
 use herald_proto::{text, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -283,9 +284,12 @@ struct PublishBody<'a> {
     data: Option<&'a RawValue>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    key: Option<String>,
 }
 
-/// `POST /publish` with `{"room","data","type"?}` → `{"room","seq"}` once stored.
+/// `POST /publish` with `{"room","data","type"?,"key"?}` → `{"room","seq","repeat"?}` once
+/// stored; a `key` seen before (same user and room, within the duplicate window) answers with
+/// the stored event's seq and `"repeat":true`.
 pub async fn publish(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
@@ -308,6 +312,9 @@ pub async fn publish(
     if let Some(kind) = &p.kind {
         text::validate_type(kind).map_err(bad_request)?;
     }
+    if let Some(key) = &p.key {
+        text::validate_key(key).map_err(bad_request)?;
+    }
     if !shared.http_allowed(RateKind::Publish, &who, remote, has_sid) {
         return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
     }
@@ -319,7 +326,7 @@ pub async fn publish(
     let payload = Bytes::copy_from_slice(data.get().as_bytes());
     let ack = shared
         .upstream
-        .publish(&p.room, payload, p.kind.as_deref(), &who.user)
+        .publish(&p.room, payload, p.kind.as_deref(), p.key.as_deref(), &who.user)
         .await
         .map_err(|e| unavailable(&e))?;
     let ack = tokio::time::timeout(Duration::from_secs(10), ack)
@@ -327,8 +334,14 @@ pub async fn publish(
         .map_err(|e| unavailable(&e))?
         .map_err(|e| unavailable(&e))?;
     crate::metrics::received();
-    let body = serde_json::json!({"room": p.room, "seq": ack.sequence});
-    Ok(json(StatusCode::OK, body.to_string()))
+    crate::metrics::published(ack.duplicate);
+    let reply = PublishReply {
+        room: p.room,
+        seq: ack.sequence,
+        repeat: ack.duplicate.then_some(true),
+    };
+    let body = serde_json::to_string(&reply).map_err(|e| unavailable(&e))?;
+    Ok(json(StatusCode::OK, body))
 }
 
 /// `GET /presence?room=R` → the room's snapshot (`presence` frame JSON), without joining it.

@@ -185,6 +185,7 @@ async fn provision_stream(shared: Arc<Shared>) {
         history_size: c.history_size,
         history_ttl: c.history_ttl,
         max_bytes: c.history_max_bytes,
+        dedup_window: c.dedup_window,
         replicas: c.stream_replicas,
     };
     let upstream = &shared.upstream;

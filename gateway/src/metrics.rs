@@ -13,6 +13,7 @@ pub const CONNECTIONS: &str = "herald_gateway_connections";
 pub const CONNECTIONS_OPENED: &str = "herald_gateway_connections_opened_total";
 pub const MESSAGES_SENT: &str = "herald_gateway_messages_sent_total";
 pub const MESSAGES_RECEIVED: &str = "herald_gateway_messages_received_total";
+pub const PUBLISHES: &str = "herald_gateway_publishes_total";
 pub const DELIVERY_LATENCY: &str = "herald_gateway_delivery_latency_seconds";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer_disconnects_total";
 pub const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
@@ -56,6 +57,11 @@ fn describe() {
     describe_counter!(CONNECTIONS_OPENED, "Client connections opened, by transport.");
     describe_counter!(MESSAGES_SENT, "Frames written to clients, by transport.");
     describe_counter!(MESSAGES_RECEIVED, "Client frames received.");
+    describe_counter!(
+        PUBLISHES,
+        "Client publishes acked by the stream, by outcome: `stored`, or `repeat` (an idempotency key \
+         seen within the duplicate window: acked with the first event's seq, not stored again)."
+    );
     describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
@@ -111,6 +117,9 @@ fn describe() {
         counter!(NATS_EVENTS, "event" => event).increment(0);
     }
     counter!(MESSAGES_RECEIVED).increment(0);
+    for outcome in ["stored", "repeat"] {
+        counter!(PUBLISHES, "outcome" => outcome).increment(0);
+    }
     gauge!(POLL_SESSIONS).increment(0.0);
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
     counter!(GAPS_REPAIRED).increment(0);
@@ -181,6 +190,12 @@ pub fn sent(t: Transport, frames: u64, bytes: u64) {
 
 pub fn received() {
     counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+/// A client publish acked by the stream; `repeat` when its key was seen before.
+pub fn published(repeat: bool) {
+    let outcome = if repeat { "repeat" } else { "stored" };
+    counter!(PUBLISHES, "outcome" => outcome).increment(1);
 }
 
 pub fn delivery_latency(seconds: f64) {

@@ -296,7 +296,7 @@ impl Session {
         match op {
             ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence).await,
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
-            ClientOp::Publish { room, data, kind } => return self.publish(id, room, data, kind).await,
+            ClientOp::Publish { room, data, kind, key } => return self.publish(id, room, data, kind, key).await,
             ClientOp::Presence { room } => self.presence(id, room).await,
             ClientOp::Watch { users } => self.watch(id, users).await,
             ClientOp::Unwatch { users } => self.unwatch(id, users),
@@ -352,6 +352,7 @@ impl Session {
                 room: Some(ack_room),
                 seq: Some(seq),
                 recovered: Some(recovered),
+                repeat: None,
             };
             encode(codec, &ServerFrame::Ack(ack))
         };
@@ -400,6 +401,7 @@ impl Session {
         room: String,
         data: Payload,
         kind: Option<String>,
+        key: Option<String>,
     ) -> Result<(), CloseCode> {
         if let Err(r) = self.identity.check_room(&room, Access::Publish) {
             self.error(id, r.code, r.message);
@@ -415,7 +417,13 @@ impl Session {
         let upstream = &self.shared.upstream;
         fail::fail_point!("ws.publish");
         let ack = match upstream
-            .publish(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user)
+            .publish(
+                &room,
+                data.bytes().clone(),
+                kind.as_deref(),
+                key.as_deref(),
+                &self.identity.user,
+            )
             .await
         {
             Ok(ack) => ack,
@@ -427,12 +435,16 @@ impl Session {
         let (out, codec) = (Arc::clone(&self.out), self.codec);
         tokio::spawn(async move {
             let frame = match ack.await {
-                Ok(ack) => ServerFrame::Ack(Ack {
-                    id,
-                    room: Some(room),
-                    seq: Some(ack.sequence),
-                    recovered: None,
-                }),
+                Ok(ack) => {
+                    metrics::published(ack.duplicate);
+                    ServerFrame::Ack(Ack {
+                        id,
+                        room: Some(room),
+                        seq: Some(ack.sequence),
+                        recovered: None,
+                        repeat: ack.duplicate.then_some(true),
+                    })
+                }
                 Err(e) => {
                     metrics::error(ErrorCode::Unavailable);
                     ServerFrame::Error(ErrorFrame::new(
@@ -703,6 +715,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                                 debug!("No answer for two ping intervals while a write is blocked");
                                 return;
                             }
+                            // This interval's ping, sent after the write: a tick taken here
+                            // without one would leave a client that answers every ping silent
+                            // for two intervals, and it would be closed as idle.
+                            out.push_frame(ws_frame(opcode::PING, b""));
                         }
                     }
                 }
@@ -816,6 +832,85 @@ mod tests {
         )
         .await;
         assert!(ended.is_ok(), "the writer dropped the silent peer");
+    }
+
+    /// Reads `buf.len()` bytes the way a slow link delivers them: 256 bytes per 5 ms.
+    async fn read_slowly(io: &mut tokio::io::DuplexStream, buf: &mut [u8]) -> Option<()> {
+        use tokio::io::AsyncReadExt;
+        for chunk in buf.chunks_mut(256) {
+            io.read_exact(chunk).await.ok()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Some(())
+    }
+
+    /// The opcode of the next server frame off `io` (unmasked: opcode byte, 7/16/64-bit
+    /// length, payload), read slowly.
+    async fn next_opcode(io: &mut tokio::io::DuplexStream) -> Option<u8> {
+        let mut head = [0u8; 2];
+        read_slowly(io, &mut head).await?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                read_slowly(io, &mut n).await?;
+                u64::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                read_slowly(io, &mut n).await?;
+                u64::from_be_bytes(n)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        read_slowly(io, &mut payload).await?;
+        Some(head[0] & 0x0f)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_that_falls_due_during_a_write_is_sent_after_it() {
+        // Each interval a 4 KiB event is queued 20 ms before the ping falls due, and the
+        // client reads it over 80 ms: the write is in progress when the ping is due. Every
+        // interval must still bring a ping; a lost one leaves a client that answers every
+        // ping silent for two intervals, and it is closed (1001).
+        let interval = Duration::from_secs(1);
+        let (ours, mut theirs) = tokio::io::duplex(256);
+        let out = Outbound::new(1 << 20);
+        let last_seen = Arc::new(AtomicU64::new(now_ms()));
+        let start = tokio::time::Instant::now();
+        let writer = tokio::spawn(write_loop(
+            ours,
+            Arc::clone(&out),
+            Arc::clone(&last_seen),
+            interval,
+            None,
+        ));
+        let producer = tokio::spawn({
+            let out = Arc::clone(&out);
+            async move {
+                for k in 1.. {
+                    tokio::time::sleep_until(start + interval * k - Duration::from_millis(20)).await;
+                    out.push_frame(ws_frame(opcode::TEXT, &[b'x'; 4096]));
+                }
+            }
+        });
+        let (mut pings, mut texts) = (0, 0);
+        let reading = async {
+            while let Some(op) = next_opcode(&mut theirs).await {
+                match op {
+                    opcode::PING => {
+                        pings += 1;
+                        last_seen.store(now_ms(), Ordering::Relaxed);
+                    }
+                    opcode::TEXT => texts += 1,
+                    other => panic!("unexpected opcode {other:#x} after {pings} pings"),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(interval * 40 + interval / 2, reading).await;
+        producer.abort();
+        writer.abort();
+        assert_eq!((pings, texts), (40, 40), "a ping and an event each interval");
     }
 
     #[tokio::test(start_paused = true)]

@@ -416,12 +416,16 @@ impl Upstream {
         Ok(out)
     }
 
-    /// Stores an event for a client; the returned future resolves to its seq.
+    /// Stores an event for a client; the returned future resolves to its seq. With an
+    /// idempotency `key`, the event is stored under a `Nats-Msg-Id` scoped to the user and the
+    /// room: a repeat within the duplicate window resolves to the first event's seq with
+    /// `duplicate` set, and is not stored again.
     pub async fn publish(
         &self,
         room: &str,
         payload: Bytes,
         kind: Option<&str>,
+        key: Option<&str>,
         from: &str,
     ) -> Result<PublishAckFuture, UpstreamError> {
         // Fallible constructors: a value with CR or LF must be an error, never a panic (proto
@@ -434,6 +438,9 @@ impl Upstream {
         headers.insert(header::HERALD_FROM, value(from)?);
         if let Some(kind) = kind {
             headers.insert(header::HERALD_TYPE, value(kind)?);
+        }
+        if let Some(key) = key {
+            headers.insert(header::NATS_MSG_ID, value(&header::msg_id(from, room, key))?);
         }
         self.js
             .publish_with_headers(self.subjects.room(room), headers, payload)

@@ -17,6 +17,7 @@ function line(cls, ...children) {
   li.append(...children);
   $("messages").append(li);
   $("messages").scrollTop = $("messages").scrollHeight;
+  return li;
 }
 
 function who(m) {
@@ -41,21 +42,56 @@ $("login").addEventListener("submit", (e) => {
   client.on("state", (s) => ($("status").textContent = s));
   client.on("error", (err) => line("notice", `error: ${err.code} ${err.message}`));
 
-  const lobby = client.subscribe(room, { presence: true });
-  lobby.on("event", (ev) => {
-    const d = ev.data || {};
+  /** Shown messages by seq: the event of one of our own, already on screen, is not shown twice. */
+  const shown = new Map();
+
+  /** A message's line: its sender in bold, then its text or inline image. */
+  function message(d, from, cls = "message") {
     const name = document.createElement("b");
-    name.textContent = `${d.name || ev.from || "?"}: `;
+    name.textContent = `${d.name || from || "?"}: `;
     // Only inline images: a URL from an event would make every reader fetch it.
     if (typeof d.image === "string" && /^data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+\/=]+$/.test(d.image)) {
       const img = document.createElement("img");
       img.src = d.image;
-      img.alt = `image from ${d.name || ev.from}`;
-      line("message", name, img);
-    } else {
-      line("message", name, document.createTextNode(String(d.text ?? "")));
+      img.alt = `image from ${d.name || from}`;
+      return line(cls, name, img);
     }
+    return line(cls, name, document.createTextNode(String(d.text ?? "")));
+  }
+
+  const lobby = client.subscribe(room, { presence: true });
+  lobby.on("event", (ev) => {
+    if (shown.has(ev.seq)) return;
+    const li = message(ev.data || {}, ev.from);
+    li.dataset.seq = String(ev.seq);
+    shown.set(ev.seq, li);
   });
+
+  /** Our own message: shown at once as "sending…" until stored (across reconnects: herald.js
+   *  sends it again with the same key), then as any other; "not sent" only if it was not. */
+  async function send(data, type) {
+    const li = message(data, name, "message pending");
+    const state = document.createElement("small");
+    state.className = "state";
+    state.textContent = " sending…";
+    li.append(state);
+    try {
+      const { seq } = await client.publish(room, data, { type });
+      if (shown.has(seq)) {
+        li.remove(); // its event came first and is on screen
+      } else {
+        li.className = "message";
+        li.dataset.seq = String(seq);
+        shown.set(seq, li);
+      }
+      state.remove();
+    } catch (err) {
+      li.className = "message failed";
+      state.textContent = err.maybeStored ? ` not confirmed: ${err.message}` : ` not sent: ${err.message}`;
+    }
+  }
+  $("pending").textContent = "";
+  client.on("pending", (n) => ($("pending").textContent = n ? `${n} sending…` : ""));
   lobby.on("presence", (p) => {
     $("count").textContent = String(p.count);
     $("online").replaceChildren(
@@ -80,23 +116,21 @@ $("login").addEventListener("submit", (e) => {
     const text = $("text").value;
     if (!text) return;
     $("text").value = "";
-    try {
-      await client.publish(room, { name, text }, { type: "message" });
-    } catch (err) {
-      line("notice", `not sent: ${err.message}`);
-    }
+    await send({ name, text }, "message");
   });
 
   $("image").addEventListener("change", async () => {
     const file = $("image").files[0];
     $("image").value = "";
     if (!file) return;
+    let image;
     try {
-      const image = await shrink(file, maxBytes - 1024);
-      await client.publish(room, { name, image }, { type: "image" });
+      image = await shrink(file, maxBytes - 1024);
     } catch (err) {
       line("notice", `image not sent: ${err.message}`);
+      return;
     }
+    await send({ name, image }, "image");
   });
 });
 

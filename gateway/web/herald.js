@@ -8,7 +8,12 @@
 //   const lobby = client.subscribe("lobby", { presence: true });
 //   lobby.on("event", (ev) => console.log(ev.seq, ev.data));
 //   lobby.on("presence", (p) => console.log(p.count, p.members));
-//   await client.publish("lobby", { text: "hi" }, { type: "message" });
+//   await client.publish("lobby", { text: "hi" }, { type: "message" });  // → {room, seq}
+//
+// Every publish carries an idempotency key. While the client is disconnected, publishes wait
+// in an outbox (bounded in count, bytes and time) and are sent again after reconnect, to any
+// gateway on any transport, with the same key and in the order they were made: a message
+// whose ack was lost is stored once, and its promise resolves once with the stored seq.
 
 /** @typedef {"websocket" | "sse" | "long-poll" | "poll"} Transport */
 /** @typedef {"connecting" | "open" | "reconnecting" | "closed"} State */
@@ -16,6 +21,8 @@
 /** @typedef {{user: string, conn: string, name?: string, conns?: number}} Member */
 /** @typedef {{room: string, count: number, conns?: number, members: Member[], joined: Member[], left: Member[]}} PresenceState */
 /** @typedef {{user: string, online: boolean}} Status */
+/** @typedef {{room: string, data: any, type?: string, key: string, size: number, resolve: Function,
+ *             reject: Function, timer?: any, sent: boolean, expired?: boolean, inFlight: object | null}} Outgoing */
 
 const TRANSPORTS = ["websocket", "sse", "long-poll", "poll"];
 
@@ -99,7 +106,8 @@ class Subscription extends Emitter {
 
 /**
  * A connection to Herald over the best transport available. Emits `state` (State),
- * `transport` (Transport), `status` (Status) and `error` ({code, message}).
+ * `transport` (Transport), `status` (Status), `error` ({code, message}) and `pending` (the
+ * number of publishes not yet stored, whenever it changes; also `client.pending`).
  */
 class Client extends Emitter {
   /**
@@ -110,6 +118,11 @@ class Client extends Emitter {
    *   then reconnects with the new token and resumes every room (WebSocket, SSE) or sends
    *   it with the next poll. If it fails, the client emits `error` (code `token_refresh`)
    *   and tries again with backoff.
+   * @param {{publishTimeout?: number, outboxSize?: number, outboxBytes?: number}} [options]
+   *   The outbox: a publish not stored within `publishTimeout` ms (default 30000) rejects
+   *   with code `publish_timeout` and is never sent after that; at most `outboxSize`
+   *   publishes (default 100) and `outboxBytes` bytes of them (default 1 MiB) wait at once,
+   *   more reject at once with code `outbox_full`.
    */
   constructor(urls, options = {}) {
     super();
@@ -139,6 +152,14 @@ class Client extends Emitter {
     this._nextId = 1;
     /** @type {Map<number, {resolve: Function, reject: Function}>} */
     this._pending = new Map();
+    this.publishTimeout = options.publishTimeout ?? 30000;
+    this.outboxSize = options.outboxSize ?? 100;
+    this.outboxBytes = options.outboxBytes ?? 1 << 20;
+    /** Publishes not yet stored, in the order they were made. @type {Outgoing[]} */
+    this._outbox = [];
+    this._outboxUsed = 0;
+    /** An HTTP transport sends the outbox one publish at a time, in order. */
+    this._posting = false;
     this._session = null;
     this._timer = null;
     this._refreshTimer = null;
@@ -168,11 +189,39 @@ class Client extends Emitter {
     this._session?.unsubscribe(sub.room);
   }
 
-  /** Publishes; resolves to {room, seq} once stored. */
-  publish(room, data, { type } = {}) {
-    const s = this._session;
-    if (s instanceof WsSession && s.opened && !s.ended) return s.request({ op: "publish", room, data, type });
-    return this._post("/publish", { room, data, type });
+  /**
+   * Publishes; resolves to `{room, seq}` once stored (`repeat: true` when the gateway had
+   * stored it already: an earlier attempt whose ack was lost). `key` is the idempotency key
+   * (default: a random one); a publish with a key the same user used in the same room within
+   * the gateway's duplicate window is stored once.
+   * @returns {Promise<{room: string, seq: number, repeat?: boolean}>}
+   */
+  publish(room, data, { type, key } = {}) {
+    const fail = (code, message) => Promise.reject(Object.assign(new Error(message), { code }));
+    if (this.state === "closed") return fail("closed", "the client is closed");
+    let size;
+    try {
+      size = JSON.stringify({ room, data, type }).length;
+    } catch (e) {
+      return fail("bad_request", `data is not JSON: ${e.message}`);
+    }
+    if (this._outbox.length >= this.outboxSize || this._outboxUsed + size > this.outboxBytes) {
+      return fail("outbox_full", `too many publishes waiting to be sent (${this._outbox.length})`);
+    }
+    return new Promise((resolve, reject) => {
+      /** @type {Outgoing} */
+      const m = { room, data, type, key: key ?? randomId(), size, resolve, reject, sent: false, inFlight: null };
+      m.timer = setTimeout(() => this._expire(m), this.publishTimeout);
+      this._outbox.push(m);
+      this._outboxUsed += size;
+      this.emit("pending", this._outbox.length);
+      this._flush();
+    });
+  }
+
+  /** Publishes not yet stored (waiting in the outbox or in flight). */
+  get pending() {
+    return this._outbox.length;
   }
 
   /** The room's current presence snapshot. */
@@ -192,10 +241,13 @@ class Client extends Emitter {
     this._session?.unwatch(users);
   }
 
-  /** Closes for good. */
+  /** Closes for good; publishes not yet stored reject (code `closed`). */
   close() {
     clearTimeout(this._timer);
     clearTimeout(this._refreshTimer);
+    for (const m of [...this._outbox]) {
+      this._settle(m, Object.assign(new Error("the client was closed before the publish was stored"), { code: "closed" }));
+    }
     globalThis.removeEventListener?.("pagehide", this._onPageHide);
     this._leave();
     this._session?.close();
@@ -211,6 +263,96 @@ class Client extends Emitter {
     } catch {
       /* the session's time to live ends it */
     }
+  }
+
+  // --- the outbox ---
+
+  /** Sends what waits, if a session is open: all at once on a WebSocket (one socket keeps
+   *  their order), one at a time over HTTP. */
+  _flush() {
+    const s = this._session;
+    if (s === null || !s.opened || s.ended) return;
+    if (s instanceof WsSession) {
+      for (const m of this._outbox) if (m.inFlight === null) this._sendWs(s, m);
+    } else {
+      this._postOutbox();
+    }
+  }
+
+  _sendWs(s, m) {
+    m.inFlight = s;
+    m.sent = true;
+    s.request({ op: "publish", room: m.room, data: m.data, type: m.type, key: m.key }).then(
+      (ack) => this._stored(m, ack),
+      (err) => this._unsent(m, err),
+    );
+  }
+
+  async _postOutbox() {
+    if (this._posting) return;
+    this._posting = true;
+    try {
+      for (;;) {
+        const s = this._session;
+        if (s === null || !s.opened || s.ended || s instanceof WsSession) break;
+        const m = this._outbox.find((o) => o.inFlight === null);
+        if (!m) break;
+        m.inFlight = s;
+        m.sent = true;
+        try {
+          const body = { room: m.room, data: m.data, type: m.type, key: m.key };
+          this._stored(m, await this._post("/publish", body, AbortSignal.timeout(10000)));
+        } catch (err) {
+          // A gateway that is gone or unavailable: its session fails over meanwhile.
+          if (this._unsent(m, err)) await sleep(250 + Math.random() * 500);
+        }
+      }
+    } finally {
+      this._posting = false;
+    }
+    // The transport may have changed to WebSocket while posting.
+    if (this._session instanceof WsSession) this._flush();
+  }
+
+  _stored(m, ack) {
+    const stored = { room: ack.room ?? m.room, seq: ack.seq };
+    if (ack.repeat) stored.repeat = true;
+    this._settle(m, null, stored);
+  }
+
+  /** An attempt failed. The gateway's refusal settles the publish; a lost connection or an
+   *  unavailable gateway keeps it for the next attempt (true), unless its time is up. */
+  _unsent(m, err) {
+    m.inFlight = null;
+    // Gateway refusals carry a string code; network errors, aborts and timeouts do not.
+    const transient = typeof err?.code !== "string" || err.code === "unavailable";
+    if (!transient) this._settle(m, err);
+    else if (m.expired) this._settle(m, this._timeoutError(m));
+    return transient && !m.expired;
+  }
+
+  /** The publish's time is up: it is never sent again. One in flight waits for that
+   *  attempt's answer (stored → resolves, as it is then in every history). */
+  _expire(m) {
+    m.expired = true;
+    if (m.inFlight === null) this._settle(m, this._timeoutError(m));
+  }
+
+  _timeoutError(m) {
+    const e = new Error(`not stored within ${this.publishTimeout} ms; it will not be sent again`);
+    // An attempt whose answer was lost may have been stored (and delivered) all the same.
+    return Object.assign(e, { code: "publish_timeout", maybeStored: m.sent });
+  }
+
+  _settle(m, err, value) {
+    const i = this._outbox.indexOf(m);
+    if (i < 0) return;
+    this._outbox.splice(i, 1);
+    this._outboxUsed -= m.size;
+    clearTimeout(m.timer);
+    if (err) m.reject(err);
+    else m.resolve(value);
+    this.emit("pending", this._outbox.length);
   }
 
   // --- connection management ---
@@ -299,6 +441,7 @@ class Client extends Emitter {
     if (session !== this._session) return;
     this._failures = 0;
     this._setState("open");
+    this._flush();
   }
 
   /** Called by a session that ended or failed; reconnects elsewhere after a backoff. */
@@ -342,9 +485,14 @@ class Client extends Emitter {
       .join(",");
   }
 
-  async _post(path, body) {
-    const res = await fetch(this.url + path, {
+  async _post(path, body, signal) {
+    // The sid keeps an anonymous publisher the same user as its other requests (and so the
+    // same idempotency scope); a token goes in the header, not the URL.
+    const q = new URLSearchParams({ sid: this.sid });
+    if (this.name) q.set("name", this.name);
+    const res = await fetch(`${this.url}${path}?${q}`, {
       method: "POST",
+      signal,
       headers: { "Content-Type": "application/json", ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}) },
       body: JSON.stringify(body),
     });

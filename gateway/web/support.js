@@ -53,7 +53,12 @@ if (!token || !company || customers.length === 0) {
       const input = panel.querySelector("input");
       const text = input.value;
       input.value = "";
-      if (text) await client.publish(room, { text }, { type: "message" });
+      if (!text) return;
+      try {
+        await client.publish(room, { text }, { type: "message" });
+      } catch (err) {
+        list.append(Object.assign(document.createElement("li"), { textContent: `not sent: ${err.message}` }));
+      }
     });
   }
   client.on("error", (e) => {

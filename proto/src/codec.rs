@@ -57,6 +57,7 @@ struct WireOp<D> {
     data: Option<D>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    key: Option<String>,
     users: Option<Vec<String>>,
 }
 
@@ -359,11 +360,15 @@ fn validate<D>(
             if let Some(kind) = &wire.kind {
                 text::validate_type(kind).map_err(|e| bad(e.to_string()))?;
             }
+            if let Some(key) = &wire.key {
+                text::validate_key(key).map_err(|e| bad(e.to_string()))?;
+            }
             let data = wire.data.ok_or_else(|| bad("`data` is required".into()))?;
             ClientOp::Publish {
                 room,
                 data: payload(data).map_err(bad)?,
                 kind: wire.kind,
+                key: wire.key,
             }
         }
         Some("presence") => ClientOp::Presence { room: need_room()? },
@@ -390,7 +395,7 @@ fn client_to_json(frame: &ClientFrame) -> Result<serde_json::Value, EncodeError>
             v
         }
         ClientOp::Unsubscribe { room } => json!({"op": "unsubscribe", "room": room}),
-        ClientOp::Publish { room, data, kind } => {
+        ClientOp::Publish { room, data, kind, key } => {
             let data: Value = match data {
                 Payload::Json(b) => serde_json::from_slice(b)?,
                 Payload::Binary(_) => return Err(EncodeError::BinaryOverJson),
@@ -398,6 +403,9 @@ fn client_to_json(frame: &ClientFrame) -> Result<serde_json::Value, EncodeError>
             let mut v = json!({"op": "publish", "room": room, "data": data});
             if let Some(kind) = kind {
                 v["type"] = json!(kind);
+            }
+            if let Some(key) = key {
+                v["key"] = json!(key);
             }
             v
         }
@@ -564,6 +572,14 @@ mod tests {
                     room: Some("lobby".into()),
                     seq: Some(9),
                     recovered: Some(true),
+                    repeat: None,
+                }),
+                ServerFrame::Ack(Ack {
+                    id: Some(Id::Num(2)),
+                    room: Some("lobby".into()),
+                    seq: Some(9),
+                    recovered: None,
+                    repeat: Some(true),
                 }),
                 ServerFrame::Error(ErrorFrame::new(None, ErrorCode::Forbidden, "no")),
             ] {

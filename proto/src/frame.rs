@@ -35,6 +35,9 @@ pub enum ClientOp {
         room: String,
         data: Payload,
         kind: Option<String>,
+        /// The idempotency key: a repeat of the same key (same user, same room) within the
+        /// stream's duplicate window is acked with the first event's seq and stored once.
+        key: Option<String>,
     },
     Presence {
         room: String,
@@ -105,6 +108,18 @@ pub struct Ack {
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// On a publish ack: `true` when the key was seen before and `seq` is the stored event's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<bool>,
+}
+
+/// The answer to `POST /publish`: where the event was stored. `repeat` as in [`Ack`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishReply {
+    pub room: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -14,3 +14,25 @@ pub const NATS_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
 pub const NATS_TIME_STAMP: &str = "Nats-Time-Stamp";
 /// The subject the event was stored under.
 pub const NATS_SUBJECT: &str = "Nats-Subject";
+
+/// The `Nats-Msg-Id` under which a gateway stores a client's publish with idempotency key
+/// `key`: scoped to the user and the room, so one user's keys can neither collide with nor
+/// block another's, and a key reused in another room is another event. Unambiguous: a user
+/// id holds no `:` ([`crate::text::validate_user`]) and the room is length-prefixed.
+pub fn msg_id(user: &str, room: &str, key: &str) -> String {
+    format!("herald:{user}:{}:{room}:{key}", room.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_ids_are_scoped_and_unambiguous() {
+        assert_eq!(msg_id("ann", "lobby", "k1"), "herald:ann:5:lobby:k1");
+        assert_ne!(msg_id("ann", "lobby", "k1"), msg_id("bob", "lobby", "k1"));
+        assert_ne!(msg_id("ann", "lobby", "k1"), msg_id("ann", "hall", "k1"));
+        // A room with `:` cannot borrow from the key, nor the key from the room.
+        assert_ne!(msg_id("ann", "a:b", "c"), msg_id("ann", "a", "b:c"));
+    }
+}

@@ -16,6 +16,8 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const SID_LEN: std::ops::RangeInclusive<usize> = 8..=64;
 /// The longest string request `id`, in bytes (it is echoed in every reply).
 pub const MAX_ID_LEN: usize = 128;
+/// The longest idempotency key of a publish, in bytes.
+pub const MAX_KEY_LEN: usize = 64;
 /// The most user ids one `watch` or `unwatch` may name.
 pub const MAX_USERS_PER_OP: usize = 1000;
 
@@ -32,6 +34,8 @@ pub enum TextError {
     Sid,
     #[error("`id` must be a number or a string of at most {MAX_ID_LEN} bytes")]
     Id,
+    #[error("`key` must be 1-{MAX_KEY_LEN} bytes of printable ASCII, no spaces")]
+    Key,
     #[error("at most {MAX_USERS_PER_OP} users per request")]
     TooManyUsers,
 }
@@ -40,6 +44,13 @@ pub enum TextError {
 pub fn validate_type(kind: &str) -> Result<(), TextError> {
     let ok = !kind.is_empty() && kind.len() <= MAX_TYPE_LEN && !kind.chars().any(char::is_control);
     ok.then_some(()).ok_or(TextError::Type)
+}
+
+/// A publish's idempotency key: 1–64 bytes of printable ASCII without spaces (`!`–`~`).
+/// It becomes part of a NATS header (`Nats-Msg-Id`, see [`crate::header::msg_id`]).
+pub fn validate_key(key: &str) -> Result<(), TextError> {
+    let ok = !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some(()).ok_or(TextError::Key)
 }
 
 /// A user id: 1–123 bytes of `A-Z a-z 0-9 _ - @ =`. User ids appear in room names
@@ -166,6 +177,25 @@ mod tests {
             &"x".repeat(MAX_TYPE_LEN + 1),
         ] {
             assert_eq!(validate_type(bad), Err(TextError::Type), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys() {
+        for ok in ["k", "0b1e-4c2f_9a:1", "!~", &"k".repeat(MAX_KEY_LEN)] {
+            assert_eq!(validate_key(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            "a\rb",
+            "a\0b",
+            "é",
+            "\u{7f}",
+            &"k".repeat(MAX_KEY_LEN + 1),
+        ] {
+            assert_eq!(validate_key(bad), Err(TextError::Key), "{bad:?}");
         }
     }
 

@@ -55,8 +55,9 @@ fn frame() -> impl Strategy<Value = serde_json::Value> {
         proptest::option::of(nasty()),
         proptest::option::of(prop::collection::vec(nasty(), 0..6)),
         proptest::option::of(nasty().prop_map(serde_json::Value::from)),
+        proptest::option::of(nasty()),
     )
-        .prop_map(|(op, id, room, since, kind, users, data)| {
+        .prop_map(|(op, id, room, since, kind, users, data, key)| {
             let mut v = serde_json::json!({ "op": op });
             let m = v.as_object_mut().unwrap();
             let mut put = |k: &str, x: Option<serde_json::Value>| {
@@ -70,6 +71,7 @@ fn frame() -> impl Strategy<Value = serde_json::Value> {
             put("type", kind.map(Into::into));
             put("users", users.map(Into::into));
             put("data", data);
+            put("key", key.map(Into::into));
             v
         })
 }
@@ -84,8 +86,11 @@ fn check_accepted(codec: Codec, bytes: &[u8]) {
                 ClientOp::Subscribe { room, .. } | ClientOp::Unsubscribe { room } | ClientOp::Presence { room } => {
                     assert!(room::validate(room).is_ok(), "accepted room {room:?}")
                 }
-                ClientOp::Publish { room, kind, .. } => {
+                ClientOp::Publish { room, kind, key, .. } => {
                     assert!(room::validate(room).is_ok(), "accepted room {room:?}");
+                    if let Some(key) = key {
+                        assert!(text::validate_key(key).is_ok(), "accepted key {key:?}");
+                    }
                     if let Some(kind) = kind {
                         assert!(text::validate_type(kind).is_ok(), "accepted type {kind:?}");
                     }

@@ -39,11 +39,18 @@ fn op() -> impl Strategy<Value = ClientOp> {
         (room(), proptest::option::of(any::<u64>()), any::<bool>())
             .prop_map(|(room, since, presence)| ClientOp::Subscribe { room, since, presence }),
         room().prop_map(|room| ClientOp::Unsubscribe { room }),
-        (room(), json_value(), proptest::option::of("[a-z]{1,8}")).prop_map(|(room, v, kind)| ClientOp::Publish {
-            room,
-            data: Payload::Json(Bytes::from(serde_json::to_vec(&v).unwrap())),
-            kind
-        }),
+        (
+            room(),
+            json_value(),
+            proptest::option::of("[a-z]{1,8}"),
+            proptest::option::of("[!-~]{1,64}")
+        )
+            .prop_map(|(room, v, kind, key)| ClientOp::Publish {
+                room,
+                data: Payload::Json(Bytes::from(serde_json::to_vec(&v).unwrap())),
+                kind,
+                key
+            }),
         room().prop_map(|room| ClientOp::Presence { room }),
         // Decoding sorts user lists and drops repeats.
         prop::collection::btree_set("[a-z]{1,8}", 0..4).prop_map(|users| ClientOp::Watch {

@@ -12,6 +12,8 @@ pub struct StreamSettings {
     pub history_ttl: Duration,
     /// Bytes kept in all; `-1` for no limit.
     pub max_bytes: i64,
+    /// How long a `Nats-Msg-Id` is remembered (idempotent publishes).
+    pub dedup_window: Duration,
     pub replicas: usize,
 }
 
@@ -31,7 +33,7 @@ pub fn config(subjects: &Subjects, s: &StreamSettings) -> stream::Config {
         max_messages_per_subject: s.history_size,
         max_age: s.history_ttl,
         max_bytes: s.max_bytes,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: s.dedup_window,
         allow_direct: true,
         num_replicas: s.replicas,
         storage: stream::StorageType::File,
@@ -77,6 +79,7 @@ async fn provision_inner(
                 && have.max_messages_per_subject == want.max_messages_per_subject
                 && have.max_age == want.max_age
                 && have.max_bytes == want.max_bytes
+                && have.duplicate_window == want.duplicate_window
                 && have.num_replicas == want.num_replicas;
             if !usable || (own && !same) {
                 js.update_stream(want.clone()).await.map_err(|e| err(&e))?;

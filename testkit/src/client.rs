@@ -147,6 +147,15 @@ impl WsClient {
         self.ws.set_auto_pong(on);
     }
 
+    /// The next frame of any kind, as it is on the wire (with automatic pongs off, pings come
+    /// through here); `None` at the end of the stream or after `timeout`.
+    pub async fn raw_within(&mut self, timeout: Duration) -> Option<(OpCode, Vec<u8>)> {
+        match tokio::time::timeout(timeout, self.ws.read_frame()).await {
+            Ok(Ok(frame)) => Some((frame.opcode, frame.payload.to_vec())),
+            _ => None,
+        }
+    }
+
     /// Sends a JSON value as an op, in this client's codec.
     pub async fn op(&mut self, op: serde_json::Value) {
         let (opcode, bytes) = match self.codec {

@@ -442,6 +442,9 @@ fn browser() -> Result<()> {
             .env("HERALD_TOKENS", tokens.to_string())
             .env("HERALD_TEST_SECRET", secret)
             .env("HERALD_TEST_LEAVE_DELAY_MS", "2000")
+            // For tests that start (and kill) gateways of their own on the same NATS.
+            .env("HERALD_GATEWAY_BIN", debug.join("herald-gateway"))
+            .env("HERALD_NATS_URL", &nats_url)
             .env("HERALD_ARTIFACTS", work.join("screenshots")))
     })();
     for child in children.iter_mut().rev() {

@@ -313,3 +313,48 @@ async fn max_connections_refuses_with_503() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_steady_stream_gets_a_ping_every_interval_and_is_never_closed() {
+    let nats = NatsServer::start();
+    let interval = Duration::from_millis(200);
+    let gw = TestGateway::start_with(&nats.url(), |c| c.ping_interval = interval).await;
+    let mut c = WsClient::connect(&gw.ws_url(), &jwt::any_room("busy")).await;
+    c.subscribe("busy", None).await;
+    c.set_auto_pong(false);
+
+    // A backend keeps the room busy, so the gateway is often writing when a ping falls due
+    // (session.rs's unit test makes that deterministic; this is the whole path).
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let flood = tokio::spawn(async move {
+        for n in 0u64.. {
+            nc.publish("herald.room.busy", n.to_string().into()).await.unwrap();
+            if n % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let run = interval * 20;
+    let deadline = Instant::now() + run;
+    let (mut pings, mut events) = (0u32, 0u64);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match c.raw_within(left).await {
+            Some((OpCode::Ping, payload)) => {
+                pings += 1;
+                c.send_raw(OpCode::Pong, payload).await;
+            }
+            Some((OpCode::Text, _)) => events += 1,
+            Some((OpCode::Close, payload)) => {
+                let code = payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+                panic!("closed with {code:?} after {pings} pings and {events} events");
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    flood.abort();
+    assert!(events > 1000, "the stream was busy: {events} events");
+    // One ping per interval: the first falls due one interval in, so 20 in the run (the
+    // last may cross the deadline).
+    assert!(pings >= 19, "{pings} pings in {run:?} at one per {interval:?}");
+}

@@ -5,6 +5,7 @@ mod bad_input;
 mod drain;
 mod fallback;
 mod hostile;
+mod idempotent;
 mod jwks;
 mod limits;
 mod op_fuzz;
