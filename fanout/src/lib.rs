@@ -20,11 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use herald_gateway::config::LogFormat;
-use herald_gateway::server::{self, Readiness};
-use herald_gateway::stream::{self, StreamSettings};
-use herald_gateway::upstream::Upstream;
 use herald_proto::subject::Subjects;
+use herald_service::stream::{self, StreamSettings};
+use herald_service::{LogFormat, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -48,6 +46,12 @@ pub mod metric {
     pub const SYNCS: &str = "herald_fanout_syncs_total";
     pub const GATEWAYS_EXPIRED: &str = "herald_fanout_gateways_expired_total";
     pub const REQUESTS: &str = "herald_fanout_requests_total";
+    pub const NATS_EVENTS: &str = "herald_fanout_nats_events_total";
+}
+
+/// Counts a NATS connection event of this process.
+fn nats_event(event: &'static str) {
+    metrics::counter!(metric::NATS_EVENTS, "event" => event).increment(1);
 }
 
 /// Herald fanout: presence across gateways and the event stream's owner.
@@ -139,7 +143,7 @@ pub enum Error {
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("NATS: {0}")]
-    Nats(#[from] herald_gateway::upstream::UpstreamError),
+    Nats(#[from] herald_service::nats::ConnectError),
 }
 
 /// A bound fanout instance.
@@ -188,7 +192,7 @@ impl Fanout {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| Error::Bind(config.admin_listen, e))?;
-        let (client, _) = Upstream::connect(&config.nats_url, "herald-fanout").await?;
+        let (client, _) = herald_service::nats::connect(&config.nats_url, "herald-fanout", nats_event).await?;
         Ok(Self { config, admin, client })
     }
 
@@ -200,8 +204,8 @@ impl Fanout {
     /// `shutdown` resolves; then stops answering, hands its leases over and exits.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let admin_addr = self.admin_addr();
-        let metrics = herald_gateway::metrics::install();
-        describe_metrics();
+        let metrics =
+            herald_service::metrics::install(metrics_exporter_prometheus::PrometheusBuilder::new, describe_metrics);
         let config = self.config;
         let instance = config.instance_id.clone().unwrap_or_else(|| {
             let n: u32 = rand::random();
@@ -232,13 +236,13 @@ impl Fanout {
             })
         };
         let stop_admin = Arc::new(Notify::new());
-        let admin = tokio::spawn(server::admin_loop(
+        let admin = tokio::spawn(herald_service::admin_loop(
             self.admin,
             metrics.clone(),
             readiness,
             Arc::clone(&stop_admin),
         ));
-        let upkeep = tokio::spawn(herald_gateway::metrics::upkeep(metrics));
+        let upkeep = tokio::spawn(herald_service::metrics::upkeep(metrics));
         let js = async_nats::jetstream::new(self.client.clone());
         let subjects = Subjects::new(config.subject_prefix.clone());
         let provision = tokio::spawn(provision(
@@ -341,6 +345,10 @@ fn describe_metrics() {
         "Gateways expired after --gateway-timeout of silence."
     );
     describe_counter!(metric::REQUESTS, "Snapshot and status requests answered, by kind.");
+    describe_counter!(metric::NATS_EVENTS, "NATS connection events, by event.");
+    for event in herald_service::nats::EVENTS {
+        counter!(metric::NATS_EVENTS, "event" => event).increment(0);
+    }
     describe_histogram!(
         metric::SYNC_DURATION,
         "Time from a sync request to the gateway's applied snapshot."

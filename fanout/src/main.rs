@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald_fanout::{Config, Error, Fanout};
-use herald_gateway::telemetry;
+use herald_service::telemetry;
 
 /// jemalloc: under connection churn glibc's malloc keeps freed memory fragmented and the
 /// process grows for hours; jemalloc returns it (docs/benchmarks.md, "Soak").
@@ -33,6 +33,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    fanout.serve(herald_gateway::shutdown_signal()).await;
+    fanout.serve(herald_service::shutdown_signal()).await;
     ExitCode::SUCCESS
 }

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_gateway::session::now_ms;
+use herald_proto::backend::{Lifecycle, LifecycleEvent, StatusEvent};
 use herald_proto::room;
 use herald_proto::subject::Subjects;
 use herald_proto::sys::{GatewayMsg, StatusReply, StatusRequest, SyncRequest};
-use serde_json::json;
+use herald_service::now_ms;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -152,14 +152,23 @@ impl Tracker {
             }
             Output::Status(s) if self.leases.leads_name(&s.user) && room::validate(&s.user).is_ok() => {
                 metrics::counter!(metric::STATUS_EVENTS).increment(1);
-                let body = json!({"user": s.user, "online": s.online, "ts": ts});
-                self.publish(self.subjects.status(&s.user), &body).await;
+                let subject = self.subjects.status(&s.user);
+                let body = StatusEvent {
+                    user: s.user,
+                    online: s.online,
+                    ts,
+                };
+                self.publish(subject, &body).await;
             }
             Output::Lifecycle { room, occupied } if self.leases.leads_name(&room) => {
                 metrics::counter!(metric::LIFECYCLE_EVENTS).increment(1);
-                let event = if occupied { "occupied" } else { "vacated" };
-                let body = json!({"room": room, "event": event, "ts": ts});
-                self.publish(self.subjects.lifecycle(&room), &body).await;
+                let event = if occupied {
+                    Lifecycle::Occupied
+                } else {
+                    Lifecycle::Vacated
+                };
+                let subject = self.subjects.lifecycle(&room);
+                self.publish(subject, &LifecycleEvent { room, event, ts }).await;
             }
             Output::Sync { gw } => {
                 debug!(%gw, "Asking a gateway for its snapshot");

@@ -222,6 +222,13 @@ async fn members_across_two_gateways_and_two_fanouts() {
     );
     for f in [&f1, &f2] {
         assert_eq!(f.metric("herald_fanout_gateways").await, 2.0);
+        // fanout counts its own NATS connection, and carries no gateway series.
+        assert_eq!(
+            f.metric("herald_fanout_nats_events_total{event=\"connected\"}").await,
+            1.0
+        );
+        let text = herald_testkit::http::get(f.admin, "/metrics").await.unwrap().body;
+        assert!(!text.contains("herald_gateway_"), "fanout's /metrics: {text}");
     }
 }
 

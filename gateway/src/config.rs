@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 /// Herald edge gateway: WebSocket, SSE, long-poll and short-poll push over NATS JetStream.
 ///
@@ -206,11 +206,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use herald_service::LogFormat;
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
-use herald_proto::frame::PublishReply;
+use herald_proto::http::PublishReply;
 use herald_proto::{text, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};

@@ -3,8 +3,8 @@
 //! Clients hold WebSocket connections ([`session`]); each room they subscribe to has one
 //! upstream NATS subscription per gateway ([`upstream`]), and the [`hub`] fans every stored
 //! event out to the room's local subscribers, encoded once per codec, into bounded
-//! per-connection queues ([`outbound`]). Events live in a JetStream stream ([`stream`]), so
-//! a client resumes on any gateway with `since`.
+//! per-connection queues ([`outbound`]). Events live in a JetStream stream
+//! ([`herald_service::stream`]), so a client resumes on any gateway with `since`.
 //!
 //! Start reading at [`Gateway::bind`] and [`Gateway::serve`], then [`server`] (listeners,
 //! upgrade, drain) and [`session`] (the ops).
@@ -23,9 +23,7 @@ pub mod presence;
 pub mod server;
 pub mod session;
 pub mod sse;
-pub mod stream;
 pub mod sync;
-pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod web;
@@ -37,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::subject::Subjects;
+use herald_service::stream::{self, StreamSettings};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -46,7 +45,6 @@ pub use config::Config;
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::server::Shared;
-use crate::stream::StreamSettings;
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -138,7 +136,7 @@ impl Gateway {
         let stop_public = Arc::new(Notify::new());
         let stop_admin = Arc::new(Notify::new());
         let provision = tokio::spawn(provision_stream(Arc::clone(&shared)));
-        let upkeep = tokio::spawn(metrics::upkeep(metrics.clone()));
+        let upkeep = tokio::spawn(herald_service::metrics::upkeep(metrics.clone()));
         let public = tokio::spawn(server::accept_loop(
             Arc::clone(&shared),
             listener,
@@ -155,11 +153,16 @@ impl Gateway {
                 }
             })
         };
-        let readiness: server::Readiness = {
+        let readiness: herald_service::Readiness = {
             let shared = Arc::clone(&shared);
             Arc::new(move || shared.not_ready())
         };
-        let admin = tokio::spawn(server::admin_loop(admin, metrics, readiness, Arc::clone(&stop_admin)));
+        let admin = tokio::spawn(herald_service::admin_loop(
+            admin,
+            metrics,
+            readiness,
+            Arc::clone(&stop_admin),
+        ));
 
         shutdown.await;
         shared.draining.store(true, Ordering::SeqCst);
@@ -202,15 +205,6 @@ async fn provision_stream(shared: Arc<Shared>) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Resolves at SIGTERM or SIGINT: the signal to drain and stop.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald_gateway::{telemetry, Config, Error, Gateway};
+use herald_gateway::{Config, Error, Gateway};
+use herald_service::telemetry;
 
 /// jemalloc: under connection churn glibc's malloc keeps freed memory fragmented and the
 /// process grows for hours; jemalloc returns it (docs/benchmarks.md, "Soak").
@@ -33,6 +34,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    gateway.serve(herald_gateway::shutdown_signal()).await;
+    gateway.serve(herald_service::shutdown_signal()).await;
     ExitCode::SUCCESS
 }

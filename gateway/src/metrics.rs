@@ -1,7 +1,6 @@
 //! Every `herald_gateway_*` metric: its name, its description, and a typed helper.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use herald_proto::ErrorCode;
 use metrics::{
@@ -33,31 +32,23 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
 /// Installs the process-wide recorder (once) and returns the handle that renders `/metrics`.
 pub fn install() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
+    let handle = herald_service::metrics::install(
+        || {
+            PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), &LATENCY_BUCKETS)
                 .expect("buckets are not empty")
-                .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
-            describe();
-            write_handles();
-            handle
-        })
-        .clone()
+        },
+        describe,
+    );
+    write_handles();
+    handle
 }
 
-/// Runs the recorder's periodic upkeep (histogram housekeeping).
-pub async fn upkeep(handle: PrometheusHandle) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        handle.run_upkeep();
-    }
+/// Counts a NATS connection event (`herald_service::nats::connect`'s callback).
+pub fn nats_event(event: &'static str) {
+    counter!(NATS_EVENTS, "event" => event).increment(1);
 }
 
 fn describe() {
@@ -121,16 +112,7 @@ fn describe() {
     for code in ErrorCode::ALL {
         counter!(ERRORS, "code" => code.as_str()).increment(0);
     }
-    for event in [
-        "connected",
-        "disconnected",
-        "lame_duck",
-        "slow_consumer",
-        "server_error",
-        "client_error",
-        "draining",
-        "closed",
-    ] {
+    for event in herald_service::nats::EVENTS {
         counter!(NATS_EVENTS, "event" => event).increment(0);
     }
     counter!(MESSAGES_RECEIVED).increment(0);
@@ -259,8 +241,4 @@ pub fn replayed(events: u64) {
 pub fn state(ready: bool, nats_connected: bool) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(NATS_CONNECTED).set(f64::from(u8::from(nats_connected)));
-}
-
-pub fn nats_event(event: &'static str) {
-    counter!(NATS_EVENTS, "event" => event).increment(1);
 }

@@ -29,6 +29,7 @@ use crate::metrics::{self, Transport};
 use crate::presence::{self, PollSessions, SessionLimits, SessionRefused};
 use crate::server::{query_param, Body, HttpError, Shared};
 use crate::upstream::UpstreamError;
+use herald_proto::http::{encode_poll_answer, PollTail};
 
 pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
@@ -110,8 +111,8 @@ async fn answer(
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     if !events.is_empty() || wait.is_zero() || draining || backlog.more || !backlog.unrecovered.is_empty() {
-        let extra = extra(shared, members_of, watch, &backlog).await;
-        return Ok(respond(transport, &events, &positions, &extra));
+        let tail = tail(shared, members_of, watch, backlog).await;
+        return Ok(respond(transport, &events, &positions, &tail));
     }
 
     let mut reg = Registration::new(shared, slot, conn_id);
@@ -153,8 +154,8 @@ async fn answer(
         }
         events.push(item.bytes);
     }
-    let extra = extra(shared, members_of, watch, &backlog).await;
-    Ok(respond(transport, &events, &positions, &extra))
+    let tail = tail(shared, members_of, watch, backlog).await;
+    Ok(respond(transport, &events, &positions, &tail))
 }
 
 /// The events after `positions` (moved past them), one bounded page across all the rooms.
@@ -227,43 +228,27 @@ async fn hold<'a>(
     Ok(held)
 }
 
-/// What an answer says of the history behind it.
-#[derive(Debug, Default)]
-struct Backlog {
-    /// The answer holds `--replay-max-events`/`--replay-max-bytes` and more is stored after
-    /// its cursor: poll again at once.
-    more: bool,
-    /// Rooms whose history no longer covers the cursor (the stream was recreated or purged);
-    /// their position is now the room's last seq.
-    unrecovered: Vec<String>,
-}
+/// What an answer says of the history behind it: `more` (the answer holds
+/// `--replay-max-events`/`--replay-max-bytes` and more is stored after its cursor: poll again
+/// at once) and `unrecovered` (rooms whose history no longer covers the cursor, because the
+/// stream was recreated or purged; their position is now the room's last seq).
+type Backlog = PollTail;
 
-/// `,"more":true,"unrecovered":[rooms],"presence":[snapshots],"status":[statuses]` for what
-/// applies and what the request asked, as fanout answers now (left out if it does not answer).
-async fn extra(shared: &Shared, rooms: &[String], watch: &[String], backlog: &Backlog) -> String {
-    let mut out = String::new();
-    if backlog.more {
-        out.push_str(",\"more\":true");
-    }
-    if !backlog.unrecovered.is_empty() {
-        out.push_str(",\"unrecovered\":");
-        out.push_str(&serde_json::to_string(&backlog.unrecovered).expect("serializable"));
-    }
+/// The answer's tail: the backlog, and the snapshots and statuses the request asked for, as
+/// fanout answers now (left out if it does not answer).
+async fn tail(shared: &Shared, rooms: &[String], watch: &[String], backlog: Backlog) -> PollTail {
+    let mut tail = backlog;
     if !rooms.is_empty() {
         let mut snapshots = Vec::new();
         for room in rooms {
             snapshots.extend(presence::snapshot(&shared.upstream, room).await);
         }
-        out.push_str(",\"presence\":");
-        out.push_str(&serde_json::to_string(&snapshots).expect("serializable"));
+        tail.presence = Some(snapshots);
     }
     if !watch.is_empty() {
-        if let Some(statuses) = presence::statuses(&shared.upstream, watch).await {
-            out.push_str(",\"status\":");
-            out.push_str(&serde_json::to_string(&statuses).expect("serializable"));
-        }
+        tail.status = presence::statuses(&shared.upstream, watch).await;
     }
-    out
+    tail
 }
 
 /// Where each room starts: the client's cursor, or the room's live tail.
@@ -299,16 +284,8 @@ fn wait(shared: &Shared, req: &Request<Incoming>) -> Result<Duration, HttpError>
     }
 }
 
-fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, extra: &str) -> Response<Body> {
-    let mut body = Vec::with_capacity(64 + events.iter().map(|e| e.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"{\"events\":[");
-    for (i, ev) in events.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(ev);
-    }
-    body.extend_from_slice(format!("],\"cursor\":\"{positions}\"{extra}}}").as_bytes());
+fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, tail: &PollTail) -> Response<Body> {
+    let body = encode_poll_answer(events, &positions.to_string(), tail);
     metrics::sent(transport, events.len() as u64, body.len() as u64);
     json(StatusCode::OK, body)
 }

@@ -18,11 +18,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use rand::Rng;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
@@ -327,12 +326,13 @@ impl HttpError {
 
     pub fn into_response(self) -> Response<Body> {
         crate::metrics::error(self.code);
-        let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let body = serde_json::to_string(&herald_proto::http::ErrorBody::new(self.code, self.message))
+            .expect("plain data serializes");
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(full(body.to_string()))
+            .body(full(body))
             .expect("static response parts")
     }
 }
@@ -547,60 +547,4 @@ fn negotiate(req: &Request<Incoming>) -> Result<Codec, HttpError> {
             ),
         )
     })
-}
-
-// === admin listener ===
-
-/// Why a process is not ready (`None`: ready). Shared by the gateway and fanout.
-pub type Readiness = Arc<dyn Fn() -> Option<&'static str> + Send + Sync>;
-
-/// Serves /metrics /healthz /readyz until `stop` fires.
-pub async fn admin_loop(listener: TcpListener, metrics: PrometheusHandle, ready: Readiness, stop: Arc<Notify>) {
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
-    loop {
-        let tcp: TcpStream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut stopped => return,
-        };
-        let (metrics, ready) = (metrics.clone(), Arc::clone(&ready));
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let (metrics, ready) = (metrics.clone(), Arc::clone(&ready));
-                async move { Ok::<_, Infallible>(admin_route(&metrics, &*ready, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
-}
-
-fn admin_route(
-    metrics: &PrometheusHandle,
-    ready: &(dyn Fn() -> Option<&'static str> + Send + Sync),
-    req: &Request<Incoming>,
-) -> Response<Body> {
-    let text = |status: StatusCode, body: String| {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-            .body(full(body))
-            .expect("static response parts")
-    };
-    match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, metrics.render()),
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match ready() {
-            None => text(StatusCode::OK, "ready\n".into()),
-            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
-        },
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-    }
 }

@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
 use herald_proto::{CloseCode, Codec, ErrorCode};
+use herald_service::now_ms;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::panic::AssertUnwindSafe;
@@ -766,10 +767,6 @@ fn record_sent(batch: &[Item], bytes: usize) {
     for item in batch.iter().filter(|i| i.stored_us > 0) {
         metrics::delivery_latency(now_us.saturating_sub(item.stored_us) as f64 / 1e6);
     }
-}
-
-pub fn now_ms() -> u64 {
-    crate::upstream::now_ns() / 1_000_000
 }
 
 // === impl TokenBucket ===

@@ -20,6 +20,7 @@ use crate::poll::{start_positions, OpenGauge};
 use crate::presence::Membership;
 use crate::server::{Body, HttpError, Shared};
 use herald_proto::cursor::Cursor;
+use herald_proto::http::{Unrecovered, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
 use herald_proto::Codec;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -138,9 +139,9 @@ impl Stream {
             self.positions.set(room, resume.after);
         }
         if !unrecovered.is_empty() {
-            let frame = serde_json::json!({"t": "unrecovered", "rooms": unrecovered}).to_string();
+            let frame = serde_json::to_vec(&Unrecovered { rooms: unrecovered }).expect("plain data serializes");
             let mut chunk = Vec::new();
-            named(&mut chunk, b"unrecovered", frame.as_bytes());
+            named(&mut chunk, SSE_UNRECOVERED, &frame);
             self.send(chunk.into()).await?;
         }
         let rooms = self.rooms.clone();
@@ -176,7 +177,7 @@ impl Stream {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let left = self
             .expires_at
-            .map(|exp| Duration::from_millis((exp.saturating_mul(1000)).saturating_sub(crate::session::now_ms())));
+            .map(|exp| Duration::from_millis((exp.saturating_mul(1000)).saturating_sub(herald_service::now_ms())));
         let expiry = tokio::time::sleep(left.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
         tokio::pin!(expiry);
         let mut batch = Vec::new();
@@ -194,8 +195,8 @@ impl Stream {
                             }
                             self.event(&mut chunk, &item.bytes, Some(i) == last_event);
                         }
-                        Some(Queued::Presence) => named(&mut chunk, b"presence", &item.bytes),
-                        Some(Queued::Status) => named(&mut chunk, b"status", &item.bytes),
+                        Some(Queued::Presence) => named(&mut chunk, SSE_PRESENCE, &item.bytes),
+                        Some(Queued::Status) => named(&mut chunk, SSE_STATUS, &item.bytes),
                         None => continue,
                     }
                 }
@@ -237,9 +238,9 @@ impl Stream {
 }
 
 /// A named event (`event: presence`, `event: status`).
-fn named(chunk: &mut Vec<u8>, name: &[u8], frame: &[u8]) {
+fn named(chunk: &mut Vec<u8>, name: &str, frame: &[u8]) {
     chunk.extend_from_slice(b"event: ");
-    chunk.extend_from_slice(name);
+    chunk.extend_from_slice(name.as_bytes());
     chunk.push(b'\n');
     data_lines(chunk, frame);
     chunk.push(b'\n');

@@ -7,7 +7,7 @@
 //! `next_by_subj`); after a NATS reconnect it fetches whatever was stored meanwhile.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetErrorKind};
 use async_nats::{Client, HeaderMap, HeaderValue};
@@ -72,38 +72,12 @@ pub struct Upstream {
 // === impl Upstream ===
 
 impl Upstream {
-    /// Connects (retrying in the background if NATS is down at start).
+    /// Connects (retrying in the background if NATS is down at start), counting connection
+    /// events in `herald_gateway_nats_events_total`.
     pub async fn connect(url: &str, name: &str) -> Result<(Client, watch::Receiver<u64>), UpstreamError> {
-        let (tx, rx) = watch::channel(0u64);
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
-            .retry_on_initial_connect()
-            .ping_interval(Duration::from_secs(10))
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(move |event| {
-                let tx = tx.clone();
-                async move {
-                    let label = match &event {
-                        async_nats::Event::Connected => {
-                            tx.send_modify(|n| *n += 1);
-                            "connected"
-                        }
-                        async_nats::Event::Disconnected => "disconnected",
-                        async_nats::Event::LameDuckMode => "lame_duck",
-                        async_nats::Event::SlowConsumer(_) => "slow_consumer",
-                        async_nats::Event::ServerError(_) => "server_error",
-                        async_nats::Event::ClientError(_) => "client_error",
-                        async_nats::Event::Draining => "draining",
-                        async_nats::Event::Closed => "closed",
-                    };
-                    crate::metrics::nats_event(label);
-                    debug!(event = label, "NATS connection event");
-                }
-            })
-            .connect(server_list(url)?.as_slice())
+        herald_service::nats::connect(url, name, crate::metrics::nats_event)
             .await
-            .map_err(|e| UpstreamError(e.to_string()))?;
-        Ok((client, rx))
+            .map_err(|e| UpstreamError(e.to_string()))
     }
 
     pub fn new(
@@ -497,17 +471,6 @@ fn stored_event(room: &Arc<str>, prev: u64, m: jetstream::message::StreamMessage
     }
 }
 
-/// `--nats-url`: one URL, or a comma-separated list of a cluster's seed URLs.
-pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, UpstreamError> {
-    let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
-    if list.is_empty() {
-        return Err(UpstreamError("--nats-url is empty".into()));
-    }
-    list.into_iter()
-        .map(|u| u.parse().map_err(|e| UpstreamError(format!("--nats-url {u:?}: {e}"))))
-        .collect()
-}
-
 fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
     headers
         .get(name)
@@ -516,12 +479,7 @@ fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
         .map(Box::from)
 }
 
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use herald_service::now_ns;
 
 /// Counts a pump in `herald_gateway_nats_subscriptions` for as long as it lives.
 struct GaugeGuard;
@@ -536,22 +494,5 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         crate::metrics::nats_subscriptions(-1.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cluster_is_given_as_a_comma_separated_list() {
-        let list = server_list("nats://a:4222, nats://b:4223,nats://c:4224").expect("three URLs");
-        let hosts: Vec<(String, u16)> = list.iter().map(|a| (a.host().to_owned(), a.port())).collect();
-        assert_eq!(hosts, [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]);
-        assert_eq!(server_list("nats://127.0.0.1:4222").expect("one URL").len(), 1);
-        assert!(server_list("").is_err());
-        assert!(server_list(" , ").is_err());
-        let e = server_list("nats://a:4222,nats://b:x").expect_err("a bad port");
-        assert!(e.to_string().contains("nats://b:x"), "{e}");
     }
 }

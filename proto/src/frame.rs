@@ -113,15 +113,6 @@ pub struct Ack {
     pub repeat: Option<bool>,
 }
 
-/// The answer to `POST /publish`: where the event was stored. `repeat` as in [`Ack`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishReply {
-    pub room: String,
-    pub seq: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repeat: Option<bool>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Pong {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,15 +9,19 @@
 //!   [`cursor`]: the `room:seq,...` cursor of the HTTP transports, [`query`]: their query strings, [`claims`]: JWT claims and
 //!   room globs, [`sys`]: internal gateway ↔ fanout messages, [`text`]: the rules for every
 //!   other string a client controls.
+//! - [`http`]: the bodies of the HTTP transports (poll answer, publish reply, errors, SSE
+//!   event names); [`backend`]: the status and lifecycle events fanout publishes for backends.
 //!
 //! Start with [`frame`] and [`codec`].
 
+pub mod backend;
 pub mod claims;
 pub mod code;
 pub mod codec;
 pub mod cursor;
 pub mod frame;
 pub mod header;
+pub mod http;
 pub mod query;
 pub mod room;
 pub mod subject;

@@ -1,0 +1,153 @@
+//! The bodies of the HTTP transports: the `/poll` answer, the `POST /publish` reply, the
+//! error body of every HTTP error, and what an SSE stream names its events.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{Event, Presence, Status};
+use crate::ErrorCode;
+
+/// `event: presence` on an SSE stream: a `presence` frame's JSON.
+pub const SSE_PRESENCE: &str = "presence";
+/// `event: status` on an SSE stream: a `status` frame's JSON.
+pub const SSE_STATUS: &str = "status";
+/// `event: unrecovered` on an SSE stream: an [`Unrecovered`].
+pub const SSE_UNRECOVERED: &str = "unrecovered";
+
+/// The answer to `GET /poll`, as a client decodes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollAnswer {
+    pub events: Vec<Event>,
+    /// Where to poll from next: `room:seq,...` for every room asked.
+    pub cursor: String,
+    #[serde(flatten)]
+    pub tail: PollTail,
+}
+
+/// What a poll answer says besides its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollTail {
+    /// The answer is capped and history continues after its cursor: poll again at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// Rooms whose cursor was beyond what the stream holds (recreated or purged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrecovered: Vec<String>,
+    /// Snapshots of the rooms the poll is a member of (when fanout answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Vec<Presence>>,
+    /// Statuses of the watched users (when fanout answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Vec<Status>>,
+}
+
+/// A poll answer around events already encoded as JSON (as the gateway holds them):
+/// `{"events":[...],"cursor":"...",<tail>}`.
+pub fn encode_poll_answer(events: &[impl AsRef<[u8]>], cursor: &str, tail: &PollTail) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Rest<'a> {
+        cursor: &'a str,
+        #[serde(flatten)]
+        tail: &'a PollTail,
+    }
+    let rest = serde_json::to_vec(&Rest { cursor, tail }).expect("plain data serializes");
+    let mut body = Vec::with_capacity(16 + rest.len() + events.iter().map(|e| e.as_ref().len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, ev) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(ev.as_ref());
+    }
+    body.extend_from_slice(b"],");
+    body.extend_from_slice(&rest[1..]);
+    body
+}
+
+/// The answer to `POST /publish`: where the event was stored; `repeat` when its idempotency
+/// key was seen before and `seq` is the stored event's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishReply {
+    pub room: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<bool>,
+}
+
+/// The body of every HTTP error: `{"error":{"code":..,"message":..}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// `event: unrecovered` on SSE: `{"t":"unrecovered","rooms":[..]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename = "unrecovered")]
+pub struct Unrecovered {
+    pub rooms: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_answer_wraps_encoded_events_and_decodes_back() {
+        let ev = br#"{"t":"event","room":"a","seq":3,"prev":2,"ts":1,"data":{"x":1}}"#;
+        let tail = PollTail {
+            more: true,
+            unrecovered: vec!["b".into()],
+            presence: None,
+            status: Some(vec![Status {
+                user: "ann".into(),
+                online: true,
+            }]),
+        };
+        let body = encode_poll_answer(&[&ev[..], &ev[..]], "a:3,b:9", &tail);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            format!(
+                r#"{{"events":[{e},{e}],"cursor":"a:3,b:9","more":true,"unrecovered":["b"],"status":[{{"user":"ann","online":true}}]}}"#,
+                e = std::str::from_utf8(ev).unwrap()
+            )
+        );
+        let back: PollAnswer = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.events.len(), 2);
+        assert_eq!(back.tail, tail);
+        let empty = encode_poll_answer(&[] as &[&[u8]], "", &PollTail::default());
+        assert_eq!(empty, br#"{"events":[],"cursor":""}"#);
+    }
+
+    #[test]
+    fn error_bodies_and_unrecovered_have_their_wire_shape() {
+        let e = serde_json::to_string(&ErrorBody::new(ErrorCode::BadRequest, "no")).unwrap();
+        assert_eq!(e, r#"{"error":{"code":"bad_request","message":"no"}}"#);
+        let u = serde_json::to_string(&Unrecovered {
+            rooms: vec!["a".into()],
+        })
+        .unwrap();
+        assert_eq!(u, r#"{"t":"unrecovered","rooms":["a"]}"#);
+        let r = PublishReply {
+            room: "a".into(),
+            seq: 1,
+            repeat: None,
+        };
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"room":"a","seq":1}"#);
+    }
+}

@@ -1,0 +1,94 @@
+//! The NATS connection of a Herald process: a cluster's URL list, background retries, and
+//! every connection event counted under the caller's own metric.
+
+use std::time::Duration;
+
+use async_nats::{Client, ServerAddr};
+use tokio::sync::watch;
+use tracing::debug;
+
+/// Why the connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(String);
+
+/// Connects as `name` (retrying in the background if NATS is down at start). `on_event` gets
+/// each connection event's label (`connected`, `disconnected`, `lame_duck`, `slow_consumer`,
+/// `server_error`, `client_error`, `draining`, `closed`); the receiver counts connects, so a
+/// reconnect can be told from the first connect.
+pub async fn connect(
+    urls: &str,
+    name: &str,
+    on_event: fn(&'static str),
+) -> Result<(Client, watch::Receiver<u64>), ConnectError> {
+    let (tx, rx) = watch::channel(0u64);
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .ping_interval(Duration::from_secs(10))
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                let label = match &event {
+                    async_nats::Event::Connected => {
+                        tx.send_modify(|n| *n += 1);
+                        "connected"
+                    }
+                    async_nats::Event::Disconnected => "disconnected",
+                    async_nats::Event::LameDuckMode => "lame_duck",
+                    async_nats::Event::SlowConsumer(_) => "slow_consumer",
+                    async_nats::Event::ServerError(_) => "server_error",
+                    async_nats::Event::ClientError(_) => "client_error",
+                    async_nats::Event::Draining => "draining",
+                    async_nats::Event::Closed => "closed",
+                };
+                on_event(label);
+                debug!(event = label, "NATS connection event");
+            }
+        })
+        .connect(server_list(urls)?.as_slice())
+        .await
+        .map_err(|e| ConnectError(e.to_string()))?;
+    Ok((client, rx))
+}
+
+/// The connection event labels, for metrics that start every series at zero.
+pub const EVENTS: [&str; 8] = [
+    "connected",
+    "disconnected",
+    "lame_duck",
+    "slow_consumer",
+    "server_error",
+    "client_error",
+    "draining",
+    "closed",
+];
+
+/// `--nats-url`: one URL, or a comma-separated list of a cluster's seed URLs.
+pub fn server_list(urls: &str) -> Result<Vec<ServerAddr>, ConnectError> {
+    let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    if list.is_empty() {
+        return Err(ConnectError("--nats-url is empty".into()));
+    }
+    list.into_iter()
+        .map(|u| u.parse().map_err(|e| ConnectError(format!("--nats-url {u:?}: {e}"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_is_given_as_a_comma_separated_list() {
+        let list = server_list("nats://a:4222, nats://b:4223,nats://c:4224").expect("three URLs");
+        let hosts: Vec<(String, u16)> = list.iter().map(|a| (a.host().to_owned(), a.port())).collect();
+        assert_eq!(hosts, [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]);
+        assert_eq!(server_list("nats://127.0.0.1:4222").expect("one URL").len(), 1);
+        assert!(server_list("").is_err());
+        assert!(server_list(" , ").is_err());
+        let e = server_list("nats://a:4222,nats://b:x").expect_err("a bad port");
+        assert!(e.to_string().contains("nats://b:x"), "{e}");
+    }
+}
