@@ -193,7 +193,7 @@ for (const transport of ["websocket", "sse", "long-poll", "poll"]) {
   });
 }
 
-test("a publish past its deadline rejects with publish_timeout and is never sent", async () => {
+test("a publish past its deadline rejects with publish_timeout and is never sent; waiting ones keep their order", async () => {
   const z = await startGateway("gw-outbox-deadline");
   const room = `outbox-deadline-${Date.now()}`;
   const page = await (await browser.newContext()).newPage();
@@ -242,6 +242,31 @@ test("a publish past its deadline rejects with publish_timeout and is never sent
   });
   const events = await page.evaluate(() => window.events);
   assert.deepEqual(events, [{ seq: after.seq, prev: 0, data: "after" }], "the expired message was never stored");
+
+  // Publishes made while the gateway does not answer wait, and are stored in the order made.
+  z.kill("SIGSTOP");
+  const waiting = await page.evaluate(
+    ({ url, room }) => {
+      const client = window.Herald.connect([url], { transports: ["websocket"], publishTimeout: 20000 });
+      window.ordered = ["a", "b", "c"].map((text) => client.publish(room, text));
+      return client.pending;
+    },
+    { url: z.url, room },
+  );
+  assert.equal(waiting, 3);
+  z.kill("SIGCONT");
+  const acks = await page.evaluate(() => Promise.all(window.ordered));
+  const seqs = acks.map((a) => a.seq);
+  assert.ok(seqs[0] > after.seq && seqs[0] < seqs[1] && seqs[1] < seqs[2], JSON.stringify(acks));
+  await waitFor("the three events", async () => (await page.evaluate(() => window.events.length)) === 4);
+  assert.deepEqual(
+    (await page.evaluate(() => window.events)).slice(1).map((e) => [e.seq, e.data]),
+    [
+      [seqs[0], "a"],
+      [seqs[1], "b"],
+      [seqs[2], "c"],
+    ],
+  );
   await page.context().close();
   z.kill();
 });
