@@ -5,28 +5,17 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch, waitFor, WAIT } from "./helpers.mjs";
 
 const gateways = process.env.HERALD_GATEWAYS.split(",");
 const pids = process.env.HERALD_GATEWAY_PIDS.split(",").map(Number);
 const tokens = JSON.parse(process.env.HERALD_TOKENS);
 const artifacts = process.env.HERALD_ARTIFACTS;
-const WAIT = 20_000;
 
 let browser;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.HERALD_CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await launch();
 });
 
 after(async () => {
@@ -51,17 +40,6 @@ async function joinDemo({ room, name, gateway, order, transport, noWebSocket }) 
 async function onlineList(page) {
   const items = await page.getByTestId("online-list").locator("li").allTextContents();
   return items.sort();
-}
-
-async function waitFor(what, fn, timeout = WAIT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last === true) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
 async function messages(page) {

@@ -5,21 +5,17 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { chromium } from "playwright-core";
+import { launch, waitFor, WAIT } from "./helpers.mjs";
 
 const gateway = process.env.HERALD_GATEWAYS.split(",")[1];
 const tokens = JSON.parse(process.env.HERALD_TOKENS);
 const secret = process.env.HERALD_TEST_SECRET;
 const leaveDelay = Number(process.env.HERALD_TEST_LEAVE_DELAY_MS);
-const WAIT = 20_000;
 
 let browser;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.HERALD_CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-  });
+  browser = await launch();
 });
 
 after(async () => {
@@ -33,17 +29,6 @@ function mint(user, seconds) {
   const body = b64({ sub: user, exp: Math.floor(Date.now() / 1000) + seconds, herald: { sub: ["*"], pub: [] } });
   const sig = createHmac("sha256", secret).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${sig}`;
-}
-
-async function waitFor(what, fn, timeout = WAIT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last === true) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
 /** Opens the demo in a new tab of `context` on `transport` and joins `room` as `name`. */

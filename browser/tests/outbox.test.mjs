@@ -8,19 +8,15 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createServer } from "node:net";
-import { chromium } from "playwright-core";
+import { launch, waitFor, WAIT } from "./helpers.mjs";
 
-const WAIT = 20_000;
 const secret = process.env.HERALD_TEST_SECRET;
 
 let browser;
 const started = [];
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.HERALD_CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-  });
+  browser = await launch();
 });
 
 after(async () => {
@@ -37,17 +33,6 @@ async function freePort() {
       srv.close(() => resolve(port));
     });
   });
-}
-
-async function waitFor(what, fn, timeout = WAIT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last === true) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
 /** Starts a gateway of this test's own on the stack's NATS; resolves once `/readyz` is 200. */
