@@ -469,10 +469,11 @@ class Client extends Emitter {
     this.emit("state", state);
   }
 
-  _query(extra) {
+  /** The query every request carries: `sid`, `name`, and `token` unless it goes in a header. */
+  _query(extra, { token = true } = {}) {
     const q = new URLSearchParams(extra);
     q.set("sid", this.sid);
-    if (this.token) q.set("token", this.token);
+    if (token && this.token) q.set("token", this.token);
     if (this.name) q.set("name", this.name);
     return q.toString();
   }
@@ -487,10 +488,8 @@ class Client extends Emitter {
 
   async _post(path, body, signal) {
     // The sid keeps an anonymous publisher the same user as its other requests (and so the
-    // same idempotency scope); a token goes in the header, not the URL.
-    const q = new URLSearchParams({ sid: this.sid });
-    if (this.name) q.set("name", this.name);
-    const res = await fetch(`${this.url}${path}?${q}`, {
+    // same idempotency scope); the token goes in the header, not the URL.
+    const res = await fetch(`${this.url}${path}?${this._query({}, { token: false })}`, {
       method: "POST",
       signal,
       headers: { "Content-Type": "application/json", ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}) },

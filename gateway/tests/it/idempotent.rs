@@ -10,16 +10,24 @@ use herald_testkit::{http, jwt, NatsServer, Process, WsClient};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+/// A whole `POST /publish{query}` request with `body`, as `user` (or anonymous).
+fn publish_request(query: &str, user: Option<&str>, body: &Value) -> String {
+    let body = body.to_string();
+    let auth = user.map_or(String::new(), |u| {
+        format!("Authorization: Bearer {}\r\n", jwt::any_room(u))
+    });
+    format!(
+        "POST /publish{query} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// `POST /publish` with `body` as `user`; the status and the JSON answer.
 async fn post(addr: SocketAddr, user: &str, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let raw = format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        jwt::any_room(user),
-        body.len()
-    );
-    let r = http::request(addr, &raw).await.expect("HTTP answer");
+    let r = http::request(addr, &publish_request("", Some(user), body))
+        .await
+        .expect("HTTP answer");
     (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
 }
 
@@ -115,15 +123,7 @@ async fn an_http_retry_after_its_gateway_died_answers_the_stored_seq_once() {
     let body = json!({"room": room, "data": {"text": "hi"}, "type": "message", "key": "post-1"});
 
     // The request is sent whole and never read: the gateway stores the event and dies.
-    let raw = {
-        let body = body.to_string();
-        format!(
-            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            jwt::any_room("ann"),
-            body.len()
-        )
-    };
+    let raw = publish_request("", Some("ann"), &body);
     let mut unread = tokio::net::TcpStream::connect(a.addr.unwrap()).await.unwrap();
     unread.write_all(raw.as_bytes()).await.unwrap();
     let stored = watcher.event().await;
@@ -213,13 +213,9 @@ async fn an_anonymous_publisher_keeps_its_keys_across_gateways_through_its_sid()
     let nats = NatsServer::start();
     let a = Process::gateway(&nats.url(), "gw-idem-anon-a", &["--allow-anonymous"]).await;
     let b = Process::gateway(&nats.url(), "gw-idem-anon-b", &["--allow-anonymous"]).await;
-    let body = json!({"room": "idem-anon", "data": "hi", "key": "anon-1"}).to_string();
+    let body = json!({"room": "idem-anon", "data": "hi", "key": "anon-1"});
     let post = |addr: SocketAddr, sid: &'static str| {
-        let raw = format!(
-            "POST /publish?sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let raw = publish_request(&format!("?sid={sid}"), None, &body);
         async move {
             let r = http::request(addr, &raw).await.expect("HTTP answer");
             assert_eq!(r.status, 200, "{}", r.body);
