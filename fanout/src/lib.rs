@@ -164,11 +164,7 @@ impl Config {
         if !(1..=1024).contains(&self.partitions) {
             return Err(Error::Config("--partitions must be 1 to 1024".into()));
         }
-        if self.dedup_window.is_zero() || self.dedup_window > self.history_ttl {
-            return Err(Error::Config(
-                "--dedup-window must be greater than zero and at most --history-ttl".into(),
-            ));
-        }
+        stream::check_dedup_window(self.dedup_window, self.history_ttl).map_err(|e| Error::Config(e.into()))?;
         for (name, d) in [
             ("presence-interval", self.presence_interval),
             ("gateway-timeout", self.gateway_timeout),

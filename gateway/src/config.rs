@@ -219,8 +219,8 @@ pub enum ConfigError {
     SubjectPrefix,
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
-    #[error("--dedup-window must not be longer than --history-ttl")]
-    DedupWindow,
+    #[error("{0}")]
+    DedupWindow(&'static str),
     #[error("cannot read {0}: {1}")]
     Read(String, std::io::Error),
     #[error("invalid auth key: {0}")]
@@ -277,12 +277,8 @@ impl Config {
         if self.presence_heartbeat.is_zero() {
             return Err(ConfigError::Zero("presence-heartbeat"));
         }
-        if self.dedup_window.is_zero() {
-            return Err(ConfigError::Zero("dedup-window"));
-        }
-        if self.dedup_window > self.history_ttl {
-            return Err(ConfigError::DedupWindow);
-        }
+        herald_service::stream::check_dedup_window(self.dedup_window, self.history_ttl)
+            .map_err(ConfigError::DedupWindow)?;
         if self.publish_rate <= 0.0 {
             return Err(ConfigError::Zero("publish-rate"));
         }

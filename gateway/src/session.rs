@@ -763,7 +763,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 fn record_sent(batch: &[Item], bytes: usize) {
     metrics::sent(Transport::WebSocket, batch.len() as u64, bytes as u64);
-    let now_us = crate::upstream::now_ns() / 1000;
+    let now_us = herald_service::now_ns() / 1000;
     for item in batch.iter().filter(|i| i.stored_us > 0) {
         metrics::delivery_latency(now_us.saturating_sub(item.stored_us) as f64 / 1e6);
     }

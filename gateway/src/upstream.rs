@@ -359,7 +359,7 @@ impl Upstream {
             .and_then(|v| humantime::parse_rfc3339_weak(v.as_str()).ok())
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as u64)
-            .unwrap_or_else(now_ns);
+            .unwrap_or_else(herald_service::now_ns);
         Some(StoredEvent {
             room: Arc::from(room),
             seq,
@@ -478,8 +478,6 @@ fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
         .filter(|s| !s.is_empty())
         .map(Box::from)
 }
-
-pub use herald_service::now_ns;
 
 /// Counts a pump in `herald_gateway_nats_subscriptions` for as long as it lives.
 struct GaugeGuard;

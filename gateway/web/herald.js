@@ -197,7 +197,7 @@ class Client extends Emitter {
    * @returns {Promise<{room: string, seq: number, repeat?: boolean}>}
    */
   publish(room, data, { type, key } = {}) {
-    const fail = (code, message) => Promise.reject(Object.assign(new Error(message), { code }));
+    const fail = (code, message) => Promise.reject(codedError(code, message));
     if (this.state === "closed") return fail("closed", "the client is closed");
     let size;
     try {
@@ -246,7 +246,7 @@ class Client extends Emitter {
     clearTimeout(this._timer);
     clearTimeout(this._refreshTimer);
     for (const m of [...this._outbox]) {
-      this._settle(m, Object.assign(new Error("the client was closed before the publish was stored"), { code: "closed" }));
+      this._settle(m, codedError("closed", "the client was closed before the publish was stored"));
     }
     globalThis.removeEventListener?.("pagehide", this._onPageHide);
     this._leave();
@@ -339,9 +339,10 @@ class Client extends Emitter {
   }
 
   _timeoutError(m) {
-    const e = new Error(`not stored within ${this.publishTimeout} ms; it will not be sent again`);
     // An attempt whose answer was lost may have been stored (and delivered) all the same.
-    return Object.assign(e, { code: "publish_timeout", maybeStored: m.sent });
+    return codedError("publish_timeout", `not stored within ${this.publishTimeout} ms; it will not be sent again`, {
+      maybeStored: m.sent,
+    });
   }
 
   _settle(m, err, value) {
@@ -562,7 +563,7 @@ class WsSession {
     const pending = frame.id !== undefined ? c._pending.get(frame.id) : undefined;
     if (pending && (frame.t === "ack" || frame.t === "error" || (frame.t === "presence" && frame.members))) {
       c._pending.delete(frame.id);
-      if (frame.t === "error") pending.reject(Object.assign(new Error(frame.message), { code: frame.code }));
+      if (frame.t === "error") pending.reject(codedError(frame.code, frame.message));
       else pending.resolve(frame);
       if (frame.t !== "presence") return;
     }
@@ -823,9 +824,14 @@ async function answer(res) {
   const body = await res.json().catch(() => ({}));
   if (!res.ok) {
     const err = body.error ?? { code: "unavailable", message: res.statusText };
-    throw Object.assign(new Error(err.message), { code: err.code, status: res.status });
+    throw codedError(err.code, err.message, { status: res.status });
   }
   return body;
+}
+
+/** An Error with the protocol's error `code` (and any other `fields`), as every rejection carries. */
+function codedError(code, message, fields = {}) {
+  return Object.assign(new Error(message), { code, ...fields });
 }
 
 /** The tab's id: kept in sessionStorage, so a reload is the same anonymous user. */

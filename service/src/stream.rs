@@ -17,6 +17,19 @@ pub struct StreamSettings {
     pub replicas: usize,
 }
 
+/// `--dedup-window` within its bounds: above zero and at most `--history-ttl` (JetStream
+/// refuses a duplicate window longer than the stream's age limit). The same rule for every
+/// process that provisions the stream.
+pub fn check_dedup_window(window: Duration, history_ttl: Duration) -> Result<(), &'static str> {
+    if window.is_zero() {
+        Err("--dedup-window must be greater than zero")
+    } else if window > history_ttl {
+        Err("--dedup-window must not be longer than --history-ttl")
+    } else {
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot provision stream {name}: {reason}")]
 pub struct ProvisionError {
