@@ -23,6 +23,7 @@ use clap::Parser;
 use herald_proto::subject::Subjects;
 use herald_service::stream::{self, StreamSettings};
 use herald_service::{LogFormat, Readiness};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -151,6 +152,7 @@ pub struct Fanout {
     config: Config,
     admin: TcpListener,
     client: async_nats::Client,
+    metrics: PrometheusHandle,
 }
 
 impl Config {
@@ -188,8 +190,16 @@ impl Fanout {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| Error::Bind(config.admin_listen, e))?;
+        // Before the connection: its first `connected` event is counted.
+        let metrics =
+            herald_service::metrics::install(metrics_exporter_prometheus::PrometheusBuilder::new, describe_metrics);
         let (client, _) = herald_service::nats::connect(&config.nats_url, "herald-fanout", nats_event).await?;
-        Ok(Self { config, admin, client })
+        Ok(Self {
+            config,
+            admin,
+            client,
+            metrics,
+        })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -200,8 +210,7 @@ impl Fanout {
     /// `shutdown` resolves; then stops answering, hands its leases over and exits.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let admin_addr = self.admin_addr();
-        let metrics =
-            herald_service::metrics::install(metrics_exporter_prometheus::PrometheusBuilder::new, describe_metrics);
+        let metrics = self.metrics;
         let config = self.config;
         let instance = config.instance_id.clone().unwrap_or_else(|| {
             let n: u32 = rand::random();
