@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use herald_gateway::hub::{Format, Hub, StoredEvent};
-use herald_gateway::outbound::Outbound;
+use herald_gateway::bench::{Format, Outbound, StoredEvent, Table};
 use herald_proto::Codec;
 
 const SUBSCRIBERS: usize = 10_000;
@@ -17,7 +16,7 @@ fn fan_out(c: &mut Criterion) {
         ("json", &[Codec::Json][..]),
         ("json+msgpack", &[Codec::Json, Codec::MsgPack][..]),
     ] {
-        let hub = Hub::default();
+        let hub = Table::default();
         let outs: Vec<Arc<Outbound>> = (0..SUBSCRIBERS).map(|_| Outbound::new(usize::MAX / 2)).collect();
         for (i, out) in outs.iter().enumerate() {
             hub.join(

@@ -12,7 +12,7 @@ use crate::jwks::Jwks;
 
 /// Verifies client tokens.
 #[derive(Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     keys: Vec<(DecodingKey, Validation)>,
     jwks: Option<Arc<Jwks>>,
     /// The validation of JWKS keys, less the algorithm (set per key).
@@ -22,7 +22,7 @@ pub struct Authenticator {
 
 /// Who a connection is.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub user: String,
     pub name: Option<String>,
     /// `None` for anonymous users, who may use any room.
@@ -31,20 +31,20 @@ pub struct Identity {
 
 /// What a client wants to do with a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Subscribe,
     Publish,
 }
 
 /// A room refused to a client: the contract's code and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomRefused {
+pub(crate) struct RoomRefused {
     pub code: ErrorCode,
     pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("a token is required")]
     Missing,
     #[error("the token has expired")]
@@ -59,7 +59,7 @@ pub enum AuthError {
 // === impl Authenticator ===
 
 impl Authenticator {
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.auth_hs256_secret {
             keys.push((
@@ -91,13 +91,13 @@ impl Authenticator {
     }
 
     /// The JWKS, if `--jwks-url` is set (the gateway fetches it at start and on a timer).
-    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+    pub(crate) fn jwks(&self) -> Option<&Arc<Jwks>> {
         self.jwks.as_ref()
     }
 
     /// [`Authenticator::authenticate`], fetching the JWKS again (within its rate limit) when
     /// the token names an unknown `kid`.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         token: Option<&str>,
         anon_id: &str,
@@ -118,7 +118,7 @@ impl Authenticator {
     }
 
     /// Verifies `token`; with no token, an anonymous identity if anonymous mode is on.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         token: Option<&str>,
         anon_id: &str,
@@ -214,14 +214,14 @@ fn public_key(pem: &[u8], config: &Config) -> Result<(DecodingKey, Validation), 
 
 impl Identity {
     /// Anonymous users may use any room but other users' personal rooms.
-    pub fn may_subscribe(&self, room: &str) -> bool {
+    pub(crate) fn may_subscribe(&self, room: &str) -> bool {
         match &self.claims {
             Some(c) => c.may_subscribe(room),
             None => self.owns_or_shared(room),
         }
     }
 
-    pub fn may_publish(&self, room: &str) -> bool {
+    pub(crate) fn may_publish(&self, room: &str) -> bool {
         match &self.claims {
             Some(c) => c.may_publish(room),
             None => self.owns_or_shared(room),
@@ -233,7 +233,7 @@ impl Identity {
     }
 
     /// Checks a room name (`bad_request`) and this identity's grant for it (`forbidden`).
-    pub fn check_room(&self, room: &str, access: Access) -> Result<(), RoomRefused> {
+    pub(crate) fn check_room(&self, room: &str, access: Access) -> Result<(), RoomRefused> {
         let refuse = |code, message| Err(RoomRefused { code, message });
         if let Err(e) = room::validate(room) {
             return refuse(ErrorCode::BadRequest, format!("invalid room {room:?}: {e}"));
@@ -250,7 +250,7 @@ impl Identity {
     }
 
     /// Token expiry, seconds since the epoch.
-    pub fn expires_at(&self) -> Option<u64> {
+    pub(crate) fn expires_at(&self) -> Option<u64> {
         self.claims.as_ref().map(|c| c.exp)
     }
 }

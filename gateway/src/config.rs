@@ -206,7 +206,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-pub use herald_service::LogFormat;
+pub(crate) use herald_service::LogFormat;
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]

@@ -8,30 +8,27 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::frame::{Presence, ServerFrame, Status};
-use herald_proto::Codec;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::debug;
 
-use crate::hub::Format;
-use crate::outbound::Outbound;
-use crate::session::encode;
+use crate::outbound::{encode_for, Format, Outbound};
 use crate::sync::lock;
+use crate::upstream::Upstream;
 
 /// What a feed carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Presence,
     Status,
 }
 
 /// The feeds of one gateway.
-pub struct Feeds {
-    client: Client,
+pub(crate) struct Feeds {
+    upstream: Arc<Upstream>,
     feeds: Mutex<HashMap<String, Feed>>,
 }
 
@@ -50,25 +47,16 @@ struct Recipient {
 /// The feeds of one HTTP request or stream, left together when it is dropped: a request
 /// that hyper cancels or a panic unwinds leaves no recipient behind (a held recipient would
 /// keep every message of its feed, and the feed's NATS subscription, forever).
-pub struct FeedSet {
+pub(crate) struct FeedSet {
     feeds: Arc<Feeds>,
     conn: u64,
     subjects: Vec<String>,
 }
 
-/// A server frame as a recipient in `format` receives it: a whole WebSocket frame, or bare
-/// JSON for the HTTP transports.
-pub fn encode_for(format: Format, frame: &ServerFrame) -> Bytes {
-    match format {
-        Format::WebSocket(codec) => encode(codec, frame),
-        Format::Bare => Bytes::from(Codec::Json.encode_server(frame)),
-    }
-}
-
 // === impl FeedSet ===
 
 impl FeedSet {
-    pub fn new(feeds: &Arc<Feeds>, conn: u64) -> Self {
+    pub(crate) fn new(feeds: &Arc<Feeds>, conn: u64) -> Self {
         Self {
             feeds: Arc::clone(feeds),
             conn,
@@ -77,7 +65,7 @@ impl FeedSet {
     }
 
     /// [`Feeds::add`], recorded before its first await so that a cancelled add is undone.
-    pub async fn add(&mut self, subject: String, kind: Kind, out: &Arc<Outbound>, format: Format) -> bool {
+    pub(crate) async fn add(&mut self, subject: String, kind: Kind, out: &Arc<Outbound>, format: Format) -> bool {
         self.subjects.push(subject);
         let subject = self.subjects.last().expect("just pushed");
         let ok = self.feeds.add(subject, kind, self.conn, out, format).await;
@@ -88,7 +76,7 @@ impl FeedSet {
     }
 
     /// [`Feeds::release`].
-    pub fn release(&self, subject: &str, first: Option<Bytes>) {
+    pub(crate) fn release(&self, subject: &str, first: Option<Bytes>) {
         self.feeds.release(subject, self.conn, first);
     }
 }
@@ -104,16 +92,16 @@ impl Drop for FeedSet {
 // === impl Feeds ===
 
 impl Feeds {
-    pub fn new(client: Client) -> Arc<Self> {
+    pub(crate) fn new(upstream: Arc<Upstream>) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            upstream,
             feeds: Mutex::default(),
         })
     }
 
     /// Adds `conn` to the feed of `subject` (held), and returns once the feed's NATS
     /// subscription is in place; false if it could not be made.
-    pub async fn add(
+    pub(crate) async fn add(
         self: &Arc<Self>,
         subject: &str,
         kind: Kind,
@@ -158,7 +146,7 @@ impl Feeds {
     }
 
     /// Sends `first` (if any) and then everything held for `conn`, and stops holding.
-    pub fn release(&self, subject: &str, conn: u64, first: Option<Bytes>) {
+    pub(crate) fn release(&self, subject: &str, conn: u64, first: Option<Bytes>) {
         let mut feeds = lock(&self.feeds);
         let Some(r) = feeds.get_mut(subject).and_then(|f| f.recipients.get_mut(&conn)) else {
             return;
@@ -172,7 +160,7 @@ impl Feeds {
     }
 
     /// Removes `conn` from the feed; the last recipient's removal ends the subscription.
-    pub fn remove(&self, subject: &str, conn: u64) {
+    pub(crate) fn remove(&self, subject: &str, conn: u64) {
         let mut feeds = lock(&self.feeds);
         let Some(feed) = feeds.get_mut(subject) else { return };
         feed.recipients.remove(&conn);
@@ -184,7 +172,7 @@ impl Feeds {
     }
 
     async fn start(self: &Arc<Self>, subject: &str, kind: Kind, ready: watch::Sender<bool>) {
-        let sub = match self.client.subscribe(subject.to_owned()).await {
+        let sub = match self.upstream.subscribe(subject.to_owned()).await {
             Ok(sub) => sub,
             Err(e) => {
                 debug!(subject, error = %e, "Feed subscription failed");
@@ -192,7 +180,6 @@ impl Feeds {
                 return;
             }
         };
-        let _ = self.client.flush().await;
         let this = Arc::clone(self);
         let owned = subject.to_owned();
         let task = tokio::spawn(async move { this.forward(&owned, kind, sub).await });

@@ -29,13 +29,13 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A key of the set: the key and the one algorithm it verifies.
 #[derive(Clone)]
-pub struct Key {
+pub(crate) struct Key {
     pub key: DecodingKey,
     pub alg: Algorithm,
 }
 
 /// The cached key set of one JWKS URL.
-pub struct Jwks {
+pub(crate) struct Jwks {
     url: http::Uri,
     keys: Mutex<HashMap<String, Key>>,
     /// When the last fetch started; held across a fetch, so concurrent callers wait for it.
@@ -45,7 +45,7 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    pub fn new(url: &str, min_interval: Duration) -> Result<Self, String> {
+    pub(crate) fn new(url: &str, min_interval: Duration) -> Result<Self, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("--jwks-url {url:?}: {e}"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!("--jwks-url {url:?}: expected an http(s) URL"));
@@ -67,13 +67,13 @@ impl Jwks {
     }
 
     /// The key with id `kid`, if the set holds it.
-    pub fn key(&self, kid: &str) -> Option<Key> {
+    pub(crate) fn key(&self, kid: &str) -> Option<Key> {
         lock(&self.keys).get(kid).cloned()
     }
 
     /// Fetches the set unless one was fetched within `--jwks-min-interval`; a caller that
     /// finds a fetch in progress waits for it. Returns once the set is as fresh as allowed.
-    pub async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         let mut last = self.last_fetch.lock().await;
         if last.is_some_and(|t| t.elapsed() < self.min_interval) {
             return;
@@ -83,7 +83,7 @@ impl Jwks {
     }
 
     /// Refreshes every `every`, for as long as the gateway holds the set.
-    pub async fn run(this: std::sync::Weak<Self>, every: Duration) {
+    pub(crate) async fn run(this: std::sync::Weak<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
@@ -126,7 +126,7 @@ impl Jwks {
 }
 
 /// The usable signature keys of a set, by `kid`.
-pub fn keys_of(set: &JwkSet) -> HashMap<String, Key> {
+pub(crate) fn keys_of(set: &JwkSet) -> HashMap<String, Key> {
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         let Some(kid) = &jwk.common.key_id else { continue };
@@ -157,7 +157,7 @@ pub fn keys_of(set: &JwkSet) -> HashMap<String, Key> {
 }
 
 /// Starts the timer refresh of `jwks`.
-pub fn spawn_refresh(jwks: &Arc<Jwks>, every: Duration) {
+pub(crate) fn spawn_refresh(jwks: &Arc<Jwks>, every: Duration) {
     tokio::spawn(Jwks::run(Arc::downgrade(jwks), every));
 }
 

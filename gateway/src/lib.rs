@@ -1,32 +1,42 @@
 //! Herald's edge gateway.
 //!
-//! Clients hold WebSocket connections ([`session`]); each room they subscribe to has one
-//! upstream NATS subscription per gateway ([`upstream`]), and the [`hub`] fans every stored
-//! event out to the room's local subscribers, encoded once per codec, into bounded
-//! per-connection queues ([`outbound`]). Events live in a JetStream stream
-//! ([`herald_service::stream`]), so a client resumes on any gateway with `since`.
+//! Clients connect over WebSocket (`ws`) or HTTP (`http`: SSE, long-poll, poll, publish);
+//! each room they subscribe to has one upstream NATS subscription per gateway (`upstream`),
+//! and the `hub` fans every stored event out to the room's local subscribers, encoded once
+//! per format, into bounded per-connection queues (`outbound`). Events live in a JetStream
+//! stream ([`herald_service::stream`]), so a client resumes on any gateway with `since`.
 //!
-//! Start reading at [`Gateway::bind`] and [`Gateway::serve`], then [`server`] (listeners,
-//! upgrade, drain) and [`session`] (the ops).
+//! The modules are layered (docs/ARCHITECTURE.md lists the layers; `cargo xtask test`
+//! checks them): `server` → transports (`ws`, `http`) → `state` → `presence` → `feeds`,
+//! `hub` → `upstream` → the leaves. Start reading at [`Gateway::bind`] and
+//! [`Gateway::serve`].
 
-pub mod auth;
-pub mod config;
-pub mod feeds;
-pub mod http;
-pub mod hub;
-pub mod input;
-pub mod jwks;
-pub mod metrics;
-pub mod outbound;
-pub mod poll;
-pub mod presence;
-pub mod server;
-pub mod session;
-pub mod sse;
-pub mod sync;
-pub mod tls;
-pub mod upstream;
-pub mod web;
+#![warn(unreachable_pub)]
+
+mod auth;
+mod config;
+mod feeds;
+mod http;
+mod hub;
+mod jwks;
+mod limit;
+mod metrics;
+mod outbound;
+mod presence;
+mod server;
+mod state;
+mod sync;
+mod tls;
+mod upstream;
+mod ws;
+
+/// What the hub benchmark drives directly: the room table and the outbound queue, without
+/// NATS. Not a stable interface.
+pub mod bench {
+    pub use crate::hub::Table;
+    pub use crate::outbound::{Format, Outbound};
+    pub use crate::upstream::StoredEvent;
+}
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,16 +45,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::subject::Subjects;
-use herald_service::stream::{self, StreamSettings};
+use herald_service::stream::StreamSettings;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::info;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 
 use crate::auth::Authenticator;
-use crate::hub::Hub;
-use crate::server::Shared;
+use crate::hub::{Hub, Table};
+use crate::presence::Presence;
+use crate::state::Shared;
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -89,10 +100,12 @@ impl Gateway {
             .await
             .map_err(|e| Error::Bind(config.admin_listen, e))?;
         let (client, reconnects) = Upstream::connect(&config.nats_url, &format!("herald-gateway {gateway_id}")).await?;
-        let hub = Arc::new(Hub::default());
         let subjects = Subjects::new(config.subject_prefix.clone());
-        let upstream = Upstream::new(client, reconnects, subjects, Arc::clone(&hub), config.room_linger);
-        let shared = Arc::new(Shared::new(config, gateway_id, auth, hub, upstream));
+        let table = Arc::new(Table::default());
+        let upstream = Upstream::new(client, reconnects, subjects.clone(), table.clone());
+        let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
+        let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat);
+        let shared = Arc::new(Shared::new(config, gateway_id, auth, subjects, hub, presence));
         Ok(Self {
             shared,
             listener,
@@ -149,7 +162,7 @@ impl Gateway {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    metrics::state(shared.not_ready().is_none(), shared.upstream.is_connected());
+                    metrics::state(shared.not_ready().is_none(), shared.hub.is_connected());
                 }
             })
         };
@@ -176,8 +189,7 @@ impl Gateway {
         provision.abort();
         upkeep.abort();
         state.abort();
-        // Bounded: with NATS unreachable a flush would wait for the reconnect.
-        let _ = tokio::time::timeout(Duration::from_secs(2), shared.upstream.client().flush()).await;
+        shared.hub.flush(Duration::from_secs(2)).await;
         info!("Gateway stopped");
     }
 }
@@ -193,19 +205,8 @@ async fn provision_stream(shared: Arc<Shared>) {
         dedup_window: c.dedup_window,
         replicas: c.stream_replicas,
     };
-    let upstream = &shared.upstream;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match stream::ensure(upstream.jetstream(), upstream.subjects(), &settings).await {
-            Ok(()) => {
-                shared.stream_ready.store(true, Ordering::SeqCst);
-                return;
-            }
-            Err(e) => warn!(error = %e, "Event stream not ready; retrying"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    shared.hub.provision(&settings).await;
+    shared.stream_ready.store(true, Ordering::SeqCst);
 }
 
 fn random_id() -> String {

@@ -8,24 +8,24 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const CONNECTIONS: &str = "herald_gateway_connections";
-pub const CONNECTIONS_OPENED: &str = "herald_gateway_connections_opened_total";
-pub const MESSAGES_SENT: &str = "herald_gateway_messages_sent_total";
-pub const MESSAGES_RECEIVED: &str = "herald_gateway_messages_received_total";
-pub const PUBLISHES: &str = "herald_gateway_publishes_total";
-pub const DELIVERY_LATENCY: &str = "herald_gateway_delivery_latency_seconds";
-pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer_disconnects_total";
-pub const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
-pub const NATS_SUBSCRIPTIONS: &str = "herald_gateway_nats_subscriptions";
-pub const POLL_SESSIONS: &str = "herald_gateway_poll_sessions";
-pub const ERRORS: &str = "herald_gateway_errors_total";
-pub const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
-pub const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
-pub const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
-pub const REPLAYED: &str = "herald_gateway_replayed_events_total";
-pub const CLOSES: &str = "herald_gateway_closes_total";
-pub const READY: &str = "herald_gateway_ready";
-pub const NATS_CONNECTED: &str = "herald_gateway_nats_connected";
+pub(crate) const CONNECTIONS: &str = "herald_gateway_connections";
+pub(crate) const CONNECTIONS_OPENED: &str = "herald_gateway_connections_opened_total";
+pub(crate) const MESSAGES_SENT: &str = "herald_gateway_messages_sent_total";
+pub(crate) const MESSAGES_RECEIVED: &str = "herald_gateway_messages_received_total";
+pub(crate) const PUBLISHES: &str = "herald_gateway_publishes_total";
+pub(crate) const DELIVERY_LATENCY: &str = "herald_gateway_delivery_latency_seconds";
+pub(crate) const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer_disconnects_total";
+pub(crate) const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
+pub(crate) const NATS_SUBSCRIPTIONS: &str = "herald_gateway_nats_subscriptions";
+pub(crate) const POLL_SESSIONS: &str = "herald_gateway_poll_sessions";
+pub(crate) const ERRORS: &str = "herald_gateway_errors_total";
+pub(crate) const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
+pub(crate) const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
+pub(crate) const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
+pub(crate) const REPLAYED: &str = "herald_gateway_replayed_events_total";
+pub(crate) const CLOSES: &str = "herald_gateway_closes_total";
+pub(crate) const READY: &str = "herald_gateway_ready";
+pub(crate) const NATS_CONNECTED: &str = "herald_gateway_nats_connected";
 
 /// Buckets of the delivery-latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -33,7 +33,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Installs the process-wide recorder (once) and returns the handle that renders `/metrics`.
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     let handle = herald_service::metrics::install(
         || {
             PrometheusBuilder::new()
@@ -47,7 +47,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// Counts a NATS connection event (`herald_service::nats::connect`'s callback).
-pub fn nats_event(event: &'static str) {
+pub(crate) fn nats_event(event: &'static str) {
     counter!(NATS_EVENTS, "event" => event).increment(1);
 }
 
@@ -129,7 +129,7 @@ fn describe() {
 
 /// The transports a client connection can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     WebSocket = 0,
     Sse = 1,
     LongPoll = 2,
@@ -137,7 +137,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
             Self::Sse => "sse",
@@ -147,12 +147,12 @@ impl Transport {
     }
 }
 
-pub fn connection_opened(t: Transport) {
+pub(crate) fn connection_opened(t: Transport) {
     counter!(CONNECTIONS_OPENED, "transport" => t.as_str()).increment(1);
     gauge!(CONNECTIONS, "transport" => t.as_str()).increment(1.0);
 }
 
-pub fn connection_closed(t: Transport) {
+pub(crate) fn connection_closed(t: Transport) {
     gauge!(CONNECTIONS, "transport" => t.as_str()).decrement(1.0);
 }
 
@@ -181,64 +181,64 @@ fn write_handles() -> &'static WriteHandles {
     })
 }
 
-pub fn sent(t: Transport, frames: u64, bytes: u64) {
+pub(crate) fn sent(t: Transport, frames: u64, bytes: u64) {
     let h = write_handles();
     h.frames[t as usize].increment(frames);
     h.bytes[t as usize].increment(bytes);
 }
 
-pub fn received() {
+pub(crate) fn received() {
     counter!(MESSAGES_RECEIVED).increment(1);
 }
 
 /// A client publish acked by the stream; `repeat` when its key was seen before.
-pub fn published(repeat: bool) {
+pub(crate) fn published(repeat: bool) {
     let outcome = if repeat { "repeat" } else { "stored" };
     counter!(PUBLISHES, "outcome" => outcome).increment(1);
 }
 
-pub fn delivery_latency(seconds: f64) {
+pub(crate) fn delivery_latency(seconds: f64) {
     write_handles().latency.record(seconds);
 }
 
-pub fn slow_consumer() {
+pub(crate) fn slow_consumer() {
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
 }
 
-pub fn room_subscriptions(delta: f64) {
+pub(crate) fn room_subscriptions(delta: f64) {
     gauge!(ROOM_SUBSCRIPTIONS).increment(delta);
 }
 
-pub fn poll_sessions(delta: f64) {
+pub(crate) fn poll_sessions(delta: f64) {
     gauge!(POLL_SESSIONS).increment(delta);
 }
 
-pub fn nats_subscriptions(delta: f64) {
+pub(crate) fn nats_subscriptions(delta: f64) {
     gauge!(NATS_SUBSCRIPTIONS).increment(delta);
 }
 
-pub fn error(code: ErrorCode) {
+pub(crate) fn error(code: ErrorCode) {
     counter!(ERRORS, "code" => code.as_str()).increment(1);
 }
 
 /// Close codes count as errors too, under their number.
-pub fn close(code: u16) {
+pub(crate) fn close(code: u16) {
     counter!(CLOSES, "code" => code.to_string()).increment(1);
     if code != 1000 {
         counter!(ERRORS, "code" => code.to_string()).increment(1);
     }
 }
 
-pub fn gap_repaired(events: u64) {
+pub(crate) fn gap_repaired(events: u64) {
     counter!(GAPS_REPAIRED).increment(events);
 }
 
-pub fn replayed(events: u64) {
+pub(crate) fn replayed(events: u64) {
     counter!(REPLAYED).increment(events);
 }
 
 /// Readiness and NATS state as gauges, for dashboards and alerts.
-pub fn state(ready: bool, nats_connected: bool) {
+pub(crate) fn state(ready: bool, nats_connected: bool) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(NATS_CONNECTED).set(f64::from(u8::from(nats_connected)));
 }

@@ -10,19 +10,53 @@ use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_proto::CloseCode;
+use herald_proto::frame::{EventRef, ServerFrame};
+use herald_proto::{CloseCode, Codec};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::sync::lock;
 
 /// WebSocket opcodes the gateway writes.
-pub mod opcode {
-    pub const TEXT: u8 = 0x1;
-    pub const BINARY: u8 = 0x2;
-    pub const CLOSE: u8 = 0x8;
-    pub const PING: u8 = 0x9;
-    pub const PONG: u8 = 0xA;
+pub(crate) mod opcode {
+    pub(crate) const TEXT: u8 = 0x1;
+    pub(crate) const BINARY: u8 = 0x2;
+    pub(crate) const CLOSE: u8 = 0x8;
+    pub(crate) const PING: u8 = 0x9;
+    pub(crate) const PONG: u8 = 0xA;
+}
+
+/// How a recipient's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A whole WebSocket frame in the connection's codec.
+    WebSocket(Codec),
+    /// The JSON frame alone, for the HTTP transports.
+    Bare,
+}
+
+/// An event as a recipient in `format` receives it.
+pub(crate) fn event_frame(ev: EventRef<'_>, format: Format) -> Bytes {
+    match format {
+        Format::WebSocket(Codec::Json) => ws_frame(opcode::TEXT, &Codec::Json.encode_event(ev)),
+        Format::WebSocket(Codec::MsgPack) => ws_frame(opcode::BINARY, &Codec::MsgPack.encode_event(ev)),
+        Format::Bare => Bytes::from(Codec::Json.encode_event(ev)),
+    }
+}
+
+/// Any other server frame as a recipient in `format` receives it.
+pub(crate) fn encode_for(format: Format, frame: &ServerFrame) -> Bytes {
+    match format {
+        Format::WebSocket(codec) => {
+            let op = if codec.is_binary() {
+                opcode::BINARY
+            } else {
+                opcode::TEXT
+            };
+            ws_frame(op, &codec.encode_server(frame))
+        }
+        Format::Bare => Bytes::from(Codec::Json.encode_server(frame)),
+    }
 }
 
 /// One queued frame, already encoded for the wire.
@@ -169,7 +203,7 @@ impl Outbound {
 }
 
 /// Encodes one unmasked server frame (FIN set): header and payload in one buffer.
-pub fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
+pub(crate) fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut buf = BytesMut::with_capacity(len + 10);
     buf.put_u8(0x80 | opcode);
@@ -187,7 +221,7 @@ pub fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
 }
 
 /// A close frame with `code` and its reason.
-pub fn close_frame(code: CloseCode) -> Bytes {
+pub(crate) fn close_frame(code: CloseCode) -> Bytes {
     let reason = code.reason().as_bytes();
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.0.to_be_bytes());
@@ -196,7 +230,7 @@ pub fn close_frame(code: CloseCode) -> Bytes {
 }
 
 /// Writes every item with vectored writes (up to 64 buffers per call), then flushes.
-pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, items: &[Item]) -> io::Result<usize> {
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, items: &[Item]) -> io::Result<usize> {
     let total: usize = items.iter().map(|i| i.bytes.len()).sum();
     let (mut idx, mut off) = (0, 0);
     while idx < items.len() {

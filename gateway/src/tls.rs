@@ -9,7 +9,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, ConfigError};
 
 /// The acceptor, if TLS is configured.
-pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
+pub(crate) fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };

@@ -13,16 +13,12 @@ use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetEr
 use async_nats::{Client, HeaderMap, HeaderValue};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use herald_proto::frame::EventRef;
 use herald_proto::header;
 use herald_proto::subject::Subjects;
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tracing::{debug, warn};
-
-use crate::hub::{Format, Hub, RoomState, StoredEvent};
-use crate::outbound::{Item, Outbound};
-
-/// Longest wait for a room's upstream subscription.
-const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a NATS operation failed (the client gets `unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +27,14 @@ pub struct UpstreamError(String);
 
 /// The most one replay burst or poll answer holds (`--replay-max-events`, `--replay-max-bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageLimit {
+pub(crate) struct PageLimit {
     pub events: usize,
     pub bytes: usize,
 }
 
 /// A bounded part of a room's history.
 #[derive(Debug, Default)]
-pub struct Page {
+pub(crate) struct Page {
     pub events: Vec<StoredEvent>,
     /// The room has stored events after the page.
     pub more: bool,
@@ -48,7 +44,7 @@ pub struct Page {
 
 /// Where a client's `since` leaves it in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// Replay the events after this seq.
     pub after: u64,
     /// History still holds everything after the client's `since`. False when it was trimmed,
@@ -57,14 +53,57 @@ pub struct Resume {
     pub recovered: bool,
 }
 
-/// NATS connection, JetStream context and the room pumps.
-pub struct Upstream {
+/// A stored room event, shared by everyone who receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub room: Arc<str>,
+    pub seq: u64,
+    pub prev: u64,
+    /// Milliseconds since the epoch when stored.
+    pub ts: u64,
+    /// Microseconds since the epoch when stored (for the latency histogram).
+    pub stored_us: u64,
+    pub kind: Option<Box<str>>,
+    pub from: Option<Box<str>>,
+    pub payload: Bytes,
+}
+
+impl StoredEvent {
+    pub fn event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            room: &self.room,
+            seq: self.seq,
+            prev: self.prev,
+            ts: self.ts,
+            kind: self.kind.as_deref(),
+            from: self.from.as_deref(),
+            payload: &self.payload,
+        }
+    }
+}
+
+/// Where the room pumps report: the hub's room table, seen from below.
+pub(crate) trait Rooms: Send + Sync + 'static {
+    /// Records the pump of a room, so that removing the room stops it.
+    fn set_pump(&self, room: &str, pump: AbortHandle);
+    /// The room's subscription is in place; `last_seq` was stored before it.
+    fn set_ready(&self, room: &str, last_seq: u64);
+    /// The room's subscription failed (retried); pending subscribers give up.
+    fn set_failed(&self, room: &str);
+    /// The last seq delivered in the room.
+    fn last_seq(&self, room: &str) -> Option<u64>;
+    /// Hands a stored event to the room's subscribers.
+    fn deliver(&self, ev: &Arc<StoredEvent>) -> usize;
+}
+
+/// The gateway's only NATS client: the room pumps, history reads, publishing, and the
+/// core subjects presence uses.
+pub(crate) struct Upstream {
     client: Client,
     js: jetstream::Context,
     subjects: Subjects,
     stream: String,
-    hub: Arc<Hub>,
-    linger: Duration,
+    rooms: Arc<dyn Rooms>,
     /// Bumped on every reconnect, so pumps fetch what they missed.
     reconnects: watch::Receiver<u64>,
 }
@@ -74,18 +113,17 @@ pub struct Upstream {
 impl Upstream {
     /// Connects (retrying in the background if NATS is down at start), counting connection
     /// events in `herald_gateway_nats_events_total`.
-    pub async fn connect(url: &str, name: &str) -> Result<(Client, watch::Receiver<u64>), UpstreamError> {
+    pub(crate) async fn connect(url: &str, name: &str) -> Result<(Client, watch::Receiver<u64>), UpstreamError> {
         herald_service::nats::connect(url, name, crate::metrics::nats_event)
             .await
             .map_err(|e| UpstreamError(e.to_string()))
     }
 
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         reconnects: watch::Receiver<u64>,
         subjects: Subjects,
-        hub: Arc<Hub>,
-        linger: Duration,
+        rooms: Arc<dyn Rooms>,
     ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
         Arc::new(Self {
@@ -93,135 +131,72 @@ impl Upstream {
             client,
             js,
             subjects,
-            hub,
-            linger,
+            rooms,
             reconnects,
         })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// Creates or updates the event stream until NATS answers.
+    pub(crate) async fn provision(&self, settings: &herald_service::stream::StreamSettings) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match herald_service::stream::ensure(&self.js, &self.subjects, settings).await {
+                Ok(()) => return,
+                Err(e) => warn!(error = %e, "Event stream not ready; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 
-    pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
+    /// Subscribes to a core subject, with the interest confirmed by the server.
+    pub(crate) async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, UpstreamError> {
+        let sub = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))?;
+        self.client.flush().await.map_err(|e| UpstreamError(e.to_string()))?;
+        Ok(sub)
     }
 
-    pub fn subjects(&self) -> &Subjects {
+    /// Publishes a core message (not stored).
+    pub(crate) async fn send(&self, subject: String, payload: Bytes) -> Result<(), UpstreamError> {
+        self.client
+            .publish(subject, payload)
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))
+    }
+
+    /// A request's answer, if one comes within `timeout`.
+    pub(crate) async fn request(&self, subject: String, payload: Bytes, timeout: Duration) -> Option<Bytes> {
+        let reply = tokio::time::timeout(timeout, self.client.request(subject, payload)).await;
+        Some(reply.ok()?.ok()?.payload)
+    }
+
+    /// Sends what is buffered, waiting at most `timeout` (with NATS unreachable a flush would
+    /// wait for the reconnect).
+    pub(crate) async fn flush(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.client.flush()).await;
+    }
+
+    pub(crate) fn subjects(&self) -> &Subjects {
         &self.subjects
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Starts the pump of a room the hub just created.
-    pub fn start_room(self: &Arc<Self>, room: &str) {
+    pub(crate) fn start_pump(self: &Arc<Self>, room: &str) {
         let room: Arc<str> = Arc::from(room);
         let task = tokio::spawn(Arc::clone(self).pump(Arc::clone(&room)));
-        self.hub.set_pump(&room, task.abort_handle());
-    }
-
-    /// Called when a room lost its last local subscriber: drop it after the linger.
-    fn release_room(self: &Arc<Self>, room: &str, generation: u64) {
-        let this = Arc::clone(self);
-        let room = room.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(this.linger).await;
-            this.hub.remove_if_idle(&room, generation);
-        });
-    }
-
-    /// Subscribes connection `conn` to `room`: joins the hub (pending), makes sure the room's
-    /// pump runs, then queues the events after `since` (none without it), the live events
-    /// that arrived meanwhile, and `ack(seq)` (skipped when empty). Returns the last seq
-    /// queued. On failure the connection is not left in the room. `since` is where the replay
-    /// starts, already resolved by [`Upstream::resume`].
-    pub async fn attach(
-        self: &Arc<Self>,
-        room: &str,
-        conn: u64,
-        out: &Arc<Outbound>,
-        format: Format,
-        since: Option<u64>,
-        ack: impl FnOnce(u64) -> Bytes,
-    ) -> Result<u64, String> {
-        let joined = self.hub.join(room, conn, Arc::clone(out), format);
-        if joined.new_room {
-            self.start_room(room);
-        }
-        fail::fail_point!("upstream.attach");
-        let mut state = joined.state;
-        let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
-            .await
-            .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
-        let replay = match (ready, since) {
-            (false, _) => Err("the event store is unavailable".to_owned()),
-            (true, None) => self
-                .last_seq(room)
-                .await
-                .map(|last| (Vec::new(), last))
-                .map_err(|e| e.to_string()),
-            (true, Some(since)) => self
-                .fetch_after(room, since, None)
-                .await
-                .map(|events| (events.into_iter().map(Arc::new).collect(), since))
-                .map_err(|e| e.to_string()),
-        };
-        let (events, floor) = match replay {
-            Ok(r) => r,
-            Err(e) => {
-                self.detach(room, conn);
-                return Err(e);
-            }
-        };
-        crate::metrics::replayed(events.len() as u64);
-        self.hub
-            .activate(room, conn, &events, floor, ack)
-            .ok_or_else(|| "connection closed".to_owned())
-    }
-
-    /// Removes `conn` from `room`; an emptied room keeps its pump for the linger.
-    pub fn detach(self: &Arc<Self>, room: &str, conn: u64) {
-        if let Some(generation) = self.hub.leave(room, conn) {
-            self.release_room(room, generation);
-        }
-    }
-
-    /// Queues the room's events after `after` into `out` in bursts of at most `limit` (and
-    /// a third of the connection's outbound bound), each once the client has read most of
-    /// the last; returns the last seq queued. A catch-up longer than the outbound bound
-    /// thus never overflows it. Stops early if the connection closes.
-    pub async fn send_history(
-        &self,
-        room: &str,
-        mut after: u64,
-        out: &Outbound,
-        format: Format,
-        limit: PageLimit,
-    ) -> Result<u64, UpstreamError> {
-        let limit = PageLimit {
-            events: limit.events,
-            bytes: limit.bytes.min(out.limit() / 3).max(1),
-        };
-        loop {
-            let page = self.page_after(room, after, limit).await?;
-            crate::metrics::replayed(page.events.len() as u64);
-            for ev in &page.events {
-                after = ev.seq;
-                out.push(Item {
-                    bytes: crate::hub::encode(ev, format),
-                    stored_us: 0,
-                });
-            }
-            if !page.more || !out.wait_for_room().await {
-                return Ok(after);
-            }
-        }
+        self.rooms.set_pump(&room, task.abort_handle());
     }
 
     /// Where a client holding `since` in `room` resumes.
-    pub async fn resume(&self, room: &str, since: u64) -> Result<Resume, UpstreamError> {
+    pub(crate) async fn resume(&self, room: &str, since: u64) -> Result<Resume, UpstreamError> {
         if since == 0 {
             return Ok(Resume {
                 after: 0,
@@ -243,7 +218,7 @@ impl Upstream {
     }
 
     /// The room's events after `after`, at most `limit` of them (one at least, however big).
-    pub async fn page_after(&self, room: &str, after: u64, limit: PageLimit) -> Result<Page, UpstreamError> {
+    pub(crate) async fn page_after(&self, room: &str, after: u64, limit: PageLimit) -> Result<Page, UpstreamError> {
         let stream = self.stream().await?;
         let subject = self.subjects.room(room);
         let room: Arc<str> = Arc::from(room);
@@ -286,7 +261,7 @@ impl Upstream {
                 Ok(ok) => break ok,
                 Err(e) => {
                     warn!(%room, error = %e, "Room subscription failed; retrying");
-                    self.hub.set_failed(&room);
+                    self.rooms.set_failed(&room);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -318,24 +293,24 @@ impl Upstream {
             .map_err(|e| UpstreamError(e.to_string()))?;
         self.client.flush().await.map_err(|e| UpstreamError(e.to_string()))?;
         let last = self.last_seq(room).await?;
-        self.hub.set_ready(room, last);
+        self.rooms.set_ready(room, last);
         Ok(sub)
     }
 
     async fn on_live(&self, room: &str, ev: StoredEvent) {
-        let last = self.hub.last_seq(room).unwrap_or(0);
+        let last = self.rooms.last_seq(room).unwrap_or(0);
         if ev.seq <= last {
             return;
         }
         if ev.prev > last {
             self.catch_up(room, Some(ev.seq)).await;
         }
-        self.hub.deliver(&Arc::new(ev));
+        self.rooms.deliver(&Arc::new(ev));
     }
 
     /// Fetches and delivers what the room stored after the hub's last seq (up to `until`).
     async fn catch_up(&self, room: &str, until: Option<u64>) {
-        let last = self.hub.last_seq(room).unwrap_or(0);
+        let last = self.rooms.last_seq(room).unwrap_or(0);
         match self.fetch_after(room, last, until).await {
             Ok(events) => {
                 crate::metrics::gap_repaired(events.len() as u64);
@@ -343,7 +318,7 @@ impl Upstream {
                     debug!(%room, from = last, events = events.len(), "Gap repaired from the stream");
                 }
                 for ev in events {
-                    self.hub.deliver(&Arc::new(ev));
+                    self.rooms.deliver(&Arc::new(ev));
                 }
             }
             Err(e) => warn!(%room, error = %e, "Gap repair failed"),
@@ -373,7 +348,7 @@ impl Upstream {
     }
 
     /// The room's last stored seq (0 if it has none).
-    pub async fn last_seq(&self, room: &str) -> Result<u64, UpstreamError> {
+    pub(crate) async fn last_seq(&self, room: &str) -> Result<u64, UpstreamError> {
         let stream = self.stream().await?;
         match stream.direct_get_last_for_subject(self.subjects.room(room)).await {
             Ok(m) => Ok(m.sequence),
@@ -383,7 +358,7 @@ impl Upstream {
     }
 
     /// Whether `seq` is still stored as an event of `room`.
-    pub async fn holds(&self, room: &str, seq: u64) -> Result<bool, UpstreamError> {
+    pub(crate) async fn holds(&self, room: &str, seq: u64) -> Result<bool, UpstreamError> {
         let stream = self.stream().await?;
         match stream.direct_get(seq).await {
             Ok(m) => Ok(m.subject.as_str() == self.subjects.room(room)),
@@ -394,7 +369,7 @@ impl Upstream {
 
     /// The room's stored events after `after`, in order, stopping before `until`; each
     /// event's `prev` is the one before it (the first one's is `after`).
-    pub async fn fetch_after(
+    pub(crate) async fn fetch_after(
         &self,
         room: &str,
         after: u64,
@@ -420,7 +395,7 @@ impl Upstream {
     /// idempotency `key`, the event is stored under a `Nats-Msg-Id` scoped to the user and the
     /// room: a repeat within the duplicate window resolves to the first event's seq with
     /// `duplicate` set, and is not stored again.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         room: &str,
         payload: Bytes,

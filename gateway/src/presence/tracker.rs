@@ -6,24 +6,16 @@
 //! parts whenever fanout asks on `herald.sys.sync`. One publisher task keeps fanout's view in
 //! order; the numbers let fanout notice a lost message and ask for a snapshot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_proto::frame::{Id, Presence, ServerFrame, Status};
-use herald_proto::subject::Subjects;
-use herald_proto::sys::{Body, Change, Conn, GatewayMsg, Join, StatusReply, StatusRequest, SyncRequest};
+use herald_proto::sys::{Body, Change, Conn, GatewayMsg, Join, SyncRequest};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::auth::Identity;
-use crate::feeds::{encode_for, FeedSet, Kind};
-use crate::hub::Format;
-use crate::outbound::Outbound;
-use crate::server::Shared;
 use crate::sync::lock;
 use crate::upstream::Upstream;
 
@@ -34,52 +26,6 @@ const BATCH: usize = 512;
 /// this counts each at its longest encoding).
 const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 
-/// Longest wait for fanout's answer to a snapshot or status request.
-const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The room's presence snapshot from fanout, if it answers in time.
-pub async fn snapshot(upstream: &Upstream, room: &str) -> Option<Presence> {
-    let subject = upstream.subjects().api_presence(room);
-    let reply = tokio::time::timeout(FANOUT_TIMEOUT, upstream.client().request(subject, Bytes::new())).await;
-    serde_json::from_slice::<Presence>(&reply.ok()?.ok()?.payload).ok()
-}
-
-/// The users' current status from fanout, in the order asked, if it answers in time.
-pub async fn statuses(upstream: &Upstream, users: &[String]) -> Option<Vec<Status>> {
-    let request = serde_json::to_vec(&StatusRequest { users: users.to_vec() }).expect("serializable");
-    let subject = upstream.subjects().api_status();
-    let reply = tokio::time::timeout(FANOUT_TIMEOUT, upstream.client().request(subject, request.into())).await;
-    Some(
-        serde_json::from_slice::<StatusReply>(&reply.ok()?.ok()?.payload)
-            .ok()?
-            .users,
-    )
-}
-
-/// Subscribes `conn` to the room's presence diffs and queues, before them, the room's
-/// snapshot (with `id`). Errs with the reason if either is unavailable (the diffs still
-/// come if only the snapshot failed).
-pub async fn follow(
-    shared: &Shared,
-    conn: u64,
-    out: &Arc<Outbound>,
-    format: Format,
-    room: &str,
-    id: Option<Id>,
-) -> Result<(), &'static str> {
-    let subject = shared.upstream.subjects().presence(room);
-    if !shared.feeds.add(&subject, Kind::Presence, conn, out, format).await {
-        return Err("presence updates are unavailable");
-    }
-    let first = snapshot(&shared.upstream, room).await.map(|mut p| {
-        p.id = id;
-        encode_for(format, &ServerFrame::Presence(p))
-    });
-    let answered = first.is_some();
-    shared.feeds.release(&subject, conn, first);
-    answered.then_some(()).ok_or("the presence service did not answer")
-}
-
 /// Reports membership changes to fanout. Cheap to clone.
 ///
 /// Callers apply their change to the shared membership at once (no queue of commands); the
@@ -87,7 +33,7 @@ pub async fn follow(
 /// [`MAX_PENDING`]: if NATS is too slow for them, the list is dropped and the batch numbers
 /// skip one, which makes fanout ask for a snapshot (the membership itself is always whole).
 #[derive(Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     state: Arc<Mutex<State>>,
     wake: Arc<tokio::sync::Notify>,
 }
@@ -108,7 +54,7 @@ struct State {
 }
 
 struct Task {
-    client: Client,
+    upstream: Arc<Upstream>,
     subject: String,
     gw: String,
     epoch: u64,
@@ -127,7 +73,8 @@ struct Local {
 
 impl Tracker {
     /// Starts the reporting task.
-    pub fn start(client: Client, subjects: &Subjects, gw: &str, heartbeat: Duration) -> Self {
+    pub(crate) fn start(upstream: Arc<Upstream>, gw: &str, heartbeat: Duration) -> Self {
+        let subjects = upstream.subjects().clone();
         let tracker = Self {
             state: Arc::default(),
             wake: Arc::default(),
@@ -139,26 +86,26 @@ impl Tracker {
             seq: 0,
             state: Arc::clone(&tracker.state),
             wake: Arc::clone(&tracker.wake),
-            client,
+            upstream,
         };
         tokio::spawn(task.run(subjects.sys_sync(), heartbeat));
         tracker
     }
 
-    pub fn open(&self, conn: &str, user: &str) {
+    pub(crate) fn open(&self, conn: &str, user: &str) {
         self.change(Change::Open(Conn {
             conn: conn.to_owned(),
             user: user.to_owned(),
         }));
     }
 
-    pub fn close(&self, conn: &str) {
+    pub(crate) fn close(&self, conn: &str) {
         self.change(Change::Close { conn: conn.to_owned() });
     }
 
     /// Joins `room`'s presence; returns once the change is on its way to NATS, so a request
     /// sent afterwards on the same connection reaches fanout after it.
-    pub async fn join(&self, room: &str, conn: &str, user: &str, name: Option<&str>) {
+    pub(crate) async fn join(&self, room: &str, conn: &str, user: &str, name: Option<&str>) {
         let (done, wait) = oneshot::channel();
         let change = Change::Join(Join {
             room: room.to_owned(),
@@ -177,7 +124,7 @@ impl Tracker {
         let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
     }
 
-    pub fn leave(&self, room: &str, conn: &str) {
+    pub(crate) fn leave(&self, room: &str, conn: &str) {
         self.change(Change::Leave {
             room: room.to_owned(),
             conn: conn.to_owned(),
@@ -234,7 +181,7 @@ impl State {
 impl Task {
     async fn run(mut self, sync_subject: String, heartbeat: Duration) {
         let mut sync = loop {
-            match self.client.subscribe(sync_subject.clone()).await {
+            match self.upstream.subscribe(sync_subject.clone()).await {
                 Ok(sub) => break sub,
                 Err(e) => {
                     warn!(error = %e, "Cannot subscribe to presence sync requests; retrying");
@@ -337,7 +284,7 @@ impl Task {
             body,
         };
         let payload = Bytes::from(serde_json::to_vec(&msg).expect("serializable"));
-        if let Err(e) = self.client.publish(self.subject.clone(), payload).await {
+        if let Err(e) = self.upstream.send(self.subject.clone(), payload).await {
             debug!(error = %e, "Presence message not sent");
         }
     }
@@ -394,236 +341,6 @@ fn snapshot_parts(conns: Vec<Conn>, members: Vec<Join>) -> Vec<(Vec<Conn>, Vec<J
         parts.last_mut().expect("one part").1.push(m);
     }
     parts
-}
-
-/// The presence of a connection on an HTTP stream (SSE): online while it lives, a member of
-/// `rooms`, following `watched` users; snapshots, statuses and diffs go to `out` as bare JSON.
-/// Dropping it (also half-way through [`Membership::start`]) closes the connection in fanout
-/// and leaves its feeds.
-pub struct Membership {
-    shared: Arc<Shared>,
-    conn: String,
-    feeds: FeedSet,
-}
-
-impl Membership {
-    /// Reports the connection and its rooms, then queues each room's snapshot and each
-    /// watched user's status, followed by every diff since.
-    pub async fn start(
-        shared: &Arc<Shared>,
-        conn_id: u64,
-        conn: &str,
-        who: &Identity,
-        out: &Arc<Outbound>,
-        rooms: Vec<String>,
-        watched: Vec<String>,
-    ) -> Self {
-        let tracker = &shared.tracker;
-        tracker.open(conn, &who.user);
-        let mut this = Self {
-            shared: Arc::clone(shared),
-            conn: conn.to_owned(),
-            feeds: FeedSet::new(&shared.feeds, conn_id),
-        };
-        fail::fail_point!("membership.join");
-        for room in &rooms {
-            tracker.join(room, conn, &who.user, who.name.as_deref()).await;
-        }
-        let subjects = shared.upstream.subjects();
-        for room in &rooms {
-            let subject = subjects.presence(room);
-            fail::fail_point!("membership.feed");
-            if this.feeds.add(subject.clone(), Kind::Presence, out, Format::Bare).await {
-                fail::fail_point!("membership.snapshot");
-                let first = snapshot(&shared.upstream, room)
-                    .await
-                    .map(|p| encode_for(Format::Bare, &ServerFrame::Presence(p)));
-                this.feeds.release(&subject, first);
-            }
-        }
-        for user in &watched {
-            this.feeds
-                .add(subjects.status(user), Kind::Status, out, Format::Bare)
-                .await;
-        }
-        if !watched.is_empty() {
-            fail::fail_point!("membership.statuses");
-            for status in statuses(&shared.upstream, &watched).await.unwrap_or_default() {
-                out.push_frame(encode_for(Format::Bare, &ServerFrame::Status(status)));
-            }
-            for user in &watched {
-                this.feeds.release(&subjects.status(user), None);
-            }
-        }
-        this
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.shared.tracker.close(&self.conn);
-    }
-}
-
-/// Polling clients' presence, keyed by their user and `sid`: a session is online and a member of its
-/// presence rooms from its first poll until it leaves (`POST /poll/leave`), or until no poll
-/// has been in flight for its time to live: `--poll-session-ttl` after an answered poll,
-/// `--poll-leave-grace` after one whose client went away before the answer.
-#[derive(Default)]
-pub struct PollSessions {
-    inner: Mutex<Sessions>,
-}
-
-#[derive(Default)]
-struct Sessions {
-    by_conn: HashMap<String, PollSession>,
-    per_user: HashMap<String, usize>,
-}
-
-struct PollSession {
-    user: String,
-    rooms: HashSet<String>,
-    /// Polls of this session in flight; it never expires while one is.
-    held: usize,
-    expires: Instant,
-}
-
-/// Why a new polling session was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionRefused {
-    /// The user holds `--max-poll-sessions-per-user` already.
-    UserFull,
-    /// The gateway holds `--max-poll-sessions` already.
-    Full,
-}
-
-/// The caps on polling sessions.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionLimits {
-    pub per_user: usize,
-    pub total: usize,
-}
-
-/// What a poll changes in its session's rooms: the tracker is told after the lock is released.
-#[derive(Debug, Default)]
-pub struct Touched {
-    pub opened: bool,
-    pub join: Vec<String>,
-    pub leave: Vec<String>,
-}
-
-impl PollSessions {
-    /// Records a poll of session `conn` (a digest of the user and the sid) as in flight: opens
-    /// the session if new and within `limits`, and says which rooms to join and leave so that
-    /// its presence rooms are `rooms`. Every successful call is paired with one
-    /// [`PollSessions::release`]; [`PollSessions::apply`] tells the tracker.
-    pub fn hold(
-        &self,
-        conn: &str,
-        who: &Identity,
-        rooms: &[String],
-        limits: SessionLimits,
-    ) -> Result<Touched, SessionRefused> {
-        let wanted: HashSet<String> = rooms.iter().cloned().collect();
-        let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_user } = &mut *inner;
-        if let Some(s) = by_conn.get_mut(conn) {
-            s.held += 1;
-            let join = wanted.difference(&s.rooms).cloned().collect();
-            let leave = s.rooms.difference(&wanted).cloned().collect();
-            s.rooms = wanted;
-            return Ok(Touched {
-                opened: false,
-                join,
-                leave,
-            });
-        }
-        if by_conn.len() >= limits.total {
-            return Err(SessionRefused::Full);
-        }
-        let held = per_user.entry(who.user.clone()).or_default();
-        if *held >= limits.per_user {
-            return Err(SessionRefused::UserFull);
-        }
-        *held += 1;
-        let join = wanted.iter().cloned().collect();
-        by_conn.insert(
-            conn.to_owned(),
-            PollSession {
-                user: who.user.clone(),
-                rooms: wanted,
-                held: 1,
-                expires: Instant::now(),
-            },
-        );
-        crate::metrics::poll_sessions(1.0);
-        Ok(Touched {
-            opened: true,
-            join,
-            leave: Vec::new(),
-        })
-    }
-
-    /// Tells the tracker what [`PollSessions::hold`] changed.
-    pub async fn apply(tracker: &Tracker, conn: &str, who: &Identity, touched: &Touched) {
-        if touched.opened {
-            tracker.open(conn, &who.user);
-        }
-        for room in &touched.leave {
-            tracker.leave(room, conn);
-        }
-        for room in &touched.join {
-            tracker.join(room, conn, &who.user, who.name.as_deref()).await;
-        }
-    }
-
-    /// A poll of session `conn` ended: once none is in flight, the session lives `ttl` more.
-    pub fn release(&self, conn: &str, ttl: Duration) {
-        if let Some(s) = lock(&self.inner).by_conn.get_mut(conn) {
-            s.held = s.held.saturating_sub(1);
-            if s.held == 0 {
-                s.expires = Instant::now() + ttl;
-            }
-        }
-    }
-
-    /// Closes session `conn` now (the client said it is leaving); false if there was none.
-    pub fn end(&self, tracker: &Tracker, conn: &str) -> bool {
-        let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_user } = &mut *inner;
-        match by_conn.remove(conn) {
-            Some(s) => {
-                close_session(tracker, per_user, conn, &s);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Closes the sessions with no poll in flight whose time to live has passed.
-    pub fn sweep(&self, tracker: &Tracker) {
-        let now = Instant::now();
-        let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_user } = &mut *inner;
-        by_conn.retain(|conn, s| {
-            let alive = s.held > 0 || s.expires > now;
-            if !alive {
-                close_session(tracker, per_user, conn, s);
-            }
-            alive
-        });
-    }
-}
-
-fn close_session(tracker: &Tracker, per_user: &mut HashMap<String, usize>, conn: &str, s: &PollSession) {
-    tracker.close(conn);
-    crate::metrics::poll_sessions(-1.0);
-    if let Some(held) = per_user.get_mut(&s.user) {
-        *held -= 1;
-        if *held == 0 {
-            per_user.remove(&s.user);
-        }
-    }
 }
 
 #[cfg(test)]

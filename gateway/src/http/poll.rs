@@ -18,20 +18,26 @@ use herald_proto::{Codec, ErrorCode};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::Identity;
-use crate::feeds::{FeedSet, Kind};
-use crate::http::{
-    cursor, identify, json, presence_rooms, request_allowed, rooms, session_id, watched, EventHead, Queued,
-    Registration,
-};
-use crate::hub::Format;
-use crate::metrics::{self, Transport};
-use crate::presence::{self, PollSessions, SessionLimits, SessionRefused};
-use crate::server::{query_param, Body, HttpError, Shared};
-use crate::upstream::UpstreamError;
 use herald_proto::http::{encode_poll_answer, PollTail};
 
-pub async fn poll(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
+use crate::auth::Identity;
+use crate::feeds::{FeedSet, Kind};
+use crate::hub::UpstreamError;
+use crate::metrics::{self, Transport};
+use crate::outbound::Format;
+use crate::presence::{PollSessions, SessionLimits, SessionRefused};
+use crate::state::{Shared, Slot};
+
+use super::{
+    cursor, full, identify, json, presence_rooms, query_param, request_allowed, rooms, session_id, start_positions,
+    watched, Body, EventHead, HttpError, OpenGauge, Queued, Registration,
+};
+
+pub(crate) async fn poll(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn).await?;
     let rooms = rooms(shared, &req, &who)?;
@@ -79,12 +85,7 @@ struct Asked {
 
 /// The answer to a poll: backlog at once, else the first event, presence or status change
 /// within `wait`.
-async fn answer(
-    shared: &Arc<Shared>,
-    slot: crate::server::Slot,
-    conn_id: u64,
-    asked: &Asked,
-) -> Result<Response<Body>, HttpError> {
+async fn answer(shared: &Arc<Shared>, slot: Slot, conn_id: u64, asked: &Asked) -> Result<Response<Body>, HttpError> {
     let Asked {
         rooms,
         members_of,
@@ -118,12 +119,12 @@ async fn answer(
     let mut reg = Registration::new(shared, slot, conn_id);
     reg.attach_all(rooms, &positions).await?;
     // A presence or status change ends the wait too (the answer holds fresh snapshots).
-    let subjects = shared.upstream.subjects();
+    let subjects = &shared.subjects;
     let wanted = members_of
         .iter()
         .map(|r| (subjects.presence(r), Kind::Presence))
         .chain(watch.iter().map(|u| (subjects.status(u), Kind::Status)));
-    let mut feeds = FeedSet::new(&shared.feeds, conn_id);
+    let mut feeds = FeedSet::new(&shared.presence.feeds, conn_id);
     for (subject, kind) in wanted {
         fail::fail_point!("poll.feed");
         if feeds.add(subject.clone(), kind, &reg.out, Format::Bare).await {
@@ -166,7 +167,7 @@ async fn history(
     positions: &mut Cursor,
     events: &mut Vec<Bytes>,
 ) -> Result<Backlog, HttpError> {
-    let upstream = &shared.upstream;
+    let upstream = &shared.hub;
     let unavailable = |e: UpstreamError| HttpError::new(ErrorCode::Unavailable, e.to_string());
     let mut backlog = Backlog::default();
     let mut budget = shared.page_limit();
@@ -186,7 +187,7 @@ async fn history(
         budget.bytes = budget.bytes.saturating_sub(page.bytes);
         for ev in &page.events {
             positions.set(room, ev.seq);
-            events.push(Bytes::from(Codec::Json.encode_event(ev.as_ref())));
+            events.push(Bytes::from(Codec::Json.encode_event(ev.event_ref())));
         }
         let spent = budget.events == 0 || budget.bytes == 0;
         if page.more || (spent && i + 1 < rooms.len()) {
@@ -209,7 +210,7 @@ async fn hold<'a>(
         per_user: shared.config.max_poll_sessions_per_user,
         total: shared.config.max_poll_sessions,
     };
-    let touched = match shared.polls.hold(session, who, rooms, limits) {
+    let touched = match shared.presence.polls.hold(session, who, rooms, limits) {
         Ok(touched) => touched,
         Err(SessionRefused::UserFull) => {
             return Err(HttpError::new(
@@ -224,7 +225,7 @@ async fn hold<'a>(
         session,
         answered: false,
     };
-    PollSessions::apply(&shared.tracker, session, who, &touched).await;
+    PollSessions::apply(&shared.presence.tracker, session, who, &touched).await;
     Ok(held)
 }
 
@@ -241,31 +242,14 @@ async fn tail(shared: &Shared, rooms: &[String], watch: &[String], backlog: Back
     if !rooms.is_empty() {
         let mut snapshots = Vec::new();
         for room in rooms {
-            snapshots.extend(presence::snapshot(&shared.upstream, room).await);
+            snapshots.extend(shared.presence.snapshot(room).await);
         }
         tail.presence = Some(snapshots);
     }
     if !watch.is_empty() {
-        tail.status = presence::statuses(&shared.upstream, watch).await;
+        tail.status = shared.presence.statuses(watch).await;
     }
     tail
-}
-
-/// Where each room starts: the client's cursor, or the room's live tail.
-pub async fn start_positions(shared: &Shared, rooms: &[String], asked: Option<&Cursor>) -> Result<Cursor, HttpError> {
-    let mut positions = Cursor::default();
-    for room in rooms {
-        let pos = match asked.and_then(|c| c.get(room)) {
-            Some(seq) => seq,
-            None => shared
-                .upstream
-                .last_seq(room)
-                .await
-                .map_err(|e| HttpError::new(ErrorCode::Unavailable, e.to_string()))?,
-        };
-        positions.set(room, pos);
-    }
-    Ok(positions)
 }
 
 /// `?wait=` in seconds (fractions allowed), capped at `--poll-max-wait`.
@@ -306,14 +290,18 @@ impl Drop for Held<'_> {
         } else {
             c.poll_leave_grace
         };
-        self.shared.polls.release(self.session, ttl);
+        self.shared.presence.polls.release(self.session, ttl);
     }
 }
 
 /// `POST /poll/leave?sid=`: the polling client is leaving (herald.js sends it on `pagehide`);
 /// its session ends now, and fanout's leave delay starts. Authenticated like `/poll`;
 /// idempotent (204 whether or not the session was open).
-pub async fn leave(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
+pub(crate) async fn leave(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn).await?;
     let Some(sid) = session_id(&req)? else {
@@ -321,19 +309,10 @@ pub async fn leave(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr)
     };
     request_allowed(shared, &who, remote, true)?;
     let session = herald_proto::text::poll_session(&who.user, &sid);
-    shared.polls.end(&shared.tracker, &session);
+    shared.presence.polls.end(&shared.presence.tracker, &session);
     Ok(Response::builder()
         .status(StatusCode::NO_CONTENT)
         .header(http::header::CACHE_CONTROL, "no-store")
-        .body(crate::server::full(bytes::Bytes::new()))
+        .body(full(bytes::Bytes::new()))
         .expect("static response parts"))
-}
-
-/// Keeps `herald_gateway_connections{transport}` up while a request is open.
-pub struct OpenGauge(pub Transport);
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        metrics::connection_closed(self.0);
-    }
 }

@@ -6,25 +6,27 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use http::{header, Response};
 
-use crate::server::{full, Body, Shared};
+use crate::state::Shared;
 
-const HERALD_JS: &str = include_str!("../web/herald.js");
-const INDEX_HTML: &str = include_str!("../web/index.html");
-const SUPPORT_HTML: &str = include_str!("../web/support.html");
-const DEMO_JS: &str = include_str!("../web/demo.js");
-const SUPPORT_JS: &str = include_str!("../web/support.js");
+use super::{full, Body};
+
+const HERALD_JS: &str = include_str!("../../web/herald.js");
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const SUPPORT_HTML: &str = include_str!("../../web/support.html");
+const DEMO_JS: &str = include_str!("../../web/demo.js");
+const SUPPORT_JS: &str = include_str!("../../web/support.js");
 
 /// The pages' policy: scripts only from this origin (the pages have no inline script, so an
 /// injected one cannot run), images only from here or inline, no plugins, no framing. Clients
 /// may connect to other gateways (`?gateways=`), so `connect-src` allows any http(s)/ws(s).
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
      connect-src 'self' http: https: ws: wss:; object-src 'none'; base-uri 'none'; \
      frame-ancestors 'none'; form-action 'self'";
 static CLASSIC_JS: LazyLock<String> = LazyLock::new(classic);
 
 /// The page or script at `path`, if there is one.
-pub fn asset(shared: &Shared, path: &str) -> Option<Response<Body>> {
+pub(crate) fn asset(shared: &Shared, path: &str) -> Option<Response<Body>> {
     let (body, kind): (Bytes, &str) = match path {
         "/" | "/index.html" => (
             INDEX_HTML

@@ -1,28 +1,35 @@
-//! What the HTTP transports share: who the caller is, which rooms and cursor they asked for,
-//! CORS, and `POST /publish`.
+//! The HTTP transports: ajax/long-poll ([`poll`]), Server-Sent Events ([`sse`]),
+//! `POST /publish` ([`publish`]) and `GET /presence` ([`presence`]); and what they share
+//! (this module): who the caller is, which rooms and cursor they asked for, the contract's
+//! error body, CORS, and the registration that holds a request's slot and rooms.
 
+pub(crate) mod poll;
+pub(crate) mod presence;
+pub(crate) mod publish;
+pub(crate) mod sse;
+pub(crate) mod web;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
-use herald_proto::http::PublishReply;
 use herald_proto::{text, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use crate::auth::{Access, Identity};
-use crate::hub::Format;
-use crate::outbound::Outbound;
-use crate::server::{full, query_param, token, Body, HttpError, RateKind, Shared, Slot};
-use std::net::IpAddr;
+use crate::auth::{Access, AuthError, Identity, RoomRefused};
+use crate::metrics::{self, Transport};
+use crate::outbound::{Format, Outbound};
+use crate::state::{RateKind, Shared, Slot, Unavailable};
 
 /// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`.
-pub async fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
+pub(crate) async fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
     if !shared.origin_allowed(req) {
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -36,7 +43,7 @@ pub async fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> R
 
 /// What follows `anon-` in an anonymous user's id: a digest of the sid (see
 /// [`text::anonymous_id`]), or the connection id without one.
-pub fn anon_id(sid: Option<&str>, conn: &str) -> String {
+pub(crate) fn anon_id(sid: Option<&str>, conn: &str) -> String {
     sid.map_or_else(|| conn.to_owned(), text::anonymous_id)
 }
 
@@ -44,7 +51,7 @@ pub fn anon_id(sid: Option<&str>, conn: &str) -> String {
 /// reconnects and transports. An anonymous user is `anon-<digest of sid>` with it
 /// (`anon-<conn>` without), so a reconnect is the same user; a polling client's membership
 /// is keyed by it and its user.
-pub fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
+pub(crate) fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
     let sid = query_param(req, "sid");
     if let Some(sid) = &sid {
         text::validate_sid(sid).map_err(bad_request)?;
@@ -53,7 +60,7 @@ pub fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> 
 }
 
 /// `?name=`: an anonymous user's display name (at most 64 characters, no control characters).
-pub fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
+pub(crate) fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
     let name = query_param(req, "name");
     if let Some(name) = &name {
         text::validate_name(name).map_err(bad_request)?;
@@ -62,7 +69,7 @@ pub fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError
 }
 
 /// `--op-rate` for `/poll`, `/sse` and `GET /presence`.
-pub fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr, has_sid: bool) -> Result<(), HttpError> {
+pub(crate) fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr, has_sid: bool) -> Result<(), HttpError> {
     if shared.http_allowed(RateKind::Request, who, remote, has_sid) {
         Ok(())
     } else {
@@ -70,12 +77,12 @@ pub fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr, has_sid:
     }
 }
 
-fn bad_request(e: impl std::fmt::Display) -> HttpError {
+pub(crate) fn bad_request(e: impl std::fmt::Display) -> HttpError {
     HttpError::new(ErrorCode::BadRequest, e.to_string())
 }
 
 /// `?presence=`: the rooms (among `rooms`) to be a member of; `1` or `true` for all of them.
-pub fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<String>, HttpError> {
+pub(crate) fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<String>, HttpError> {
     let Some(list) = query_param(req, "presence") else {
         return Ok(Vec::new());
     };
@@ -93,7 +100,7 @@ pub fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<S
 }
 
 /// `?watch=a,b`: users whose status to follow (valid ids, at most `--max-watch`).
-pub fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, HttpError> {
+pub(crate) fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, HttpError> {
     let users = list_items(&query_param(req, "watch").unwrap_or_default());
     let users = text::validate_users(&users).map_err(bad_request)?;
     let max = shared.config.max_watch;
@@ -116,14 +123,14 @@ fn list_items(list: &str) -> Vec<String> {
 
 /// What a queued bare-JSON frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
+pub(crate) enum Queued {
     Event,
     Presence,
     Status,
 }
 
 impl Queued {
-    pub fn of(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn of(bytes: &[u8]) -> Option<Self> {
         if bytes.starts_with(br#"{"t":"event""#) {
             Some(Self::Event)
         } else if bytes.starts_with(br#"{"t":"presence""#) {
@@ -137,7 +144,7 @@ impl Queued {
 }
 
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
-pub fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
+pub(crate) fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
     let rooms = list_items(&query_param(req, "rooms").unwrap_or_default());
     if rooms.is_empty() {
         return Err(HttpError::new(ErrorCode::BadRequest, "`rooms` is required"));
@@ -156,7 +163,7 @@ pub fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result
 }
 
 /// The cursor from `Last-Event-ID` (SSE reconnects) or `?cursor=`.
-pub fn cursor(req: &Request<Incoming>) -> Result<Option<Cursor>, HttpError> {
+pub(crate) fn cursor(req: &Request<Incoming>) -> Result<Option<Cursor>, HttpError> {
     let from_header = req
         .headers()
         .get("last-event-id")
@@ -173,7 +180,7 @@ pub fn cursor(req: &Request<Incoming>) -> Result<Option<Cursor>, HttpError> {
 /// A registered HTTP client: holds its slot among `--max-connections`, is closed by the
 /// drain, and leaves its rooms when dropped (also when hyper drops the request's future
 /// because the client went away).
-pub struct Registration {
+pub(crate) struct Registration {
     pub shared: Arc<Shared>,
     pub conn_id: u64,
     pub out: Arc<Outbound>,
@@ -183,7 +190,7 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64) -> Self {
+    pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64) -> Self {
         let out = Outbound::new(shared.config.outbound_buffer_bytes);
         slot.register(Arc::clone(&out));
         Self {
@@ -198,12 +205,12 @@ impl Registration {
 
 impl Registration {
     /// Subscribes to every room from its position (events after it are queued at once).
-    pub async fn attach_all(&mut self, rooms: &[String], positions: &Cursor) -> Result<(), HttpError> {
+    pub(crate) async fn attach_all(&mut self, rooms: &[String], positions: &Cursor) -> Result<(), HttpError> {
         for room in rooms {
             self.rooms.push(room.clone());
             fail::fail_point!("http.attach");
             self.shared
-                .upstream
+                .hub
                 .attach(room, self.conn_id, &self.out, Format::Bare, positions.get(room), |_| {
                     Bytes::new()
                 })
@@ -217,20 +224,20 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         for room in &self.rooms {
-            self.shared.upstream.detach(room, self.conn_id);
+            self.shared.hub.detach(room, self.conn_id);
         }
     }
 }
 
 /// The `room` and `seq` of an event's JSON, for cursors.
 #[derive(Deserialize)]
-pub struct EventHead<'a> {
+pub(crate) struct EventHead<'a> {
     pub room: &'a str,
     pub seq: u64,
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -240,7 +247,7 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// Adds CORS headers for an allowed browser origin (every origin when none are configured).
-pub fn cors(
+pub(crate) fn cors(
     shared: &Shared,
     origin: Option<HeaderValue>,
     result: Result<Response<Body>, HttpError>,
@@ -261,7 +268,7 @@ pub fn cors(
 }
 
 /// `OPTIONS` preflight for the HTTP transports.
-pub fn preflight(shared: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, HttpError> {
+pub(crate) fn preflight(shared: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, HttpError> {
     if !shared.origin_allowed(req) {
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -277,87 +284,103 @@ pub fn preflight(shared: &Shared, req: &Request<Incoming>) -> Result<Response<Bo
         .expect("static response parts"))
 }
 
-#[derive(Deserialize)]
-struct PublishBody<'a> {
-    room: String,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    key: Option<String>,
+/// Where each room starts: the client's cursor, or the room's live tail.
+pub(crate) async fn start_positions(
+    shared: &Shared,
+    rooms: &[String],
+    asked: Option<&Cursor>,
+) -> Result<Cursor, HttpError> {
+    let mut positions = Cursor::default();
+    for room in rooms {
+        let pos = match asked.and_then(|c| c.get(room)) {
+            Some(seq) => seq,
+            None => shared
+                .hub
+                .last_seq(room)
+                .await
+                .map_err(|e| HttpError::new(ErrorCode::Unavailable, e.to_string()))?,
+        };
+        positions.set(room, pos);
+    }
+    Ok(positions)
 }
 
-/// `POST /publish` with `{"room","data","type"?,"key"?}` → `{"room","seq","repeat"?}` once
-/// stored; a `key` seen before (same user and room, within the duplicate window) answers with
-/// the stored event's seq and `"repeat":true`.
-pub async fn publish(
-    shared: &Arc<Shared>,
-    req: Request<Incoming>,
-    remote: IpAddr,
-) -> Result<Response<Body>, HttpError> {
-    let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
-    let has_sid = session_id(&req)?.is_some();
-    let max = shared.config.max_message_bytes;
-    // A client that sends its body slowly (or never) holds the request no longer than a handshake.
-    let read = Limited::new(req.into_body(), max).collect();
-    let body = tokio::time::timeout(shared.config.handshake_timeout, read)
-        .await
-        .map_err(|_| HttpError::new(ErrorCode::BadRequest, "the body did not arrive in time"))?
-        .map_err(|_| HttpError::new(ErrorCode::TooLarge, format!("body larger than {max} bytes")))?
-        .to_bytes();
-    let p: PublishBody<'_> = serde_json::from_slice(&body)
-        .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
-    who.check_room(&p.room, Access::Publish)?;
-    if let Some(kind) = &p.kind {
-        text::validate_type(kind).map_err(bad_request)?;
+/// Keeps `herald_gateway_connections{transport}` up while a request is open.
+pub(crate) struct OpenGauge(pub Transport);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::connection_closed(self.0);
     }
-    if let Some(key) = &p.key {
-        text::validate_key(key).map_err(bad_request)?;
-    }
-    if !shared.http_allowed(RateKind::Publish, &who, remote, has_sid) {
-        return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
-    }
-    let data = p
-        .data
-        .ok_or_else(|| HttpError::new(ErrorCode::BadRequest, "`data` is required"))?;
-    let unavailable =
-        |e: &dyn std::fmt::Display| HttpError::new(ErrorCode::Unavailable, format!("publish failed: {e}"));
-    let payload = Bytes::copy_from_slice(data.get().as_bytes());
-    let ack = shared
-        .upstream
-        .publish(&p.room, payload, p.kind.as_deref(), p.key.as_deref(), &who.user)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let ack = tokio::time::timeout(Duration::from_secs(10), ack)
-        .await
-        .map_err(|e| unavailable(&e))?
-        .map_err(|e| unavailable(&e))?;
-    crate::metrics::received();
-    crate::metrics::published(ack.duplicate);
-    let reply = PublishReply {
-        room: p.room,
-        seq: ack.sequence,
-        repeat: ack.duplicate.then_some(true),
-    };
-    let body = serde_json::to_string(&reply).map_err(|e| unavailable(&e))?;
-    Ok(json(StatusCode::OK, body))
 }
 
-/// `GET /presence?room=R` → the room's snapshot (`presence` frame JSON), without joining it.
-pub async fn presence(
-    shared: &Arc<Shared>,
-    req: Request<Incoming>,
-    remote: IpAddr,
-) -> Result<Response<Body>, HttpError> {
-    let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
-    let room = query_param(&req, "room").unwrap_or_default();
-    who.check_room(&room, Access::Subscribe)?;
-    request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
-    let snapshot = crate::presence::snapshot(&shared.upstream, &room)
-        .await
-        .ok_or_else(|| HttpError::new(ErrorCode::Unavailable, "the presence service did not answer"))?;
-    let frame = herald_proto::frame::ServerFrame::Presence(snapshot);
-    Ok(json(StatusCode::OK, herald_proto::Codec::Json.encode_server(&frame)))
+/// An HTTP error in the contract's shape.
+#[derive(Debug)]
+pub(crate) struct HttpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+// === impl HttpError ===
+
+impl HttpError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Body> {
+        metrics::error(self.code);
+        let body = serde_json::to_string(&herald_proto::http::ErrorBody::new(self.code, self.message))
+            .expect("plain data serializes");
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(body))
+            .expect("static response parts")
+    }
+}
+
+impl From<RoomRefused> for HttpError {
+    fn from(r: RoomRefused) -> Self {
+        Self::new(r.code, r.message)
+    }
+}
+
+impl From<AuthError> for HttpError {
+    fn from(e: AuthError) -> Self {
+        Self::new(ErrorCode::Unauthorized, e.to_string())
+    }
+}
+
+/// A query parameter, percent-decoded.
+pub(crate) fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    herald_proto::query::param(req.uri().query()?, name)
+}
+
+/// The bearer token of a request: `Authorization: Bearer` or `?token=`.
+pub(crate) fn token(req: &Request<Incoming>) -> Option<String> {
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_owned());
+    from_header.or_else(|| query_param(req, "token"))
+}
+
+impl From<Unavailable> for HttpError {
+    fn from(u: Unavailable) -> Self {
+        Self::new(ErrorCode::Unavailable, u.0)
+    }
+}
+
+/// A response body.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
 }

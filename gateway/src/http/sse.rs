@@ -12,13 +12,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::http::{
-    cursor, identify, presence_rooms, request_allowed, rooms, session_id, watched, EventHead, Queued, Registration,
+use super::{
+    cursor, identify, presence_rooms, request_allowed, rooms, session_id, start_positions, watched, Body, EventHead,
+    HttpError, OpenGauge, Queued, Registration,
 };
 use crate::metrics::{self, Transport};
-use crate::poll::{start_positions, OpenGauge};
 use crate::presence::Membership;
-use crate::server::{Body, HttpError, Shared};
+use crate::state::Shared;
 use herald_proto::cursor::Cursor;
 use herald_proto::http::{Unrecovered, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
 use herald_proto::Codec;
@@ -42,7 +42,11 @@ fn data_lines(chunk: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Result<Response<Body>, HttpError> {
+pub(crate) async fn sse(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn).await?;
     let rooms = rooms(shared, &req, &who)?;
@@ -55,7 +59,7 @@ pub async fn sse(shared: &Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let reg = Registration::new(shared, slot, conn_id);
     fail::fail_point!("sse.membership");
-    let membership = Membership::start(shared, conn_id, &conn, &who, &reg.out, members_of, watch).await;
+    let membership = Membership::start(&shared.presence, conn_id, &conn, &who, &reg.out, members_of, watch).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     metrics::connection_opened(Transport::Sse);
@@ -125,7 +129,7 @@ impl Stream {
     /// bound arrives whole. A cursor that history no longer covers gets an `unrecovered`
     /// event first. False if the event store failed.
     async fn catch_up(&mut self, shared: &Shared) -> Result<bool, Gone> {
-        let upstream = &shared.upstream;
+        let upstream = &shared.hub;
         let limit = shared.page_limit();
         let mut unrecovered = Vec::new();
         for room in &self.rooms {
@@ -156,7 +160,7 @@ impl Stream {
                 for (i, ev) in page.events.iter().enumerate() {
                     self.positions.set(room, ev.seq);
                     let last = i + 1 == page.events.len();
-                    self.event(&mut chunk, &Codec::Json.encode_event(ev.as_ref()), last);
+                    self.event(&mut chunk, &Codec::Json.encode_event(ev.event_ref()), last);
                 }
                 if !chunk.is_empty() {
                     let (events, bytes) = (page.events.len() as u64, chunk.len() as u64);

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A frame-at-a-time reader over the socket's read half.
-pub struct Input<'a, R> {
+pub(super) struct Input<'a, R> {
     rd: R,
     /// Read from the socket, not yet handed to the frame reader.
     pending: Vec<u8>,
@@ -29,7 +29,7 @@ pub struct Input<'a, R> {
 }
 
 impl<'a, R: AsyncRead + Unpin> Input<'a, R> {
-    pub fn new(rd: R, idle: &'a AtomicBool) -> Self {
+    pub(super) fn new(rd: R, idle: &'a AtomicBool) -> Self {
         idle.store(true, Ordering::Relaxed);
         Self {
             rd,
@@ -40,7 +40,7 @@ impl<'a, R: AsyncRead + Unpin> Input<'a, R> {
     }
 
     /// Waits until the peer sends something; `false` at end of stream.
-    pub async fn wait(&mut self) -> io::Result<bool> {
+    pub(super) async fn wait(&mut self) -> io::Result<bool> {
         if !self.pending.is_empty() {
             return Ok(true);
         }
@@ -48,14 +48,14 @@ impl<'a, R: AsyncRead + Unpin> Input<'a, R> {
     }
 
     /// Releases the read-ahead buffer if it is empty.
-    pub fn shrink(&mut self) {
+    pub(super) fn shrink(&mut self) {
         if self.pending.is_empty() {
             self.pending = Vec::new();
         }
     }
 
     /// Reads and discards until end of stream.
-    pub async fn discard(&mut self) {
+    pub(super) async fn discard(&mut self) {
         self.pending = Vec::new();
         let mut buf = vec![0u8; 4096];
         while matches!(tokio::io::AsyncReadExt::read(&mut self.rd, &mut buf).await, Ok(n) if n > 0) {}

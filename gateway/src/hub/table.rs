@@ -1,9 +1,9 @@
-//! The hub: rooms → local subscribers, and fan-out of stored events.
+//! The room table: rooms → local subscribers, and fan-out of stored events.
 //!
 //! Rooms are sharded by name hash so events of different rooms don't contend. Each event is
 //! encoded at most once per codec and the same `Bytes` go to every subscriber's queue.
 //! A subscriber starts `Pending` (live events are buffered while its replay is fetched) and
-//! turns `Live` in [`Hub::activate`], which splices replay and buffer without a duplicate or
+//! turns `Live` in [`Table::activate`], which splices replay and buffer without a duplicate or
 //! a reorder: a subscriber only ever receives seqs above the last one it received.
 
 use std::collections::HashMap;
@@ -11,43 +11,19 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use herald_proto::frame::EventRef;
 use herald_proto::Codec;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::outbound::{opcode, ws_frame, Item, Outbound, Pushed};
+use crate::outbound::{event_frame, Format, Item, Outbound, Pushed};
 use crate::sync::lock;
+use crate::upstream::{Rooms, StoredEvent};
 
 const SHARDS: usize = 64;
 /// Live events buffered for one subscriber while its replay is fetched, at most. A room that
 /// outruns a stalled replay by this much closes the subscriber as a slow consumer (4008); it
 /// resumes with `since` and loses nothing still in history.
 const MAX_PENDING_EVENTS: usize = 10_000;
-
-/// A stored room event, shared by everyone who receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
-    pub room: Arc<str>,
-    pub seq: u64,
-    pub prev: u64,
-    /// Milliseconds since the epoch when stored.
-    pub ts: u64,
-    /// Microseconds since the epoch when stored (for the latency histogram).
-    pub stored_us: u64,
-    pub kind: Option<Box<str>>,
-    pub from: Option<Box<str>>,
-    pub payload: Bytes,
-}
-
-/// How a subscriber's event frames are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// A whole WebSocket frame in the connection's codec.
-    WebSocket(Codec),
-    /// The JSON event alone, for the HTTP transports.
-    Bare,
-}
 
 /// Whether a room's upstream subscription is in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +33,7 @@ pub enum RoomState {
     Failed,
 }
 
-/// The result of [`Hub::join`].
+/// The result of [`Table::join`].
 #[derive(Debug)]
 pub struct Joined {
     /// The room was created by this join: its upstream must be started.
@@ -66,7 +42,7 @@ pub struct Joined {
 }
 
 /// Rooms and their local subscribers.
-pub struct Hub {
+pub struct Table {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
 }
@@ -100,25 +76,9 @@ struct Frames<'e> {
     slots: [Option<Bytes>; 3],
 }
 
-// === impl StoredEvent ===
+// === impl Table ===
 
-impl StoredEvent {
-    pub fn as_ref(&self) -> EventRef<'_> {
-        EventRef {
-            room: &self.room,
-            seq: self.seq,
-            prev: self.prev,
-            ts: self.ts,
-            kind: self.kind.as_deref(),
-            from: self.from.as_deref(),
-            payload: &self.payload,
-        }
-    }
-}
-
-// === impl Hub ===
-
-impl Default for Hub {
+impl Default for Table {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -127,13 +87,13 @@ impl Default for Hub {
     }
 }
 
-impl Hub {
+impl Table {
     fn shard(&self, room: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(room) as usize % SHARDS;
         lock(&self.shards[i])
     }
 
-    /// Adds a pending subscriber; live events are buffered for it until [`Hub::activate`].
+    /// Adds a pending subscriber; live events are buffered for it until [`Table::activate`].
     pub fn join(&self, room: &str, conn: u64, out: Arc<Outbound>, format: Format) -> Joined {
         let mut shard = self.shard(room);
         let new_room = !shard.contains_key(room);
@@ -160,34 +120,6 @@ impl Hub {
         }
     }
 
-    /// Records the upstream task of a room, so that removing the room stops it.
-    pub fn set_pump(&self, room: &str, pump: AbortHandle) {
-        match self.shard(room).get_mut(room) {
-            Some(r) => r.pump = Some(pump),
-            None => pump.abort(),
-        }
-    }
-
-    /// Marks a room's upstream ready, at the room's last stored seq.
-    pub fn set_ready(&self, room: &str, last_seq: u64) {
-        if let Some(r) = self.shard(room).get_mut(room) {
-            r.last_seq = r.last_seq.max(last_seq);
-            r.state.send_replace(RoomState::Ready);
-        }
-    }
-
-    /// Marks a room's upstream failed; pending subscribers give up.
-    pub fn set_failed(&self, room: &str) {
-        if let Some(r) = self.shard(room).get_mut(room) {
-            r.state.send_replace(RoomState::Failed);
-        }
-    }
-
-    /// The last seq the hub has seen in a room.
-    pub fn last_seq(&self, room: &str) -> Option<u64> {
-        self.shard(room).get(room).map(|r| r.last_seq)
-    }
-
     /// Turns a pending subscriber live: queues `replay` (events above `floor`), then the live
     /// events buffered meanwhile that are newer, then the frame `ack(seq)` makes from the last
     /// seq delivered. Returns that seq, or `None` if the subscriber is gone.
@@ -208,7 +140,7 @@ impl Hub {
         };
         for ev in replay.iter().chain(buffered.iter()) {
             if ev.seq > sub.delivered {
-                let bytes = encode(ev, sub.format);
+                let bytes = event_frame(ev.event_ref(), sub.format);
                 sub.delivered = ev.seq;
                 if sub.out.push(Item { bytes, stored_us: 0 }) != Pushed::Queued {
                     return Some(sub.delivered);
@@ -223,7 +155,7 @@ impl Hub {
     }
 
     /// Removes a subscriber. Returns the room's generation if the room is now empty (the
-    /// caller lingers, then calls [`Hub::remove_if_idle`]).
+    /// caller lingers, then calls [`Table::remove_if_idle`]).
     pub fn leave(&self, room: &str, conn: u64) -> Option<u64> {
         let mut shard = self.shard(room);
         let r = shard.get_mut(room)?;
@@ -289,12 +221,38 @@ impl Hub {
     }
 }
 
-/// An event's frame in `format`.
-pub fn encode(ev: &StoredEvent, format: Format) -> Bytes {
-    match format {
-        Format::WebSocket(Codec::Json) => ws_frame(opcode::TEXT, &Codec::Json.encode_event(ev.as_ref())),
-        Format::WebSocket(Codec::MsgPack) => ws_frame(opcode::BINARY, &Codec::MsgPack.encode_event(ev.as_ref())),
-        Format::Bare => Bytes::from(Codec::Json.encode_event(ev.as_ref())),
+// The pumps upstream runs report into the table.
+impl Rooms for Table {
+    /// Records the upstream task of a room, so that removing the room stops it.
+    fn set_pump(&self, room: &str, pump: AbortHandle) {
+        match self.shard(room).get_mut(room) {
+            Some(r) => r.pump = Some(pump),
+            None => pump.abort(),
+        }
+    }
+
+    /// Marks a room's upstream ready, at the room's last stored seq.
+    fn set_ready(&self, room: &str, last_seq: u64) {
+        if let Some(r) = self.shard(room).get_mut(room) {
+            r.last_seq = r.last_seq.max(last_seq);
+            r.state.send_replace(RoomState::Ready);
+        }
+    }
+
+    /// Marks a room's upstream failed; pending subscribers give up.
+    fn set_failed(&self, room: &str) {
+        if let Some(r) = self.shard(room).get_mut(room) {
+            r.state.send_replace(RoomState::Failed);
+        }
+    }
+
+    /// The last seq the hub has seen in a room.
+    fn last_seq(&self, room: &str) -> Option<u64> {
+        self.shard(room).get(room).map(|r| r.last_seq)
+    }
+
+    fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
+        Table::deliver(self, ev)
     }
 }
 
@@ -307,7 +265,9 @@ impl Frames<'_> {
             Format::WebSocket(Codec::MsgPack) => 1,
             Format::Bare => 2,
         };
-        self.slots[i].get_or_insert_with(|| encode(self.ev, format)).clone()
+        self.slots[i]
+            .get_or_insert_with(|| event_frame(self.ev.event_ref(), format))
+            .clone()
     }
 }
 
@@ -339,7 +299,7 @@ mod tests {
 
     #[test]
     fn pending_subscribers_get_replay_then_buffer_without_duplicates() {
-        let hub = Hub::default();
+        let hub = Table::default();
         let out = Outbound::new(1 << 20);
         let joined = hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
         assert!(joined.new_room);
@@ -367,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_pending_buffer_is_bounded() {
-        let hub = Hub::default();
+        let hub = Table::default();
         let out = Outbound::new(1 << 30);
         hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
         for seq in 1..=(MAX_PENDING_EVENTS as u64 + 1) {
@@ -379,7 +339,7 @@ mod tests {
 
     #[test]
     fn encodes_once_per_codec_and_lingers() {
-        let hub = Hub::default();
+        let hub = Table::default();
         let a = Outbound::new(1 << 20);
         let b = Outbound::new(1 << 20);
         hub.join("lobby", 1, a.clone(), Format::WebSocket(Codec::Json));

@@ -5,9 +5,8 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use futures_util::FutureExt;
 use herald_proto::codec::DecodeError;
@@ -17,26 +16,26 @@ use herald_service::now_ms;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::panic::AssertUnwindSafe;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, error, Instrument};
 
 use crate::auth::{Access, Identity};
 use crate::feeds::Kind;
-use crate::hub::Format;
-use crate::input::Input;
+use crate::limit::TokenBucket;
 use crate::metrics::{self, Transport};
-use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
-use crate::presence;
-use crate::server::{Shared, Slot};
+use crate::outbound::{encode_for, opcode, ws_frame, Format, Outbound};
+use crate::state::{Shared, Slot};
+use crate::sync::panic_message;
+
+use super::input::Input;
+use super::writer::{write_loop, CLOSE_GRACE};
 
 /// Rejected publishes in a row that close the connection with 4029.
 const RATE_STRIKES: u32 = 10;
-/// How long a closing connection's pending write may stay blocked.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// What the endpoint does with messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Herald's protocol (`/ws`).
     Herald,
     /// Echo every message unchanged (`/echo`, for conformance runs).
@@ -44,7 +43,7 @@ pub enum Mode {
 }
 
 /// A connection's identity and settings, fixed at the upgrade.
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub slot: Slot,
     pub conn_id: u64,
     pub conn: String,
@@ -84,18 +83,10 @@ enum End {
     Close(CloseCode),
 }
 
-pub(crate) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-    strikes: u32,
-}
-
 // === impl Session ===
 
 /// Runs a connection until it ends.
-pub async fn run(shared: Arc<Shared>, upgraded: TokioIo<Upgraded>, accepted: Accepted) {
+pub(crate) async fn run(shared: Arc<Shared>, upgraded: TokioIo<Upgraded>, accepted: Accepted) {
     let span =
         tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
     run_inner(shared, upgraded, accepted).instrument(span).await
@@ -135,7 +126,7 @@ where
             gateway: shared.gateway_id.clone(),
             ping_s: shared.config.ping_interval.as_secs(),
         }));
-        shared.tracker.open(&session.conn, &session.identity.user);
+        shared.presence.tracker.open(&session.conn, &session.identity.user);
     }
     let expires = session.identity.expires_at();
     let writer = tokio::spawn(
@@ -323,7 +314,7 @@ impl Session {
         self.rooms.insert(room.clone());
         let format = Format::WebSocket(self.codec);
         fail::fail_point!("ws.subscribe");
-        let upstream = &self.shared.upstream;
+        let upstream = &self.shared.hub;
         // History first, in bursts the client reads one by one; then the hub splices the
         // rest of the replay with the live events.
         let mut recovered = true;
@@ -354,7 +345,7 @@ impl Session {
                 recovered: Some(recovered),
                 repeat: None,
             };
-            encode(codec, &ServerFrame::Ack(ack))
+            encode_for(Format::WebSocket(codec), &ServerFrame::Ack(ack))
         };
         match upstream
             .attach(&room, self.conn_id, &self.out, format, after, ack)
@@ -377,10 +368,18 @@ impl Session {
         let name = self.identity.name.as_deref();
         self.presence_rooms.insert(room.clone());
         fail::fail_point!("ws.presence.join");
-        shared.tracker.join(&room, &self.conn, &self.identity.user, name).await;
+        shared
+            .presence
+            .tracker
+            .join(&room, &self.conn, &self.identity.user, name)
+            .await;
         fail::fail_point!("ws.presence.follow");
         let format = Format::WebSocket(self.codec);
-        match presence::follow(&shared, self.conn_id, &self.out, format, &room, id.clone()).await {
+        match shared
+            .presence
+            .follow(self.conn_id, &self.out, format, &room, id.clone())
+            .await
+        {
             Ok(()) => {}
             Err(message) => self.error(id, ErrorCode::Unavailable, message),
         }
@@ -414,7 +413,7 @@ impl Session {
             self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
             return Ok(());
         }
-        let upstream = &self.shared.upstream;
+        let upstream = &self.shared.hub;
         fail::fail_point!("ws.publish");
         let ack = match upstream
             .publish(
@@ -454,7 +453,7 @@ impl Session {
                     ))
                 }
             };
-            out.push_frame(encode(codec, &frame));
+            out.push_frame(encode_for(Format::WebSocket(codec), &frame));
         });
         Ok(())
     }
@@ -472,7 +471,7 @@ impl Session {
 
     /// The room's presence snapshot from fanout, if it answers in time.
     async fn snapshot(&self, id: Option<Id>, room: &str) -> Option<Presence> {
-        let mut p = presence::snapshot(&self.shared.upstream, room).await?;
+        let mut p = self.shared.presence.snapshot(room).await?;
         p.id = id;
         Some(p)
     }
@@ -494,7 +493,7 @@ impl Session {
             );
         }
         let shared = Arc::clone(&self.shared);
-        let subjects = shared.upstream.subjects();
+        let subjects = &shared.subjects;
         let mut feeds = Vec::with_capacity(added.len());
         for user in added {
             let subject = subjects.status(&user);
@@ -503,6 +502,7 @@ impl Session {
             fail::fail_point!("ws.watch");
             let format = Format::WebSocket(self.codec);
             if shared
+                .presence
                 .feeds
                 .add(&subject, Kind::Status, self.conn_id, &self.out, format)
                 .await
@@ -513,7 +513,7 @@ impl Session {
             }
         }
         fail::fail_point!("ws.watch.statuses");
-        let statuses = presence::statuses(&shared.upstream, &users).await;
+        let statuses = shared.presence.statuses(&users).await;
         self.send(&ServerFrame::Ack(Ack {
             id: id.clone(),
             ..Ack::default()
@@ -527,15 +527,15 @@ impl Session {
             None => self.error(id, ErrorCode::Unavailable, "the presence service did not answer"),
         }
         for subject in feeds {
-            shared.feeds.release(&subject, self.conn_id, None);
+            shared.presence.feeds.release(&subject, self.conn_id, None);
         }
     }
 
     fn unwatch(&mut self, id: Option<Id>, users: Vec<String>) {
         for user in users {
             if self.watching.remove(&user) {
-                let subject = self.shared.upstream.subjects().status(&user);
-                self.shared.feeds.remove(&subject, self.conn_id);
+                let subject = self.shared.subjects.status(&user);
+                self.shared.presence.feeds.remove(&subject, self.conn_id);
             }
         }
         self.send(&ServerFrame::Ack(Ack { id, ..Ack::default() }));
@@ -543,16 +543,16 @@ impl Session {
 
     fn leave(&mut self, room: &str) {
         if self.rooms.remove(room) {
-            self.shared.upstream.detach(room, self.conn_id);
+            self.shared.hub.detach(room, self.conn_id);
         }
         self.leave_presence(room);
     }
 
     fn leave_presence(&mut self, room: &str) {
         if self.presence_rooms.remove(room) {
-            let subject = self.shared.upstream.subjects().presence(room);
-            self.shared.feeds.remove(&subject, self.conn_id);
-            self.shared.tracker.leave(room, &self.conn);
+            let subject = self.shared.subjects.presence(room);
+            self.shared.presence.feeds.remove(&subject, self.conn_id);
+            self.shared.presence.tracker.leave(room, &self.conn);
         }
     }
 
@@ -560,20 +560,23 @@ impl Session {
     /// (which applies the leave delay), not from per-room leaves (which do not).
     fn leave_all(&mut self) {
         self.out.close(None);
-        let subjects = self.shared.upstream.subjects();
+        let subjects = &self.shared.subjects;
         for room in std::mem::take(&mut self.presence_rooms) {
-            self.shared.feeds.remove(&subjects.presence(&room), self.conn_id);
+            self.shared
+                .presence
+                .feeds
+                .remove(&subjects.presence(&room), self.conn_id);
         }
         for room in std::mem::take(&mut self.rooms) {
-            self.shared.upstream.detach(&room, self.conn_id);
+            self.shared.hub.detach(&room, self.conn_id);
         }
         for user in std::mem::take(&mut self.watching) {
-            self.shared.feeds.remove(&subjects.status(&user), self.conn_id);
+            self.shared.presence.feeds.remove(&subjects.status(&user), self.conn_id);
         }
     }
 
     fn send(&self, frame: &ServerFrame) {
-        self.out.push_frame(encode(self.codec, frame));
+        self.out.push_frame(encode_for(Format::WebSocket(self.codec), frame));
     }
 
     fn error(&self, id: Option<Id>, code: ErrorCode, message: impl Into<String>) {
@@ -588,7 +591,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.leave_all();
         if self.mode == Mode::Herald {
-            self.shared.tracker.close(&self.conn);
+            self.shared.presence.tracker.close(&self.conn);
         }
         metrics::connection_closed(Transport::WebSocket);
         // `_slot` is dropped after this, giving the connection's place back.
@@ -602,25 +605,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The message of a caught panic, for the log.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(not a string)")
-}
-
-/// A whole WebSocket frame for a server frame in `codec`.
-pub fn encode(codec: Codec, frame: &ServerFrame) -> Bytes {
-    let op = if codec.is_binary() {
-        opcode::BINARY
-    } else {
-        opcode::TEXT
-    };
-    ws_frame(op, &codec.encode_server(frame))
 }
 
 /// Turns frames into messages: a whole message when one is complete, `None` for control
@@ -668,261 +652,5 @@ fn read_error(e: WebSocketError) -> End {
         // The frame reader has already queued a 1002 close for a bad close code.
         WebSocketError::InvalidCloseCode => End::Peer,
         _ => End::Close(CloseCode::PROTOCOL_ERROR),
-    }
-}
-
-/// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    out: Arc<Outbound>,
-    last_seen: Arc<AtomicU64>,
-    ping_interval: Duration,
-    expires_at: Option<u64>,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let expiry = expires_at.map(|exp| Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms())));
-    let expiry = tokio::time::sleep(expiry.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
-    tokio::pin!(expiry);
-    let idle_limit = 2 * ping_interval.as_millis() as u64;
-    let mut expired = false;
-    let mut batch: Vec<Item> = Vec::with_capacity(8);
-    loop {
-        let close = out.take(&mut batch);
-        if !batch.is_empty() {
-            // A peer that stops reading blocks this write; once the connection is closing
-            // (e.g. its queue overflowed, or its token expired meanwhile) it gets a grace
-            // period to read, then is dropped. A peer that sends nothing for two ping
-            // intervals while blocked is dropped too: the checks do not wait for the write.
-            let stuck = async {
-                while !out.is_closing() {
-                    out.notified().await;
-                }
-                tokio::time::sleep(CLOSE_GRACE).await;
-            };
-            let written = {
-                let write = outbound::write_all(&mut w, &batch);
-                tokio::pin!(stuck, write);
-                loop {
-                    tokio::select! {
-                        r = &mut write => break r,
-                        _ = &mut stuck => return,
-                        _ = &mut expiry, if !expired => {
-                            expired = true;
-                            out.close(Some(CloseCode::POLICY));
-                        }
-                        _ = ping.tick() => {
-                            if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
-                                debug!("No answer for two ping intervals while a write is blocked");
-                                return;
-                            }
-                            // This interval's ping, sent after the write: a tick taken here
-                            // without one would leave a client that answers every ping silent
-                            // for two intervals, and it would be closed as idle.
-                            out.push_frame(ws_frame(opcode::PING, b""));
-                        }
-                    }
-                }
-            };
-            match written {
-                Ok(bytes) => record_sent(&batch, bytes),
-                Err(_) => return,
-            }
-            batch.clear();
-            batch.shrink_to(8);
-            continue;
-        }
-        if let Some(close) = close {
-            if let Some(code) = close.code {
-                metrics::close(code.0);
-                let frame = [Item {
-                    bytes: close_frame(code),
-                    stored_us: 0,
-                }];
-                let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut w, &frame)).await;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
-            return;
-        }
-        tokio::select! {
-            _ = out.notified() => {}
-            _ = ping.tick() => {
-                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
-                    debug!("No answer for two ping intervals");
-                    out.close(Some(CloseCode::GOING_AWAY));
-                } else {
-                    out.push_frame(ws_frame(opcode::PING, b""));
-                }
-            }
-            _ = &mut expiry, if !expired => {
-                expired = true;
-                out.close(Some(CloseCode::POLICY));
-            }
-        }
-    }
-}
-
-fn record_sent(batch: &[Item], bytes: usize) {
-    metrics::sent(Transport::WebSocket, batch.len() as u64, bytes as u64);
-    let now_us = herald_service::now_ns() / 1000;
-    for item in batch.iter().filter(|i| i.stored_us > 0) {
-        metrics::delivery_latency(now_us.saturating_sub(item.stored_us) as f64 / 1e6);
-    }
-}
-
-// === impl TokenBucket ===
-
-impl TokenBucket {
-    pub(crate) fn new(rate: f64) -> Self {
-        Self::with_burst(rate, rate)
-    }
-
-    /// `rate` per second, up to `burst` at once.
-    pub(crate) fn with_burst(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst: burst.max(1.0),
-            tokens: burst.max(1.0),
-            last: Instant::now(),
-            strikes: 0,
-        }
-    }
-
-    /// Whether the bucket has refilled completely (nothing to remember about it).
-    pub(crate) fn is_full(&self) -> bool {
-        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
-    }
-
-    pub(crate) fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A peer that never reads: the writer's first big batch blocks for good.
-    fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
-        let (ours, theirs) = tokio::io::duplex(64);
-        let out = Outbound::new(1 << 20);
-        out.push_frame(Bytes::from(vec![0u8; 4096]));
-        (ours, theirs, out)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_blocked_write_does_not_suspend_the_idle_check() {
-        let (ours, _theirs, out) = blocked();
-        // The peer was last heard from long ago.
-        let last_seen = Arc::new(AtomicU64::new(0));
-        let ended = tokio::time::timeout(
-            Duration::from_secs(60),
-            write_loop(ours, out, last_seen, Duration::from_millis(100), None),
-        )
-        .await;
-        assert!(ended.is_ok(), "the writer dropped the silent peer");
-    }
-
-    /// Reads `buf.len()` bytes the way a slow link delivers them: 256 bytes per 5 ms.
-    async fn read_slowly(io: &mut tokio::io::DuplexStream, buf: &mut [u8]) -> Option<()> {
-        use tokio::io::AsyncReadExt;
-        for chunk in buf.chunks_mut(256) {
-            io.read_exact(chunk).await.ok()?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Some(())
-    }
-
-    /// The opcode of the next server frame off `io` (unmasked: opcode byte, 7/16/64-bit
-    /// length, payload), read slowly.
-    async fn next_opcode(io: &mut tokio::io::DuplexStream) -> Option<u8> {
-        let mut head = [0u8; 2];
-        read_slowly(io, &mut head).await?;
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut n = [0u8; 2];
-                read_slowly(io, &mut n).await?;
-                u64::from(u16::from_be_bytes(n))
-            }
-            127 => {
-                let mut n = [0u8; 8];
-                read_slowly(io, &mut n).await?;
-                u64::from_be_bytes(n)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; len as usize];
-        read_slowly(io, &mut payload).await?;
-        Some(head[0] & 0x0f)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_ping_that_falls_due_during_a_write_is_sent_after_it() {
-        // Each interval a 4 KiB event is queued 20 ms before the ping falls due, and the
-        // client reads it over 80 ms: the write is in progress when the ping is due. Every
-        // interval must still bring a ping; a lost one leaves a client that answers every
-        // ping silent for two intervals, and it is closed (1001).
-        let interval = Duration::from_secs(1);
-        let (ours, mut theirs) = tokio::io::duplex(256);
-        let out = Outbound::new(1 << 20);
-        let last_seen = Arc::new(AtomicU64::new(now_ms()));
-        let start = tokio::time::Instant::now();
-        let writer = tokio::spawn(write_loop(
-            ours,
-            Arc::clone(&out),
-            Arc::clone(&last_seen),
-            interval,
-            None,
-        ));
-        let producer = tokio::spawn({
-            let out = Arc::clone(&out);
-            async move {
-                for k in 1.. {
-                    tokio::time::sleep_until(start + interval * k - Duration::from_millis(20)).await;
-                    out.push_frame(ws_frame(opcode::TEXT, &[b'x'; 4096]));
-                }
-            }
-        });
-        let (mut pings, mut texts) = (0, 0);
-        let reading = async {
-            while let Some(op) = next_opcode(&mut theirs).await {
-                match op {
-                    opcode::PING => {
-                        pings += 1;
-                        last_seen.store(now_ms(), Ordering::Relaxed);
-                    }
-                    opcode::TEXT => texts += 1,
-                    other => panic!("unexpected opcode {other:#x} after {pings} pings"),
-                }
-            }
-        };
-        let _ = tokio::time::timeout(interval * 40 + interval / 2, reading).await;
-        producer.abort();
-        writer.abort();
-        assert_eq!((pings, texts), (40, 40), "a ping and an event each interval");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_blocked_write_does_not_suspend_the_token_expiry() {
-        let (ours, _theirs, out) = blocked();
-        let last_seen = Arc::new(AtomicU64::new(now_ms()));
-        // Expired already: the connection closes (1008), and a peer that does not read is
-        // dropped after the close grace.
-        let ended = tokio::time::timeout(
-            Duration::from_secs(60),
-            write_loop(ours, Arc::clone(&out), last_seen, Duration::from_secs(3600), Some(1)),
-        )
-        .await;
-        assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");
-        assert!(out.is_closing());
     }
 }

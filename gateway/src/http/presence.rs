@@ -1,0 +1,33 @@
+//! `GET /presence?room=R`: a room's members, without joining it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use herald_proto::ErrorCode;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::auth::Access;
+use crate::state::Shared;
+
+use super::{identify, json, query_param, request_allowed, session_id, Body, HttpError};
+
+/// `GET /presence?room=R` → the room's snapshot (`presence` frame JSON), without joining it.
+pub(crate) async fn presence(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Body>, HttpError> {
+    let (_, conn) = shared.new_conn();
+    let who = identify(shared, &req, &conn).await?;
+    let room = query_param(&req, "room").unwrap_or_default();
+    who.check_room(&room, Access::Subscribe)?;
+    request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
+    let snapshot = shared
+        .presence
+        .snapshot(&room)
+        .await
+        .ok_or_else(|| HttpError::new(ErrorCode::Unavailable, "the presence service did not answer"))?;
+    let frame = herald_proto::frame::ServerFrame::Presence(snapshot);
+    Ok(json(StatusCode::OK, herald_proto::Codec::Json.encode_server(&frame)))
+}

@@ -1,0 +1,181 @@
+//! The hub: the room operations every transport uses (subscribe with `since`, unsubscribe,
+//! history pages, publish) over the room [`table`] (rooms → local subscribers, encode-once
+//! fan-out). Only the hub reaches [`Upstream`] for rooms; the pumps upstream runs report back
+//! into the table through [`crate::upstream::Rooms`].
+
+mod table;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use bytes::Bytes;
+
+use crate::outbound::{event_frame, Format, Item, Outbound};
+use crate::upstream::Upstream;
+
+pub(crate) use crate::upstream::{PageLimit, Resume, UpstreamError};
+use table::RoomState;
+pub use table::Table;
+
+/// Longest wait for a new room's NATS subscription.
+const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rooms of a gateway.
+pub(crate) struct Hub {
+    table: Arc<Table>,
+    upstream: Arc<Upstream>,
+    /// How long an emptied room keeps its pump.
+    linger: Duration,
+}
+
+impl Hub {
+    pub(crate) fn new(table: Arc<Table>, upstream: Arc<Upstream>, linger: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            table,
+            upstream,
+            linger,
+        })
+    }
+
+    /// Subscribes connection `conn` to `room`: joins the table (pending), makes sure the
+    /// room's pump runs, then queues the events after `since` (none without it), the live
+    /// events that arrived meanwhile, and `ack(seq)` (skipped when empty). Returns the last
+    /// seq queued. On failure the connection is not left in the room. `since` is where the
+    /// replay starts, already resolved by [`Hub::resume`].
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        room: &str,
+        conn: u64,
+        out: &Arc<Outbound>,
+        format: Format,
+        since: Option<u64>,
+        ack: impl FnOnce(u64) -> Bytes,
+    ) -> Result<u64, String> {
+        let joined = self.table.join(room, conn, Arc::clone(out), format);
+        if joined.new_room {
+            self.upstream.start_pump(room);
+        }
+        fail::fail_point!("upstream.attach");
+        let mut state = joined.state;
+        let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
+        let upstream = &self.upstream;
+        let replay = match (ready, since) {
+            (false, _) => Err("the event store is unavailable".to_owned()),
+            (true, None) => upstream
+                .last_seq(room)
+                .await
+                .map(|last| (Vec::new(), last))
+                .map_err(|e| e.to_string()),
+            (true, Some(since)) => upstream
+                .fetch_after(room, since, None)
+                .await
+                .map(|events| (events.into_iter().map(Arc::new).collect(), since))
+                .map_err(|e| e.to_string()),
+        };
+        let (events, floor) = match replay {
+            Ok(r) => r,
+            Err(e) => {
+                self.detach(room, conn);
+                return Err(e);
+            }
+        };
+        crate::metrics::replayed(events.len() as u64);
+        self.table
+            .activate(room, conn, &events, floor, ack)
+            .ok_or_else(|| "connection closed".to_owned())
+    }
+
+    /// Removes `conn` from `room`; an emptied room keeps its pump for the linger.
+    pub(crate) fn detach(self: &Arc<Self>, room: &str, conn: u64) {
+        if let Some(generation) = self.table.leave(room, conn) {
+            let table = Arc::clone(&self.table);
+            let (room, linger) = (room.to_owned(), self.linger);
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                table.remove_if_idle(&room, generation);
+            });
+        }
+    }
+
+    /// Queues the room's events after `after` into `out` in bursts of at most `limit` (and
+    /// a third of the connection's outbound bound), each once the client has read most of
+    /// the last; returns the last seq queued. A catch-up longer than the outbound bound
+    /// thus never overflows it. Stops early if the connection closes.
+    pub(crate) async fn send_history(
+        &self,
+        room: &str,
+        mut after: u64,
+        out: &Outbound,
+        format: Format,
+        limit: PageLimit,
+    ) -> Result<u64, UpstreamError> {
+        let limit = PageLimit {
+            events: limit.events,
+            bytes: limit.bytes.min(out.limit() / 3).max(1),
+        };
+        loop {
+            let page = self.upstream.page_after(room, after, limit).await?;
+            crate::metrics::replayed(page.events.len() as u64);
+            for ev in &page.events {
+                after = ev.seq;
+                out.push(Item {
+                    bytes: event_frame(ev.event_ref(), format),
+                    stored_us: 0,
+                });
+            }
+            if !page.more || !out.wait_for_room().await {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Whether the NATS connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.upstream.is_connected()
+    }
+
+    /// Creates or updates the event stream, retrying until NATS answers.
+    pub(crate) async fn provision(&self, settings: &herald_service::stream::StreamSettings) {
+        self.upstream.provision(settings).await
+    }
+
+    /// Sends what is buffered to NATS, waiting at most `timeout`.
+    pub(crate) async fn flush(&self, timeout: Duration) {
+        self.upstream.flush(timeout).await
+    }
+
+    /// Where a client holding `since` in `room` resumes.
+    pub(crate) async fn resume(&self, room: &str, since: u64) -> Result<Resume, UpstreamError> {
+        self.upstream.resume(room, since).await
+    }
+
+    /// The room's events after `after`, at most `limit` of them (one at least, however big).
+    pub(crate) async fn page_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: PageLimit,
+    ) -> Result<crate::upstream::Page, UpstreamError> {
+        self.upstream.page_after(room, after, limit).await
+    }
+
+    /// The room's last stored seq (0 if it has none).
+    pub(crate) async fn last_seq(&self, room: &str) -> Result<u64, UpstreamError> {
+        self.upstream.last_seq(room).await
+    }
+
+    /// Stores an event for a client (see [`Upstream::publish`]).
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        payload: Bytes,
+        kind: Option<&str>,
+        key: Option<&str>,
+        from: &str,
+    ) -> Result<PublishAckFuture, UpstreamError> {
+        self.upstream.publish(room, payload, kind, key, from).await
+    }
+}

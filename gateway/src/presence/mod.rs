@@ -1,0 +1,168 @@
+//! The gateway's side of presence. [`Tracker`] reports this gateway's connections and room
+//! members to fanout; [`Presence`] bundles it with the feeds (diffs and statuses from fanout
+//! forwarded to the local connections that asked) and the polling sessions; [`follow`] and
+//! [`Membership`] are what the transports call.
+
+mod polls;
+mod tracker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_proto::frame::{Id, Presence as Snapshot, ServerFrame, Status};
+use herald_proto::sys::{StatusReply, StatusRequest};
+
+use crate::auth::Identity;
+use crate::feeds::{FeedSet, Feeds, Kind};
+use crate::outbound::{encode_for, Format, Outbound};
+use crate::upstream::Upstream;
+
+pub(crate) use polls::{PollSessions, SessionLimits, SessionRefused};
+pub(crate) use tracker::Tracker;
+
+/// Longest wait for fanout's answer to a snapshot or status request.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything presence of one gateway: the reporter, the feeds and the polling sessions.
+pub(crate) struct Presence {
+    pub(crate) tracker: Tracker,
+    pub(crate) feeds: Arc<Feeds>,
+    pub(crate) polls: Arc<PollSessions>,
+    upstream: Arc<Upstream>,
+}
+
+impl Presence {
+    /// Starts the reporter and the sweep of expired polling sessions.
+    pub(crate) fn start(upstream: &Arc<Upstream>, gw: &str, heartbeat: Duration) -> Self {
+        let tracker = Tracker::start(Arc::clone(upstream), gw, heartbeat);
+        let feeds = Feeds::new(Arc::clone(upstream));
+        let polls = Arc::new(PollSessions::default());
+        tokio::spawn({
+            let (polls, tracker) = (Arc::downgrade(&polls), tracker.clone());
+            async move {
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    every.tick().await;
+                    let Some(polls) = polls.upgrade() else { return };
+                    polls.sweep(&tracker);
+                }
+            }
+        });
+        Self {
+            tracker,
+            feeds,
+            polls,
+            upstream: Arc::clone(upstream),
+        }
+    }
+
+    /// The room's presence snapshot from fanout, if it answers in time.
+    pub(crate) async fn snapshot(&self, room: &str) -> Option<Snapshot> {
+        let subject = self.upstream.subjects().api_presence(room);
+        let reply = self.upstream.request(subject, Bytes::new(), FANOUT_TIMEOUT).await?;
+        serde_json::from_slice::<Snapshot>(&reply).ok()
+    }
+
+    /// The users' current status from fanout, in the order asked, if it answers in time.
+    pub(crate) async fn statuses(&self, users: &[String]) -> Option<Vec<Status>> {
+        let request = serde_json::to_vec(&StatusRequest { users: users.to_vec() }).expect("serializable");
+        let subject = self.upstream.subjects().api_status();
+        let reply = self.upstream.request(subject, request.into(), FANOUT_TIMEOUT).await?;
+        Some(serde_json::from_slice::<StatusReply>(&reply).ok()?.users)
+    }
+
+    /// Subscribes `conn` to the room's presence diffs and queues, before them, the room's
+    /// snapshot (with `id`). Errs with the reason if either is unavailable (the diffs still
+    /// come if only the snapshot failed).
+    pub(crate) async fn follow(
+        &self,
+        conn: u64,
+        out: &Arc<Outbound>,
+        format: Format,
+        room: &str,
+        id: Option<Id>,
+    ) -> Result<(), &'static str> {
+        let subject = self.upstream.subjects().presence(room);
+        if !self.feeds.add(&subject, Kind::Presence, conn, out, format).await {
+            return Err("presence updates are unavailable");
+        }
+        let first = self.snapshot(room).await.map(|mut p| {
+            p.id = id;
+            encode_for(format, &ServerFrame::Presence(p))
+        });
+        let answered = first.is_some();
+        self.feeds.release(&subject, conn, first);
+        answered.then_some(()).ok_or("the presence service did not answer")
+    }
+}
+
+/// The presence of a connection on an HTTP stream (SSE): online while it lives, a member of
+/// `rooms`, following `watched` users; snapshots, statuses and diffs go to `out` as bare JSON.
+/// Dropping it (also half-way through [`Membership::start`]) closes the connection in fanout
+/// and leaves its feeds.
+pub(crate) struct Membership {
+    tracker: Tracker,
+    conn: String,
+    feeds: FeedSet,
+}
+
+impl Membership {
+    /// Reports the connection and its rooms, then queues each room's snapshot and each
+    /// watched user's status, followed by every diff since.
+    pub(crate) async fn start(
+        presence: &Presence,
+        conn_id: u64,
+        conn: &str,
+        who: &Identity,
+        out: &Arc<Outbound>,
+        rooms: Vec<String>,
+        watched: Vec<String>,
+    ) -> Self {
+        let tracker = &presence.tracker;
+        tracker.open(conn, &who.user);
+        let mut this = Self {
+            tracker: tracker.clone(),
+            conn: conn.to_owned(),
+            feeds: FeedSet::new(&presence.feeds, conn_id),
+        };
+        fail::fail_point!("membership.join");
+        for room in &rooms {
+            tracker.join(room, conn, &who.user, who.name.as_deref()).await;
+        }
+        let subjects = presence.upstream.subjects();
+        for room in &rooms {
+            let subject = subjects.presence(room);
+            fail::fail_point!("membership.feed");
+            if this.feeds.add(subject.clone(), Kind::Presence, out, Format::Bare).await {
+                fail::fail_point!("membership.snapshot");
+                let first = presence
+                    .snapshot(room)
+                    .await
+                    .map(|p| encode_for(Format::Bare, &ServerFrame::Presence(p)));
+                this.feeds.release(&subject, first);
+            }
+        }
+        for user in &watched {
+            this.feeds
+                .add(subjects.status(user), Kind::Status, out, Format::Bare)
+                .await;
+        }
+        if !watched.is_empty() {
+            fail::fail_point!("membership.statuses");
+            for status in presence.statuses(&watched).await.unwrap_or_default() {
+                out.push_frame(encode_for(Format::Bare, &ServerFrame::Status(status)));
+            }
+            for user in &watched {
+                this.feeds.release(&subjects.status(user), None);
+            }
+        }
+        this
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.tracker.close(&self.conn);
+    }
+}

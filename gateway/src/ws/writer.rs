@@ -1,0 +1,236 @@
+//! A WebSocket connection's writer: drains the outbound queue in batches, pings, and closes
+//! idle or expired connections, also while a write is blocked on a peer that does not read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::CloseCode;
+use herald_service::now_ms;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use crate::metrics::{self, Transport};
+use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
+
+/// How long a closing connection's peer gets to read what is queued.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    out: Arc<Outbound>,
+    last_seen: Arc<AtomicU64>,
+    ping_interval: Duration,
+    expires_at: Option<u64>,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let expiry = expires_at.map(|exp| Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms())));
+    let expiry = tokio::time::sleep(expiry.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
+    tokio::pin!(expiry);
+    let idle_limit = 2 * ping_interval.as_millis() as u64;
+    let mut expired = false;
+    let mut batch: Vec<Item> = Vec::with_capacity(8);
+    loop {
+        let close = out.take(&mut batch);
+        if !batch.is_empty() {
+            // A peer that stops reading blocks this write; once the connection is closing
+            // (e.g. its queue overflowed, or its token expired meanwhile) it gets a grace
+            // period to read, then is dropped. A peer that sends nothing for two ping
+            // intervals while blocked is dropped too: the checks do not wait for the write.
+            let stuck = async {
+                while !out.is_closing() {
+                    out.notified().await;
+                }
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            let written = {
+                let write = outbound::write_all(&mut w, &batch);
+                tokio::pin!(stuck, write);
+                loop {
+                    tokio::select! {
+                        r = &mut write => break r,
+                        _ = &mut stuck => return,
+                        _ = &mut expiry, if !expired => {
+                            expired = true;
+                            out.close(Some(CloseCode::POLICY));
+                        }
+                        _ = ping.tick() => {
+                            if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
+                                debug!("No answer for two ping intervals while a write is blocked");
+                                return;
+                            }
+                            // This interval's ping, sent after the write: a tick taken here
+                            // without one would leave a client that answers every ping silent
+                            // for two intervals, and it would be closed as idle.
+                            out.push_frame(ws_frame(opcode::PING, b""));
+                        }
+                    }
+                }
+            };
+            match written {
+                Ok(bytes) => record_sent(&batch, bytes),
+                Err(_) => return,
+            }
+            batch.clear();
+            batch.shrink_to(8);
+            continue;
+        }
+        if let Some(close) = close {
+            if let Some(code) = close.code {
+                metrics::close(code.0);
+                let frame = [Item {
+                    bytes: close_frame(code),
+                    stored_us: 0,
+                }];
+                let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut w, &frame)).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
+            return;
+        }
+        tokio::select! {
+            _ = out.notified() => {}
+            _ = ping.tick() => {
+                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
+                    debug!("No answer for two ping intervals");
+                    out.close(Some(CloseCode::GOING_AWAY));
+                } else {
+                    out.push_frame(ws_frame(opcode::PING, b""));
+                }
+            }
+            _ = &mut expiry, if !expired => {
+                expired = true;
+                out.close(Some(CloseCode::POLICY));
+            }
+        }
+    }
+}
+
+fn record_sent(batch: &[Item], bytes: usize) {
+    metrics::sent(Transport::WebSocket, batch.len() as u64, bytes as u64);
+    let now_us = herald_service::now_ns() / 1000;
+    for item in batch.iter().filter(|i| i.stored_us > 0) {
+        metrics::delivery_latency(now_us.saturating_sub(item.stored_us) as f64 / 1e6);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// A peer that never reads: the writer's first big batch blocks for good.
+    fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let out = Outbound::new(1 << 20);
+        out.push_frame(Bytes::from(vec![0u8; 4096]));
+        (ours, theirs, out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_does_not_suspend_the_idle_check() {
+        let (ours, _theirs, out) = blocked();
+        // The peer was last heard from long ago.
+        let last_seen = Arc::new(AtomicU64::new(0));
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_loop(ours, out, last_seen, Duration::from_millis(100), None),
+        )
+        .await;
+        assert!(ended.is_ok(), "the writer dropped the silent peer");
+    }
+
+    /// Reads `buf.len()` bytes the way a slow link delivers them: 256 bytes per 5 ms.
+    async fn read_slowly(io: &mut tokio::io::DuplexStream, buf: &mut [u8]) -> Option<()> {
+        use tokio::io::AsyncReadExt;
+        for chunk in buf.chunks_mut(256) {
+            io.read_exact(chunk).await.ok()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Some(())
+    }
+
+    /// The opcode of the next server frame off `io` (unmasked: opcode byte, 7/16/64-bit
+    /// length, payload), read slowly.
+    async fn next_opcode(io: &mut tokio::io::DuplexStream) -> Option<u8> {
+        let mut head = [0u8; 2];
+        read_slowly(io, &mut head).await?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                read_slowly(io, &mut n).await?;
+                u64::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                read_slowly(io, &mut n).await?;
+                u64::from_be_bytes(n)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        read_slowly(io, &mut payload).await?;
+        Some(head[0] & 0x0f)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_that_falls_due_during_a_write_is_sent_after_it() {
+        // Each interval a 4 KiB event is queued 20 ms before the ping falls due, and the
+        // client reads it over 80 ms: the write is in progress when the ping is due. Every
+        // interval must still bring a ping; a lost one leaves a client that answers every
+        // ping silent for two intervals, and it is closed (1001).
+        let interval = Duration::from_secs(1);
+        let (ours, mut theirs) = tokio::io::duplex(256);
+        let out = Outbound::new(1 << 20);
+        let last_seen = Arc::new(AtomicU64::new(now_ms()));
+        let start = tokio::time::Instant::now();
+        let writer = tokio::spawn(write_loop(
+            ours,
+            Arc::clone(&out),
+            Arc::clone(&last_seen),
+            interval,
+            None,
+        ));
+        let producer = tokio::spawn({
+            let out = Arc::clone(&out);
+            async move {
+                for k in 1.. {
+                    tokio::time::sleep_until(start + interval * k - Duration::from_millis(20)).await;
+                    out.push_frame(ws_frame(opcode::TEXT, &[b'x'; 4096]));
+                }
+            }
+        });
+        let (mut pings, mut texts) = (0, 0);
+        let reading = async {
+            while let Some(op) = next_opcode(&mut theirs).await {
+                match op {
+                    opcode::PING => {
+                        pings += 1;
+                        last_seen.store(now_ms(), Ordering::Relaxed);
+                    }
+                    opcode::TEXT => texts += 1,
+                    other => panic!("unexpected opcode {other:#x} after {pings} pings"),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(interval * 40 + interval / 2, reading).await;
+        producer.abort();
+        writer.abort();
+        assert_eq!((pings, texts), (40, 40), "a ping and an event each interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_does_not_suspend_the_token_expiry() {
+        let (ours, _theirs, out) = blocked();
+        let last_seen = Arc::new(AtomicU64::new(now_ms()));
+        // Expired already: the connection closes (1008), and a peer that does not read is
+        // dropped after the close grace.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_loop(ours, Arc::clone(&out), last_seen, Duration::from_secs(3600), Some(1)),
+        )
+        .await;
+        assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");
+        assert!(out.is_closing());
+    }
+}
