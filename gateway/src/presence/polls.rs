@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::auth::Identity;
 use crate::sync::lock;
 
-use super::Tracker;
+use super::tracker::Tracker;
 
 /// Polling clients' presence, keyed by their user and `sid`: a session is online and a member of its
 /// presence rooms from its first poll until it leaves (`POST /poll/leave`), or until no poll
