@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::debug;
 
-use crate::outbound::{encode_for, Format, Outbound};
+use crate::outbound::{encode_for, Content, Format, Item, Outbound};
 use crate::sync::lock;
 use crate::upstream::Upstream;
 
@@ -41,6 +41,8 @@ struct Feed {
 struct Recipient {
     out: Arc<Outbound>,
     format: Format,
+    /// What the feed's frames are, for the queue.
+    content: Content,
     held: Option<Vec<Bytes>>,
 }
 
@@ -114,6 +116,10 @@ impl Feeds {
             let recipient = Recipient {
                 out: Arc::clone(out),
                 format,
+                content: match kind {
+                    Kind::Presence => Content::Presence,
+                    Kind::Status => Content::Status,
+                },
                 held: Some(Vec::new()),
             };
             match feeds.get_mut(subject) {
@@ -151,11 +157,11 @@ impl Feeds {
         let Some(r) = feeds.get_mut(subject).and_then(|f| f.recipients.get_mut(&conn)) else {
             return;
         };
-        if let Some(first) = first {
-            r.out.push_frame(first);
-        }
-        for frame in r.held.take().unwrap_or_default() {
-            r.out.push_frame(frame);
+        for bytes in first.into_iter().chain(r.held.take().unwrap_or_default()) {
+            r.out.push(Item {
+                bytes,
+                content: r.content.clone(),
+            });
         }
     }
 
@@ -215,7 +221,10 @@ impl Feeds {
                 match &mut r.held {
                     Some(held) => held.push(bytes),
                     None => {
-                        r.out.push_frame(bytes);
+                        r.out.push(Item {
+                            bytes,
+                            content: r.content.clone(),
+                        });
                     }
                 }
             }

@@ -34,7 +34,7 @@ mod ws;
 /// NATS. Not a stable interface.
 pub mod bench {
     pub use crate::hub::Table;
-    pub use crate::outbound::{Format, Outbound};
+    pub use crate::outbound::{Content, Format, Item, Outbound};
     pub use crate::upstream::StoredEvent;
 }
 

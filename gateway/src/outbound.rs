@@ -59,12 +59,49 @@ pub(crate) fn encode_for(format: Format, frame: &ServerFrame) -> Bytes {
     }
 }
 
-/// One queued frame, already encoded for the wire.
+/// One queued frame, already encoded for the wire, and what it holds.
 #[derive(Debug, Clone)]
 pub struct Item {
     pub bytes: Bytes,
-    /// When the event in this frame was stored (µs since the epoch); 0 for other frames.
-    pub stored_us: u64,
+    pub content: Content,
+}
+
+/// What a queued frame holds, so that no transport reads it back: SSE names its events and
+/// moves its cursor by it, a poll answer keeps only events, the writer times live ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Content {
+    /// Anything else (welcome, acks, errors, pings, close).
+    #[default]
+    Other,
+    /// A room event. `room` is set for the HTTP transports (their cursors need it) and
+    /// `stored_us` (µs since the epoch when stored) for live events only.
+    Event {
+        room: Option<Arc<str>>,
+        seq: u64,
+        stored_us: u64,
+    },
+    /// A presence snapshot or diff.
+    Presence,
+    /// A user's status.
+    Status,
+}
+
+impl Item {
+    /// A frame that is not an event.
+    pub(crate) fn frame(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            content: Content::Other,
+        }
+    }
+
+    /// When the live event in this frame was stored (µs since the epoch), if it is one.
+    pub(crate) fn stored_us(&self) -> Option<u64> {
+        match self.content {
+            Content::Event { stored_us, .. } if stored_us > 0 => Some(stored_us),
+            _ => None,
+        }
+    }
 }
 
 /// What became of a pushed frame.
@@ -141,7 +178,7 @@ impl Outbound {
 
     /// Queues a frame that is not an event.
     pub fn push_frame(&self, bytes: Bytes) -> Pushed {
-        self.push(Item { bytes, stored_us: 0 })
+        self.push(Item::frame(bytes))
     }
 
     /// Asks the writer to end the connection after what is queued. The first close wins.
@@ -262,10 +299,7 @@ mod tests {
     use super::*;
 
     fn item(n: usize) -> Item {
-        Item {
-            bytes: Bytes::from(vec![b'x'; n]),
-            stored_us: 0,
-        }
+        Item::frame(Bytes::from(vec![b'x'; n]))
     }
 
     #[test]

@@ -145,7 +145,11 @@ fn modules(dir: &Path) -> Vec<Module> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("directory entry").path();
-        let name = path.file_stem().and_then(|n| n.to_str()).expect("UTF-8 name").to_owned();
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .expect("UTF-8 name")
+            .to_owned();
         if path.is_dir() {
             let source = std::fs::read_dir(&path)
                 .expect("subdirectory")
@@ -226,13 +230,21 @@ fn layer_violations(dir: &str, layers: &[Vec<String>]) -> Vec<String> {
                 used.insert(if names.contains(&n) { n } else { "mod".to_owned() });
             }
             if m.name == "mod" {
-                used.extend(names.iter().filter(|n| m.source.contains(&format!("use {n}::"))).cloned());
+                used.extend(
+                    names
+                        .iter()
+                        .filter(|n| m.source.contains(&format!("use {n}::")))
+                        .cloned(),
+                );
             }
         }
         for u in used.iter().filter(|u| **u != m.name && names.contains(*u)) {
             match layer_of(u) {
                 Some(l) if l > own => {}
-                _ => bad.push(format!("{dir}: `{}` uses `{u}`, which is not in a layer below it", m.name)),
+                _ => bad.push(format!(
+                    "{dir}: `{}` uses `{u}`, which is not in a layer below it",
+                    m.name
+                )),
             }
         }
     }
@@ -271,5 +283,8 @@ fn an_upward_or_sideways_use_is_caught() {
     let bad = layer_violations("gateway/src/http", &layers("poll sse publish presence | web mod"));
     assert!(bad.iter().any(|b| b.contains("`web` uses `mod`")), "{bad:?}");
     let bad = layer_violations("gateway/src/hub", &layers("mod"));
-    assert!(bad.contains(&"gateway/src/hub: module `table` is in no layer".to_owned()), "{bad:?}");
+    assert!(
+        bad.contains(&"gateway/src/hub: module `table` is in no layer".to_owned()),
+        "{bad:?}"
+    );
 }

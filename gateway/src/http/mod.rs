@@ -21,7 +21,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
 use crate::auth::{Access, AuthError, Identity, RoomRefused};
 use crate::metrics::{self, Transport};
@@ -121,28 +120,6 @@ fn list_items(list: &str) -> Vec<String> {
     items
 }
 
-/// What a queued bare-JSON frame is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Queued {
-    Event,
-    Presence,
-    Status,
-}
-
-impl Queued {
-    pub(crate) fn of(bytes: &[u8]) -> Option<Self> {
-        if bytes.starts_with(br#"{"t":"event""#) {
-            Some(Self::Event)
-        } else if bytes.starts_with(br#"{"t":"presence""#) {
-            Some(Self::Presence)
-        } else if bytes.starts_with(br#"{"t":"status""#) {
-            Some(Self::Status)
-        } else {
-            None
-        }
-    }
-}
-
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
 pub(crate) fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
     let rooms = list_items(&query_param(req, "rooms").unwrap_or_default());
@@ -227,13 +204,6 @@ impl Drop for Registration {
             self.shared.hub.detach(room, self.conn_id);
         }
     }
-}
-
-/// The `room` and `seq` of an event's JSON, for cursors.
-#[derive(Deserialize)]
-pub(crate) struct EventHead<'a> {
-    pub room: &'a str,
-    pub seq: u64,
 }
 
 /// A JSON response.

@@ -24,13 +24,13 @@ use crate::auth::Identity;
 use crate::feeds::{FeedSet, Kind};
 use crate::hub::UpstreamError;
 use crate::metrics::{self, Transport};
-use crate::outbound::Format;
+use crate::outbound::{Content, Format};
 use crate::presence::{PollSessions, SessionLimits, SessionRefused};
 use crate::state::{Shared, Slot};
 
 use super::{
     cursor, full, identify, json, presence_rooms, query_param, request_allowed, rooms, session_id, start_positions,
-    watched, Body, EventHead, HttpError, OpenGauge, Queued, Registration,
+    watched, Body, HttpError, OpenGauge, Registration,
 };
 
 pub(crate) async fn poll(
@@ -146,14 +146,13 @@ async fn answer(shared: &Arc<Shared>, slot: Slot, conn_id: u64, asked: &Asked) -
     }
     drop(feeds);
     drop(reg);
-    for item in batch
-        .into_iter()
-        .filter(|i| Queued::of(&i.bytes) == Some(Queued::Event))
-    {
-        if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
-            positions.set(head.room, head.seq);
+    for item in batch {
+        if let Content::Event { room, seq, .. } = item.content {
+            if let Some(room) = room {
+                positions.set(&room, seq);
+            }
+            events.push(item.bytes);
         }
-        events.push(item.bytes);
     }
     let tail = tail(shared, members_of, watch, backlog).await;
     Ok(respond(transport, &events, &positions, &tail))

@@ -13,10 +13,11 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use super::{
-    cursor, identify, presence_rooms, request_allowed, rooms, session_id, start_positions, watched, Body, EventHead,
-    HttpError, OpenGauge, Queued, Registration,
+    cursor, identify, presence_rooms, request_allowed, rooms, session_id, start_positions, watched, Body, HttpError,
+    OpenGauge, Registration,
 };
 use crate::metrics::{self, Transport};
+use crate::outbound::Content;
 use crate::presence::Membership;
 use crate::state::Shared;
 use herald_proto::cursor::Cursor;
@@ -190,18 +191,18 @@ impl Stream {
             if !batch.is_empty() {
                 let mut chunk = Vec::new();
                 let events = batch.len() as u64;
-                let last_event = batch.iter().rposition(|i| Queued::of(&i.bytes) == Some(Queued::Event));
+                let last_event = batch.iter().rposition(|i| matches!(i.content, Content::Event { .. }));
                 for (i, item) in batch.drain(..).enumerate() {
-                    match Queued::of(&item.bytes) {
-                        Some(Queued::Event) => {
-                            if let Ok(head) = serde_json::from_slice::<EventHead<'_>>(&item.bytes) {
-                                self.positions.set(head.room, head.seq);
+                    match item.content {
+                        Content::Event { room, seq, .. } => {
+                            if let Some(room) = room {
+                                self.positions.set(&room, seq);
                             }
                             self.event(&mut chunk, &item.bytes, Some(i) == last_event);
                         }
-                        Some(Queued::Presence) => named(&mut chunk, SSE_PRESENCE, &item.bytes),
-                        Some(Queued::Status) => named(&mut chunk, SSE_STATUS, &item.bytes),
-                        None => continue,
+                        Content::Presence => named(&mut chunk, SSE_PRESENCE, &item.bytes),
+                        Content::Status => named(&mut chunk, SSE_STATUS, &item.bytes),
+                        Content::Other => continue,
                     }
                 }
                 let bytes = chunk.len() as u64;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 
-use crate::outbound::{event_frame, Format, Item, Outbound};
+use crate::outbound::{event_frame, Format, Outbound};
 use crate::upstream::Upstream;
 
 pub(crate) use crate::upstream::{PageLimit, Resume, UpstreamError};
@@ -121,10 +121,7 @@ impl Hub {
             crate::metrics::replayed(page.events.len() as u64);
             for ev in &page.events {
                 after = ev.seq;
-                out.push(Item {
-                    bytes: event_frame(ev.event_ref(), format),
-                    stored_us: 0,
-                });
+                out.push(table::item(event_frame(ev.event_ref(), format), ev, format, 0));
             }
             if !page.more || !out.wait_for_room().await {
                 return Ok(after);

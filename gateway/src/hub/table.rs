@@ -15,7 +15,7 @@ use herald_proto::Codec;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::outbound::{event_frame, Format, Item, Outbound, Pushed};
+use crate::outbound::{event_frame, Content, Format, Item, Outbound, Pushed};
 use crate::sync::lock;
 use crate::upstream::{Rooms, StoredEvent};
 
@@ -142,7 +142,7 @@ impl Table {
             if ev.seq > sub.delivered {
                 let bytes = event_frame(ev.event_ref(), sub.format);
                 sub.delivered = ev.seq;
-                if sub.out.push(Item { bytes, stored_us: 0 }) != Pushed::Queued {
+                if sub.out.push(item(bytes, ev, sub.format, 0)) != Pushed::Queued {
                     return Some(sub.delivered);
                 }
             }
@@ -201,11 +201,7 @@ impl Table {
                 Mode::Live if ev.seq > sub.delivered => {
                     sub.delivered = ev.seq;
                     let bytes = frames.get(sub.format);
-                    if sub.out.push(Item {
-                        bytes,
-                        stored_us: ev.stored_us,
-                    }) == Pushed::Queued
-                    {
+                    if sub.out.push(item(bytes, ev, sub.format, ev.stored_us)) == Pushed::Queued {
                         n += 1;
                     }
                 }
@@ -253,6 +249,19 @@ impl Rooms for Table {
 
     fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
         Table::deliver(self, ev)
+    }
+}
+
+/// An event's queue item. Only the HTTP transports get the room (a shared name's count is
+/// contended by every subscriber; WebSocket clients never need it back).
+pub(super) fn item(bytes: Bytes, ev: &StoredEvent, format: Format, stored_us: u64) -> Item {
+    Item {
+        bytes,
+        content: Content::Event {
+            room: (format == Format::Bare).then(|| Arc::clone(&ev.room)),
+            seq: ev.seq,
+            stored_us,
+        },
     }
 }
 

@@ -15,7 +15,7 @@ use herald_proto::sys::{StatusReply, StatusRequest};
 
 use crate::auth::Identity;
 use crate::feeds::{FeedSet, Feeds, Kind};
-use crate::outbound::{encode_for, Format, Outbound};
+use crate::outbound::{encode_for, Content, Format, Item, Outbound};
 use crate::upstream::Upstream;
 
 pub(crate) use polls::{PollSessions, SessionLimits, SessionRefused};
@@ -151,7 +151,10 @@ impl Membership {
         if !watched.is_empty() {
             fail::fail_point!("membership.statuses");
             for status in presence.statuses(&watched).await.unwrap_or_default() {
-                out.push_frame(encode_for(Format::Bare, &ServerFrame::Status(status)));
+                out.push(Item {
+                    bytes: encode_for(Format::Bare, &ServerFrame::Status(status)),
+                    content: Content::Status,
+                });
             }
             for user in &watched {
                 this.feeds.release(&subjects.status(user), None);

@@ -79,10 +79,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         if let Some(close) = close {
             if let Some(code) = close.code {
                 metrics::close(code.0);
-                let frame = [Item {
-                    bytes: close_frame(code),
-                    stored_us: 0,
-                }];
+                let frame = [Item::frame(close_frame(code))];
                 let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut w, &frame)).await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
@@ -109,8 +106,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 fn record_sent(batch: &[Item], bytes: usize) {
     metrics::sent(Transport::WebSocket, batch.len() as u64, bytes as u64);
     let now_us = herald_service::now_ns() / 1000;
-    for item in batch.iter().filter(|i| i.stored_us > 0) {
-        metrics::delivery_latency(now_us.saturating_sub(item.stored_us) as f64 / 1e6);
+    for stored_us in batch.iter().filter_map(Item::stored_us) {
+        metrics::delivery_latency(now_us.saturating_sub(stored_us) as f64 / 1e6);
     }
 }
 
