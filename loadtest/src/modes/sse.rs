@@ -1,0 +1,147 @@
+//! The SSE client of a `compare` mode: an EventSource-like reader that follows `id:` and
+//! reconnects with `Last-Event-ID`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use goose::prelude::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use crate::client::{Chain, Event};
+use crate::modes::{deliver, fail, record_deliveries, room_index, run, sid, subscribed, Deliveries};
+
+pub(crate) async fn sse_connect(user: &mut GooseUser) -> TransactionResult {
+    let room = room_index(user);
+    let started = Instant::now();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(sse_reader(room, user.weighted_users_index, tx, ready_tx));
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            user.record_custom_request_duration("SSE", "connect", started.elapsed(), false, None, Some(&e))
+                .await?;
+            return Err(fail(e));
+        }
+        Err(_) => return Err(fail("SSE reader ended")),
+    }
+    user.record_custom_request_duration("SSE", "connect", started.elapsed(), true, Some(200), None)
+        .await?;
+    user.set_session_data::<Deliveries>(Arc::new(tokio::sync::Mutex::new(rx)));
+    subscribed(room);
+    Ok(())
+}
+
+pub(crate) async fn sse_reader(
+    room: usize,
+    index: usize,
+    tx: mpsc::UnboundedSender<std::result::Result<Duration, String>>,
+    ready: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+) {
+    let run = run();
+    let opened = async {
+        let rest = run.p.http.strip_prefix("http://").context("http:// URL")?;
+        let addr = tokio::net::lookup_host(rest).await?.next().context("gateway address")?;
+        let tcp = crate::connect_from(run.p.source, addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        // A session id per client, as herald.js sends: rate limits count per client.
+        let path = format!("/sse?rooms={}&sid={}", run.rooms[room], sid(index));
+        let mut req = hyper::Request::get(&path)
+            .header("host", rest)
+            .header("accept", "text/event-stream");
+        if let Some(t) = &run.p.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in &run.headers {
+            if k != "accept" {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
+        let sent = crate::head_bytes(&format!("GET {path} HTTP/1.1"), req.headers());
+        let resp = sender.send_request(req).await?;
+        if resp.status() != 200 {
+            bail!("SSE answered {}", resp.status());
+        }
+        let got = crate::head_bytes("HTTP/1.1 200 OK", resp.headers());
+        run.c.connect_bytes.fetch_add(sent + got, Relaxed);
+        Ok((sender, resp.into_body()))
+    }
+    .await;
+    let (_sender, mut body) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}")));
+            return;
+        }
+    };
+    let mut ready = Some(ready);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chain = Chain(Some(0));
+    loop {
+        let chunk = match body.frame().await {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Some(Err(e)) => {
+                if !*run.stop.borrow() {
+                    let _ = tx.send(Err(format!("SSE stream: {e}")));
+                }
+                return;
+            }
+            None => {
+                if !*run.stop.borrow() {
+                    let _ = tx.send(Err("SSE stream ended".into()));
+                }
+                return;
+            }
+        };
+        // Chunked transfer framing: "<hex>\r\n" + data + "\r\n".
+        run.c
+            .framing
+            .fetch_add(format!("{:x}", chunk.len()).len() as u64 + 4, Relaxed);
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            if text.starts_with(':') {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(()));
+                }
+                continue;
+            }
+            let mut data = None;
+            let mut overhead = 0;
+            for line in text.lines() {
+                match line.strip_prefix("data: ") {
+                    Some(d) => {
+                        data = Some(d.to_owned());
+                        overhead += "data: \n".len();
+                    }
+                    None => overhead += line.len() + 1,
+                }
+            }
+            overhead += 1;
+            let Some(data) = data else { continue };
+            run.c.down_payload.fetch_add(data.len() as u64, Relaxed);
+            run.c.framing.fetch_add(overhead as u64, Relaxed);
+            if let Ok(ev) = serde_json::from_str::<Event>(&data) {
+                if let Some(lat) = deliver(run, &mut chain, &ev) {
+                    let _ = tx.send(Ok(lat));
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn sse_receive(user: &mut GooseUser) -> TransactionResult {
+    let rx = user.get_session_data_unchecked::<Deliveries>().clone();
+    record_deliveries(user, &rx, "SSE").await
+}
