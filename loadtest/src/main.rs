@@ -8,13 +8,14 @@
 //!
 //! Every mode writes `report.md`, `report.json` and `report.html` to `--report-dir`.
 
+mod bench;
 mod client;
 mod compare;
+mod hold;
 mod modes;
 mod presence;
 mod proc;
 mod report;
-mod scale;
 mod soak;
 mod stack;
 mod svg;
@@ -72,12 +73,12 @@ enum Mode {
     /// and delivery of an optional broadcast.
     ///
     /// Example: loadtest hold --spawn-gateways 6 --connections 100000 --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6
-    Hold(Box<scale::HoldArgs>),
+    Hold(Box<hold::HoldArgs>),
     /// Subscribers on one room and a publish rate rising step by step until p99 crosses a limit;
     /// deliveries per second and gateway CPU-seconds per million deliveries.
     ///
     /// Example: loadtest bench --spawn --subscribers 1000 --start-rate 10 --factor 1.5 --p99-limit 50ms
-    Bench(Box<scale::BenchArgs>),
+    Bench(Box<bench::BenchArgs>),
     /// A big room with constant churn: presence frames per subscriber, diff lag, fanout CPU.
     ///
     /// Example: loadtest presence --gateway ws://127.0.0.1:8080/ws,ws://127.0.0.1:8081/ws --members 5000 --churn 200 --fanout-pid $(pgrep herald-fanout)
@@ -105,6 +106,9 @@ pub struct Common {
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// The NATS subject prefix the stack uses (the gateway's `--subject-prefix`).
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = herald_proto::subject::DEFAULT_PREFIX)]
+    subject_prefix: String,
 }
 
 fn main() -> ExitCode {
@@ -115,8 +119,8 @@ fn main() -> ExitCode {
         .expect("runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Mode::Hold(a) => scale::hold(*a).await,
-            Mode::Bench(a) => scale::bench(*a).await,
+            Mode::Hold(a) => hold::hold(*a).await,
+            Mode::Bench(a) => bench::bench(*a).await,
             Mode::Presence(a) => presence::run(a).await,
             Mode::Soak(a) => soak::run(*a).await,
             Mode::Compare(a) => {

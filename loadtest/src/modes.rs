@@ -90,6 +90,7 @@ pub struct Params {
     pub http: String,
     pub ws: String,
     pub nats_url: String,
+    pub subjects: herald_proto::subject::Subjects,
     pub rooms: usize,
     pub rate: f64,
     pub publish: Duration,

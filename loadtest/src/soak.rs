@@ -381,6 +381,8 @@ async fn publish(
     let stopped = stop.notified();
     tokio::pin!(stopped);
     let mut n = 0usize;
+    // The stack soak starts uses the default prefix.
+    let subjects = herald_proto::subject::Subjects::new(herald_proto::subject::DEFAULT_PREFIX);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
@@ -389,7 +391,7 @@ async fn publish(
         let room = format!("soak-{}", n % rooms.max(1));
         n += 1;
         let body = serde_json::json!({"n": n}).to_string();
-        let Ok(ack) = js.publish(format!("herald.room.{room}"), body.into()).await else {
+        let Ok(ack) = js.publish(subjects.room(&room), body.into()).await else {
             continue;
         };
         if let Ok(ack) = ack.await {

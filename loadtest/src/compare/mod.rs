@@ -57,6 +57,9 @@ pub struct CompareArgs {
     /// NATS URL the publisher uses (as an app backend would), when not --spawn.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// The NATS subject prefix the stack uses (the gateway's `--subject-prefix`).
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = herald_proto::subject::DEFAULT_PREFIX)]
+    pub subject_prefix: String,
     /// Extra flags for spawned gateways (e.g. "--outbound-buffer-bytes=1048576").
     #[arg(long, allow_hyphen_values = true)]
     pub gateway_arg: Vec<String>,
@@ -216,6 +219,7 @@ async fn child(a: CompareArgs, label: &str) -> Result<bool> {
         ws,
         http,
         nats_url: a.nats_url.clone(),
+        subjects: herald_proto::subject::Subjects::new(a.subject_prefix.clone()),
         rooms: a.rooms.max(1),
         rate: a.rate,
         publish: a.publish_time()?,

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-
 use crate::modes::{run, Kind, ModeResult, Percentiles, Run, Sample};
 use crate::proc;
 
@@ -156,7 +155,7 @@ pub(crate) async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
         let room = (k as usize) % run.rooms.len();
         let body = format!(r#"{{"t0":{stamp},"n":{k},"pad":"{pad}"}}"#);
         if nats
-            .publish(format!("herald.room.{}", run.rooms[room]), body.into())
+            .publish(p.subjects.room(&run.rooms[room]), body.into())
             .await
             .is_ok()
         {

@@ -1,0 +1,545 @@
+//! `loadtest hold`: N WebSocket connections over several worker processes (each under the
+//! per-process file limit) and 127.0.0.x source addresses, optionally against gateways it
+//! spawns; an optional broadcast to every room; memory per connection and delivery.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Chain, Event, Order};
+use crate::report::{num, Report, Section, Table};
+use crate::{client, proc, stack, Common};
+
+use herald_proto::subject::Subjects;
+
+/// File descriptors one worker may use for connections (the hard limit is 20,000).
+const PER_PROCESS: usize = 19_000;
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections to hold in total.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Rooms the connections subscribe to, round-robin (0: connect without subscribing).
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Start nats-server and this many fresh gateways (each holds under 19,000 connections).
+    #[arg(long, default_value_t = 0)]
+    spawn_gateways: usize,
+    /// PIDs of the gateways to measure when not spawning.
+    #[arg(long, value_delimiter = ',')]
+    gateway_pid: Vec<u32>,
+    /// NATS URL for the broadcast when not spawning.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Connections per worker process (at most 19,000 under the 20,000-file limit).
+    #[arg(long, default_value_t = PER_PROCESS)]
+    per_process: usize,
+    /// Events per second sent to every room while holding (each reaches every connection).
+    #[arg(long, default_value_t = 0.0)]
+    broadcast_rate: f64,
+    /// How long to hold once everyone is connected.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// Where report.md, report.json and report.html go.
+    #[arg(long, default_value = "target/loadtest/hold")]
+    report_dir: PathBuf,
+    /// Run as one worker of a hold (internal).
+    #[arg(long, hide = true)]
+    worker: bool,
+    /// Index of this worker's first connection (internal).
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
+}
+
+/// A worker's answer lines on stdout.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerConnected {
+    connected: u64,
+    failed: u64,
+    seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerDone {
+    connections: u64,
+    delivered: u64,
+    gaps: u64,
+    duplicates: u64,
+    closed: u64,
+    rss_kib: u64,
+    /// Latency histogram quantiles (µs): p50, p99, max.
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) closed: AtomicU64,
+}
+
+/// Reads a connection until it closes, checking order and recording latency.
+pub(crate) async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec<Histogram<u64>>>>) {
+    // Rooms may hold events from earlier runs: the chain starts at the first event seen.
+    let mut chain = Chain::default();
+    loop {
+        let Ok(text) = c.next_text().await else {
+            tally.closed.fetch_add(1, Relaxed);
+            return;
+        };
+        let Ok(ev) = serde_json::from_str::<Event>(&text) else {
+            continue;
+        };
+        if ev.t.as_deref() != Some("event") {
+            continue;
+        }
+        match chain.check(ev.seq, ev.prev) {
+            Order::Duplicate => {
+                tally.duplicates.fetch_add(1, Relaxed);
+                continue;
+            }
+            Order::AfterGap => {
+                tally.gaps.fetch_add(1, Relaxed);
+            }
+            Order::Next => {}
+        }
+        tally.delivered.fetch_add(1, Relaxed);
+        if let Some(d) = ev.data {
+            let us = (crate::now_ns().saturating_sub(d.t0) / 1000).max(1);
+            let mut h = hist.lock().expect("histogram");
+            let step = d.s as usize;
+            while h.len() <= step {
+                h.push(crate::latency_histogram());
+            }
+            let _ = h[step].record(us);
+        }
+    }
+}
+
+async fn worker(a: HoldArgs) -> Result<()> {
+    let started = Instant::now();
+    let rooms = a.rooms;
+    let first = a.first;
+    let (conns, failed) = crate::connect_some(&a.common, a.connections, |i| {
+        if rooms == 0 {
+            String::new()
+        } else {
+            format!("hold-{}", (first + i) % rooms)
+        }
+    })
+    .await;
+    let line = WorkerConnected {
+        connected: conns.len() as u64,
+        failed,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    println!("{}", serde_json::to_string(&line)?);
+    let tally = Arc::new(Tally::default());
+    let hist = Arc::new(Mutex::new(Vec::new()));
+    let n = conns.len() as u64;
+    for c in conns {
+        tokio::spawn(read_events(c, Arc::clone(&tally), Arc::clone(&hist)));
+    }
+    // "stop <events per connection>" on stdin ends the hold.
+    let expected: u64 = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        line.trim()
+            .strip_prefix("stop ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+    .await?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while tally.delivered.load(Relaxed) < expected * n && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = hist.lock().expect("histogram");
+    let mut all = crate::latency_histogram();
+    for s in h.iter() {
+        all.add(s)?;
+    }
+    let done = WorkerDone {
+        connections: n,
+        delivered: tally.delivered.load(Relaxed),
+        gaps: tally.gaps.load(Relaxed),
+        duplicates: tally.duplicates.load(Relaxed),
+        closed: tally.closed.load(Relaxed),
+        rss_kib: proc::rss_kib(std::process::id()).unwrap_or(0),
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+        max_us: all.max(),
+    };
+    println!("{}", serde_json::to_string(&done)?);
+    Ok(())
+}
+
+pub async fn hold(mut a: HoldArgs) -> Result<()> {
+    if a.worker {
+        return worker(a).await;
+    }
+    let (_nats, gateways) = spawn_stack(&mut a)?;
+    let pids = a.gateway_pid.clone();
+    let before = Snapshot::take(&pids)?;
+    let started = Instant::now();
+    let mut children = start_workers(&a)?;
+    let mut connected = Vec::new();
+    for (_, out) in &mut children {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        connected.push(serde_json::from_str::<WorkerConnected>(&line).context("a worker failed to report")?);
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    let total: u64 = connected.iter().map(|c| c.connected).sum();
+    eprintln!(
+        "connected {total}/{} in {connect_s:.1} s ({:.0}/s) over {} workers",
+        a.connections,
+        total as f64 / connect_s,
+        children.len()
+    );
+    let (published, after) = hold_and_broadcast(&a, &pids).await?;
+    let mut done = Vec::new();
+    for (mut child, mut out) in children {
+        if let Some(stdin) = child.stdin.as_mut() {
+            writeln!(stdin, "stop {published}")?;
+        }
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        done.push(serde_json::from_str::<WorkerDone>(&line).context("a worker failed at the end")?);
+        let _ = child.wait();
+    }
+    drop(gateways);
+    let run = Held {
+        pids,
+        before,
+        after,
+        connected,
+        done,
+        connect_s,
+        total,
+        published,
+    };
+    let report = hold_report(&a, &run);
+    report.write(&a.report_dir)?;
+    eprintln!("report: {}", a.report_dir.join("report.html").display());
+    let closed: u64 = run.done.iter().map(|d| d.closed).sum();
+    if closed > 0 || total < a.connections as u64 {
+        bail!(
+            "{} connections failed or closed early",
+            a.connections as u64 - total + closed
+        );
+    }
+    Ok(())
+}
+
+/// With `--spawn-gateways`: nats-server and the gateways, which `a` then targets.
+fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Gateway>)> {
+    if a.spawn_gateways == 0 {
+        return Ok((None, Vec::new()));
+    }
+    let nats = stack::Nats::start()?;
+    std::fs::create_dir_all(&a.report_dir)?;
+    let mut gateways = Vec::new();
+    for g in 0..a.spawn_gateways {
+        let log = a.report_dir.join(format!("gateway-{g}.log"));
+        gateways.push(stack::Gateway::start(
+            &nats.url,
+            &format!("hold-{g}"),
+            &["--max-connections".into(), "100000".into()],
+            Some(&log),
+        )?);
+    }
+    a.common.gateway = gateways.iter().map(|g| g.ws.clone()).collect();
+    a.gateway_pid = gateways.iter().map(|g| g.pid).collect();
+    a.nats_url = nats.url.clone();
+    Ok((Some(nats), gateways))
+}
+
+/// One worker process per `--per-process` connections, each answering on its stdout.
+fn start_workers(a: &HoldArgs) -> Result<Vec<(std::process::Child, BufReader<std::process::ChildStdout>)>> {
+    let per = a.per_process.clamp(1, PER_PROCESS);
+    let sources = a
+        .common
+        .sources
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for w in 0..a.connections.div_ceil(per) {
+        let n = per.min(a.connections - w * per);
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("hold")
+            .arg("--worker")
+            .args(["--connections", &n.to_string(), "--first", &(w * per).to_string()])
+            .args(["--rooms", &a.rooms.to_string()])
+            .args(["--gateway", &a.common.gateway.join(",")])
+            .args(["--sources", &sources])
+            .args(["--concurrency", &a.common.concurrency.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(t) = &a.common.token {
+            cmd.env("HERALD_TOKEN", t);
+        }
+        let mut child = cmd.spawn().context("starting a hold worker")?;
+        let out = BufReader::new(child.stdout.take().context("worker stdout")?);
+        children.push((child, out));
+    }
+    Ok(children)
+}
+
+/// The gateways' and the kernel's memory at one moment.
+struct Snapshot {
+    rss_kib: Vec<u64>,
+    tcp: proc::TcpStat,
+    slab_kib: Option<u64>,
+}
+
+impl Snapshot {
+    fn take(pids: &[u32]) -> Result<Self> {
+        Ok(Self {
+            rss_kib: pids.iter().map(|&p| proc::rss_kib(p).unwrap_or(0)).collect(),
+            tcp: proc::tcp_stat()?,
+            slab_kib: proc::socket_slab_kib(),
+        })
+    }
+}
+
+/// Holds for `--hold`, broadcasting to every room at `--broadcast-rate`; returns the events
+/// sent to each room and the memory measured in the middle of the hold.
+async fn hold_and_broadcast(a: &HoldArgs, pids: &[u32]) -> Result<(u64, Snapshot)> {
+    let mut published = 0u64;
+    let hold_until = Instant::now() + a.hold;
+    let measure_at = Instant::now() + a.hold / 2;
+    let mut measured = None;
+    // Connections without rooms (`--rooms 0`) have nothing to receive: no broadcast then.
+    let broadcast = a.broadcast_rate > 0.0 && a.rooms > 0;
+    let nats = if broadcast {
+        Some(async_nats::connect(&a.nats_url).await.context("NATS")?)
+    } else {
+        None
+    };
+    let interval = if broadcast {
+        Duration::from_secs_f64(1.0 / a.broadcast_rate)
+    } else {
+        Duration::from_millis(500)
+    };
+    let subjects = Subjects::new(a.common.subject_prefix.clone());
+    let mut next = tokio::time::Instant::now();
+    while Instant::now() < hold_until {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        if let Some(n) = &nats {
+            let t0 = crate::now_ns();
+            for r in 0..a.rooms {
+                let body = format!(r#"{{"t0":{t0},"n":{published}}}"#);
+                n.publish(subjects.room(&format!("hold-{r}")), body.into()).await?;
+            }
+            published += 1;
+        }
+        if measured.is_none() && Instant::now() >= measure_at {
+            measured = Some(Snapshot::take(pids)?);
+        }
+    }
+    if let Some(n) = &nats {
+        n.flush().await?;
+    }
+    let after = match measured {
+        Some(m) => m,
+        None => Snapshot::take(pids)?,
+    };
+    Ok((published, after))
+}
+
+/// What a hold measured.
+struct Held {
+    pids: Vec<u32>,
+    before: Snapshot,
+    after: Snapshot,
+    connected: Vec<WorkerConnected>,
+    done: Vec<WorkerDone>,
+    connect_s: f64,
+    total: u64,
+    published: u64,
+}
+
+fn hold_report(a: &HoldArgs, h: &Held) -> Report {
+    let summary = hold_summary(a, h);
+    for (k, v) in &summary {
+        println!("{k}: {v}");
+    }
+    let mut header = crate::report::machine_header();
+    header.extend([
+        ("connections".to_owned(), a.connections.to_string()),
+        ("sources".into(), a.common.sources.len().to_string()),
+        ("hold".into(), humantime::format_duration(a.hold).to_string()),
+    ]);
+    let total = h.total;
+    let gw_delta: u64 = h
+        .after
+        .rss_kib
+        .iter()
+        .zip(&h.before.rss_kib)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    let delivered: u64 = h.done.iter().map(|d| d.delivered).sum();
+    let Held { before, after, .. } = h;
+    Report {
+        title: "Herald: connections held".into(),
+        header,
+        sections: vec![
+            Section {
+                heading: "Summary".into(),
+                table: Some(Table {
+                    head: vec!["".into(), "".into()],
+                    rows: summary.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect(),
+                }),
+                ..Section::default()
+            },
+            Section {
+                heading: "Per process".into(),
+                text: vec!["RSS per connection: gateways from the growth since before connecting; \
+                     harness workers from their whole RSS."
+                    .into()],
+                table: Some(Table {
+                    head: ["process", "connections", "RSS", "per connection"]
+                        .map(String::from)
+                        .to_vec(),
+                    rows: per_process_rows(h),
+                }),
+                ..Section::default()
+            },
+        ],
+        json: serde_json::json!({
+            "connections": a.connections, "held": total, "connect_seconds": h.connect_s,
+            "gateways": h.pids.len(), "workers": h.done.len(),
+            "gateway_rss_kib_before": before.rss_kib, "gateway_rss_kib": after.rss_kib,
+            "gateway_kib_per_connection": gw_delta as f64 / total.max(1) as f64,
+            "kernel_tcp_kib_before": before.tcp.mem_kib, "kernel_tcp_kib": after.tcp.mem_kib,
+            "kernel_tcp_kib_per_connection": tcp_per_conn(h),
+            "tcp_inuse_before": before.tcp.inuse, "tcp_inuse": after.tcp.inuse,
+            "socket_slab_kib_before": before.slab_kib, "socket_slab_kib": after.slab_kib,
+            "socket_slab_kib_per_connection": slab_per_conn(h),
+            "published": h.published, "expected": h.published * total, "delivered": delivered,
+            "gaps": h.done.iter().map(|d| d.gaps).sum::<u64>(),
+            "closed": h.done.iter().map(|d| d.closed).sum::<u64>(),
+            "p99_ms": p99_ms(h), "workers_detail": h.done,
+        }),
+    }
+}
+
+fn tcp_per_conn(h: &Held) -> f64 {
+    h.after.tcp.mem_kib.saturating_sub(h.before.tcp.mem_kib) as f64 / h.total.max(1) as f64
+}
+
+fn slab_per_conn(h: &Held) -> Option<f64> {
+    match (h.before.slab_kib, h.after.slab_kib) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / h.total.max(1) as f64),
+        _ => None,
+    }
+}
+
+fn p99_ms(h: &Held) -> f64 {
+    h.done.iter().map(|d| d.p99_us).max().unwrap_or(0) as f64 / 1000.0
+}
+
+/// The summary lines: connections, rates, memory (gateways and kernel), the broadcast.
+fn hold_summary(a: &HoldArgs, h: &Held) -> Vec<(String, String)> {
+    let (total, connect_s, published) = (h.total, h.connect_s, h.published);
+    let (before, after) = (&h.before, &h.after);
+    let gw_rss_total: u64 = after.rss_kib.iter().sum();
+    let gw_delta: u64 = after
+        .rss_kib
+        .iter()
+        .zip(&before.rss_kib)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    let delivered: u64 = h.done.iter().map(|d| d.delivered).sum();
+    let expected = published * total;
+    let gaps: u64 = h.done.iter().map(|d| d.gaps).sum();
+    vec![
+        ("connections held".to_owned(), format!("{total} of {}", a.connections)),
+        ("connect rate".into(), format!("{:.0}/s ({connect_s:.1} s)", total as f64 / connect_s)),
+        ("gateways".into(), h.pids.len().to_string()),
+        ("harness workers".into(), h.done.len().to_string()),
+        (
+            "gateway RSS".into(),
+            format!(
+                "{} MiB total, {:.2} KiB per connection",
+                num(gw_rss_total as f64 / 1024.0),
+                gw_delta as f64 / total.max(1) as f64
+            ),
+        ),
+        (
+            "kernel TCP memory".into(),
+            format!(
+                "{} → {} KiB ({:.2} KiB per connection, both ends on loopback); TCP sockets in use {} → {}",
+                before.tcp.mem_kib,
+                after.tcp.mem_kib,
+                tcp_per_conn(h),
+                before.tcp.inuse,
+                after.tcp.inuse
+            ),
+        ),
+        (
+            "kernel socket slabs".into(),
+            match (before.slab_kib, after.slab_kib, slab_per_conn(h)) {
+                (Some(b), Some(a), Some(p)) => format!(
+                    "{} → {} MiB ({p:.2} KiB per connection, both ends: TCP sockets, inodes, epoll entries)",
+                    num(b as f64 / 1024.0),
+                    num(a as f64 / 1024.0)
+                ),
+                _ => "not readable (/proc/slabinfo needs root)".into(),
+            },
+        ),
+        (
+            "broadcast".into(),
+            format!(
+                "{published} events to each of {} rooms; delivered {delivered}/{expected} ({:.3}%), gaps {gaps}, p99 {} ms",
+                a.rooms,
+                if expected > 0 { 100.0 * delivered as f64 / expected as f64 } else { 100.0 },
+                num(p99_ms(h))
+            ),
+        ),
+        ("closed early".into(), h.done.iter().map(|d| d.closed).sum::<u64>().to_string()),
+    ]
+}
+
+/// RSS per process: each gateway's growth per connection, each worker's whole RSS.
+fn per_process_rows(h: &Held) -> Vec<Vec<String>> {
+    let per_gateway_conns = h.total as f64 / h.pids.len().max(1) as f64;
+    let mut rows = Vec::new();
+    for (i, pid) in h.pids.iter().enumerate() {
+        let delta = h.after.rss_kib[i].saturating_sub(h.before.rss_kib[i]);
+        rows.push(vec![
+            format!("gateway pid {pid}"),
+            num(per_gateway_conns),
+            format!("{} MiB", num(h.after.rss_kib[i] as f64 / 1024.0)),
+            format!("{:.2} KiB", delta as f64 / per_gateway_conns.max(1.0)),
+        ]);
+    }
+    for (w, (c, d)) in h.connected.iter().zip(&h.done).enumerate() {
+        rows.push(vec![
+            format!("harness worker {w}"),
+            c.connected.to_string(),
+            format!("{} MiB", num(d.rss_kib as f64 / 1024.0)),
+            format!("{:.2} KiB", d.rss_kib as f64 / c.connected.max(1) as f64),
+        ]);
+    }
+    rows
+}
