@@ -9,6 +9,9 @@
 //! processes (each under the 20,000-file limit), publishes at a fixed rate, and runs the
 //! hostile clients itself.
 
+mod hostile;
+mod report;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -22,8 +25,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use self::hostile::hostile_clients;
+use self::report::{revision, slope_per_min, write_report, Report};
 use crate::client::{Chain, Conn, Order};
 use crate::{proc, stack};
 
@@ -129,7 +133,7 @@ impl Tally {
 
 /// One sample of the stack.
 #[derive(Debug, Clone, Serialize)]
-struct Sample {
+pub(crate) struct Sample {
     t_s: f64,
     gateway_rss_kib: Vec<u64>,
     gateway_fds: Vec<u64>,
@@ -139,39 +143,10 @@ struct Sample {
 }
 
 #[derive(Debug, Default, Serialize)]
-struct Hostile {
+pub(crate) struct Hostile {
     /// Actions by kind, and how many ended otherwise than the contract says.
     done: BTreeMap<&'static str, u64>,
     unexpected: BTreeMap<&'static str, u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    revision: String,
-    connections: usize,
-    connected: u64,
-    failed_connects: u64,
-    gateways: usize,
-    rooms: usize,
-    rate: f64,
-    churn: f64,
-    duration_s: f64,
-    published: u64,
-    delivered: u64,
-    gaps: u64,
-    duplicates: u64,
-    reconnects: u64,
-    reconnect_failures: u64,
-    /// Why connections ended and why reconnects failed, by count.
-    ends: BTreeMap<String, u64>,
-    reconnect_failure_causes: BTreeMap<String, u64>,
-    behind: u64,
-    not_ready_samples: u64,
-    /// Least-squares slope over the second half of the run, per gateway.
-    rss_slope_kib_per_min: Vec<f64>,
-    fd_slope_per_min: Vec<f64>,
-    hostile: Hostile,
-    samples: Vec<Sample>,
 }
 
 pub async fn run(a: SoakArgs) -> Result<()> {
@@ -342,25 +317,6 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     Ok(())
 }
 
-/// The measured build's revision, and `-dirty` when the work tree has changes.
-fn revision() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{rev}-dirty")
-    } else {
-        rev
-    }
-}
-
 fn read_line<T: for<'de> Deserialize<'de>>(out: &mut BufReader<std::process::ChildStdout>) -> Result<T> {
     let mut line = String::new();
     out.read_line(&mut line)?;
@@ -414,93 +370,6 @@ fn sample(started: Instant, pids: &[u32], admins: &[String], nats: u32, fanout: 
             .map(|a| stack::get(&format!("{a}/readyz")).map_or(0, |r| r.0))
             .collect(),
     }
-}
-
-/// Least-squares slope of (seconds, value) points, per minute.
-fn slope_per_min(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    if n < 2.0 {
-        return 0.0;
-    }
-    let (mx, my) = (
-        points.iter().map(|p| p.0).sum::<f64>() / n,
-        points.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let cov: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let var: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if var == 0.0 {
-        0.0
-    } else {
-        cov / var * 60.0
-    }
-}
-
-fn write_report(dir: &std::path::Path, r: &Report) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
-    let mut md = String::new();
-    let first = r.samples.first();
-    let last = r.samples.last();
-    md.push_str(&format!(
-        "# Soak\n\nRevision `{}`. {} connections ({} connected, {} failed) over {} gateways, {} rooms with \
-         presence, {} events/s, {} reconnects/s, hostile clients mixed in; {:.0} s.\n\n",
-        r.revision, r.connections, r.connected, r.failed_connects, r.gateways, r.rooms, r.rate, r.churn, r.duration_s
-    ));
-    md.push_str("| | value |\n|---|---|\n");
-    for (k, v) in [
-        ("events published", r.published.to_string()),
-        ("events delivered", r.delivered.to_string()),
-        ("gaps (lost)", r.gaps.to_string()),
-        ("duplicates", r.duplicates.to_string()),
-        ("connections behind at the end", r.behind.to_string()),
-        ("reconnects (resumed with since)", r.reconnects.to_string()),
-        ("reconnects that failed", r.reconnect_failures.to_string()),
-        ("samples with /readyz ≠ 200", r.not_ready_samples.to_string()),
-        (
-            "gateway RSS slope, 2nd half (KiB/min)",
-            format!("{:.1?}", r.rss_slope_kib_per_min),
-        ),
-        (
-            "gateway fd slope, 2nd half (per min)",
-            format!("{:.2?}", r.fd_slope_per_min),
-        ),
-        (
-            "gateway RSS first → last (KiB)",
-            format!(
-                "{:?} → {:?}",
-                first.map(|s| &s.gateway_rss_kib),
-                last.map(|s| &s.gateway_rss_kib)
-            ),
-        ),
-        (
-            "gateway fds first → last",
-            format!(
-                "{:?} → {:?}",
-                first.map(|s| &s.gateway_fds),
-                last.map(|s| &s.gateway_fds)
-            ),
-        ),
-    ] {
-        md.push_str(&format!("| {k} | {v} |\n"));
-    }
-    md.push_str("\n| connection ended by | count |\n|---|---|\n");
-    for (k, n) in &r.ends {
-        md.push_str(&format!("| {k} | {n} |\n"));
-    }
-    md.push_str("\n| reconnect failed with | count |\n|---|---|\n");
-    for (k, n) in &r.reconnect_failure_causes {
-        md.push_str(&format!("| {k} | {n} |\n"));
-    }
-    md.push_str("\n| hostile action | done | not as the contract says |\n|---|---|---|\n");
-    for (k, n) in &r.hostile.done {
-        md.push_str(&format!(
-            "| {k} | {n} | {} |\n",
-            r.hostile.unexpected.get(k).unwrap_or(&0)
-        ));
-    }
-    std::fs::write(dir.join("report.md"), md)?;
-    eprintln!("soak: report in {}", dir.display());
-    Ok(())
 }
 
 // === worker ===
@@ -706,178 +575,4 @@ fn record(chain: &mut Chain, ev: &Event, tally: &Tally, position: &AtomicU64) {
     }
     tally.delivered.fetch_add(1, Relaxed);
     position.store(ev.seq, Relaxed);
-}
-
-// === hostile clients ===
-
-/// What each hostile action sends, and what the contract says must come back.
-const ACTIONS: [&str; 10] = [
-    "ws bad type (a\\nb)",
-    "ws invalid UTF-8",
-    "ws binary on JSON",
-    "ws oversized frame",
-    "ws since u64::MAX",
-    "ws vanish mid-subscribe",
-    "http bad query",
-    "http sse then vanish",
-    "http slow body",
-    "http long-poll with presence then vanish",
-];
-
-async fn hostile_clients(http: Vec<String>, rate: f64, stop: Arc<tokio::sync::Notify>) -> Hostile {
-    let mut out = Hostile::default();
-    if rate <= 0.0 {
-        return out;
-    }
-    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
-    let results = Arc::new(std::sync::Mutex::new(Vec::<(&'static str, bool)>::new()));
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            _ = every.tick() => {}
-        }
-        let kind = rand::rng().random_range(0..ACTIONS.len());
-        let base = http[rand::rng().random_range(0..http.len())].clone();
-        let results = Arc::clone(&results);
-        tokio::spawn(async move {
-            let ok = tokio::time::timeout(Duration::from_secs(20), hostile_action(kind, &base))
-                .await
-                .unwrap_or(false);
-            results.lock().expect("results").push((ACTIONS[kind], ok));
-        });
-    }
-    tokio::time::sleep(Duration::from_secs(21)).await;
-    for (kind, ok) in results.lock().expect("results").drain(..) {
-        *out.done.entry(kind).or_default() += 1;
-        if !ok {
-            *out.unexpected.entry(kind).or_default() += 1;
-        }
-    }
-    out
-}
-
-/// Runs one hostile action; true when the gateway answered as the contract says.
-async fn hostile_action(kind: usize, base: &str) -> bool {
-    let addr = base.trim_start_matches("http://").to_owned();
-    let ws = format!("ws://{addr}/ws");
-    let local: IpAddr = [127, 0, 0, 1].into();
-    match kind {
-        0 => {
-            ws_expect(
-                &ws,
-                br#"{"op":"publish","id":1,"room":"soak-0","data":1,"type":"a\nb"}"#,
-                true,
-                "bad_request",
-            )
-            .await
-        }
-        1 => ws_close(&ws, &[b'{', 0xff, b'}'], true, 1007).await,
-        2 => ws_close(&ws, b"\x93\x01\x02\x03", false, 1003).await,
-        3 => ws_close(&ws, &vec![b'x'; 70_000], true, 1009).await,
-        4 => {
-            ws_expect(
-                &ws,
-                br#"{"op":"subscribe","id":1,"room":"soak-1","since":18446744073709551615}"#,
-                true,
-                "ack",
-            )
-            .await
-        }
-        5 => {
-            // Subscribe with presence and drop the socket without a close frame.
-            let Ok(mut c) = Conn::open(&ws, local, None).await else {
-                return false;
-            };
-            let op = serde_json::json!({"op": "subscribe", "room": "soak-2", "presence": true});
-            c.send(&op).await.is_ok()
-        }
-        6 => {
-            let paths = [
-                "/poll?rooms=soak-0&cursor=soak-0:x",
-                "/poll?rooms=soak-0&sid=a%0Ab",
-                "/poll?rooms=soak-0&name=%1B%5B31m",
-                "/poll?rooms=a.b",
-                "/sse?rooms=soak-0&watch=x%00y",
-            ];
-            let path = paths[rand::rng().random_range(0..paths.len())];
-            raw_status(
-                &addr,
-                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-            )
-            .await
-                == Some(400)
-        }
-        7 => {
-            vanish(
-                &addr,
-                "GET /sse?rooms=soak-3&presence=1&watch=u1 HTTP/1.1\r\nHost: x\r\n\r\n",
-            )
-            .await
-        }
-        8 => {
-            let head = "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"room\"";
-            raw_status(&addr, head).await == Some(400)
-        }
-        _ => {
-            vanish(
-                &addr,
-                "GET /poll?rooms=soak-4&presence=1&watch=u2&sid=hostile-sid-1&wait=20 HTTP/1.1\r\nHost: x\r\n\r\n",
-            )
-            .await
-        }
-    }
-}
-
-/// Sends one frame; true when the reply is of type `want` (the connection stays open).
-async fn ws_expect(url: &str, frame: &[u8], text: bool, want: &str) -> bool {
-    let Ok(mut c) = Conn::open(url, [127, 0, 0, 1].into(), None).await else {
-        return false;
-    };
-    if c.send_raw(frame, text).await.is_err() {
-        return false;
-    }
-    loop {
-        let Ok(t) = c.next_text().await else { return false };
-        let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
-        match (v["t"].as_str(), v["code"].as_str()) {
-            (Some("ack"), _) if want == "ack" => return true,
-            (Some("error"), Some(code)) => return code == want,
-            _ => continue,
-        }
-    }
-}
-
-/// Sends one frame; true when the gateway closes with `code`.
-async fn ws_close(url: &str, frame: &[u8], text: bool, code: u16) -> bool {
-    let Ok(mut c) = Conn::open(url, [127, 0, 0, 1].into(), None).await else {
-        return false;
-    };
-    if c.send_raw(frame, text).await.is_err() {
-        return false;
-    }
-    c.close_code().await == Some(code)
-}
-
-async fn raw_status(addr: &str, raw: &str) -> Option<u16> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    tcp.write_all(raw.as_bytes()).await.ok()?;
-    let mut buf = vec![0u8; 512];
-    let n = tcp.read(&mut buf).await.ok()?;
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Sends a request and goes away once the gateway has answered its head (or at once).
-async fn vanish(addr: &str, raw: &str) -> bool {
-    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
-        return false;
-    };
-    if tcp.write_all(raw.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
-    true
 }
