@@ -390,14 +390,8 @@ fn hold_report(a: &HoldArgs, h: &Held) -> Report {
         ("hold".into(), humantime::format_duration(a.hold).to_string()),
     ]);
     let total = h.total;
-    let gw_delta: u64 = h
-        .after
-        .rss_kib
-        .iter()
-        .zip(&h.before.rss_kib)
-        .map(|(a, b)| a.saturating_sub(*b))
-        .sum();
-    let delivered: u64 = h.done.iter().map(|d| d.delivered).sum();
+    let gw_delta = gw_growth_kib(h);
+    let delivered = delivered(h);
     let Held { before, after, .. } = h;
     Report {
         title: "Herald: connections held".into(),
@@ -443,6 +437,20 @@ fn hold_report(a: &HoldArgs, h: &Held) -> Report {
     }
 }
 
+/// The gateways' RSS growth from before connecting to the middle of the hold.
+fn gw_growth_kib(h: &Held) -> u64 {
+    h.after
+        .rss_kib
+        .iter()
+        .zip(&h.before.rss_kib)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum()
+}
+
+fn delivered(h: &Held) -> u64 {
+    h.done.iter().map(|d| d.delivered).sum()
+}
+
 fn tcp_per_conn(h: &Held) -> f64 {
     h.after.tcp.mem_kib.saturating_sub(h.before.tcp.mem_kib) as f64 / h.total.max(1) as f64
 }
@@ -463,13 +471,8 @@ fn hold_summary(a: &HoldArgs, h: &Held) -> Vec<(String, String)> {
     let (total, connect_s, published) = (h.total, h.connect_s, h.published);
     let (before, after) = (&h.before, &h.after);
     let gw_rss_total: u64 = after.rss_kib.iter().sum();
-    let gw_delta: u64 = after
-        .rss_kib
-        .iter()
-        .zip(&before.rss_kib)
-        .map(|(a, b)| a.saturating_sub(*b))
-        .sum();
-    let delivered: u64 = h.done.iter().map(|d| d.delivered).sum();
+    let gw_delta = gw_growth_kib(h);
+    let delivered = delivered(h);
     let expected = published * total;
     let gaps: u64 = h.done.iter().map(|d| d.gaps).sum();
     vec![
