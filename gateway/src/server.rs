@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use herald_proto::http::path;
 use herald_proto::{codec, Codec, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
@@ -98,20 +99,20 @@ where
 async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let result = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(shared, req, Mode::Herald).await,
-        (&Method::GET, "/poll") => transport::cors(&shared, origin, transport::poll::poll(&shared, req, remote).await),
-        (&Method::GET, "/sse") => transport::cors(&shared, origin, transport::sse::sse(&shared, req, remote).await),
-        (&Method::POST, "/poll/leave") => {
+        (&Method::GET, path::WS) => upgrade(shared, req, Mode::Herald).await,
+        (&Method::GET, path::POLL) => transport::cors(&shared, origin, transport::poll::poll(&shared, req, remote).await),
+        (&Method::GET, path::SSE) => transport::cors(&shared, origin, transport::sse::sse(&shared, req, remote).await),
+        (&Method::POST, path::POLL_LEAVE) => {
             transport::cors(&shared, origin, transport::poll::leave(&shared, req, remote).await)
         }
-        (&Method::POST, "/publish") => {
+        (&Method::POST, path::PUBLISH) => {
             transport::cors(&shared, origin, transport::publish::publish(&shared, req, remote).await)
         }
-        (&Method::OPTIONS, "/poll" | "/poll/leave" | "/sse" | "/publish" | "/presence") => {
+        (&Method::OPTIONS, path::POLL | path::POLL_LEAVE | path::SSE | path::PUBLISH | path::PRESENCE) => {
             transport::cors(&shared, origin, transport::preflight(&shared, &req))
         }
-        (&Method::GET, "/echo") if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo).await,
-        (&Method::GET, "/presence") => transport::cors(
+        (&Method::GET, path::ECHO) if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo).await,
+        (&Method::GET, path::PRESENCE) => transport::cors(
             &shared,
             origin,
             transport::presence::presence(&shared, req, remote).await,

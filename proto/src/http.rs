@@ -1,10 +1,55 @@
-//! The bodies of the HTTP transports: the `/poll` answer, the `POST /publish` reply, the
-//! error body of every HTTP error, and what an SSE stream names its events.
+//! The HTTP transports: their paths, query parameters and headers, the `/poll` answer, the
+//! `POST /publish` reply, the error body of every HTTP error, and what an SSE stream names its
+//! events.
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Event, Presence, Status};
 use crate::ErrorCode;
+
+/// The gateway's paths.
+pub mod path {
+    /// `GET`: the WebSocket upgrade.
+    pub const WS: &str = "/ws";
+    /// `GET`: an SSE stream.
+    pub const SSE: &str = "/sse";
+    /// `GET`: a short or long poll.
+    pub const POLL: &str = "/poll";
+    /// `POST`: a polling client leaves its rooms.
+    pub const POLL_LEAVE: &str = "/poll/leave";
+    /// `POST`: publish one event.
+    pub const PUBLISH: &str = "/publish";
+    /// `GET`: a room's presence snapshot.
+    pub const PRESENCE: &str = "/presence";
+    /// `GET`: a plain WebSocket echo (with `--echo-endpoint`, for protocol test suites).
+    pub const ECHO: &str = "/echo";
+}
+
+/// The query parameters of the HTTP transports (and of the WebSocket upgrade: `token`, `sid`,
+/// `name`).
+pub mod param {
+    /// A bearer token, when the client cannot send `Authorization`.
+    pub const TOKEN: &str = "token";
+    /// `a,b`: the rooms to read.
+    pub const ROOMS: &str = "rooms";
+    /// `room:seq,...`: where to resume (see [`crate::cursor`]).
+    pub const CURSOR: &str = "cursor";
+    /// An anonymous user's display name.
+    pub const NAME: &str = "name";
+    /// The session id a client keeps across reconnects.
+    pub const SID: &str = "sid";
+    /// Seconds a long poll may wait.
+    pub const WAIT: &str = "wait";
+    /// The rooms (or `1`/`true`: all of them) to be a member of.
+    pub const PRESENCE: &str = "presence";
+    /// `a,b`: users whose status to follow.
+    pub const WATCH: &str = "watch";
+    /// The one room of `GET /presence`.
+    pub const ROOM: &str = "room";
+}
+
+/// The request header an SSE client resumes with (lower case, as HTTP/1 header maps hold it).
+pub const LAST_EVENT_ID: &str = "last-event-id";
 
 /// `event: presence` on an SSE stream: a `presence` frame's JSON.
 pub const SSE_PRESENCE: &str = "presence";

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
+use herald_proto::http::param;
 use herald_proto::{text, ErrorCode};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -51,7 +52,7 @@ pub(crate) fn anon_id(sid: Option<&str>, conn: &str) -> String {
 /// (`anon-<conn>` without), so a reconnect is the same user; a polling client's membership
 /// is keyed by it and its user.
 pub(crate) fn session_id(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
-    let sid = query_param(req, "sid");
+    let sid = query_param(req, param::SID);
     if let Some(sid) = &sid {
         text::validate_sid(sid).map_err(bad_request)?;
     }
@@ -60,7 +61,7 @@ pub(crate) fn session_id(req: &Request<Incoming>) -> Result<Option<String>, Http
 
 /// `?name=`: an anonymous user's display name (at most 64 characters, no control characters).
 pub(crate) fn display_name(req: &Request<Incoming>) -> Result<Option<String>, HttpError> {
-    let name = query_param(req, "name");
+    let name = query_param(req, param::NAME);
     if let Some(name) = &name {
         text::validate_name(name).map_err(bad_request)?;
     }
@@ -82,7 +83,7 @@ pub(crate) fn bad_request(e: impl std::fmt::Display) -> HttpError {
 
 /// `?presence=`: the rooms (among `rooms`) to be a member of; `1` or `true` for all of them.
 pub(crate) fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<String>, HttpError> {
-    let Some(list) = query_param(req, "presence") else {
+    let Some(list) = query_param(req, param::PRESENCE) else {
         return Ok(Vec::new());
     };
     if list == "1" || list == "true" {
@@ -100,7 +101,7 @@ pub(crate) fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Resul
 
 /// `?watch=a,b`: users whose status to follow (valid ids, at most `--max-watch`).
 pub(crate) fn watched(shared: &Shared, req: &Request<Incoming>) -> Result<Vec<String>, HttpError> {
-    let users = list_items(&query_param(req, "watch").unwrap_or_default());
+    let users = list_items(&query_param(req, param::WATCH).unwrap_or_default());
     let users = text::validate_users(&users).map_err(bad_request)?;
     let max = shared.config.max_watch;
     if users.len() > max {
@@ -122,7 +123,7 @@ fn list_items(list: &str) -> Vec<String> {
 
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
 pub(crate) fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
-    let rooms = list_items(&query_param(req, "rooms").unwrap_or_default());
+    let rooms = list_items(&query_param(req, param::ROOMS).unwrap_or_default());
     if rooms.is_empty() {
         return Err(HttpError::new(ErrorCode::BadRequest, "`rooms` is required"));
     }
@@ -143,10 +144,10 @@ pub(crate) fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) ->
 pub(crate) fn cursor(req: &Request<Incoming>) -> Result<Option<Cursor>, HttpError> {
     let from_header = req
         .headers()
-        .get("last-event-id")
+        .get(herald_proto::http::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match from_header.or_else(|| query_param(req, "cursor")) {
+    match from_header.or_else(|| query_param(req, param::CURSOR)) {
         None => Ok(None),
         Some(s) => Cursor::parse(&s)
             .map(Some)
@@ -339,7 +340,7 @@ pub(crate) fn token(req: &Request<Incoming>) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_owned());
-    from_header.or_else(|| query_param(req, "token"))
+    from_header.or_else(|| query_param(req, param::TOKEN))
 }
 
 impl From<Unavailable> for HttpError {

@@ -18,7 +18,7 @@ use herald_proto::{Codec, ErrorCode};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use herald_proto::http::{encode_poll_answer, PollTail};
+use herald_proto::http::{encode_poll_answer, param, PollTail};
 
 use crate::auth::Identity;
 use crate::feeds::{FeedSet, Kind};
@@ -253,7 +253,7 @@ async fn tail(shared: &Shared, rooms: &[String], watch: &[String], backlog: Back
 
 /// `?wait=` in seconds (fractions allowed), capped at `--poll-max-wait`.
 fn wait(shared: &Shared, req: &Request<Incoming>) -> Result<Duration, HttpError> {
-    let Some(w) = query_param(req, "wait") else {
+    let Some(w) = query_param(req, param::WAIT) else {
         return Ok(Duration::ZERO);
     };
     match w.parse::<f64>() {

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use herald_proto::http::param;
 use herald_proto::ErrorCode;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,7 +21,7 @@ pub(crate) async fn presence(
 ) -> Result<Response<Body>, HttpError> {
     let (_, conn) = shared.new_conn();
     let who = identify(shared, &req, &conn).await?;
-    let room = query_param(&req, "room").unwrap_or_default();
+    let room = query_param(&req, param::ROOM).unwrap_or_default();
     who.check_room(&room, Access::Subscribe)?;
     request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
     let snapshot = shared
