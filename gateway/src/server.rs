@@ -100,7 +100,9 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> R
     let origin = req.headers().get(header::ORIGIN).cloned();
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, path::WS) => upgrade(shared, req, Mode::Herald).await,
-        (&Method::GET, path::POLL) => transport::cors(&shared, origin, transport::poll::poll(&shared, req, remote).await),
+        (&Method::GET, path::POLL) => {
+            transport::cors(&shared, origin, transport::poll::poll(&shared, req, remote).await)
+        }
         (&Method::GET, path::SSE) => transport::cors(&shared, origin, transport::sse::sse(&shared, req, remote).await),
         (&Method::POST, path::POLL_LEAVE) => {
             transport::cors(&shared, origin, transport::poll::leave(&shared, req, remote).await)

@@ -69,14 +69,14 @@ struct Step {
 }
 
 pub async fn bench(mut a: BenchArgs) -> Result<()> {
-    let nats_proc = if a.spawn { Some(stack::Nats::start()?) } else { None };
+    let nats_proc = if a.spawn { Some(stack::nats()?) } else { None };
     let gateway = match &nats_proc {
         Some(n) => {
             std::fs::create_dir_all(&a.report_dir)?;
-            let g = stack::Gateway::start(&n.url, "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
+            let g = stack::Gateway::start(&n.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
             a.common.gateway = vec![g.ws.clone()];
             a.gateway_pid = vec![g.pid];
-            a.nats_url = n.url.clone();
+            a.nats_url = n.url();
             Some(g)
         }
         None => None,

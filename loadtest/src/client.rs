@@ -1,42 +1,38 @@
-//! A lean WebSocket client for load: JSON protocol, reads only what it measures.
+//! The load client: `herald-harness`'s WebSocket connection (JSON codec, token in the
+//! `Authorization` header, any source address), reading events through proto's
+//! [`herald_proto::frame::EventView`] so that a reader pays only for what it measures; and the order check every
+//! reader applies.
 
 use std::net::IpAddr;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
-use fastwebsockets::{handshake, Frame, OpCode, Payload, WebSocket};
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use fastwebsockets::OpCode;
+use herald_harness::ws::{Connect, Incoming, WsConn};
+use herald_proto::frame::{ClientFrame, ClientOp, Id, ServerFrame};
 use serde::Deserialize;
 
 pub struct Conn {
-    ws: WebSocket<TokioIo<Upgraded>>,
+    ws: WsConn,
     /// The user id the gateway assigned (from the welcome frame).
     pub user: String,
 }
 
-/// A server frame as every transport carries events (WS frame, SSE `data:`, poll `events[]`);
-/// the harness's own events carry a [`Stamp`].
-#[derive(Deserialize)]
-pub struct Event {
-    #[serde(default)]
-    pub t: Option<String>,
-    #[serde(default)]
-    pub seq: u64,
-    #[serde(default)]
-    pub prev: u64,
-    #[serde(default)]
-    pub data: Option<Stamp>,
-}
-
-/// What the harness's publishers put in `data`: the scheduled publish time (ns since the epoch)
-/// and, for `bench`, the step.
-#[derive(Deserialize)]
+/// What the harness's publishers put in an event's `data`: the scheduled publish time (ns
+/// since the epoch) and, for `bench`, the step.
+#[derive(Debug, Deserialize)]
 pub struct Stamp {
     pub t0: u64,
     #[serde(default)]
     pub s: u64,
+}
+
+impl Stamp {
+    /// The stamp in a JSON payload (`None` for other payloads: events the harness did not
+    /// publish).
+    pub fn of(data: Option<&serde_json::value::RawValue>) -> Option<Self> {
+        serde_json::from_str(data?.get()).ok()
+    }
 }
 
 /// Where an event falls in a room's `seq`/`prev` chain, as one client sees it.
@@ -69,65 +65,38 @@ impl Chain {
     }
 }
 
-struct Exec;
-
-impl<F> hyper::rt::Executor<F> for Exec
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(fut);
-    }
-}
-
 impl Conn {
     pub async fn open(url: &str, source: IpAddr, token: Option<&str>) -> Result<Self> {
         Ok(Self::open_with(url, source, token, &[]).await?.0)
     }
 
-    /// Opens with `extra` request headers; also returns the handshake's request and response
-    /// head sizes in bytes (as sent and received on HTTP/1.1).
+    /// Opens with `extra` request headers and reads the welcome; also returns the
+    /// handshake's request and response head sizes in bytes (as sent and received on
+    /// HTTP/1.1).
     pub async fn open_with(
         url: &str,
         source: IpAddr,
         token: Option<&str>,
         extra: &[(String, String)],
     ) -> Result<(Self, u64, u64)> {
-        let rest = url.strip_prefix("ws://").context("ws:// URL")?;
-        let (host, path) = rest
-            .split_once('/')
-            .map(|(h, p)| (h, format!("/{p}")))
-            .unwrap_or((rest, "/".into()));
-        let addr = tokio::net::lookup_host(host).await?.next().context("gateway address")?;
-        let tcp = crate::connect_from(source, addr).await?;
-        let mut req = hyper::Request::builder()
-            .uri(&path)
-            .header("Host", host)
-            .header("Upgrade", "websocket")
-            .header("Connection", "upgrade")
-            .header("Sec-WebSocket-Key", handshake::generate_key())
-            .header("Sec-WebSocket-Version", "13");
-        if let Some(token) = token {
-            req = req.header("Authorization", format!("Bearer {token}"));
-        }
-        for (k, v) in extra {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let req = req.body(Empty::<Bytes>::new())?;
-        let sent = crate::head_bytes(&format!("GET {path} HTTP/1.1"), req.headers());
-        let (ws, resp) = handshake::client(&Exec, req, tcp).await?;
-        let got = crate::head_bytes("HTTP/1.1 101 Switching Protocols", resp.headers());
+        let ws = WsConn::open(Connect {
+            url: url.to_owned(),
+            token: token.map(str::to_owned),
+            token_in_header: true,
+            headers: extra.to_vec(),
+            source: Some(source),
+            ..Connect::default()
+        })
+        .await?;
+        let (sent, got) = (ws.request_head, ws.response_head);
         let mut conn = Self {
             ws,
             user: String::new(),
         };
-        let welcome = conn.next_text().await?;
-        let welcome: serde_json::Value = serde_json::from_str(&welcome)?;
-        if welcome["t"] != "welcome" {
-            bail!("expected welcome, got {welcome}");
+        match conn.next_frame().await? {
+            ServerFrame::Welcome(w) => conn.user = w.user,
+            other => bail!("expected welcome, got {other:?}"),
         }
-        conn.user = welcome["user"].as_str().unwrap_or_default().to_owned();
         Ok((conn, sent, got))
     }
 
@@ -137,64 +106,65 @@ impl Conn {
 
     /// Subscribes; with `presence`, the room's presence snapshot and diffs follow the ack.
     pub async fn subscribe_with(&mut self, room: &str, presence: bool) -> Result<()> {
-        let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": presence}).to_string();
-        self.ws
-            .write_frame(Frame::text(Payload::Owned(op.into_bytes())))
-            .await?;
+        self.send_op(ClientOp::Subscribe {
+            room: room.to_owned(),
+            since: None,
+            presence,
+        })
+        .await?;
         loop {
-            let text = self.next_text().await?;
-            let frame: Event = serde_json::from_str(&text)?;
-            match frame.t.as_deref().unwrap_or_default() {
-                "ack" => return Ok(()),
-                "event" => continue,
-                _ => bail!("subscribe failed: {text}"),
+            match self.next_frame().await? {
+                ServerFrame::Ack(_) => return Ok(()),
+                ServerFrame::Event(_) => continue,
+                other => bail!("subscribe failed: {other:?}"),
             }
         }
     }
 
-    /// Sends one op.
-    pub async fn send(&mut self, op: &serde_json::Value) -> Result<()> {
-        let text = op.to_string();
+    /// Sends one op with id 1.
+    pub async fn send_op(&mut self, op: ClientOp) -> Result<()> {
         self.ws
-            .write_frame(Frame::text(Payload::Owned(text.into_bytes())))
-            .await?;
-        Ok(())
+            .send(&ClientFrame {
+                id: Some(Id::Num(1)),
+                op,
+            })
+            .await
+    }
+
+    /// Sends a JSON value as it is (ops a well-behaved client would not send).
+    pub async fn send(&mut self, op: &serde_json::Value) -> Result<()> {
+        self.ws.send_value(op).await
     }
 
     /// Sends one frame as it is: text (even if not UTF-8) or binary.
     pub async fn send_raw(&mut self, payload: &[u8], text: bool) -> Result<()> {
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.ws
-            .write_frame(Frame::new(true, op, None, Payload::Owned(payload.to_vec())))
-            .await?;
-        Ok(())
+        self.ws.send_frame(true, op, payload.to_vec()).await
     }
 
     /// Reads until the gateway's close frame; its code (`None` if the socket just ended).
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
-            let frame = self.ws.read_frame().await.ok()?;
-            if frame.opcode == OpCode::Close {
-                return frame.payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            match self.ws.read().await {
+                Incoming::Closed(code) => return Some(code),
+                Incoming::Eof => return None,
+                Incoming::Data(_) => continue,
             }
         }
     }
 
-    pub async fn next_text(&mut self) -> Result<String> {
-        loop {
-            let frame = self.ws.read_frame().await?;
-            match frame.opcode {
-                OpCode::Text => return Ok(String::from_utf8(frame.payload.to_vec())?),
-                OpCode::Close => {
-                    let code = frame
-                        .payload
-                        .get(..2)
-                        .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                    bail!("closed by the gateway: {code}")
-                }
-                _ => continue,
-            }
+    /// The next frame's bytes; an error once the gateway closes or the socket ends.
+    pub async fn next_data(&mut self) -> Result<Bytes> {
+        match self.ws.read().await {
+            Incoming::Data(bytes) => Ok(bytes),
+            Incoming::Closed(code) => bail!("closed by the gateway: {code}"),
+            Incoming::Eof => bail!("the connection ended"),
         }
+    }
+
+    /// The next frame, decoded.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame> {
+        self.ws.recv().await
     }
 }
 

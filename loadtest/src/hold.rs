@@ -15,9 +15,10 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Chain, Event, Order};
+use crate::client::{Chain, Order, Stamp};
 use crate::report::{num, Report, Section, Table};
 use crate::{client, proc, stack, Common};
+use herald_proto::frame::EventView;
 
 use herald_proto::subject::Subjects;
 
@@ -98,16 +99,13 @@ pub(crate) async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Ar
     // Rooms may hold events from earlier runs: the chain starts at the first event seen.
     let mut chain = Chain::default();
     loop {
-        let Ok(text) = c.next_text().await else {
+        let Ok(bytes) = c.next_data().await else {
             tally.closed.fetch_add(1, Relaxed);
             return;
         };
-        let Ok(ev) = serde_json::from_str::<Event>(&text) else {
+        let Some(ev) = EventView::decode(&bytes) else {
             continue;
         };
-        if ev.t.as_deref() != Some("event") {
-            continue;
-        }
         match chain.check(ev.seq, ev.prev) {
             Order::Duplicate => {
                 tally.duplicates.fetch_add(1, Relaxed);
@@ -119,7 +117,7 @@ pub(crate) async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Ar
             Order::Next => {}
         }
         tally.delivered.fetch_add(1, Relaxed);
-        if let Some(d) = ev.data {
+        if let Some(d) = Stamp::of(ev.data) {
             let us = (crate::now_ns().saturating_sub(d.t0) / 1000).max(1);
             let mut h = hist.lock().expect("histogram");
             let step = d.s as usize;
@@ -252,13 +250,13 @@ fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Gate
     if a.spawn_gateways == 0 {
         return Ok((None, Vec::new()));
     }
-    let nats = stack::Nats::start()?;
+    let nats = stack::nats()?;
     std::fs::create_dir_all(&a.report_dir)?;
     let mut gateways = Vec::new();
     for g in 0..a.spawn_gateways {
         let log = a.report_dir.join(format!("gateway-{g}.log"));
         gateways.push(stack::Gateway::start(
-            &nats.url,
+            &nats.url(),
             &format!("hold-{g}"),
             &["--max-connections".into(), "100000".into()],
             Some(&log),
@@ -266,7 +264,7 @@ fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Gate
     }
     a.common.gateway = gateways.iter().map(|g| g.ws.clone()).collect();
     a.gateway_pid = gateways.iter().map(|g| g.pid).collect();
-    a.nats_url = nats.url.clone();
+    a.nats_url = nats.url();
     Ok((Some(nats), gateways))
 }
 

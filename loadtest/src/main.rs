@@ -20,12 +20,12 @@ mod soak;
 mod stack;
 mod svg;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
 /// Herald load harness: push against long-poll and ajax polling, connection scale, fan-out.
@@ -201,20 +201,4 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Binds a socket to `source` (port chosen by the kernel) and connects to `addr`.
-pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> Result<tokio::net::TcpStream> {
-    let socket = match source {
-        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    Ok(tcp)
-}
-
-/// Bytes of an HTTP/1.1 head: the start line, each `name: value`, and the blank line.
-pub fn head_bytes(start_line: &str, headers: &http::HeaderMap) -> u64 {
-    let fields: usize = headers.iter().map(|(k, v)| k.as_str().len() + 2 + v.len() + 2).sum();
-    (start_line.len() + 2 + fields + 2) as u64
-}
+pub use herald_harness::ws::head_bytes;

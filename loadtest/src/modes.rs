@@ -28,7 +28,7 @@ use self::poll::{ajax_poll, long_poll, poll_headers, poll_start};
 use self::sampler::sample;
 use self::sse::{sse_connect, sse_receive};
 use self::ws::{ws_connect, ws_receive};
-use crate::client::{Chain, Event, Order};
+use crate::client::{Chain, Order, Stamp};
 
 /// A transport under test; `Poll` carries its interval T.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -291,8 +291,8 @@ fn browser_headers(origin: &str) -> Vec<(String, String)> {
 
 /// Counts a delivery on a client's chain (rooms are fresh, so chains start at 0) and records
 /// its latency; `None` for a duplicate.
-pub(crate) fn deliver(run: &Run, chain: &mut Chain, ev: &Event) -> Option<Duration> {
-    match chain.check(ev.seq, ev.prev) {
+pub(crate) fn deliver(run: &Run, chain: &mut Chain, (seq, prev): (u64, u64), stamp: Option<Stamp>) -> Option<Duration> {
+    match chain.check(seq, prev) {
         Order::Duplicate => {
             run.c.duplicates.fetch_add(1, Relaxed);
             return None;
@@ -303,7 +303,7 @@ pub(crate) fn deliver(run: &Run, chain: &mut Chain, ev: &Event) -> Option<Durati
         Order::Next => {}
     }
     run.c.delivered.fetch_add(1, Relaxed);
-    let t0 = ev.data.as_ref()?.t0;
+    let t0 = stamp?.t0;
     let lat_us = (crate::now_ns().saturating_sub(t0) / 1000).max(1);
     let _ = run.hist.lock().expect("histogram").record(lat_us);
     let _ = run.second.lock().expect("histogram").record(lat_us);

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use herald_proto::frame::{ClientOp, ServerFrame};
+use herald_proto::Codec;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -278,12 +280,12 @@ async fn member(common: &Common, i: usize, room: &str) -> Result<Member> {
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
-                r = c.next_text() => { r?; }
+                r = c.next_data() => { r?; }
             }
         }
-        c.send(&serde_json::json!({"op": "unsubscribe", "room": room})).await?;
+        c.send_op(ClientOp::Unsubscribe { room }).await?;
         // Until the ack: the unsubscribe is then applied, and the close can't overtake it.
-        while !c.next_text().await?.contains("\"ack\"") {}
+        while !matches!(c.next_frame().await?, ServerFrame::Ack(_)) {}
         Ok(())
     });
     Ok(Member { stop, task })
@@ -291,22 +293,18 @@ async fn member(common: &Common, i: usize, room: &str) -> Result<Member> {
 
 async fn observe(mut c: client::Conn, until: Instant) -> Seen {
     let mut seen = Seen::default();
-    while let Ok(Ok(text)) = tokio::time::timeout(until.saturating_duration_since(Instant::now()), c.next_text()).await
+    while let Ok(Ok(data)) = tokio::time::timeout(until.saturating_duration_since(Instant::now()), c.next_data()).await
     {
         let now = Instant::now();
-        let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
+        let Ok(ServerFrame::Presence(frame)) = Codec::Json.decode_server(&data) else {
             continue;
         };
-        if frame["t"] != "presence" {
-            continue;
-        }
         seen.frames += 1;
-        seen.bytes += text.len() as u64;
-        let listed = |key: &str| frame[key].as_array().is_some_and(|a| !a.is_empty());
-        if !listed("joined") && !listed("left") {
+        seen.bytes += data.len() as u64;
+        if frame.joined.is_empty() && frame.left.is_empty() {
             seen.counts_only += 1;
         }
-        seen.counts.push((now, frame["count"].as_u64().unwrap_or(0)));
+        seen.counts.push((now, frame.count));
     }
     seen
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use herald_proto::frame::{ClientOp, EventView, ServerFrame};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -77,17 +78,6 @@ pub struct SoakArgs {
     urls: Vec<String>,
     #[arg(long, hide = true, default_value_t = 0)]
     first: usize,
-}
-
-/// The fields of a server frame a soak client checks (unknown fields are ignored).
-#[derive(Deserialize)]
-struct Event {
-    #[serde(default)]
-    t: Option<String>,
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    prev: u64,
 }
 
 /// A worker's lines on stdout.
@@ -155,15 +145,15 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     }
     // The measured build: taken now, before the work tree can move on during the run.
     let revision = revision();
-    let nats = stack::Nats::start()?;
-    let fanout = stack::Fanout::start(&nats.url)?;
+    let nats = stack::nats()?;
+    let fanout = stack::fanout(&nats.url())?;
     let mut gateways = Vec::new();
     for i in 0..a.gateways.max(1) {
         let extra: Vec<String> = ["--max-connections", "19000", "--ping-interval", "20s"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        gateways.push(stack::Gateway::start(&nats.url, &format!("soak-{i}"), &extra, None)?);
+        gateways.push(stack::Gateway::start(&nats.url(), &format!("soak-{i}"), &extra, None)?);
     }
     let urls: Vec<String> = gateways.iter().map(|g| g.ws.clone()).collect();
     eprintln!(
@@ -215,7 +205,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     );
 
     // Publisher, hostile clients and sampler, until the end.
-    let client = async_nats::connect(&nats.url).await?;
+    let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
     let started = Instant::now();
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -241,7 +231,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
             _ = tick.tick() => {}
             _ = tokio::time::sleep_until(end) => break,
         }
-        let s = sample(started, &pids, &admins, nats.pid(), fanout.pid);
+        let s = sample(started, &pids, &admins, nats.pid().unwrap_or(0), fanout.pid());
         let t = s.t_s as u64;
         if t % 60 < a.sample.as_secs().max(1) {
             eprintln!(
@@ -458,17 +448,16 @@ async fn worker(a: SoakArgs) -> Result<()> {
 
 /// Subscribes with presence (and `since`); counts nothing, returns the ack's seq.
 async fn subscribe(c: &mut Conn, room: &str, since: Option<u64>, presence: bool) -> Result<u64> {
-    let mut op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": presence});
-    if let Some(since) = since {
-        op["since"] = since.into();
-    }
-    c.send(&op).await?;
+    c.send_op(ClientOp::Subscribe {
+        room: room.to_owned(),
+        since,
+        presence,
+    })
+    .await?;
     loop {
-        let text = c.next_text().await?;
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        match v["t"].as_str() {
-            Some("ack") => return Ok(v["seq"].as_u64().unwrap_or(0)),
-            Some("error") => bail!("subscribe refused: {text}"),
+        match c.next_frame().await? {
+            ServerFrame::Ack(ack) => return Ok(ack.seq.unwrap_or(0)),
+            ServerFrame::Error(e) => bail!("subscribe refused: {} ({})", e.code.as_str(), e.message),
             _ => continue,
         }
     }
@@ -494,27 +483,23 @@ async fn follow(
         let end = tokio::time::sleep(life);
         tokio::pin!(end);
         loop {
-            let text = tokio::select! {
-                t = c.next_text() => t,
+            let data = tokio::select! {
+                d = c.next_data() => d,
                 _ = &mut end => {
                     Tally::cause(&tally.ends, "life ended".into());
                     break;
                 }
             };
-            let text = match text {
-                Ok(text) => text,
+            let data = match data {
+                Ok(data) => data,
                 Err(e) => {
                     Tally::cause(&tally.ends, format!("{e:#}"));
                     break;
                 }
             };
-            let Ok(ev) = serde_json::from_str::<Event>(&text) else {
-                continue;
-            };
-            if ev.t.as_deref() != Some("event") {
-                continue;
+            if let Some(ev) = EventView::decode(&data) {
+                record(&mut chain, (ev.seq, ev.prev), &tally, &positions[i]);
             }
-            record(&mut chain, &ev, &tally, &positions[i]);
         }
         // Resume: replayed events come before the ack and go through the same chain.
         tally.reconnects.fetch_add(1, Relaxed);
@@ -546,24 +531,24 @@ async fn resume(
     position: &AtomicU64,
 ) -> Result<Conn> {
     let mut c = Conn::open(url, source, None).await?;
-    let op = serde_json::json!({"op": "subscribe", "id": 1, "room": room, "presence": presence, "since": since});
-    c.send(&op).await?;
+    c.send_op(ClientOp::Subscribe {
+        room: room.to_owned(),
+        since: Some(since),
+        presence,
+    })
+    .await?;
     loop {
-        let text = c.next_text().await?;
-        let Ok(ev) = serde_json::from_str::<Event>(&text) else {
-            continue;
-        };
-        match ev.t.as_deref() {
-            Some("event") => record(chain, &ev, tally, position),
-            Some("ack") => return Ok(c),
-            Some("error") => bail!("resume refused: {text}"),
+        match c.next_frame().await? {
+            ServerFrame::Event(ev) => record(chain, (ev.seq, ev.prev), tally, position),
+            ServerFrame::Ack(_) => return Ok(c),
+            ServerFrame::Error(e) => bail!("resume refused: {} ({})", e.code.as_str(), e.message),
             _ => {}
         }
     }
 }
 
-fn record(chain: &mut Chain, ev: &Event, tally: &Tally, position: &AtomicU64) {
-    match chain.check(ev.seq, ev.prev) {
+fn record(chain: &mut Chain, (seq, prev): (u64, u64), tally: &Tally, position: &AtomicU64) {
+    match chain.check(seq, prev) {
         Order::Duplicate => {
             tally.duplicates.fetch_add(1, Relaxed);
             return;
@@ -574,5 +559,5 @@ fn record(chain: &mut Chain, ev: &Event, tally: &Tally, position: &AtomicU64) {
         Order::Next => {}
     }
     tally.delivered.fetch_add(1, Relaxed);
-    position.store(ev.seq, Relaxed);
+    position.store(seq, Relaxed);
 }

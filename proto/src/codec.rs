@@ -423,6 +423,26 @@ fn client_to_json(frame: &ClientFrame) -> Result<serde_json::Value, EncodeError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_view_reads_what_the_gateway_encodes_and_nothing_else() {
+        let ev = EventRef {
+            room: "r\"1",
+            seq: 7,
+            prev: 5,
+            ts: 99,
+            kind: Some("k"),
+            from: None,
+            payload: br#"{"t0":1}"#,
+        };
+        let bytes = Codec::Json.encode_event(ev);
+        let view = crate::frame::EventView::decode(&bytes).expect("an event");
+        assert_eq!((view.room.as_ref(), view.seq, view.prev, view.ts), ("r\"1", 7, 5, 99));
+        assert_eq!(view.data.map(|d| d.get()), Some(r#"{"t0":1}"#));
+        assert!(crate::frame::EventView::decode(br#"{"t":"ack","id":1}"#).is_none());
+        assert!(crate::frame::EventView::decode(br#"{"t":"pong","room":"r","seq":1,"prev":0,"ts":1}"#).is_none());
+        assert!(crate::frame::EventView::decode(b"not json").is_none());
+    }
     use crate::code::ErrorCode;
     use crate::frame::{Ack, ErrorFrame};
 

@@ -179,6 +179,45 @@ pub struct EventRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// A JSON `event` frame read without copying its strings or its payload: what a reader that
+/// counts and times events needs (load tools), at a fraction of [`ServerFrame`]'s cost.
+#[derive(Debug, Clone)]
+pub struct EventView<'a> {
+    pub room: std::borrow::Cow<'a, str>,
+    pub seq: u64,
+    pub prev: u64,
+    pub ts: u64,
+    /// The JSON payload as it is on the wire.
+    pub data: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> EventView<'a> {
+    /// The event in a JSON server frame; `None` for any other frame or for bytes that are no
+    /// JSON frame.
+    pub fn decode(json: &'a [u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Wire<'a> {
+            #[serde(borrow)]
+            t: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            room: std::borrow::Cow<'a, str>,
+            seq: u64,
+            prev: u64,
+            ts: u64,
+            #[serde(borrow, default)]
+            data: Option<&'a serde_json::value::RawValue>,
+        }
+        let w = serde_json::from_slice::<Wire<'a>>(json).ok()?;
+        (w.t == "event").then_some(EventView {
+            room: w.room,
+            seq: w.seq,
+            prev: w.prev,
+            ts: w.ts,
+            data: w.data,
+        })
+    }
+}
+
 // === impl ClientOp ===
 
 impl ClientOp {

@@ -1,17 +1,14 @@
-//! A WebSocket test client on fastwebsockets, speaking either codec.
+//! The WebSocket test client: `herald-harness`'s connection with assertions. Every read
+//! has a timeout; anything unexpected panics with what arrived.
 
-use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
-use fastwebsockets::{handshake, Frame, OpCode, Payload, WebSocket, WebSocketError};
+use fastwebsockets::OpCode;
+use herald_harness::ws::{OpenError, WsConn};
 use herald_proto::frame::{Ack, Event, ServerFrame, Welcome};
 use herald_proto::Codec;
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
+pub use herald_harness::ws::Connect;
 
 /// How long a test waits for any single frame.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,35 +23,11 @@ pub enum Incoming {
     Eof,
 }
 
-/// Connection options.
-#[derive(Debug, Clone, Default)]
-pub struct Connect {
-    /// `ws://host:port/path?query`
-    pub url: String,
-    pub token: Option<String>,
-    /// Sent as `Authorization: Bearer` instead of `?token=`.
-    pub token_in_header: bool,
-    pub protocols: Vec<String>,
-    pub origin: Option<String>,
-}
-
 /// A connected client.
 pub struct WsClient {
-    ws: WebSocket<TokioIo<Upgraded>>,
+    ws: WsConn,
     pub codec: Codec,
     pub welcome: Option<Welcome>,
-}
-
-struct SpawnExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpawnExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(fut);
-    }
 }
 
 impl WsClient {
@@ -80,17 +53,9 @@ impl WsClient {
     }
 
     /// Opens a connection without reading anything. `Err` carries the HTTP status of a
-    /// refused upgrade (0 for other failures).
+    /// refused upgrade (0 for other failures, and after [`RECV_TIMEOUT`]).
     pub async fn open(opts: Connect) -> Result<Self, u16> {
-        let url = opts.url.clone();
-        let rest = url.strip_prefix("ws://").expect("ws:// URL");
-        let (host, path) = rest
-            .split_once('/')
-            .map(|(h, p)| (h, format!("/{p}")))
-            .unwrap_or((rest, "/".into()));
-        let tcp = TcpStream::connect(host).await.map_err(|_| 0u16)?;
-        let _ = tcp.set_nodelay(true);
-        Self::open_on(tcp, host, path, opts).await
+        Self::opened(tokio::time::timeout(RECV_TIMEOUT, WsConn::open(opts)).await)
     }
 
     /// Like [`WsClient::open`], over an established stream (e.g. TLS) to `host`.
@@ -98,48 +63,19 @@ impl WsClient {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let tcp = stream;
-        let mut path = path;
-        if let (Some(token), false) = (&opts.token, opts.token_in_header) {
-            path.push(if path.contains('?') { '&' } else { '?' });
-            path.push_str("token=");
-            path.push_str(token);
+        Self::opened(tokio::time::timeout(RECV_TIMEOUT, WsConn::open_on(stream, host, path, opts)).await)
+    }
+
+    fn opened(result: Result<Result<WsConn, OpenError>, tokio::time::error::Elapsed>) -> Result<Self, u16> {
+        match result {
+            Ok(Ok(ws)) => Ok(Self {
+                codec: ws.codec,
+                ws,
+                welcome: None,
+            }),
+            Ok(Err(OpenError::Refused(status))) => Err(status),
+            _ => Err(0),
         }
-        let mut req = Request::builder()
-            .method("GET")
-            .uri(path)
-            .header("Host", host)
-            .header("Upgrade", "websocket")
-            .header("Connection", "upgrade")
-            .header("Sec-WebSocket-Key", handshake::generate_key())
-            .header("Sec-WebSocket-Version", "13");
-        if !opts.protocols.is_empty() {
-            req = req.header("Sec-WebSocket-Protocol", opts.protocols.join(", "));
-        }
-        if let Some(origin) = &opts.origin {
-            req = req.header("Origin", origin);
-        }
-        if let (Some(token), true) = (&opts.token, opts.token_in_header) {
-            req = req.header("Authorization", format!("Bearer {token}"));
-        }
-        let req = req.body(Empty::<Bytes>::new()).expect("request builds");
-        let connecting = handshake::client(&SpawnExecutor, req, tcp);
-        let (ws, resp) = match tokio::time::timeout(RECV_TIMEOUT, connecting).await {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(WebSocketError::InvalidStatusCode(status))) => return Err(status),
-            _ => return Err(0),
-        };
-        let codec = resp
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Codec::from_protocol)
-            .unwrap_or(Codec::Json);
-        Ok(Self {
-            ws,
-            codec,
-            welcome: None,
-        })
     }
 
     /// Turns off automatic pongs (to play a client that stopped answering).
@@ -150,60 +86,34 @@ impl WsClient {
     /// The next frame of any kind, as it is on the wire (with automatic pongs off, pings come
     /// through here); `None` at the end of the stream or after `timeout`.
     pub async fn raw_within(&mut self, timeout: Duration) -> Option<(OpCode, Vec<u8>)> {
-        match tokio::time::timeout(timeout, self.ws.read_frame()).await {
-            Ok(Ok(frame)) => Some((frame.opcode, frame.payload.to_vec())),
-            _ => None,
-        }
+        tokio::time::timeout(timeout, self.ws.raw()).await.ok().flatten()
     }
 
     /// Sends a JSON value as an op, in this client's codec.
     pub async fn op(&mut self, op: serde_json::Value) {
-        let (opcode, bytes) = match self.codec {
-            Codec::Json => (OpCode::Text, serde_json::to_vec(&op).expect("JSON encodes")),
-            Codec::MsgPack => (OpCode::Binary, msgpack_op(&op)),
-        };
-        self.send_raw(opcode, bytes).await;
+        self.ws.send_value(&op).await.expect("op sent");
     }
 
     /// Sends one frame with any opcode and payload.
     pub async fn send_raw(&mut self, opcode: OpCode, payload: Vec<u8>) {
-        self.ws
-            .write_frame(Frame::new(true, opcode, None, Payload::Owned(payload)))
-            .await
-            .expect("frame written");
+        self.ws.send_frame(true, opcode, payload).await.expect("frame written");
     }
 
     /// Sends a frame with FIN unset (or set), for fragmentation tests.
     pub async fn send_fragment(&mut self, fin: bool, opcode: OpCode, payload: Vec<u8>) {
-        self.ws
-            .write_frame(Frame::new(fin, opcode, None, Payload::Owned(payload)))
-            .await
-            .expect("frame written");
+        self.ws.send_frame(fin, opcode, payload).await.expect("frame written");
     }
 
     /// The next thing on the socket, or `None` after `timeout`.
     pub async fn next_within(&mut self, timeout: Duration) -> Option<Incoming> {
         let read = async {
-            loop {
-                let frame = match self.ws.read_frame().await {
-                    Ok(f) => f,
-                    Err(_) => return Incoming::Eof,
-                };
-                match frame.opcode {
-                    OpCode::Text | OpCode::Binary => {
-                        let decoded = self.codec.decode_server(&frame.payload);
-                        return Incoming::Frame(decoded.unwrap_or_else(|e| panic!("undecodable server frame: {e}")));
-                    }
-                    OpCode::Close => {
-                        let code = frame
-                            .payload
-                            .get(..2)
-                            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                            .unwrap_or(1005);
-                        return Incoming::Closed(code);
-                    }
-                    _ => continue,
+            match self.ws.read().await {
+                herald_harness::ws::Incoming::Data(bytes) => {
+                    let decoded = self.codec.decode_server(&bytes);
+                    Incoming::Frame(decoded.unwrap_or_else(|e| panic!("undecodable server frame: {e}")))
                 }
+                herald_harness::ws::Incoming::Closed(code) => Incoming::Closed(code),
+                herald_harness::ws::Incoming::Eof => Incoming::Eof,
             }
         };
         tokio::time::timeout(timeout, read).await.ok()
@@ -273,18 +183,4 @@ impl WsClient {
             other => panic!("expected an event, got {other:?}"),
         }
     }
-}
-
-fn msgpack_op(v: &serde_json::Value) -> Vec<u8> {
-    let frame = serde_json::to_vec(v).expect("JSON encodes");
-    let decoded = Codec::Json.decode_client(&frame);
-    match decoded {
-        Ok(f) => Codec::MsgPack.encode_client(&f).expect("MessagePack encodes"),
-        // Not a valid op: send the same map anyway, so the server judges it.
-        Err(_) => msgpack_value(v),
-    }
-}
-
-fn msgpack_value(v: &serde_json::Value) -> Vec<u8> {
-    rmp_serde::to_vec_named(v).expect("MessagePack encodes")
 }

@@ -1,4 +1,6 @@
-//! Test harnesses for Herald's integration tests.
+//! Test harnesses for Herald's integration tests, with assertions: every wait has a timeout
+//! and anything unexpected panics. Processes and the WebSocket connection come from
+//! `herald-harness`, which `loadtest` and `cargo xtask up` share.
 //!
 //! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with its own store
 //!   directory, killed and cleaned up on drop; restartable on the same port and store.

@@ -1,11 +1,13 @@
 //! `cargo xtask test` and its parts: fmt, clippy, every test, Autobahn, the browser tests.
 
-use std::process::{Child, Command};
+use std::process::Command;
 
 use crate::tools::{chromium, install, ops_tools, python27};
-use crate::up::{free_port, token, wait_port, wait_ready};
+use crate::up::token;
 use crate::{cargo, root, run};
 use anyhow::{bail, Context, Result};
+use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, Nats, NatsOptions, Program, START_TIMEOUT};
+use herald_proto::http::path;
 
 pub(crate) fn test(extra: &[String]) -> Result<()> {
     let nats = install()?;
@@ -54,29 +56,34 @@ pub(crate) fn autobahn() -> Result<()> {
     let work = root().join("target/autobahn");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let (nats_port, port, admin) = (free_port()?, free_port()?, free_port()?);
-    let mut nats = Command::new(nats_bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
-        .arg(work.join("nats"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut gateway = Command::new(root().join("target/debug/herald-gateway"))
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-        .env("HERALD_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
-        .env("HERALD_ALLOW_ANONYMOUS", "true")
-        .env("HERALD_ECHO_ENDPOINT", "true")
-        // The suite sends messages of up to 16 MiB and expects them echoed.
-        .env("HERALD_MAX_MESSAGE_BYTES", (32u64 << 20).to_string())
-        .env("HERALD_OUTBOUND_BUFFER_BYTES", (64u64 << 20).to_string())
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+    let nats = Nats::start(NatsOptions {
+        binary: Some(nats_bin),
+        store: Some(work.join("nats")),
+        ..NatsOptions::default()
+    })?;
+    let mut gateway = Program::gateway(
+        &nats.url(),
+        GatewayOptions {
+            binary: Some(root().join("target/debug/herald-gateway")),
+            id: "autobahn".into(),
+            args: vec![
+                "--allow-anonymous".into(),
+                "--echo-endpoint".into(),
+                // The suite sends messages of up to 16 MiB and expects them echoed.
+                "--max-message-bytes".into(),
+                (32u64 << 20).to_string(),
+                "--outbound-buffer-bytes".into(),
+                (64u64 << 20).to_string(),
+            ],
+            ..GatewayOptions::default()
+        },
+    )?;
     let result = (|| {
-        wait_port(port)?;
+        gateway.wait_ready(START_TIMEOUT)?;
+        let echo = format!("ws://{}{}", gateway.listen.context("a listener")?, path::ECHO);
         let spec = serde_json::json!({
             "outdir": work.join("report"),
-            "servers": [{"agent": "herald", "url": format!("ws://127.0.0.1:{port}/echo")}],
+            "servers": [{"agent": "herald", "url": echo}],
             "cases": ["*"],
             "exclude-cases": ["12.*", "13.*"],
             "exclude-agent-cases": {},
@@ -114,10 +121,8 @@ pub(crate) fn autobahn() -> Result<()> {
         }
         Ok(())
     })();
-    let _ = gateway.kill();
-    let _ = gateway.wait();
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(gateway);
+    drop(nats);
     result
 }
 
@@ -136,52 +141,51 @@ pub(crate) fn browser() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("screenshots"))?;
     let secret = "herald-browser-secret";
-    let nats_port = free_port()?;
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let log = |name: &str| std::fs::File::create(work.join(format!("{name}.log")));
-    let mut children: Vec<Child> = Vec::new();
+    let log = |name: &str| Logs::File(work.join(format!("{name}.log")));
+    let debug = root().join("target/debug");
+    let mut programs: Vec<Program> = Vec::new();
     let result = (|| {
-        children.push(
-            Command::new(nats_bin)
-                .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
-                .arg(work.join("nats"))
-                .stdout(log("nats")?)
-                .stderr(log("nats-err")?)
-                .spawn()?,
-        );
-        wait_port(nats_port)?;
-        let debug = root().join("target/debug");
-        let fanout_admin = free_port()?;
-        children.push(
-            Command::new(debug.join("herald-fanout"))
-                .env("HERALD_NATS_URL", &nats_url)
-                .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{fanout_admin}"))
-                .env("HERALD_LEAVE_DELAY", "2s")
-                .stderr(log("fanout")?)
-                .spawn()?,
-        );
-        let mut urls = Vec::new();
-        let mut pids = Vec::new();
+        let nats = Nats::start(NatsOptions {
+            binary: Some(nats_bin),
+            store: Some(work.join("nats")),
+            logs: log("nats"),
+            ..NatsOptions::default()
+        })?;
+        let nats_url = nats.url();
+        let fanout = FanoutOptions {
+            binary: Some(debug.join("herald-fanout")),
+            args: vec!["--leave-delay".into(), "2s".into()],
+            logs: log("fanout"),
+            ..FanoutOptions::default()
+        };
+        programs.push(Program::fanout(&nats_url, fanout)?);
         for id in ["gw-a", "gw-b"] {
-            let (port, admin) = (free_port()?, free_port()?);
-            let child = Command::new(debug.join("herald-gateway"))
-                .env("HERALD_NATS_URL", &nats_url)
-                .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-                .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-                .env("HERALD_GATEWAY_ID", id)
-                .env("HERALD_AUTH_HS256_SECRET", secret)
-                .env("HERALD_ALLOW_ANONYMOUS", "true")
-                .env("HERALD_POLL_MAX_WAIT", "10s")
+            let args = [
+                "--auth-hs256-secret",
+                secret,
+                "--allow-anonymous",
+                "--poll-max-wait",
+                "10s",
                 // Small replay pages, so that a resume spans several (herald.js follows `more`).
-                .env("HERALD_REPLAY_MAX_EVENTS", "5")
-                .stderr(log(id)?)
-                .spawn()?;
-            pids.push(child.id().to_string());
-            children.push(child);
-            urls.push(format!("http://127.0.0.1:{port}"));
-            wait_ready(admin)?;
+                "--replay-max-events",
+                "5",
+            ];
+            programs.push(Program::gateway(
+                &nats_url,
+                GatewayOptions {
+                    binary: Some(debug.join("herald-gateway")),
+                    id: id.into(),
+                    args: args.map(String::from).into(),
+                    logs: log(id),
+                    ..GatewayOptions::default()
+                },
+            )?);
         }
-        wait_ready(fanout_admin)?;
+        for p in &mut programs {
+            p.wait_ready(START_TIMEOUT)?;
+        }
+        let urls: Vec<String> = programs[1..].iter().map(Program::http_url).collect();
+        let pids: Vec<String> = programs[1..].iter().map(|p| p.pid().to_string()).collect();
         let tokens = serde_json::json!({
             "agentAcme": token("agent-acme", "Acme agent", &["support:acme:*"], secret)?,
             "annAcme": token("ann", "Ann", &["support:acme:ann"], secret)?,
@@ -201,9 +205,9 @@ pub(crate) fn browser() -> Result<()> {
             .env("HERALD_NATS_URL", &nats_url)
             .env("HERALD_ARTIFACTS", work.join("screenshots")))
     })();
-    for child in children.iter_mut().rev() {
-        let _ = child.kill();
-        let _ = child.wait();
+    // Gateways first, then fanout; NATS stopped when the closure returned.
+    while let Some(mut p) = programs.pop() {
+        p.kill();
     }
     if result.is_err() {
         eprintln!(

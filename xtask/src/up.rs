@@ -1,19 +1,19 @@
 //! `cargo xtask up`: the local stack (NATS, fanout, two gateways) in the foreground, with
 //! demo links and tokens.
 
-use std::process::{Child, Command};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::tools::install;
 use crate::{cargo, root, run};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, Nats, NatsOptions, Program, START_TIMEOUT};
 
 /// The HS256 secret of the local stack; printed so that backends can mint tokens.
 pub(crate) const DEV_SECRET: &str = "herald-dev-secret";
 
 pub(crate) fn up() -> Result<()> {
-    let nats = install()?;
+    let nats_bin = install()?;
     run(cargo().args([
         "build",
         "--release",
@@ -24,8 +24,7 @@ pub(crate) fn up() -> Result<()> {
         "herald-fanout",
     ]))?;
     let bin = root().join("target/release");
-    let state = root().join("target/herald-up");
-    std::fs::create_dir_all(&state)?;
+    let localhost = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     let (stop_tx, stop_rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -33,40 +32,48 @@ pub(crate) fn up() -> Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    let mut children: Vec<(&str, Child)> = Vec::new();
-    let spawn = |name: &'static str, cmd: &mut Command, children: &mut Vec<(&str, Child)>| -> Result<()> {
-        let child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
-        children.push((name, child));
-        Ok(())
+    let mut nats = Nats::start(NatsOptions {
+        binary: Some(nats_bin),
+        port: Some(4222),
+        monitor: Some(8222),
+        store: Some(root().join("target/herald-up/nats")),
+        logs: Logs::Inherit,
+        ..NatsOptions::default()
+    })?;
+    let nats_url = nats.url();
+    // Started in this order, stopped in reverse: gateways first (they drain), then fanout
+    // (it hands its leases over), then NATS.
+    let fanout = FanoutOptions {
+        binary: Some(bin.join("herald-fanout")),
+        admin: Some(localhost(9200)),
+        args: Vec::new(),
+        logs: Logs::Inherit,
     };
-    spawn(
-        "nats-server",
-        Command::new(&nats)
-            .args(["-js", "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-sd"])
-            .arg(state.join("nats")),
-        &mut children,
-    )?;
-    wait_port(4222)?;
-    spawn(
-        "fanout",
-        Command::new(bin.join("herald-fanout")).env("HERALD_ADMIN_LISTEN", "127.0.0.1:9200"),
-        &mut children,
-    )?;
-    for (name, port, admin, id) in [("gateway-a", 8080, 9100, "gw-a"), ("gateway-b", 8081, 9101, "gw-b")] {
-        spawn(
-            name,
-            Command::new(bin.join("herald-gateway"))
-                .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-                .env("HERALD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-                .env("HERALD_GATEWAY_ID", id)
-                .env("HERALD_AUTH_HS256_SECRET", DEV_SECRET)
-                .env("HERALD_ALLOW_ANONYMOUS", "true")
-                .env("HERALD_DRAIN_TIMEOUT", "3s"),
-            &mut children,
-        )?;
+    let mut programs = vec![Program::fanout(&nats_url, fanout)?];
+    for (port, admin, id) in [(8080, 9100, "gw-a"), (8081, 9101, "gw-b")] {
+        programs.push(Program::gateway(
+            &nats_url,
+            GatewayOptions {
+                binary: Some(bin.join("herald-gateway")),
+                id: id.into(),
+                listen: Some(localhost(port)),
+                admin: Some(localhost(admin)),
+                args: [
+                    "--auth-hs256-secret",
+                    DEV_SECRET,
+                    "--allow-anonymous",
+                    "--drain-timeout",
+                    "3s",
+                ]
+                .map(String::from)
+                .into(),
+                logs: Logs::Inherit,
+            },
+        )?);
     }
-    wait_port(8080)?;
-    wait_port(8081)?;
+    for p in &mut programs {
+        p.wait_ready(START_TIMEOUT)?;
+    }
     let gateways = "http://127.0.0.1:8080,http://127.0.0.1:8081";
     let agent = token("agent-acme", "Acme agent", &["support:acme:*"], DEV_SECRET)?;
     let ann = token("ann", "Ann", &["support:acme:ann"], DEV_SECRET)?;
@@ -85,31 +92,24 @@ pub(crate) fn up() -> Result<()> {
         if stop_rx.recv_timeout(Duration::from_millis(500)).is_ok() {
             break;
         }
-        if let Some((name, status)) = children
+        if let Some(status) = nats.exited() {
+            eprintln!("xtask: nats-server exited ({status}); stopping the stack");
+            break;
+        }
+        if let Some((name, status)) = programs
             .iter_mut()
-            .find_map(|(n, c)| c.try_wait().ok().flatten().map(|s| (*n, s)))
+            .find_map(|p| p.exited().map(|s| (p.name().to_owned(), s)))
         {
             eprintln!("xtask: {name} exited ({status}); stopping the stack");
             break;
         }
     }
-    // Gateways first (they drain), then fanout (it hands its leases over), then NATS.
-    for (name, mut child) in children.into_iter().rev() {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let _ = child.wait();
-        eprintln!("xtask: {name} stopped");
+    for mut p in programs.into_iter().rev() {
+        p.terminate(Duration::from_secs(10));
+        eprintln!("xtask: {} stopped", p.name());
     }
-    Ok(())
-}
-
-pub(crate) fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on 127.0.0.1:{port} after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    nats.terminate(Duration::from_secs(10));
+    eprintln!("xtask: nats-server stopped");
     Ok(())
 }
 
@@ -131,29 +131,4 @@ pub(crate) fn token(user: &str, name: &str, rooms: &[&str], secret: &str) -> Res
     };
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?)
-}
-
-/// Waits for `/readyz` 200 on an admin port.
-pub(crate) fn wait_ready(admin: u16) -> Result<()> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok_and(|mut s| {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            buf.starts_with("HTTP/1.1 200")
-        });
-        if ok {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("127.0.0.1:{admin}/readyz not 200 after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -37,6 +37,7 @@ async fn open(url: &str, token: Option<String>, protocols: &[&str], origin: Opti
         token_in_header: true,
         protocols: protocols.iter().map(|s| s.to_string()).collect(),
         origin: origin.map(str::to_owned),
+        ..Connect::default()
     })
     .await
 }

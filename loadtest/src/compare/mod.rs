@@ -146,11 +146,7 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
         return Ok(true);
     }
     let run_id = format!("{}", crate::now_ns() / 1_000_000);
-    let nats = if a.spawn {
-        Some(crate::stack::Nats::start()?)
-    } else {
-        None
-    };
+    let nats = if a.spawn { Some(crate::stack::nats()?) } else { None };
     let mut results = Vec::new();
     let mut ok = true;
     for kind in &kinds {
@@ -158,7 +154,7 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
         eprintln!("── {label}");
         let gateway = match &nats {
             Some(n) => Some(crate::stack::Gateway::start(
-                &n.url,
+                &n.url(),
                 &format!("lt-{label}"),
                 &a.gateway_arg,
                 Some(&a.report_dir.join(format!("gateway-{label}.log"))),
@@ -172,8 +168,15 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
         cmd.args(std::env::args_os().skip(1))
             .args(["--child-mode", &label, "--child-run-id", &run_id]);
         if let (Some(g), Some(n)) = (&gateway, &nats) {
-            cmd.args(["--gateway", &g.http, "--gateway-admin", &g.admin, "--nats-url", &n.url])
-                .args(["--gateway-pid", &g.pid.to_string()]);
+            cmd.args([
+                "--gateway",
+                &g.http,
+                "--gateway-admin",
+                &g.admin,
+                "--nats-url",
+                &n.url(),
+            ])
+            .args(["--gateway-pid", &g.pid.to_string()]);
         }
         cmd.stdout(std::fs::File::create(a.report_dir.join(format!("goose-{label}.log")))?);
         let status = cmd.status().context("running a mode")?;

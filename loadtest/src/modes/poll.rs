@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use goose::prelude::*;
+
+use herald_proto::http::{param, path, PollAnswer};
 use serde::Deserialize;
 
-use crate::client::{Chain, Event};
+use crate::client::{Chain, Stamp};
 use crate::modes::{deliver, fail, record_all, room_index, run, sid, subscribed, Kind, Params};
 
 /// The request headers of a `/poll` as they go on the wire: ours, and those goose's reqwest
@@ -37,12 +39,6 @@ pub(crate) struct PollSession {
     next_due: tokio::time::Instant,
 }
 
-#[derive(Deserialize)]
-pub(crate) struct PollAnswer {
-    events: Vec<Event>,
-    cursor: String,
-}
-
 /// One `/poll` exchange; returns the deliveries' latencies, or `None` when the run stopped.
 pub(crate) async fn poll_once(
     user: &mut GooseUser,
@@ -56,14 +52,17 @@ pub(crate) async fn poll_once(
         .map(|s| s.cursor.clone())
         .unwrap_or_default();
     let mut path = format!(
-        "/poll?rooms={}&wait={}&sid={}",
+        "{}?{}={}&{}={}&{}={}",
+        path::POLL,
+        param::ROOMS,
         run.rooms[room],
+        param::WAIT,
         wait.as_secs_f64(),
+        param::SID,
         sid(user.weighted_users_index)
     );
     if !cursor.is_empty() {
-        path.push_str("&cursor=");
-        path.push_str(&cursor);
+        path.push_str(&format!("&{}={cursor}", param::CURSOR));
     }
     let mut rb = user.get_request_builder(&GooseMethod::Get, &path)?;
     if let Some(t) = &run.p.token {
@@ -123,7 +122,8 @@ pub(crate) async fn poll_once(
     session.cursor = answer.cursor;
     let mut lats = Vec::new();
     for ev in &answer.events {
-        if let Some(lat) = deliver(run, &mut session.chain, ev) {
+        let stamp = ev.data.as_ref().and_then(|d| Stamp::deserialize(d).ok());
+        if let Some(lat) = deliver(run, &mut session.chain, (ev.seq, ev.prev), stamp) {
             lats.push(lat);
         }
     }

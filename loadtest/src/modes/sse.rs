@@ -12,8 +12,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
-use crate::client::{Chain, Event};
+use crate::client::{Chain, Stamp};
 use crate::modes::{deliver, fail, record_deliveries, room_index, run, sid, subscribed, Deliveries};
+use herald_proto::frame::EventView;
+use herald_proto::http::{param, path};
 
 pub(crate) async fn sse_connect(user: &mut GooseUser) -> TransactionResult {
     let room = room_index(user);
@@ -47,11 +49,18 @@ pub(crate) async fn sse_reader(
     let opened = async {
         let rest = run.p.http.strip_prefix("http://").context("http:// URL")?;
         let addr = tokio::net::lookup_host(rest).await?.next().context("gateway address")?;
-        let tcp = crate::connect_from(run.p.source, addr).await?;
+        let tcp = herald_harness::ws::connect_from(Some(run.p.source), addr).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
         // A session id per client, as herald.js sends: rate limits count per client.
-        let path = format!("/sse?rooms={}&sid={}", run.rooms[room], sid(index));
+        let path = format!(
+            "{}?{}={}&{}={}",
+            path::SSE,
+            param::ROOMS,
+            run.rooms[room],
+            param::SID,
+            sid(index)
+        );
         let mut req = hyper::Request::get(&path)
             .header("host", rest)
             .header("accept", "text/event-stream");
@@ -132,8 +141,8 @@ pub(crate) async fn sse_reader(
             let Some(data) = data else { continue };
             run.c.down_payload.fetch_add(data.len() as u64, Relaxed);
             run.c.framing.fetch_add(overhead as u64, Relaxed);
-            if let Ok(ev) = serde_json::from_str::<Event>(&data) {
-                if let Some(lat) = deliver(run, &mut chain, &ev) {
+            if let Some(ev) = EventView::decode(data.as_bytes()) {
+                if let Some(lat) = deliver(run, &mut chain, (ev.seq, ev.prev), Stamp::of(ev.data)) {
                     let _ = tx.send(Ok(lat));
                 }
             }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use goose::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::client::{Chain, Event};
+use crate::client::{Chain, Stamp};
 use crate::modes::{deliver, fail, record_deliveries, room_index, run, subscribed, Deliveries};
+use herald_proto::frame::EventView;
 
 pub(crate) async fn ws_connect(user: &mut GooseUser) -> TransactionResult {
     let run = run();
@@ -56,17 +57,14 @@ pub(crate) async fn ws_reader(
     let run = run();
     let mut chain = Chain(Some(0));
     loop {
-        match conn.next_text().await {
-            Ok(text) => {
-                run.c.down_payload.fetch_add(text.len() as u64, Relaxed);
-                run.c.framing.fetch_add(ws_header(text.len()), Relaxed);
-                let Ok(ev) = serde_json::from_str::<Event>(&text) else {
+        match conn.next_data().await {
+            Ok(bytes) => {
+                run.c.down_payload.fetch_add(bytes.len() as u64, Relaxed);
+                run.c.framing.fetch_add(ws_header(bytes.len()), Relaxed);
+                let Some(ev) = EventView::decode(&bytes) else {
                     continue;
                 };
-                if ev.t.as_deref() != Some("event") {
-                    continue;
-                }
-                if let Some(lat) = deliver(run, &mut chain, &ev) {
+                if let Some(lat) = deliver(run, &mut chain, (ev.seq, ev.prev), Stamp::of(ev.data)) {
                     let _ = tx.send(Ok(lat));
                 }
             }

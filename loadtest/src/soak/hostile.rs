@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_proto::frame::ServerFrame;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -142,12 +143,11 @@ pub(crate) async fn ws_expect(url: &str, frame: &[u8], text: bool, want: &str) -
         return false;
     }
     loop {
-        let Ok(t) = c.next_text().await else { return false };
-        let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
-        match (v["t"].as_str(), v["code"].as_str()) {
-            (Some("ack"), _) if want == "ack" => return true,
-            (Some("error"), Some(code)) => return code == want,
-            _ => continue,
+        match c.next_frame().await {
+            Ok(ServerFrame::Ack(_)) if want == "ack" => return true,
+            Ok(ServerFrame::Error(e)) => return e.code.as_str() == want,
+            Ok(_) => continue,
+            Err(_) => return false,
         }
     }
 }
