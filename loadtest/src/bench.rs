@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::report::{num, Report, Section, Table};
@@ -69,18 +70,7 @@ struct Step {
 }
 
 pub async fn bench(mut a: BenchArgs) -> Result<()> {
-    let nats_proc = if a.spawn { Some(stack::nats()?) } else { None };
-    let gateway = match &nats_proc {
-        Some(n) => {
-            std::fs::create_dir_all(&a.report_dir)?;
-            let g = stack::Gateway::start(&n.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
-            a.common.gateway = vec![g.ws.clone()];
-            a.gateway_pid = vec![g.pid];
-            a.nats_url = n.url();
-            Some(g)
-        }
-        None => None,
-    };
+    let (_nats, gateway) = spawn_stack(&mut a)?;
     let room = format!("bench-{}", crate::now_ns() / 1_000_000);
     let (conns, failed) = crate::connect_some(&a.common, a.subscribers, |_| room.clone()).await;
     if failed > 0 {
@@ -88,21 +78,71 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
     }
     let n = conns.len() as u64;
     eprintln!("{n} subscribers on {room}");
-    let tally = Arc::new(Tally::default());
-    let hist = Arc::new(Mutex::new(Vec::new()));
+    let mut p = Publisher {
+        tally: Arc::new(Tally::default()),
+        hist: Arc::new(Mutex::new(Vec::new())),
+        nats: async_nats::connect(&a.nats_url).await.context("NATS")?,
+        subject: herald_proto::subject::Subjects::new(a.common.subject_prefix.clone()).room(&room),
+        pad: "x".repeat(a.payload_bytes),
+        subscribers: n,
+        published: 0,
+    };
     for c in conns {
-        tokio::spawn(read_events(c, Arc::clone(&tally), Arc::clone(&hist)));
+        tokio::spawn(read_events(c, Arc::clone(&p.tally), Arc::clone(&p.hist)));
     }
-    let nats = async_nats::connect(&a.nats_url).await.context("NATS")?;
-    let subject = herald_proto::subject::Subjects::new(a.common.subject_prefix.clone()).room(&room);
-    let pad = "x".repeat(a.payload_bytes);
     let limit_ms = a.p99_limit.as_secs_f64() * 1000.0;
     let mut steps: Vec<Step> = Vec::new();
     let mut rate = a.start_rate;
-    let mut k = 0u64;
-    let mut step = 0u64;
     while rate <= a.max_rate {
-        let delivered_before = tally.delivered.load(Relaxed);
+        let s = p.step(&a, steps.len(), rate).await?;
+        let over = s.p99_ms.is_nan() || s.p99_ms > limit_ms || s.delivered < s.published * n;
+        steps.push(s);
+        if over {
+            break;
+        }
+        rate *= a.factor;
+    }
+    drop(gateway);
+    let verdict = verdict(&steps, n, limit_ms);
+    println!("{verdict}");
+    report(&a, &steps, n, limit_ms, verdict).write(&a.report_dir)?;
+    eprintln!("report: {}", a.report_dir.join("report.html").display());
+    Ok(())
+}
+
+/// With `--spawn`: nats-server and one gateway (its log in the report directory), and the
+/// arguments pointed at them.
+fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Option<stack::Gateway>)> {
+    if !a.spawn {
+        return Ok((None, None));
+    }
+    let nats = stack::nats()?;
+    std::fs::create_dir_all(&a.report_dir)?;
+    let g = stack::Gateway::start(&nats.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
+    a.common.gateway = vec![g.ws.clone()];
+    a.gateway_pid = vec![g.pid];
+    a.nats_url = nats.url();
+    Ok((Some(nats), Some(g)))
+}
+
+/// The publisher of the bench room and what its subscribers counted.
+struct Publisher {
+    tally: Arc<Tally>,
+    /// Latency per step.
+    hist: Arc<Mutex<Vec<Histogram<u64>>>>,
+    nats: async_nats::Client,
+    subject: String,
+    pad: String,
+    subscribers: u64,
+    /// Events published so far (the `n` of the next one).
+    published: u64,
+}
+
+impl Publisher {
+    /// Publishes at `rate` for `--step-time` on the scheduled clock, waits (up to 5 s) for the
+    /// step's deliveries, and measures it.
+    async fn step(&mut self, a: &BenchArgs, step: usize, rate: f64) -> Result<Step> {
+        let delivered_before = self.tally.delivered.load(Relaxed);
         let cpu_before = proc::cpu_seconds_of(&a.gateway_pid);
         let count = (rate * a.step_time.as_secs_f64()).round() as u64;
         let interval = Duration::from_secs_f64(1.0 / rate);
@@ -111,32 +151,33 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
             let scheduled = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(scheduled).await;
             let t0 = crate::scheduled_stamp(scheduled);
+            let (k, pad) = (self.published, &self.pad);
             let body = format!(r#"{{"t0":{t0},"n":{k},"s":{step},"pad":"{pad}"}}"#);
-            nats.publish(subject.clone(), body.into()).await?;
-            k += 1;
+            self.nats.publish(self.subject.clone(), body.into()).await?;
+            self.published += 1;
         }
-        nats.flush().await?;
-        // Let the step's deliveries finish (up to 5 s) before measuring it.
-        let want = delivered_before + count * n;
+        self.nats.flush().await?;
+        let want = delivered_before + count * self.subscribers;
         let until = Instant::now() + Duration::from_secs(5);
-        while tally.delivered.load(Relaxed) < want && Instant::now() < until {
+        while self.tally.delivered.load(Relaxed) < want && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let took = start.elapsed().as_secs_f64();
-        let delivered = tally.delivered.load(Relaxed) - delivered_before;
+        let delivered = self.tally.delivered.load(Relaxed) - delivered_before;
         let cpu_s = proc::cpu_seconds_of(&a.gateway_pid) - cpu_before;
-        let (p50, p99, max) = {
-            let h = hist.lock().expect("histogram");
-            h.get(step as usize)
-                .map(|h| {
-                    (
-                        h.value_at_quantile(0.5) as f64 / 1000.0,
-                        h.value_at_quantile(0.99) as f64 / 1000.0,
-                        h.max() as f64 / 1000.0,
-                    )
-                })
-                .unwrap_or((f64::NAN, f64::NAN, f64::NAN))
-        };
+        let (p50, p99, max) = self
+            .hist
+            .lock()
+            .expect("histogram")
+            .get(step)
+            .map(|h| {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                    h.max() as f64 / 1000.0,
+                )
+            })
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         let s = Step {
             rate,
             published: count,
@@ -155,27 +196,21 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
             num(s.p50_ms),
             num(s.p99_ms),
             s.delivered,
-            count * n,
+            count * self.subscribers,
             num(s.gateway_cpu_s),
             num(s.cpu_s_per_million)
         );
-        let over = p99.is_nan() || p99 > limit_ms || delivered < count * n;
-        steps.push(s);
-        if over {
-            break;
-        }
-        rate *= a.factor;
-        step += 1;
+        Ok(s)
     }
-    drop(gateway);
-    let ok: Vec<&Step> = steps
+}
+
+/// The best step that kept p99 under the limit and lost nothing.
+fn verdict(steps: &[Step], n: u64, limit_ms: f64) -> String {
+    let best = steps
         .iter()
         .filter(|s| s.p99_ms <= limit_ms && s.delivered == s.published * n)
-        .collect();
-    let best = ok
-        .iter()
         .max_by(|x, y| x.deliveries_per_s.total_cmp(&y.deliveries_per_s));
-    let verdict = match best {
+    match best {
         Some(b) => format!(
             "{:.0} deliveries/s with p99 {} ms ≤ {} ms (publish {:.0}/s × {n} subscribers); gateway {} CPU-s per million deliveries",
             b.deliveries_per_s,
@@ -185,8 +220,10 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
             num(b.cpu_s_per_million)
         ),
         None => format!("no step kept p99 ≤ {} ms", num(limit_ms)),
-    };
-    println!("{verdict}");
+    }
+}
+
+fn report(a: &BenchArgs, steps: &[Step], n: u64, limit_ms: f64, verdict: String) -> Report {
     let mut header = crate::report::machine_header();
     header.extend([
         ("subscribers".to_owned(), n.to_string()),
@@ -194,80 +231,72 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
         ("step".into(), humantime::format_duration(a.step_time).to_string()),
         ("p99 limit".into(), format!("{} ms", num(limit_ms))),
     ]);
-    let chart = svg::lines(
-        "Delivery latency against throughput",
-        &Axis {
-            label: "deliveries per second (log)".into(),
-            log: true,
-        },
-        &Axis {
-            label: "ms (log)".into(),
-            log: true,
-        },
-        &[
-            Series {
-                name: "p99".into(),
-                points: steps.iter().map(|s| (s.deliveries_per_s, s.p99_ms)).collect(),
-                dashed: false,
-                color: 1,
-            },
-            Series {
-                name: "p50".into(),
-                points: steps.iter().map(|s| (s.deliveries_per_s, s.p50_ms)).collect(),
-                dashed: false,
-                color: 0,
-            },
-            Series {
-                name: "limit".into(),
-                points: vec![
-                    (steps.first().map_or(1.0, |s| s.deliveries_per_s), limit_ms),
-                    (steps.last().map_or(10.0, |s| s.deliveries_per_s), limit_ms),
-                ],
-                dashed: true,
-                color: 3,
-            },
-        ],
-    );
-    let report = Report {
+    let head = [
+        "publish/s",
+        "deliveries/s",
+        "delivered",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "gateway CPU-s",
+        "CPU-s per million",
+    ];
+    let rows = steps
+        .iter()
+        .map(|s| {
+            vec![
+                num(s.rate),
+                num(s.deliveries_per_s),
+                format!("{}/{}", s.delivered, s.published * n),
+                num(s.p50_ms),
+                num(s.p99_ms),
+                num(s.max_ms),
+                num(s.gateway_cpu_s),
+                num(s.cpu_s_per_million),
+            ]
+        })
+        .collect();
+    Report {
         title: "Herald: fan-out throughput".into(),
         header,
         sections: vec![Section {
             heading: "Steps".into(),
             text: vec![verdict.clone()],
             table: Some(Table {
-                head: [
-                    "publish/s",
-                    "deliveries/s",
-                    "delivered",
-                    "p50 ms",
-                    "p99 ms",
-                    "max ms",
-                    "gateway CPU-s",
-                    "CPU-s per million",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows: steps
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            num(s.rate),
-                            num(s.deliveries_per_s),
-                            format!("{}/{}", s.delivered, s.published * n),
-                            num(s.p50_ms),
-                            num(s.p99_ms),
-                            num(s.max_ms),
-                            num(s.gateway_cpu_s),
-                            num(s.cpu_s_per_million),
-                        ]
-                    })
-                    .collect(),
+                head: head.map(String::from).to_vec(),
+                rows,
             }),
-            charts: vec![("bench".into(), chart)],
+            charts: vec![("bench".into(), chart(steps, limit_ms))],
         }],
         json: serde_json::json!({"subscribers": n, "p99_limit_ms": limit_ms, "verdict": verdict, "steps": steps}),
+    }
+}
+
+/// p50 and p99 against deliveries per second, with the limit dashed.
+fn chart(steps: &[Step], limit_ms: f64) -> String {
+    let series = |name: &str, color, point: fn(&Step) -> f64| Series {
+        name: name.into(),
+        points: steps.iter().map(|s| (s.deliveries_per_s, point(s))).collect(),
+        dashed: false,
+        color,
     };
-    report.write(&a.report_dir)?;
-    eprintln!("report: {}", a.report_dir.join("report.html").display());
-    Ok(())
+    let limit = Series {
+        name: "limit".into(),
+        points: vec![
+            (steps.first().map_or(1.0, |s| s.deliveries_per_s), limit_ms),
+            (steps.last().map_or(10.0, |s| s.deliveries_per_s), limit_ms),
+        ],
+        dashed: true,
+        color: 3,
+    };
+    let log_axis = |label: &str| Axis {
+        label: label.into(),
+        log: true,
+    };
+    svg::lines(
+        "Delivery latency against throughput",
+        &log_axis("deliveries per second (log)"),
+        &log_axis("ms (log)"),
+        &[series("p99", 1, |s| s.p99_ms), series("p50", 0, |s| s.p50_ms), limit],
+    )
 }

@@ -76,29 +76,7 @@ struct Seen {
 
 pub async fn run(a: PresenceArgs) -> Result<()> {
     let room = format!("presence-{}", crate::now_ns() / 1_000_000);
-    let mut next = 0usize;
-    let mut members = VecDeque::with_capacity(a.members);
-    let started = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.common.concurrency));
-    let mut opening = Vec::with_capacity(a.members);
-    for _ in 0..a.members {
-        let permit = Arc::clone(&sem).acquire_owned().await?;
-        let (common, room, i) = (a.common.clone(), room.clone(), next);
-        next += 1;
-        opening.push(tokio::spawn(async move {
-            let _permit = permit;
-            member(&common, i, &room).await
-        }));
-    }
-    for m in opening {
-        members.push_back(m.await??);
-    }
-    println!(
-        "{} members joined {room} in {:.1}s",
-        members.len(),
-        started.elapsed().as_secs_f64()
-    );
-
+    let mut members = join_all(&a, &room).await?;
     let mut observers = Vec::new();
     for i in 0..a.observers {
         let mut c = client::Conn::open(
@@ -113,14 +91,90 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
     }
     // Let the joins above settle into the count before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut count = (a.members + a.observers) as u64;
-    let cpu = |pids: &[u32]| {
-        pids.iter()
-            .map(|&p| proc::cpu_seconds(p).unwrap_or(0.0))
-            .collect::<Vec<_>>()
-    };
     let fanout_pid: Vec<u32> = a.fanout_pid.into_iter().collect();
-    let (fanout_cpu0, gateway_cpu0) = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let cpu_before = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let (changes, elapsed) = churn(&a, &room, &mut members).await?;
+    let cpu_after = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let mut seen = Seen::default();
+    let mut lags = crate::latency_histogram();
+    let mut missing = 0u64;
+    for o in observers {
+        let s = o.await?;
+        missing += lag(&changes, &s, &mut lags)?;
+        seen.frames += s.frames;
+        seen.bytes += s.bytes;
+        seen.counts_only += s.counts_only;
+    }
+    let secs = elapsed.as_secs_f64();
+    let mut lines = summary(&a, &changes, &seen, &lags, missing, secs);
+    let mut cpu_json = Vec::new();
+    for (name, before, after, pids) in [
+        ("fanout", &cpu_before.0, &cpu_after.0, &fanout_pid),
+        ("gateway", &cpu_before.1, &cpu_after.1, &a.gateway_pid),
+    ] {
+        for (i, pid) in pids.iter().enumerate() {
+            let used = after[i] - before[i];
+            lines.push((
+                format!("{name} pid {pid}"),
+                format!("{used:.2} CPU-s ({:.1} % of a core)", 100.0 * used / secs),
+            ));
+            cpu_json.push(serde_json::json!({"process": name, "pid": pid, "cpu_s": used}));
+        }
+    }
+    for (k, v) in &lines {
+        println!("{k}: {v}");
+    }
+    let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1000.0;
+    let json = serde_json::json!({
+        "changes": changes.len(), "seconds": secs, "members": a.members,
+        "frames": seen.frames, "bytes": seen.bytes, "counts_only": seen.counts_only,
+        "lag_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": lags.max() as f64 / 1000.0,
+                   "samples": lags.len(), "netted_out": missing},
+        "cpu": cpu_json,
+    });
+    report(&a, &lines, json).write(&a.report_dir)?;
+    eprintln!("report: {}", a.report_dir.join("report.html").display());
+    for m in members {
+        let _ = m.stop.send(());
+    }
+    Ok(())
+}
+
+/// CPU seconds of each process so far.
+fn cpu(pids: &[u32]) -> Vec<f64> {
+    pids.iter().map(|&p| proc::cpu_seconds(p).unwrap_or(0.0)).collect()
+}
+
+/// Joins `--members` members, `--concurrency` at a time.
+async fn join_all(a: &PresenceArgs, room: &str) -> Result<VecDeque<Member>> {
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.common.concurrency));
+    let mut opening = Vec::with_capacity(a.members);
+    for i in 0..a.members {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let (common, room) = (a.common.clone(), room.to_owned());
+        opening.push(tokio::spawn(async move {
+            let _permit = permit;
+            member(&common, i, &room).await
+        }));
+    }
+    let mut members = VecDeque::with_capacity(a.members);
+    for m in opening {
+        members.push_back(m.await??);
+    }
+    println!(
+        "{} members joined {room} in {:.1}s",
+        members.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(members)
+}
+
+/// `--churn` changes a second for `--run-time`: joins and leaves (of the oldest member) in
+/// alternating one-second phases. Every change, and how long it all took.
+async fn churn(a: &PresenceArgs, room: &str, members: &mut VecDeque<Member>) -> Result<(Vec<Change>, Duration)> {
+    let mut next = a.members;
+    let mut count = (a.members + a.observers) as u64;
     let period = Duration::from_secs_f64(1.0 / a.churn);
     let per_phase = a.churn.round().max(1.0) as u64;
     let start = tokio::time::Instant::now();
@@ -132,7 +186,7 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
         n += 1;
         if join {
             let at = Instant::now();
-            members.push_back(member(&a.common, next, &room).await?);
+            members.push_back(member(&a.common, next, room).await?);
             next += 1;
             count += 1;
             changes.push(Change { at, count, join });
@@ -144,15 +198,17 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
             changes.push(Change { at, count, join });
         }
     }
-    let elapsed = start.elapsed();
-    let (fanout_cpu1, gateway_cpu1) = (cpu(&fanout_pid), cpu(&a.gateway_pid));
-    let mut seen = Seen::default();
-    let mut lags = crate::latency_histogram();
-    let mut missing = 0u64;
-    // A change is announced by a frame before the phase after the next one starts; past
-    // that, the count has been back where it was. Changes in the last window before a
-    // phase switch can be netted out by the opposite ones (one diff per interval carries
-    // only the net count): those are counted apart, not as lag.
+    Ok((changes, start.elapsed()))
+}
+
+/// Records in `lags` how long each change took to reach one observer; returns the changes it
+/// never saw announced.
+///
+/// A change is announced by a frame before the phase after the next one starts; past that,
+/// the count has been back where it was. Changes in the last window before a phase switch can
+/// be netted out by the opposite ones (one diff per interval carries only the net count):
+/// those are counted apart, not as lag.
+fn lag(changes: &[Change], seen: &Seen, lags: &mut hdrhistogram::Histogram<u64>) -> Result<u64> {
     let phase_starts: Vec<Instant> = changes
         .iter()
         .enumerate()
@@ -163,27 +219,32 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
         let phase = phase_starts.partition_point(|s| *s <= at);
         phase_starts.get(phase + 1).copied()
     };
-    for o in observers {
-        let s = o.await?;
-        seen.frames += s.frames;
-        seen.bytes += s.bytes;
-        seen.counts_only += s.counts_only;
-        for c in &changes {
-            let until = limit(c.at);
-            let announced = s
-                .counts
-                .iter()
-                .take_while(|(t, _)| until.is_none_or(|u| *t < u))
-                .find(|(t, n)| *t >= c.at && if c.join { *n >= c.count } else { *n <= c.count });
-            match announced {
-                Some((t, _)) => lags.record(t.duration_since(c.at).as_micros().max(1) as u64)?,
-                None => missing += 1,
-            }
+    let mut missing = 0;
+    for c in changes {
+        let until = limit(c.at);
+        let announced = seen
+            .counts
+            .iter()
+            .take_while(|(t, _)| until.is_none_or(|u| *t < u))
+            .find(|(t, n)| *t >= c.at && if c.join { *n >= c.count } else { *n <= c.count });
+        match announced {
+            Some((t, _)) => lags.record(t.duration_since(c.at).as_micros().max(1) as u64)?,
+            None => missing += 1,
         }
     }
-    let secs = elapsed.as_secs_f64();
+    Ok(missing)
+}
+
+fn summary(
+    a: &PresenceArgs,
+    changes: &[Change],
+    seen: &Seen,
+    lags: &hdrhistogram::Histogram<u64>,
+    missing: u64,
+    secs: f64,
+) -> Vec<(String, String)> {
     let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1000.0;
-    let mut lines = vec![
+    vec![
         (
             "changes".to_owned(),
             format!(
@@ -214,24 +275,10 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
                 lags.max() as f64 / 1000.0
             ),
         ),
-    ];
-    let mut cpu_json = Vec::new();
-    for (name, before, after, pids) in [
-        ("fanout", &fanout_cpu0, &fanout_cpu1, &fanout_pid),
-        ("gateway", &gateway_cpu0, &gateway_cpu1, &a.gateway_pid),
-    ] {
-        for (i, pid) in pids.iter().enumerate() {
-            let used = after[i] - before[i];
-            lines.push((
-                format!("{name} pid {pid}"),
-                format!("{used:.2} CPU-s ({:.1} % of a core)", 100.0 * used / secs),
-            ));
-            cpu_json.push(serde_json::json!({"process": name, "pid": pid, "cpu_s": used}));
-        }
-    }
-    for (k, v) in &lines {
-        println!("{k}: {v}");
-    }
+    ]
+}
+
+fn report(a: &PresenceArgs, lines: &[(String, String)], json: serde_json::Value) -> crate::report::Report {
     let mut header = crate::report::machine_header();
     header.extend([
         ("members".to_owned(), a.members.to_string()),
@@ -249,20 +296,8 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
             }),
             ..Default::default()
         }],
-        json: serde_json::json!({
-            "changes": changes.len(), "seconds": secs, "members": a.members,
-            "frames": seen.frames, "bytes": seen.bytes, "counts_only": seen.counts_only,
-            "lag_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": lags.max() as f64 / 1000.0,
-                       "samples": lags.len(), "netted_out": missing},
-            "cpu": cpu_json,
-        }),
+        json,
     }
-    .write(&a.report_dir)?;
-    eprintln!("report: {}", a.report_dir.join("report.html").display());
-    for m in members {
-        let _ = m.stop.send(());
-    }
-    Ok(())
 }
 
 /// Connects member `i`, joins the room with presence, and keeps reading until stopped; then

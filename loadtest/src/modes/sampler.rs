@@ -20,6 +20,8 @@ pub(crate) struct Sampler {
     tcp_peak: u64,
     cpu_max: f64,
     series: Vec<Sample>,
+    /// When the next once-a-second sample is due.
+    next: tokio::time::Instant,
 }
 
 impl Sampler {
@@ -67,44 +69,10 @@ impl Sampler {
 pub(crate) async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
     let run = run();
     let p = &run.p;
-    let me = std::process::id();
     let tcp_before = proc::tcp_stat().map_or(0, |t| t.mem_kib);
-    let mut sm = Sampler {
-        pids: p.gateway_pids.clone(),
-        started: Instant::now(),
-        publish_at: None,
-        last_cpu: 0.0,
-        last_t: Instant::now(),
-        last_delivered: 0,
-        last_requests: 0,
-        rss_peak: 0,
-        tcp_peak: tcp_before,
-        cpu_max: 0.0,
-        series: Vec::new(),
-    };
-    sm.last_cpu = sm.cpu();
-    let rss_before = sm.rss();
-    sm.rss_peak = rss_before;
-
-    // Everyone subscribed (or the connect phase timed out).
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let connect_deadline = Instant::now() + Duration::from_secs(120) + Duration::from_millis(users * 10);
-    while run.subscribed.load(Relaxed) < users && Instant::now() < connect_deadline {
-        tick.tick().await;
-        sm.take(run);
-        eprint!(
-            "\r{}: {}/{} clients subscribed          ",
-            p.kind.label(),
-            run.subscribed.load(Relaxed),
-            users
-        );
-    }
-    // Times before publishing become negative.
-    let connect_s = sm.started.elapsed().as_secs_f64();
-    for s in &mut sm.series {
-        s.t -= connect_s;
-    }
-
+    let mut sm = Sampler::new(p.gateway_pids.clone(), tcp_before);
+    let rss_before = sm.rss_peak;
+    sm.wait_subscribed(run, users).await;
     let nats = match async_nats::connect(&p.nats_url).await {
         Ok(n) => n,
         Err(e) => {
@@ -114,98 +82,23 @@ pub(crate) async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
             return (ModeResult::default(), sm.series);
         }
     };
-    let bytes_sent_at_start: f64 = scrape(&p.gateway_admin, "herald_gateway_bytes_sent_total");
-    let connections = scrape(&p.gateway_admin, "herald_gateway_connections");
-    for counter in [
-        &run.c.empty,
-        &run.c.requests,
-        &run.c.up_headers,
-        &run.c.up_payload,
-        &run.c.down_headers,
-        &run.c.down_payload,
-        &run.c.framing,
-    ] {
-        counter.store(0, Relaxed);
-    }
-    run.publishing.store(true, Relaxed);
-    let delivered_at_start = run.c.delivered.load(Relaxed);
-    let cpu_at_start = sm.cpu();
-    let harness_cpu_start = proc::cpu_seconds(me).unwrap_or(0.0);
-    let t0 = Instant::now();
-    sm.publish_at = Some(t0);
-    sm.last_delivered = delivered_at_start;
-    sm.last_requests = 0;
-
-    let total = (p.rate * p.publish.as_secs_f64()).round() as u64;
-    let mut published = vec![0u64; run.rooms.len()];
-    let pad = "x".repeat(p.payload_bytes);
-    let interval = Duration::from_secs_f64(1.0 / p.rate);
-    let start = tokio::time::Instant::now();
-    let mut next_sample = start + Duration::from_secs(1);
-    for k in 0..total {
-        let scheduled = start + interval.mul_f64(k as f64);
-        while next_sample <= scheduled {
-            tokio::time::sleep_until(next_sample).await;
-            sm.take(run);
-            progress(run, users, k, total);
-            next_sample += Duration::from_secs(1);
-        }
-        tokio::time::sleep_until(scheduled).await;
-        let stamp = crate::scheduled_stamp(scheduled);
-        let room = (k as usize) % run.rooms.len();
-        let body = format!(r#"{{"t0":{stamp},"n":{k},"pad":"{pad}"}}"#);
-        if nats
-            .publish(p.subjects.room(&run.rooms[room]), body.into())
-            .await
-            .is_ok()
-        {
-            published[room] += 1;
-        }
-    }
-    let _ = nats.flush().await;
-    let publish_s = t0.elapsed().as_secs_f64();
+    let window = Window::open(&mut sm, run);
+    let (published, publish_s) = sm.publish(run, users, &nats).await;
     let expected: u64 = published
         .iter()
         .zip(&run.room_subscribers)
         .map(|(n, s)| n * s.load(Relaxed))
         .sum();
-    // Wait for delivery to complete (pollers need up to T), at most --drain.
-    let drain_until = tokio::time::Instant::now() + p.drain;
-    loop {
-        let got = run.c.delivered.load(Relaxed) - delivered_at_start;
-        if got >= expected || tokio::time::Instant::now() >= drain_until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if tokio::time::Instant::now() >= next_sample {
-            sm.take(run);
-            progress(run, users, total, total);
-            next_sample += Duration::from_secs(1);
-        }
-    }
-    let window_s = t0.elapsed().as_secs_f64();
-    run.publishing.store(false, Relaxed);
-    let cpu_s = sm.cpu() - cpu_at_start;
-    let harness_cpu = proc::cpu_seconds(me).unwrap_or(0.0) - harness_cpu_start;
-    let bytes_sent = scrape(&p.gateway_admin, "herald_gateway_bytes_sent_total") - bytes_sent_at_start;
+    let sent: u64 = published.iter().sum();
+    sm.drain(run, users, window.delivered, (expected, sent)).await;
+    let end = window.close(&mut sm, run);
     sm.take(run);
-    progress(run, users, total, total);
+    progress(run, users, sent, sent);
     eprintln!();
     run.stop.send_replace(true);
     goose::trigger_killswitch("publishing done and delivery complete");
 
-    let h = run.hist.lock().expect("histogram");
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    // 200 even steps of the CDF plus the tail, so the chart is smooth at both ends.
-    let cdf = if h.is_empty() {
-        Vec::new()
-    } else {
-        std::iter::once((h.min() as f64 / 1000.0, 0.0))
-            .chain((1..200).map(|k| (ms(k as f64 / 200.0), k as f64 / 200.0)))
-            .chain([0.999, 0.9999].map(|q| (ms(q), q)))
-            .chain(std::iter::once((h.max() as f64 / 1000.0, 1.0)))
-            .collect()
-    };
+    let (latency_ms, cdf) = latency(&run.hist.lock().expect("histogram"));
     let result = ModeResult {
         transport: match p.kind {
             Kind::Ws => "WebSocket".into(),
@@ -225,43 +118,224 @@ pub(crate) async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
         rate: p.rate,
         payload_bytes: p.payload_bytes as u64,
         publish_s,
-        window_s,
-        published: published.iter().sum(),
+        window_s: end.window_s,
+        published: sent,
         expected,
-        delivered: run.c.delivered.load(Relaxed) - delivered_at_start,
+        delivered: run.c.delivered.load(Relaxed) - window.delivered,
         gaps: run.c.gaps.load(Relaxed),
         duplicates: run.c.duplicates.load(Relaxed),
         errors: run.c.errors.load(Relaxed),
-        latency_ms: Percentiles {
-            mean: h.mean() / 1000.0,
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64 / 1000.0,
-        },
+        latency_ms,
         cdf,
         http_requests: run.c.requests.load(Relaxed),
         empty_responses: run.c.empty.load(Relaxed),
         bytes: run.c.wire(),
         connect_bytes: run.c.connect_bytes.load(Relaxed),
-        gateway_bytes_sent: bytes_sent,
-        gateway_cpu_s: cpu_s,
-        gateway_cpu_pct_mean: if window_s > 0.0 { cpu_s / window_s * 100.0 } else { 0.0 },
+        gateway_bytes_sent: end.bytes_sent,
+        gateway_cpu_s: end.cpu_s,
+        gateway_cpu_pct_mean: percent(end.cpu_s, end.window_s),
         gateway_cpu_pct_max: sm.cpu_max,
         gateway_rss_before_kib: rss_before,
         gateway_rss_peak_kib: sm.rss_peak,
         kernel_tcp_kib_before: tcp_before,
         kernel_tcp_kib_peak: sm.tcp_peak,
-        connections_gauge: connections,
-        harness_cpu_pct: if window_s > 0.0 {
-            harness_cpu / window_s * 100.0
-        } else {
-            0.0
-        },
+        connections_gauge: window.connections,
+        harness_cpu_pct: percent(end.harness_cpu_s, end.window_s),
         ..ModeResult::default()
     };
     (result, sm.series)
+}
+
+/// `part` seconds of `whole` in per cent (0 for an empty window).
+fn percent(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        part / whole * 100.0
+    } else {
+        0.0
+    }
+}
+
+/// The counters at the start of the publish window.
+struct Window {
+    t0: Instant,
+    delivered: u64,
+    gateway_cpu_s: f64,
+    harness_cpu_s: f64,
+    bytes_sent: f64,
+    connections: f64,
+}
+
+/// What the window measured.
+struct WindowEnd {
+    window_s: f64,
+    cpu_s: f64,
+    harness_cpu_s: f64,
+    bytes_sent: f64,
+}
+
+impl Window {
+    /// Zeroes the per-window byte and request counters and starts counting.
+    fn open(sm: &mut Sampler, run: &Run) -> Self {
+        let admins = &run.p.gateway_admin;
+        let (bytes_sent, connections) = (
+            scrape(admins, "herald_gateway_bytes_sent_total"),
+            scrape(admins, "herald_gateway_connections"),
+        );
+        for counter in [
+            &run.c.empty,
+            &run.c.requests,
+            &run.c.up_headers,
+            &run.c.up_payload,
+            &run.c.down_headers,
+            &run.c.down_payload,
+            &run.c.framing,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        run.publishing.store(true, Relaxed);
+        let window = Self {
+            delivered: run.c.delivered.load(Relaxed),
+            gateway_cpu_s: sm.cpu(),
+            harness_cpu_s: proc::cpu_seconds(std::process::id()).unwrap_or(0.0),
+            t0: Instant::now(),
+            bytes_sent,
+            connections,
+        };
+        sm.publish_at = Some(window.t0);
+        sm.last_delivered = window.delivered;
+        sm.last_requests = 0;
+        window
+    }
+
+    fn close(&self, sm: &mut Sampler, run: &Run) -> WindowEnd {
+        let window_s = self.t0.elapsed().as_secs_f64();
+        run.publishing.store(false, Relaxed);
+        WindowEnd {
+            window_s,
+            cpu_s: sm.cpu() - self.gateway_cpu_s,
+            harness_cpu_s: proc::cpu_seconds(std::process::id()).unwrap_or(0.0) - self.harness_cpu_s,
+            bytes_sent: scrape(&run.p.gateway_admin, "herald_gateway_bytes_sent_total") - self.bytes_sent,
+        }
+    }
+}
+
+impl Sampler {
+    fn new(pids: Vec<u32>, tcp_before: u64) -> Self {
+        let mut sm = Sampler {
+            pids,
+            started: Instant::now(),
+            publish_at: None,
+            last_cpu: 0.0,
+            last_t: Instant::now(),
+            last_delivered: 0,
+            last_requests: 0,
+            rss_peak: 0,
+            tcp_peak: tcp_before,
+            cpu_max: 0.0,
+            series: Vec::new(),
+            next: tokio::time::Instant::now() + Duration::from_secs(1),
+        };
+        sm.last_cpu = sm.cpu();
+        sm.rss_peak = sm.rss();
+        sm
+    }
+
+    /// Samples once a second until every client has subscribed (or the connect phase timed
+    /// out); the samples' times then count from the end of this phase (negative).
+    async fn wait_subscribed(&mut self, run: &Run, users: u64) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(120) + Duration::from_millis(users * 10);
+        while run.subscribed.load(Relaxed) < users && Instant::now() < deadline {
+            tick.tick().await;
+            self.take(run);
+            eprint!(
+                "\r{}: {}/{} clients subscribed          ",
+                run.p.kind.label(),
+                run.subscribed.load(Relaxed),
+                users
+            );
+        }
+        let connect_s = self.started.elapsed().as_secs_f64();
+        for s in &mut self.series {
+            s.t -= connect_s;
+        }
+    }
+
+    /// Publishes `--rate` for `--publish` on the scheduled clock, round-robin over the rooms,
+    /// sampling every second; the events published per room and the seconds it took.
+    async fn publish(&mut self, run: &Run, users: u64, nats: &async_nats::Client) -> (Vec<u64>, f64) {
+        let p = &run.p;
+        let t0 = Instant::now();
+        let total = (p.rate * p.publish.as_secs_f64()).round() as u64;
+        let mut published = vec![0u64; run.rooms.len()];
+        let pad = "x".repeat(p.payload_bytes);
+        let interval = Duration::from_secs_f64(1.0 / p.rate);
+        let start = tokio::time::Instant::now();
+        self.next = start + Duration::from_secs(1);
+        for k in 0..total {
+            let scheduled = start + interval.mul_f64(k as f64);
+            while self.next <= scheduled {
+                tokio::time::sleep_until(self.next).await;
+                self.take(run);
+                progress(run, users, k, total);
+                self.next += Duration::from_secs(1);
+            }
+            tokio::time::sleep_until(scheduled).await;
+            let stamp = crate::scheduled_stamp(scheduled);
+            let room = (k as usize) % run.rooms.len();
+            let body = format!(r#"{{"t0":{stamp},"n":{k},"pad":"{pad}"}}"#);
+            if nats
+                .publish(p.subjects.room(&run.rooms[room]), body.into())
+                .await
+                .is_ok()
+            {
+                published[room] += 1;
+            }
+        }
+        let _ = nats.flush().await;
+        (published, t0.elapsed().as_secs_f64())
+    }
+
+    /// Waits until `expected` deliveries after `delivered_at_start` arrived (pollers need up
+    /// to T), at most `--drain`, sampling every second.
+    async fn drain(&mut self, run: &Run, users: u64, delivered_at_start: u64, (expected, sent): (u64, u64)) {
+        let until = tokio::time::Instant::now() + run.p.drain;
+        loop {
+            let got = run.c.delivered.load(Relaxed) - delivered_at_start;
+            if got >= expected || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::Instant::now() >= self.next {
+                self.take(run);
+                progress(run, users, sent, sent);
+                self.next += Duration::from_secs(1);
+            }
+        }
+    }
+}
+
+/// Percentiles and a CDF of 200 even steps plus the tail, so the chart is smooth at both ends.
+fn latency(h: &hdrhistogram::Histogram<u64>) -> (Percentiles, Vec<(f64, f64)>) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let cdf = if h.is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once((h.min() as f64 / 1000.0, 0.0))
+            .chain((1..200).map(|k| (ms(k as f64 / 200.0), k as f64 / 200.0)))
+            .chain([0.999, 0.9999].map(|q| (ms(q), q)))
+            .chain(std::iter::once((h.max() as f64 / 1000.0, 1.0)))
+            .collect()
+    };
+    let percentiles = Percentiles {
+        mean: h.mean() / 1000.0,
+        p50: ms(0.5),
+        p90: ms(0.9),
+        p99: ms(0.99),
+        p999: ms(0.999),
+        max: h.max() as f64 / 1000.0,
+    };
+    (percentiles, cdf)
 }
 
 pub(crate) fn progress(run: &Run, users: u64, k: u64, total: u64) {
