@@ -145,16 +145,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     }
     // The measured build: taken now, before the work tree can move on during the run.
     let revision = revision();
-    let nats = stack::nats()?;
-    let fanout = stack::fanout(&nats.url())?;
-    let mut gateways = Vec::new();
-    for i in 0..a.gateways.max(1) {
-        let extra: Vec<String> = ["--max-connections", "19000", "--ping-interval", "20s"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        gateways.push(stack::Gateway::start(&nats.url(), &format!("soak-{i}"), &extra, None)?);
-    }
+    let (nats, fanout, gateways) = spawn_stack(a.gateways)?;
     let urls: Vec<String> = gateways.iter().map(|g| g.ws.clone()).collect();
     eprintln!(
         "soak: stack up ({} gateways); connecting {} clients",
@@ -162,7 +153,110 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         a.connections
     );
 
-    // Workers.
+    let mut workers = start_workers(&a, &urls)?;
+    let (mut connected, mut failed) = (0, 0);
+    for (_, out) in &mut workers {
+        let c: Connected = read_line(out)?;
+        connected += c.connected;
+        failed += c.failed;
+    }
+    eprintln!(
+        "soak: {connected} connected, {failed} failed; soaking for {:?}",
+        a.duration
+    );
+
+    // Publisher, hostile clients and sampler, until the end.
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let started = Instant::now();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let published = Arc::new(AtomicU64::new(0));
+    let last_seqs = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let publisher = tokio::spawn(publish(
+        js,
+        a.rooms,
+        a.rate,
+        Arc::clone(&stop),
+        Arc::clone(&published),
+        Arc::clone(&last_seqs),
+    ));
+    let http: Vec<String> = gateways.iter().map(|g| g.http.clone()).collect();
+    let hostile = tokio::spawn(hostile_clients(http, a.hostile, Arc::clone(&stop)));
+    let probe = Probe {
+        started,
+        pids: gateways.iter().map(|g| g.pid).collect(),
+        admins: gateways.iter().map(|g| g.admin.clone()).collect(),
+        nats_pid: nats.pid().unwrap_or(0),
+        fanout_pid: fanout.pid(),
+    };
+    let samples = probe.until(a.duration, a.sample, &published).await;
+    stop.notify_waiters();
+    let _ = publisher.await;
+    let hostile = hostile.await?;
+    let last = last_seqs.lock().expect("seqs").clone();
+    let duration_s = started.elapsed().as_secs_f64();
+
+    let done = finish_workers(&mut workers, &last)?;
+    let half: Vec<&Sample> = samples.iter().skip(samples.len() / 2).collect();
+    let slope = |f: &dyn Fn(&Sample) -> f64| slope_per_min(&half.iter().map(|s| (s.t_s, f(s))).collect::<Vec<_>>());
+    let report = Report {
+        revision,
+        connections: a.connections,
+        connected,
+        failed_connects: failed,
+        gateways: gateways.len(),
+        rooms: a.rooms,
+        rate: a.rate,
+        churn: a.churn,
+        duration_s,
+        published: published.load(Relaxed),
+        delivered: done.delivered,
+        gaps: done.gaps,
+        duplicates: done.duplicates,
+        reconnects: done.reconnects,
+        reconnect_failures: done.reconnect_failures,
+        ends: done.ends,
+        reconnect_failure_causes: done.failures,
+        behind: done.behind,
+        not_ready_samples: samples.iter().filter(|s| s.ready.iter().any(|r| *r != 200)).count() as u64,
+        rss_slope_kib_per_min: (0..probe.pids.len())
+            .map(|i| slope(&|s| s.gateway_rss_kib[i] as f64))
+            .collect(),
+        fd_slope_per_min: (0..probe.pids.len())
+            .map(|i| slope(&|s| s.gateway_fds[i] as f64))
+            .collect(),
+        hostile,
+        samples,
+    };
+    write_report(&a.report_dir, &report)?;
+    let ok = report.gaps == 0 && report.duplicates == 0 && report.behind == 0 && report.not_ready_samples == 0;
+    if !ok {
+        bail!("soak: events lost, duplicated or /readyz not 200 (see the report)");
+    }
+    Ok(())
+}
+
+/// nats-server, fanout and `gateways` gateways (at least one) that hold up to 19,000
+/// connections each.
+fn spawn_stack(count: usize) -> Result<(stack::Nats, herald_harness::launch::Program, Vec<stack::Gateway>)> {
+    let nats = stack::nats()?;
+    let fanout = stack::fanout(&nats.url())?;
+    let mut gateways = Vec::new();
+    for i in 0..count.max(1) {
+        let extra: Vec<String> = ["--max-connections", "19000", "--ping-interval", "20s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        gateways.push(stack::Gateway::start(&nats.url(), &format!("soak-{i}"), &extra, None)?);
+    }
+    Ok((nats, fanout, gateways))
+}
+
+/// A worker process and the lines it writes.
+type Worker = (std::process::Child, BufReader<std::process::ChildStdout>);
+
+/// One soak worker process per [`PER_PROCESS`] connections, and its stdout.
+fn start_workers(a: &SoakArgs, urls: &[String]) -> Result<Vec<Worker>> {
     let exe = std::env::current_exe()?;
     let per = PER_PROCESS.min(a.connections.max(1));
     let mut workers = Vec::new();
@@ -193,67 +287,15 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         workers.push((child, stdout));
         first += n;
     }
-    let (mut connected, mut failed) = (0, 0);
-    for (_, out) in &mut workers {
-        let c: Connected = read_line(out)?;
-        connected += c.connected;
-        failed += c.failed;
-    }
-    eprintln!(
-        "soak: {connected} connected, {failed} failed; soaking for {:?}",
-        a.duration
-    );
+    Ok(workers)
+}
 
-    // Publisher, hostile clients and sampler, until the end.
-    let client = async_nats::connect(nats.url()).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let started = Instant::now();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let published = Arc::new(AtomicU64::new(0));
-    let last_seqs = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
-    let publisher = tokio::spawn(publish(
-        js,
-        a.rooms,
-        a.rate,
-        Arc::clone(&stop),
-        Arc::clone(&published),
-        Arc::clone(&last_seqs),
-    ));
-    let http: Vec<String> = gateways.iter().map(|g| g.http.clone()).collect();
-    let hostile = tokio::spawn(hostile_clients(http, a.hostile, Arc::clone(&stop)));
-    let pids: Vec<u32> = gateways.iter().map(|g| g.pid).collect();
-    let admins: Vec<String> = gateways.iter().map(|g| g.admin.clone()).collect();
-    let mut samples = Vec::new();
-    let mut tick = tokio::time::interval(a.sample);
-    let end = tokio::time::Instant::now() + a.duration;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = tokio::time::sleep_until(end) => break,
-        }
-        let s = sample(started, &pids, &admins, nats.pid().unwrap_or(0), fanout.pid());
-        let t = s.t_s as u64;
-        if t % 60 < a.sample.as_secs().max(1) {
-            eprintln!(
-                "soak: {t:>5} s  gateway RSS {:?} KiB  fds {:?}  ready {:?}  published {}",
-                s.gateway_rss_kib,
-                s.gateway_fds,
-                s.ready,
-                published.load(Relaxed)
-            );
-        }
-        samples.push(s);
-    }
-    stop.notify_waiters();
-    let _ = publisher.await;
-    let hostile = hostile.await?;
-    let last = last_seqs.lock().expect("seqs").clone();
-    let duration_s = started.elapsed().as_secs_f64();
-
-    // Workers: the rooms' last seqs; each checks its connections hold them.
+/// Hands every worker the rooms' last seqs (each checks its connections hold them) and sums
+/// what they counted.
+fn finish_workers(workers: &mut [Worker], last: &BTreeMap<String, u64>) -> Result<WorkerDone> {
     let mut done = WorkerDone::default();
     let stop_line = serde_json::to_string(&last)?;
-    for (child, out) in &mut workers {
+    for (child, out) in workers.iter_mut() {
         writeln!(child.stdin.as_mut().context("worker stdin")?, "{stop_line}")?;
         let d: WorkerDone = read_line(out)?;
         done.delivered += d.delivered;
@@ -270,41 +312,43 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         }
         let _ = child.wait();
     }
-    let half: Vec<&Sample> = samples.iter().skip(samples.len() / 2).collect();
-    let slope = |f: &dyn Fn(&Sample) -> f64| slope_per_min(&half.iter().map(|s| (s.t_s, f(s))).collect::<Vec<_>>());
-    let report = Report {
-        revision,
-        connections: a.connections,
-        connected,
-        failed_connects: failed,
-        gateways: gateways.len(),
-        rooms: a.rooms,
-        rate: a.rate,
-        churn: a.churn,
-        duration_s,
-        published: published.load(Relaxed),
-        delivered: done.delivered,
-        gaps: done.gaps,
-        duplicates: done.duplicates,
-        reconnects: done.reconnects,
-        reconnect_failures: done.reconnect_failures,
-        ends: done.ends,
-        reconnect_failure_causes: done.failures,
-        behind: done.behind,
-        not_ready_samples: samples.iter().filter(|s| s.ready.iter().any(|r| *r != 200)).count() as u64,
-        rss_slope_kib_per_min: (0..pids.len())
-            .map(|i| slope(&|s| s.gateway_rss_kib[i] as f64))
-            .collect(),
-        fd_slope_per_min: (0..pids.len()).map(|i| slope(&|s| s.gateway_fds[i] as f64)).collect(),
-        hostile,
-        samples,
-    };
-    write_report(&a.report_dir, &report)?;
-    let ok = report.gaps == 0 && report.duplicates == 0 && report.behind == 0 && report.not_ready_samples == 0;
-    if !ok {
-        bail!("soak: events lost, duplicated or /readyz not 200 (see the report)");
+    Ok(done)
+}
+
+/// What the sampler reads: the gateways' RSS, fds and `/readyz`, NATS's and fanout's RSS.
+struct Probe {
+    started: Instant,
+    pids: Vec<u32>,
+    admins: Vec<String>,
+    nats_pid: u32,
+    fanout_pid: u32,
+}
+
+impl Probe {
+    /// A sample every `every` for `duration`, with a progress line each minute.
+    async fn until(&self, duration: Duration, every: Duration, published: &AtomicU64) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        let end = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(end) => return samples,
+            }
+            let s = sample(self.started, &self.pids, &self.admins, self.nats_pid, self.fanout_pid);
+            let t = s.t_s as u64;
+            if t % 60 < every.as_secs().max(1) {
+                eprintln!(
+                    "soak: {t:>5} s  gateway RSS {:?} KiB  fds {:?}  ready {:?}  published {}",
+                    s.gateway_rss_kib,
+                    s.gateway_fds,
+                    s.ready,
+                    published.load(Relaxed)
+                );
+            }
+            samples.push(s);
+        }
     }
-    Ok(())
 }
 
 fn read_line<T: for<'de> Deserialize<'de>>(out: &mut BufReader<std::process::ChildStdout>) -> Result<T> {

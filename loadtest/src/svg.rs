@@ -83,57 +83,74 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// Where values fall on one axis: `start` is the pixel of `lo`, `span` the pixels to `hi`
+/// (negative upwards).
+struct Scale {
+    lo: f64,
+    hi: f64,
+    log: bool,
+    start: f64,
+    span: f64,
+}
+
+impl Scale {
+    fn at(&self, v: f64) -> f64 {
+        let f = if self.log {
+            (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
+        } else {
+            (v - self.lo) / (self.hi - self.lo)
+        };
+        self.start + f * self.span
+    }
+}
+
+/// The axis range of `vals`: whole decades on a log axis, from 0 (or below) on a linear one.
+fn range(vals: impl Iterator<Item = f64> + Clone, log: bool) -> (f64, f64) {
+    let lo = vals.clone().fold(f64::INFINITY, f64::min);
+    let hi = vals.fold(f64::NEG_INFINITY, f64::max);
+    match (lo.is_finite(), log) {
+        (false, _) => (if log { 1.0 } else { 0.0 }, 10.0),
+        (true, true) => (
+            10f64.powf(lo.log10().floor()),
+            10f64.powf(hi.log10().ceil()).max(lo * 10.0),
+        ),
+        (true, false) => (lo.min(0.0), if hi > lo.min(0.0) { hi * 1.05 } else { 1.0 }),
+    }
+}
+
 /// A line chart; a log axis drops non-positive values.
 pub fn lines(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
-    let keep = |v: f64, log: bool| v.is_finite() && (!log || v > 0.0);
+    let keep = |(a, b): (f64, f64)| {
+        let ok = |v: f64, log: bool| v.is_finite() && (!log || v > 0.0);
+        ok(a, x.log) && ok(b, y.log)
+    };
     let pts: Vec<(f64, f64)> = series
         .iter()
         .flat_map(|s| s.points.iter().copied())
-        .filter(|&(a, b)| keep(a, x.log) && keep(b, y.log))
+        .filter(|&p| keep(p))
         .collect();
-    let range = |vals: Vec<f64>, log: bool| {
-        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        match (lo.is_finite(), log) {
-            (false, _) => (if log { 1.0 } else { 0.0 }, 10.0),
-            (true, true) => (
-                10f64.powf(lo.log10().floor()),
-                10f64.powf(hi.log10().ceil()).max(lo * 10.0),
-            ),
-            (true, false) => (lo.min(0.0), if hi > lo.min(0.0) { hi * 1.05 } else { 1.0 }),
-        }
+    let (x0, x1) = range(pts.iter().map(|p| p.0), x.log);
+    let (y0, y1) = range(pts.iter().map(|p| p.1), y.log);
+    let sx = Scale {
+        lo: x0,
+        hi: x1,
+        log: x.log,
+        start: LEFT,
+        span: W - LEFT - RIGHT,
     };
-    let (x0, x1) = range(pts.iter().map(|p| p.0).collect(), x.log);
-    let (y0, y1) = range(pts.iter().map(|p| p.1).collect(), y.log);
-    let tx = |v: f64| {
-        let f = if x.log {
-            (v.log10() - x0.log10()) / (x1.log10() - x0.log10())
-        } else {
-            (v - x0) / (x1 - x0)
-        };
-        LEFT + f * (W - LEFT - RIGHT)
-    };
-    let ty = |v: f64| {
-        let f = if y.log {
-            (v.log10() - y0.log10()) / (y1.log10() - y0.log10())
-        } else {
-            (v - y0) / (y1 - y0)
-        };
-        H - BOTTOM - f * (H - TOP - BOTTOM)
+    let sy = Scale {
+        lo: y0,
+        hi: y1,
+        log: y.log,
+        start: H - BOTTOM,
+        span: -(H - TOP - BOTTOM),
     };
     let mut s = header(title);
     for t in ticks(x0, x1, x.log) {
-        let px = tx(t);
-        let _ = write!(
-            s,
-            r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#e6e6e6"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            H - BOTTOM,
-            H - BOTTOM + 16.0,
-            fmt_tick(t)
-        );
+        vertical_grid(&mut s, sx.at(t), H, t);
     }
     for t in ticks(y0, y1, y.log) {
-        let py = ty(t);
+        let py = sy.at(t);
         let _ = write!(
             s,
             r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#e6e6e6"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -148,8 +165,8 @@ pub fn lines(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
         let path: Vec<String> = ser
             .points
             .iter()
-            .filter(|&&(a, b)| keep(a, x.log) && keep(b, y.log))
-            .map(|&(a, b)| format!("{:.1},{:.1}", tx(a), ty(b)))
+            .filter(|&&p| keep(p))
+            .map(|&(a, b)| format!("{:.1},{:.1}", sx.at(a), sy.at(b)))
             .collect();
         let dash = if ser.dashed { r#" stroke-dasharray="6 4""# } else { "" };
         if !path.is_empty() {
@@ -176,94 +193,53 @@ pub fn lines(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
     s
 }
 
+/// A vertical grid line at `px` with the tick's label below the plot of height `h`.
+fn vertical_grid(s: &mut String, px: f64, h: f64, t: f64) {
+    let _ = write!(
+        s,
+        r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#e6e6e6"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+        h - BOTTOM,
+        h - BOTTOM + 16.0,
+        fmt_tick(t)
+    );
+}
+
 /// Horizontal stacked bars: one row per label, one segment per (part, value).
 pub fn stacked_bars(title: &str, unit: &str, rows: &[(String, Vec<(String, f64)>)], log: bool) -> String {
     let totals: Vec<f64> = rows.iter().map(|r| r.1.iter().map(|p| p.1).sum()).collect();
     let max = totals.iter().copied().fold(0.0, f64::max).max(1.0);
-    let lo = 1.0;
     let hi = if log {
         10f64.powf(max.log10().ceil())
     } else {
         max * 1.05
     };
     let h = TOP + BOTTOM + rows.len() as f64 * 34.0 + 10.0;
-    let left = 150.0;
-    let width = W - left - RIGHT;
-    let scale = |v: f64| {
-        if log {
-            if v <= lo {
-                0.0
-            } else {
-                (v.log10() - lo.log10()) / (hi.log10() - lo.log10()) * width
-            }
-        } else {
-            v / hi * width
-        }
+    let bars = Bars {
+        left: 150.0,
+        width: W - 150.0 - RIGHT,
+        hi,
+        log,
+        unit,
     };
     let mut s = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {h:.0}" width="{W}" height="{h:.0}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="#fff"/><text x="{}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"##,
         W / 2.0,
         esc(title)
     );
-    for t in ticks(if log { lo } else { 0.0 }, hi, log) {
-        let px = left + scale(t);
-        let _ = write!(
-            s,
-            r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#e6e6e6"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            h - BOTTOM,
-            h - BOTTOM + 16.0,
-            fmt_tick(t)
-        );
+    for t in ticks(if log { 1.0 } else { 0.0 }, hi, log) {
+        vertical_grid(&mut s, bars.left + bars.scale(t), h, t);
     }
     let _ = write!(
         s,
         r#"<text x="{:.0}" y="{:.0}" text-anchor="middle">{}{}</text>"#,
-        left + width / 2.0,
+        bars.left + bars.width / 2.0,
         h - 10.0,
         esc(unit),
         if log { " (log scale)" } else { "" }
     );
     let mut parts: Vec<String> = Vec::new();
     for (i, (label, segs)) in rows.iter().enumerate() {
-        let y = TOP + 8.0 + i as f64 * 34.0;
-        let _ = write!(
-            s,
-            r#"<text x="{:.0}" y="{:.0}" text-anchor="end">{}</text>"#,
-            left - 8.0,
-            y + 17.0,
-            esc(label)
-        );
-        // Segments are drawn cumulatively so a log axis still reads as the total.
-        let mut acc = 0.0;
-        for (name, v) in segs {
-            let k = match parts.iter().position(|p| p == name) {
-                Some(k) => k,
-                None => {
-                    parts.push(name.clone());
-                    parts.len() - 1
-                }
-            };
-            let (a, b) = (scale(acc), scale(acc + v));
-            acc += v;
-            if b > a {
-                let _ = write!(
-                    s,
-                    r#"<rect x="{:.1}" y="{y:.1}" width="{:.1}" height="24" fill="{}"><title>{}: {v:.1} {}</title></rect>"#,
-                    left + a,
-                    b - a,
-                    color(k),
-                    esc(name),
-                    esc(unit)
-                );
-            }
-        }
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{:.0}">{}</text>"#,
-            left + scale(acc) + 4.0,
-            y + 17.0,
-            fmt_tick(acc)
-        );
+        bars.row(&mut s, TOP + 8.0 + i as f64 * 34.0, label, segs, &mut parts);
     }
     for (k, name) in parts.iter().enumerate() {
         let ly = TOP + 8.0 + k as f64 * 18.0;
@@ -280,6 +256,69 @@ pub fn stacked_bars(title: &str, unit: &str, rows: &[(String, Vec<(String, f64)>
     }
     s.push_str("</svg>");
     s
+}
+
+/// The geometry of a stacked bar chart.
+struct Bars<'a> {
+    left: f64,
+    width: f64,
+    hi: f64,
+    log: bool,
+    unit: &'a str,
+}
+
+impl Bars<'_> {
+    /// Pixels from the left edge for `v` (a log axis starts at 1).
+    fn scale(&self, v: f64) -> f64 {
+        match self.log {
+            true if v <= 1.0 => 0.0,
+            true => v.log10() / self.hi.log10() * self.width,
+            false => v / self.hi * self.width,
+        }
+    }
+
+    /// One row at `y`: its label, its segments (each part keeps its colour across rows:
+    /// `parts` collects them in order of appearance) and its total.
+    fn row(&self, s: &mut String, y: f64, label: &str, segs: &[(String, f64)], parts: &mut Vec<String>) {
+        let _ = write!(
+            s,
+            r#"<text x="{:.0}" y="{:.0}" text-anchor="end">{}</text>"#,
+            self.left - 8.0,
+            y + 17.0,
+            esc(label)
+        );
+        // Segments are drawn cumulatively so a log axis still reads as the total.
+        let mut acc = 0.0;
+        for (name, v) in segs {
+            let k = match parts.iter().position(|p| p == name) {
+                Some(k) => k,
+                None => {
+                    parts.push(name.clone());
+                    parts.len() - 1
+                }
+            };
+            let (a, b) = (self.scale(acc), self.scale(acc + v));
+            acc += v;
+            if b > a {
+                let _ = write!(
+                    s,
+                    r#"<rect x="{:.1}" y="{y:.1}" width="{:.1}" height="24" fill="{}"><title>{}: {v:.1} {}</title></rect>"#,
+                    self.left + a,
+                    b - a,
+                    color(k),
+                    esc(name),
+                    esc(self.unit)
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.0}">{}</text>"#,
+            self.left + self.scale(acc) + 4.0,
+            y + 17.0,
+            fmt_tick(acc)
+        );
+    }
 }
 
 fn header(title: &str) -> String {

@@ -9,11 +9,13 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use goose::prelude::*;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use crate::client::{Chain, Stamp};
-use crate::modes::{deliver, fail, record_deliveries, room_index, run, sid, subscribed, Deliveries};
+use crate::modes::{deliver, fail, record_deliveries, room_index, run, sid, subscribed, Deliveries, Run};
 use herald_proto::frame::EventView;
 use herald_proto::http::{param, path};
 
@@ -46,44 +48,7 @@ pub(crate) async fn sse_reader(
     ready: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
 ) {
     let run = run();
-    let opened = async {
-        let rest = run.p.http.strip_prefix("http://").context("http:// URL")?;
-        let addr = tokio::net::lookup_host(rest).await?.next().context("gateway address")?;
-        let tcp = herald_harness::ws::connect_from(Some(run.p.source), addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        // A session id per client, as herald.js sends: rate limits count per client.
-        let path = format!(
-            "{}?{}={}&{}={}",
-            path::SSE,
-            param::ROOMS,
-            run.rooms[room],
-            param::SID,
-            sid(index)
-        );
-        let mut req = hyper::Request::get(&path)
-            .header("host", rest)
-            .header("accept", "text/event-stream");
-        if let Some(t) = &run.p.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in &run.headers {
-            if k != "accept" {
-                req = req.header(k.as_str(), v.as_str());
-            }
-        }
-        let req = req.body(Empty::<Bytes>::new())?;
-        let sent = crate::head_bytes(&format!("GET {path} HTTP/1.1"), req.headers());
-        let resp = sender.send_request(req).await?;
-        if resp.status() != 200 {
-            bail!("SSE answered {}", resp.status());
-        }
-        let got = crate::head_bytes("HTTP/1.1 200 OK", resp.headers());
-        run.c.connect_bytes.fetch_add(sent + got, Relaxed);
-        Ok((sender, resp.into_body()))
-    }
-    .await;
-    let (_sender, mut body) = match opened {
+    let (_sender, mut body) = match open(run, room, index).await {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(format!("{e:#}")));
@@ -119,28 +84,16 @@ pub(crate) async fn sse_reader(
         buf.extend_from_slice(&chunk);
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&block);
-            if text.starts_with(':') {
+            if block.starts_with(b":") {
+                // The stream's opening comment: the subscription is in place.
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(()));
                 }
                 continue;
             }
-            let mut data = None;
-            let mut overhead = 0;
-            for line in text.lines() {
-                match line.strip_prefix("data: ") {
-                    Some(d) => {
-                        data = Some(d.to_owned());
-                        overhead += "data: \n".len();
-                    }
-                    None => overhead += line.len() + 1,
-                }
-            }
-            overhead += 1;
-            let Some(data) = data else { continue };
-            run.c.down_payload.fetch_add(data.len() as u64, Relaxed);
-            run.c.framing.fetch_add(overhead as u64, Relaxed);
+            let Some(data) = event_data(run, &String::from_utf8_lossy(&block)) else {
+                continue;
+            };
             if let Some(ev) = EventView::decode(data.as_bytes()) {
                 if let Some(lat) = deliver(run, &mut chain, (ev.seq, ev.prev), Stamp::of(ev.data)) {
                     let _ = tx.send(Ok(lat));
@@ -148,6 +101,65 @@ pub(crate) async fn sse_reader(
             }
         }
     }
+}
+
+/// Opens client `index`'s stream of `room`, counting the heads' bytes.
+async fn open(run: &Run, room: usize, index: usize) -> anyhow::Result<(SendRequest<Empty<Bytes>>, Incoming)> {
+    let rest = run.p.http.strip_prefix("http://").context("http:// URL")?;
+    let addr = tokio::net::lookup_host(rest).await?.next().context("gateway address")?;
+    let tcp = herald_harness::ws::connect_from(Some(run.p.source), addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    // A session id per client, as herald.js sends: rate limits count per client.
+    let path = format!(
+        "{}?{}={}&{}={}",
+        path::SSE,
+        param::ROOMS,
+        run.rooms[room],
+        param::SID,
+        sid(index)
+    );
+    let mut req = hyper::Request::get(&path)
+        .header("host", rest)
+        .header("accept", "text/event-stream");
+    if let Some(t) = &run.p.token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in &run.headers {
+        if k != "accept" {
+            req = req.header(k.as_str(), v.as_str());
+        }
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
+    let sent = crate::head_bytes(&format!("GET {path} HTTP/1.1"), req.headers());
+    let resp = sender.send_request(req).await?;
+    if resp.status() != 200 {
+        bail!("SSE answered {}", resp.status());
+    }
+    let got = crate::head_bytes("HTTP/1.1 200 OK", resp.headers());
+    run.c.connect_bytes.fetch_add(sent + got, Relaxed);
+    Ok((sender, resp.into_body()))
+}
+
+/// The `data:` of one SSE block (`None` for blocks without), counting the payload and the
+/// SSE fields around it.
+fn event_data(run: &Run, block: &str) -> Option<String> {
+    let mut data = None;
+    let mut overhead = 0;
+    for line in block.lines() {
+        match line.strip_prefix("data: ") {
+            Some(d) => {
+                data = Some(d.to_owned());
+                overhead += "data: \n".len();
+            }
+            None => overhead += line.len() + 1,
+        }
+    }
+    overhead += 1;
+    let data = data?;
+    run.c.down_payload.fetch_add(data.len() as u64, Relaxed);
+    run.c.framing.fetch_add(overhead as u64, Relaxed);
+    Some(data)
 }
 
 pub(crate) async fn sse_receive(user: &mut GooseUser) -> TransactionResult {
