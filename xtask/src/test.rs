@@ -36,21 +36,7 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
 /// gateway's `/echo`; any FAILED case fails.
 pub(crate) fn autobahn() -> Result<()> {
     let python = python27()?;
-    let lib = root().join("target/tools/autobahn");
-    if !lib.join("autobahntestsuite").is_dir() {
-        eprintln!("xtask: installing autobahntestsuite (PyPI) for {}", python.display());
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&lib)
-            .arg("autobahntestsuite"))?;
-    }
+    let lib = install_autobahn(&python)?;
     run(cargo().args(["build", "--locked", "-p", "herald-gateway"]))?;
     let nats_bin = install()?;
     let work = root().join("target/autobahn");
@@ -101,29 +87,103 @@ pub(crate) fn autobahn() -> Result<()> {
             .current_dir(&work)
             .stdout(log.try_clone()?)
             .stderr(log))?;
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(work.join("report/index.json"))?)?;
-        let cases = index["herald"].as_object().context("no results for agent herald")?;
-        let mut counts = std::collections::BTreeMap::new();
-        let mut failed = Vec::new();
-        for (case, r) in cases {
-            let behavior = r["behavior"].as_str().unwrap_or("?").to_owned();
-            if !matches!(behavior.as_str(), "OK" | "NON-STRICT" | "INFORMATIONAL") {
-                failed.push(format!("{case} {behavior}"));
-            }
-            *counts.entry(behavior).or_insert(0) += 1;
-        }
-        eprintln!("xtask: autobahn: {} cases: {counts:?}", cases.len());
-        if cases.len() < 290 {
-            bail!("autobahn ran only {} cases", cases.len());
-        }
-        if !failed.is_empty() {
-            bail!("autobahn failures (report in target/autobahn/report): {failed:?}");
-        }
-        Ok(())
+        judge(&work.join("report/index.json"))
     })();
     drop(gateway);
     drop(nats);
     result
+}
+
+/// NATS, fanout and two gateways (`gw-a`, `gw-b`) for the browser tests, ready, their logs
+/// in `work`; the programs are fanout then the gateways.
+fn browser_stack(nats_bin: std::path::PathBuf, work: &std::path::Path, secret: &str) -> Result<(Nats, Vec<Program>)> {
+    let log = |name: &str| Logs::File(work.join(format!("{name}.log")));
+    let debug = root().join("target/debug");
+    let mut programs: Vec<Program> = Vec::new();
+    let nats = Nats::start(NatsOptions {
+        binary: Some(nats_bin),
+        store: Some(work.join("nats")),
+        logs: log("nats"),
+        ..NatsOptions::default()
+    })?;
+    let nats_url = nats.url();
+    let fanout = FanoutOptions {
+        binary: Some(debug.join("herald-fanout")),
+        args: vec!["--leave-delay".into(), "2s".into()],
+        logs: log("fanout"),
+        ..FanoutOptions::default()
+    };
+    programs.push(Program::fanout(&nats_url, fanout)?);
+    for id in ["gw-a", "gw-b"] {
+        let args = [
+            "--auth-hs256-secret",
+            secret,
+            "--allow-anonymous",
+            "--poll-max-wait",
+            "10s",
+            // Small replay pages, so that a resume spans several (herald.js follows `more`).
+            "--replay-max-events",
+            "5",
+        ];
+        programs.push(Program::gateway(
+            &nats_url,
+            GatewayOptions {
+                binary: Some(debug.join("herald-gateway")),
+                id: id.into(),
+                args: args.map(String::from).into(),
+                logs: log(id),
+                ..GatewayOptions::default()
+            },
+        )?);
+    }
+    for p in &mut programs {
+        p.wait_ready(START_TIMEOUT)?;
+    }
+    Ok((nats, programs))
+}
+
+/// autobahntestsuite from PyPI for `python` (2.7), in `target/tools/autobahn`; its path.
+fn install_autobahn(python: &std::path::Path) -> Result<std::path::PathBuf> {
+    let lib = root().join("target/tools/autobahn");
+    if !lib.join("autobahntestsuite").is_dir() {
+        eprintln!("xtask: installing autobahntestsuite (PyPI) for {}", python.display());
+        run(Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&lib)
+            .arg("autobahntestsuite"))?;
+    }
+    Ok(lib)
+}
+
+/// Fails on any case whose behaviour is not OK, NON-STRICT or INFORMATIONAL, and when fewer
+/// than 290 cases ran.
+fn judge(index: &std::path::Path) -> Result<()> {
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(index)?)?;
+    let cases = results["herald"].as_object().context("no results for agent herald")?;
+    let mut counts = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for (case, r) in cases {
+        let behavior = r["behavior"].as_str().unwrap_or("?").to_owned();
+        if !matches!(behavior.as_str(), "OK" | "NON-STRICT" | "INFORMATIONAL") {
+            failed.push(format!("{case} {behavior}"));
+        }
+        *counts.entry(behavior).or_insert(0) += 1;
+    }
+    eprintln!("xtask: autobahn: {} cases: {counts:?}", cases.len());
+    if cases.len() < 290 {
+        bail!("autobahn ran only {} cases", cases.len());
+    }
+    if !failed.is_empty() {
+        bail!("autobahn failures (report in target/autobahn/report): {failed:?}");
+    }
+    Ok(())
 }
 
 /// Runs `browser/tests` (node:test + playwright-core) in headless Chromium against a stack
@@ -141,49 +201,8 @@ pub(crate) fn browser() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("screenshots"))?;
     let secret = "herald-browser-secret";
-    let log = |name: &str| Logs::File(work.join(format!("{name}.log")));
     let debug = root().join("target/debug");
-    let mut programs: Vec<Program> = Vec::new();
-    let result = (|| {
-        let nats = Nats::start(NatsOptions {
-            binary: Some(nats_bin),
-            store: Some(work.join("nats")),
-            logs: log("nats"),
-            ..NatsOptions::default()
-        })?;
-        let nats_url = nats.url();
-        let fanout = FanoutOptions {
-            binary: Some(debug.join("herald-fanout")),
-            args: vec!["--leave-delay".into(), "2s".into()],
-            logs: log("fanout"),
-            ..FanoutOptions::default()
-        };
-        programs.push(Program::fanout(&nats_url, fanout)?);
-        for id in ["gw-a", "gw-b"] {
-            let args = [
-                "--auth-hs256-secret",
-                secret,
-                "--allow-anonymous",
-                "--poll-max-wait",
-                "10s",
-                // Small replay pages, so that a resume spans several (herald.js follows `more`).
-                "--replay-max-events",
-                "5",
-            ];
-            programs.push(Program::gateway(
-                &nats_url,
-                GatewayOptions {
-                    binary: Some(debug.join("herald-gateway")),
-                    id: id.into(),
-                    args: args.map(String::from).into(),
-                    logs: log(id),
-                    ..GatewayOptions::default()
-                },
-            )?);
-        }
-        for p in &mut programs {
-            p.wait_ready(START_TIMEOUT)?;
-        }
+    let result = browser_stack(nats_bin, &work, secret).and_then(|(nats, programs)| {
         let urls: Vec<String> = programs[1..].iter().map(Program::http_url).collect();
         let pids: Vec<String> = programs[1..].iter().map(|p| p.pid().to_string()).collect();
         let tokens = serde_json::json!({
@@ -202,13 +221,10 @@ pub(crate) fn browser() -> Result<()> {
             .env("HERALD_TEST_LEAVE_DELAY_MS", "2000")
             // For tests that start (and kill) gateways of their own on the same NATS.
             .env("HERALD_GATEWAY_BIN", debug.join("herald-gateway"))
-            .env("HERALD_NATS_URL", &nats_url)
+            .env("HERALD_NATS_URL", nats.url())
             .env("HERALD_ARTIFACTS", work.join("screenshots")))
-    })();
-    // Gateways first, then fanout; NATS stopped when the closure returned.
-    while let Some(mut p) = programs.pop() {
-        p.kill();
-    }
+        // The stack stops here, on drop: the programs, then NATS.
+    });
     if result.is_err() {
         eprintln!(
             "xtask: browser tests failed; logs and screenshots in {}",

@@ -74,6 +74,14 @@ pub(crate) fn up() -> Result<()> {
     for p in &mut programs {
         p.wait_ready(START_TIMEOUT)?;
     }
+    print_links()?;
+    supervise(&stop_rx, &mut nats, &mut programs);
+    stop(nats, programs);
+    Ok(())
+}
+
+/// What to open, where to publish, and the token secret.
+fn print_links() -> Result<()> {
     let gateways = "http://127.0.0.1:8080,http://127.0.0.1:8081";
     let agent = token("agent-acme", "Acme agent", &["support:acme:*"], DEV_SECRET)?;
     let ann = token("ann", "Ann", &["support:acme:ann"], DEV_SECRET)?;
@@ -88,29 +96,37 @@ pub(crate) fn up() -> Result<()> {
          token secret   {DEV_SECRET}  (HS256, for tokens with rooms and a user id)\n\n\
          Publish from a backend:  publish to NATS subject herald.room.lobby (see README).\nCtrl-C stops everything.\n"
     );
+    Ok(())
+}
+
+/// Returns on Ctrl-C or when any process of the stack exits.
+fn supervise(stop_rx: &mpsc::Receiver<()>, nats: &mut Nats, programs: &mut [Program]) {
     loop {
         if stop_rx.recv_timeout(Duration::from_millis(500)).is_ok() {
-            break;
+            return;
         }
         if let Some(status) = nats.exited() {
             eprintln!("xtask: nats-server exited ({status}); stopping the stack");
-            break;
+            return;
         }
         if let Some((name, status)) = programs
             .iter_mut()
             .find_map(|p| p.exited().map(|s| (p.name().to_owned(), s)))
         {
             eprintln!("xtask: {name} exited ({status}); stopping the stack");
-            break;
+            return;
         }
     }
+}
+
+/// Gateways first (they drain), then fanout (it hands its leases over), then NATS.
+fn stop(mut nats: Nats, programs: Vec<Program>) {
     for mut p in programs.into_iter().rev() {
         p.terminate(Duration::from_secs(10));
         eprintln!("xtask: {} stopped", p.name());
     }
     nats.terminate(Duration::from_secs(10));
     eprintln!("xtask: nats-server stopped");
-    Ok(())
 }
 
 /// An HS256 token for `user` that may subscribe and publish to `rooms`, valid for a day.
