@@ -219,27 +219,7 @@ impl Fanout {
         let provisioned = Arc::new(AtomicBool::new(false));
         let synced = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
-        let readiness: Readiness = {
-            let (client, provisioned, synced, draining) = (
-                self.client.clone(),
-                Arc::clone(&provisioned),
-                Arc::clone(&synced),
-                Arc::clone(&draining),
-            );
-            Arc::new(move || {
-                if draining.load(Ordering::Relaxed) {
-                    Some("draining")
-                } else if client.connection_state() != async_nats::connection::State::Connected {
-                    Some("NATS disconnected")
-                } else if !provisioned.load(Ordering::Relaxed) {
-                    Some("event stream not provisioned")
-                } else if !synced.load(Ordering::Relaxed) {
-                    Some("presence not synced with the gateways yet")
-                } else {
-                    None
-                }
-            })
-        };
+        let readiness = readiness(self.client.clone(), &provisioned, &synced, &draining);
         let stop_admin = Arc::new(Notify::new());
         let admin = tokio::spawn(herald_service::admin_loop(
             self.admin,
@@ -265,23 +245,13 @@ impl Fanout {
 
         let leases = Leases::new(config.partitions);
         let stop_leases = Arc::new(Notify::new());
-        let leasing = tokio::spawn({
-            let (leases, stop, instance) = (leases.clone(), Arc::clone(&stop_leases), instance.clone());
-            let (bucket, lease, replicas) = (subjects.leader_bucket(), config.leader_lease, config.stream_replicas);
-            async move {
-                let store = loop {
-                    match leader::bucket(&js, &bucket, lease, replicas).await {
-                        Ok(store) => break store,
-                        Err(e) => warn!(error = %e, "Lease bucket unavailable; retrying"),
-                    }
-                    tokio::select! {
-                        _ = stop.notified() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                };
-                leader::run(store, instance, leases, lease, stop).await;
-            }
-        });
+        let leasing = tokio::spawn(hold_leases(
+            js,
+            (subjects.leader_bucket(), config.leader_lease, config.stream_replicas),
+            instance.clone(),
+            leases.clone(),
+            Arc::clone(&stop_leases),
+        ));
         let stop_presence = Arc::new(Notify::new());
         let tracker = Tracker {
             client: self.client.clone(),
@@ -306,6 +276,52 @@ impl Fanout {
         upkeep.abort();
         info!("Fanout stopped");
     }
+}
+
+/// Not ready while draining, disconnected from NATS, before the stream is provisioned and
+/// before presence has synced with the gateways.
+fn readiness(
+    client: async_nats::Client,
+    provisioned: &Arc<AtomicBool>,
+    synced: &Arc<AtomicBool>,
+    draining: &Arc<AtomicBool>,
+) -> Readiness {
+    let (provisioned, synced, draining) = (Arc::clone(provisioned), Arc::clone(synced), Arc::clone(draining));
+    Arc::new(move || {
+        if draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if client.connection_state() != async_nats::connection::State::Connected {
+            Some("NATS disconnected")
+        } else if !provisioned.load(Ordering::Relaxed) {
+            Some("event stream not provisioned")
+        } else if !synced.load(Ordering::Relaxed) {
+            Some("presence not synced with the gateways yet")
+        } else {
+            None
+        }
+    })
+}
+
+/// Opens the lease bucket (`bucket`, `lease`, `replicas`), retrying every second, then takes
+/// part in the lease election until `stop`.
+async fn hold_leases(
+    js: async_nats::jetstream::Context,
+    (bucket, lease, replicas): (String, Duration, usize),
+    instance: String,
+    leases: Leases,
+    stop: Arc<Notify>,
+) {
+    let store = loop {
+        match leader::bucket(&js, &bucket, lease, replicas).await {
+            Ok(store) => break store,
+            Err(e) => warn!(error = %e, "Lease bucket unavailable; retrying"),
+        }
+        tokio::select! {
+            _ = stop.notified() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    leader::run(store, instance, leases, lease, stop).await;
 }
 
 /// Creates the event stream (or brings its settings in line), retrying until NATS answers.

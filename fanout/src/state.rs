@@ -99,6 +99,57 @@ struct Assembly {
     members: Vec<Join>,
 }
 
+impl Gateway {
+    /// Adds one part of a snapshot (`epoch`, `seq`) to the one being assembled; the whole
+    /// snapshot once its last part arrived. A part out of order, of another snapshot, or
+    /// past the size any gateway holds drops the assembly.
+    fn assemble(
+        &mut self,
+        gw: &str,
+        (epoch, seq): (u64, u64),
+        (part, parts): (u32, u32),
+        conns: Vec<Conn>,
+        members: Vec<Join>,
+    ) -> Option<Assembly> {
+        if parts == 0 || parts > MAX_SNAPSHOT_PARTS || part >= parts {
+            self.assembly = None;
+            return None;
+        }
+        let fresh = self.assembly.as_ref().is_none_or(|a| a.epoch != epoch || a.seq != seq);
+        if fresh && part != 0 {
+            return None;
+        }
+        if fresh {
+            self.assembly = Some(Assembly {
+                epoch,
+                seq,
+                parts,
+                next: 0,
+                conns: Vec::new(),
+                members: Vec::new(),
+            });
+        }
+        let a = self.assembly.as_mut().expect("assembly in progress");
+        if part != a.next || a.parts != parts {
+            self.assembly = None;
+            return None;
+        }
+        if a.conns.len() + a.members.len() + conns.len() + members.len() > MAX_SNAPSHOT_ITEMS {
+            warn!(gw = %gw, "A snapshot larger than any gateway holds; dropped");
+            self.assembly = None;
+            return None;
+        }
+        a.next += 1;
+        a.conns.extend(conns.into_iter().filter(Conn::is_valid));
+        a.members.extend(members.into_iter().filter(Join::is_valid));
+        if a.next == a.parts {
+            self.assembly.take()
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Default)]
 struct Room {
     users: BTreeMap<String, RoomUser>,
@@ -203,40 +254,8 @@ impl State {
                 conns,
                 members,
             } => {
-                if parts == 0 || parts > MAX_SNAPSHOT_PARTS || part >= parts {
-                    g.assembly = None;
-                    return;
-                }
-                let fresh = g.assembly.as_ref().is_none_or(|a| a.epoch != epoch || a.seq != seq);
-                if fresh && part != 0 {
-                    return;
-                }
-                if fresh {
-                    g.assembly = Some(Assembly {
-                        epoch,
-                        seq,
-                        parts,
-                        next: 0,
-                        conns: Vec::new(),
-                        members: Vec::new(),
-                    });
-                }
-                let a = g.assembly.as_mut().expect("assembly in progress");
-                if part != a.next || a.parts != parts {
-                    g.assembly = None;
-                    return;
-                }
-                if a.conns.len() + a.members.len() + conns.len() + members.len() > MAX_SNAPSHOT_ITEMS {
-                    warn!(gw = %gw, "A snapshot larger than any gateway holds; dropped");
-                    g.assembly = None;
-                    return;
-                }
-                a.next += 1;
-                a.conns.extend(conns.into_iter().filter(Conn::is_valid));
-                a.members.extend(members.into_iter().filter(Join::is_valid));
-                if a.next == a.parts {
-                    let a = g.assembly.take().expect("assembly in progress");
-                    self.replace(&gw, a, now);
+                if let Some(whole) = g.assemble(&gw, (epoch, seq), (part, parts), conns, members) {
+                    self.replace(&gw, whole, now);
                 }
             }
         }

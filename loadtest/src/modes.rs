@@ -382,8 +382,10 @@ async fn record(user: &mut GooseUser, method: &str, lat: Duration) -> Transactio
     Ok(())
 }
 
-/// Runs one mode; `goose` is the configuration from the command line.
-pub async fn run_mode(p: Params, mut goose: GooseConfiguration, report_dir: &std::path::Path) -> Result<ModeResult> {
+/// Goose's configuration for this mode: users (200 by default), host, timeouts, the
+/// thresholds that judge this mode's rows, and its JSON report in `report_dir`. The number of
+/// users and the report's file name.
+fn configure(p: &Params, goose: &mut GooseConfiguration, report_dir: &std::path::Path) -> (usize, Option<String>) {
     let label = p.kind.label();
     let users = goose.users.unwrap_or(200);
     goose.users = Some(users);
@@ -412,6 +414,31 @@ pub async fn run_mode(p: Params, mut goose: GooseConfiguration, report_dir: &std
             .file_name()
             .map_or_else(|| f.clone(), |n| n.to_string_lossy().into_owned())
     });
+    (users, goose_report)
+}
+
+/// The goose scenario of a transport: connect (or start polling) once, then receive.
+fn scenario(kind: Kind) -> Scenario {
+    match kind {
+        Kind::Ws => scenario!("ws")
+            .register_transaction(transaction!(ws_connect).set_on_start())
+            .register_transaction(transaction!(ws_receive)),
+        Kind::Sse => scenario!("sse")
+            .register_transaction(transaction!(sse_connect).set_on_start())
+            .register_transaction(transaction!(sse_receive)),
+        Kind::LongPoll => scenario!("longpoll")
+            .register_transaction(transaction!(poll_start).set_on_start())
+            .register_transaction(transaction!(long_poll)),
+        Kind::Poll(_) => scenario!("poll")
+            .register_transaction(transaction!(poll_start).set_on_start())
+            .register_transaction(transaction!(ajax_poll)),
+    }
+}
+
+/// Runs one mode; `goose` is the configuration from the command line.
+pub async fn run_mode(p: Params, mut goose: GooseConfiguration, report_dir: &std::path::Path) -> Result<ModeResult> {
+    let label = p.kind.label();
+    let (users, goose_report) = configure(&p, &mut goose, report_dir);
     let headers = if p.browser_headers {
         browser_headers(&p.http)
     } else {
@@ -438,20 +465,7 @@ pub async fn run_mode(p: Params, mut goose: GooseConfiguration, report_dir: &std
     }
     let run = self::run();
 
-    let scenario = match run.p.kind {
-        Kind::Ws => scenario!("ws")
-            .register_transaction(transaction!(ws_connect).set_on_start())
-            .register_transaction(transaction!(ws_receive)),
-        Kind::Sse => scenario!("sse")
-            .register_transaction(transaction!(sse_connect).set_on_start())
-            .register_transaction(transaction!(sse_receive)),
-        Kind::LongPoll => scenario!("longpoll")
-            .register_transaction(transaction!(poll_start).set_on_start())
-            .register_transaction(transaction!(long_poll)),
-        Kind::Poll(_) => scenario!("poll")
-            .register_transaction(transaction!(poll_start).set_on_start())
-            .register_transaction(transaction!(ajax_poll)),
-    };
+    let scenario = scenario(run.p.kind);
     let attack = GooseAttack::initialize_with_config(goose)?.register_scenario(scenario);
 
     let sampler = tokio::spawn(sample(users as u64));

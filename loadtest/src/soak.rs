@@ -139,6 +139,12 @@ pub(crate) struct Hostile {
     unexpected: BTreeMap<&'static str, u64>,
 }
 
+/// The soak: a stack, worker processes holding the connections, a publisher, hostile clients
+/// and a sampler until `--duration`; then every worker checks its connections caught up, and
+/// the report judges loss, duplicates, readiness and growth.
+///
+/// Longer than most on purpose: it reads as the soak's phases in order, and its last third
+/// only fills the report's fields from what the phases returned.
 pub async fn run(a: SoakArgs) -> Result<()> {
     if a.worker {
         return worker(a).await;
@@ -408,9 +414,17 @@ fn sample(started: Instant, pids: &[u32], admins: &[String], nats: u32, fanout: 
 
 // === worker ===
 
-async fn worker(a: SoakArgs) -> Result<()> {
-    let tally = Arc::new(Tally::default());
-    let positions: Arc<Vec<AtomicU64>> = Arc::new((0..a.connections).map(|_| AtomicU64::new(0)).collect());
+/// A connection subscribed to its room, and the ack's seq.
+struct Joined {
+    conn: Conn,
+    room: String,
+    source: IpAddr,
+    seq: u64,
+}
+
+/// A worker's connections, 256 opening at a time, each subscribed to its room; and how many
+/// failed.
+async fn connect_all(a: &SoakArgs) -> Result<(Vec<Joined>, u64)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::new();
     for i in 0..a.connections {
@@ -424,7 +438,12 @@ async fn worker(a: SoakArgs) -> Result<()> {
             let _permit = permit;
             let mut c = Conn::open(&url, source, None).await?;
             let seq = subscribe(&mut c, &room, None, presence).await?;
-            Ok::<_, anyhow::Error>((c, room, url, source, seq))
+            Ok::<_, anyhow::Error>(Joined {
+                conn: c,
+                room,
+                source,
+                seq,
+            })
         }));
     }
     let mut conns = Vec::new();
@@ -435,6 +454,13 @@ async fn worker(a: SoakArgs) -> Result<()> {
             _ => failed += 1,
         }
     }
+    Ok((conns, failed))
+}
+
+async fn worker(a: SoakArgs) -> Result<()> {
+    let tally = Arc::new(Tally::default());
+    let positions: Arc<Vec<AtomicU64>> = Arc::new((0..a.connections).map(|_| AtomicU64::new(0)).collect());
+    let (conns, failed) = connect_all(&a).await?;
     println!(
         "{}",
         serde_json::to_string(&Connected {
@@ -446,12 +472,12 @@ async fn worker(a: SoakArgs) -> Result<()> {
     // `since` on another gateway.
     let mean_life = conns.len() as f64 / a.churn.max(0.001);
     let urls = Arc::new(a.urls.clone());
-    for (i, (c, room, _url, source, seq)) in conns.into_iter().enumerate() {
-        positions[i].store(seq, Relaxed);
+    for (i, j) in conns.into_iter().enumerate() {
+        positions[i].store(j.seq, Relaxed);
         tokio::spawn(follow(
-            c,
-            room,
-            source,
+            j.conn,
+            j.room,
+            j.source,
             Arc::clone(&urls),
             i,
             Arc::clone(&positions),

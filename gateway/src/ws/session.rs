@@ -159,30 +159,35 @@ where
     };
     drop(session);
     if !peer_closed {
-        // We closed first: read (and discard) until the peer's close frame or EOF, so that
-        // unread input does not turn our close into a reset that destroys the close frame.
-        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
-        let (mut reader, _) = fastwebsockets::after_handshake_split(&mut input, tokio::io::sink(), Role::Server);
-        reader.set_max_message_size(max.saturating_add(1));
-        let frames = async {
-            let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
-            loop {
-                match reader.read_frame(&mut ignore).await {
-                    Ok(frame) if frame.opcode == OpCode::Close => return false,
-                    Ok(_) => continue,
-                    Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => return false,
-                    // Unparseable input (e.g. the rest of an oversized frame): skip raw bytes.
-                    Err(_) => return true,
-                }
-            }
-        };
-        let raw_needed = tokio::time::timeout_at(deadline, frames).await.unwrap_or(false);
-        drop(reader);
-        if raw_needed {
-            let _ = tokio::time::timeout_at(deadline, input.discard()).await;
-        }
+        read_until_close(&mut input, max).await;
     }
     debug!("Connection closed");
+}
+
+/// We closed first: reads (and discards) until the peer's close frame or EOF, for at most
+/// [`CLOSE_GRACE`], so that unread input does not turn our close into a reset that destroys
+/// the close frame.
+async fn read_until_close<R: AsyncRead + Unpin>(input: &mut Input<'_, R>, max: usize) {
+    let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+    let (mut reader, _) = fastwebsockets::after_handshake_split(&mut *input, tokio::io::sink(), Role::Server);
+    reader.set_max_message_size(max.saturating_add(1));
+    let frames = async {
+        let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+        loop {
+            match reader.read_frame(&mut ignore).await {
+                Ok(frame) if frame.opcode == OpCode::Close => return false,
+                Ok(_) => continue,
+                Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => return false,
+                // Unparseable input (e.g. the rest of an oversized frame): skip raw bytes.
+                Err(_) => return true,
+            }
+        }
+    };
+    let raw_needed = tokio::time::timeout_at(deadline, frames).await.unwrap_or(false);
+    drop(reader);
+    if raw_needed {
+        let _ = tokio::time::timeout_at(deadline, input.discard()).await;
+    }
 }
 
 impl Session {

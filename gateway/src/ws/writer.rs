@@ -17,6 +17,10 @@ use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
+///
+/// One function on purpose: while a write is blocked, the ping timer, the idle check and the
+/// token expiry must still be raced against it in one `select!` over the same state; split
+/// up, that state would be threaded through every call on the delivery path.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     out: Arc<Outbound>,

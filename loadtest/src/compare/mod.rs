@@ -135,12 +135,14 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
     }
     std::fs::create_dir_all(&a.report_dir)?;
     if a.from_results {
-        let mut results = Vec::new();
-        for kind in &kinds {
-            let path = a.report_dir.join(format!("mode-{}.json", kind.label()));
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            results.push(serde_json::from_slice::<ModeResult>(&bytes)?);
-        }
+        let results = kinds
+            .iter()
+            .map(|kind| {
+                let path = a.report_dir.join(format!("mode-{}.json", kind.label()));
+                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                Ok(serde_json::from_slice::<ModeResult>(&bytes)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
         build(&a, &results)?.write(&a.report_dir)?;
         eprintln!("report: {}", a.report_dir.join("report.html").display());
         return Ok(true);
@@ -150,54 +152,8 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
     let mut results = Vec::new();
     let mut ok = true;
     for kind in &kinds {
-        let label = kind.label();
-        eprintln!("── {label}");
-        let gateway = match &nats {
-            Some(n) => Some(crate::stack::Gateway::start(
-                &n.url(),
-                &format!("lt-{label}"),
-                &a.gateway_arg,
-                Some(&a.report_dir.join(format!("gateway-{label}.log"))),
-            )?),
-            None => None,
-        };
-        let result_path = a.report_dir.join(format!("mode-{label}.json"));
-        let _ = std::fs::remove_file(&result_path);
-        let mut cmd = Command::new(std::env::current_exe()?);
-        // The same command line, plus where this mode runs (later flags override earlier).
-        cmd.args(std::env::args_os().skip(1))
-            .args(["--child-mode", &label, "--child-run-id", &run_id]);
-        if let (Some(g), Some(n)) = (&gateway, &nats) {
-            cmd.args([
-                "--gateway",
-                &g.http,
-                "--gateway-admin",
-                &g.admin,
-                "--nats-url",
-                &n.url(),
-            ])
-            .args(["--gateway-pid", &g.pid.to_string()]);
-        }
-        cmd.stdout(std::fs::File::create(a.report_dir.join(format!("goose-{label}.log")))?);
-        let status = cmd.status().context("running a mode")?;
-        drop(gateway);
-        let result: ModeResult = match std::fs::read(&result_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)?,
-            Err(_) => bail!("mode {label} failed ({status}); see {}", a.report_dir.display()),
-        };
-        if !status.success() || !result.thresholds_failed.is_empty() {
-            ok = false;
-        }
-        eprintln!(
-            "   delivered {}/{} ({:.2}%), p50 {} ms, p99 {} ms, {} HTTP req, gateway CPU {:.2} s",
-            result.delivered,
-            result.expected,
-            pct(result.delivered, result.expected),
-            num(result.latency_ms.p50),
-            num(result.latency_ms.p99),
-            result.http_requests,
-            result.gateway_cpu_s
-        );
+        let (result, success) = run_one(&a, kind.label(), &run_id, nats.as_ref())?;
+        ok &= success && result.thresholds_failed.is_empty();
         results.push(result);
     }
     drop(nats);
@@ -210,6 +166,61 @@ pub async fn run(mut a: CompareArgs) -> Result<bool> {
         }
     }
     Ok(ok)
+}
+
+/// Runs one mode in its own process (goose keeps process-wide state) against a fresh gateway
+/// when the stack is spawned; its result, and whether the process succeeded.
+fn run_one(
+    a: &CompareArgs,
+    label: String,
+    run_id: &str,
+    nats: Option<&crate::stack::Nats>,
+) -> Result<(ModeResult, bool)> {
+    eprintln!("── {label}");
+    let gateway = match nats {
+        Some(n) => Some(crate::stack::Gateway::start(
+            &n.url(),
+            &format!("lt-{label}"),
+            &a.gateway_arg,
+            Some(&a.report_dir.join(format!("gateway-{label}.log"))),
+        )?),
+        None => None,
+    };
+    let result_path = a.report_dir.join(format!("mode-{label}.json"));
+    let _ = std::fs::remove_file(&result_path);
+    let mut cmd = Command::new(std::env::current_exe()?);
+    // The same command line, plus where this mode runs (later flags override earlier).
+    cmd.args(std::env::args_os().skip(1))
+        .args(["--child-mode", &label, "--child-run-id", run_id]);
+    if let (Some(g), Some(n)) = (&gateway, nats) {
+        cmd.args([
+            "--gateway",
+            &g.http,
+            "--gateway-admin",
+            &g.admin,
+            "--nats-url",
+            &n.url(),
+        ])
+        .args(["--gateway-pid", &g.pid.to_string()]);
+    }
+    cmd.stdout(std::fs::File::create(a.report_dir.join(format!("goose-{label}.log")))?);
+    let status = cmd.status().context("running a mode")?;
+    drop(gateway);
+    let result: ModeResult = match std::fs::read(&result_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)?,
+        Err(_) => bail!("mode {label} failed ({status}); see {}", a.report_dir.display()),
+    };
+    eprintln!(
+        "   delivered {}/{} ({:.2}%), p50 {} ms, p99 {} ms, {} HTTP req, gateway CPU {:.2} s",
+        result.delivered,
+        result.expected,
+        pct(result.delivered, result.expected),
+        num(result.latency_ms.p50),
+        num(result.latency_ms.p99),
+        result.http_requests,
+        result.gateway_cpu_s
+    );
+    Ok((result, status.success()))
 }
 
 async fn child(a: CompareArgs, label: &str) -> Result<bool> {

@@ -10,7 +10,7 @@ use herald_proto::http::{param, path, PollAnswer};
 use serde::Deserialize;
 
 use crate::client::{Chain, Stamp};
-use crate::modes::{deliver, fail, record_all, room_index, run, sid, subscribed, Kind, Params};
+use crate::modes::{deliver, fail, record_all, room_index, run, sid, subscribed, Kind, Params, Run};
 
 /// The request headers of a `/poll` as they go on the wire: ours, and those goose's reqwest
 /// client adds by itself (which browser-like headers replace).
@@ -39,6 +39,39 @@ pub(crate) struct PollSession {
     next_due: tokio::time::Instant,
 }
 
+/// `/poll?rooms=…&wait=…&sid=…[&cursor=…]` for client `index`.
+fn poll_path(run: &Run, room: usize, wait: Duration, index: usize, cursor: &str) -> String {
+    let mut path = format!(
+        "{}?{}={}&{}={}&{}={}",
+        path::POLL,
+        param::ROOMS,
+        run.rooms[room],
+        param::WAIT,
+        wait.as_secs_f64(),
+        param::SID,
+        sid(index)
+    );
+    if !cursor.is_empty() {
+        path.push_str(&format!("&{}={cursor}", param::CURSOR));
+    }
+    path
+}
+
+/// Counts one exchange of the publish window: the request, both heads, the body, and whether
+/// it was empty.
+fn count(run: &Run, path: &str, response_head: u64, body_len: usize, empty: bool) {
+    run.c.requests.fetch_add(1, Relaxed);
+    run.c.up_headers.fetch_add(
+        crate::head_bytes(&format!("GET {path} HTTP/1.1"), &run.poll_headers),
+        Relaxed,
+    );
+    run.c.down_headers.fetch_add(response_head, Relaxed);
+    run.c.down_payload.fetch_add(body_len as u64, Relaxed);
+    if empty {
+        run.c.empty.fetch_add(1, Relaxed);
+    }
+}
+
 /// One `/poll` exchange; returns the deliveries' latencies, or `None` when the run stopped.
 pub(crate) async fn poll_once(
     user: &mut GooseUser,
@@ -51,19 +84,7 @@ pub(crate) async fn poll_once(
         .get_session_data::<PollSession>()
         .map(|s| s.cursor.clone())
         .unwrap_or_default();
-    let mut path = format!(
-        "{}?{}={}&{}={}&{}={}",
-        path::POLL,
-        param::ROOMS,
-        run.rooms[room],
-        param::WAIT,
-        wait.as_secs_f64(),
-        param::SID,
-        sid(user.weighted_users_index)
-    );
-    if !cursor.is_empty() {
-        path.push_str(&format!("&{}={cursor}", param::CURSOR));
-    }
+    let path = poll_path(run, room, wait, user.weighted_users_index, &cursor);
     let mut rb = user.get_request_builder(&GooseMethod::Get, &path)?;
     if let Some(t) = &run.p.token {
         rb = rb.bearer_auth(t);
@@ -96,16 +117,7 @@ pub(crate) async fn poll_once(
     }
     let answer: PollAnswer = serde_json::from_slice(&body).map_err(fail)?;
     if counting {
-        run.c.requests.fetch_add(1, Relaxed);
-        run.c.up_headers.fetch_add(
-            crate::head_bytes(&format!("GET {path} HTTP/1.1"), &run.poll_headers),
-            Relaxed,
-        );
-        run.c.down_headers.fetch_add(head, Relaxed);
-        run.c.down_payload.fetch_add(body.len() as u64, Relaxed);
-        if answer.events.is_empty() {
-            run.c.empty.fetch_add(1, Relaxed);
-        }
+        count(run, &path, head, body.len(), answer.events.is_empty());
     }
     let first = cursor.is_empty();
     let session = match user.get_session_data_mut::<PollSession>() {
