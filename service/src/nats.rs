@@ -30,19 +30,10 @@ pub async fn connect(
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
-                let label = match &event {
-                    async_nats::Event::Connected => {
-                        tx.send_modify(|n| *n += 1);
-                        "connected"
-                    }
-                    async_nats::Event::Disconnected => "disconnected",
-                    async_nats::Event::LameDuckMode => "lame_duck",
-                    async_nats::Event::SlowConsumer(_) => "slow_consumer",
-                    async_nats::Event::ServerError(_) => "server_error",
-                    async_nats::Event::ClientError(_) => "client_error",
-                    async_nats::Event::Draining => "draining",
-                    async_nats::Event::Closed => "closed",
-                };
+                if matches!(event, async_nats::Event::Connected) {
+                    tx.send_modify(|n| *n += 1);
+                }
+                let label = EVENTS[event_index(&event)];
                 on_event(label);
                 debug!(event = label, "NATS connection event");
             }
@@ -65,6 +56,20 @@ pub const EVENTS: [&str; 8] = [
     "closed",
 ];
 
+/// Where an event's label is in [`EVENTS`].
+fn event_index(event: &async_nats::Event) -> usize {
+    match event {
+        async_nats::Event::Connected => 0,
+        async_nats::Event::Disconnected => 1,
+        async_nats::Event::LameDuckMode => 2,
+        async_nats::Event::SlowConsumer(_) => 3,
+        async_nats::Event::ServerError(_) => 4,
+        async_nats::Event::ClientError(_) => 5,
+        async_nats::Event::Draining => 6,
+        async_nats::Event::Closed => 7,
+    }
+}
+
 /// `--nats-url`: one URL, or a comma-separated list of a cluster's seed URLs.
 pub fn server_list(urls: &str) -> Result<Vec<ServerAddr>, ConnectError> {
     let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
@@ -79,6 +84,24 @@ pub fn server_list(urls: &str) -> Result<Vec<ServerAddr>, ConnectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_has_its_own_label() {
+        use async_nats::Event;
+        let events = [
+            Event::Connected,
+            Event::Disconnected,
+            Event::LameDuckMode,
+            Event::Draining,
+            Event::Closed,
+        ];
+        let labels: Vec<&str> = events.iter().map(|e| EVENTS[event_index(e)]).collect();
+        assert_eq!(labels, ["connected", "disconnected", "lame_duck", "draining", "closed"]);
+        let mut all = EVENTS.to_vec();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), EVENTS.len());
+    }
 
     #[test]
     fn a_cluster_is_given_as_a_comma_separated_list() {

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_proto::frame::ServerFrame;
+use herald_proto::frame::{ClientOp, ServerFrame};
+use herald_proto::ErrorCode;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,7 +66,7 @@ pub(crate) async fn hostile_clients(http: Vec<String>, rate: f64, stop: Arc<toki
 /// Runs one hostile action; true when the gateway answered as the contract says.
 pub(crate) async fn hostile_action(kind: usize, base: &str) -> bool {
     let addr = base.trim_start_matches("http://").to_owned();
-    let ws = format!("ws://{addr}/ws");
+    let ws = format!("ws://{addr}{}", herald_proto::http::path::WS);
     let local: IpAddr = [127, 0, 0, 1].into();
     match kind {
         0 => {
@@ -73,7 +74,7 @@ pub(crate) async fn hostile_action(kind: usize, base: &str) -> bool {
                 &ws,
                 br#"{"op":"publish","id":1,"room":"soak-0","data":1,"type":"a\nb"}"#,
                 true,
-                "bad_request",
+                Some(ErrorCode::BadRequest),
             )
             .await
         }
@@ -85,7 +86,7 @@ pub(crate) async fn hostile_action(kind: usize, base: &str) -> bool {
                 &ws,
                 br#"{"op":"subscribe","id":1,"room":"soak-1","since":18446744073709551615}"#,
                 true,
-                "ack",
+                None,
             )
             .await
         }
@@ -94,8 +95,12 @@ pub(crate) async fn hostile_action(kind: usize, base: &str) -> bool {
             let Ok(mut c) = Conn::open(&ws, local, None).await else {
                 return false;
             };
-            let op = serde_json::json!({"op": "subscribe", "room": "soak-2", "presence": true});
-            c.send(&op).await.is_ok()
+            let op = ClientOp::Subscribe {
+                room: "soak-2".into(),
+                since: None,
+                presence: true,
+            };
+            c.send_op(op).await.is_ok()
         }
         6 => {
             let paths = [
@@ -134,8 +139,9 @@ pub(crate) async fn hostile_action(kind: usize, base: &str) -> bool {
     }
 }
 
-/// Sends one frame; true when the reply is of type `want` (the connection stays open).
-pub(crate) async fn ws_expect(url: &str, frame: &[u8], text: bool, want: &str) -> bool {
+/// Sends one frame; true when the reply is the error `want`, or an ack for `None` (the
+/// connection stays open).
+pub(crate) async fn ws_expect(url: &str, frame: &[u8], text: bool, want: Option<ErrorCode>) -> bool {
     let Ok(mut c) = Conn::open(url, [127, 0, 0, 1].into(), None).await else {
         return false;
     };
@@ -144,8 +150,8 @@ pub(crate) async fn ws_expect(url: &str, frame: &[u8], text: bool, want: &str) -
     }
     loop {
         match c.next_frame().await {
-            Ok(ServerFrame::Ack(_)) if want == "ack" => return true,
-            Ok(ServerFrame::Error(e)) => return e.code.as_str() == want,
+            Ok(ServerFrame::Ack(_)) if want.is_none() => return true,
+            Ok(ServerFrame::Error(e)) => return Some(e.code) == want,
             Ok(_) => continue,
             Err(_) => return false,
         }
