@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fastwebsockets::OpCode;
 use herald_harness::ws::{OpenError, WsConn};
-use herald_proto::frame::{Ack, Event, ServerFrame, Welcome};
+use herald_proto::frame::{Ack, ClientFrame, ClientOp, Event, Id, Payload, ServerFrame, Welcome};
 use herald_proto::Codec;
 
 pub use herald_harness::ws::Connect;
@@ -89,7 +89,14 @@ impl WsClient {
         tokio::time::timeout(timeout, self.ws.raw()).await.ok().flatten()
     }
 
-    /// Sends a JSON value as an op, in this client's codec.
+    /// Sends an op (id 1), in this client's codec.
+    pub async fn send(&mut self, op: ClientOp) {
+        let frame = ClientFrame { id: Some(Id::Num(1)), op };
+        self.ws.send(&frame).await.expect("op sent");
+    }
+
+    /// Sends a JSON value as an op, in this client's codec (also ops no well-behaved client
+    /// sends).
     pub async fn op(&mut self, op: serde_json::Value) {
         self.ws.send_value(&op).await.expect("op sent");
     }
@@ -148,11 +155,12 @@ impl WsClient {
 
     /// Subscribes; returns the replayed events and the ack.
     pub async fn subscribe(&mut self, room: &str, since: Option<u64>) -> (Vec<Event>, Ack) {
-        let mut op = serde_json::json!({"op": "subscribe", "id": 1, "room": room});
-        if let Some(since) = since {
-            op["since"] = since.into();
-        }
-        self.op(op).await;
+        self.send(ClientOp::Subscribe {
+            room: room.to_owned(),
+            since,
+            presence: false,
+        })
+        .await;
         let mut events = Vec::new();
         loop {
             match self.recv().await {
@@ -165,8 +173,18 @@ impl WsClient {
 
     /// Publishes JSON data; returns the ack (events arriving meanwhile are dropped).
     pub async fn publish(&mut self, room: &str, data: serde_json::Value) -> Ack {
-        self.op(serde_json::json!({"op": "publish", "id": "p", "room": room, "data": data}))
-            .await;
+        let data = serde_json::to_vec(&data).expect("JSON encodes");
+        let op = ClientOp::Publish {
+            room: room.to_owned(),
+            data: Payload::Json(data.into()),
+            kind: None,
+            key: None,
+        };
+        let frame = ClientFrame {
+            id: Some(Id::Str("p".into())),
+            op,
+        };
+        self.ws.send(&frame).await.expect("op sent");
         loop {
             match self.recv().await {
                 ServerFrame::Ack(a) => return a,
