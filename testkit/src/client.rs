@@ -91,7 +91,10 @@ impl WsClient {
 
     /// Sends an op (id 1), in this client's codec.
     pub async fn send(&mut self, op: ClientOp) {
-        let frame = ClientFrame { id: Some(Id::Num(1)), op };
+        let frame = ClientFrame {
+            id: Some(Id::Num(1)),
+            op,
+        };
         self.ws.send(&frame).await.expect("op sent");
     }
 
