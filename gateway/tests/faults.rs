@@ -139,12 +139,7 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
     stack.assert_nothing_left("a clean close").await;
 
     let subscribe = json!({"op": "subscribe", "id": 9, "room": "lobby", "presence": true});
-    for point in [
-        "ws.subscribe",
-        "upstream.attach",
-        "ws.presence.join",
-        "ws.presence.follow",
-    ] {
+    for point in ["ws.subscribe", "hub.attach", "ws.presence.join", "ws.presence.follow"] {
         ws_case(&stack, point, subscribe.clone()).await;
     }
     ws_case(
@@ -185,7 +180,7 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
         .await;
     }
     // After the response head: the stream ends (the client reconnects with Last-Event-ID).
-    for point in ["sse.stream", "http.attach", "upstream.attach"] {
+    for point in ["sse.stream", "http.attach", "hub.attach"] {
         with_panic(&stack, point, || async {
             let mut s = http::Sse::open(stack.gw.addr, sse, &[]).await.expect("SSE opens");
             assert_eq!(s.status, 200);
@@ -200,7 +195,7 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
         "poll.positions",
         "poll.extra",
         "http.attach",
-        "upstream.attach",
+        "hub.attach",
         "poll.feed",
         "poll.wait",
     ] {

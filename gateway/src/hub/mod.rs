@@ -56,7 +56,7 @@ impl Hub {
         if joined.new_room {
             self.upstream.start_pump(room);
         }
-        fail::fail_point!("upstream.attach");
+        fail::fail_point!("hub.attach");
         let mut state = joined.state;
         let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
             .await
