@@ -277,7 +277,7 @@ impl Program {
     /// Starts `binary` with `--admin-listen admin` (a free port by default) and `args`; does
     /// not wait.
     pub fn spawn(binary: &Path, admin: Option<SocketAddr>, args: &[String], logs: &Logs) -> Result<Self> {
-        let admin = admin.map_or_else(|| crate::free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))), Ok)?;
+        let admin = admin.map_or_else(crate::free_addr, Ok)?;
         let mut cmd = Command::new(binary);
         cmd.arg("--admin-listen").arg(admin.to_string()).args(args);
         logs.apply(&mut cmd)?;
@@ -295,9 +295,7 @@ impl Program {
 
     /// Starts a gateway against `nats_url`; does not wait.
     pub fn gateway(nats_url: &str, opts: GatewayOptions) -> Result<Self> {
-        let listen = opts
-            .listen
-            .map_or_else(|| crate::free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))), Ok)?;
+        let listen = opts.listen.map_or_else(crate::free_addr, Ok)?;
         let mut args = vec![
             "--listen".to_owned(),
             listen.to_string(),
@@ -332,6 +330,11 @@ impl Program {
     /// `http://<listen>` of a gateway.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.listen.expect("a gateway"))
+    }
+
+    /// `http://<admin>`: `/healthz`, `/readyz`, `/metrics` below it.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     /// `ws://<listen>/ws` of a gateway.
@@ -381,13 +384,7 @@ impl Program {
 
     /// Resident memory now, in bytes (`VmRSS`).
     pub fn rss_bytes(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .context("VmRSS in /proc/<pid>/status")
+        Ok(crate::rss_kib(self.pid)? * 1024)
     }
 }
 

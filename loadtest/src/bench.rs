@@ -112,15 +112,15 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
 
 /// With `--spawn`: nats-server and one gateway (its log in the report directory), and the
 /// arguments pointed at them.
-fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Option<stack::Gateway>)> {
+fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Option<stack::Program>)> {
     if !a.spawn {
         return Ok((None, None));
     }
     let nats = stack::nats()?;
     std::fs::create_dir_all(&a.report_dir)?;
-    let g = stack::Gateway::start(&nats.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
-    a.common.gateway = vec![g.ws.clone()];
-    a.gateway_pid = vec![g.pid];
+    let g = stack::gateway(&nats.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
+    a.common.gateway = vec![g.ws_url()];
+    a.gateway_pid = vec![g.pid()];
     a.nats_url = nats.url();
     Ok((Some(nats), Some(g)))
 }

@@ -246,7 +246,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
 }
 
 /// With `--spawn-gateways`: nats-server and the gateways, which `a` then targets.
-fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Gateway>)> {
+fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Program>)> {
     if a.spawn_gateways == 0 {
         return Ok((None, Vec::new()));
     }
@@ -255,15 +255,15 @@ fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Gate
     let mut gateways = Vec::new();
     for g in 0..a.spawn_gateways {
         let log = a.report_dir.join(format!("gateway-{g}.log"));
-        gateways.push(stack::Gateway::start(
+        gateways.push(stack::gateway(
             &nats.url(),
             &format!("hold-{g}"),
             &["--max-connections".into(), "100000".into()],
             Some(&log),
         )?);
     }
-    a.common.gateway = gateways.iter().map(|g| g.ws.clone()).collect();
-    a.gateway_pid = gateways.iter().map(|g| g.pid).collect();
+    a.common.gateway = gateways.iter().map(|g| g.ws_url()).collect();
+    a.gateway_pid = gateways.iter().map(|g| g.pid()).collect();
     a.nats_url = nats.url();
     Ok((Some(nats), gateways))
 }

@@ -2,16 +2,7 @@
 
 use anyhow::{Context, Result};
 
-/// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("no process {pid}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
+pub use herald_harness::rss_kib;
 
 /// The `TCP:` line of `/proc/net/sockstat`: sockets in use and the memory the kernel holds
 /// for their buffers.

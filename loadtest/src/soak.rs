@@ -152,7 +152,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     // The measured build: taken now, before the work tree can move on during the run.
     let revision = revision();
     let (nats, fanout, gateways) = spawn_stack(a.gateways)?;
-    let urls: Vec<String> = gateways.iter().map(|g| g.ws.clone()).collect();
+    let urls: Vec<String> = gateways.iter().map(|g| g.ws_url()).collect();
     eprintln!(
         "soak: stack up ({} gateways); connecting {} clients",
         gateways.len(),
@@ -186,12 +186,12 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         Arc::clone(&published),
         Arc::clone(&last_seqs),
     ));
-    let http: Vec<String> = gateways.iter().map(|g| g.http.clone()).collect();
+    let http: Vec<String> = gateways.iter().map(|g| g.http_url()).collect();
     let hostile = tokio::spawn(hostile_clients(http, a.hostile, Arc::clone(&stop)));
     let probe = Probe {
         started,
-        pids: gateways.iter().map(|g| g.pid).collect(),
-        admins: gateways.iter().map(|g| g.admin.clone()).collect(),
+        pids: gateways.iter().map(|g| g.pid()).collect(),
+        admins: gateways.iter().map(|g| g.admin_url()).collect(),
         nats_pid: nats.pid().unwrap_or(0),
         fanout_pid: fanout.pid(),
     };
@@ -244,7 +244,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
 
 /// nats-server, fanout and `gateways` gateways (at least one) that hold up to 19,000
 /// connections each.
-fn spawn_stack(count: usize) -> Result<(stack::Nats, herald_harness::launch::Program, Vec<stack::Gateway>)> {
+fn spawn_stack(count: usize) -> Result<(stack::Nats, stack::Program, Vec<stack::Program>)> {
     let nats = stack::nats()?;
     let fanout = stack::fanout(&nats.url())?;
     let mut gateways = Vec::new();
@@ -253,7 +253,7 @@ fn spawn_stack(count: usize) -> Result<(stack::Nats, herald_harness::launch::Pro
             .iter()
             .map(|s| s.to_string())
             .collect();
-        gateways.push(stack::Gateway::start(&nats.url(), &format!("soak-{i}"), &extra, None)?);
+        gateways.push(stack::gateway(&nats.url(), &format!("soak-{i}"), &extra, None)?);
     }
     Ok((nats, fanout, gateways))
 }

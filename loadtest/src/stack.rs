@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, NatsOptions, Program, START_TIMEOUT};
+use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, NatsOptions, START_TIMEOUT};
 
 pub use herald_harness::admin::{get_url as get, metric_sum};
-pub use herald_harness::launch::Nats;
+pub use herald_harness::launch::{Nats, Program};
 
 /// A nats-server with JetStream on a free port and a temporary store.
 pub fn nats() -> Result<Nats> {
@@ -22,41 +22,21 @@ pub fn fanout(nats_url: &str) -> Result<Program> {
     Ok(fanout)
 }
 
-/// A ready `herald-gateway` and where to reach it.
-pub struct Gateway {
-    _program: Program,
-    /// `http://host:port`
-    pub http: String,
-    /// `ws://host:port/ws`
-    pub ws: String,
-    /// `http://host:port` of the admin listener.
-    pub admin: String,
-    pub pid: u32,
-}
-
-impl Gateway {
-    /// An anonymous-friendly gateway (2 s drain) with `extra` flags, its stderr in `log`.
-    pub fn start(nats_url: &str, id: &str, extra: &[String], log: Option<&Path>) -> Result<Self> {
-        let mut args = vec![
-            "--allow-anonymous".to_owned(),
-            "--drain-timeout".to_owned(),
-            "2s".to_owned(),
-        ];
-        args.extend_from_slice(extra);
-        let opts = GatewayOptions {
-            id: id.to_owned(),
-            args,
-            logs: log.map_or(Logs::Quiet, |p| Logs::File(p.to_owned())),
-            ..GatewayOptions::default()
-        };
-        let mut program = Program::gateway(nats_url, opts)?;
-        program.wait_ready(START_TIMEOUT)?;
-        Ok(Self {
-            http: program.http_url(),
-            ws: program.ws_url(),
-            admin: format!("http://{}", program.admin),
-            pid: program.pid(),
-            _program: program,
-        })
-    }
+/// A ready, anonymous-friendly gateway (2 s drain) with `extra` flags, its stderr in `log`.
+pub fn gateway(nats_url: &str, id: &str, extra: &[String], log: Option<&Path>) -> Result<Program> {
+    let mut args = vec![
+        "--allow-anonymous".to_owned(),
+        "--drain-timeout".to_owned(),
+        "2s".to_owned(),
+    ];
+    args.extend_from_slice(extra);
+    let opts = GatewayOptions {
+        id: id.to_owned(),
+        args,
+        logs: log.map_or(Logs::Quiet, |p| Logs::File(p.to_owned())),
+        ..GatewayOptions::default()
+    };
+    let mut gateway = Program::gateway(nats_url, opts)?;
+    gateway.wait_ready(START_TIMEOUT)?;
+    Ok(gateway)
 }

@@ -45,8 +45,14 @@ where
 
 /// A free loopback TCP port (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    herald_harness::free_port().expect("a free port")
+}
+
+/// Where a started process's output goes: this process's, with `HERALD_TEST_LOGS` set.
+pub(crate) fn logs() -> herald_harness::launch::Logs {
+    if std::env::var_os("HERALD_TEST_LOGS").is_some() {
+        herald_harness::launch::Logs::Inherit
+    } else {
+        herald_harness::launch::Logs::Quiet
+    }
 }

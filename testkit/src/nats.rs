@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_harness::launch::{Logs, Nats, NatsOptions};
+use herald_harness::launch::{Nats, NatsOptions};
 
 /// A running nats-server; killed (and its store removed) on drop.
 pub struct NatsServer {
@@ -48,14 +48,9 @@ impl NatsServer {
     }
 
     fn with_args(args: Vec<String>) -> Self {
-        let logs = if std::env::var_os("HERALD_TEST_LOGS").is_some() {
-            Logs::Inherit
-        } else {
-            Logs::Quiet
-        };
         let nats = Nats::start(NatsOptions {
             args,
-            logs,
+            logs: crate::logs(),
             ..NatsOptions::default()
         })
         .unwrap_or_else(|e| panic!("{e:#}"));

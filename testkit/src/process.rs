@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, Program};
+use herald_harness::launch::{FanoutOptions, GatewayOptions, Program};
+
+use crate::logs;
 
 /// A running `herald-gateway` or `herald-fanout`; killed on drop.
 pub struct Process {
@@ -14,14 +16,6 @@ pub struct Process {
     /// The public listener (gateways only).
     pub addr: Option<SocketAddr>,
     pub admin: SocketAddr,
-}
-
-fn logs() -> Logs {
-    if std::env::var_os("HERALD_TEST_LOGS").is_some() {
-        Logs::Inherit
-    } else {
-        Logs::Quiet
-    }
 }
 
 impl Process {

@@ -178,7 +178,7 @@ fn run_one(
 ) -> Result<(ModeResult, bool)> {
     eprintln!("── {label}");
     let gateway = match nats {
-        Some(n) => Some(crate::stack::Gateway::start(
+        Some(n) => Some(crate::stack::gateway(
             &n.url(),
             &format!("lt-{label}"),
             &a.gateway_arg,
@@ -195,13 +195,13 @@ fn run_one(
     if let (Some(g), Some(n)) = (&gateway, nats) {
         cmd.args([
             "--gateway",
-            &g.http,
+            &g.http_url(),
             "--gateway-admin",
-            &g.admin,
+            &g.admin_url(),
             "--nats-url",
             &n.url(),
         ])
-        .args(["--gateway-pid", &g.pid.to_string()]);
+        .args(["--gateway-pid", &g.pid().to_string()]);
     }
     cmd.stdout(std::fs::File::create(a.report_dir.join(format!("goose-{label}.log")))?);
     let status = cmd.status().context("running a mode")?;
