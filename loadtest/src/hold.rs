@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Chain, Order, Stamp};
 use crate::report::{num, Report, Section, Table};
+use crate::usage::{self, Procs, Role, Share, Usage};
 use crate::{client, proc, stack, Common};
 use herald_proto::frame::EventView;
 
@@ -41,6 +42,12 @@ pub struct HoldArgs {
     /// PIDs of the gateways to measure when not spawning.
     #[arg(long, value_delimiter = ',')]
     gateway_pid: Vec<u32>,
+    /// PID of nats-server, measured with the gateways when not spawning.
+    #[arg(long)]
+    nats_pid: Option<u32>,
+    /// PID of herald-fanout, measured with the gateways when not spawning.
+    #[arg(long)]
+    fanout_pid: Option<u32>,
     /// NATS URL for the broadcast when not spawning.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -191,9 +198,9 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     if a.worker {
         return worker(a).await;
     }
-    let (_nats, gateways) = spawn_stack(&mut a)?;
-    let pids = a.gateway_pid.clone();
-    let before = Snapshot::take(&pids)?;
+    let (_nats, servers) = spawn_stack(&mut a)?;
+    let procs = Procs::new(&a.gateway_pid, a.nats_pid, a.fanout_pid);
+    let before = Snapshot::take(&procs)?;
     let started = Instant::now();
     let mut children = start_workers(&a)?;
     let mut connected = Vec::new();
@@ -203,6 +210,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
         connected.push(serde_json::from_str::<WorkerConnected>(&line).context("a worker failed to report")?);
     }
     let connect_s = started.elapsed().as_secs_f64();
+    let connected_usage = procs.sample();
     let total: u64 = connected.iter().map(|c| c.connected).sum();
     eprintln!(
         "connected {total}/{} in {connect_s:.1} s ({:.0}/s) over {} workers",
@@ -210,7 +218,7 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
         total as f64 / connect_s,
         children.len()
     );
-    let (published, after) = hold_and_broadcast(&a, &pids).await?;
+    let (published, after) = hold_and_broadcast(&a, &procs).await?;
     let mut done = Vec::new();
     for (mut child, mut out) in children {
         if let Some(stdin) = child.stdin.as_mut() {
@@ -221,9 +229,11 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
         done.push(serde_json::from_str::<WorkerDone>(&line).context("a worker failed at the end")?);
         let _ = child.wait();
     }
-    drop(gateways);
+    drop(servers);
     let run = Held {
-        pids,
+        connect: procs.shares(&before.usage, &connected_usage),
+        hold: procs.shares(&before.usage, &after.usage),
+        procs,
         before,
         after,
         connected,
@@ -245,13 +255,17 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     Ok(())
 }
 
-/// With `--spawn-gateways`: nats-server and the gateways, which `a` then targets.
+/// With `--spawn-gateways`: nats-server, fanout and the gateways, which `a` then targets and
+/// measures.
 fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Program>)> {
     if a.spawn_gateways == 0 {
         return Ok((None, Vec::new()));
     }
     let nats = stack::nats()?;
     std::fs::create_dir_all(&a.report_dir)?;
+    let fanout = stack::fanout(&nats.url())?;
+    a.nats_pid = nats.pid();
+    a.fanout_pid = Some(fanout.pid());
     let mut gateways = Vec::new();
     for g in 0..a.spawn_gateways {
         let log = a.report_dir.join(format!("gateway-{g}.log"));
@@ -265,6 +279,7 @@ fn spawn_stack(a: &mut HoldArgs) -> Result<(Option<stack::Nats>, Vec<stack::Prog
     a.common.gateway = gateways.iter().map(|g| g.ws_url()).collect();
     a.gateway_pid = gateways.iter().map(|g| g.pid()).collect();
     a.nats_url = nats.url();
+    gateways.push(fanout);
     Ok((Some(nats), gateways))
 }
 
@@ -301,17 +316,17 @@ fn start_workers(a: &HoldArgs) -> Result<Vec<(std::process::Child, BufReader<std
     Ok(children)
 }
 
-/// The gateways' and the kernel's memory at one moment.
+/// The servers' CPU and memory and the kernel's socket memory at one moment.
 struct Snapshot {
-    rss_kib: Vec<u64>,
+    usage: Usage,
     tcp: proc::TcpStat,
     slab_kib: Option<u64>,
 }
 
 impl Snapshot {
-    fn take(pids: &[u32]) -> Result<Self> {
+    fn take(procs: &Procs) -> Result<Self> {
         Ok(Self {
-            rss_kib: pids.iter().map(|&p| proc::rss_kib(p).unwrap_or(0)).collect(),
+            usage: procs.sample(),
             tcp: proc::tcp_stat()?,
             slab_kib: proc::socket_slab_kib(),
         })
@@ -320,7 +335,7 @@ impl Snapshot {
 
 /// Holds for `--hold`, broadcasting to every room at `--broadcast-rate`; returns the events
 /// sent to each room and the memory measured in the middle of the hold.
-async fn hold_and_broadcast(a: &HoldArgs, pids: &[u32]) -> Result<(u64, Snapshot)> {
+async fn hold_and_broadcast(a: &HoldArgs, procs: &Procs) -> Result<(u64, Snapshot)> {
     let mut published = 0u64;
     let hold_until = Instant::now() + a.hold;
     let measure_at = Instant::now() + a.hold / 2;
@@ -351,7 +366,7 @@ async fn hold_and_broadcast(a: &HoldArgs, pids: &[u32]) -> Result<(u64, Snapshot
             published += 1;
         }
         if measured.is_none() && Instant::now() >= measure_at {
-            measured = Some(Snapshot::take(pids)?);
+            measured = Some(Snapshot::take(procs)?);
         }
     }
     if let Some(n) = &nats {
@@ -359,14 +374,18 @@ async fn hold_and_broadcast(a: &HoldArgs, pids: &[u32]) -> Result<(u64, Snapshot
     }
     let after = match measured {
         Some(m) => m,
-        None => Snapshot::take(pids)?,
+        None => Snapshot::take(procs)?,
     };
     Ok((published, after))
 }
 
 /// What a hold measured.
 struct Held {
-    pids: Vec<u32>,
+    procs: Procs,
+    /// CPU and RSS growth of each server role while connecting.
+    connect: Vec<Share>,
+    /// The same from before connecting to the middle of the hold.
+    hold: Vec<Share>,
     before: Snapshot,
     after: Snapshot,
     connected: Vec<WorkerConnected>,
@@ -384,11 +403,12 @@ fn hold_report(a: &HoldArgs, h: &Held) -> Report {
     let mut header = crate::report::machine_header();
     header.extend([
         ("connections".to_owned(), a.connections.to_string()),
+        ("rooms".into(), a.rooms.to_string()),
         ("sources".into(), a.common.sources.len().to_string()),
         ("hold".into(), humantime::format_duration(a.hold).to_string()),
+        ("servers measured".into(), h.procs.covers()),
     ]);
     let total = h.total;
-    let gw_delta = gw_growth_kib(h);
     let delivered = delivered(h);
     let Held { before, after, .. } = h;
     Report {
@@ -404,24 +424,49 @@ fn hold_report(a: &HoldArgs, h: &Held) -> Report {
                 ..Section::default()
             },
             Section {
-                heading: "Per process".into(),
-                text: vec!["RSS per connection: gateways from the growth since before connecting; \
-                     harness workers from their whole RSS."
-                    .into()],
+                heading: "Servers".into(),
+                text: vec![format!(
+                    "CPU while connecting and RSS growth from before connecting to the middle of the \
+                     hold, per connection, for each server role and the whole stack ({}).",
+                    h.procs.covers()
+                )],
+                table: Some(Table {
+                    head: [
+                        "role",
+                        "processes",
+                        "RSS",
+                        "RSS growth per connection",
+                        "connect CPU per connection",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    rows: server_rows(h),
+                }),
+                ..Section::default()
+            },
+            Section {
+                heading: "Harness".into(),
+                text: vec!["Harness workers: RSS per connection from each worker's whole RSS.".into()],
                 table: Some(Table {
                     head: ["process", "connections", "RSS", "per connection"]
                         .map(String::from)
                         .to_vec(),
-                    rows: per_process_rows(h),
+                    rows: worker_rows(h),
                 }),
                 ..Section::default()
             },
         ],
         json: serde_json::json!({
-            "connections": a.connections, "held": total, "connect_seconds": h.connect_s,
-            "gateways": h.pids.len(), "workers": h.done.len(),
-            "gateway_rss_kib_before": before.rss_kib, "gateway_rss_kib": after.rss_kib,
-            "gateway_kib_per_connection": gw_delta as f64 / total.max(1) as f64,
+            "revision": crate::report::run_revision(),
+            "connections": a.connections, "rooms": a.rooms, "held": total, "connect_seconds": h.connect_s,
+            "servers_measured": h.procs.covers(),
+            "gateways": h.procs.count(Role::Gateway), "workers": h.done.len(),
+            "servers_before": before.usage, "servers_mid_hold": after.usage,
+            "connect": h.connect, "hold": h.hold,
+            "stack_kib_per_connection": stack_kib_per_conn(h),
+            "gateway_kib_per_connection": role_kib_per_conn(h, Role::Gateway),
+            "stack_connect_cpu_us_per_connection": connect_us_per_conn(h, None),
+            "gateway_connect_cpu_us_per_connection": connect_us_per_conn(h, Some(Role::Gateway)),
             "kernel_tcp_kib_before": before.tcp.mem_kib, "kernel_tcp_kib": after.tcp.mem_kib,
             "kernel_tcp_kib_per_connection": tcp_per_conn(h),
             "tcp_inuse_before": before.tcp.inuse, "tcp_inuse": after.tcp.inuse,
@@ -429,20 +474,30 @@ fn hold_report(a: &HoldArgs, h: &Held) -> Report {
             "socket_slab_kib_per_connection": slab_per_conn(h),
             "published": h.published, "expected": h.published * total, "delivered": delivered,
             "gaps": h.done.iter().map(|d| d.gaps).sum::<u64>(),
+            "duplicates": h.done.iter().map(|d| d.duplicates).sum::<u64>(),
             "closed": h.done.iter().map(|d| d.closed).sum::<u64>(),
             "p99_ms": p99_ms(h), "workers_detail": h.done,
         }),
     }
 }
 
-/// The gateways' RSS growth from before connecting to the middle of the hold.
-fn gw_growth_kib(h: &Held) -> u64 {
-    h.after
-        .rss_kib
-        .iter()
-        .zip(&h.before.rss_kib)
-        .map(|(a, b)| a.saturating_sub(*b))
-        .sum()
+/// Whole-stack RSS growth per connection, KiB.
+fn stack_kib_per_conn(h: &Held) -> f64 {
+    usage::growth_total(&h.hold) as f64 / h.total.max(1) as f64
+}
+
+fn role_kib_per_conn(h: &Held, role: Role) -> f64 {
+    let growth: i64 = h.hold.iter().filter(|s| s.role == role).map(|s| s.rss_growth_kib).sum();
+    growth as f64 / h.total.max(1) as f64
+}
+
+/// Server CPU while connecting, µs per connection: one role's, or the whole stack's.
+fn connect_us_per_conn(h: &Held, role: Option<Role>) -> f64 {
+    let cpu = match role {
+        Some(r) => usage::cpu_of(&h.connect, r),
+        None => usage::cpu_total(&h.connect),
+    };
+    cpu * 1e6 / h.total.max(1) as f64
 }
 
 fn delivered(h: &Held) -> u64 {
@@ -464,28 +519,37 @@ fn p99_ms(h: &Held) -> f64 {
     h.done.iter().map(|d| d.p99_us).max().unwrap_or(0) as f64 / 1000.0
 }
 
-/// The summary lines: connections, rates, memory (gateways and kernel), the broadcast.
+/// The summary lines: connections, rates, memory (servers and kernel), the broadcast.
 fn hold_summary(a: &HoldArgs, h: &Held) -> Vec<(String, String)> {
     let (total, connect_s, published) = (h.total, h.connect_s, h.published);
     let (before, after) = (&h.before, &h.after);
-    let gw_rss_total: u64 = after.rss_kib.iter().sum();
-    let gw_delta = gw_growth_kib(h);
+    let stack_rss: u64 = h.hold.iter().map(|s| s.rss_kib).sum();
     let delivered = delivered(h);
     let expected = published * total;
     let gaps: u64 = h.done.iter().map(|d| d.gaps).sum();
+    let duplicates: u64 = h.done.iter().map(|d| d.duplicates).sum();
     vec![
         ("connections held".to_owned(), format!("{total} of {}", a.connections)),
         ("connect rate".into(), format!("{:.0}/s ({connect_s:.1} s)", total as f64 / connect_s)),
-        ("gateways".into(), h.pids.len().to_string()),
-        ("harness workers".into(), h.done.len().to_string()),
+        ("servers measured".into(), h.procs.covers()),
         (
-            "gateway RSS".into(),
+            "server RSS".into(),
             format!(
-                "{} MiB total, {:.2} KiB per connection",
-                num(gw_rss_total as f64 / 1024.0),
-                gw_delta as f64 / total.max(1) as f64
+                "{} MiB in all; growth {:.2} KiB per connection (gateway {:.2} KiB)",
+                num(stack_rss as f64 / 1024.0),
+                stack_kib_per_conn(h),
+                role_kib_per_conn(h, Role::Gateway)
             ),
         ),
+        (
+            "server CPU while connecting".into(),
+            format!(
+                "{} µs per connection (gateway {} µs)",
+                num(connect_us_per_conn(h, None)),
+                num(connect_us_per_conn(h, Some(Role::Gateway)))
+            ),
+        ),
+        ("harness workers".into(), h.done.len().to_string()),
         (
             "kernel TCP memory".into(),
             format!(
@@ -511,7 +575,7 @@ fn hold_summary(a: &HoldArgs, h: &Held) -> Vec<(String, String)> {
         (
             "broadcast".into(),
             format!(
-                "{published} events to each of {} rooms; delivered {delivered}/{expected} ({:.3}%), gaps {gaps}, p99 {} ms",
+                "{published} events to each of {} rooms; delivered {delivered}/{expected} ({:.3}%), gaps {gaps}, duplicates {duplicates}, p99 {} ms",
                 a.rooms,
                 if expected > 0 { 100.0 * delivered as f64 / expected as f64 } else { 100.0 },
                 num(p99_ms(h))
@@ -521,26 +585,48 @@ fn hold_summary(a: &HoldArgs, h: &Held) -> Vec<(String, String)> {
     ]
 }
 
-/// RSS per process: each gateway's growth per connection, each worker's whole RSS.
-fn per_process_rows(h: &Held) -> Vec<Vec<String>> {
-    let per_gateway_conns = h.total as f64 / h.pids.len().max(1) as f64;
-    let mut rows = Vec::new();
-    for (i, pid) in h.pids.iter().enumerate() {
-        let delta = h.after.rss_kib[i].saturating_sub(h.before.rss_kib[i]);
-        rows.push(vec![
-            format!("gateway pid {pid}"),
-            num(per_gateway_conns),
-            format!("{} MiB", num(h.after.rss_kib[i] as f64 / 1024.0)),
-            format!("{:.2} KiB", delta as f64 / per_gateway_conns.max(1.0)),
-        ]);
-    }
-    for (w, (c, d)) in h.connected.iter().zip(&h.done).enumerate() {
-        rows.push(vec![
-            format!("harness worker {w}"),
-            c.connected.to_string(),
-            format!("{} MiB", num(d.rss_kib as f64 / 1024.0)),
-            format!("{:.2} KiB", d.rss_kib as f64 / c.connected.max(1) as f64),
-        ]);
-    }
+/// Each server role's RSS, growth and connect CPU per connection, then the whole stack.
+fn server_rows(h: &Held) -> Vec<Vec<String>> {
+    let per = |v: f64| v / h.total.max(1) as f64;
+    let mut rows: Vec<Vec<String>> = h
+        .hold
+        .iter()
+        .map(|s| {
+            vec![
+                s.role.name().to_owned(),
+                s.processes.to_string(),
+                format!("{} MiB", num(s.rss_kib as f64 / 1024.0)),
+                format!("{:.2} KiB", per(s.rss_growth_kib as f64)),
+                format!("{} µs", num(per(usage::cpu_of(&h.connect, s.role) * 1e6))),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "whole stack".into(),
+        h.hold.iter().map(|s| s.processes).sum::<usize>().to_string(),
+        format!(
+            "{} MiB",
+            num(h.hold.iter().map(|s| s.rss_kib).sum::<u64>() as f64 / 1024.0)
+        ),
+        format!("{:.2} KiB", stack_kib_per_conn(h)),
+        format!("{} µs", num(connect_us_per_conn(h, None))),
+    ]);
     rows
+}
+
+/// Each harness worker's whole RSS per connection.
+fn worker_rows(h: &Held) -> Vec<Vec<String>> {
+    h.connected
+        .iter()
+        .zip(&h.done)
+        .enumerate()
+        .map(|(w, (c, d))| {
+            vec![
+                format!("harness worker {w}"),
+                c.connected.to_string(),
+                format!("{} MiB", num(d.rss_kib as f64 / 1024.0)),
+                format!("{:.2} KiB", d.rss_kib as f64 / c.connected.max(1) as f64),
+            ]
+        })
+        .collect()
 }

@@ -19,6 +19,7 @@ mod report;
 mod soak;
 mod stack;
 mod svg;
+mod usage;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -113,6 +114,7 @@ pub struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    report::run_revision();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

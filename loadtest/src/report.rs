@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 
@@ -117,6 +118,31 @@ impl Report {
     }
 }
 
+static REVISION: OnceLock<String> = OnceLock::new();
+
+/// The revision of the work tree when the run started (`main` reads it first thing), with
+/// `-dirty` when tracked files had changes: the build being measured, not whatever the tree
+/// holds when the report is written.
+pub fn run_revision() -> &'static str {
+    REVISION.get_or_init(|| {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+        let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        if dirty {
+            format!("{rev}-dirty")
+        } else {
+            rev
+        }
+    })
+}
+
 /// The run header lines every report starts with.
 pub fn machine_header() -> Vec<(String, String)> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -132,16 +158,9 @@ pub fn machine_header() -> Vec<(String, String)> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".into());
-    let git = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "?".into());
     vec![
         ("loadtest".into(), env!("CARGO_PKG_VERSION").into()),
-        ("git".into(), git),
+        ("revision".into(), run_revision().to_owned()),
         ("machine".into(), format!("{cores} cores, {mem}, Linux {kernel}")),
         ("date (UTC)".into(), utc_now()),
     ]

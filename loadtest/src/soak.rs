@@ -28,7 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use self::hostile::hostile_clients;
-use self::report::{revision, slope_per_min, write_report, Report};
+use self::report::{slope_per_min, write_report, Report};
 use crate::client::{Chain, Conn, Order};
 use crate::{proc, stack};
 
@@ -150,7 +150,7 @@ pub async fn run(a: SoakArgs) -> Result<()> {
         return worker(a).await;
     }
     // The measured build: taken now, before the work tree can move on during the run.
-    let revision = revision();
+    let revision = crate::report::run_revision().to_owned();
     let (nats, fanout, gateways) = spawn_stack(a.gateways)?;
     let urls: Vec<String> = gateways.iter().map(|g| g.ws_url()).collect();
     eprintln!(

@@ -2,7 +2,6 @@
 //! duplicates, reconnects and hostile actions by outcome.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -36,25 +35,6 @@ pub(crate) struct Report {
     pub(crate) fd_slope_per_min: Vec<f64>,
     pub(crate) hostile: Hostile,
     pub(crate) samples: Vec<Sample>,
-}
-
-/// The measured build's revision, and `-dirty` when the work tree has changes.
-pub(crate) fn revision() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{rev}-dirty")
-    } else {
-        rev
-    }
 }
 
 /// Least-squares slope of (seconds, value) points, per minute.
