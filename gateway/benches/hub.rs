@@ -25,7 +25,7 @@ fn fan_out(c: &mut Criterion) {
                 Arc::clone(out),
                 Format::WebSocket(codecs[i % codecs.len()]),
             );
-            hub.activate("lobby", i as u64, &[], 0, |_| Bytes::new());
+            hub.activate("lobby", i as u64, &[], Some(0), |_| Bytes::new());
         }
         let mut scratch = Vec::new();
         for out in &outs {

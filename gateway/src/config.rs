@@ -140,6 +140,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// How live room events come from NATS: `wildcard`, one subscription to every room while
+    /// the gateway holds any (a room costs bytes, and NATS sends every gateway every room's
+    /// events), or `per-room`, one subscription per room (NATS sends each gateway only its
+    /// rooms' events, for ~10 KB and a round trip per room). docs/benchmarks.md gives the
+    /// crossover.
+    #[arg(long, env = "HERALD_ROOM_SUBSCRIPTIONS", value_enum, default_value = "wildcard")]
+    pub room_subscriptions: crate::upstream::RoomSubscriptions,
+
     /// How long a room's NATS subscription outlives its last local subscriber.
     #[arg(long, env = "HERALD_ROOM_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
     pub room_linger: Duration,

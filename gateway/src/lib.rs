@@ -51,6 +51,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 pub use config::{Config, ConfigError};
+pub use upstream::RoomSubscriptions;
 
 use crate::auth::Authenticator;
 use crate::hub::{Hub, Table};
@@ -102,7 +103,13 @@ impl Gateway {
         let (client, reconnects) = Upstream::connect(&config.nats_url, &format!("herald-gateway {gateway_id}")).await?;
         let subjects = Subjects::new(config.subject_prefix.clone());
         let table = Arc::new(Table::default());
-        let upstream = Upstream::new(client, reconnects, subjects.clone(), table.clone());
+        let upstream = Upstream::new(
+            client,
+            reconnects,
+            subjects.clone(),
+            table.clone(),
+            config.room_subscriptions,
+        );
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
         let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat);
         let shared = Arc::new(Shared::new(config, gateway_id, auth, subjects, hub, presence));

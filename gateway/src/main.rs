@@ -7,8 +7,10 @@ use herald_gateway::{Config, Error, Gateway};
 use herald_service::telemetry;
 
 /// jemalloc: under connection churn glibc's malloc keeps freed memory fragmented and the
-/// process grows for hours; jemalloc returns it (docs/benchmarks.md, "Soak").
-#[cfg(not(target_env = "msvc"))]
+/// process grows for hours; jemalloc returns it (docs/benchmarks.md, "Soak"). The
+/// `system-allocator` feature keeps the system's malloc, for heap profilers that hook it
+/// (heaptrack, massif).
+#[cfg(not(any(target_env = "msvc", feature = "system-allocator")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

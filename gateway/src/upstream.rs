@@ -1,10 +1,20 @@
-//! The gateway's side of NATS: one subscription per room with local subscribers, gap
-//! repair, history replay and publishing on behalf of clients.
+//! The gateway's side of NATS: live room events, gap repair, history replay and publishing
+//! on behalf of clients.
 //!
-//! Each room's live subject is drained by its own task ("pump"), so one busy room never
-//! fills another's channel. The pump checks `prev` against the last seq it delivered and
-//! fetches any missing events from the stream before delivering (direct get,
-//! `next_by_subj`); after a NATS reconnect it fetches whatever was stored meanwhile.
+//! Live events come one of two ways ([`RoomSubscriptions`]):
+//! - `wildcard` (the default): one subscription to every room's live subject, held while the
+//!   gateway has any room. A room then costs the gateway its table entry and nothing else; the
+//!   price is that NATS sends this gateway every room's events, and events of rooms it does
+//!   not hold are dropped here.
+//! - `per-room`: one subscription per room with local subscribers, each drained by its own
+//!   task ("pump"), so NATS routes each gateway only its rooms' events (interest-based
+//!   routing), for ~10 KB and a subscribe round trip per room.
+//!
+//! Either way an event is delivered only after every earlier event of its room: its `prev`
+//! is checked against the room's last seq, and a gap is read from the stream (direct get,
+//! `next_by_subj`) first; after a NATS reconnect every room reads whatever was stored
+//! meanwhile. With the wildcard, a room being read holds its later live events back in the
+//! room table ([`Rooms::offer`]), so the one reader never waits on a room.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -19,6 +29,28 @@ use herald_proto::subject::Subjects;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
+
+use crate::sync::lock;
+
+/// Rooms read from history at once after a reconnect (wildcard mode).
+const RESCAN_CONCURRENCY: usize = 16;
+
+/// How the gateway subscribes to live room events (`--room-subscriptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomSubscriptions {
+    /// One subscription to all rooms while any room is held: rooms cost bytes, not
+    /// subscriptions; NATS sends every room's events to every gateway.
+    Wildcard,
+    /// One subscription (and task) per room: NATS sends each gateway only its rooms' events.
+    PerRoom,
+}
+
+/// A read of a room's history: the events after `after`, stopping before `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fetch {
+    pub after: u64,
+    pub until: Option<u64>,
+}
 
 /// Why a NATS operation failed (the client gets `unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -82,18 +114,41 @@ impl StoredEvent {
     }
 }
 
-/// Where the room pumps report: the hub's room table, seen from below.
+/// Where live events go: the hub's room table, seen from below.
 pub(crate) trait Rooms: Send + Sync + 'static {
     /// Records the pump of a room, so that removing the room stops it.
     fn set_pump(&self, room: &str, pump: AbortHandle);
-    /// The room's subscription is in place; `last_seq` was stored before it.
-    fn set_ready(&self, room: &str, last_seq: u64);
+    /// The room's subscription is in place; `last_seq` was stored before it. Returns the
+    /// history read that the events held meanwhile need, if any.
+    fn set_ready(&self, room: &str, last_seq: u64) -> Option<Fetch>;
     /// The room's subscription failed (retried); pending subscribers give up.
     fn set_failed(&self, room: &str);
     /// The last seq delivered in the room.
     fn last_seq(&self, room: &str) -> Option<u64>;
     /// Hands a stored event to the room's subscribers.
     fn deliver(&self, ev: &Arc<StoredEvent>) -> usize;
+    /// Whether the room has local subscribers (or lingers).
+    fn contains(&self, room: &str) -> bool;
+    /// No room at all.
+    fn is_empty(&self) -> bool;
+    /// Every room's name.
+    fn names(&self) -> Vec<Arc<str>>;
+    /// A live event: delivered if it follows the room's last seq, dropped if seen, held if
+    /// the room is being read. Returns the read a gap before it needs (it is then held).
+    fn offer(&self, ev: Arc<StoredEvent>) -> Option<Fetch>;
+    /// Delivers what a read found, then the held events up to the next gap; returns the
+    /// next read, or `None` once the room's live events flow again.
+    fn release(&self, room: &str, fetched: Vec<StoredEvent>) -> Option<Fetch>;
+    /// After a reconnect: the read to the stream's end the room needs (`None` if a read is
+    /// under way; it reads to the end once more when done).
+    fn rescan(&self, room: &str) -> Option<Fetch>;
+}
+
+/// The wildcard subscription's task while it runs.
+struct Dispatcher {
+    task: AbortHandle,
+    /// True once the subscription is in place.
+    subscribed: watch::Receiver<bool>,
 }
 
 /// The gateway's only NATS client: the room pumps, history reads, publishing, and the
@@ -106,6 +161,8 @@ pub(crate) struct Upstream {
     rooms: Arc<dyn Rooms>,
     /// Bumped on every reconnect, so pumps fetch what they missed.
     reconnects: watch::Receiver<u64>,
+    mode: RoomSubscriptions,
+    dispatcher: std::sync::Mutex<Option<Dispatcher>>,
 }
 
 // === impl Upstream ===
@@ -124,6 +181,7 @@ impl Upstream {
         reconnects: watch::Receiver<u64>,
         subjects: Subjects,
         rooms: Arc<dyn Rooms>,
+        mode: RoomSubscriptions,
     ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
         Arc::new(Self {
@@ -133,6 +191,8 @@ impl Upstream {
             subjects,
             rooms,
             reconnects,
+            mode,
+            dispatcher: std::sync::Mutex::new(None),
         })
     }
 
@@ -188,11 +248,148 @@ impl Upstream {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Starts the pump of a room the hub just created.
-    pub(crate) fn start_pump(self: &Arc<Self>, room: &str) {
+    /// Starts the live events of a room the hub just created: its pump, or (wildcard) the
+    /// read of its last seq once the wildcard subscription is in place.
+    pub(crate) fn start_room(self: &Arc<Self>, room: &str) {
         let room: Arc<str> = Arc::from(room);
-        let task = tokio::spawn(Arc::clone(self).pump(Arc::clone(&room)));
+        let task = match self.mode {
+            RoomSubscriptions::PerRoom => tokio::spawn(Arc::clone(self).pump(Arc::clone(&room))),
+            RoomSubscriptions::Wildcard => {
+                let subscribed = self.dispatcher();
+                tokio::spawn(Arc::clone(self).open_room(Arc::clone(&room), subscribed))
+            }
+        };
         self.rooms.set_pump(&room, task.abort_handle());
+    }
+
+    /// A room was removed: with no room left, the wildcard subscription ends.
+    pub(crate) fn room_removed(&self) {
+        let mut dispatcher = lock(&self.dispatcher);
+        if self.rooms.is_empty() {
+            if let Some(d) = dispatcher.take() {
+                d.task.abort();
+            }
+        }
+    }
+
+    /// The wildcard subscription's readiness, starting it if it is not running.
+    fn dispatcher(self: &Arc<Self>) -> watch::Receiver<bool> {
+        let mut dispatcher = lock(&self.dispatcher);
+        if let Some(d) = dispatcher.as_ref() {
+            return d.subscribed.clone();
+        }
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(self).dispatch(tx));
+        *dispatcher = Some(Dispatcher {
+            task: task.abort_handle(),
+            subscribed: rx.clone(),
+        });
+        rx
+    }
+
+    /// Reads every room's live events from one wildcard subscription.
+    async fn dispatch(self: Arc<Self>, subscribed: watch::Sender<bool>) {
+        let _gauge = GaugeGuard::new();
+        let mut sub = loop {
+            match self.subscribe(self.subjects.live_rooms_wildcard()).await {
+                Ok(sub) => break sub,
+                Err(e) => {
+                    warn!(error = %e, "Room subscription failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        subscribed.send_replace(true);
+        let mut reconnects = self.reconnects.clone();
+        reconnects.borrow_and_update();
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    self.on_wildcard(&msg);
+                }
+                changed = reconnects.changed() => {
+                    if changed.is_err() { break }
+                    self.rescan_all();
+                }
+            }
+        }
+    }
+
+    /// One live event from the wildcard: to its room, if the gateway holds it.
+    fn on_wildcard(self: &Arc<Self>, msg: &async_nats::Message) {
+        let Some(room) = self.subjects.room_of(msg.subject.as_str()) else {
+            return;
+        };
+        if !self.rooms.contains(room) {
+            return;
+        }
+        let Some(ev) = self.live_event(room, msg) else {
+            return;
+        };
+        let ev = Arc::new(ev);
+        let room = Arc::clone(&ev.room);
+        if let Some(fetch) = self.rooms.offer(ev) {
+            tokio::spawn(Arc::clone(self).repair(room, fetch));
+        }
+    }
+
+    /// After a reconnect: every room reads what was stored while the connection was down.
+    fn rescan_all(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let reads = this
+                .rooms
+                .names()
+                .into_iter()
+                .filter_map(|room| this.rooms.rescan(&room).map(|f| (room, f)));
+            futures_util::stream::iter(reads)
+                .for_each_concurrent(RESCAN_CONCURRENCY, |(room, fetch)| {
+                    Arc::clone(&this).repair(room, fetch)
+                })
+                .await;
+        });
+    }
+
+    /// Waits for the wildcard subscription, reads the room's last seq and turns it ready.
+    async fn open_room(self: Arc<Self>, room: Arc<str>, mut subscribed: watch::Receiver<bool>) {
+        if subscribed.wait_for(|s| *s).await.is_err() {
+            return;
+        }
+        let last = loop {
+            match self.last_seq(&room).await {
+                Ok(last) => break last,
+                Err(e) => {
+                    warn!(%room, error = %e, "Room's last seq unavailable; retrying");
+                    self.rooms.set_failed(&room);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        if let Some(fetch) = self.rooms.set_ready(&room, last) {
+            self.repair(room, fetch).await;
+        }
+    }
+
+    /// Reads a room's history until the room's live events flow again (or it is gone).
+    async fn repair(self: Arc<Self>, room: Arc<str>, first: Fetch) {
+        let mut next = Some(first);
+        while let Some(fetch) = next {
+            match self.fetch_after(&room, fetch.after, fetch.until).await {
+                Ok(events) => {
+                    crate::metrics::gap_repaired(events.len() as u64);
+                    if !events.is_empty() {
+                        debug!(%room, from = fetch.after, events = events.len(), "Gap repaired from the stream");
+                    }
+                    next = self.rooms.release(&room, events);
+                }
+                Err(e) => {
+                    warn!(%room, error = %e, "Gap repair failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    next = self.rooms.contains(&room).then_some(fetch);
+                }
+            }
+        }
     }
 
     /// Where a client holding `since` in `room` resumes.
@@ -293,7 +490,8 @@ impl Upstream {
             .map_err(|e| UpstreamError(e.to_string()))?;
         self.client.flush().await.map_err(|e| UpstreamError(e.to_string()))?;
         let last = self.last_seq(room).await?;
-        self.rooms.set_ready(room, last);
+        // Nothing was offered to the room (its pump delivers directly): nothing is held.
+        let _ = self.rooms.set_ready(room, last);
         Ok(sub)
     }
 

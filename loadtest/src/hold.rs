@@ -174,9 +174,8 @@ async fn worker(a: HoldArgs) -> Result<()> {
     while tally.delivered.load(Relaxed) < expected * n && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let h = hist.lock().expect("histogram");
     let mut all = crate::latency_histogram();
-    for s in h.iter() {
+    for s in hist.lock().expect("histogram").iter() {
         all.add(s)?;
     }
     let done = WorkerDone {
@@ -191,6 +190,10 @@ async fn worker(a: HoldArgs) -> Result<()> {
         max_us: all.max(),
     };
     println!("{}", serde_json::to_string(&done)?);
+    // Keep the connections until the parent closes stdin, after it has stopped the servers:
+    // the servers then close first, and the TIME_WAIT sockets stay on their side instead of
+    // holding this machine's ephemeral ports against the next run.
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())).await??;
     Ok(())
 }
 
@@ -220,16 +223,19 @@ pub async fn hold(mut a: HoldArgs) -> Result<()> {
     );
     let (published, after) = hold_and_broadcast(&a, &procs).await?;
     let mut done = Vec::new();
-    for (mut child, mut out) in children {
+    for (child, out) in &mut children {
         if let Some(stdin) = child.stdin.as_mut() {
             writeln!(stdin, "stop {published}")?;
         }
         let mut line = String::new();
         out.read_line(&mut line)?;
         done.push(serde_json::from_str::<WorkerDone>(&line).context("a worker failed at the end")?);
-        let _ = child.wait();
     }
     drop(servers);
+    for (mut child, _) in children {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
     let run = Held {
         connect: procs.shares(&before.usage, &connected_usage),
         hold: procs.shares(&before.usage, &after.usage),

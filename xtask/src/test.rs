@@ -26,6 +26,12 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--locked"])
         .args(extra)
         .env("HERALD_NATS_SERVER", &nats))?;
+    // The gateway's tests ran with the default wildcard room subscription; the ordering,
+    // resume and backlog guarantees must hold with per-room subscriptions too.
+    run(cargo()
+        .args(["test", "--locked", "-p", "herald-gateway", "--test", "it"])
+        .env("HERALD_NATS_SERVER", &nats)
+        .env("HERALD_ROOM_SUBSCRIPTIONS", "per-room"))?;
     autobahn()?;
     browser()?;
     eprintln!("xtask: every check passed");

@@ -54,25 +54,28 @@ impl Hub {
     ) -> Result<u64, String> {
         let joined = self.table.join(room, conn, Arc::clone(out), format);
         if joined.new_room {
-            self.upstream.start_pump(room);
+            self.upstream.start_room(room);
         }
         fail::fail_point!("hub.attach");
         let mut state = joined.state;
         let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
             .await
             .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
-        let upstream = &self.upstream;
+        // The table's last seq for a ready room is the store's as far as this gateway knows:
+        // every later event reaches the table live (or through gap repair) and is buffered
+        // for this pending subscriber. So a subscribe without `since`, or with a `since`
+        // already at that seq, needs no read from the store.
         let replay = match (ready, since) {
             (false, _) => Err("the event store is unavailable".to_owned()),
-            (true, None) => upstream
-                .last_seq(room)
-                .await
-                .map(|last| (Vec::new(), last))
-                .map_err(|e| e.to_string()),
-            (true, Some(since)) => upstream
+            (true, None) => Ok((Vec::new(), None)),
+            (true, Some(since)) if self.table.ready_last_seq(room).is_some_and(|last| last <= since) => {
+                Ok((Vec::new(), Some(since)))
+            }
+            (true, Some(since)) => self
+                .upstream
                 .fetch_after(room, since, None)
                 .await
-                .map(|events| (events.into_iter().map(Arc::new).collect(), since))
+                .map(|events| (events.into_iter().map(Arc::new).collect(), Some(since)))
                 .map_err(|e| e.to_string()),
         };
         let (events, floor) = match replay {
@@ -88,14 +91,16 @@ impl Hub {
             .ok_or_else(|| "connection closed".to_owned())
     }
 
-    /// Removes `conn` from `room`; an emptied room keeps its pump for the linger.
+    /// Removes `conn` from `room`; an emptied room keeps its live events for the linger.
     pub(crate) fn detach(self: &Arc<Self>, room: &str, conn: u64) {
         if let Some(generation) = self.table.leave(room, conn) {
-            let table = Arc::clone(&self.table);
+            let (table, upstream) = (Arc::clone(&self.table), Arc::clone(&self.upstream));
             let (room, linger) = (room.to_owned(), self.linger);
             tokio::spawn(async move {
                 tokio::time::sleep(linger).await;
-                table.remove_if_idle(&room, generation);
+                if table.remove_if_idle(&room, generation) {
+                    upstream.room_removed();
+                }
             });
         }
     }

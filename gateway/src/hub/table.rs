@@ -17,13 +17,16 @@ use tokio::task::AbortHandle;
 
 use crate::outbound::{event_frame, Content, Format, Item, Outbound, Pushed};
 use crate::sync::lock;
-use crate::upstream::{Rooms, StoredEvent};
+use crate::upstream::{Fetch, Rooms, StoredEvent};
 
 const SHARDS: usize = 64;
 /// Live events buffered for one subscriber while its replay is fetched, at most. A room that
 /// outruns a stalled replay by this much closes the subscriber as a slow consumer (4008); it
 /// resumes with `since` and loses nothing still in history.
 const MAX_PENDING_EVENTS: usize = 10_000;
+/// Live events held for a room while its history is read, at most. Past it they are dropped
+/// and the room reads the stream to its end once the current read is done, so none is lost.
+const MAX_HELD_EVENTS: usize = 10_000;
 
 /// Whether a room's upstream subscription is in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,13 @@ struct Room {
     pump: Option<AbortHandle>,
     /// Bumped on every join, so a linger timer knows whether the room was reused.
     generation: u64,
+    /// Live events held back, in arrival order, while the room's history is read (a new room
+    /// before its last seq is known, a gap, a reconnect); `None` when events go straight to
+    /// the subscribers. Only [`Rooms::offer`] holds events back.
+    held: Option<Vec<Arc<StoredEvent>>>,
+    /// Read the stream to its end once the current read is done (a reconnect came during it,
+    /// or held events were dropped).
+    rescan: bool,
 }
 
 struct Sub {
@@ -103,6 +113,8 @@ impl Table {
             state: watch::channel(RoomState::Starting).0,
             pump: None,
             generation: 0,
+            held: Some(Vec::new()),
+            rescan: false,
         });
         r.generation += 1;
         let sub = Sub {
@@ -120,20 +132,23 @@ impl Table {
         }
     }
 
-    /// Turns a pending subscriber live: queues `replay` (events above `floor`), then the live
-    /// events buffered meanwhile that are newer, then the frame `ack(seq)` makes from the last
-    /// seq delivered. Returns that seq, or `None` if the subscriber is gone.
+    /// Turns a pending subscriber live: queues `replay` (events above `floor`, or above the
+    /// room's last seq when `floor` is `None`: the live tail), then the live events buffered
+    /// meanwhile that are newer, then the frame `ack(seq)` makes from the last seq delivered.
+    /// Returns that seq, or `None` if the subscriber is gone.
     pub fn activate(
         &self,
         room: &str,
         conn: u64,
         replay: &[Arc<StoredEvent>],
-        floor: u64,
+        floor: Option<u64>,
         ack: impl FnOnce(u64) -> Bytes,
     ) -> Option<u64> {
         let mut shard = self.shard(room);
-        let sub = shard.get_mut(room)?.subs.get_mut(&conn)?;
-        sub.delivered = floor;
+        let r = shard.get_mut(room)?;
+        let last = r.last_seq;
+        let sub = r.subs.get_mut(&conn)?;
+        sub.delivered = floor.unwrap_or(last);
         let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
             Mode::Pending(buf) => buf,
             Mode::Live => Vec::new(),
@@ -182,9 +197,32 @@ impl Table {
     /// Hands a stored event to every subscriber of its room; returns how many got it.
     pub fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
         let mut shard = self.shard(&ev.room);
-        let Some(r) = shard.get_mut(&*ev.room) else {
-            return 0;
-        };
+        match shard.get_mut(&*ev.room) {
+            Some(r) => r.deliver(ev),
+            None => 0,
+        }
+    }
+
+    /// Rooms with at least one local subscriber or lingering.
+    pub fn rooms(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// The room's last seq, if it is ready.
+    pub fn ready_last_seq(&self, room: &str) -> Option<u64> {
+        let shard = self.shard(room);
+        let r = shard.get(room)?;
+        let ready = *r.state.borrow() == RoomState::Ready;
+        ready.then_some(r.last_seq)
+    }
+}
+
+// === impl Room ===
+
+impl Room {
+    /// Queues `ev` to every live subscriber (buffers it for pending ones); returns how many got it.
+    fn deliver(&mut self, ev: &Arc<StoredEvent>) -> usize {
+        let r = self;
         r.last_seq = r.last_seq.max(ev.seq);
         let mut frames = Frames {
             ev,
@@ -211,9 +249,39 @@ impl Table {
         n
     }
 
-    /// Rooms with at least one local subscriber or lingering.
-    pub fn rooms(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+    /// Delivers `fetched` (read from history), then the held events in order, up to the
+    /// next gap. Returns the read that gap needs (events stay held), or the read to the
+    /// stream's end a rescan asks for, or `None` once nothing is held (events flow again).
+    fn release(&mut self, fetched: Vec<StoredEvent>) -> Option<Fetch> {
+        for ev in fetched {
+            if ev.seq > self.last_seq {
+                self.deliver(&Arc::new(ev));
+            }
+        }
+        let held = self.held.take().unwrap_or_default();
+        let mut rest = held.into_iter();
+        while let Some(ev) = rest.next() {
+            if ev.seq <= self.last_seq {
+                continue;
+            }
+            if ev.prev > self.last_seq {
+                let until = Some(ev.seq);
+                self.held = Some(std::iter::once(ev).chain(rest).collect());
+                return Some(Fetch {
+                    after: self.last_seq,
+                    until,
+                });
+            }
+            self.deliver(&ev);
+        }
+        if std::mem::take(&mut self.rescan) {
+            self.held = Some(Vec::new());
+            return Some(Fetch {
+                after: self.last_seq,
+                until: None,
+            });
+        }
+        None
     }
 }
 
@@ -227,12 +295,74 @@ impl Rooms for Table {
         }
     }
 
-    /// Marks a room's upstream ready, at the room's last stored seq.
-    fn set_ready(&self, room: &str, last_seq: u64) {
-        if let Some(r) = self.shard(room).get_mut(room) {
-            r.last_seq = r.last_seq.max(last_seq);
-            r.state.send_replace(RoomState::Ready);
+    /// Marks a room's upstream ready, at the room's last stored seq, and releases what was
+    /// held meanwhile.
+    fn set_ready(&self, room: &str, last_seq: u64) -> Option<Fetch> {
+        let mut shard = self.shard(room);
+        let r = shard.get_mut(room)?;
+        r.last_seq = r.last_seq.max(last_seq);
+        r.state.send_replace(RoomState::Ready);
+        r.release(Vec::new())
+    }
+
+    fn contains(&self, room: &str) -> bool {
+        self.shard(room).contains_key(room)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rooms() == 0
+    }
+
+    fn names(&self) -> Vec<Arc<str>> {
+        self.shards
+            .iter()
+            .flat_map(|s| lock(s).keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn offer(&self, ev: Arc<StoredEvent>) -> Option<Fetch> {
+        let mut shard = self.shard(&ev.room);
+        let r = shard.get_mut(&*ev.room)?;
+        if let Some(held) = &mut r.held {
+            if held.len() >= MAX_HELD_EVENTS {
+                held.clear();
+                r.rescan = true;
+            } else {
+                held.push(ev);
+            }
+            return None;
         }
+        if ev.seq <= r.last_seq {
+            return None;
+        }
+        if ev.prev > r.last_seq {
+            let fetch = Fetch {
+                after: r.last_seq,
+                until: Some(ev.seq),
+            };
+            r.held = Some(vec![ev]);
+            return Some(fetch);
+        }
+        r.deliver(&ev);
+        None
+    }
+
+    fn release(&self, room: &str, fetched: Vec<StoredEvent>) -> Option<Fetch> {
+        self.shard(room).get_mut(room)?.release(fetched)
+    }
+
+    fn rescan(&self, room: &str) -> Option<Fetch> {
+        let mut shard = self.shard(room);
+        let r = shard.get_mut(room)?;
+        if r.held.is_some() {
+            r.rescan = true;
+            return None;
+        }
+        r.held = Some(Vec::new());
+        Some(Fetch {
+            after: r.last_seq,
+            until: None,
+        })
     }
 
     /// Marks a room's upstream failed; pending subscribers give up.
@@ -317,7 +447,7 @@ mod tests {
         hub.deliver(&ev(7, 6));
         hub.deliver(&ev(8, 7));
         assert!(drain(&out).is_empty());
-        let seq = hub.activate("lobby", 1, &[ev(6, 5), ev(7, 6)], 5, |s| {
+        let seq = hub.activate("lobby", 1, &[ev(6, 5), ev(7, 6)], Some(5), |s| {
             Bytes::from(format!("__ack {s}"))
         });
         assert_eq!(seq, Some(8));
@@ -334,6 +464,156 @@ mod tests {
         assert_eq!(seqs, ["6", "7", "8", "ack 8", "9"]);
     }
 
+    fn stored(seq: u64, prev: u64) -> StoredEvent {
+        Arc::unwrap_or_clone(ev(seq, prev))
+    }
+
+    /// A ready room with one live JSON subscriber.
+    fn live_room(last: u64) -> (Table, Arc<Outbound>) {
+        let hub = Table::default();
+        let out = Outbound::new(1 << 20);
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        assert_eq!(hub.set_ready("lobby", last), None, "nothing was held");
+        hub.activate("lobby", 1, &[], None, |_| Bytes::new());
+        (hub, out)
+    }
+
+    fn seqs(out: &Outbound) -> Vec<u64> {
+        drain(out)
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f).expect("event json");
+                v["seq"].as_u64().expect("seq")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offered_events_in_order_go_straight_through_and_repeats_are_dropped() {
+        let (hub, out) = live_room(5);
+        for (seq, prev) in [(6, 5), (7, 6), (7, 6), (5, 4), (8, 7)] {
+            assert_eq!(hub.offer(ev(seq, prev)), None);
+        }
+        assert_eq!(seqs(&out), [6, 7, 8]);
+        assert_eq!(Rooms::last_seq(&hub, "lobby"), Some(8));
+    }
+
+    #[test]
+    fn a_gap_holds_later_events_until_the_read_fills_it_in_order() {
+        let (hub, out) = live_room(5);
+        // 6 and 7 were lost on the way; 8 reveals the gap.
+        assert_eq!(
+            hub.offer(ev(8, 7)),
+            Some(Fetch {
+                after: 5,
+                until: Some(8)
+            })
+        );
+        // Events keep coming while the read runs: held, not delivered out of order.
+        assert_eq!(hub.offer(ev(9, 8)), None);
+        assert_eq!(hub.offer(ev(9, 8)), None);
+        assert!(seqs(&out).is_empty());
+        // The read finds 6 and 7 (and a repeat of 5, which is dropped).
+        assert_eq!(
+            hub.release("lobby", vec![stored(5, 4), stored(6, 5), stored(7, 6)]),
+            None
+        );
+        assert_eq!(seqs(&out), [6, 7, 8, 9]);
+        // Flowing again.
+        assert_eq!(hub.offer(ev(10, 9)), None);
+        assert_eq!(seqs(&out), [10]);
+    }
+
+    #[test]
+    fn a_second_gap_among_held_events_asks_for_a_second_read() {
+        let (hub, out) = live_room(1);
+        assert!(hub.offer(ev(3, 2)).is_some());
+        hub.offer(ev(4, 3));
+        hub.offer(ev(7, 6));
+        hub.offer(ev(8, 7));
+        assert_eq!(
+            hub.release("lobby", vec![stored(2, 1)]),
+            Some(Fetch {
+                after: 4,
+                until: Some(7)
+            })
+        );
+        assert_eq!(seqs(&out), [2, 3, 4]);
+        hub.offer(ev(9, 8));
+        assert_eq!(hub.release("lobby", vec![stored(5, 4), stored(6, 5)]), None);
+        assert_eq!(seqs(&out), [5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_new_room_holds_live_events_until_its_last_seq_is_known() {
+        let hub = Table::default();
+        let out = Outbound::new(1 << 20);
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        // Stored before the last seq was read (5) and after it.
+        assert_eq!(hub.offer(ev(5, 4)), None);
+        assert_eq!(hub.offer(ev(6, 5)), None);
+        assert_eq!(hub.ready_last_seq("lobby"), None, "not ready yet");
+        assert_eq!(hub.set_ready("lobby", 5), None);
+        assert_eq!(hub.ready_last_seq("lobby"), Some(6));
+        assert_eq!(hub.activate("lobby", 1, &[], Some(4), |_| Bytes::new()), Some(6));
+        assert_eq!(seqs(&out), [6], "the pending subscriber got what came after its floor");
+    }
+
+    #[test]
+    fn a_reconnect_reads_to_the_end_and_a_reconnect_during_a_read_reads_again() {
+        let (hub, out) = live_room(3);
+        assert_eq!(hub.rescan("lobby"), Some(Fetch { after: 3, until: None }));
+        hub.offer(ev(6, 5));
+        // Another reconnect while that read runs: no second read at once, one after it.
+        assert_eq!(hub.rescan("lobby"), None);
+        assert_eq!(
+            hub.release("lobby", vec![stored(4, 3), stored(5, 4)]),
+            Some(Fetch { after: 6, until: None })
+        );
+        assert_eq!(seqs(&out), [4, 5, 6]);
+        assert_eq!(hub.release("lobby", vec![stored(7, 6)]), None);
+        assert_eq!(seqs(&out), [7]);
+        assert_eq!(hub.rescan("elsewhere"), None, "a room that is gone needs no read");
+    }
+
+    #[test]
+    fn held_events_are_bounded_and_a_read_to_the_end_replaces_them() {
+        let (hub, out) = live_room(0);
+        assert!(hub.offer(ev(2, 1)).is_some());
+        for seq in 3..=(MAX_HELD_EVENTS as u64 + 5) {
+            hub.offer(ev(seq, seq - 1));
+        }
+        // The buffer was dropped at the bound (2..=10_002 with the event that overflowed
+        // it): after the first read, the next one covers what was dropped...
+        let n = MAX_HELD_EVENTS as u64 + 5;
+        let cut = MAX_HELD_EVENTS as u64 + 3;
+        let next = hub.release("lobby", vec![stored(1, 0)]);
+        assert_eq!(
+            next,
+            Some(Fetch {
+                after: 1,
+                until: Some(cut)
+            })
+        );
+        let dropped: Vec<StoredEvent> = (2..cut).map(|s| stored(s, s - 1)).collect();
+        // ...and then, for anything dropped after the last held event, one to the end.
+        assert_eq!(hub.release("lobby", dropped), Some(Fetch { after: n, until: None }));
+        assert_eq!(hub.release("lobby", Vec::new()), None);
+        assert_eq!(
+            seqs(&out),
+            (1..=n).collect::<Vec<_>>(),
+            "none lost, none repeated, in order"
+        );
+    }
+
+    #[test]
+    fn events_of_a_room_not_held_are_dropped() {
+        let hub = Table::default();
+        assert_eq!(hub.offer(ev(1, 0)), None);
+        assert_eq!(hub.release("lobby", vec![stored(1, 0)]), None);
+        assert_eq!(hub.rooms(), 0);
+    }
+
     #[test]
     fn a_pending_buffer_is_bounded() {
         let hub = Table::default();
@@ -343,7 +623,7 @@ mod tests {
             hub.deliver(&ev(seq, seq - 1));
         }
         assert!(out.is_closing(), "a stalled replay ends as a slow consumer");
-        assert_eq!(hub.activate("lobby", 1, &[], 0, |_| Bytes::new()), Some(0));
+        assert_eq!(hub.activate("lobby", 1, &[], Some(0), |_| Bytes::new()), Some(0));
     }
 
     #[test]
@@ -353,8 +633,8 @@ mod tests {
         let b = Outbound::new(1 << 20);
         hub.join("lobby", 1, a.clone(), Format::WebSocket(Codec::Json));
         hub.join("lobby", 2, b.clone(), Format::WebSocket(Codec::Json));
-        hub.activate("lobby", 1, &[], 0, |_| Bytes::new());
-        hub.activate("lobby", 2, &[], 0, |_| Bytes::new());
+        hub.activate("lobby", 1, &[], Some(0), |_| Bytes::new());
+        hub.activate("lobby", 2, &[], Some(0), |_| Bytes::new());
         assert_eq!(hub.deliver(&ev(1, 0)), 2);
         let (mut x, mut y) = (Vec::new(), Vec::new());
         a.take(&mut x);

@@ -11,6 +11,7 @@ mod limits;
 mod op_fuzz;
 mod push;
 mod resume;
+mod rooms;
 mod slow_consumer;
 
 use herald_testkit::{NatsServer, TestGateway};

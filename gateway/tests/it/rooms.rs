@@ -1,0 +1,100 @@
+//! How live room events come from NATS: one wildcard subscription held only while the
+//! gateway has rooms, or one subscription per room; either way a client gets exactly its
+//! rooms' events.
+
+use std::time::Duration;
+
+use herald_gateway::RoomSubscriptions;
+use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
+use serde_json::json;
+
+use crate::backend_publish;
+
+/// The live-event subscriptions NATS holds, sorted.
+async fn live_interest(nats: &NatsServer) -> Vec<String> {
+    let mut subs: Vec<String> = nats
+        .subscriptions()
+        .await
+        .into_iter()
+        .filter(|s| s.starts_with("herald.live.room."))
+        .collect();
+    subs.sort();
+    subs
+}
+
+/// Waits (10 s at most) until NATS holds exactly `want`.
+async fn wait_interest(nats: &NatsServer, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let have = live_interest(nats).await;
+        if have == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NATS live interest is {have:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rooms_case(mode: RoomSubscriptions, held: &[&str]) {
+    let nats = NatsServer::start();
+    let gw = TestGateway::start_with(&nats.url(), |c| {
+        c.room_subscriptions = mode;
+        c.room_linger = Duration::from_millis(100);
+    })
+    .await;
+    let backend = async_nats::connect(nats.url()).await.expect("NATS connects");
+    wait_interest(&nats, &[]).await;
+
+    let token = jwt::any_room("alice");
+    let mut a = WsClient::connect(&gw.ws_url(), &token).await;
+    let mut b = WsClient::connect(&gw.ws_url(), &token).await;
+    a.subscribe("mine", None).await;
+    b.subscribe("yours", None).await;
+    wait_interest(&nats, held).await;
+
+    // Events of a room nobody here holds share the stream but reach no one.
+    for i in 0..3 {
+        backend_publish(&backend, "elsewhere", json!({ "n": i })).await;
+    }
+    backend_publish(&backend, "mine", json!({ "n": "a" })).await;
+    backend_publish(&backend, "yours", json!({ "n": "b" })).await;
+    let ev = a.event().await;
+    assert_eq!((ev.room.as_str(), ev.seq, ev.prev), ("mine", 4, 0));
+    assert_eq!(ev.data, Some(json!({ "n": "a" })));
+    let ev = b.event().await;
+    assert_eq!((ev.room.as_str(), ev.seq, ev.prev), ("yours", 5, 0));
+    assert!(
+        a.next_within(Duration::from_millis(300)).await.is_none(),
+        "alice got only her room's event"
+    );
+
+    // Once every room is gone (after the linger), the gateway holds no interest.
+    drop(a);
+    drop(b);
+    wait_interest(&nats, &[]).await;
+
+    // And a room opened again gets its events (the wildcard subscription comes back).
+    let mut c = WsClient::connect(&gw.ws_url(), &token).await;
+    let (_, ack) = c.subscribe("mine", None).await;
+    assert_eq!(ack.seq, Some(4), "the live tail is the room's last seq");
+    backend_publish(&backend, "mine", json!({ "n": "c" })).await;
+    let ev = c.event().await;
+    assert_eq!((ev.room.as_str(), ev.seq, ev.prev), ("mine", 6, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_interest_is_held_only_while_the_gateway_has_rooms() {
+    rooms_case(RoomSubscriptions::Wildcard, &["herald.live.room.>"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_room_interest_follows_each_room() {
+    rooms_case(
+        RoomSubscriptions::PerRoom,
+        &["herald.live.room.mine", "herald.live.room.yours"],
+    )
+    .await;
+}
