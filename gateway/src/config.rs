@@ -146,7 +146,7 @@ pub struct Config {
     /// rooms' events, for ~10 KB and a round trip per room). docs/benchmarks.md gives the
     /// crossover.
     #[arg(long, env = "HERALD_ROOM_SUBSCRIPTIONS", value_enum, default_value = "wildcard")]
-    pub room_subscriptions: crate::upstream::RoomSubscriptions,
+    pub room_subscriptions: RoomSubscriptions,
 
     /// How long a room's NATS subscription outlives its last local subscriber.
     #[arg(long, env = "HERALD_ROOM_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -303,4 +303,14 @@ impl Config {
             .filter(|o| !o.is_empty() && o != "*")
             .collect()
     }
+}
+
+/// How the gateway subscribes to live room events (`--room-subscriptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomSubscriptions {
+    /// One subscription to all rooms while any room is held: rooms cost bytes, not
+    /// subscriptions; NATS sends every room's events to every gateway.
+    Wildcard,
+    /// One subscription (and task) per room: NATS sends each gateway only its rooms' events.
+    PerRoom,
 }

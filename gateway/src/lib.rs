@@ -50,8 +50,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::info;
 
-pub use config::{Config, ConfigError};
-pub use upstream::RoomSubscriptions;
+pub use config::{Config, ConfigError, RoomSubscriptions};
 
 use crate::auth::Authenticator;
 use crate::hub::{Hub, Table};

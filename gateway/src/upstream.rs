@@ -30,20 +30,11 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use crate::config::RoomSubscriptions;
 use crate::sync::lock;
 
 /// Rooms read from history at once after a reconnect (wildcard mode).
 const RESCAN_CONCURRENCY: usize = 16;
-
-/// How the gateway subscribes to live room events (`--room-subscriptions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RoomSubscriptions {
-    /// One subscription to all rooms while any room is held: rooms cost bytes, not
-    /// subscriptions; NATS sends every room's events to every gateway.
-    Wildcard,
-    /// One subscription (and task) per room: NATS sends each gateway only its rooms' events.
-    PerRoom,
-}
 
 /// A read of a room's history: the events after `after`, stopping before `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
