@@ -243,14 +243,19 @@ impl Upstream {
     /// read of its last seq once the wildcard subscription is in place.
     pub(crate) fn start_room(self: &Arc<Self>, room: &str) {
         let room: Arc<str> = Arc::from(room);
-        let task = match self.mode {
-            RoomSubscriptions::PerRoom => tokio::spawn(Arc::clone(self).pump(Arc::clone(&room))),
+        match self.mode {
+            RoomSubscriptions::PerRoom => {
+                let task = tokio::spawn(Arc::clone(self).pump(Arc::clone(&room)));
+                self.rooms.set_pump(&room, task.abort_handle());
+            }
+            // Short-lived and not kept: an abort handle would keep the finished task's
+            // memory (a few KB) for as long as the room lives. It ends by itself once the
+            // room is ready, or gone.
             RoomSubscriptions::Wildcard => {
                 let subscribed = self.dispatcher();
-                tokio::spawn(Arc::clone(self).open_room(Arc::clone(&room), subscribed))
+                tokio::spawn(Arc::clone(self).open_room(room, subscribed));
             }
-        };
-        self.rooms.set_pump(&room, task.abort_handle());
+        }
     }
 
     /// A room was removed: with no room left, the wildcard subscription ends.
@@ -354,6 +359,9 @@ impl Upstream {
                     warn!(%room, error = %e, "Room's last seq unavailable; retrying");
                     self.rooms.set_failed(&room);
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    if !self.rooms.contains(&room) {
+                        return;
+                    }
                 }
             }
         };

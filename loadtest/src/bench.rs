@@ -1,5 +1,7 @@
 //! `loadtest bench`: subscribers on one room, a publish rate rising step by step until p99
-//! crosses a limit; deliveries/s and gateway CPU-seconds per million deliveries at each step.
+//! crosses a limit; deliveries/s and CPU-seconds per million deliveries at each step, for the
+//! whole stack (gateway, nats-server, fanout) and the gateway alone; every step's losses and
+//! repeats.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,7 +15,8 @@ use serde::Serialize;
 
 use crate::report::{num, Report, Section, Table};
 use crate::svg::{self, Axis, Series};
-use crate::{proc, stack, Common};
+use crate::usage::{self, Procs, Role};
+use crate::{stack, Common};
 
 use crate::hold::{read_events, Tally};
 
@@ -30,6 +33,12 @@ pub struct BenchArgs {
     /// PIDs of the gateways (CPU from /proc) when not spawning.
     #[arg(long, value_delimiter = ',')]
     gateway_pid: Vec<u32>,
+    /// PID of nats-server, measured with the gateways when not spawning.
+    #[arg(long)]
+    nats_pid: Option<u32>,
+    /// PID of herald-fanout, measured with the gateways when not spawning.
+    #[arg(long)]
+    fanout_pid: Option<u32>,
     /// Subscribers on the room.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -65,12 +74,22 @@ struct Step {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// Events after a gap, and repeats, seen by the subscribers during the step.
+    gaps: u64,
+    duplicates: u64,
+    /// CPU of every measured server process (see `servers measured` in the report).
+    stack_cpu_s: f64,
     gateway_cpu_s: f64,
+    nats_cpu_s: f64,
+    fanout_cpu_s: f64,
+    /// Whole-stack CPU-seconds per million deliveries.
     cpu_s_per_million: f64,
+    gateway_cpu_s_per_million: f64,
 }
 
 pub async fn bench(mut a: BenchArgs) -> Result<()> {
-    let (_nats, gateway) = spawn_stack(&mut a)?;
+    let (_nats, servers) = spawn_stack(&mut a)?;
+    let procs = Procs::new(&a.gateway_pid, a.nats_pid, a.fanout_pid);
     let room = format!("bench-{}", crate::now_ns() / 1_000_000);
     let (conns, failed) = crate::connect_some(&a.common, a.subscribers, |_| room.clone()).await;
     if failed > 0 {
@@ -94,7 +113,7 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
     let mut steps: Vec<Step> = Vec::new();
     let mut rate = a.start_rate;
     while rate <= a.max_rate {
-        let s = p.step(&a, steps.len(), rate).await?;
+        let s = p.step(&a, &procs, steps.len(), rate).await?;
         let over = s.p99_ms.is_nan() || s.p99_ms > limit_ms || s.delivered < s.published * n;
         steps.push(s);
         if over {
@@ -102,27 +121,30 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
         }
         rate *= a.factor;
     }
-    drop(gateway);
-    let verdict = verdict(&steps, n, limit_ms);
+    drop(servers);
+    let verdict = verdict(&steps, n, limit_ms, &procs);
     println!("{verdict}");
-    report(&a, &steps, n, limit_ms, verdict).write(&a.report_dir)?;
+    report(&a, &procs, &steps, n, limit_ms, verdict).write(&a.report_dir)?;
     eprintln!("report: {}", a.report_dir.join("report.html").display());
     Ok(())
 }
 
-/// With `--spawn`: nats-server and one gateway (its log in the report directory), and the
-/// arguments pointed at them.
-fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Option<stack::Program>)> {
+/// With `--spawn`: nats-server, fanout and one gateway (its log in the report directory),
+/// and the arguments pointed at them.
+fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Vec<stack::Program>)> {
     if !a.spawn {
-        return Ok((None, None));
+        return Ok((None, Vec::new()));
     }
     let nats = stack::nats()?;
     std::fs::create_dir_all(&a.report_dir)?;
+    let fanout = stack::fanout(&nats.url())?;
     let g = stack::gateway(&nats.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
     a.common.gateway = vec![g.ws_url()];
     a.gateway_pid = vec![g.pid()];
+    a.nats_pid = nats.pid();
+    a.fanout_pid = Some(fanout.pid());
     a.nats_url = nats.url();
-    Ok((Some(nats), Some(g)))
+    Ok((Some(nats), vec![g, fanout]))
 }
 
 /// The publisher of the bench room and what its subscribers counted.
@@ -141,9 +163,11 @@ struct Publisher {
 impl Publisher {
     /// Publishes at `rate` for `--step-time` on the scheduled clock, waits (up to 5 s) for the
     /// step's deliveries, and measures it.
-    async fn step(&mut self, a: &BenchArgs, step: usize, rate: f64) -> Result<Step> {
+    async fn step(&mut self, a: &BenchArgs, procs: &Procs, step: usize, rate: f64) -> Result<Step> {
         let delivered_before = self.tally.delivered.load(Relaxed);
-        let cpu_before = proc::cpu_seconds_of(&a.gateway_pid);
+        let gaps_before = self.tally.gaps.load(Relaxed);
+        let duplicates_before = self.tally.duplicates.load(Relaxed);
+        let usage_before = procs.sample();
         let count = (rate * a.step_time.as_secs_f64()).round() as u64;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = tokio::time::Instant::now();
@@ -164,7 +188,9 @@ impl Publisher {
         }
         let took = start.elapsed().as_secs_f64();
         let delivered = self.tally.delivered.load(Relaxed) - delivered_before;
-        let cpu_s = proc::cpu_seconds_of(&a.gateway_pid) - cpu_before;
+        let shares = procs.shares(&usage_before, &procs.sample());
+        let cpu_s = usage::cpu_total(&shares);
+        let gateway_cpu_s = usage::cpu_of(&shares, Role::Gateway);
         let (p50, p99, max) = self
             .hist
             .lock()
@@ -186,50 +212,62 @@ impl Publisher {
             p50_ms: p50,
             p99_ms: p99,
             max_ms: max,
-            gateway_cpu_s: cpu_s,
+            gaps: self.tally.gaps.load(Relaxed) - gaps_before,
+            duplicates: self.tally.duplicates.load(Relaxed) - duplicates_before,
+            stack_cpu_s: cpu_s,
+            gateway_cpu_s,
+            nats_cpu_s: usage::cpu_of(&shares, Role::NatsServer),
+            fanout_cpu_s: usage::cpu_of(&shares, Role::Fanout),
             cpu_s_per_million: cpu_s / delivered.max(1) as f64 * 1e6,
+            gateway_cpu_s_per_million: gateway_cpu_s / delivered.max(1) as f64 * 1e6,
         };
         eprintln!(
-            "rate {:>8.0}/s: {:>9.0} deliveries/s, p50 {} ms, p99 {} ms, {} of {} delivered, gateway CPU {} s ({} s per million)",
+            "rate {:>8.0}/s: {:>9.0} deliveries/s, p50 {} ms, p99 {} ms, {} of {} delivered, {} gaps, {} repeats, server CPU {} s ({} s per million; gateway {})",
             s.rate,
             s.deliveries_per_s,
             num(s.p50_ms),
             num(s.p99_ms),
             s.delivered,
             count * self.subscribers,
-            num(s.gateway_cpu_s),
-            num(s.cpu_s_per_million)
+            s.gaps,
+            s.duplicates,
+            num(s.stack_cpu_s),
+            num(s.cpu_s_per_million),
+            num(s.gateway_cpu_s_per_million)
         );
         Ok(s)
     }
 }
 
-/// The best step that kept p99 under the limit and lost nothing.
-fn verdict(steps: &[Step], n: u64, limit_ms: f64) -> String {
+/// The best step that kept p99 under the limit and lost and repeated nothing.
+fn verdict(steps: &[Step], n: u64, limit_ms: f64, procs: &Procs) -> String {
     let best = steps
         .iter()
-        .filter(|s| s.p99_ms <= limit_ms && s.delivered == s.published * n)
+        .filter(|s| s.p99_ms <= limit_ms && s.delivered == s.published * n && s.gaps == 0 && s.duplicates == 0)
         .max_by(|x, y| x.deliveries_per_s.total_cmp(&y.deliveries_per_s));
     match best {
         Some(b) => format!(
-            "{:.0} deliveries/s with p99 {} ms ≤ {} ms (publish {:.0}/s × {n} subscribers); gateway {} CPU-s per million deliveries",
+            "{:.0} deliveries/s with p99 {} ms ≤ {} ms (publish {:.0}/s × {n} subscribers); {} CPU-s per million deliveries ({}), gateway alone {}",
             b.deliveries_per_s,
             num(b.p99_ms),
             num(limit_ms),
             b.rate,
-            num(b.cpu_s_per_million)
+            num(b.cpu_s_per_million),
+            procs.covers(),
+            num(b.gateway_cpu_s_per_million)
         ),
         None => format!("no step kept p99 ≤ {} ms", num(limit_ms)),
     }
 }
 
-fn report(a: &BenchArgs, steps: &[Step], n: u64, limit_ms: f64, verdict: String) -> Report {
+fn report(a: &BenchArgs, procs: &Procs, steps: &[Step], n: u64, limit_ms: f64, verdict: String) -> Report {
     let mut header = crate::report::machine_header();
     header.extend([
         ("subscribers".to_owned(), n.to_string()),
         ("payload".into(), format!("{} B padding", a.payload_bytes)),
         ("step".into(), humantime::format_duration(a.step_time).to_string()),
         ("p99 limit".into(), format!("{} ms", num(limit_ms))),
+        ("servers measured".into(), procs.covers()),
     ]);
     let head = [
         "publish/s",
@@ -238,8 +276,11 @@ fn report(a: &BenchArgs, steps: &[Step], n: u64, limit_ms: f64, verdict: String)
         "p50 ms",
         "p99 ms",
         "max ms",
-        "gateway CPU-s",
+        "gaps",
+        "repeats",
+        "server CPU-s",
         "CPU-s per million",
+        "gateway CPU-s per million",
     ];
     let rows = steps
         .iter()
@@ -251,8 +292,11 @@ fn report(a: &BenchArgs, steps: &[Step], n: u64, limit_ms: f64, verdict: String)
                 num(s.p50_ms),
                 num(s.p99_ms),
                 num(s.max_ms),
-                num(s.gateway_cpu_s),
+                s.gaps.to_string(),
+                s.duplicates.to_string(),
+                num(s.stack_cpu_s),
                 num(s.cpu_s_per_million),
+                num(s.gateway_cpu_s_per_million),
             ]
         })
         .collect();
@@ -261,14 +305,24 @@ fn report(a: &BenchArgs, steps: &[Step], n: u64, limit_ms: f64, verdict: String)
         header,
         sections: vec![Section {
             heading: "Steps".into(),
-            text: vec![verdict.clone()],
+            text: vec![
+                verdict.clone(),
+                format!(
+                    "Every step run is listed. Server CPU covers {}; gaps are events that \
+                     arrived after a missing one, repeats are events seen twice.",
+                    procs.covers()
+                ),
+            ],
             table: Some(Table {
                 head: head.map(String::from).to_vec(),
                 rows,
             }),
             charts: vec![("bench".into(), chart(steps, limit_ms))],
         }],
-        json: serde_json::json!({"subscribers": n, "p99_limit_ms": limit_ms, "verdict": verdict, "steps": steps}),
+        json: serde_json::json!({
+            "revision": crate::report::run_revision(), "servers_measured": procs.covers(),
+            "subscribers": n, "p99_limit_ms": limit_ms, "verdict": verdict, "steps": steps,
+        }),
     }
 }
 

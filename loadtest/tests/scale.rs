@@ -58,6 +58,11 @@ fn hold_spreads_connections_over_workers_gateways_and_sources_and_delivers_the_b
     assert_eq!(r["gaps"], 0);
     assert_eq!(r["workers_detail"].as_array().expect("workers").len(), 3);
     assert!(r["gateway_kib_per_connection"].as_f64().expect("per connection") > 0.0);
+    assert_eq!(r["servers_measured"], "gateway ×2 + nats-server + fanout");
+    assert_eq!(r["hold"].as_array().expect("shares").len(), 3, "one share per role");
+    assert!(r["stack_kib_per_connection"].as_f64().expect("stack") > 0.0);
+    assert!(r["stack_connect_cpu_us_per_connection"].as_f64().expect("connect CPU") > 0.0);
+    assert!(!r["revision"].as_str().expect("revision").is_empty());
 }
 
 #[test]
@@ -92,7 +97,9 @@ fn bench_raises_the_rate_until_the_last_step_and_reports_cpu_per_million() {
         let cpu = s["cpu_s_per_million"].as_f64().expect("cpu");
         assert!(cpu.is_finite() && cpu >= 0.0, "{cpu}");
         assert!(s["p99_ms"].as_f64().expect("p99") > 0.0);
+        assert_eq!((s["gaps"].as_u64(), s["duplicates"].as_u64()), (Some(0), Some(0)));
     }
+    assert_eq!(r["servers_measured"], "gateway + nats-server + fanout");
     assert_eq!(steps[1]["published"], 80);
     let cpu: f64 = steps.iter().map(|s| s["gateway_cpu_s"].as_f64().expect("cpu")).sum();
     assert!(cpu > 0.0, "the gateway's CPU over the run is measured");

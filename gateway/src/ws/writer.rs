@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use herald_proto::CloseCode;
@@ -38,36 +39,43 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     loop {
         let close = out.take(&mut batch);
         if !batch.is_empty() {
-            // A peer that stops reading blocks this write; once the connection is closing
-            // (e.g. its queue overflowed, or its token expired meanwhile) it gets a grace
-            // period to read, then is dropped. A peer that sends nothing for two ping
-            // intervals while blocked is dropped too: the checks do not wait for the write.
-            let stuck = async {
-                while !out.is_closing() {
-                    out.notified().await;
-                }
-                tokio::time::sleep(CLOSE_GRACE).await;
-            };
+            // Nearly always the socket takes the whole batch at once: then no timer or
+            // waiter is touched for it.
             let written = {
                 let write = outbound::write_all(&mut w, &batch);
-                tokio::pin!(stuck, write);
-                loop {
-                    tokio::select! {
-                        r = &mut write => break r,
-                        _ = &mut stuck => return,
-                        _ = &mut expiry, if !expired => {
-                            expired = true;
-                            out.close(Some(CloseCode::POLICY));
+                tokio::pin!(write);
+                if let Poll::Ready(r) = futures_util::poll!(write.as_mut()) {
+                    r
+                } else {
+                    // A peer that stops reading blocks this write; once the connection is closing
+                    // (e.g. its queue overflowed, or its token expired meanwhile) it gets a grace
+                    // period to read, then is dropped. A peer that sends nothing for two ping
+                    // intervals while blocked is dropped too: the checks do not wait for the write.
+                    let stuck = async {
+                        while !out.is_closing() {
+                            out.notified().await;
                         }
-                        _ = ping.tick() => {
-                            if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
-                                debug!("No answer for two ping intervals while a write is blocked");
-                                return;
+                        tokio::time::sleep(CLOSE_GRACE).await;
+                    };
+                    tokio::pin!(stuck);
+                    loop {
+                        tokio::select! {
+                            r = &mut write => break r,
+                            _ = &mut stuck => return,
+                            _ = &mut expiry, if !expired => {
+                                expired = true;
+                                out.close(Some(CloseCode::POLICY));
                             }
-                            // This interval's ping, sent after the write: a tick taken here
-                            // without one would leave a client that answers every ping silent
-                            // for two intervals, and it would be closed as idle.
-                            out.push_frame(ws_frame(opcode::PING, b""));
+                            _ = ping.tick() => {
+                                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
+                                    debug!("No answer for two ping intervals while a write is blocked");
+                                    return;
+                                }
+                                // This interval's ping, sent after the write: a tick taken here
+                                // without one would leave a client that answers every ping silent
+                                // for two intervals, and it would be closed as idle.
+                                out.push_frame(ws_frame(opcode::PING, b""));
+                            }
                         }
                     }
                 }
