@@ -101,6 +101,63 @@ pub(crate) struct Tally {
     pub(crate) closed: AtomicU64,
 }
 
+/// Opens this worker's connections, `--concurrency` at a time, each read from the moment it
+/// is open (so it answers pings while the others connect: a long connect phase must not
+/// leave early connections silent until the gateway closes them as idle). Returns how many
+/// opened and how many failed.
+async fn open_and_read(a: &HoldArgs, tally: &Arc<Tally>, hist: &Arc<Mutex<Vec<Histogram<u64>>>>) -> (u64, u64) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.common.concurrency.max(1)));
+    let common = Arc::new(a.common.clone());
+    let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..a.connections {
+        let room = if a.rooms == 0 {
+            String::new()
+        } else {
+            format!("hold-{}", (a.first + i) % a.rooms)
+        };
+        let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
+            break;
+        };
+        let (common, tally, hist, opened_tx) = (
+            Arc::clone(&common),
+            Arc::clone(tally),
+            Arc::clone(hist),
+            opened_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let c = crate::connect_one(&common, i, &room).await;
+            drop(permit);
+            match c {
+                Ok(c) => {
+                    let _ = opened_tx.send(Ok(()));
+                    drop(opened_tx);
+                    read_events(c, tally, hist).await;
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            }
+        });
+    }
+    drop(opened_tx);
+    // One answer per connection (the reading tasks keep their senders).
+    let (mut ok, mut failed, mut first_error) = (0, 0, None);
+    for _ in 0..a.connections {
+        let Some(r) = opened.recv().await else { break };
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("{failed} connections failed; the first: {e:#}");
+    }
+    (ok, failed)
+}
+
 /// Reads a connection until it closes, checking order and recording latency.
 pub(crate) async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec<Histogram<u64>>>>) {
     // Rooms may hold events from earlier runs: the chain starts at the first event seen.
@@ -138,28 +195,15 @@ pub(crate) async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Ar
 
 async fn worker(a: HoldArgs) -> Result<()> {
     let started = Instant::now();
-    let rooms = a.rooms;
-    let first = a.first;
-    let (conns, failed) = crate::connect_some(&a.common, a.connections, |i| {
-        if rooms == 0 {
-            String::new()
-        } else {
-            format!("hold-{}", (first + i) % rooms)
-        }
-    })
-    .await;
+    let tally = Arc::new(Tally::default());
+    let hist = Arc::new(Mutex::new(Vec::new()));
+    let (n, failed) = open_and_read(&a, &tally, &hist).await;
     let line = WorkerConnected {
-        connected: conns.len() as u64,
+        connected: n,
         failed,
         seconds: started.elapsed().as_secs_f64(),
     };
     println!("{}", serde_json::to_string(&line)?);
-    let tally = Arc::new(Tally::default());
-    let hist = Arc::new(Mutex::new(Vec::new()));
-    let n = conns.len() as u64;
-    for c in conns {
-        tokio::spawn(read_events(c, Arc::clone(&tally), Arc::clone(&hist)));
-    }
     // "stop <events per connection>" on stdin ends the hold.
     let expected: u64 = tokio::task::spawn_blocking(|| {
         let mut line = String::new();

@@ -142,26 +142,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// Longest a connection may take to open and subscribe before it counts as failed.
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens connection `i` of a run (gateway and source address round-robin) and joins `room`
+/// (none when empty), within [`OPEN_TIMEOUT`].
+pub async fn connect_one(common: &Common, i: usize, room: &str) -> anyhow::Result<client::Conn> {
+    let url = &common.gateway[i % common.gateway.len()];
+    let source = common.sources[(i / common.gateway.len()) % common.sources.len()];
+    let open = async {
+        let mut c = client::Conn::open(url, source, common.token.as_deref()).await?;
+        if !room.is_empty() {
+            c.subscribe(room).await?;
+        }
+        Ok::<_, anyhow::Error>(c)
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+        Ok(r) => r,
+        Err(_) => bail!("no welcome or ack within {OPEN_TIMEOUT:?}"),
+    }
+}
+
 /// Opens `n` connections, `concurrency` at a time; connection `i` joins `room(i)` (none when
 /// empty). Returns the open ones and how many failed.
 pub async fn connect_some(common: &Common, n: usize, room: impl Fn(usize) -> String) -> (Vec<client::Conn>, u64) {
     let sem = Arc::new(tokio::sync::Semaphore::new(common.concurrency.max(1)));
+    let common = Arc::new(common.clone());
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let url = common.gateway[i % common.gateway.len()].clone();
-        let source = common.sources[(i / common.gateway.len()) % common.sources.len()];
-        let token = common.token.clone();
         let room = room(i);
         let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
             break;
         };
+        let common = Arc::clone(&common);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let mut c = client::Conn::open(&url, source, token.as_deref()).await?;
-            if !room.is_empty() {
-                c.subscribe(&room).await?;
-            }
-            Ok::<_, anyhow::Error>(c)
+            connect_one(&common, i, &room).await
         }));
     }
     let mut conns = Vec::with_capacity(n);
