@@ -178,15 +178,17 @@ pub(crate) async fn long_poll(user: &mut GooseUser) -> TransactionResult {
 pub(crate) async fn ajax_poll(user: &mut GooseUser) -> TransactionResult {
     let Kind::Poll(t) = run().p.kind else { return Ok(()) };
     let due = user.get_session_data_unchecked::<PollSession>().next_due;
-    // Fixed rate (setInterval): the next poll is due T after the previous one was due.
+    // As herald.js does: the next poll goes T (`pollInterval`) after the answer to this one,
+    // so the period is T plus the answer's round trip (not a fixed clock like setInterval).
     // Sleep in slices of at most 500 ms so goose can stop the user.
     let now = tokio::time::Instant::now();
     if due > now {
         tokio::time::sleep_until(due.min(now + Duration::from_millis(500))).await;
         return Ok(());
     }
-    user.get_session_data_unchecked_mut::<PollSession>().next_due = due + t;
-    match poll_once(user, Duration::ZERO).await? {
+    let answer = poll_once(user, Duration::ZERO).await;
+    user.get_session_data_unchecked_mut::<PollSession>().next_due = tokio::time::Instant::now() + t;
+    match answer? {
         Some(lats) => record_all(user, "POLL", lats).await,
         None => Ok(()),
     }
