@@ -100,6 +100,7 @@ pub struct Params {
     pub token: Option<String>,
     pub browser_headers: bool,
     pub gateway_pids: Vec<u32>,
+    pub nats_pid: Option<u32>,
     pub gateway_admin: Vec<String>,
     pub source: IpAddr,
     pub goose_sample: u64,
@@ -137,6 +138,9 @@ pub struct ModeResult {
     pub connect_bytes: u64,
     pub gateway_bytes_sent: f64,
     pub gateway_cpu_s: f64,
+    /// nats-server's CPU over the same window (0 when its PID is not known).
+    #[serde(default)]
+    pub nats_cpu_s: f64,
     pub gateway_cpu_pct_mean: f64,
     pub gateway_cpu_pct_max: f64,
     pub gateway_rss_before_kib: u64,
@@ -168,6 +172,11 @@ impl ModeResult {
     }
 
     /// Gateway CPU-seconds per delivered event.
+    /// Gateway and nats-server CPU-seconds per delivered message.
+    pub fn stack_cpu_s_per_msg(&self) -> f64 {
+        (self.gateway_cpu_s + self.nats_cpu_s) / self.delivered.max(1) as f64
+    }
+
     pub fn cpu_s_per_msg(&self) -> f64 {
         self.gateway_cpu_s / self.delivered.max(1) as f64
     }

@@ -48,6 +48,9 @@ pub struct PresenceArgs {
     /// PIDs of the gateways (CPU from /proc).
     #[arg(long, value_delimiter = ',')]
     gateway_pid: Vec<u32>,
+    /// PID of nats-server (CPU from /proc), measured with fanout and the gateways.
+    #[arg(long)]
+    nats_pid: Option<u32>,
     /// Where report.md, report.json and report.html go.
     #[arg(long, default_value = "target/loadtest/presence")]
     report_dir: std::path::PathBuf,
@@ -92,9 +95,10 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
     // Let the joins above settle into the count before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fanout_pid: Vec<u32> = a.fanout_pid.into_iter().collect();
-    let cpu_before = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let nats_pid: Vec<u32> = a.nats_pid.into_iter().collect();
+    let cpu_before = (cpu(&fanout_pid), cpu(&a.gateway_pid), cpu(&nats_pid));
     let (changes, elapsed) = churn(&a, &room, &mut members).await?;
-    let cpu_after = (cpu(&fanout_pid), cpu(&a.gateway_pid));
+    let cpu_after = (cpu(&fanout_pid), cpu(&a.gateway_pid), cpu(&nats_pid));
     let mut seen = Seen::default();
     let mut lags = crate::latency_histogram();
     let mut missing = 0u64;
@@ -111,6 +115,7 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
     for (name, before, after, pids) in [
         ("fanout", &cpu_before.0, &cpu_after.0, &fanout_pid),
         ("gateway", &cpu_before.1, &cpu_after.1, &a.gateway_pid),
+        ("nats-server", &cpu_before.2, &cpu_after.2, &nats_pid),
     ] {
         for (i, pid) in pids.iter().enumerate() {
             let used = after[i] - before[i];

@@ -12,7 +12,7 @@ nats=${HERALD_NATS_SERVER:-target/tools/venv/bin/nats-server}
 store=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$store"' EXIT
-"$nats" -js -a 127.0.0.1 -p 4333 -sd "$store" > /dev/null 2>&1 & pids+=($!)
+"$nats" -js -a 127.0.0.1 -p 4333 -sd "$store" > /dev/null 2>&1 & natspid=$!; pids+=($natspid)
 sleep 1
 target/release/herald-fanout --nats-url nats://127.0.0.1:4333 --admin-listen 127.0.0.1:9300 "$@" > /dev/null 2>&1 & fanout=$!; pids+=($fanout)
 gw=()
@@ -26,4 +26,4 @@ for port in 9300 9190 9191; do
 done
 target/release/loadtest presence --gateway ws://127.0.0.1:8180/ws,ws://127.0.0.1:8181/ws \
   --members 5000 --churn 200 --observers 5 --run-time 30s \
-  --fanout-pid $fanout --gateway-pid "${gw[0]},${gw[1]}" --report-dir "$out"
+  --fanout-pid $fanout --gateway-pid "${gw[0]},${gw[1]}" --nats-pid $natspid --report-dir "$out"

@@ -54,6 +54,9 @@ pub struct CompareArgs {
     /// --gateway port here).
     #[arg(long, value_delimiter = ',')]
     pub gateway_pid: Vec<u32>,
+    /// PID of nats-server, whose CPU is reported beside the gateway's, when not --spawn.
+    #[arg(long)]
+    pub nats_pid: Option<u32>,
     /// NATS URL the publisher uses (as an app backend would), when not --spawn.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -202,6 +205,9 @@ fn run_one(
             &n.url(),
         ])
         .args(["--gateway-pid", &g.pid().to_string()]);
+        if let Some(pid) = n.pid() {
+            cmd.args(["--nats-pid", &pid.to_string()]);
+        }
     }
     cmd.stdout(std::fs::File::create(a.report_dir.join(format!("goose-{label}.log")))?);
     let status = cmd.status().context("running a mode")?;
@@ -248,6 +254,7 @@ async fn child(a: CompareArgs, label: &str) -> Result<bool> {
         } else {
             a.gateway_pid.clone()
         },
+        nats_pid: a.nats_pid,
         gateway_admin: a.gateway_admin.clone(),
         source: a.source,
         goose_sample: a.goose_sample,

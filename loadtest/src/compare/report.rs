@@ -137,7 +137,8 @@ fn summary(results: &[ModeResult]) -> Table {
             "req per msg",
             "empty polls",
             "bytes per msg",
-            "CPU-s per 1k msgs",
+            "gateway CPU-s per 1k msgs",
+            "gateway + NATS CPU-s per 1k msgs",
             "gateway CPU mean/max",
             "RSS per 1k conns",
             "errors",
@@ -167,6 +168,7 @@ fn summary(results: &[ModeResult]) -> Table {
                     },
                     num(r.bytes_per_msg()),
                     num(r.cpu_s_per_msg() * 1000.0),
+                    num(r.stack_cpu_s_per_msg() * 1000.0),
                     format!("{:.0}% / {:.0}%", r.gateway_cpu_pct_mean, r.gateway_cpu_pct_max),
                     format!(
                         "{:.1} MiB",

@@ -133,6 +133,7 @@ pub(crate) async fn sample(users: u64) -> (ModeResult, Vec<Sample>) {
         connect_bytes: run.c.connect_bytes.load(Relaxed),
         gateway_bytes_sent: end.bytes_sent,
         gateway_cpu_s: end.cpu_s,
+        nats_cpu_s: end.nats_cpu_s,
         gateway_cpu_pct_mean: percent(end.cpu_s, end.window_s),
         gateway_cpu_pct_max: sm.cpu_max,
         gateway_rss_before_kib: rss_before,
@@ -160,6 +161,7 @@ struct Window {
     t0: Instant,
     delivered: u64,
     gateway_cpu_s: f64,
+    nats_cpu_s: f64,
     harness_cpu_s: f64,
     bytes_sent: f64,
     connections: f64,
@@ -169,6 +171,7 @@ struct Window {
 struct WindowEnd {
     window_s: f64,
     cpu_s: f64,
+    nats_cpu_s: f64,
     harness_cpu_s: f64,
     bytes_sent: f64,
 }
@@ -196,6 +199,7 @@ impl Window {
         let window = Self {
             delivered: run.c.delivered.load(Relaxed),
             gateway_cpu_s: sm.cpu(),
+            nats_cpu_s: nats_cpu(run),
             harness_cpu_s: proc::cpu_seconds(std::process::id()).unwrap_or(0.0),
             t0: Instant::now(),
             bytes_sent,
@@ -213,10 +217,16 @@ impl Window {
         WindowEnd {
             window_s,
             cpu_s: sm.cpu() - self.gateway_cpu_s,
+            nats_cpu_s: nats_cpu(run) - self.nats_cpu_s,
             harness_cpu_s: proc::cpu_seconds(std::process::id()).unwrap_or(0.0) - self.harness_cpu_s,
             bytes_sent: scrape(&run.p.gateway_admin, "herald_gateway_bytes_sent_total") - self.bytes_sent,
         }
     }
+}
+
+/// nats-server's CPU seconds so far (0 when its PID is not known).
+fn nats_cpu(run: &Run) -> f64 {
+    run.p.nats_pid.and_then(|p| proc::cpu_seconds(p).ok()).unwrap_or(0.0)
 }
 
 impl Sampler {
