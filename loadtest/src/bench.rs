@@ -18,7 +18,7 @@ use crate::svg::{self, Axis, Series};
 use crate::usage::{self, Procs, Role};
 use crate::{stack, Common};
 
-use crate::hold::{read_events, Tally};
+use crate::hold::{open_and_read, Tally};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -91,24 +91,21 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
     let (_nats, servers) = spawn_stack(&mut a)?;
     let procs = Procs::new(&a.gateway_pid, a.nats_pid, a.fanout_pid);
     let room = format!("bench-{}", crate::now_ns() / 1_000_000);
-    let (conns, failed) = crate::connect_some(&a.common, a.subscribers, |_| room.clone()).await;
+    let (tally, hist) = (Arc::new(Tally::default()), Arc::new(Mutex::new(Vec::new())));
+    let (n, failed) = open_and_read(&a.common, a.subscribers, |_| room.clone(), &tally, &hist).await;
     if failed > 0 {
         bail!("{failed} subscribers failed to connect");
     }
-    let n = conns.len() as u64;
     eprintln!("{n} subscribers on {room}");
     let mut p = Publisher {
-        tally: Arc::new(Tally::default()),
-        hist: Arc::new(Mutex::new(Vec::new())),
+        tally,
+        hist,
         nats: async_nats::connect(&a.nats_url).await.context("NATS")?,
         subject: herald_proto::subject::Subjects::new(a.common.subject_prefix.clone()).room(&room),
         pad: "x".repeat(a.payload_bytes),
         subscribers: n,
         published: 0,
     };
-    for c in conns {
-        tokio::spawn(read_events(c, Arc::clone(&p.tally), Arc::clone(&p.hist)));
-    }
     let limit_ms = a.p99_limit.as_secs_f64() * 1000.0;
     let mut steps: Vec<Step> = Vec::new();
     let mut rate = a.start_rate;

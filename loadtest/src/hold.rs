@@ -101,20 +101,22 @@ pub(crate) struct Tally {
     pub(crate) closed: AtomicU64,
 }
 
-/// Opens this worker's connections, `--concurrency` at a time, each read from the moment it
-/// is open (so it answers pings while the others connect: a long connect phase must not
-/// leave early connections silent until the gateway closes them as idle). Returns how many
-/// opened and how many failed.
-async fn open_and_read(a: &HoldArgs, tally: &Arc<Tally>, hist: &Arc<Mutex<Vec<Histogram<u64>>>>) -> (u64, u64) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.common.concurrency.max(1)));
-    let common = Arc::new(a.common.clone());
+/// Opens `n` connections, `--concurrency` at a time, connection `i` joining `room(i)` (none
+/// when empty), each read by [`read_events`] from the moment it is open (so it answers pings
+/// while the others connect: a long connect phase must not leave early connections silent
+/// until the gateway closes them as idle). Returns how many opened and how many failed.
+pub(crate) async fn open_and_read(
+    common: &Common,
+    n: usize,
+    room: impl Fn(usize) -> String,
+    tally: &Arc<Tally>,
+    hist: &Arc<Mutex<Vec<Histogram<u64>>>>,
+) -> (u64, u64) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(common.concurrency.max(1)));
+    let common = Arc::new(common.clone());
     let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel();
-    for i in 0..a.connections {
-        let room = if a.rooms == 0 {
-            String::new()
-        } else {
-            format!("hold-{}", (a.first + i) % a.rooms)
-        };
+    for i in 0..n {
+        let room = room(i);
         let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
             break;
         };
@@ -140,10 +142,9 @@ async fn open_and_read(a: &HoldArgs, tally: &Arc<Tally>, hist: &Arc<Mutex<Vec<Hi
         });
     }
     drop(opened_tx);
-    // One answer per connection (the reading tasks keep their senders).
+    // One answer per connection; each task drops its sender once it has answered.
     let (mut ok, mut failed, mut first_error) = (0, 0, None);
-    for _ in 0..a.connections {
-        let Some(r) = opened.recv().await else { break };
+    while let Some(r) = opened.recv().await {
         match r {
             Ok(()) => ok += 1,
             Err(e) => {
@@ -159,7 +160,7 @@ async fn open_and_read(a: &HoldArgs, tally: &Arc<Tally>, hist: &Arc<Mutex<Vec<Hi
 }
 
 /// Reads a connection until it closes, checking order and recording latency.
-pub(crate) async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec<Histogram<u64>>>>) {
+async fn read_events(mut c: client::Conn, tally: Arc<Tally>, hist: Arc<Mutex<Vec<Histogram<u64>>>>) {
     // Rooms may hold events from earlier runs: the chain starts at the first event seen.
     let mut chain = Chain::default();
     loop {
@@ -197,7 +198,15 @@ async fn worker(a: HoldArgs) -> Result<()> {
     let started = Instant::now();
     let tally = Arc::new(Tally::default());
     let hist = Arc::new(Mutex::new(Vec::new()));
-    let (n, failed) = open_and_read(&a, &tally, &hist).await;
+    let (rooms, first) = (a.rooms, a.first);
+    let room = |i: usize| {
+        if rooms == 0 {
+            String::new()
+        } else {
+            format!("hold-{}", (first + i) % rooms)
+        }
+    };
+    let (n, failed) = open_and_read(&a.common, a.connections, room, &tally, &hist).await;
     let line = WorkerConnected {
         connected: n,
         failed,

@@ -23,7 +23,6 @@ mod usage;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
@@ -162,42 +161,6 @@ pub async fn connect_one(common: &Common, i: usize, room: &str) -> anyhow::Resul
         Ok(r) => r,
         Err(_) => bail!("no welcome or ack within {OPEN_TIMEOUT:?}"),
     }
-}
-
-/// Opens `n` connections, `concurrency` at a time; connection `i` joins `room(i)` (none when
-/// empty). Returns the open ones and how many failed.
-pub async fn connect_some(common: &Common, n: usize, room: impl Fn(usize) -> String) -> (Vec<client::Conn>, u64) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(common.concurrency.max(1)));
-    let common = Arc::new(common.clone());
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let room = room(i);
-        let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
-            break;
-        };
-        let common = Arc::clone(&common);
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            connect_one(&common, i, &room).await
-        }));
-    }
-    let mut conns = Vec::with_capacity(n);
-    let mut failed = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(c)) => conns.push(c),
-            Ok(Err(e)) => {
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
-            Err(_) => failed += 1,
-        }
-    }
-    if let Some(e) = first_error {
-        eprintln!("{failed} connections failed; the first: {e:#}");
-    }
-    (conns, failed)
 }
 
 /// The histogram every latency goes into: 1 µs to 10 minutes, 3 significant digits.
