@@ -222,14 +222,13 @@ impl Table {
 impl Room {
     /// Queues `ev` to every live subscriber (buffers it for pending ones); returns how many got it.
     fn deliver(&mut self, ev: &Arc<StoredEvent>) -> usize {
-        let r = self;
-        r.last_seq = r.last_seq.max(ev.seq);
+        self.last_seq = self.last_seq.max(ev.seq);
         let mut frames = Frames {
             ev,
             slots: [None, None, None],
         };
         let mut n = 0;
-        for sub in r.subs.values_mut() {
+        for sub in self.subs.values_mut() {
             match &mut sub.mode {
                 Mode::Pending(buf) if buf.len() >= MAX_PENDING_EVENTS => {
                     *buf = Vec::new();
