@@ -162,22 +162,15 @@ async fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) ->
         name: None,
         claims: None,
     });
-    tokio::spawn(async move {
-        match fut.await {
-            Ok(ws) => {
-                let accepted = Accepted {
-                    slot,
-                    conn_id,
-                    conn,
-                    identity,
-                    codec,
-                    mode,
-                };
-                ws::run(shared, ws.into_inner(), accepted).await;
-            }
-            Err(e) => debug!(error = %e, "Upgrade did not complete"),
-        }
+    let accepted = Box::new(Accepted {
+        slot,
+        conn_id,
+        conn,
+        identity,
+        codec,
+        mode,
     });
+    tokio::spawn(ws::run(shared, fut, accepted));
     let (mut parts, _) = resp.into_parts();
     if offered_protocol {
         parts.headers.insert(

@@ -56,7 +56,9 @@ impl TestGateway {
     pub async fn wait_ready(&self) {
         let admin = self.admin;
         crate::wait_until(
-            std::time::Duration::from_secs(15),
+            // Generous: a loaded two-core CI box runs several test binaries' NATS servers
+            // and gateways at once, and stream provisioning retries with backoff.
+            std::time::Duration::from_secs(30),
             "gateway /readyz 200",
             || async move {
                 crate::http::get(admin, "/readyz")

@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use futures_util::FutureExt;
 use herald_proto::codec::DecodeError;
 use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
 use herald_proto::{CloseCode, Codec, ErrorCode};
 use herald_service::now_ms;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, error, Instrument};
@@ -85,14 +84,23 @@ enum End {
 
 // === impl Session ===
 
-/// Runs a connection until it ends.
-pub(crate) async fn run(shared: Arc<Shared>, upgraded: TokioIo<Upgraded>, accepted: Accepted) {
+/// Completes the upgrade and runs the connection until it ends.
+///
+/// A connection is one task and this future is most of its memory, so it is laid out with
+/// care: its inputs come boxed (an async fn keeps its arguments beside the locals it moves
+/// them into), and the writer runs in this task beside the reader instead of in a task of
+/// its own.
+pub(crate) async fn run(shared: Arc<Shared>, upgrade: UpgradeFut, accepted: Box<Accepted>) {
+    let io = match upgrade.await {
+        Ok(ws) => ws.into_inner(),
+        Err(e) => return debug!(error = %e, "Upgrade did not complete"),
+    };
     let span =
         tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
-    run_inner(shared, upgraded, accepted).instrument(span).await
+    serve(shared, io, accepted).instrument(span).await
 }
 
-async fn run_inner<S>(shared: Arc<Shared>, io: S, a: Accepted)
+async fn serve<S>(shared: Arc<Shared>, io: S, a: Box<Accepted>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -100,26 +108,34 @@ where
     let idle = AtomicBool::new(true);
     let mut input = Input::new(rd, &idle);
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
-    let last_seen = Arc::new(AtomicU64::new(now_ms()));
-    a.slot.register(Arc::clone(&out));
+    let last_seen = AtomicU64::new(now_ms());
+    let Accepted {
+        slot,
+        conn_id,
+        conn,
+        identity,
+        codec,
+        mode,
+    } = *a;
+    slot.register(Arc::clone(&out));
     metrics::connection_opened(Transport::WebSocket);
 
     let mut session = Session {
-        mode: a.mode,
-        _slot: a.slot,
-        conn_id: a.conn_id,
-        conn: a.conn,
-        codec: a.codec,
+        mode,
+        _slot: slot,
+        conn_id,
+        conn,
+        codec,
         out: Arc::clone(&out),
         rooms: HashSet::new(),
         presence_rooms: HashSet::new(),
         watching: HashSet::new(),
         bucket: TokenBucket::new(shared.config.publish_rate),
         ops: TokenBucket::with_burst(shared.config.op_rate, shared.op_burst()),
-        identity: a.identity,
+        identity,
         shared: Arc::clone(&shared),
     };
-    if a.mode == Mode::Herald {
+    if mode == Mode::Herald {
         session.send(&ServerFrame::Welcome(Welcome {
             conn: session.conn.clone(),
             user: session.identity.user.clone(),
@@ -129,20 +145,21 @@ where
         shared.presence.tracker.open(&session.conn, &session.identity.user);
     }
     let expires = session.identity.expires_at();
-    let writer = tokio::spawn(
-        write_loop(
-            wr,
-            Arc::clone(&out),
-            Arc::clone(&last_seen),
-            shared.config.ping_interval,
-            expires,
-        )
-        .in_current_span(),
-    );
-    let writer_abort = AbortOnDrop(writer.abort_handle());
+    // A panic in the writer ends the connection like a failed write: the reader's side
+    // still closes in order and the session's Drop releases what it held.
+    let writer = AssertUnwindSafe(write_loop(wr, &out, &last_seen, shared.config.ping_interval, expires))
+        .catch_unwind()
+        .map(|ended| {
+            if let Err(panic) = ended {
+                error!(
+                    panic = panic_message(&*panic),
+                    "Writer panicked; closing its connection"
+                );
+            }
+        });
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
-    let reading = session.read_loop(&mut input, &idle, &last_seen, a.mode, max);
+    let reading = session.read_loop(&mut input, &idle, &last_seen, mode, max);
     let peer_closed = tokio::select! {
         end = reading => {
             let peer_closed = matches!(end, End::Peer);
@@ -150,9 +167,9 @@ where
                 End::Peer => out.close(None),
                 End::Close(code) => out.close(Some(code)),
             }
-            if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
-                writer_abort.0.abort();
-            }
+            // The writer sends what is queued and the close frame; a peer that reads none
+            // of it within the grace is dropped with the writer.
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
             peer_closed
         }
         _ = &mut writer => false,
@@ -600,15 +617,6 @@ impl Drop for Session {
         }
         metrics::connection_closed(Transport::WebSocket);
         // `_slot` is dropped after this, giving the connection's place back.
-    }
-}
-
-/// Aborts a task when dropped (the writer of a connection whose reader ended).
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -2,7 +2,6 @@
 //! idle or expired connections, also while a write is blocked on a peer that does not read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -24,8 +23,8 @@ pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// up, that state would be threaded through every call on the delivery path.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
-    out: Arc<Outbound>,
-    last_seen: Arc<AtomicU64>,
+    out: &Outbound,
+    last_seen: &AtomicU64,
     ping_interval: Duration,
     expires_at: Option<u64>,
 ) {
@@ -127,6 +126,7 @@ fn record_sent(batch: &[Item], bytes: usize) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::sync::Arc;
 
     /// A peer that never reads: the writer's first big batch blocks for good.
     fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
@@ -140,10 +140,10 @@ mod tests {
     async fn a_blocked_write_does_not_suspend_the_idle_check() {
         let (ours, _theirs, out) = blocked();
         // The peer was last heard from long ago.
-        let last_seen = Arc::new(AtomicU64::new(0));
+        let last_seen = AtomicU64::new(0);
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, out, last_seen, Duration::from_millis(100), None),
+            write_loop(ours, &out, &last_seen, Duration::from_millis(100), None),
         )
         .await;
         assert!(ended.is_ok(), "the writer dropped the silent peer");
@@ -191,15 +191,9 @@ mod tests {
         let interval = Duration::from_secs(1);
         let (ours, mut theirs) = tokio::io::duplex(256);
         let out = Outbound::new(1 << 20);
-        let last_seen = Arc::new(AtomicU64::new(now_ms()));
+        let last_seen = AtomicU64::new(now_ms());
         let start = tokio::time::Instant::now();
-        let writer = tokio::spawn(write_loop(
-            ours,
-            Arc::clone(&out),
-            Arc::clone(&last_seen),
-            interval,
-            None,
-        ));
+        let writer = write_loop(ours, &out, &last_seen, interval, None);
         let producer = tokio::spawn({
             let out = Arc::clone(&out);
             async move {
@@ -222,21 +216,27 @@ mod tests {
                 }
             }
         };
-        let _ = tokio::time::timeout(interval * 40 + interval / 2, reading).await;
+        // The writer runs beside the reader in one task, as in a connection.
+        let both = async {
+            tokio::select! {
+                () = reading => {}
+                () = writer => panic!("the writer ended"),
+            }
+        };
+        let _ = tokio::time::timeout(interval * 40 + interval / 2, both).await;
         producer.abort();
-        writer.abort();
         assert_eq!((pings, texts), (40, 40), "a ping and an event each interval");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_blocked_write_does_not_suspend_the_token_expiry() {
         let (ours, _theirs, out) = blocked();
-        let last_seen = Arc::new(AtomicU64::new(now_ms()));
+        let last_seen = AtomicU64::new(now_ms());
         // Expired already: the connection closes (1008), and a peer that does not read is
         // dropped after the close grace.
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, Arc::clone(&out), last_seen, Duration::from_secs(3600), Some(1)),
+            write_loop(ours, &out, &last_seen, Duration::from_secs(3600), Some(1)),
         )
         .await;
         assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");
