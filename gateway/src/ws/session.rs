@@ -97,14 +97,15 @@ pub(crate) async fn run(shared: Arc<Shared>, upgrade: UpgradeFut, accepted: Box<
     };
     let span =
         tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
-    serve(shared, io, accepted).instrument(span).await
+    let (rd, wr) = tokio::io::split(io);
+    serve(shared, rd, wr, accepted).instrument(span).await
 }
 
-async fn serve<S>(shared: Arc<Shared>, io: S, a: Box<Accepted>)
+async fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W, a: Box<Accepted>)
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (rd, wr) = tokio::io::split(io);
     let idle = AtomicBool::new(true);
     let mut input = Input::new(rd, &idle);
     let out = Outbound::new(shared.config.outbound_buffer_bytes);

@@ -1,6 +1,7 @@
 //! A WebSocket connection's writer: drains the outbound queue in batches, pings, and closes
 //! idle or expired connections, also while a write is blocked on a peer that does not read.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
@@ -29,11 +30,13 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     expires_at: Option<u64>,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let expiry = expires_at.map(|exp| Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms())));
-    let expiry = tokio::time::sleep(expiry.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
-    tokio::pin!(expiry);
+    // Boxed: only tokens that expire pay for a timer, and this future is most of an idle
+    // connection's memory. `None` once it has fired.
+    let mut expiry = expires_at.map(|exp| {
+        let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms()));
+        Box::pin(tokio::time::sleep(left))
+    });
     let idle_limit = 2 * ping_interval.as_millis() as u64;
-    let mut expired = false;
     let mut batch: Vec<Item> = Vec::with_capacity(8);
     loop {
         let close = out.take(&mut batch);
@@ -61,8 +64,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                         tokio::select! {
                             r = &mut write => break r,
                             _ = &mut stuck => return,
-                            _ = &mut expiry, if !expired => {
-                                expired = true;
+                            _ = expire(&mut expiry), if expiry.is_some() => {
+                                expiry = None;
                                 out.close(Some(CloseCode::POLICY));
                             }
                             _ = ping.tick() => {
@@ -106,11 +109,18 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     out.push_frame(ws_frame(opcode::PING, b""));
                 }
             }
-            _ = &mut expiry, if !expired => {
-                expired = true;
+            _ = expire(&mut expiry), if expiry.is_some() => {
+                expiry = None;
                 out.close(Some(CloseCode::POLICY));
             }
         }
+    }
+}
+
+/// Waits for the token's expiry; `select!` calls it only while there is one.
+async fn expire(expiry: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    if let Some(sleep) = expiry {
+        sleep.await;
     }
 }
 
