@@ -1,5 +1,6 @@
-//! Panics injected at every await of the WebSocket session, `/sse` and `/poll` (with
-//! presence and watch), through the `fail` points compiled in by the `failpoints` feature.
+//! Panics injected at every await of the WebSocket session (reader and writer), `/sse` and
+//! `/poll` (with presence and watch), through the `fail` points compiled in by the
+//! `failpoints` feature.
 //! After each one the gateway holds nothing for the failed client: no connection, no room
 //! subscription, no NATS interest for its rooms, feeds or users, and fanout lists no member.
 //! Other clients are unaffected, and the connection limit is whole again.
@@ -162,6 +163,19 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
         )
         .await;
     }
+
+    // The writer runs in the connection's task: its panic ends the connection (no close
+    // frame, the writer is gone) and the session gives everything back.
+    let mut c = holder(&stack.gw, "victim").await;
+    with_panic(&stack, "ws.write", || async {
+        c.op(json!({"op": "ping", "id": 9})).await;
+        match c.next().await {
+            Incoming::Eof => {}
+            other => panic!("`ws.write`: expected the connection to end, got {other:?}"),
+        }
+        drop(c);
+    })
+    .await;
 
     let sse = "/sse?rooms=lobby,news&presence=1&watch=dave&name=v";
     for point in [

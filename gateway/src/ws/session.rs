@@ -146,22 +146,27 @@ where
         shared.presence.tracker.open(&session.conn, &session.identity.user);
     }
     let expires = session.identity.expires_at();
-    // A panic in the writer ends the connection like a failed write: the reader's side
-    // still closes in order and the session's Drop releases what it held.
+    // A panic in the writer ends the connection (no close frame: the writer is gone) and
+    // the session's Drop releases what it held. The writer's output: whether it ended in
+    // order.
     let writer = AssertUnwindSafe(write_loop(wr, &out, &last_seen, shared.config.ping_interval, expires))
         .catch_unwind()
-        .map(|ended| {
-            if let Err(panic) = ended {
+        .map(|ended| match ended {
+            Ok(()) => true,
+            Err(panic) => {
                 error!(
                     panic = panic_message(&*panic),
                     "Writer panicked; closing its connection"
                 );
+                metrics::error(ErrorCode::Internal);
+                false
             }
         });
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
     let reading = session.read_loop(&mut input, &idle, &last_seen, mode, max);
-    let peer_closed = tokio::select! {
+    // Whether our close frame may still be on its way to a peer that has not closed.
+    let linger = tokio::select! {
         end = reading => {
             let peer_closed = matches!(end, End::Peer);
             match end {
@@ -171,13 +176,14 @@ where
             // The writer sends what is queued and the close frame; a peer that reads none
             // of it within the grace is dropped with the writer.
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
-            peer_closed
+            !peer_closed
         }
-        _ = &mut writer => false,
+        in_order = &mut writer => in_order,
     };
     drop(session);
-    if !peer_closed {
-        read_until_close(&mut input, max).await;
+    if linger {
+        // Boxed, as a rare state: this future's size is that of its largest state.
+        Box::pin(read_until_close(&mut input, max)).await;
     }
     debug!("Connection closed");
 }
@@ -219,6 +225,33 @@ impl Session {
         mode: Mode,
         max: usize,
     ) -> End {
+        let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+        loop {
+            match input.wait().await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return End::Peer,
+            }
+            // Boxed: the frame reader and the op being run exist only while messages
+            // arrive, and an idle connection's task does not carry room for them.
+            let read = self.read_messages(input, idle, last_seen, mode, max, &mut fragments);
+            if let Some(end) = Box::pin(read).await {
+                return end;
+            }
+            input.shrink();
+        }
+    }
+
+    /// Reads and handles frames until every frame fed so far has been returned (`None`), or
+    /// the connection must end.
+    async fn read_messages<R: AsyncRead + Unpin>(
+        &mut self,
+        input: &mut Input<'_, R>,
+        idle: &AtomicBool,
+        last_seen: &AtomicU64,
+        mode: Mode,
+        max: usize,
+        fragments: &mut Option<(OpCode, Vec<u8>)>,
+    ) -> Option<End> {
         let out = Arc::clone(&self.out);
         // Pongs and close replies that the frame reader owes the peer go through the queue.
         let mut obligated = move |frame: Frame<'_>| {
@@ -229,47 +262,38 @@ impl Session {
             out.push_frame(ws_frame(op, &frame.payload));
             std::future::ready(Ok::<(), Infallible>(()))
         };
-        let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+        let (mut reader, _) = fastwebsockets::after_handshake_split(&mut *input, tokio::io::sink(), Role::Server);
+        // fastwebsockets refuses frames of `max` bytes or more; the contract refuses only larger ones.
+        reader.set_max_message_size(max.saturating_add(1));
         loop {
-            match input.wait().await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return End::Peer,
-            }
-            let (mut reader, _) = fastwebsockets::after_handshake_split(&mut *input, tokio::io::sink(), Role::Server);
-            // fastwebsockets refuses frames of `max` bytes or more; the contract refuses only larger ones.
-            reader.set_max_message_size(max.saturating_add(1));
-            loop {
-                let frame = match reader.read_frame(&mut obligated).await {
-                    Ok(frame) => frame,
-                    Err(e) => return read_error(e),
-                };
-                last_seen.store(now_ms(), Ordering::Relaxed);
-                match assemble(frame, &mut fragments, max) {
-                    Err(end) => return end,
-                    Ok(Some((op, payload))) => {
-                        // A bug that one input triggers ends that input's connection (1011),
-                        // never the gateway; the session's Drop releases what it held.
-                        let handled = AssertUnwindSafe(self.on_message(mode, op, payload))
-                            .catch_unwind()
-                            .await;
-                        match handled {
-                            Ok(Ok(())) => {}
-                            Ok(Err(code)) => return End::Close(code),
-                            Err(panic) => {
-                                error!(panic = panic_message(&*panic), "Op panicked; closing its connection");
-                                metrics::error(ErrorCode::Internal);
-                                return End::Close(CloseCode::INTERNAL);
-                            }
+            let frame = match reader.read_frame(&mut obligated).await {
+                Ok(frame) => frame,
+                Err(e) => return Some(read_error(e)),
+            };
+            last_seen.store(now_ms(), Ordering::Relaxed);
+            match assemble(frame, fragments, max) {
+                Err(end) => return Some(end),
+                Ok(Some((op, payload))) => {
+                    // A bug that one input triggers ends that input's connection (1011),
+                    // never the gateway; the session's Drop releases what it held.
+                    let handled = AssertUnwindSafe(self.on_message(mode, op, payload))
+                        .catch_unwind()
+                        .await;
+                    match handled {
+                        Ok(Ok(())) => {}
+                        Ok(Err(code)) => return Some(End::Close(code)),
+                        Err(panic) => {
+                            error!(panic = panic_message(&*panic), "Op panicked; closing its connection");
+                            metrics::error(ErrorCode::Internal);
+                            return Some(End::Close(CloseCode::INTERNAL));
                         }
                     }
-                    Ok(None) => {}
                 }
-                if idle.load(Ordering::Relaxed) {
-                    break;
-                }
+                Ok(None) => {}
             }
-            drop(reader);
-            input.shrink();
+            if idle.load(Ordering::Relaxed) {
+                return None;
+            }
         }
     }
 

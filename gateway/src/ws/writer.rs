@@ -1,6 +1,7 @@
 //! A WebSocket connection's writer: drains the outbound queue in batches, pings, and closes
 //! idle or expired connections, also while a write is blocked on a peer that does not read.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
@@ -19,9 +20,8 @@ pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
 ///
-/// One function on purpose: while a write is blocked, the ping timer, the idle check and the
-/// token expiry must still be raced against it in one `select!` over the same state; split
-/// up, that state would be threaded through every call on the delivery path.
+/// The rare paths (a write the socket does not take at once, the close) run boxed: this
+/// future lives in every connection's task, and its size is that of its largest state.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     out: &Outbound,
@@ -29,57 +29,33 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     ping_interval: Duration,
     expires_at: Option<u64>,
 ) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    // Boxed: only tokens that expire pay for a timer, and this future is most of an idle
-    // connection's memory. `None` once it has fired.
-    let mut expiry = expires_at.map(|exp| {
-        let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms()));
-        Box::pin(tokio::time::sleep(left))
-    });
-    let idle_limit = 2 * ping_interval.as_millis() as u64;
+    let mut watch = Watch {
+        out,
+        last_seen,
+        ping: tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval),
+        idle_limit: 2 * ping_interval.as_millis() as u64,
+        // Boxed: only tokens that expire pay for a timer.
+        expiry: expires_at.map(|exp| {
+            let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms()));
+            Box::pin(tokio::time::sleep(left))
+        }),
+    };
     let mut batch: Vec<Item> = Vec::with_capacity(8);
     loop {
         let close = out.take(&mut batch);
         if !batch.is_empty() {
+            fail::fail_point!("ws.write");
             // Nearly always the socket takes the whole batch at once: then no timer or
             // waiter is touched for it.
             let written = {
                 let write = outbound::write_all(&mut w, &batch);
                 tokio::pin!(write);
-                if let Poll::Ready(r) = futures_util::poll!(write.as_mut()) {
-                    r
-                } else {
-                    // A peer that stops reading blocks this write; once the connection is closing
-                    // (e.g. its queue overflowed, or its token expired meanwhile) it gets a grace
-                    // period to read, then is dropped. A peer that sends nothing for two ping
-                    // intervals while blocked is dropped too: the checks do not wait for the write.
-                    let stuck = async {
-                        while !out.is_closing() {
-                            out.notified().await;
-                        }
-                        tokio::time::sleep(CLOSE_GRACE).await;
-                    };
-                    tokio::pin!(stuck);
-                    loop {
-                        tokio::select! {
-                            r = &mut write => break r,
-                            _ = &mut stuck => return,
-                            _ = expire(&mut expiry), if expiry.is_some() => {
-                                expiry = None;
-                                out.close(Some(CloseCode::POLICY));
-                            }
-                            _ = ping.tick() => {
-                                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
-                                    debug!("No answer for two ping intervals while a write is blocked");
-                                    return;
-                                }
-                                // This interval's ping, sent after the write: a tick taken here
-                                // without one would leave a client that answers every ping silent
-                                // for two intervals, and it would be closed as idle.
-                                out.push_frame(ws_frame(opcode::PING, b""));
-                            }
-                        }
-                    }
+                match futures_util::poll!(write.as_mut()) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => match Box::pin(watch.blocked(write)).await {
+                        Some(r) => r,
+                        None => return,
+                    },
                 }
             };
             match written {
@@ -91,30 +67,92 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             continue;
         }
         if let Some(close) = close {
-            if let Some(code) = close.code {
-                metrics::close(code.0);
-                let frame = [Item::frame(close_frame(code))];
-                let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut w, &frame)).await;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
-            return;
+            return Box::pin(close_with(&mut w, close.code)).await;
         }
         tokio::select! {
             _ = out.notified() => {}
-            _ = ping.tick() => {
-                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > idle_limit {
+            _ = watch.ping.tick() => {
+                if watch.silent() {
                     debug!("No answer for two ping intervals");
                     out.close(Some(CloseCode::GOING_AWAY));
                 } else {
                     out.push_frame(ws_frame(opcode::PING, b""));
                 }
             }
-            _ = expire(&mut expiry), if expiry.is_some() => {
-                expiry = None;
+            _ = expire(&mut watch.expiry), if watch.expiry.is_some() => {
+                watch.expiry = None;
                 out.close(Some(CloseCode::POLICY));
             }
         }
     }
+}
+
+/// What the writer watches besides the queue: the ping interval, the peer's silence and the
+/// token's expiry.
+struct Watch<'a> {
+    out: &'a Outbound,
+    last_seen: &'a AtomicU64,
+    ping: tokio::time::Interval,
+    /// Silence (ms) after which the peer is dropped: two ping intervals.
+    idle_limit: u64,
+    /// `None` for a token that does not expire, and once it has fired.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Watch<'_> {
+    fn silent(&self) -> bool {
+        now_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed)) > self.idle_limit
+    }
+
+    /// Finishes a write the socket did not take at once, still pinging and checking. A
+    /// peer that stops reading blocks it; once the connection is closing (e.g. its queue
+    /// overflowed, or its token expired meanwhile) it gets a grace period to read, then is
+    /// dropped (`None`). A peer that sends nothing for two ping intervals while blocked is
+    /// dropped too: the checks do not wait for the write.
+    async fn blocked<F>(&mut self, mut write: Pin<&mut F>) -> Option<std::io::Result<usize>>
+    where
+        F: Future<Output = std::io::Result<usize>>,
+    {
+        let out = self.out;
+        let stuck = async {
+            while !out.is_closing() {
+                out.notified().await;
+            }
+            tokio::time::sleep(CLOSE_GRACE).await;
+        };
+        tokio::pin!(stuck);
+        loop {
+            tokio::select! {
+                r = &mut write => return Some(r),
+                _ = &mut stuck => return None,
+                _ = expire(&mut self.expiry), if self.expiry.is_some() => {
+                    self.expiry = None;
+                    out.close(Some(CloseCode::POLICY));
+                }
+                _ = self.ping.tick() => {
+                    if self.silent() {
+                        debug!("No answer for two ping intervals while a write is blocked");
+                        return None;
+                    }
+                    // This interval's ping, sent after the write: a tick taken here without
+                    // one would leave a client that answers every ping silent for two
+                    // intervals, and it would be closed as idle.
+                    out.push_frame(ws_frame(opcode::PING, b""));
+                }
+            }
+        }
+    }
+}
+
+/// Sends the close frame (if the close has a code) and shuts the socket down, each within
+/// two seconds.
+async fn close_with<W: AsyncWrite + Unpin>(w: &mut W, code: Option<CloseCode>) {
+    if let Some(code) = code {
+        metrics::close(code.0);
+        let frame = [Item::frame(close_frame(code))];
+        let _ = tokio::time::timeout(Duration::from_secs(2), outbound::write_all(&mut *w, &frame)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
 }
 
 /// Waits for the token's expiry; `select!` calls it only while there is one.
