@@ -3,6 +3,9 @@
 raw reports: for each row, each build's three runs and their spread (min-max).
 
     python3 docs/benchmarks/cost/summarize.py docs/benchmarks/cost
+    python3 docs/benchmarks/cost/summarize.py docs/benchmarks/cost/one-task b4ce015 4a472be
+
+The builds are the directories under the root ("before" and "after" unless named).
 """
 import json
 import sys
@@ -67,7 +70,7 @@ def fmt(v):
     return f"{v:.2f}"
 
 
-builds = [b for b in ("before", "after") if (root / b).is_dir()]
+builds = [b for b in (sys.argv[2:] or ["before", "after"]) if (root / b).is_dir()]
 print("| row | measure | " + " | ".join(f"{b}: runs 1 / 2 / 3 (spread)" for b in builds) + " |")
 print("|---|---|" + "---|" * len(builds))
 for row, kind, measures in rows:
