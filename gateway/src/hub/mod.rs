@@ -15,8 +15,8 @@ use crate::outbound::{event_frame, Format, Outbound};
 use crate::upstream::Upstream;
 
 pub(crate) use crate::upstream::{PageLimit, Resume, UpstreamError};
-use table::RoomState;
 pub use table::Table;
+use table::{Readiness, RoomState};
 
 /// Longest wait for a new room's NATS subscription.
 const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,10 +57,14 @@ impl Hub {
             self.upstream.start_room(room);
         }
         fail::fail_point!("hub.attach");
-        let mut state = joined.state;
-        let ready = tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
-            .await
-            .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready));
+        let ready = match joined.state {
+            Readiness::Now(state) => state == RoomState::Ready,
+            Readiness::Later(mut state) => {
+                tokio::time::timeout(ROOM_READY_TIMEOUT, state.wait_for(|s| *s != RoomState::Starting))
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|s| *s == RoomState::Ready))
+            }
+        };
         // The table's last seq for a ready room is the store's as far as this gateway knows:
         // every later event reaches the table live (or through gap repair) and is buffered
         // for this pending subscriber. So a subscribe without `since`, or with a `since`

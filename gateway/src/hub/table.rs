@@ -41,7 +41,14 @@ pub enum RoomState {
 pub struct Joined {
     /// The room was created by this join: its upstream must be started.
     pub new_room: bool,
-    pub state: watch::Receiver<RoomState>,
+    pub state: Readiness,
+}
+
+/// A joined room's state: settled, or to be waited for while its upstream starts.
+#[derive(Debug)]
+pub enum Readiness {
+    Now(RoomState),
+    Later(watch::Receiver<RoomState>),
 }
 
 /// Rooms and their local subscribers.
@@ -55,7 +62,10 @@ type Shard = HashMap<Arc<str>, Room>;
 struct Room {
     subs: HashMap<u64, Sub>,
     last_seq: u64,
-    state: watch::Sender<RoomState>,
+    state: RoomState,
+    /// Joins waiting for the room to leave `Starting`: made by the first and dropped once the
+    /// state is settled (a watch channel is ~0.4 KiB, and nearly every room is settled).
+    waiters: Option<watch::Sender<RoomState>>,
     pump: Option<AbortHandle>,
     /// Bumped on every join, so a linger timer knows whether the room was reused.
     generation: u64,
@@ -110,7 +120,8 @@ impl Table {
         let r = shard.entry(Arc::from(room)).or_insert_with(|| Room {
             subs: HashMap::new(),
             last_seq: 0,
-            state: watch::channel(RoomState::Starting).0,
+            state: RoomState::Starting,
+            waiters: None,
             pump: None,
             generation: 0,
             held: Some(Vec::new()),
@@ -126,10 +137,15 @@ impl Table {
         if r.subs.insert(conn, sub).is_none() {
             crate::metrics::room_subscriptions(1.0);
         }
-        Joined {
-            new_room,
-            state: r.state.subscribe(),
-        }
+        let state = match r.state {
+            RoomState::Starting => Readiness::Later(
+                r.waiters
+                    .get_or_insert_with(|| watch::channel(RoomState::Starting).0)
+                    .subscribe(),
+            ),
+            settled => Readiness::Now(settled),
+        };
+        Joined { new_room, state }
     }
 
     /// Turns a pending subscriber live: queues `replay` (events above `floor`, or above the
@@ -212,14 +228,21 @@ impl Table {
     pub fn ready_last_seq(&self, room: &str) -> Option<u64> {
         let shard = self.shard(room);
         let r = shard.get(room)?;
-        let ready = *r.state.borrow() == RoomState::Ready;
-        ready.then_some(r.last_seq)
+        (r.state == RoomState::Ready).then_some(r.last_seq)
     }
 }
 
 // === impl Room ===
 
 impl Room {
+    /// Sets the room's state and tells the joins waiting for it.
+    fn settle(&mut self, state: RoomState) {
+        self.state = state;
+        if let Some(waiters) = self.waiters.take() {
+            waiters.send_replace(state);
+        }
+    }
+
     /// Queues `ev` to every live subscriber (buffers it for pending ones); returns how many got it.
     fn deliver(&mut self, ev: &Arc<StoredEvent>) -> usize {
         self.last_seq = self.last_seq.max(ev.seq);
@@ -300,7 +323,7 @@ impl Rooms for Table {
         let mut shard = self.shard(room);
         let r = shard.get_mut(room)?;
         r.last_seq = r.last_seq.max(last_seq);
-        r.state.send_replace(RoomState::Ready);
+        r.settle(RoomState::Ready);
         r.release(Vec::new())
     }
 
@@ -367,7 +390,7 @@ impl Rooms for Table {
     /// Marks a room's upstream failed; pending subscribers give up.
     fn set_failed(&self, room: &str) {
         if let Some(r) = self.shard(room).get_mut(room) {
-            r.state.send_replace(RoomState::Failed);
+            r.settle(RoomState::Failed);
         }
     }
 
@@ -485,6 +508,40 @@ mod tests {
                 v["seq"].as_u64().expect("seq")
             })
             .collect()
+    }
+
+    #[test]
+    fn joins_wait_only_while_a_room_starts_and_every_waiter_learns_how_it_ended() {
+        let hub = Table::default();
+        let json = Format::WebSocket(Codec::Json);
+        let (a, b) = (Outbound::new(1 << 20), Outbound::new(1 << 20));
+        let waiting = [
+            hub.join("lobby", 1, a.clone(), json).state,
+            hub.join("lobby", 2, b.clone(), json).state,
+        ];
+        hub.set_ready("lobby", 5);
+        for state in waiting {
+            let Readiness::Later(rx) = state else {
+                panic!("a join to a starting room waits, got {state:?}")
+            };
+            assert_eq!(*rx.borrow(), RoomState::Ready);
+            // The room let go of its channel once settled.
+            assert!(rx.has_changed().is_err(), "the room still holds its waiters' channel");
+        }
+        assert!(matches!(
+            hub.join("lobby", 3, a.clone(), json).state,
+            Readiness::Now(RoomState::Ready)
+        ));
+
+        let Readiness::Later(rx) = hub.join("news", 1, a, json).state else {
+            panic!("a new room starts")
+        };
+        hub.set_failed("news");
+        assert_eq!(*rx.borrow(), RoomState::Failed);
+        assert!(matches!(
+            hub.join("news", 2, b, json).state,
+            Readiness::Now(RoomState::Failed)
+        ));
     }
 
     #[test]
