@@ -40,7 +40,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             Box::pin(tokio::time::sleep(left))
         }),
     };
-    let mut batch: Vec<Item> = Vec::with_capacity(8);
+    let mut batch: Vec<Item> = Vec::new();
     loop {
         let close = out.take(&mut batch);
         if !batch.is_empty() {
@@ -62,8 +62,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Ok(bytes) => record_sent(&batch, bytes),
                 Err(_) => return,
             }
-            batch.clear();
-            batch.shrink_to(8);
+            // Freed, not kept: an idle connection holds no batch (the next one comes with
+            // the queue's buffer).
+            batch = Vec::new();
             continue;
         }
         if let Some(close) = close {
