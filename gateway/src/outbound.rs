@@ -195,20 +195,23 @@ impl Outbound {
         lock(&self.queue).close.is_some()
     }
 
-    /// Moves everything queued into `batch`; returns the close request, if any. The queue's
-    /// buffer goes with its items (into an empty `batch` without copying), so a queue that
-    /// has been drained holds no allocation: most connections are idle most of the time.
+    /// Moves everything queued into `batch`; returns the close request, if any. Into an
+    /// empty `batch` the queue's buffer goes with its items and the batch's buffer becomes
+    /// the queue's, so a busy connection allocates nothing; a queue found empty lets go of
+    /// its buffer, so an idle connection holds none.
     pub fn take(&self, batch: &mut Vec<Item>) -> Option<Close> {
         let mut q = lock(&self.queue);
-        let items = std::mem::take(&mut q.items);
+        if q.items.is_empty() {
+            q.items = VecDeque::new();
+        } else if batch.is_empty() {
+            let spare = VecDeque::from(std::mem::take(batch));
+            *batch = Vec::from(std::mem::replace(&mut q.items, spare));
+        } else {
+            batch.extend(q.items.drain(..));
+        }
         q.bytes = 0;
         let close = q.close;
         drop(q);
-        if batch.is_empty() {
-            *batch = Vec::from(items);
-        } else {
-            batch.extend(items);
-        }
         self.drained.notify_waiters();
         close
     }

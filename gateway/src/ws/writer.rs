@@ -15,6 +15,9 @@ use tracing::debug;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 
+/// Items of buffer a busy writer keeps between batches (it and the queue trade buffers).
+const MAX_KEPT_BATCH: usize = 64;
+
 /// How long a closing connection's peer gets to read what is queued.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -62,14 +65,16 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Ok(bytes) => record_sent(&batch, bytes),
                 Err(_) => return,
             }
-            // Freed, not kept: an idle connection holds no batch (the next one comes with
-            // the queue's buffer).
-            batch = Vec::new();
+            batch.clear();
+            batch.shrink_to(MAX_KEPT_BATCH);
             continue;
         }
         if let Some(close) = close {
             return Box::pin(close_with(&mut w, close.code)).await;
         }
+        // Idle until more is queued: the connection holds no batch meanwhile (the queue let
+        // go of its buffer in `take`).
+        batch = Vec::new();
         tokio::select! {
             _ = out.notified() => {}
             _ = watch.ping.tick() => {
