@@ -337,6 +337,32 @@ mod tests {
         assert_eq!(close.unwrap().code, Some(CloseCode::SLOW_CONSUMER));
     }
 
+    #[test]
+    fn take_keeps_order_whichever_buffer_the_items_travel_in() {
+        let out = Outbound::new(1 << 20);
+        let lens = |batch: &[Item]| batch.iter().map(|i| i.bytes.len()).collect::<Vec<_>>();
+        let mut batch = Vec::with_capacity(2);
+        for n in 1..=5 {
+            out.push(item(n));
+        }
+        // Into an empty batch: the buffers trade places.
+        assert!(out.take(&mut batch).is_none());
+        assert_eq!(lens(&batch), [1, 2, 3, 4, 5]);
+        // Into a batch that holds items: appended after them.
+        out.push(item(6));
+        out.push(item(7));
+        out.take(&mut batch);
+        assert_eq!(lens(&batch), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(out.queued_bytes(), 0);
+        // An empty queue leaves the batch alone.
+        batch.clear();
+        out.take(&mut batch);
+        assert!(batch.is_empty());
+        out.push(item(8));
+        out.take(&mut batch);
+        assert_eq!(lens(&batch), [8]);
+    }
+
     #[tokio::test]
     async fn write_all_survives_partial_writes() {
         let (mut a, mut b) = tokio::io::duplex(7);
