@@ -171,12 +171,12 @@ impl ModeResult {
         self.bytes.total() as f64 / self.delivered.max(1) as f64
     }
 
-    /// Gateway CPU-seconds per delivered event.
     /// Gateway and nats-server CPU-seconds per delivered message.
     pub fn stack_cpu_s_per_msg(&self) -> f64 {
         (self.gateway_cpu_s + self.nats_cpu_s) / self.delivered.max(1) as f64
     }
 
+    /// Gateway CPU-seconds per delivered event.
     pub fn cpu_s_per_msg(&self) -> f64 {
         self.gateway_cpu_s / self.delivered.max(1) as f64
     }
