@@ -342,3 +342,69 @@ async fn a_polling_client_leaves_when_it_says_so_or_its_long_poll_is_dropped() {
     second.abort();
     changes(&mut alice, "quinn", Change::Leaves).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_answer_holds_the_snapshots_its_byte_budget_allows_and_the_next_the_rest() {
+    let nats = NatsServer::start();
+    let f = Process::fanout(&nats.url(), "f1", &[]);
+    let gw = TestGateway::start_with(&nats.url(), |c| {
+        c.presence_heartbeat = Duration::from_millis(200);
+        // About one snapshot of eight long-named members per answer.
+        c.replay_max_bytes = 1500;
+    })
+    .await;
+    f.wait_ready().await;
+    let rooms = ["big1", "big2", "big3"];
+    let mut members = Vec::new();
+    for n in 0..8 {
+        let user = format!("member-{n}-{}", "x".repeat(80));
+        let mut c = WsClient::connect(&gw.ws_url(), &jwt::any_room(&user)).await;
+        for room in rooms {
+            c.op(json!({"op": "subscribe", "room": room, "presence": true})).await;
+            assert!(matches!(c.recv().await, ServerFrame::Ack(_)));
+        }
+        members.push(c);
+    }
+    let token = jwt::any_room("poller");
+    let poll = || async {
+        let raw = format!(
+            "GET /poll?rooms=big1,big2,big3&presence=1&sid=poller-sid-0001 HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let r = http::request(gw.addr, &raw).await.expect("HTTP answer");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str::<Value>(&r.body).unwrap()
+    };
+    // Every room's snapshot counts its 8 members and the poller.
+    wait_until(Duration::from_secs(10), "fanout sees every member", || async {
+        let answer = poll().await;
+        answer["presence"]
+            .as_array()
+            .is_some_and(|p| p.first().is_some_and(|s| s["count"] == 9))
+    })
+    .await;
+    // A fresh round: each answer is within its budget and says `more` until every room's
+    // members have come.
+    let mut seen: Vec<String> = Vec::new();
+    let mut answers = 0;
+    loop {
+        let answer = poll().await;
+        answers += 1;
+        let presence = answer["presence"].as_array().expect("presence").clone();
+        assert!(
+            presence.len() < rooms.len(),
+            "the whole presence in one answer: {answer}"
+        );
+        for p in &presence {
+            assert_eq!(p["members"].as_array().map(Vec::len), Some(9), "{p}");
+            seen.push(p["room"].as_str().unwrap().to_owned());
+        }
+        if answer["more"] != json!(true) {
+            break;
+        }
+        assert!(answers < 10, "no end to `more`");
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, rooms, "every room within one round of answers");
+}

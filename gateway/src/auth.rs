@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use herald_proto::claims::Claims;
+use herald_proto::claims::{glob_match, Claims};
 use herald_proto::{room, text, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use crate::addr::ClientAddr;
 use crate::config::{Config, ConfigError};
 use crate::jwks::Jwks;
 
@@ -17,7 +18,22 @@ pub(crate) struct Authenticator {
     jwks: Option<Arc<Jwks>>,
     /// The validation of JWKS keys, less the algorithm (set per key).
     jwks_validation: Validation,
-    allow_anonymous: bool,
+    /// What anonymous clients may use; `None` when anonymous mode is off.
+    anonymous: Option<Arc<AnonymousGrants>>,
+}
+
+/// The rooms anonymous clients may use (`--anonymous-rooms`, `--anonymous-publish`).
+#[derive(Debug, Default)]
+pub(crate) struct AnonymousGrants {
+    pub rooms: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+/// What an anonymous client is: the address it is counted by, and its grants.
+#[derive(Debug, Clone)]
+pub(crate) struct Anonymous {
+    pub addr: ClientAddr,
+    grants: Arc<AnonymousGrants>,
 }
 
 /// Who a connection is.
@@ -25,8 +41,10 @@ pub(crate) struct Authenticator {
 pub(crate) struct Identity {
     pub user: String,
     pub name: Option<String>,
-    /// `None` for anonymous users, who may use any room.
+    /// The token's claims; `None` for anonymous users.
     pub claims: Option<Claims>,
+    /// Set for anonymous users (boxed: most connections carry a token).
+    pub anonymous: Option<Box<Anonymous>>,
 }
 
 /// What a client wants to do with a room.
@@ -86,7 +104,12 @@ impl Authenticator {
             keys,
             jwks,
             jwks_validation: validation(Algorithm::RS256, config),
-            allow_anonymous: config.allow_anonymous,
+            anonymous: config.allow_anonymous.then(|| {
+                Arc::new(AnonymousGrants {
+                    rooms: config.anonymous_rooms.clone(),
+                    publish: config.anonymous_publish.clone(),
+                })
+            }),
         })
     }
 
@@ -102,13 +125,14 @@ impl Authenticator {
         token: Option<&str>,
         anon_id: &str,
         anon_name: Option<&str>,
+        addr: ClientAddr,
     ) -> Result<Identity, AuthError> {
-        match self.authenticate(token, anon_id, anon_name) {
+        match self.authenticate(token, anon_id, anon_name, addr) {
             Err(AuthError::UnknownKey(kid)) => {
                 if let Some(jwks) = &self.jwks {
                     jwks.refresh().await;
                 }
-                self.authenticate(token, anon_id, anon_name).map_err(|e| match e {
+                self.authenticate(token, anon_id, anon_name, addr).map_err(|e| match e {
                     AuthError::UnknownKey(_) => AuthError::UnknownKey(kid),
                     other => other,
                 })
@@ -117,19 +141,25 @@ impl Authenticator {
         }
     }
 
-    /// Verifies `token`; with no token, an anonymous identity if anonymous mode is on.
+    /// Verifies `token`; with no token, an anonymous identity counted by `addr` if
+    /// anonymous mode is on.
     pub(crate) fn authenticate(
         &self,
         token: Option<&str>,
         anon_id: &str,
         anon_name: Option<&str>,
+        addr: ClientAddr,
     ) -> Result<Identity, AuthError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            if self.allow_anonymous {
+            if let Some(grants) = &self.anonymous {
                 return Ok(Identity {
                     user: format!("anon-{anon_id}"),
                     name: anon_name.and_then(text::clean_name),
                     claims: None,
+                    anonymous: Some(Box::new(Anonymous {
+                        addr,
+                        grants: Arc::clone(grants),
+                    })),
                 });
             }
             return Err(AuthError::Missing);
@@ -162,6 +192,7 @@ impl Authenticator {
                         user: claims.sub.clone(),
                         name: claims.name.as_deref().and_then(text::clean_name),
                         claims: Some(claims),
+                        anonymous: None,
                     });
                 }
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
@@ -173,6 +204,11 @@ impl Authenticator {
         }
         Err(last)
     }
+}
+
+/// Whether a shared (not personal) room matches one of `globs`.
+fn shared_match(globs: &[String], room: &str) -> bool {
+    room::personal_owner(room).is_none() && globs.iter().any(|g| glob_match(g, room))
 }
 
 /// `exp` and `sub` required, `nbf` checked when present, no leeway; `aud` and `iss` required
@@ -213,23 +249,32 @@ fn public_key(pem: &[u8], config: &Config) -> Result<(DecodingKey, Validation), 
 // === impl Identity ===
 
 impl Identity {
-    /// Anonymous users may use any room but other users' personal rooms.
+    /// A token's grants; an anonymous client's `--anonymous-rooms`; nobody else's personal
+    /// room either way.
     pub(crate) fn may_subscribe(&self, room: &str) -> bool {
-        match &self.claims {
-            Some(c) => c.may_subscribe(room),
-            None => self.owns_or_shared(room),
+        match (&self.claims, &self.anonymous) {
+            (Some(c), _) => c.may_subscribe(room),
+            (None, Some(a)) => self.owns(room) || shared_match(&a.grants.rooms, room),
+            (None, None) => self.owns(room),
         }
     }
 
     pub(crate) fn may_publish(&self, room: &str) -> bool {
-        match &self.claims {
-            Some(c) => c.may_publish(room),
-            None => self.owns_or_shared(room),
+        match (&self.claims, &self.anonymous) {
+            (Some(c), _) => c.may_publish(room),
+            (None, Some(a)) => shared_match(&a.grants.publish, room),
+            (None, None) => false,
         }
     }
 
-    fn owns_or_shared(&self, room: &str) -> bool {
-        room::personal_owner(room).is_none_or(|owner| owner == self.user)
+    fn owns(&self, room: &str) -> bool {
+        room::personal_owner(room) == Some(self.user.as_str())
+    }
+
+    /// The address an anonymous client is counted by; `None` for users with a token (they
+    /// are counted by user id).
+    pub(crate) fn anonymous_addr(&self) -> Option<ClientAddr> {
+        self.anonymous.as_ref().map(|a| a.addr)
     }
 
     /// Checks a room name (`bad_request`) and this identity's grant for it (`forbidden`).
@@ -270,6 +315,10 @@ mod tests {
         let mut c = Config::parse_from(["herald-gateway"]);
         edit(&mut c);
         Authenticator::from_config(&c).unwrap()
+    }
+
+    fn here() -> ClientAddr {
+        ClientAddr::of("192.0.2.1".parse().unwrap())
     }
 
     fn now() -> u64 {
@@ -321,14 +370,14 @@ mod tests {
         for (alg, name, key) in &cases {
             let a = auth(|c| c.auth_public_key = Some(data(&format!("{name}_public.pem"))));
             let id = a
-                .authenticate(Some(&sign(*alg, key, &claims("alice", 60))), "c1", None)
+                .authenticate(Some(&sign(*alg, key, &claims("alice", 60))), "c1", None, here())
                 .unwrap();
             assert_eq!(id.user, "alice", "{name}");
             assert_eq!(id.name.as_deref(), Some("Alice"));
             assert!(id.may_subscribe("lobby") && !id.may_subscribe("other"));
             let expired = sign(*alg, key, &claims("alice", -5));
             assert_eq!(
-                a.authenticate(Some(&expired), "c1", None).unwrap_err(),
+                a.authenticate(Some(&expired), "c1", None, here()).unwrap_err(),
                 AuthError::Expired,
                 "{name}"
             );
@@ -337,7 +386,7 @@ mod tests {
                 if other_name != name {
                     let t = sign(*other_alg, other_key, &claims("mallory", 60));
                     assert!(
-                        matches!(a.authenticate(Some(&t), "c1", None), Err(AuthError::Invalid(_))),
+                        matches!(a.authenticate(Some(&t), "c1", None, here()), Err(AuthError::Invalid(_))),
                         "{name} accepted {other_name}"
                     );
                 }
@@ -354,37 +403,62 @@ mod tests {
         });
         let ec = EncodingKey::from_ec_pem(&pem("ec_private.pem")).unwrap();
         assert!(a
-            .authenticate(Some(&sign(Algorithm::ES256, &ec, &claims("a", 60))), "c", None)
+            .authenticate(Some(&sign(Algorithm::ES256, &ec, &claims("a", 60))), "c", None, here())
             .is_ok());
         let hs = EncodingKey::from_secret(b"s3cret");
         assert!(a
-            .authenticate(Some(&sign(Algorithm::HS256, &hs, &claims("b", 60))), "c", None)
+            .authenticate(Some(&sign(Algorithm::HS256, &hs, &claims("b", 60))), "c", None, here())
             .is_ok());
         let wrong = EncodingKey::from_secret(b"guess");
         assert!(a
-            .authenticate(Some(&sign(Algorithm::HS256, &wrong, &claims("b", 60))), "c", None)
+            .authenticate(
+                Some(&sign(Algorithm::HS256, &wrong, &claims("b", 60))),
+                "c",
+                None,
+                here()
+            )
             .is_err());
         // "alg: none" and an HS256 token signed with the public key text are refused.
         let forged = EncodingKey::from_secret(&pem("ec_public.pem"));
         assert!(a
-            .authenticate(Some(&sign(Algorithm::HS256, &forged, &claims("x", 60))), "c", None)
+            .authenticate(
+                Some(&sign(Algorithm::HS256, &forged, &claims("x", 60))),
+                "c",
+                None,
+                here()
+            )
             .is_err());
     }
 
     #[test]
     fn anonymous_and_missing_tokens() {
         let strict = auth(|c| c.auth_hs256_secret = Some("s".into()));
-        assert_eq!(strict.authenticate(None, "gw-1", None).unwrap_err(), AuthError::Missing);
-        let open = auth(|c| c.allow_anonymous = true);
-        let id = open.authenticate(None, "gw-1", Some("Guest")).unwrap();
-        assert_eq!(id.user, "anon-gw-1");
+        assert_eq!(
+            strict.authenticate(None, "x1", None, here()).unwrap_err(),
+            AuthError::Missing
+        );
+        let open = auth(|c| {
+            c.allow_anonymous = true;
+            c.anonymous_rooms = vec!["news:*".into(), "lobby".into(), "*".into()];
+            c.anonymous_publish = vec!["lobby".into()];
+        });
+        let id = open.authenticate(None, "x1", Some("Guest"), here()).unwrap();
+        assert_eq!(id.user, "anon-x1");
         assert_eq!(id.name.as_deref(), Some("Guest"));
-        assert!(id.may_subscribe("anything") && id.may_publish("anything"));
-        assert!(id.may_subscribe("user:anon-gw-1"), "its own personal room");
+        assert_eq!(id.anonymous_addr(), Some(here()));
+        assert!(id.may_subscribe("news:today") && id.may_subscribe("anything"));
+        assert!(id.may_publish("lobby") && !id.may_publish("news:today"));
+        assert!(id.may_subscribe("user:anon-x1"), "its own personal room");
+        assert!(!id.may_publish("user:anon-x1"), "personal rooms are for backends");
         assert!(
             !id.may_subscribe("user:bob") && !id.may_publish("user:bob"),
             "not bob's"
         );
+        // Without the flags an anonymous client reads and writes nothing shared.
+        let bare = auth(|c| c.allow_anonymous = true);
+        let id = bare.authenticate(None, "x2", None, here()).unwrap();
+        assert!(!id.may_subscribe("lobby") && !id.may_publish("lobby"));
+        assert!(id.may_subscribe("user:anon-x2"));
     }
 
     #[test]
@@ -401,7 +475,7 @@ mod tests {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &v, &key).unwrap()
         };
         let ok = token(serde_json::json!({"aud": "herald", "iss": "https://id.example"}));
-        assert_eq!(a.authenticate(Some(&ok), "c", None).unwrap().user, "alice");
+        assert_eq!(a.authenticate(Some(&ok), "c", None, here()).unwrap().user, "alice");
         for bad in [
             serde_json::json!({"iss": "https://id.example"}),
             serde_json::json!({"aud": "other", "iss": "https://id.example"}),
@@ -410,15 +484,15 @@ mod tests {
             serde_json::json!({"aud": "herald", "iss": "https://id.example", "nbf": now() + 3600}),
         ] {
             let t = token(bad.clone());
-            assert!(a.authenticate(Some(&t), "c", None).is_err(), "{bad}");
+            assert!(a.authenticate(Some(&t), "c", None, here()).is_err(), "{bad}");
         }
         // Without the flags, `aud` and `iss` are not required; `nbf` is still checked.
         let plain = auth(|c| c.auth_hs256_secret = Some("s".into()));
         assert!(plain
-            .authenticate(Some(&token(serde_json::json!({}))), "c", None)
+            .authenticate(Some(&token(serde_json::json!({}))), "c", None, here())
             .is_ok());
         let early = token(serde_json::json!({"nbf": now() + 3600}));
-        assert!(plain.authenticate(Some(&early), "c", None).is_err());
+        assert!(plain.authenticate(Some(&early), "c", None, here()).is_err());
     }
 
     #[test]
@@ -427,7 +501,7 @@ mod tests {
         let key = EncodingKey::from_secret(b"s");
         for bad in ["a.b", "a b", "a*", ""] {
             let t = sign(Algorithm::HS256, &key, &claims(bad, 60));
-            assert!(a.authenticate(Some(&t), "c", None).is_err(), "{bad:?}");
+            assert!(a.authenticate(Some(&t), "c", None, here()).is_err(), "{bad:?}");
         }
     }
 }

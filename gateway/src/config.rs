@@ -63,10 +63,53 @@ pub struct Config {
     #[arg(long, env = "HERALD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Accept clients without a token: the user is `anon-<conn>` (`anon-<digest>` with a
-    /// `sid`) and may use any room but other users' personal rooms.
+    /// Accept clients without a token: the user is `anon-<digest of its sid>` (a random id
+    /// without one). It may subscribe only to rooms `--anonymous-rooms` names and publish
+    /// only to rooms `--anonymous-publish` names (never to other users' personal rooms), and
+    /// its limits count per client address (see `--trusted-proxies`).
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+
+    /// Comma-separated room globs (`*` matches any run of characters) anonymous clients may
+    /// subscribe to, besides their own `user:<id>`. Default: none.
+    #[arg(long, env = "HERALD_ANONYMOUS_ROOMS", value_delimiter = ',')]
+    pub anonymous_rooms: Vec<String>,
+
+    /// Comma-separated room globs anonymous clients may publish to. Default: none (anonymous
+    /// clients only read).
+    #[arg(long, env = "HERALD_ANONYMOUS_PUBLISH", value_delimiter = ',')]
+    pub anonymous_publish: Vec<String>,
+
+    /// Comma-separated addresses or networks (CIDR) of reverse proxies whose
+    /// `X-Forwarded-For` / `Forwarded` header names the client. From any other peer those
+    /// headers are ignored and the peer is the client. Default: none.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Most connections (WebSocket, SSE, requests in flight) anonymous clients of one address
+    /// (an IPv6 /64) hold at once; more are refused with `rate_limited` (HTTP 429).
+    #[arg(long, env = "HERALD_MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_anonymous_connections_per_address: usize,
+
+    /// Most presence rooms per connection, SSE stream or polling session; a request for more
+    /// is refused with `too_many_subscriptions`.
+    #[arg(long, env = "HERALD_MAX_PRESENCE_ROOMS", default_value_t = 32)]
+    pub max_presence_rooms: usize,
+
+    /// Most presence memberships (a connection or polling session in a room) this gateway
+    /// reports to fanout at once; past it, joining refuses with `unavailable`.
+    #[arg(long, env = "HERALD_MAX_MEMBERSHIPS", default_value_t = 1_000_000)]
+    pub max_memberships: usize,
+
+    /// Most presence memberships anonymous clients of one address hold at once; past it,
+    /// joining refuses with `rate_limited`.
+    #[arg(long, env = "HERALD_MAX_ANONYMOUS_MEMBERSHIPS_PER_ADDRESS", default_value_t = 512)]
+    pub max_anonymous_memberships_per_address: usize,
+
+    /// Longest a write to a client may make no progress (a socket that stops reading, a
+    /// response body nobody takes): past it, the connection is dropped.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
 
     /// Comma-separated Origins allowed to connect (e.g. `https://app.example.com`); `*` or
     /// empty allows any.
@@ -101,22 +144,24 @@ pub struct Config {
     #[arg(long, env = "HERALD_OUTBOUND_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub outbound_buffer_bytes: usize,
 
-    /// Publishes per second per connection (burst: the same number); more get `rate_limited`,
-    /// and a flood closes with 4029.
+    /// Publishes per second per connection and per user over HTTP (anonymous clients: per
+    /// client address, every connection and request together); burst: the same number.
+    /// More get `rate_limited`, and a flood closes with 4029.
     #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 50.0)]
     pub publish_rate: f64,
 
     /// Requests per second that change or read state, other than publishes: per WebSocket
     /// connection for `subscribe`, `unsubscribe`, `presence`, `watch` and `unwatch`; per user
-    /// (anonymous users: per sid, or per client IP without one) for `/poll`, `/sse` and
-    /// `GET /presence`. The burst is
+    /// (anonymous clients: per client address, over every connection and request) for those
+    /// and for `/poll`, `/sse` and `GET /presence`. The burst is
     /// larger (`--max-subscriptions` or twice the rate, the larger), so a reconnect that
     /// resubscribes every room passes; more get `rate_limited` (HTTP 429).
     #[arg(long, env = "HERALD_OP_RATE", default_value_t = 20.0)]
     pub op_rate: f64,
 
-    /// Polling sessions (`/poll` with `sid=`) one user may hold on this gateway at once;
-    /// more are refused with `rate_limited`.
+    /// Polling sessions (`/poll` with `sid=` and `presence=` or `watch=`) one user may hold
+    /// on this gateway at once (anonymous clients: one address); more are refused with
+    /// `rate_limited`.
     #[arg(long, env = "HERALD_MAX_POLL_SESSIONS_PER_USER", default_value_t = 16)]
     pub max_poll_sessions_per_user: usize,
 
@@ -229,6 +274,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("{0}")]
     DedupWindow(&'static str),
+    #[error("room glob {0:?} may hold only room-name characters and `*`")]
+    Glob(String),
     #[error("cannot read {0}: {1}")]
     Read(String, std::io::Error),
     #[error("invalid auth key: {0}")]
@@ -274,6 +321,11 @@ impl Config {
             ("outbound-buffer-bytes", self.outbound_buffer_bytes),
             ("replay-max-events", self.replay_max_events),
             ("replay-max-bytes", self.replay_max_bytes),
+            ("max-presence-rooms", self.max_presence_rooms),
+            (
+                "max-anonymous-connections-per-address",
+                self.max_anonymous_connections_per_address,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -281,6 +333,14 @@ impl Config {
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::Zero("ping-interval"));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::Zero("write-timeout"));
+        }
+        for glob in self.anonymous_rooms.iter().chain(&self.anonymous_publish) {
+            if glob.is_empty() || !glob.bytes().all(|b| b == b'*' || herald_proto::room::is_room_byte(b)) {
+                return Err(ConfigError::Glob(glob.clone()));
+            }
         }
         if self.presence_heartbeat.is_zero() {
             return Err(ConfigError::Zero("presence-heartbeat"));

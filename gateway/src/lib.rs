@@ -13,6 +13,7 @@
 
 #![warn(unreachable_pub)]
 
+mod addr;
 mod auth;
 mod config;
 mod feeds;
@@ -168,7 +169,11 @@ impl Gateway {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    metrics::state(shared.not_ready().is_none(), shared.hub.is_connected());
+                    metrics::state(
+                        shared.not_ready().is_none(),
+                        shared.hub.is_connected(),
+                        shared.memberships.total(),
+                    );
                 }
             })
         };

@@ -18,6 +18,7 @@ pub(crate) const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer
 pub(crate) const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
 pub(crate) const NATS_SUBSCRIPTIONS: &str = "herald_gateway_nats_subscriptions";
 pub(crate) const POLL_SESSIONS: &str = "herald_gateway_poll_sessions";
+pub(crate) const MEMBERSHIPS: &str = "herald_gateway_presence_memberships";
 pub(crate) const ERRORS: &str = "herald_gateway_errors_total";
 pub(crate) const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
 pub(crate) const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
@@ -79,6 +80,11 @@ fn describe() {
         POLL_SESSIONS,
         "Polling clients (long-poll and ajax polling with a sid) online on this gateway: one per \
          session, whether or not a poll of it is in flight."
+    );
+    describe_gauge!(
+        MEMBERSHIPS,
+        "Presence memberships (a connection or polling session in a room) this gateway reports \
+         to fanout, against --max-memberships."
     );
     describe_counter!(
         ERRORS,
@@ -238,7 +244,8 @@ pub(crate) fn replayed(events: u64) {
 }
 
 /// Readiness and NATS state as gauges, for dashboards and alerts.
-pub(crate) fn state(ready: bool, nats_connected: bool) {
+pub(crate) fn state(ready: bool, nats_connected: bool, memberships: usize) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(NATS_CONNECTED).set(f64::from(u8::from(nats_connected)));
+    gauge!(MEMBERSHIPS).set(memberships as f64);
 }

@@ -2,8 +2,12 @@
 //! WebSocket upgrade checks (drain, Origin, sub-protocol, token, connection limit).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,12 +20,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::panic::AssertUnwindSafe;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
+use crate::addr::ClientAddr;
 use crate::auth::Identity;
 use crate::http::{self as transport, full, token, Body, HttpError};
 use crate::state::Shared;
@@ -53,6 +58,7 @@ pub(crate) async fn accept_loop(
             _ = &mut stopped => return,
         };
         let _ = tcp.set_nodelay(true);
+        let tcp = WriteDeadline::new(tcp, shared.config.write_timeout);
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -96,10 +102,11 @@ where
     }
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> Response<Body> {
+async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
+    let remote = shared.client_addr(peer, &req);
     let result = match (req.method(), req.uri().path()) {
-        (&Method::GET, path::WS) => upgrade(shared, req, Mode::Herald).await,
+        (&Method::GET, path::WS) => upgrade(shared, req, Mode::Herald, remote).await,
         (&Method::GET, path::POLL) => {
             transport::cors(&shared, origin, transport::poll::poll(&shared, req, remote).await)
         }
@@ -113,7 +120,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> R
         (&Method::OPTIONS, path::POLL | path::POLL_LEAVE | path::SSE | path::PUBLISH | path::PRESENCE) => {
             transport::cors(&shared, origin, transport::preflight(&shared, &req))
         }
-        (&Method::GET, path::ECHO) if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo).await,
+        (&Method::GET, path::ECHO) if shared.config.echo_endpoint => upgrade(shared, req, Mode::Echo, remote).await,
         (&Method::GET, path::PRESENCE) => transport::cors(
             &shared,
             origin,
@@ -130,7 +137,12 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, remote: IpAddr) -> R
     result.unwrap_or_else(HttpError::into_response)
 }
 
-async fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) -> Result<Response<Body>, HttpError> {
+async fn upgrade(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    mode: Mode,
+    addr: ClientAddr,
+) -> Result<Response<Body>, HttpError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Err(HttpError::new(ErrorCode::BadRequest, "expected a WebSocket upgrade"));
     }
@@ -144,24 +156,25 @@ async fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, mode: Mode) ->
         Mode::Herald => {
             let name = transport::display_name(&req)?;
             let sid = transport::session_id(&req)?;
-            let anon_id = transport::anon_id(sid.as_deref(), &conn);
+            let anon_id = transport::anon_id(sid.as_deref());
             Some(
                 shared
                     .auth
-                    .verify(token(&req).as_deref(), &anon_id, name.as_deref())
+                    .verify(token(&req).as_deref(), &anon_id, name.as_deref(), addr)
                     .await?,
             )
         }
     };
-    let slot = shared.reserve(conn_id)?;
-    let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
-        .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("bad upgrade: {e}")))?;
-    let offered_protocol = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     let identity = identity.unwrap_or_else(|| Identity {
         user: format!("echo-{conn}"),
         name: None,
         claims: None,
+        anonymous: None,
     });
+    let slot = shared.reserve(conn_id, &identity)?;
+    let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
+        .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("bad upgrade: {e}")))?;
+    let offered_protocol = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     let accepted = Box::new(Accepted {
         slot,
         conn_id,
@@ -205,4 +218,81 @@ fn negotiate(req: &Request<Incoming>) -> Result<Codec, HttpError> {
             ),
         )
     })
+}
+
+// === impl WriteDeadline ===
+
+/// A client socket whose writes fail (`TimedOut`) once one has waited `limit` without the
+/// peer taking a byte, whatever the peer sends meanwhile: a client that stops reading is
+/// dropped however its connection is used (an HTTP answer, an SSE stream, a WebSocket after
+/// the upgrade), and what was queued for it is freed. The timer exists only while a write
+/// waits.
+struct WriteDeadline<I> {
+    io: I,
+    limit: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteDeadline<I> {
+    fn new(io: I, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// Passes a write's outcome on, starting the clock when it waits and stopping it when
+    /// it moves; past the limit, the write fails.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.waiting = None;
+            return outcome;
+        }
+        let limit = self.limit;
+        let clock = self.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match clock.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer took nothing for --write-timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteDeadline<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, outcome)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, outcome)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, outcome)
+    }
 }

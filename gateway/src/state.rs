@@ -17,10 +17,11 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::addr::ClientAddr;
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::hub::{Hub, PageLimit};
-use crate::limit::TokenBucket;
+use crate::limit::{Held, Over, Quota, TokenBucket};
 use crate::outbound::Outbound;
 use crate::presence::Presence;
 use crate::sync::lock;
@@ -34,8 +35,13 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     /// The reporter to fanout, the feeds from it, the polling sessions.
     pub presence: Presence,
-    /// HTTP rate limits, per kind and user (anonymous users: per client IP).
+    /// Rate limits shared by a user's requests and connections, per kind and user
+    /// (anonymous users: per client address).
     http_buckets: Mutex<HashMap<(RateKind, String), TokenBucket>>,
+    /// Anonymous clients' connections per address (`--max-anonymous-connections-per-address`).
+    anonymous_conns: Arc<Quota>,
+    /// Presence memberships, per anonymous address and in all (`--max-memberships`).
+    pub memberships: Arc<Quota>,
     pub conns: Connections,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
@@ -49,6 +55,8 @@ pub(crate) struct Shared {
 pub(crate) struct Slot {
     shared: Arc<Shared>,
     conn_id: u64,
+    /// An anonymous client's share of its address's connections (boxed: most have none).
+    _anonymous: Option<Box<Held>>,
 }
 
 /// Open client connections, for limits and the drain.
@@ -59,21 +67,69 @@ pub(crate) struct Connections {
     empty: Notify,
 }
 
-/// What an HTTP rate limit counts.
+/// A presence membership refused (see [`Shared::join_quota`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MembershipRefused {
+    pub code: herald_proto::ErrorCode,
+    pub message: &'static str,
+}
+
+/// What a shared rate limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum RateKind {
-    /// `POST /publish` (`--publish-rate`).
+    /// `POST /publish`, and anonymous WebSocket publishes (`--publish-rate`).
     Publish,
-    /// `/poll`, `/sse`, `GET /presence` (`--op-rate`).
+    /// `/poll`, `/sse`, `GET /presence`, and anonymous WebSocket ops (`--op-rate`).
     Request,
 }
 
 /// Most HTTP rate-limit buckets kept; past it, full ones are forgotten first.
 const MAX_BUCKETS: usize = 100_000;
 
-/// Why a connection was refused a slot (`unavailable` on every transport).
+/// Why a connection was refused a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unavailable(pub &'static str);
+pub(crate) enum Unavailable {
+    /// The gateway is draining (`unavailable`, 503).
+    Draining,
+    /// `--max-connections` are open (`unavailable`, 503).
+    Full,
+    /// The anonymous client's address holds its share (`rate_limited`, 429).
+    AddressFull,
+}
+
+/// Maps a refused membership to the contract's code.
+pub(crate) fn membership_refused(over: Over) -> MembershipRefused {
+    use herald_proto::ErrorCode;
+    match over {
+        Over::Addr => MembershipRefused {
+            code: ErrorCode::RateLimited,
+            message: "too many presence memberships from this address",
+        },
+        Over::Total => MembershipRefused {
+            code: ErrorCode::Unavailable,
+            message: "this gateway holds its most presence memberships",
+        },
+    }
+}
+
+// === impl Unavailable ===
+
+impl Unavailable {
+    pub(crate) fn code(self) -> herald_proto::ErrorCode {
+        match self {
+            Self::Draining | Self::Full => herald_proto::ErrorCode::Unavailable,
+            Self::AddressFull => herald_proto::ErrorCode::RateLimited,
+        }
+    }
+
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Self::Draining => "gateway is draining; connect to another",
+            Self::Full => "too many connections",
+            Self::AddressFull => "too many connections from this address",
+        }
+    }
+}
 
 // === impl Shared ===
 
@@ -86,6 +142,8 @@ impl Shared {
         hub: Arc<Hub>,
         presence: Presence,
     ) -> Self {
+        let anonymous_conns = Quota::new(config.max_anonymous_connections_per_address, usize::MAX);
+        let memberships = Quota::new(config.max_anonymous_memberships_per_address, config.max_memberships);
         Self {
             origins: config.allowed_origins(),
             config,
@@ -95,6 +153,8 @@ impl Shared {
             hub,
             presence,
             http_buckets: Mutex::default(),
+            anonymous_conns,
+            memberships,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             stream_ready: AtomicBool::new(false),
@@ -103,14 +163,12 @@ impl Shared {
     }
 
     /// Whether `who` may make a `kind` request now. Users with a token are counted by user
-    /// id, anonymous users by their session id (their user id is its digest) or, without
-    /// one, by client IP, since each such request is a new user (behind a proxy, those all
-    /// share the proxy's address).
-    pub(crate) fn http_allowed(&self, kind: RateKind, who: &Identity, remote: IpAddr, has_sid: bool) -> bool {
-        let key = match &who.claims {
-            Some(_) => who.user.clone(),
-            None if has_sid => who.user.clone(),
-            None => format!("ip:{remote}"),
+    /// id; anonymous users by their address, whatever sid or connection they use (an
+    /// anonymous client names itself, so every name it picks would be a fresh bucket).
+    pub(crate) fn http_allowed(&self, kind: RateKind, who: &Identity) -> bool {
+        let key = match who.anonymous_addr() {
+            Some(addr) => format!("ip:{addr}"),
+            None => who.user.clone(),
         };
         let (rate, burst) = match kind {
             RateKind::Publish => (self.config.publish_rate, self.config.publish_rate),
@@ -136,18 +194,41 @@ impl Shared {
         (self.config.max_subscriptions as f64).max(2.0 * self.config.op_rate)
     }
 
-    /// Takes a connection slot, unless the gateway is draining or full.
-    pub(crate) fn reserve(self: &Arc<Self>, conn_id: u64) -> Result<Slot, Unavailable> {
+    /// Takes a connection slot, unless the gateway is draining or full, or `who` is an
+    /// anonymous client whose address holds its share.
+    pub(crate) fn reserve(self: &Arc<Self>, conn_id: u64, who: &Identity) -> Result<Slot, Unavailable> {
         if self.draining.load(Ordering::Relaxed) {
-            return Err(Unavailable("gateway is draining; connect to another"));
+            return Err(Unavailable::Draining);
         }
+        let anonymous = match who.anonymous_addr() {
+            Some(addr) => Some(Box::new(
+                self.anonymous_conns
+                    .take(Some(addr), 1)
+                    .map_err(|_| Unavailable::AddressFull)?,
+            )),
+            None => None,
+        };
         if !self.conns.reserve(self.config.max_connections) {
-            return Err(Unavailable("too many connections"));
+            return Err(Unavailable::Full);
         }
         Ok(Slot {
             shared: Arc::clone(self),
             conn_id,
+            _anonymous: anonymous,
         })
+    }
+
+    /// A share of `rooms` presence memberships for `who` (it grows and shrinks as the
+    /// connection joins and leaves rooms): per address for anonymous clients, and in all.
+    pub(crate) fn memberships_for(&self, who: &Identity, rooms: usize) -> Result<Held, MembershipRefused> {
+        self.memberships
+            .take(who.anonymous_addr(), rooms)
+            .map_err(membership_refused)
+    }
+
+    /// The client address of a request from `peer`: see [`ClientAddr::resolve`].
+    pub(crate) fn client_addr(&self, peer: IpAddr, req: &Request<Incoming>) -> ClientAddr {
+        ClientAddr::resolve(peer, req.headers(), &self.config.trusted_proxies)
     }
 
     /// The bound of one replay burst or poll answer.

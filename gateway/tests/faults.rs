@@ -120,6 +120,8 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
     let fanout = Process::fanout(&nats.url(), "f1", &["--leave-delay", "100ms"]);
     let gw = TestGateway::start_with(&nats.url(), |c| {
         c.allow_anonymous = true;
+        c.anonymous_rooms = vec!["*".into()];
+        c.anonymous_publish = vec!["*".into()];
         c.max_connections = 3;
         c.room_linger = Duration::from_millis(50);
         c.poll_session_ttl = Duration::from_millis(500);

@@ -257,9 +257,16 @@ class Client extends Emitter {
 
   /** Ends a polling session at once (a WebSocket or SSE stream ends with its connection). */
   _leave() {
-    if (!(this._session instanceof PollSession) || typeof navigator?.sendBeacon !== "function") return;
+    if (!(this._session instanceof PollSession)) return;
+    const url = `${this.url}/poll/leave?${this._query({}, { token: false })}`;
     try {
-      navigator.sendBeacon(`${this.url}/poll/leave?${this._query({})}`);
+      // A token goes in a header (URLs end up in logs): a keepalive fetch outlives the page
+      // like a beacon, which cannot send headers.
+      if (this.token && typeof fetch === "function") {
+        fetch(url, { method: "POST", keepalive: true, headers: this._auth() }).catch(() => {});
+      } else if (typeof navigator?.sendBeacon === "function") {
+        navigator.sendBeacon(url);
+      }
     } catch {
       /* the session's time to live ends it */
     }
@@ -487,13 +494,18 @@ class Client extends Emitter {
       .join(",");
   }
 
+  /** The token as a header: every request but the SSE stream's (EventSource sends none). */
+  _auth() {
+    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+  }
+
   async _post(path, body, signal) {
     // The sid keeps an anonymous publisher the same user as its other requests (and so the
     // same idempotency scope); the token goes in the header, not the URL.
     const res = await fetch(`${this.url}${path}?${this._query({}, { token: false })}`, {
       method: "POST",
       signal,
-      headers: { "Content-Type": "application/json", ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}) },
+      headers: { "Content-Type": "application/json", ...this._auth() },
       body: JSON.stringify(body),
     });
     return answer(res);
@@ -501,7 +513,11 @@ class Client extends Emitter {
 
   async _get(path, signal) {
     const sep = path.includes("?") ? "&" : "?";
-    const res = await fetch(`${this.url}${path}${sep}${this._query({})}`, { signal, cache: "no-store" });
+    const res = await fetch(`${this.url}${path}${sep}${this._query({}, { token: false })}`, {
+      signal,
+      cache: "no-store",
+      headers: this._auth(),
+    });
     return answer(res);
   }
 

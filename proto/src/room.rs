@@ -36,7 +36,8 @@ pub fn personal_owner(room: &str) -> Option<&str> {
     room.strip_prefix(PERSONAL_PREFIX)
 }
 
-fn is_room_byte(b: u8) -> bool {
+/// Whether `b` may appear in a room name.
+pub fn is_room_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'@' | b'=')
 }
 

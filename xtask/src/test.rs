@@ -121,22 +121,24 @@ fn browser_stack(nats_bin: std::path::PathBuf, work: &std::path::Path, secret: &
     };
     programs.push(Program::fanout(&nats_url, fanout)?);
     for id in ["gw-a", "gw-b"] {
-        let args = [
+        let args: Vec<&str> = [
             "--auth-hs256-secret",
             secret,
-            "--allow-anonymous",
             "--poll-max-wait",
             "10s",
             // Small replay pages, so that a resume spans several (herald.js follows `more`).
             "--replay-max-events",
             "5",
-        ];
+        ]
+        .into_iter()
+        .chain(crate::up::LOCAL_ANONYMOUS)
+        .collect();
         programs.push(Program::gateway(
             &nats_url,
             GatewayOptions {
                 binary: Some(debug.join("herald-gateway")),
                 id: id.into(),
-                args: args.map(String::from).into(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
                 logs: log(id),
                 ..GatewayOptions::default()
             },

@@ -58,15 +58,11 @@ pub(crate) fn up() -> Result<()> {
                 id: id.into(),
                 listen: Some(localhost(port)),
                 admin: Some(localhost(admin)),
-                args: [
-                    "--auth-hs256-secret",
-                    DEV_SECRET,
-                    "--allow-anonymous",
-                    "--drain-timeout",
-                    "3s",
-                ]
-                .map(String::from)
-                .into(),
+                args: ["--auth-hs256-secret", DEV_SECRET, "--drain-timeout", "3s"]
+                    .into_iter()
+                    .chain(LOCAL_ANONYMOUS)
+                    .map(String::from)
+                    .collect(),
                 logs: Logs::Inherit,
             },
         )?);
@@ -148,3 +144,22 @@ pub(crate) fn token(user: &str, name: &str, rooms: &[&str], secret: &str) -> Res
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?)
 }
+
+/// The local stack's anonymous clients: the demo chat on any room, and `loadtest` runs from
+/// loopback, whose simulated users share one address (so its per-address limits are lifted;
+/// each connection keeps its own).
+pub(crate) const LOCAL_ANONYMOUS: [&str; 13] = [
+    "--allow-anonymous",
+    "--anonymous-rooms",
+    "*",
+    "--anonymous-publish",
+    "*",
+    "--max-anonymous-connections-per-address",
+    "1000000",
+    "--max-anonymous-memberships-per-address",
+    "100000000",
+    "--max-poll-sessions-per-user",
+    "1000000",
+    "--op-rate",
+    "1000000",
+];

@@ -10,7 +10,6 @@ pub(crate) mod sse;
 pub(crate) mod web;
 
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,13 +22,19 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::addr::ClientAddr;
 use crate::auth::{Access, AuthError, Identity, RoomRefused};
 use crate::metrics::{self, Transport};
 use crate::outbound::{Format, Outbound};
 use crate::state::{RateKind, Shared, Slot, Unavailable};
 
-/// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`.
-pub(crate) async fn identify(shared: &Shared, req: &Request<Incoming>, conn: &str) -> Result<Identity, HttpError> {
+/// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`;
+/// an anonymous caller is counted by `addr`.
+pub(crate) async fn identify(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    addr: ClientAddr,
+) -> Result<Identity, HttpError> {
     if !shared.origin_allowed(req) {
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -37,14 +42,21 @@ pub(crate) async fn identify(shared: &Shared, req: &Request<Incoming>, conn: &st
     let sid = session_id(req)?;
     Ok(shared
         .auth
-        .verify(token(req).as_deref(), &anon_id(sid.as_deref(), conn), name.as_deref())
+        .verify(token(req).as_deref(), &anon_id(sid.as_deref()), name.as_deref(), addr)
         .await?)
 }
 
 /// What follows `anon-` in an anonymous user's id: a digest of the sid (see
-/// [`text::anonymous_id`]), or the connection id without one.
-pub(crate) fn anon_id(sid: Option<&str>, conn: &str) -> String {
-    sid.map_or_else(|| conn.to_owned(), text::anonymous_id)
+/// [`text::anonymous_id`]), or a random one without: an id made of the gateway's name and
+/// a counter would come back after a restart, and with it the old client's personal room.
+pub(crate) fn anon_id(sid: Option<&str>) -> String {
+    sid.map_or_else(
+        || {
+            let n: u128 = rand::random();
+            format!("{:024x}", n >> 32)
+        },
+        text::anonymous_id,
+    )
 }
 
 /// `?sid=`: a session id the client chose (8–64 of `A-Z a-z 0-9 _ -`) and keeps across
@@ -69,8 +81,8 @@ pub(crate) fn display_name(req: &Request<Incoming>) -> Result<Option<String>, Ht
 }
 
 /// `--op-rate` for `/poll`, `/sse` and `GET /presence`.
-pub(crate) fn request_allowed(shared: &Shared, who: &Identity, remote: IpAddr, has_sid: bool) -> Result<(), HttpError> {
-    if shared.http_allowed(RateKind::Request, who, remote, has_sid) {
+pub(crate) fn request_allowed(shared: &Shared, who: &Identity) -> Result<(), HttpError> {
+    if shared.http_allowed(RateKind::Request, who) {
         Ok(())
     } else {
         Err(HttpError::new(ErrorCode::RateLimited, "request rate exceeded"))
@@ -81,19 +93,32 @@ pub(crate) fn bad_request(e: impl std::fmt::Display) -> HttpError {
     HttpError::new(ErrorCode::BadRequest, e.to_string())
 }
 
-/// `?presence=`: the rooms (among `rooms`) to be a member of; `1` or `true` for all of them.
-pub(crate) fn presence_rooms(req: &Request<Incoming>, rooms: &[String]) -> Result<Vec<String>, HttpError> {
+/// `?presence=`: the rooms (among `rooms`) to be a member of; `1` or `true` for all of them;
+/// at most `--max-presence-rooms`.
+pub(crate) fn presence_rooms(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    rooms: &[String],
+) -> Result<Vec<String>, HttpError> {
     let Some(list) = query_param(req, param::PRESENCE) else {
         return Ok(Vec::new());
     };
-    if list == "1" || list == "true" {
-        return Ok(rooms.to_vec());
-    }
-    let wanted = list_items(&list);
+    let wanted = if list == "1" || list == "true" {
+        rooms.to_vec()
+    } else {
+        list_items(&list)
+    };
     if let Some(r) = wanted.iter().find(|r| !rooms.contains(r)) {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
             format!("presence room `{r}` is not in `rooms`"),
+        ));
+    }
+    let max = shared.config.max_presence_rooms;
+    if wanted.len() > max {
+        return Err(HttpError::new(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {max} presence rooms"),
         ));
     }
     Ok(wanted)
@@ -163,8 +188,8 @@ pub(crate) struct Registration {
     pub conn_id: u64,
     pub out: Arc<Outbound>,
     pub rooms: Vec<String>,
-    /// Dropped after the rooms are left.
-    _slot: Slot,
+    /// Dropped after the rooms are left, unless [`Registration::release`] takes it.
+    slot: Option<Slot>,
 }
 
 impl Registration {
@@ -176,8 +201,13 @@ impl Registration {
             conn_id,
             out,
             rooms: Vec::new(),
-            _slot: slot,
+            slot: Some(slot),
         }
+    }
+
+    /// Leaves every room and hands back the slot, for the answer to hold while it is sent.
+    pub(crate) fn release(mut self) -> Slot {
+        self.slot.take().expect("a registration holds its slot until released")
     }
 }
 
@@ -205,6 +235,31 @@ impl Drop for Registration {
             self.shared.hub.detach(room, self.conn_id);
         }
     }
+}
+
+/// Bytes of a response body handed to hyper at once: hyper asks for the next part only as
+/// the socket takes the last, so a body's guard is dropped near the end of the write.
+const BODY_PART: usize = 64 * 1024;
+
+/// A JSON response that holds `guard` until hyper has taken the last part of its body (or
+/// drops the response: the client went away, or stopped reading for `--write-timeout`).
+pub(crate) fn json_holding<G: Send + 'static>(status: StatusCode, body: Bytes, guard: G) -> Response<Body> {
+    let len = body.len();
+    let parts = futures_util::stream::unfold((body, Some(guard)), |(mut rest, guard)| async move {
+        if rest.is_empty() {
+            drop(guard);
+            return None;
+        }
+        let part = rest.split_to(rest.len().min(BODY_PART));
+        Some((Ok::<_, Infallible>(hyper::body::Frame::data(part)), (rest, guard)))
+    });
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CONTENT_LENGTH, len)
+        .body(http_body_util::StreamBody::new(parts).boxed_unsync())
+        .expect("static response parts")
 }
 
 /// A JSON response.
@@ -345,7 +400,13 @@ pub(crate) fn token(req: &Request<Incoming>) -> Option<String> {
 
 impl From<Unavailable> for HttpError {
     fn from(u: Unavailable) -> Self {
-        Self::new(ErrorCode::Unavailable, u.0)
+        Self::new(u.code(), u.message())
+    }
+}
+
+impl From<crate::state::MembershipRefused> for HttpError {
+    fn from(r: crate::state::MembershipRefused) -> Self {
+        Self::new(r.code, r.message)
     }
 }
 

@@ -8,7 +8,6 @@
 //! no poll came for `--poll-session-ttl` after the last one. `presence=` and `watch=` add the rooms' snapshots and
 //! the users' status to every answer, and a change to them ends a long-poll's wait.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,35 +19,42 @@ use hyper::body::Incoming;
 
 use herald_proto::http::{encode_poll_answer, param, PollTail};
 
+use crate::addr::ClientAddr;
 use crate::auth::Identity;
 use crate::feeds::{FeedSet, Kind};
 use crate::hub::UpstreamError;
 use crate::metrics::{self, Transport};
 use crate::outbound::{Content, Format};
 use crate::presence::{PollSessions, SessionLimits, SessionRefused};
-use crate::state::{Shared, Slot};
+use crate::state::{membership_refused, Shared, Slot};
 
 use super::{
-    cursor, full, identify, json, presence_rooms, query_param, request_allowed, rooms, session_id, start_positions,
-    watched, Body, HttpError, OpenGauge, Registration,
+    cursor, full, identify, json_holding, presence_rooms, query_param, request_allowed, rooms, session_id,
+    start_positions, watched, Body, HttpError, OpenGauge, Registration,
 };
 
 pub(crate) async fn poll(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    remote: IpAddr,
+    remote: ClientAddr,
 ) -> Result<Response<Body>, HttpError> {
-    let (conn_id, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
+    let (conn_id, _) = shared.new_conn();
+    let who = identify(shared, &req, remote).await?;
     let rooms = rooms(shared, &req, &who)?;
-    let members_of = presence_rooms(&req, &rooms)?;
+    let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let sid = session_id(&req)?;
     let asked = cursor(&req)?;
     let wait = wait(shared, &req)?;
-    request_allowed(shared, &who, remote, sid.is_some())?;
-    let slot = shared.reserve(conn_id)?;
-    let session = sid.as_ref().map(|sid| herald_proto::text::poll_session(&who.user, sid));
+    request_allowed(shared, &who)?;
+    let slot = shared.reserve(conn_id, &who)?;
+    // A session (online, a member of its presence rooms, kept after the answer) only when
+    // the poll asks for what needs one: a sid alone opens nothing.
+    let wants_session = !members_of.is_empty() || !watch.is_empty();
+    let session = sid
+        .as_ref()
+        .filter(|_| wants_session)
+        .map(|sid| herald_proto::text::poll_session(&who.user, sid));
     fail::fail_point!("poll.touch");
     // While this request is in flight its session stays; after, it lives `--poll-session-ttl`
     // if answered, `--poll-leave-grace` if the client went away first.
@@ -66,7 +72,7 @@ pub(crate) async fn poll(
         cursor: asked,
         wait,
     };
-    let answer = answer(shared, slot, conn_id, &asked).await;
+    let answer = answer(shared, slot, conn_id, session.as_deref(), &asked).await;
     if let Some(held) = &mut held {
         held.answered = true;
     }
@@ -85,7 +91,13 @@ struct Asked {
 
 /// The answer to a poll: backlog at once, else the first event, presence or status change
 /// within `wait`.
-async fn answer(shared: &Arc<Shared>, slot: Slot, conn_id: u64, asked: &Asked) -> Result<Response<Body>, HttpError> {
+async fn answer(
+    shared: &Arc<Shared>,
+    slot: Slot,
+    conn_id: u64,
+    session: Option<&str>,
+    asked: &Asked,
+) -> Result<Response<Body>, HttpError> {
     let Asked {
         rooms,
         members_of,
@@ -112,8 +124,8 @@ async fn answer(shared: &Arc<Shared>, slot: Slot, conn_id: u64, asked: &Asked) -
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     if !events.is_empty() || wait.is_zero() || draining || backlog.more || !backlog.unrecovered.is_empty() {
-        let tail = tail(shared, members_of, watch, backlog).await;
-        return Ok(respond(transport, &events, &positions, &tail));
+        let tail = tail(shared, session, members_of, watch, backlog, &events).await;
+        return Ok(respond(transport, &events, &positions, &tail, slot));
     }
 
     let mut reg = Registration::new(shared, slot, conn_id);
@@ -145,7 +157,7 @@ async fn answer(shared: &Arc<Shared>, slot: Slot, conn_id: u64, asked: &Asked) -
         }
     }
     drop(feeds);
-    drop(reg);
+    let slot = reg.release();
     for item in batch {
         if let Content::Event { room, seq, .. } = item.content {
             if let Some(room) = room {
@@ -154,8 +166,8 @@ async fn answer(shared: &Arc<Shared>, slot: Slot, conn_id: u64, asked: &Asked) -
             events.push(item.bytes);
         }
     }
-    let tail = tail(shared, members_of, watch, backlog).await;
-    Ok(respond(transport, &events, &positions, &tail))
+    let tail = tail(shared, session, members_of, watch, backlog, &events).await;
+    Ok(respond(transport, &events, &positions, &tail, slot))
 }
 
 /// The events after `positions` (moved past them), one bounded page across all the rooms.
@@ -208,16 +220,18 @@ async fn hold<'a>(
     let limits = SessionLimits {
         per_user: shared.config.max_poll_sessions_per_user,
         total: shared.config.max_poll_sessions,
+        memberships: Arc::clone(&shared.memberships),
     };
-    let touched = match shared.presence.polls.hold(session, who, rooms, limits) {
+    let touched = match shared.presence.polls.hold(session, who, rooms, &limits) {
         Ok(touched) => touched,
         Err(SessionRefused::UserFull) => {
             return Err(HttpError::new(
                 ErrorCode::RateLimited,
-                "too many polling sessions for this user",
+                "too many polling sessions for this user or address",
             ))
         }
         Err(SessionRefused::Full) => return Err(HttpError::new(ErrorCode::Unavailable, "too many polling sessions")),
+        Err(SessionRefused::Memberships(over)) => return Err(membership_refused(over).into()),
     };
     let held = Held {
         shared,
@@ -235,19 +249,63 @@ async fn hold<'a>(
 type Backlog = PollTail;
 
 /// The answer's tail: the backlog, and the snapshots and statuses the request asked for, as
-/// fanout answers now (left out if it does not answer).
-async fn tail(shared: &Shared, rooms: &[String], watch: &[String], backlog: Backlog) -> PollTail {
+/// fanout answers now (left out if it does not answer), all asked at once under one
+/// deadline.
+///
+/// Snapshots count against the answer's `--replay-max-bytes` with its events: those that do
+/// not fit are left out (the client keeps its last ones) and the answer says `more`; the
+/// session's next answer starts at the first left out, so every room's members arrive within
+/// a few answers however large the rooms are. The first snapshot of an answer without events
+/// goes whatever its size (fanout sends counts only past its `--large-room`).
+async fn tail(
+    shared: &Shared,
+    session: Option<&str>,
+    rooms: &[String],
+    watch: &[String],
+    backlog: Backlog,
+    events: &[Bytes],
+) -> PollTail {
     let mut tail = backlog;
-    if !rooms.is_empty() {
-        let mut snapshots = Vec::new();
-        for room in rooms {
-            snapshots.extend(shared.presence.snapshot(room).await);
+    let presence = &shared.presence;
+    let statuses = async {
+        if watch.is_empty() {
+            None
+        } else {
+            presence.statuses(watch).await
         }
-        tail.presence = Some(snapshots);
+    };
+    let (snapshots, statuses) = tokio::join!(presence.snapshots(rooms), statuses);
+    tail.status = statuses;
+    if rooms.is_empty() {
+        return tail;
     }
-    if !watch.is_empty() {
-        tail.status = shared.presence.statuses(watch).await;
+    let polls = &presence.polls;
+    let from = session.map_or(0, |s| polls.presence_from(s)) % rooms.len();
+    let mut budget = shared
+        .config
+        .replay_max_bytes
+        .saturating_sub(events.iter().map(Bytes::len).sum());
+    let mut included = Vec::new();
+    let mut next = 0;
+    let mut first = events.is_empty();
+    for k in 0..rooms.len() {
+        let i = (from + k) % rooms.len();
+        let Some((snapshot, size)) = &snapshots[i] else {
+            continue;
+        };
+        if *size > budget && !first {
+            next = i;
+            tail.more = true;
+            break;
+        }
+        first = false;
+        budget = budget.saturating_sub(*size);
+        included.push(snapshot.clone());
     }
+    if let Some(session) = session {
+        polls.set_presence_from(session, next);
+    }
+    tail.presence = Some(included);
     tail
 }
 
@@ -267,10 +325,13 @@ fn wait(shared: &Shared, req: &Request<Incoming>) -> Result<Duration, HttpError>
     }
 }
 
-fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, tail: &PollTail) -> Response<Body> {
-    let body = encode_poll_answer(events, &positions.to_string(), tail);
+/// The answer, holding the request's connection slot until hyper has taken its last bytes:
+/// an answer's memory counts against `--max-connections` until it is (nearly) written, and a
+/// client that does not read is dropped after `--write-timeout`.
+fn respond(transport: Transport, events: &[Bytes], positions: &Cursor, tail: &PollTail, slot: Slot) -> Response<Body> {
+    let body = Bytes::from(encode_poll_answer(events, &positions.to_string(), tail));
     metrics::sent(transport, events.len() as u64, body.len() as u64);
-    json(StatusCode::OK, body)
+    json_holding(StatusCode::OK, body, slot)
 }
 
 /// A poll of a session in flight: released however the request ends (answered, cancelled,
@@ -299,14 +360,13 @@ impl Drop for Held<'_> {
 pub(crate) async fn leave(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    remote: IpAddr,
+    remote: ClientAddr,
 ) -> Result<Response<Body>, HttpError> {
-    let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
+    let who = identify(shared, &req, remote).await?;
     let Some(sid) = session_id(&req)? else {
         return Err(HttpError::new(ErrorCode::BadRequest, "`sid` is required"));
     };
-    request_allowed(shared, &who, remote, true)?;
+    request_allowed(shared, &who)?;
     let session = herald_proto::text::poll_session(&who.user, &sid);
     shared.presence.polls.end(&shared.presence.tracker, &session);
     Ok(Response::builder()

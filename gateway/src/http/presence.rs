@@ -1,6 +1,5 @@
 //! `GET /presence?room=R`: a room's members, without joining it.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use herald_proto::http::param;
@@ -8,6 +7,7 @@ use herald_proto::ErrorCode;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::addr::ClientAddr;
 use crate::auth::Access;
 use crate::state::Shared;
 
@@ -17,13 +17,13 @@ use super::{identify, json, query_param, request_allowed, session_id, Body, Http
 pub(crate) async fn presence(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    remote: IpAddr,
+    remote: ClientAddr,
 ) -> Result<Response<Body>, HttpError> {
-    let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
+    let who = identify(shared, &req, remote).await?;
     let room = query_param(&req, param::ROOM).unwrap_or_default();
     who.check_room(&room, Access::Subscribe)?;
-    request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
+    session_id(&req)?;
+    request_allowed(shared, &who)?;
     let snapshot = shared
         .presence
         .snapshot(&room)

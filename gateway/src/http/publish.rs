@@ -1,6 +1,5 @@
 //! `POST /publish`: a client's event, stored once (idempotency `key`), acknowledged with its seq.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::addr::ClientAddr;
 use crate::auth::Access;
 use crate::state::{RateKind, Shared};
 
@@ -34,11 +34,10 @@ struct PublishBody<'a> {
 pub(crate) async fn publish(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    remote: IpAddr,
+    remote: ClientAddr,
 ) -> Result<Response<Body>, HttpError> {
-    let (_, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
-    let has_sid = session_id(&req)?.is_some();
+    let who = identify(shared, &req, remote).await?;
+    session_id(&req)?;
     let max = shared.config.max_message_bytes;
     // A client that sends its body slowly (or never) holds the request no longer than a handshake.
     let read = Limited::new(req.into_body(), max).collect();
@@ -56,7 +55,7 @@ pub(crate) async fn publish(
     if let Some(key) = &p.key {
         text::validate_key(key).map_err(bad_request)?;
     }
-    if !shared.http_allowed(RateKind::Publish, &who, remote, has_sid) {
+    if !shared.http_allowed(RateKind::Publish, &who) {
         return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
     }
     let data = p

@@ -16,6 +16,7 @@ use super::{
     cursor, identify, presence_rooms, request_allowed, rooms, session_id, start_positions, watched, Body, HttpError,
     OpenGauge, Registration,
 };
+use crate::addr::ClientAddr;
 use crate::metrics::{self, Transport};
 use crate::outbound::Content;
 use crate::presence::Membership;
@@ -23,7 +24,6 @@ use crate::state::Shared;
 use herald_proto::cursor::Cursor;
 use herald_proto::http::{Unrecovered, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
 use herald_proto::Codec;
-use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -46,16 +46,18 @@ fn data_lines(chunk: &mut Vec<u8>, bytes: &[u8]) {
 pub(crate) async fn sse(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    remote: IpAddr,
+    remote: ClientAddr,
 ) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
-    let who = identify(shared, &req, &conn).await?;
+    let who = identify(shared, &req, remote).await?;
     let rooms = rooms(shared, &req, &who)?;
-    let members_of = presence_rooms(&req, &rooms)?;
+    let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
-    request_allowed(shared, &who, remote, session_id(&req)?.is_some())?;
-    let slot = shared.reserve(conn_id)?;
+    session_id(&req)?;
+    request_allowed(shared, &who)?;
+    let slot = shared.reserve(conn_id, &who)?;
+    let memberships = shared.memberships_for(&who, members_of.len())?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let reg = Registration::new(shared, slot, conn_id);
@@ -73,7 +75,7 @@ pub(crate) async fn sse(
     };
     tokio::spawn(async move {
         let _open = OpenGauge(Transport::Sse);
-        let _membership = membership;
+        let _membership = (membership, memberships);
         stream.run(reg).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -64,6 +64,19 @@ impl Presence {
         serde_json::from_slice::<Snapshot>(&reply).ok()
     }
 
+    /// The snapshots of `rooms`, asked of fanout all at once and awaited together for at
+    /// most the one fanout timeout; each with the size of fanout's answer (what it adds to a
+    /// response, near enough). A room fanout did not answer for is `None`.
+    pub(crate) async fn snapshots(&self, rooms: &[String]) -> Vec<Option<(Snapshot, usize)>> {
+        let asks = rooms.iter().map(|room| async move {
+            let subject = self.upstream.subjects().api_presence(room);
+            let reply = self.upstream.request(subject, Bytes::new(), FANOUT_TIMEOUT).await?;
+            let snapshot = serde_json::from_slice::<Snapshot>(&reply).ok()?;
+            Some((snapshot, reply.len()))
+        });
+        futures_util::future::join_all(asks).await
+    }
+
     /// The users' current status from fanout, in the order asked, if it answers in time.
     pub(crate) async fn statuses(&self, users: &[String]) -> Option<Vec<Status>> {
         let request = serde_json::to_vec(&StatusRequest { users: users.to_vec() }).expect("serializable");

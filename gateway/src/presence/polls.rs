@@ -1,10 +1,11 @@
 //! Polling clients' presence sessions.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::Identity;
+use crate::limit::{Held, Over, Quota};
 use crate::sync::lock;
 
 use super::tracker::Tracker;
@@ -12,7 +13,9 @@ use super::tracker::Tracker;
 /// Polling clients' presence, keyed by their user and `sid`: a session is online and a member of its
 /// presence rooms from its first poll until it leaves (`POST /poll/leave`), or until no poll
 /// has been in flight for its time to live: `--poll-session-ttl` after an answered poll,
-/// `--poll-leave-grace` after one whose client went away before the answer.
+/// `--poll-leave-grace` after one whose client went away before the answer. Sessions are
+/// capped per owner (a user, or an anonymous client's address) and in all, and their
+/// presence rooms count against the gateway's memberships.
 #[derive(Default)]
 pub(crate) struct PollSessions {
     inner: Mutex<Sessions>,
@@ -21,31 +24,39 @@ pub(crate) struct PollSessions {
 #[derive(Default)]
 struct Sessions {
     by_conn: HashMap<String, PollSession>,
-    per_user: HashMap<String, usize>,
+    per_owner: HashMap<String, usize>,
 }
 
 struct PollSession {
-    user: String,
+    /// Who the session counts against: a user id, or `ip:<address>` for anonymous clients.
+    owner: String,
     rooms: HashSet<String>,
+    /// Its share of the gateway's presence memberships: one per room.
+    memberships: Held,
     /// Polls of this session in flight; it never expires while one is.
     held: usize,
     expires: Instant,
+    /// Where the next answer's presence snapshots start (see [`PollSessions::presence_from`]).
+    presence_from: usize,
 }
 
-/// Why a new polling session was refused.
+/// Why a poll of a session was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionRefused {
-    /// The user holds `--max-poll-sessions-per-user` already.
+    /// The owner holds `--max-poll-sessions-per-user` already.
     UserFull,
     /// The gateway holds `--max-poll-sessions` already.
     Full,
+    /// Its presence rooms are over a memberships cap.
+    Memberships(Over),
 }
 
-/// The caps on polling sessions.
-#[derive(Debug, Clone, Copy)]
+/// The caps on polling sessions, and the memberships their rooms count against.
+#[derive(Clone)]
 pub(crate) struct SessionLimits {
     pub(crate) per_user: usize,
     pub(crate) total: usize,
+    pub(crate) memberships: Arc<Quota>,
 }
 
 /// What a poll changes in its session's rooms: the tracker is told after the lock is released.
@@ -66,12 +77,15 @@ impl PollSessions {
         conn: &str,
         who: &Identity,
         rooms: &[String],
-        limits: SessionLimits,
+        limits: &SessionLimits,
     ) -> Result<Touched, SessionRefused> {
         let wanted: HashSet<String> = rooms.iter().cloned().collect();
         let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_user } = &mut *inner;
+        let Sessions { by_conn, per_owner } = &mut *inner;
         if let Some(s) = by_conn.get_mut(conn) {
+            s.memberships
+                .resize(wanted.len())
+                .map_err(SessionRefused::Memberships)?;
             s.held += 1;
             let join = wanted.difference(&s.rooms).cloned().collect();
             let leave = s.rooms.difference(&wanted).cloned().collect();
@@ -85,19 +99,28 @@ impl PollSessions {
         if by_conn.len() >= limits.total {
             return Err(SessionRefused::Full);
         }
-        let held = per_user.entry(who.user.clone()).or_default();
-        if *held >= limits.per_user {
+        let owner = match who.anonymous_addr() {
+            Some(addr) => format!("ip:{addr}"),
+            None => who.user.clone(),
+        };
+        if per_owner.get(&owner).copied().unwrap_or(0) >= limits.per_user {
             return Err(SessionRefused::UserFull);
         }
-        *held += 1;
+        let memberships = limits
+            .memberships
+            .take(who.anonymous_addr(), wanted.len())
+            .map_err(SessionRefused::Memberships)?;
+        *per_owner.entry(owner.clone()).or_default() += 1;
         let join = wanted.iter().cloned().collect();
         by_conn.insert(
             conn.to_owned(),
             PollSession {
-                user: who.user.clone(),
+                owner,
                 rooms: wanted,
+                memberships,
                 held: 1,
                 expires: Instant::now(),
+                presence_from: 0,
             },
         );
         crate::metrics::poll_sessions(1.0);
@@ -131,13 +154,26 @@ impl PollSessions {
         }
     }
 
+    /// Where the presence snapshots of session `conn`'s next answer start: an answer holds
+    /// those that fit its budget, and the next starts after them (0 for no session).
+    pub(crate) fn presence_from(&self, conn: &str) -> usize {
+        lock(&self.inner).by_conn.get(conn).map_or(0, |s| s.presence_from)
+    }
+
+    /// Records where the next answer's presence snapshots start.
+    pub(crate) fn set_presence_from(&self, conn: &str, from: usize) {
+        if let Some(s) = lock(&self.inner).by_conn.get_mut(conn) {
+            s.presence_from = from;
+        }
+    }
+
     /// Closes session `conn` now (the client said it is leaving); false if there was none.
     pub(crate) fn end(&self, tracker: &Tracker, conn: &str) -> bool {
         let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_user } = &mut *inner;
+        let Sessions { by_conn, per_owner } = &mut *inner;
         match by_conn.remove(conn) {
             Some(s) => {
-                close_session(tracker, per_user, conn, &s);
+                close_session(tracker, per_owner, conn, &s);
                 true
             }
             None => false,
@@ -148,24 +184,24 @@ impl PollSessions {
     pub(crate) fn sweep(&self, tracker: &Tracker) {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_user } = &mut *inner;
+        let Sessions { by_conn, per_owner } = &mut *inner;
         by_conn.retain(|conn, s| {
             let alive = s.held > 0 || s.expires > now;
             if !alive {
-                close_session(tracker, per_user, conn, s);
+                close_session(tracker, per_owner, conn, s);
             }
             alive
         });
     }
 }
 
-fn close_session(tracker: &Tracker, per_user: &mut HashMap<String, usize>, conn: &str, s: &PollSession) {
+fn close_session(tracker: &Tracker, per_owner: &mut HashMap<String, usize>, conn: &str, s: &PollSession) {
     tracker.close(conn);
     crate::metrics::poll_sessions(-1.0);
-    if let Some(held) = per_user.get_mut(&s.user) {
+    if let Some(held) = per_owner.get_mut(&s.owner) {
         *held -= 1;
         if *held == 0 {
-            per_user.remove(&s.user);
+            per_owner.remove(&s.owner);
         }
     }
 }

@@ -20,10 +20,10 @@ use tracing::{debug, error, Instrument};
 
 use crate::auth::{Access, Identity};
 use crate::feeds::Kind;
-use crate::limit::TokenBucket;
+use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
 use crate::outbound::{encode_for, opcode, ws_frame, Format, Outbound};
-use crate::state::{Shared, Slot};
+use crate::state::{RateKind, Shared, Slot};
 use crate::sync::panic_message;
 
 use super::input::Input;
@@ -72,6 +72,9 @@ struct Session {
     bucket: TokenBucket,
     /// `--op-rate`: subscribe, unsubscribe, presence, watch, unwatch.
     ops: TokenBucket,
+    /// Its share of the gateway's presence memberships, one per presence room (boxed, and
+    /// only once it joins one).
+    memberships: Option<Box<Held>>,
 }
 
 /// Why the reader stopped.
@@ -133,6 +136,7 @@ where
         watching: HashSet::new(),
         bucket: TokenBucket::new(shared.config.publish_rate),
         ops: TokenBucket::with_burst(shared.config.op_rate, shared.op_burst()),
+        memberships: None,
         identity,
         shared: Arc::clone(&shared),
     };
@@ -324,7 +328,8 @@ impl Session {
 
     async fn on_op(&mut self, ClientFrame { id, op }: ClientFrame) -> Result<(), CloseCode> {
         let counted = !matches!(op, ClientOp::Publish { .. } | ClientOp::Ping);
-        if counted && !self.ops.take() {
+        // An anonymous client's ops also count against its address, over all its connections.
+        if counted && !(self.ops.take() && self.anonymous_allowed(RateKind::Request)) {
             if self.ops.strikes >= RATE_STRIKES {
                 return Err(CloseCode::RATE_LIMITED);
             }
@@ -347,6 +352,14 @@ impl Session {
         if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
             return self.error(id, r.code, r.message);
         }
+        let max = self.shared.config.max_presence_rooms;
+        if presence && !self.presence_rooms.contains(&room) && self.presence_rooms.len() >= max {
+            return self.error(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max} presence rooms per connection"),
+            );
+        }
         if !self.rooms.contains(&room) && self.rooms.len() >= self.shared.config.max_subscriptions {
             let max = self.shared.config.max_subscriptions;
             return self.error(
@@ -357,6 +370,11 @@ impl Session {
         }
         if self.rooms.contains(&room) {
             self.leave(&room);
+        }
+        if presence {
+            if let Err(refused) = self.take_membership() {
+                return self.error(id, refused.code, refused.message);
+            }
         }
         self.rooms.insert(room.clone());
         let format = Format::WebSocket(self.codec);
@@ -379,6 +397,7 @@ impl Session {
                 Ok(seq) => after = Some(seq),
                 Err(e) => {
                     self.rooms.remove(&room);
+                    self.give_back_membership(presence);
                     return self.error(id, ErrorCode::Unavailable, e.to_string());
                 }
             }
@@ -401,6 +420,7 @@ impl Session {
             Ok(seq) => debug!(%room, ?since, seq, presence, "Subscribed"),
             Err(message) => {
                 self.rooms.remove(&room);
+                self.give_back_membership(presence);
                 return self.error(id, ErrorCode::Unavailable, message);
             }
         }
@@ -409,7 +429,26 @@ impl Session {
         }
     }
 
-    /// Joins the room's presence, then sends its snapshot and, after it, every diff.
+    /// One more presence membership for this connection, within its address's and the
+    /// gateway's caps (given back as it leaves the room: see `leave_presence`).
+    fn take_membership(&mut self) -> Result<(), crate::state::MembershipRefused> {
+        match &mut self.memberships {
+            Some(held) => held.grow(1).map_err(crate::state::membership_refused),
+            None => self.shared.memberships_for(&self.identity, 1).map(|held| {
+                self.memberships = Some(Box::new(held));
+            }),
+        }
+    }
+
+    /// Gives back the membership taken for a presence subscribe that failed.
+    fn give_back_membership(&mut self, presence: bool) {
+        if let (true, Some(held)) = (presence, &mut self.memberships) {
+            held.shrink(1);
+        }
+    }
+
+    /// Joins the room's presence (its membership is taken), then sends its snapshot and,
+    /// after it, every diff.
     async fn join_presence(&mut self, id: Option<Id>, room: String) {
         let shared = Arc::clone(&self.shared);
         let name = self.identity.name.as_deref();
@@ -453,7 +492,7 @@ impl Session {
             self.error(id, r.code, r.message);
             return Ok(());
         }
-        if !self.bucket.take() {
+        if !(self.bucket.take() && self.anonymous_allowed(RateKind::Publish)) {
             if self.bucket.strikes >= RATE_STRIKES {
                 return Err(CloseCode::RATE_LIMITED);
             }
@@ -597,6 +636,9 @@ impl Session {
 
     fn leave_presence(&mut self, room: &str) {
         if self.presence_rooms.remove(room) {
+            if let Some(held) = &mut self.memberships {
+                held.shrink(1);
+            }
             let subject = self.shared.subjects.presence(room);
             self.shared.presence.feeds.remove(&subject, self.conn_id);
             self.shared.presence.tracker.leave(room, &self.conn);
@@ -620,6 +662,12 @@ impl Session {
         for user in std::mem::take(&mut self.watching) {
             self.shared.presence.feeds.remove(&subjects.status(&user), self.conn_id);
         }
+    }
+
+    /// For an anonymous client, whether its address's shared bucket of `kind` allows one
+    /// more; always for users with a token (counted per connection and user).
+    fn anonymous_allowed(&self, kind: RateKind) -> bool {
+        self.identity.anonymous.is_none() || self.shared.http_allowed(kind, &self.identity)
     }
 
     fn send(&self, frame: &ServerFrame) {

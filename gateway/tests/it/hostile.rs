@@ -34,6 +34,8 @@ async fn a_control_character_in_a_type_is_a_bad_request_and_the_gateway_stays_av
     let gw = TestGateway::start_with(&nats.url(), |c| {
         c.max_connections = 2;
         c.allow_anonymous = true;
+        c.anonymous_rooms = vec!["*".into()];
+        c.anonymous_publish = vec!["*".into()];
     })
     .await;
     let url = gw.ws_url();

@@ -211,8 +211,15 @@ async fn keys_are_scoped_to_the_user_and_the_room_and_bad_keys_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_publisher_keeps_its_keys_across_gateways_through_its_sid() {
     let nats = NatsServer::start();
-    let a = Process::gateway(&nats.url(), "gw-idem-anon-a", &["--allow-anonymous"]).await;
-    let b = Process::gateway(&nats.url(), "gw-idem-anon-b", &["--allow-anonymous"]).await;
+    let flags = [
+        "--allow-anonymous",
+        "--anonymous-rooms",
+        "*",
+        "--anonymous-publish",
+        "*",
+    ];
+    let a = Process::gateway(&nats.url(), "gw-idem-anon-a", &flags).await;
+    let b = Process::gateway(&nats.url(), "gw-idem-anon-b", &flags).await;
     let body = json!({"room": "idem-anon", "data": "hi", "key": "anon-1"});
     let post = |addr: SocketAddr, sid: &'static str| {
         let raw = publish_request(&format!("?sid={sid}"), None, &body);

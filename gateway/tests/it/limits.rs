@@ -64,28 +64,27 @@ async fn ops_are_rate_limited_and_a_flood_closes_with_4029() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_http_clients_are_limited_per_sid_or_else_per_address_and_requests_too() {
+async fn anonymous_http_clients_are_limited_per_address_whatever_sid_they_send() {
     let nats = NatsServer::start();
     let gw = TestGateway::start_with(&nats.url(), |c| {
         c.allow_anonymous = true;
+        c.anonymous_rooms = vec!["*".into()];
+        c.anonymous_publish = vec!["*".into()];
         c.publish_rate = 2.0;
         c.op_rate = 1.0;
         c.max_subscriptions = 1;
     })
     .await;
-    // Without a sid every anonymous request is a new user: they share the address's bucket.
-    let publish = |path: &'static str| request(gw.addr, "POST", path, None, r#"{"room":"r","data":1}"#);
+    // Each request names a new sid, so each is a new anonymous user: they share the
+    // address's bucket all the same, and so does a request without a sid.
+    let addr = gw.addr;
+    let publish = |path: String| async move { request(addr, "POST", &path, None, r#"{"room":"r","data":1}"#).await };
     let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(publish("/publish").await.0);
+    for n in 0..3 {
+        statuses.push(publish(format!("/publish?sid=anonymous-{n:04}")).await.0);
     }
-    assert_eq!(statuses, [200, 200, 429]);
-    // With a sid the client is one user (its id is the sid's digest) with a bucket of its own.
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(publish("/publish?sid=anonymous-0001").await.0);
-    }
-    assert_eq!(statuses, [200, 200, 429]);
+    statuses.push(publish("/publish".into()).await.0);
+    assert_eq!(statuses, [200, 200, 429, 429]);
     // A user with a token has a bucket of its own.
     let token = jwt::any_room("member");
     assert_eq!(
@@ -115,11 +114,15 @@ async fn polling_sessions_are_capped_and_keyed_by_user_and_sid() {
     })
     .await;
     let poll = |token: String, sid: &str| {
-        let path = format!("/poll?rooms=r&sid={sid}");
+        let path = format!("/poll?rooms=r&presence=1&sid={sid}");
         let addr = gw.addr;
         async move { request(addr, "GET", &path, Some(&token), "").await.0 }
     };
     let ann = jwt::any_room("ann");
+    // A poll that asks for no presence or status opens no session.
+    let plain = request(gw.addr, "GET", "/poll?rooms=r&sid=session-a0", Some(&ann), "").await;
+    assert_eq!(plain.0, 200);
+    assert_eq!(gw.metric("herald_gateway_poll_sessions").await, 0.0);
     assert_eq!(poll(ann.clone(), "session-a1").await, 200);
     assert_eq!(poll(ann.clone(), "session-a2").await, 200);
     assert_eq!(

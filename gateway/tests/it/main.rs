@@ -1,5 +1,7 @@
 //! Gateway integration tests: a real nats-server, gateways on port 0, real WebSocket clients.
 
+mod anonymous;
+mod answers;
 mod backlog;
 mod bad_input;
 mod drain;
