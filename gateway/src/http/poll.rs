@@ -254,8 +254,8 @@ type Backlog = PollTail;
 ///
 /// Snapshots count against the answer's `--replay-max-bytes` with its events: those that do
 /// not fit are left out (the client keeps its last ones) and the answer says `more`; the
-/// session's next answer starts at the first left out, so every room's members arrive within
-/// a few answers however large the rooms are. The first snapshot of an answer without events
+/// session's next answer starts at the first left out (and holds none before it), so every
+/// room's members arrive within a round of a few answers however large the rooms are. The first snapshot of an answer without events
 /// goes whatever its size (fanout sends counts only past its `--large-room`).
 async fn tail(
     shared: &Shared,
@@ -288,8 +288,7 @@ async fn tail(
     let mut included = Vec::new();
     let mut next = 0;
     let mut first = events.is_empty();
-    for k in 0..rooms.len() {
-        let i = (from + k) % rooms.len();
+    for i in from..rooms.len() {
         let Some((snapshot, size)) = &snapshots[i] else {
             continue;
         };
