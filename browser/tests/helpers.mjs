@@ -2,6 +2,8 @@
 // (Not a test file: `node --test tests/` runs only `*.test.mjs`.)
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { chromium } from "playwright-core";
 
 /** How long a page may take to show what a test waits for, unless it says otherwise. */
@@ -32,4 +34,64 @@ export async function waitFor(what, fn, timeout = WAIT) {
     await new Promise((r) => setTimeout(r, 50));
   }
   assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+/** A free loopback TCP port. */
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts a gateway of a test's own (HERALD_GATEWAY_BIN) on the stack's NATS with `env` added
+ * to its environment; resolves once `/readyz` is 200 to `{url, admin, pid, kill}`.
+ */
+export async function startOwnGateway(id, env) {
+  const [port, admin] = [await freePort(), await freePort()];
+  const child = spawn(process.env.HERALD_GATEWAY_BIN, [], {
+    env: {
+      ...process.env,
+      HERALD_NATS_URL: process.env.HERALD_NATS_URL,
+      HERALD_LISTEN: `127.0.0.1:${port}`,
+      HERALD_ADMIN_LISTEN: `127.0.0.1:${admin}`,
+      HERALD_GATEWAY_ID: id,
+      ...env,
+    },
+    stdio: "ignore",
+  });
+  const g = {
+    url: `http://127.0.0.1:${port}`,
+    admin: `http://127.0.0.1:${admin}`,
+    pid: child.pid,
+    kill: (signal = "SIGKILL") => {
+      try {
+        child.kill(signal);
+      } catch {
+        /* gone already */
+      }
+    },
+  };
+  await waitFor(`${id} ready`, async () => {
+    try {
+      return (await fetch(`${g.admin}/readyz`)).status === 200;
+    } catch {
+      return false;
+    }
+  });
+  return g;
+}
+
+/** A metric's value in `/metrics` at `admin` (summed over the lines that start with `prefix`). */
+export async function metric(admin, prefix) {
+  const text = await (await fetch(`${admin}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith(prefix))
+    .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
 }

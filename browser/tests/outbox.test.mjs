@@ -6,9 +6,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
-import { launch, waitFor, WAIT } from "./helpers.mjs";
+import { launch, metric, startOwnGateway, waitFor, WAIT } from "./helpers.mjs";
 
 const secret = process.env.HERALD_TEST_SECRET;
 
@@ -24,65 +22,19 @@ after(async () => {
   for (const g of started) g.kill();
 });
 
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+/** A gateway of this test's own on the stack's NATS, anonymous clients free of limits. */
+function startGateway(id) {
+  return startOwnGateway(id, {
+    HERALD_AUTH_HS256_SECRET: secret,
+    HERALD_ALLOW_ANONYMOUS: "true",
+    HERALD_ANONYMOUS_ROOMS: "*",
+    HERALD_ANONYMOUS_PUBLISH: "*",
+    HERALD_OP_RATE: "1000000",
+    HERALD_POLL_MAX_WAIT: "10s",
+  }).then((g) => {
+    started.push(g);
+    return g;
   });
-}
-
-/** Starts a gateway of this test's own on the stack's NATS; resolves once `/readyz` is 200. */
-async function startGateway(id) {
-  const [port, admin] = [await freePort(), await freePort()];
-  const child = spawn(process.env.HERALD_GATEWAY_BIN, [], {
-    env: {
-      ...process.env,
-      HERALD_NATS_URL: process.env.HERALD_NATS_URL,
-      HERALD_LISTEN: `127.0.0.1:${port}`,
-      HERALD_ADMIN_LISTEN: `127.0.0.1:${admin}`,
-      HERALD_GATEWAY_ID: id,
-      HERALD_AUTH_HS256_SECRET: secret,
-      HERALD_ALLOW_ANONYMOUS: "true",
-      HERALD_ANONYMOUS_ROOMS: "*",
-      HERALD_ANONYMOUS_PUBLISH: "*",
-      HERALD_OP_RATE: "1000000",
-      HERALD_POLL_MAX_WAIT: "10s",
-    },
-    stdio: "ignore",
-  });
-  const g = {
-    url: `http://127.0.0.1:${port}`,
-    admin: `http://127.0.0.1:${admin}`,
-    kill: (signal = "SIGKILL") => {
-      try {
-        child.kill(signal);
-      } catch {
-        /* gone already */
-      }
-    },
-  };
-  started.push(g);
-  await waitFor(`${id} ready`, async () => {
-    try {
-      return (await fetch(`${g.admin}/readyz`)).status === 200;
-    } catch {
-      return false;
-    }
-  });
-  return g;
-}
-
-/** A counter's value in a gateway's `/metrics` (summed over the lines that start with `prefix`). */
-async function metric(g, prefix) {
-  const text = await (await fetch(`${g.admin}/metrics`)).text();
-  return text
-    .split("\n")
-    .filter((l) => l.startsWith(prefix))
-    .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
 }
 
 /** The demo on `origin`, connecting to `order` over `transport`, joined as `name`. */
@@ -168,8 +120,8 @@ for (const transport of ["websocket", "sse", "long-poll", "poll"]) {
     }
     // The sender's message was sent again on the other gateway, which answered it as a repeat.
     await waitFor("the sender's outbox empty", async () => (await sender.getByTestId("pending").textContent()) === "");
-    assert.equal(await metric(y, 'herald_gateway_publishes_total{outcome="repeat"}'), 1);
-    assert.equal(await metric(y, 'herald_gateway_publishes_total{outcome="stored"}'), 0);
+    assert.equal(await metric(y.admin, 'herald_gateway_publishes_total{outcome="repeat"}'), 1);
+    assert.equal(await metric(y.admin, 'herald_gateway_publishes_total{outcome="stored"}'), 0);
     // Still once after everything settled, and nothing is marked as not sent.
     for (const [who, page] of Object.entries(pages)) {
       const all = await lines(page);

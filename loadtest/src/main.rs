@@ -5,12 +5,15 @@
 //!   connection and delivery.
 //! - `bench`: one room, a rising publish rate, until p99 crosses a limit.
 //! - `presence`: a big room with constant churn; presence frames, diff lag and fanout CPU.
+//! - `soak`: a long run with churn and hostile clients.
+//! - `flood`: anonymous clients with a fresh identity on every request (a JSON summary).
 //!
 //! Every mode writes `report.md`, `report.json` and `report.html` to `--report-dir`.
 
 mod bench;
 mod client;
 mod compare;
+mod flood;
 mod hold;
 mod modes;
 mod presence;
@@ -89,6 +92,13 @@ enum Mode {
     ///
     /// Example: loadtest soak --connections 20000 --gateways 2 --duration 30m --churn 20 --hostile 10
     Soak(Box<soak::SoakArgs>),
+    /// Anonymous clients that name themselves anew (a random sid) on every request: /poll with
+    /// presence on many rooms, POST /publish, /sse with presence and watched users, WebSocket
+    /// subscribes with presence and a thousand watched users. Prints how many requests got
+    /// which answer, as JSON. Loopback only.
+    ///
+    /// Example: loadtest flood --gateway 127.0.0.1:8081 --clients 50 --duration 30s --sources 127.0.0.2,127.0.0.3
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -125,6 +135,7 @@ fn main() -> ExitCode {
             Mode::Bench(a) => bench::bench(*a).await,
             Mode::Presence(a) => presence::run(a).await,
             Mode::Soak(a) => soak::run(*a).await,
+            Mode::Flood(a) => flood::run(a).await,
             Mode::Compare(a) => {
                 if !compare::run(*a).await? {
                     bail!("a mode failed its thresholds (see the report)");

@@ -203,7 +203,16 @@ pub(crate) fn browser() -> Result<()> {
     run(Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(&dir))?;
-    run(cargo().args(["build", "--locked", "-p", "herald-gateway", "-p", "herald-fanout"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "-p",
+        "herald-gateway",
+        "-p",
+        "herald-fanout",
+        "-p",
+        "loadtest",
+    ]))?;
     let nats_bin = install()?;
     let work = root().join("target/browser");
     let _ = std::fs::remove_dir_all(&work);
@@ -229,6 +238,10 @@ pub(crate) fn browser() -> Result<()> {
             .env("HERALD_TEST_LEAVE_DELAY_MS", "2000")
             // For tests that start (and kill) gateways of their own on the same NATS.
             .env("HERALD_GATEWAY_BIN", debug.join("herald-gateway"))
+            // The flood test: its attackers, and the fanout whose memory it watches.
+            .env("HERALD_LOADTEST_BIN", debug.join("loadtest"))
+            .env("HERALD_FANOUT_PID", programs[0].pid().to_string())
+            .env("HERALD_FANOUT_ADMIN", programs[0].admin_url())
             .env("HERALD_NATS_URL", nats.url())
             .env("HERALD_ARTIFACTS", work.join("screenshots")))
         // The stack stops here, on drop: the programs, then NATS.
