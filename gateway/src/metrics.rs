@@ -74,7 +74,11 @@ fn describe() {
         ROOM_SUBSCRIPTIONS,
         "Room subscriptions held by clients of this gateway."
     );
-    describe_gauge!(NATS_SUBSCRIPTIONS, "Upstream NATS room subscriptions of this gateway.");
+    describe_gauge!(
+        NATS_SUBSCRIPTIONS,
+        "Upstream NATS subscriptions of this gateway: live room events (one wildcard, or one per \
+         room), presence diffs and statuses (one wildcard each, while followed), sync requests."
+    );
     describe_gauge!(
         POLL_SESSIONS,
         "Polling clients (long-poll and ajax polling with a sid) online on this gateway: one per \

@@ -651,11 +651,11 @@ fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
         .map(Box::from)
 }
 
-/// Counts a pump in `herald_gateway_nats_subscriptions` for as long as it lives.
-struct GaugeGuard;
+/// Counts a subscription in `herald_gateway_nats_subscriptions` for as long as it lives.
+pub(crate) struct GaugeGuard;
 
 impl GaugeGuard {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         crate::metrics::nats_subscriptions(1.0);
         Self
     }
