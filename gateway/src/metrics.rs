@@ -77,8 +77,9 @@ fn describe() {
     );
     describe_gauge!(
         NATS_SUBSCRIPTIONS,
-        "Upstream NATS subscriptions of this gateway: live room events (one wildcard, or one per \
-         room), presence diffs and statuses (one wildcard each, while followed), sync requests."
+        "Upstream NATS subscriptions this gateway holds for its clients: live room events (one \
+         wildcard, or one per room), presence diffs and statuses (one wildcard each, while \
+         followed)."
     );
     describe_gauge!(
         POLL_SESSIONS,

@@ -189,7 +189,6 @@ impl Task {
                 }
             }
         };
-        let _gauge = crate::upstream::GaugeGuard::new();
         let mut beat = tokio::time::interval(heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
