@@ -8,10 +8,10 @@
 //! most `--max-feeds` of them. The price is that NATS sends every gateway every status
 //! transition (one per user going online or offline, rare) and every room's presence diffs
 //! (at most one per room per `--presence-interval`, coalesced by fanout, and only for rooms
-//! whose membership changed): a small fraction of the room events the default wildcard room
-//! subscription already brings, and far less than a NATS subscription (interest kept on
-//! every server of the cluster) per room and per watched user, which any client could make
-//! by the thousand.
+//! whose membership changed), a small fraction of the room events the default wildcard room
+//! subscription already brings. Per-subject subscriptions would spare that traffic but cost
+//! NATS interest (kept by every server of the cluster) and a subscribe round trip per room
+//! and per watched user, which any client could ask for by the thousand.
 //!
 //! Each message is decoded once and encoded once per codec. A recipient starts *held*: what
 //! arrives is kept until [`Feeds::release`], so a snapshot sent first is never overtaken.
