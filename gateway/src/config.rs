@@ -226,6 +226,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_WATCH", default_value_t = 1000)]
     pub max_watch: usize,
 
+    /// Most presence rooms and watched users this gateway follows at once, counted once
+    /// however many connections follow them (each is a map entry fed by one wildcard NATS
+    /// subscription per kind). A `watch` or presence subscribe that needs one more is refused
+    /// with `unavailable`.
+    #[arg(long, env = "HERALD_MAX_FEEDS", default_value_t = 100_000)]
+    pub max_feeds: usize,
+
     /// Events kept per room (used when this gateway provisions the stream).
     #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000)]
     pub history_size: i64,
@@ -318,6 +325,7 @@ impl Config {
             ("max-connections", self.max_connections),
             ("max-message-bytes", self.max_message_bytes),
             ("max-subscriptions", self.max_subscriptions),
+            ("max-feeds", self.max_feeds),
             ("outbound-buffer-bytes", self.outbound_buffer_bytes),
             ("replay-max-events", self.replay_max_events),
             ("replay-max-bytes", self.replay_max_bytes),

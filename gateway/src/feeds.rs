@@ -1,23 +1,38 @@
 //! Feeds: fanout's presence diffs (`herald.presence.<room>`) and user status
 //! (`herald.status.<user>`) forwarded to the local connections that asked for them.
 //!
-//! One NATS subscription per subject per gateway, shared by every local recipient; each
-//! message is decoded once and encoded once per codec. A recipient starts *held*: what
+//! One wildcard NATS subscription per kind per gateway (`herald.presence.*`,
+//! `herald.status.>`), held while the gateway has any feed of that kind and drained by one
+//! task: a message whose subject no local connection follows is dropped before it is decoded.
+//! A feed thus costs a map entry, not a NATS subscription and a task; the gateway holds at
+//! most `--max-feeds` of them. The price is that NATS sends every gateway every status
+//! transition (one per user going online or offline, rare) and every room's presence diffs
+//! (at most one per room per `--presence-interval`, coalesced by fanout, and only for rooms
+//! whose membership changed), a small fraction of the room events the default wildcard room
+//! subscription already brings. Per-subject subscriptions would spare that traffic but cost
+//! NATS interest (kept by every server of the cluster) and a subscribe round trip per room
+//! and per watched user, which any client could ask for by the thousand.
+//!
+//! Each message is decoded once and encoded once per codec. A recipient starts *held*: what
 //! arrives is kept until [`Feeds::release`], so a snapshot sent first is never overtaken.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::frame::{Presence, ServerFrame, Status};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::outbound::{encode_for, Content, Format, Item, Outbound};
 use crate::sync::lock;
 use crate::upstream::Upstream;
+
+/// Longest an add waits for its kind's subscription to be in place.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a feed carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,26 +44,41 @@ pub(crate) enum Kind {
 /// The feeds of one gateway.
 pub(crate) struct Feeds {
     upstream: Arc<Upstream>,
-    feeds: Mutex<HashMap<String, Feed>>,
+    /// `--max-feeds`: the most subjects followed at once.
+    max: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    feeds: HashMap<String, Feed>,
+    /// The wildcard subscription of each kind, while it has feeds.
+    lanes: [Option<Lane>; 2],
 }
 
 struct Feed {
+    kind: Kind,
     recipients: HashMap<u64, Recipient>,
+}
+
+/// A kind's wildcard subscription and the task that drains it.
+struct Lane {
+    task: AbortHandle,
+    /// True once the subscription is in place.
     ready: watch::Receiver<bool>,
-    task: Option<AbortHandle>,
+    /// Feeds of this kind.
+    feeds: usize,
 }
 
 struct Recipient {
     out: Arc<Outbound>,
     format: Format,
-    /// What the feed's frames are, for the queue.
-    content: Content,
     held: Option<Vec<Bytes>>,
 }
 
 /// The feeds of one HTTP request or stream, left together when it is dropped: a request
 /// that hyper cancels or a panic unwinds leaves no recipient behind (a held recipient would
-/// keep every message of its feed, and the feed's NATS subscription, forever).
+/// keep every message of its feed, and the feed itself, forever).
 pub(crate) struct FeedSet {
     feeds: Arc<Feeds>,
     conn: u64,
@@ -94,15 +124,17 @@ impl Drop for FeedSet {
 // === impl Feeds ===
 
 impl Feeds {
-    pub(crate) fn new(upstream: Arc<Upstream>) -> Arc<Self> {
+    pub(crate) fn new(upstream: Arc<Upstream>, max: usize) -> Arc<Self> {
         Arc::new(Self {
             upstream,
-            feeds: Mutex::default(),
+            max,
+            state: Mutex::default(),
         })
     }
 
-    /// Adds `conn` to the feed of `subject` (held), and returns once the feed's NATS
-    /// subscription is in place; false if it could not be made.
+    /// Adds `conn` to the feed of `subject` (held), and returns once its kind's NATS
+    /// subscription is in place; false if it could not be made, or if the gateway already
+    /// follows `--max-feeds` subjects and this is a new one.
     pub(crate) async fn add(
         self: &Arc<Self>,
         subject: &str,
@@ -111,38 +143,41 @@ impl Feeds {
         out: &Arc<Outbound>,
         format: Format,
     ) -> bool {
-        let (mut ready, start) = {
-            let mut feeds = lock(&self.feeds);
+        let mut ready = {
+            let mut state = lock(&self.state);
             let recipient = Recipient {
                 out: Arc::clone(out),
                 format,
-                content: match kind {
-                    Kind::Presence => Content::Presence,
-                    Kind::Status => Content::Status,
-                },
                 held: Some(Vec::new()),
             };
-            match feeds.get_mut(subject) {
-                Some(feed) => {
+            let state = &mut *state;
+            let full = state.feeds.len() >= self.max;
+            match state.feeds.get_mut(subject) {
+                Some(feed) if feed.kind == kind => {
                     feed.recipients.insert(conn, recipient);
-                    (feed.ready.clone(), None)
+                }
+                Some(_) => return false,
+                None if full => {
+                    debug!(subject, max = self.max, "Feed refused: --max-feeds reached");
+                    return false;
                 }
                 None => {
-                    let (tx, rx) = watch::channel(false);
                     let feed = Feed {
+                        kind,
                         recipients: HashMap::from([(conn, recipient)]),
-                        ready: rx.clone(),
-                        task: None,
                     };
-                    feeds.insert(subject.to_owned(), feed);
-                    (rx, Some(tx))
+                    state.feeds.insert(subject.to_owned(), feed);
+                    let lane = state.lanes[kind as usize].get_or_insert_with(|| self.start(kind));
+                    lane.feeds += 1;
                 }
             }
+            state.lanes[kind as usize]
+                .as_ref()
+                .expect("a kind with a feed has its lane")
+                .ready
+                .clone()
         };
-        if let Some(tx) = start {
-            self.start(subject, kind, tx).await;
-        }
-        let ok = tokio::time::timeout(std::time::Duration::from_secs(5), ready.wait_for(|r| *r))
+        let ok = tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
             .await
             .is_ok_and(|r| r.is_ok());
         if !ok {
@@ -153,81 +188,125 @@ impl Feeds {
 
     /// Sends `first` (if any) and then everything held for `conn`, and stops holding.
     pub(crate) fn release(&self, subject: &str, conn: u64, first: Option<Bytes>) {
-        let mut feeds = lock(&self.feeds);
-        let Some(r) = feeds.get_mut(subject).and_then(|f| f.recipients.get_mut(&conn)) else {
+        let mut state = lock(&self.state);
+        let Some(feed) = state.feeds.get_mut(subject) else {
+            return;
+        };
+        let content = content(feed.kind);
+        let Some(r) = feed.recipients.get_mut(&conn) else {
             return;
         };
         for bytes in first.into_iter().chain(r.held.take().unwrap_or_default()) {
             r.out.push(Item {
                 bytes,
-                content: r.content.clone(),
+                content: content.clone(),
             });
         }
     }
 
-    /// Removes `conn` from the feed; the last recipient's removal ends the subscription.
+    /// Removes `conn` from the feed; the last recipient's removal ends the feed, and the
+    /// last feed of a kind ends its subscription.
     pub(crate) fn remove(&self, subject: &str, conn: u64) {
-        let mut feeds = lock(&self.feeds);
-        let Some(feed) = feeds.get_mut(subject) else { return };
+        let mut state = lock(&self.state);
+        let Some(feed) = state.feeds.get_mut(subject) else {
+            return;
+        };
         feed.recipients.remove(&conn);
-        if feed.recipients.is_empty() {
-            if let Some(task) = feeds.remove(subject).and_then(|f| f.task) {
-                task.abort();
+        if !feed.recipients.is_empty() {
+            return;
+        }
+        let kind = feed.kind;
+        state.feeds.remove(subject);
+        let lane = &mut state.lanes[kind as usize];
+        if let Some(l) = lane.as_mut() {
+            l.feeds -= 1;
+            if l.feeds == 0 {
+                l.task.abort();
+                *lane = None;
             }
         }
     }
 
-    async fn start(self: &Arc<Self>, subject: &str, kind: Kind, ready: watch::Sender<bool>) {
-        let sub = match self.upstream.subscribe(subject.to_owned()).await {
-            Ok(sub) => sub,
-            Err(e) => {
-                debug!(subject, error = %e, "Feed subscription failed");
-                lock(&self.feeds).remove(subject);
-                return;
+    /// Starts the wildcard subscription of `kind` (called with the state locked).
+    fn start(self: &Arc<Self>, kind: Kind) -> Lane {
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(self).forward(kind, tx));
+        Lane {
+            task: task.abort_handle(),
+            ready: rx,
+            feeds: 0,
+        }
+    }
+
+    /// Subscribes (retrying while NATS refuses), then hands every message of a followed
+    /// subject to that feed's recipients.
+    async fn forward(self: Arc<Self>, kind: Kind, ready: watch::Sender<bool>) {
+        let subjects = self.upstream.subjects();
+        let wildcard = match kind {
+            Kind::Presence => subjects.presence_wildcard(),
+            Kind::Status => subjects.status_wildcard(),
+        };
+        let mut sub = loop {
+            match self.upstream.subscribe(wildcard.clone()).await {
+                Ok(sub) => break sub,
+                Err(e) => {
+                    warn!(subject = wildcard, error = %e, "Feed subscription failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         };
-        let this = Arc::clone(self);
-        let owned = subject.to_owned();
-        let task = tokio::spawn(async move { this.forward(&owned, kind, sub).await });
-        match lock(&self.feeds).get_mut(subject) {
-            Some(feed) => feed.task = Some(task.abort_handle()),
-            // Every recipient left meanwhile.
-            None => task.abort(),
+        let _gauge = crate::upstream::GaugeGuard::new();
+        ready.send_replace(true);
+        while let Some(msg) = sub.next().await {
+            self.dispatch(kind, &msg);
         }
-        let _ = ready.send(true);
     }
 
-    async fn forward(&self, subject: &str, kind: Kind, mut sub: async_nats::Subscriber) {
-        while let Some(msg) = sub.next().await {
-            let frame = match kind {
-                Kind::Presence => serde_json::from_slice::<Presence>(&msg.payload).map(ServerFrame::Presence),
-                Kind::Status => serde_json::from_slice::<Status>(&msg.payload).map(ServerFrame::Status),
+    fn dispatch(&self, kind: Kind, msg: &async_nats::Message) {
+        let subject = msg.subject.as_str();
+        // Most subjects are nobody's here: dropped without decoding.
+        if !lock(&self.state).feeds.contains_key(subject) {
+            return;
+        }
+        let frame = match kind {
+            Kind::Presence => serde_json::from_slice::<Presence>(&msg.payload).map(ServerFrame::Presence),
+            Kind::Status => serde_json::from_slice::<Status>(&msg.payload).map(ServerFrame::Status),
+        };
+        let Ok(frame) = frame else {
+            debug!(subject, "Undecodable feed message dropped");
+            return;
+        };
+        let mut encoded: [Option<Bytes>; 3] = [None, None, None];
+        let mut state = lock(&self.state);
+        let Some(feed) = state.feeds.get_mut(subject).filter(|f| f.kind == kind) else {
+            return;
+        };
+        let content = content(kind);
+        for r in feed.recipients.values_mut() {
+            let slot = match r.format {
+                Format::WebSocket(codec) => usize::from(codec.is_binary()),
+                Format::Bare => 2,
             };
-            let Ok(frame) = frame else {
-                debug!(subject, "Undecodable feed message dropped");
-                continue;
-            };
-            let mut encoded: [Option<Bytes>; 3] = [None, None, None];
-            let mut feeds = lock(&self.feeds);
-            let Some(feed) = feeds.get_mut(subject) else { return };
-            for r in feed.recipients.values_mut() {
-                let slot = match r.format {
-                    Format::WebSocket(codec) => usize::from(codec.is_binary()),
-                    Format::Bare => 2,
-                };
-                let bytes = encoded[slot]
-                    .get_or_insert_with(|| encode_for(r.format, &frame))
-                    .clone();
-                match &mut r.held {
-                    Some(held) => held.push(bytes),
-                    None => {
-                        r.out.push(Item {
-                            bytes,
-                            content: r.content.clone(),
-                        });
-                    }
+            let bytes = encoded[slot]
+                .get_or_insert_with(|| encode_for(r.format, &frame))
+                .clone();
+            match &mut r.held {
+                Some(held) => held.push(bytes),
+                None => {
+                    r.out.push(Item {
+                        bytes,
+                        content: content.clone(),
+                    });
                 }
             }
         }
+    }
+}
+
+/// What a feed's frames are, for the queue.
+fn content(kind: Kind) -> Content {
+    match kind {
+        Kind::Presence => Content::Presence,
+        Kind::Status => Content::Status,
     }
 }

@@ -111,7 +111,7 @@ impl Gateway {
             config.room_subscriptions,
         );
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
-        let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat);
+        let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat, config.max_feeds);
         let shared = Arc::new(Shared::new(config, gateway_id, auth, subjects, hub, presence));
         Ok(Self {
             shared,

@@ -22,6 +22,7 @@ pub(crate) const MEMBERSHIPS: &str = "herald_gateway_presence_memberships";
 pub(crate) const ERRORS: &str = "herald_gateway_errors_total";
 pub(crate) const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
 pub(crate) const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
+pub(crate) const ROOM_REWINDS: &str = "herald_gateway_room_rewinds_total";
 pub(crate) const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
 pub(crate) const REPLAYED: &str = "herald_gateway_replayed_events_total";
 pub(crate) const CLOSES: &str = "herald_gateway_closes_total";
@@ -75,7 +76,12 @@ fn describe() {
         ROOM_SUBSCRIPTIONS,
         "Room subscriptions held by clients of this gateway."
     );
-    describe_gauge!(NATS_SUBSCRIPTIONS, "Upstream NATS room subscriptions of this gateway.");
+    describe_gauge!(
+        NATS_SUBSCRIPTIONS,
+        "Upstream NATS subscriptions this gateway holds for its clients: live room events (one \
+         wildcard, or one per room), presence diffs and statuses (one wildcard each, while \
+         followed)."
+    );
     describe_gauge!(
         POLL_SESSIONS,
         "Polling clients (long-poll and ajax polling with a sid) online on this gateway: one per \
@@ -94,6 +100,11 @@ fn describe() {
     describe_counter!(
         GAPS_REPAIRED,
         "Events fetched from the stream to fill a gap in the live feed."
+    );
+    describe_counter!(
+        ROOM_REWINDS,
+        "Rooms whose seqs went back (the stream was recreated): their position restarted at 0 and \
+         their subscribers were told recovered:false."
     );
     describe_counter!(NATS_EVENTS, "NATS connection events, by event.");
     describe_gauge!(
@@ -128,6 +139,7 @@ fn describe() {
     gauge!(POLL_SESSIONS).increment(0.0);
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
     counter!(GAPS_REPAIRED).increment(0);
+    counter!(ROOM_REWINDS).increment(0);
     counter!(REPLAYED).increment(0);
     gauge!(ROOM_SUBSCRIPTIONS).increment(0.0);
     gauge!(NATS_SUBSCRIPTIONS).increment(0.0);
@@ -237,6 +249,10 @@ pub(crate) fn close(code: u16) {
 
 pub(crate) fn gap_repaired(events: u64) {
     counter!(GAPS_REPAIRED).increment(events);
+}
+
+pub(crate) fn room_rewound() {
+    counter!(ROOM_REWINDS).increment(1);
 }
 
 pub(crate) fn replayed(events: u64) {

@@ -15,6 +15,11 @@
 //! `next_by_subj`) first; after a NATS reconnect every room reads whatever was stored
 //! meanwhile. With the wildcard, a room being read holds its later live events back in the
 //! room table ([`Rooms::offer`]), so the one reader never waits on a room.
+//!
+//! A stream deleted and recreated starts its seqs again from 1: a live event stored later
+//! than its room's last one but with a seq not above it shows that, and the room table
+//! rewinds the room to 0 ([`Rooms::offer`], [`Rooms::position`]) instead of dropping the new
+//! stream's events as seen.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -109,13 +114,17 @@ impl StoredEvent {
 pub(crate) trait Rooms: Send + Sync + 'static {
     /// Records the pump of a room, so that removing the room stops it.
     fn set_pump(&self, room: &str, pump: AbortHandle);
-    /// The room's subscription is in place; `last_seq` was stored before it. Returns the
-    /// history read that the events held meanwhile need, if any.
-    fn set_ready(&self, room: &str, last_seq: u64) -> Option<Fetch>;
+    /// The room's subscription is in place; `last_seq` (stored at `last_us`, µs since the
+    /// epoch) was stored before it. Returns the history read that the events held meanwhile
+    /// need, if any.
+    fn set_ready(&self, room: &str, last_seq: u64, last_us: u64) -> Option<Fetch>;
     /// The room's subscription failed (retried); pending subscribers give up.
     fn set_failed(&self, room: &str);
     /// The last seq delivered in the room.
     fn last_seq(&self, room: &str) -> Option<u64>;
+    /// The last seq delivered in a live event's room, after rewinding the room to 0 if the
+    /// event shows that the stream's seqs started over (it was recreated).
+    fn position(&self, ev: &StoredEvent) -> Option<u64>;
     /// Hands a stored event to the room's subscribers.
     fn deliver(&self, ev: &Arc<StoredEvent>) -> usize;
     /// Whether the room has local subscribers (or lingers).
@@ -353,7 +362,7 @@ impl Upstream {
             return;
         }
         let last = loop {
-            match self.last_seq(&room).await {
+            match self.last_stored(&room).await {
                 Ok(last) => break last,
                 Err(e) => {
                     warn!(%room, error = %e, "Room's last seq unavailable; retrying");
@@ -365,7 +374,7 @@ impl Upstream {
                 }
             }
         };
-        if let Some(fetch) = self.rooms.set_ready(&room, last) {
+        if let Some(fetch) = self.rooms.set_ready(&room, last.0, last.1) {
             self.repair(room, fetch).await;
         }
     }
@@ -488,14 +497,14 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError(e.to_string()))?;
         self.client.flush().await.map_err(|e| UpstreamError(e.to_string()))?;
-        let last = self.last_seq(room).await?;
+        let (last, last_us) = self.last_stored(room).await?;
         // Nothing was offered to the room (its pump delivers directly): nothing is held.
-        let _ = self.rooms.set_ready(room, last);
+        let _ = self.rooms.set_ready(room, last, last_us);
         Ok(sub)
     }
 
     async fn on_live(&self, room: &str, ev: StoredEvent) {
-        let last = self.rooms.last_seq(room).unwrap_or(0);
+        let last = self.rooms.position(&ev).unwrap_or(0);
         if ev.seq <= last {
             return;
         }
@@ -546,10 +555,16 @@ impl Upstream {
 
     /// The room's last stored seq (0 if it has none).
     pub(crate) async fn last_seq(&self, room: &str) -> Result<u64, UpstreamError> {
+        Ok(self.last_stored(room).await?.0)
+    }
+
+    /// The room's last stored seq and when it was stored (µs since the epoch); 0 and 0 if
+    /// it has none.
+    async fn last_stored(&self, room: &str) -> Result<(u64, u64), UpstreamError> {
         let stream = self.stream().await?;
         match stream.direct_get_last_for_subject(self.subjects.room(room)).await {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(0),
+            Ok(m) => Ok((m.sequence, m.time.unix_timestamp_nanos().max(0) as u64 / 1_000)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok((0, 0)),
             Err(e) => Err(UpstreamError(e.to_string())),
         }
     }
@@ -651,11 +666,11 @@ fn text_header(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
         .map(Box::from)
 }
 
-/// Counts a pump in `herald_gateway_nats_subscriptions` for as long as it lives.
-struct GaugeGuard;
+/// Counts a subscription in `herald_gateway_nats_subscriptions` for as long as it lives.
+pub(crate) struct GaugeGuard;
 
 impl GaugeGuard {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         crate::metrics::nats_subscriptions(1.0);
         Self
     }

@@ -52,6 +52,11 @@ impl Subjects {
         format!("{}.presence.{room}", self.prefix)
     }
 
+    /// `herald.presence.*`: every room's presence diffs (room names hold no `.`).
+    pub fn presence_wildcard(&self) -> String {
+        format!("{}.presence.*", self.prefix)
+    }
+
     /// `herald.api.presence.<room>`: presence snapshots, request/reply answered by fanout.
     pub fn api_presence(&self, room: &str) -> String {
         format!("{}.api.presence.{room}", self.prefix)
@@ -130,6 +135,8 @@ mod tests {
         assert_eq!(s.stream_name(), "HERALD_ROOMS");
         assert_eq!(s.rooms_wildcard(), "herald.room.>");
         assert_eq!(s.live_rooms_wildcard(), "herald.live.room.>");
+        assert_eq!(s.presence_wildcard(), "herald.presence.*");
+        assert_eq!(s.status_wildcard(), "herald.status.>");
     }
 
     #[test]

@@ -5,17 +5,25 @@
 //! A subscriber starts `Pending` (live events are buffered while its replay is fetched) and
 //! turns `Live` in [`Table::activate`], which splices replay and buffer without a duplicate or
 //! a reorder: a subscriber only ever receives seqs above the last one it received.
+//!
+//! Seqs are the stream's: if the stream is deleted and recreated they start again from 1.
+//! A live event stored *after* the room's last event but with a seq not above it shows
+//! that; the room then rewinds ([`Room::rewind`]): its position goes back to 0, every
+//! WebSocket subscriber is told `{"t":"ack","room":..,"seq":0,"recovered":false}`, and the
+//! new stream's events follow from its first.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use herald_proto::frame::{Ack, ServerFrame};
 use herald_proto::Codec;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tracing::warn;
 
-use crate::outbound::{event_frame, Content, Format, Item, Outbound, Pushed};
+use crate::outbound::{encode_for, event_frame, Content, Format, Item, Outbound, Pushed};
 use crate::sync::lock;
 use crate::upstream::{Fetch, Rooms, StoredEvent};
 
@@ -62,6 +70,8 @@ type Shard = HashMap<Arc<str>, Room>;
 struct Room {
     subs: HashMap<u64, Sub>,
     last_seq: u64,
+    /// When the event at `last_seq` was stored (µs since the epoch).
+    last_us: u64,
     state: RoomState,
     /// Joins waiting for the room to leave `Starting`: made by the first and dropped once the
     /// state is settled (a watch channel is ~0.4 KiB, and nearly every room is settled).
@@ -83,6 +93,9 @@ struct Sub {
     format: Format,
     mode: Mode,
     delivered: u64,
+    /// The room rewound while this subscriber was pending: its replay and floor belong to
+    /// the old stream.
+    rewound: bool,
 }
 
 enum Mode {
@@ -120,6 +133,7 @@ impl Table {
         let r = shard.entry(Arc::from(room)).or_insert_with(|| Room {
             subs: HashMap::new(),
             last_seq: 0,
+            last_us: 0,
             state: RoomState::Starting,
             waiters: None,
             pump: None,
@@ -133,6 +147,7 @@ impl Table {
             format,
             mode: Mode::Pending(Vec::new()),
             delivered: 0,
+            rewound: false,
         };
         if r.subs.insert(conn, sub).is_none() {
             crate::metrics::room_subscriptions(1.0);
@@ -165,6 +180,15 @@ impl Table {
         let last = r.last_seq;
         let sub = r.subs.get_mut(&conn)?;
         sub.delivered = floor.unwrap_or(last);
+        let mut replay = replay;
+        if std::mem::take(&mut sub.rewound) {
+            // Only what was buffered since the rewind is of the current stream.
+            replay = &[];
+            sub.delivered = 0;
+            if let Some(frame) = rewound_frame(room, sub.format) {
+                sub.out.push_frame(frame);
+            }
+        }
         let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
             Mode::Pending(buf) => buf,
             Mode::Live => Vec::new(),
@@ -245,7 +269,10 @@ impl Room {
 
     /// Queues `ev` to every live subscriber (buffers it for pending ones); returns how many got it.
     fn deliver(&mut self, ev: &Arc<StoredEvent>) -> usize {
-        self.last_seq = self.last_seq.max(ev.seq);
+        if ev.seq > self.last_seq {
+            self.last_seq = ev.seq;
+            self.last_us = ev.stored_us;
+        }
         let mut frames = Frames {
             ev,
             slots: [None, None, None],
@@ -271,6 +298,38 @@ impl Room {
         n
     }
 
+    /// Whether `ev`, a live event, shows that the stream's seqs went back: stored after the
+    /// room's last event, yet its seq is not above it. (An event seen twice, as around a
+    /// history read, was stored no later than the last one.)
+    fn rewinds(&self, ev: &StoredEvent) -> bool {
+        ev.seq <= self.last_seq && ev.stored_us > self.last_us
+    }
+
+    /// The stream was recreated: the room's position goes back to 0 and its subscribers
+    /// start over there; WebSocket subscribers are told `recovered:false` (an unsolicited
+    /// `ack` with `seq` 0) before the new stream's events. The HTTP transports' subscribers
+    /// just get those events: their cursors take the new seqs.
+    fn rewind(&mut self, room: &str) {
+        warn!(%room, last_seq = self.last_seq, "The room's seqs went back (the stream was recreated); resyncing");
+        crate::metrics::room_rewound();
+        self.last_seq = 0;
+        self.last_us = 0;
+        for sub in self.subs.values_mut() {
+            match &mut sub.mode {
+                Mode::Pending(buf) => {
+                    buf.clear();
+                    sub.rewound = true;
+                }
+                Mode::Live => {
+                    sub.delivered = 0;
+                    if let Some(frame) = rewound_frame(room, sub.format) {
+                        sub.out.push_frame(frame);
+                    }
+                }
+            }
+        }
+    }
+
     /// Delivers `fetched` (read from history), then the held events in order, up to the
     /// next gap. Returns the read that gap needs (events stay held), or the read to the
     /// stream's end a rescan asks for, or `None` once nothing is held (events flow again).
@@ -283,6 +342,9 @@ impl Room {
         let held = self.held.take().unwrap_or_default();
         let mut rest = held.into_iter();
         while let Some(ev) = rest.next() {
+            if self.rewinds(&ev) {
+                self.rewind(&ev.room);
+            }
             if ev.seq <= self.last_seq {
                 continue;
             }
@@ -319,10 +381,13 @@ impl Rooms for Table {
 
     /// Marks a room's upstream ready, at the room's last stored seq, and releases what was
     /// held meanwhile.
-    fn set_ready(&self, room: &str, last_seq: u64) -> Option<Fetch> {
+    fn set_ready(&self, room: &str, last_seq: u64, last_us: u64) -> Option<Fetch> {
         let mut shard = self.shard(room);
         let r = shard.get_mut(room)?;
-        r.last_seq = r.last_seq.max(last_seq);
+        if last_seq > r.last_seq {
+            r.last_seq = last_seq;
+            r.last_us = last_us;
+        }
         r.settle(RoomState::Ready);
         r.release(Vec::new())
     }
@@ -353,6 +418,9 @@ impl Rooms for Table {
                 held.push(ev);
             }
             return None;
+        }
+        if r.rewinds(&ev) {
+            r.rewind(&ev.room);
         }
         if ev.seq <= r.last_seq {
             return None;
@@ -399,9 +467,32 @@ impl Rooms for Table {
         self.shard(room).get(room).map(|r| r.last_seq)
     }
 
+    fn position(&self, ev: &StoredEvent) -> Option<u64> {
+        let mut shard = self.shard(&ev.room);
+        let r = shard.get_mut(&*ev.room)?;
+        if r.rewinds(ev) {
+            r.rewind(&ev.room);
+        }
+        Some(r.last_seq)
+    }
+
     fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
         Table::deliver(self, ev)
     }
+}
+
+/// What tells a subscriber that the room's seqs started over: an `ack` with `seq` 0 and
+/// `recovered:false` on WebSocket (as a resume beyond the stream gets); nothing on the HTTP
+/// transports, which have no frame for it on a live stream.
+fn rewound_frame(room: &str, format: Format) -> Option<Bytes> {
+    let Format::WebSocket(_) = format else { return None };
+    let ack = Ack {
+        room: Some(room.to_owned()),
+        seq: Some(0),
+        recovered: Some(false),
+        ..Ack::default()
+    };
+    Some(encode_for(format, &ServerFrame::Ack(ack)))
 }
 
 /// An event's queue item. Only the HTTP transports get the room (a shared name's count is
@@ -464,7 +555,7 @@ mod tests {
         let out = Outbound::new(1 << 20);
         let joined = hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
         assert!(joined.new_room);
-        hub.set_ready("lobby", 5);
+        hub.set_ready("lobby", 5, 0);
         // Live events arrive while the replay is being fetched.
         hub.deliver(&ev(7, 6));
         hub.deliver(&ev(8, 7));
@@ -495,7 +586,7 @@ mod tests {
         let hub = Table::default();
         let out = Outbound::new(1 << 20);
         hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
-        assert_eq!(hub.set_ready("lobby", last), None, "nothing was held");
+        assert_eq!(hub.set_ready("lobby", last, 0), None, "nothing was held");
         hub.activate("lobby", 1, &[], None, |_| Bytes::new());
         (hub, out)
     }
@@ -519,7 +610,7 @@ mod tests {
             hub.join("lobby", 1, a.clone(), json).state,
             hub.join("lobby", 2, b.clone(), json).state,
         ];
-        hub.set_ready("lobby", 5);
+        hub.set_ready("lobby", 5, 0);
         for state in waiting {
             let Readiness::Later(rx) = state else {
                 panic!("a join to a starting room waits, got {state:?}")
@@ -609,7 +700,7 @@ mod tests {
         assert_eq!(hub.offer(ev(5, 4)), None);
         assert_eq!(hub.offer(ev(6, 5)), None);
         assert_eq!(hub.ready_last_seq("lobby"), None, "not ready yet");
-        assert_eq!(hub.set_ready("lobby", 5), None);
+        assert_eq!(hub.set_ready("lobby", 5, 0), None);
         assert_eq!(hub.ready_last_seq("lobby"), Some(6));
         assert_eq!(hub.activate("lobby", 1, &[], Some(4), |_| Bytes::new()), Some(6));
         assert_eq!(seqs(&out), [6], "the pending subscriber got what came after its floor");
@@ -660,6 +751,56 @@ mod tests {
             (1..=n).collect::<Vec<_>>(),
             "none lost, none repeated, in order"
         );
+    }
+
+    fn ev_at(seq: u64, prev: u64, stored_us: u64) -> Arc<StoredEvent> {
+        let mut e = Arc::unwrap_or_clone(ev(seq, prev));
+        e.stored_us = stored_us;
+        Arc::new(e)
+    }
+
+    #[test]
+    fn a_recreated_stream_rewinds_the_room_and_tells_websocket_subscribers() {
+        let (hub, out) = live_room(0);
+        for seq in 1..=3 {
+            assert_eq!(hub.offer(ev_at(seq, seq - 1, 100 + seq)), None);
+        }
+        // Seen again (stored no later than the last): dropped, no rewind.
+        assert_eq!(hub.offer(ev_at(2, 1, 102)), None);
+        assert_eq!(seqs(&out), [1, 2, 3]);
+        // The new stream's 2nd event, stored later: rewound, and 1 is read first.
+        assert_eq!(
+            hub.offer(ev_at(2, 1, 200)),
+            Some(Fetch {
+                after: 0,
+                until: Some(2)
+            })
+        );
+        assert_eq!(drain(&out), [r#"{"t":"ack","room":"lobby","seq":0,"recovered":false}"#]);
+        assert_eq!(hub.release("lobby", vec![Arc::unwrap_or_clone(ev_at(1, 0, 199))]), None);
+        assert_eq!(seqs(&out), [1, 2]);
+        assert_eq!(hub.offer(ev_at(3, 2, 201)), None);
+        assert_eq!(seqs(&out), [3], "flowing again, with no second rewind");
+    }
+
+    #[test]
+    fn a_subscriber_pending_during_a_rewind_gets_only_the_new_stream() {
+        let hub = Table::default();
+        let out = Outbound::new(1 << 20);
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        hub.set_ready("lobby", 5, 105);
+        assert_eq!(Rooms::position(&hub, &ev_at(1, 0, 200)), Some(0), "rewound");
+        hub.deliver(&ev_at(1, 0, 200));
+        // Its replay was read from the old stream's position: not used.
+        let acked = hub.activate("lobby", 1, &[ev_at(5, 4, 105)], Some(4), |s| {
+            Bytes::from(format!("__ack {s}"))
+        });
+        assert_eq!(acked, Some(1));
+        let got = drain(&out);
+        assert_eq!(got[0], r#"{"t":"ack","room":"lobby","seq":0,"recovered":false}"#);
+        assert!(got[1].contains(r#""seq":1"#), "{got:?}");
+        assert_eq!(got[2], "ack 1");
+        assert_eq!(got.len(), 3);
     }
 
     #[test]

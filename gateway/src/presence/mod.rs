@@ -34,9 +34,9 @@ pub(crate) struct Presence {
 
 impl Presence {
     /// Starts the reporter and the sweep of expired polling sessions.
-    pub(crate) fn start(upstream: &Arc<Upstream>, gw: &str, heartbeat: Duration) -> Self {
+    pub(crate) fn start(upstream: &Arc<Upstream>, gw: &str, heartbeat: Duration, max_feeds: usize) -> Self {
         let tracker = Tracker::start(Arc::clone(upstream), gw, heartbeat);
-        let feeds = Feeds::new(Arc::clone(upstream));
+        let feeds = Feeds::new(Arc::clone(upstream), max_feeds);
         let polls = Arc::new(PollSessions::default());
         tokio::spawn({
             let (polls, tracker) = (Arc::downgrade(&polls), tracker.clone());

@@ -581,8 +581,8 @@ impl Session {
         let shared = Arc::clone(&self.shared);
         let subjects = &shared.subjects;
         let mut feeds = Vec::with_capacity(added.len());
-        for user in added {
-            let subject = subjects.status(&user);
+        for user in &added {
+            let subject = subjects.status(user);
             // Recorded first: a panic or cancel inside `add` still has it removed at the end.
             self.watching.insert(user.clone());
             fail::fail_point!("ws.watch");
@@ -595,7 +595,15 @@ impl Session {
             {
                 feeds.push(subject);
             } else {
-                self.watching.remove(&user);
+                // All or nothing (`--max-feeds` reached, or NATS down): the users this op
+                // added are let go too.
+                for subject in feeds {
+                    shared.presence.feeds.remove(&subject, self.conn_id);
+                }
+                for user in &added {
+                    self.watching.remove(user);
+                }
+                return self.error(id, ErrorCode::Unavailable, "status updates are unavailable");
             }
         }
         fail::fail_point!("ws.watch.statuses");
