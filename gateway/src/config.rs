@@ -101,6 +101,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_OUTBOUND_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub outbound_buffer_bytes: usize,
 
+    /// A WebSocket or SSE client that takes none of what is written to it for this long is
+    /// dropped (it stopped reading), whatever else it sends.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
     /// Publishes per second per connection (burst: the same number); more get `rate_limited`,
     /// and a flood closes with 4029.
     #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 50.0)]
@@ -281,6 +286,9 @@ impl Config {
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::Zero("ping-interval"));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::Zero("write-timeout"));
         }
         if self.presence_heartbeat.is_zero() {
             return Err(ConfigError::Zero("presence-heartbeat"));

@@ -1,10 +1,12 @@
 //! A WebSocket connection's writer: drains the outbound queue in batches, pings, and closes
-//! idle or expired connections, also while a write is blocked on a peer that does not read.
+//! idle or expired connections, also while a write is blocked on a peer that does not read;
+//! a write that makes no progress for `--write-timeout` drops the connection.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use herald_proto::CloseCode;
@@ -21,6 +23,11 @@ const MAX_KEPT_BATCH: usize = 64;
 /// How long a closing connection's peer gets to read what is queued.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// `last_seen` while the reader runs an op: the server, not the peer, is what is not reading
+/// (a paced replay waits for the client to read), so the idle check waits. The op's writes
+/// are still bounded by the write timeout.
+pub(super) const BUSY: u64 = u64::MAX;
+
 /// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
 ///
 /// The rare paths (a write the socket does not take at once, the close) run boxed: this
@@ -30,11 +37,13 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     out: &Outbound,
     last_seen: &AtomicU64,
     ping_interval: Duration,
+    write_timeout: Duration,
     expires_at: Option<u64>,
 ) {
     let mut watch = Watch {
         out,
         last_seen,
+        write_timeout,
         ping: tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval),
         idle_limit: 2 * ping_interval.as_millis() as u64,
         // Boxed: only tokens that expire pay for a timer.
@@ -51,11 +60,16 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             // Nearly always the socket takes the whole batch at once: then no timer or
             // waiter is touched for it.
             let written = {
-                let write = outbound::write_all(&mut w, &batch);
+                let progress = AtomicUsize::new(0);
+                let mut counted = Counted {
+                    w: &mut w,
+                    written: &progress,
+                };
+                let write = outbound::write_all(&mut counted, &batch);
                 tokio::pin!(write);
                 match futures_util::poll!(write.as_mut()) {
                     Poll::Ready(r) => r,
-                    Poll::Pending => match Box::pin(watch.blocked(write)).await {
+                    Poll::Pending => match Box::pin(watch.blocked(write, &progress)).await {
                         Some(r) => r,
                         None => return,
                     },
@@ -93,11 +107,13 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// What the writer watches besides the queue: the ping interval, the peer's silence and the
-/// token's expiry.
+/// What the writer watches besides the queue: the ping interval, the peer's silence, the
+/// token's expiry and blocked writes.
 struct Watch<'a> {
     out: &'a Outbound,
     last_seen: &'a AtomicU64,
+    /// A write that makes no progress for this long drops the peer.
+    write_timeout: Duration,
     ping: tokio::time::Interval,
     /// Silence (ms) after which the peer is dropped: two ping intervals.
     idle_limit: u64,
@@ -107,17 +123,21 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     fn silent(&self) -> bool {
-        now_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed)) > self.idle_limit
+        let seen = self.last_seen.load(Ordering::Relaxed);
+        seen != BUSY && now_ms().saturating_sub(seen) > self.idle_limit
     }
 
     /// Finishes a write the socket did not take at once, still pinging and checking. A
-    /// peer that stops reading blocks it; once the connection is closing (e.g. its queue
-    /// overflowed, or its token expired meanwhile) it gets a grace period to read, then is
-    /// dropped (`None`). A peer that sends nothing for two ping intervals while blocked is
-    /// dropped too: the checks do not wait for the write.
-    async fn blocked<F>(&mut self, mut write: Pin<&mut F>) -> Option<std::io::Result<usize>>
+    /// peer that stops reading blocks it: once no byte of it has been taken for the write
+    /// timeout, the peer is dropped (`None`), whatever it still sends (a client that stops
+    /// reading but sends pongs would otherwise hold its queue and this batch forever). Once
+    /// the connection is closing (e.g. its queue overflowed, or its token expired meanwhile)
+    /// it gets a grace period to read, then is dropped. A peer that sends nothing for two
+    /// ping intervals while blocked is dropped too: the checks do not wait for the write.
+    /// `written` counts the bytes the socket has taken of the write.
+    async fn blocked<F>(&mut self, mut write: Pin<&mut F>, written: &AtomicUsize) -> Option<io::Result<usize>>
     where
-        F: Future<Output = std::io::Result<usize>>,
+        F: Future<Output = io::Result<usize>>,
     {
         let out = self.out;
         let stuck = async {
@@ -127,10 +147,37 @@ impl Watch<'_> {
             tokio::time::sleep(CLOSE_GRACE).await;
         };
         tokio::pin!(stuck);
+        // The last progress, as milliseconds after `start`, noted each time the write is
+        // polled; the deadline is checked against it when it falls due.
+        let start = tokio::time::Instant::now();
+        let progressed_ms = AtomicU64::new(0);
+        let mut seen = written.load(Ordering::Relaxed);
+        let mut progressing = std::future::poll_fn(|cx| {
+            let polled = write.as_mut().poll(cx);
+            let now = written.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                progressed_ms.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            polled
+        });
+        let stalled = tokio::time::sleep(self.write_timeout);
+        tokio::pin!(stalled);
         loop {
             tokio::select! {
-                r = &mut write => return Some(r),
+                r = &mut progressing => return Some(r),
                 _ = &mut stuck => return None,
+                _ = &mut stalled => {
+                    let due = start
+                        + Duration::from_millis(progressed_ms.load(Ordering::Relaxed))
+                        + self.write_timeout;
+                    if due <= tokio::time::Instant::now() {
+                        debug!(timeout = ?self.write_timeout, "A write made no progress for the write timeout");
+                        metrics::write_timeout(Transport::WebSocket);
+                        return None;
+                    }
+                    stalled.as_mut().reset(due);
+                }
                 _ = expire(&mut self.expiry), if self.expiry.is_some() => {
                     self.expiry = None;
                     out.close(Some(CloseCode::POLICY));
@@ -147,6 +194,52 @@ impl Watch<'_> {
                 }
             }
         }
+    }
+}
+
+/// The socket, counting the bytes it takes, so that a blocked write can tell a slow peer
+/// from one that stopped reading.
+struct Counted<'a, W> {
+    w: &'a mut W,
+    written: &'a AtomicUsize,
+}
+
+impl<W: AsyncWrite + Unpin> Counted<'_, W> {
+    fn count(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written.fetch_add(n, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<'_, W> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.w).poll_write(cx, buf);
+        this.count(polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.w).poll_write_vectored(cx, bufs);
+        this.count(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.w.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().w).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().w).poll_shutdown(cx)
     }
 }
 
@@ -182,6 +275,8 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     /// A peer that never reads: the writer's first big batch blocks for good.
     fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
         let (ours, theirs) = tokio::io::duplex(64);
@@ -197,7 +292,7 @@ mod tests {
         let last_seen = AtomicU64::new(0);
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, &out, &last_seen, Duration::from_millis(100), None),
+            write_loop(ours, &out, &last_seen, Duration::from_millis(100), HOUR, None),
         )
         .await;
         assert!(ended.is_ok(), "the writer dropped the silent peer");
@@ -247,7 +342,7 @@ mod tests {
         let out = Outbound::new(1 << 20);
         let last_seen = AtomicU64::new(now_ms());
         let start = tokio::time::Instant::now();
-        let writer = write_loop(ours, &out, &last_seen, interval, None);
+        let writer = write_loop(ours, &out, &last_seen, interval, HOUR, None);
         let producer = tokio::spawn({
             let out = Arc::clone(&out);
             async move {
@@ -290,7 +385,7 @@ mod tests {
         // dropped after the close grace.
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, &out, &last_seen, Duration::from_secs(3600), Some(1)),
+            write_loop(ours, &out, &last_seen, HOUR, HOUR, Some(1)),
         )
         .await;
         assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");

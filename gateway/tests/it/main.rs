@@ -13,6 +13,7 @@ mod push;
 mod resume;
 mod rooms;
 mod slow_consumer;
+mod stalled;
 
 use herald_testkit::{NatsServer, TestGateway};
 
