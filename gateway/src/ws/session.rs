@@ -149,8 +149,7 @@ where
     // A panic in the writer ends the connection (no close frame: the writer is gone) and
     // the session's Drop releases what it held. The writer's output: whether it ended in
     // order.
-    let (ping, write_timeout) = (shared.config.ping_interval, shared.config.write_timeout);
-    let writer = AssertUnwindSafe(write_loop(wr, &out, &last_seen, ping, write_timeout, expires))
+    let writer = AssertUnwindSafe(write_loop(wr, &out, &last_seen, &shared.config, expires))
         .catch_unwind()
         .map(|ended| match ended {
             Ok(()) => true,

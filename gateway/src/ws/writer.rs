@@ -14,6 +14,7 @@ use herald_service::now_ms;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use crate::config::Config;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 
@@ -31,19 +32,19 @@ pub(super) const BUSY: u64 = u64::MAX;
 /// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
 ///
 /// The rare paths (a write the socket does not take at once, the close) run boxed: this
-/// future lives in every connection's task, and its size is that of its largest state.
+/// future lives in every connection's task, and its size is that of its largest state (and
+/// its arguments: hence the settings by reference).
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     out: &Outbound,
     last_seen: &AtomicU64,
-    ping_interval: Duration,
-    write_timeout: Duration,
+    config: &Config,
     expires_at: Option<u64>,
 ) {
+    let ping_interval = config.ping_interval;
     let mut watch = Watch {
         out,
         last_seen,
-        write_timeout,
         ping: tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval),
         idle_limit: 2 * ping_interval.as_millis() as u64,
         // Boxed: only tokens that expire pay for a timer.
@@ -69,7 +70,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 tokio::pin!(write);
                 match futures_util::poll!(write.as_mut()) {
                     Poll::Ready(r) => r,
-                    Poll::Pending => match Box::pin(watch.blocked(write, &progress)).await {
+                    Poll::Pending => match Box::pin(watch.blocked(write, &progress, config.write_timeout)).await {
                         Some(r) => r,
                         None => return,
                     },
@@ -112,8 +113,6 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 struct Watch<'a> {
     out: &'a Outbound,
     last_seen: &'a AtomicU64,
-    /// A write that makes no progress for this long drops the peer.
-    write_timeout: Duration,
     ping: tokio::time::Interval,
     /// Silence (ms) after which the peer is dropped: two ping intervals.
     idle_limit: u64,
@@ -135,7 +134,12 @@ impl Watch<'_> {
     /// it gets a grace period to read, then is dropped. A peer that sends nothing for two
     /// ping intervals while blocked is dropped too: the checks do not wait for the write.
     /// `written` counts the bytes the socket has taken of the write.
-    async fn blocked<F>(&mut self, mut write: Pin<&mut F>, written: &AtomicUsize) -> Option<io::Result<usize>>
+    async fn blocked<F>(
+        &mut self,
+        mut write: Pin<&mut F>,
+        written: &AtomicUsize,
+        write_timeout: Duration,
+    ) -> Option<io::Result<usize>>
     where
         F: Future<Output = io::Result<usize>>,
     {
@@ -161,7 +165,7 @@ impl Watch<'_> {
             }
             polled
         });
-        let stalled = tokio::time::sleep(self.write_timeout);
+        let stalled = tokio::time::sleep(write_timeout);
         tokio::pin!(stalled);
         loop {
             tokio::select! {
@@ -170,9 +174,9 @@ impl Watch<'_> {
                 _ = &mut stalled => {
                     let due = start
                         + Duration::from_millis(progressed_ms.load(Ordering::Relaxed))
-                        + self.write_timeout;
+                        + write_timeout;
                     if due <= tokio::time::Instant::now() {
-                        debug!(timeout = ?self.write_timeout, "A write made no progress for the write timeout");
+                        debug!(timeout = ?write_timeout, "A write made no progress for the write timeout");
                         metrics::write_timeout(Transport::WebSocket);
                         return None;
                     }
@@ -277,6 +281,14 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// Settings with these intervals.
+    fn config(ping_interval: Duration, write_timeout: Duration) -> Config {
+        let mut c = Config::for_test("nats://127.0.0.1:4222");
+        c.ping_interval = ping_interval;
+        c.write_timeout = write_timeout;
+        c
+    }
+
     /// A peer that never reads: the writer's first big batch blocks for good.
     fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
         let (ours, theirs) = tokio::io::duplex(64);
@@ -292,7 +304,7 @@ mod tests {
         let last_seen = AtomicU64::new(0);
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, &out, &last_seen, Duration::from_millis(100), HOUR, None),
+            write_loop(ours, &out, &last_seen, &config(Duration::from_millis(100), HOUR), None),
         )
         .await;
         assert!(ended.is_ok(), "the writer dropped the silent peer");
@@ -342,7 +354,8 @@ mod tests {
         let out = Outbound::new(1 << 20);
         let last_seen = AtomicU64::new(now_ms());
         let start = tokio::time::Instant::now();
-        let writer = write_loop(ours, &out, &last_seen, interval, HOUR, None);
+        let settings = config(interval, HOUR);
+        let writer = write_loop(ours, &out, &last_seen, &settings, None);
         let producer = tokio::spawn({
             let out = Arc::clone(&out);
             async move {
@@ -378,6 +391,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_for_the_write_timeout_drops_the_peer() {
+        let (ours, _theirs, out) = blocked();
+        // Not silent: the peer keeps sending something (pongs), or an op runs.
+        let last_seen = AtomicU64::new(BUSY);
+        let start = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_loop(
+                ours,
+                &out,
+                &last_seen,
+                &config(Duration::from_millis(100), Duration::from_secs(2)),
+                None,
+            ),
+        )
+        .await;
+        assert!(ended.is_ok(), "the writer dropped the peer that stopped reading");
+        assert_eq!(start.elapsed().as_secs(), 2, "after the write timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_write_that_makes_progress_outlives_the_write_timeout() {
+        // 4 KiB through a 64-byte pipe, read 64 bytes every 100 ms: over 6 s, with a write
+        // timeout of 1 s.
+        let (ours, mut theirs, out) = blocked();
+        let last_seen = AtomicU64::new(BUSY);
+        let settings = config(HOUR, Duration::from_secs(1));
+        let writer = write_loop(ours, &out, &last_seen, &settings, None);
+        let reading = async {
+            use tokio::io::AsyncReadExt;
+            let mut got = 0;
+            let mut buf = [0u8; 64];
+            while got < 4096 {
+                got += theirs.read(&mut buf).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = reading => {}
+            () = writer => panic!("the writer dropped a peer that reads"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_blocked_write_does_not_suspend_the_token_expiry() {
         let (ours, _theirs, out) = blocked();
         let last_seen = AtomicU64::new(now_ms());
@@ -385,7 +442,7 @@ mod tests {
         // dropped after the close grace.
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, &out, &last_seen, HOUR, HOUR, Some(1)),
+            write_loop(ours, &out, &last_seen, &config(HOUR, HOUR), Some(1)),
         )
         .await;
         assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");
