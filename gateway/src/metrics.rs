@@ -15,6 +15,7 @@ pub(crate) const MESSAGES_RECEIVED: &str = "herald_gateway_messages_received_tot
 pub(crate) const PUBLISHES: &str = "herald_gateway_publishes_total";
 pub(crate) const DELIVERY_LATENCY: &str = "herald_gateway_delivery_latency_seconds";
 pub(crate) const SLOW_CONSUMER_DISCONNECTS: &str = "herald_gateway_slow_consumer_disconnects_total";
+pub(crate) const WRITE_TIMEOUTS: &str = "herald_gateway_write_timeouts_total";
 pub(crate) const ROOM_SUBSCRIPTIONS: &str = "herald_gateway_room_subscriptions";
 pub(crate) const NATS_SUBSCRIPTIONS: &str = "herald_gateway_nats_subscriptions";
 pub(crate) const POLL_SESSIONS: &str = "herald_gateway_poll_sessions";
@@ -72,6 +73,11 @@ fn describe() {
         SLOW_CONSUMER_DISCONNECTS,
         "Connections closed because their outbound buffer overflowed (4008)."
     );
+    describe_counter!(
+        WRITE_TIMEOUTS,
+        "Connections dropped because a write made no progress for --write-timeout (the client \
+         stopped reading), by transport."
+    );
     describe_gauge!(
         ROOM_SUBSCRIPTIONS,
         "Room subscriptions held by clients of this gateway."
@@ -125,6 +131,9 @@ fn describe() {
         counter!(CONNECTIONS_OPENED, "transport" => t.as_str()).increment(0);
         counter!(MESSAGES_SENT, "transport" => t.as_str()).increment(0);
         counter!(BYTES_SENT, "transport" => t.as_str()).increment(0);
+    }
+    for t in [Transport::WebSocket, Transport::Sse] {
+        counter!(WRITE_TIMEOUTS, "transport" => t.as_str()).increment(0);
     }
     for code in ErrorCode::ALL {
         counter!(ERRORS, "code" => code.as_str()).increment(0);
@@ -221,6 +230,11 @@ pub(crate) fn delivery_latency(seconds: f64) {
 
 pub(crate) fn slow_consumer() {
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
+}
+
+/// A connection dropped because its client took nothing for `--write-timeout`.
+pub(crate) fn write_timeout(t: Transport) {
+    counter!(WRITE_TIMEOUTS, "transport" => t.as_str()).increment(1);
 }
 
 pub(crate) fn room_subscriptions(delta: f64) {

@@ -2,6 +2,9 @@
 //! reconnect with `Last-Event-ID` (to any gateway) resumes every room. With `presence=` the
 //! stream is a member of those rooms and carries `event: presence` frames; with `watch=`,
 //! `event: status` frames. The stream counts as a connection for user status.
+//!
+//! Every chunk handed to hyper races the stream's ends: its queue closing (drain, slow
+//! consumer), its token expiring, and `--write-timeout` without the client taking anything.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,14 +21,17 @@ use super::{
 };
 use crate::addr::ClientAddr;
 use crate::metrics::{self, Transport};
-use crate::outbound::Content;
+use crate::outbound::{Content, Item, Outbound};
 use crate::presence::Membership;
 use crate::state::Shared;
 use herald_proto::cursor::Cursor;
 use herald_proto::http::{Unrecovered, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
 use herald_proto::Codec;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use tracing::debug;
 
 /// Writes `bytes` as the `data:` field of an event, one `data:` line per line of it (the
 /// HTML standard splits at CRLF, CR and LF, and the browser joins the lines with LF).
@@ -62,21 +68,32 @@ pub(crate) async fn sse(
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let reg = Registration::new(shared, slot, conn_id);
     fail::fail_point!("sse.membership");
-    let membership = Membership::start(&shared.presence, conn_id, &conn, &who, &reg.out, members_of, watch).await;
+    let membership = Membership::start(&shared.presence, conn_id, &conn, &who, &members_of).await;
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    // One chunk between the stream and hyper (which buffers a few hundred KiB itself): what
+    // the client has not read waits in the queue, where the outbound bound counts it, and a
+    // client that stops reading blocks the next send at once.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     metrics::connection_opened(Transport::Sse);
+    // A token without expiry gets a timer that never fires in practice.
+    let left = who
+        .expires_at()
+        .map(|exp| Duration::from_millis((exp.saturating_mul(1000)).saturating_sub(herald_service::now_ms())));
     let stream = Stream {
         tx,
-        expires_at: who.expires_at(),
+        out: Arc::clone(&reg.out),
+        expiry: Box::pin(tokio::time::sleep(
+            left.unwrap_or(Duration::from_secs(100 * 365 * 86_400)),
+        )),
+        write_timeout: shared.config.write_timeout,
         positions,
         resume: asked.unwrap_or_default(),
         rooms,
     };
     tokio::spawn(async move {
         let _open = OpenGauge(Transport::Sse);
-        let _membership = (membership, memberships);
-        stream.run(reg).await;
+        let _memberships = memberships;
+        stream.run(reg, membership, &members_of, &watch).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
@@ -93,12 +110,16 @@ pub(crate) async fn sse(
 /// Streams with at most this many rooms give every event an `id:`.
 const ID_EVERY_EVENT_ROOMS: usize = 8;
 
-/// One SSE stream after its response head: catch-up, then live.
+/// One SSE stream after its response head: presence, catch-up, then live.
 struct Stream {
     tx: mpsc::Sender<Bytes>,
-    /// The token's expiry (seconds since the epoch): the stream ends then, and the client
-    /// must come back with a fresh token.
-    expires_at: Option<u64>,
+    /// The stream's queue (the registration's): its close ends the stream.
+    out: Arc<Outbound>,
+    /// The token's expiry: the stream ends then, and the client must come back with a
+    /// fresh token.
+    expiry: Pin<Box<Sleep>>,
+    /// A chunk the client does not take for this long ends the stream.
+    write_timeout: Duration,
     /// Where each room is; every event's `id:` is this cursor after it.
     positions: Cursor,
     /// The cursor the client resumed from.
@@ -106,16 +127,25 @@ struct Stream {
     rooms: Vec<String>,
 }
 
-/// The stream's client went away.
+/// The stream ends: its client went away or stopped reading, its token expired, or its
+/// queue closed.
 struct Gone;
 
 impl Stream {
-    async fn run(mut self, mut reg: Registration) {
+    /// Runs the stream; what it holds (`reg`, `membership`) goes when it ends.
+    async fn run(mut self, mut reg: Registration, mut membership: Membership, members_of: &[String], watch: &[String]) {
         fail::fail_point!("sse.stream");
         if self.send(Bytes::from_static(b": herald\n\n")).await.is_err() {
             return;
         }
         let shared = Arc::clone(&reg.shared);
+        if self
+            .presence(&shared, &mut membership, members_of, watch)
+            .await
+            .is_err()
+        {
+            return;
+        }
         match self.catch_up(&shared).await {
             Ok(true) => {}
             Ok(false) | Err(Gone) => return,
@@ -124,7 +154,39 @@ impl Stream {
             // The client reconnects with its Last-Event-ID.
             return;
         }
-        let _ = self.live(&reg, shared.config.sse_keepalive).await;
+        let _ = self.live(shared.config.sse_keepalive).await;
+    }
+
+    /// Sends each presence room's snapshot, then the watched users' statuses, as fanout
+    /// gives them: through the channel, paced by the client, so that their size (other
+    /// people's data) never overflows the queue. Diffs queued meanwhile follow each snapshot.
+    async fn presence(
+        &mut self,
+        shared: &Shared,
+        membership: &mut Membership,
+        rooms: &[String],
+        watch: &[String],
+    ) -> Result<(), Gone> {
+        let mut batch = Vec::new();
+        for room in rooms {
+            if let Some(snapshot) = membership.follow(&shared.presence, room, &self.out).await {
+                let mut chunk = Vec::new();
+                named(&mut chunk, SSE_PRESENCE, &snapshot);
+                self.send_counted(chunk, 1).await?;
+            }
+            if self.forward(&mut batch).await? {
+                return Err(Gone);
+            }
+        }
+        let statuses = membership.watch(&shared.presence, watch, &self.out).await;
+        if !statuses.is_empty() {
+            let mut chunk = Vec::new();
+            for status in &statuses {
+                named(&mut chunk, SSE_STATUS, status);
+            }
+            self.send_counted(chunk, statuses.len() as u64).await?;
+        }
+        Ok(())
     }
 
     /// Sends the history after the client's cursor straight to the client, a bounded page at
@@ -151,8 +213,13 @@ impl Stream {
             named(&mut chunk, SSE_UNRECOVERED, &frame);
             self.send(chunk.into()).await?;
         }
-        let rooms = self.rooms.clone();
-        for room in rooms.iter().filter(|r| self.resume.get(r).is_some()) {
+        let resumed: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|r| self.resume.get(r).is_some())
+            .cloned()
+            .collect();
+        for room in &resumed {
             loop {
                 let after = self.positions.get(room).unwrap_or(0);
                 let Ok(page) = upstream.page_after(room, after, limit).await else {
@@ -166,9 +233,11 @@ impl Stream {
                     self.event(&mut chunk, &Codec::Json.encode_event(ev.event_ref()), last);
                 }
                 if !chunk.is_empty() {
-                    let (events, bytes) = (page.events.len() as u64, chunk.len() as u64);
-                    self.send(chunk.into()).await?;
-                    metrics::sent(Transport::Sse, events, bytes);
+                    self.send_counted(chunk, page.events.len() as u64).await?;
+                }
+                // Presence diffs queued meanwhile go between pages.
+                if self.forward(&mut Vec::new()).await? {
+                    return Err(Gone);
                 }
                 if !page.more {
                     break;
@@ -180,47 +249,47 @@ impl Stream {
 
     /// Forwards what the hub and the feeds queue until the client goes, the drain, or a
     /// slow-consumer close (the client reconnects with Last-Event-ID).
-    async fn live(&mut self, reg: &Registration, keepalive: Duration) -> Result<(), Gone> {
+    async fn live(&mut self, keepalive: Duration) -> Result<(), Gone> {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        let left = self
-            .expires_at
-            .map(|exp| Duration::from_millis((exp.saturating_mul(1000)).saturating_sub(herald_service::now_ms())));
-        let expiry = tokio::time::sleep(left.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
-        tokio::pin!(expiry);
         let mut batch = Vec::new();
         loop {
-            let close = reg.out.take(&mut batch);
-            if !batch.is_empty() {
-                let mut chunk = Vec::new();
-                let events = batch.len() as u64;
-                let last_event = batch.iter().rposition(|i| matches!(i.content, Content::Event { .. }));
-                for (i, item) in batch.drain(..).enumerate() {
-                    match item.content {
-                        Content::Event { room, seq, .. } => {
-                            if let Some(room) = room {
-                                self.positions.set(&room, seq);
-                            }
-                            self.event(&mut chunk, &item.bytes, Some(i) == last_event);
-                        }
-                        Content::Presence => named(&mut chunk, SSE_PRESENCE, &item.bytes),
-                        Content::Status => named(&mut chunk, SSE_STATUS, &item.bytes),
-                        Content::Other => continue,
-                    }
-                }
-                let bytes = chunk.len() as u64;
-                self.send(chunk.into()).await?;
-                metrics::sent(Transport::Sse, events, bytes);
-                continue;
-            }
-            if close.is_some() {
+            if self.forward(&mut batch).await? {
                 return Ok(());
             }
             tokio::select! {
-                _ = reg.out.notified() => {}
+                _ = self.out.notified() => {}
                 _ = tick.tick() => self.send(Bytes::from_static(b": keep-alive\n\n")).await?,
                 _ = self.tx.closed() => return Err(Gone),
-                _ = &mut expiry => return Ok(()),
+                _ = &mut self.expiry => return Ok(()),
             }
+        }
+    }
+
+    /// Sends everything queued until the queue is empty; true once it is closed (after what
+    /// it held).
+    async fn forward(&mut self, batch: &mut Vec<Item>) -> Result<bool, Gone> {
+        loop {
+            let close = self.out.take(batch);
+            if batch.is_empty() {
+                return Ok(close.is_some());
+            }
+            let mut chunk = Vec::new();
+            let events = batch.len() as u64;
+            let last_event = batch.iter().rposition(|i| matches!(i.content, Content::Event { .. }));
+            for (i, item) in batch.drain(..).enumerate() {
+                match item.content {
+                    Content::Event { room, seq, .. } => {
+                        if let Some(room) = room {
+                            self.positions.set(&room, seq);
+                        }
+                        self.event(&mut chunk, &item.bytes, Some(i) == last_event);
+                    }
+                    Content::Presence => named(&mut chunk, SSE_PRESENCE, &item.bytes),
+                    Content::Status => named(&mut chunk, SSE_STATUS, &item.bytes),
+                    Content::Other => continue,
+                }
+            }
+            self.send_counted(chunk, events).await?;
         }
     }
 
@@ -239,8 +308,36 @@ impl Stream {
         chunk.push(b'\n');
     }
 
-    async fn send(&self, bytes: Bytes) -> Result<(), Gone> {
-        self.tx.send(bytes).await.map_err(|_| Gone)
+    /// Hands a chunk to hyper, which takes it once the client has read most of what came
+    /// before. A client that stops reading leaves the channel full: the stream then ends when
+    /// its queue closes, its token expires, or it has taken nothing for the write timeout,
+    /// so that it does not stay a member (and hold its buffers) for ever.
+    async fn send(&mut self, bytes: Bytes) -> Result<(), Gone> {
+        let out = &self.out;
+        let closing = async {
+            while !out.is_closing() {
+                out.notified().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            sent = self.tx.send(bytes) => sent.map_err(|_| Gone),
+            () = closing => Err(Gone),
+            () = &mut self.expiry => Err(Gone),
+            () = tokio::time::sleep(self.write_timeout) => {
+                debug!(timeout = ?self.write_timeout, "SSE client took nothing for the write timeout");
+                metrics::write_timeout(Transport::Sse);
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Sends a chunk of `frames` frames and counts it.
+    async fn send_counted(&mut self, chunk: Vec<u8>, frames: u64) -> Result<(), Gone> {
+        let bytes = chunk.len() as u64;
+        self.send(chunk.into()).await?;
+        metrics::sent(Transport::Sse, frames, bytes);
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@ use herald_proto::sys::{StatusReply, StatusRequest};
 
 use crate::auth::Identity;
 use crate::feeds::{FeedSet, Feeds, Kind};
-use crate::outbound::{encode_for, Content, Format, Item, Outbound};
+use crate::outbound::{encode_for, Format, Outbound};
 use crate::upstream::Upstream;
 
 pub(crate) use polls::{PollSessions, SessionLimits, SessionRefused};
@@ -111,9 +111,9 @@ impl Presence {
 }
 
 /// The presence of a connection on an HTTP stream (SSE): online while it lives, a member of
-/// `rooms`, following `watched` users; snapshots, statuses and diffs go to `out` as bare JSON.
-/// Dropping it (also half-way through [`Membership::start`]) closes the connection in fanout
-/// and leaves its feeds.
+/// its rooms, following their presence and the watched users' status; diffs go to the
+/// stream's queue as bare JSON. Dropping it (also half-way through) closes the connection in
+/// fanout and leaves its feeds.
 pub(crate) struct Membership {
     tracker: Tracker,
     conn: String,
@@ -121,59 +121,64 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    /// Reports the connection and its rooms, then queues each room's snapshot and each
-    /// watched user's status, followed by every diff since.
-    pub(crate) async fn start(
-        presence: &Presence,
-        conn_id: u64,
-        conn: &str,
-        who: &Identity,
-        out: &Arc<Outbound>,
-        rooms: Vec<String>,
-        watched: Vec<String>,
-    ) -> Self {
+    /// Reports the connection and its rooms. The stream then asks for each room's snapshot
+    /// with [`Membership::follow`] and for the watched users' status with
+    /// [`Membership::watch`], and sends each as it comes: queued all at once, the snapshots
+    /// of big rooms would overflow the queue before the stream drains it.
+    pub(crate) async fn start(presence: &Presence, conn_id: u64, conn: &str, who: &Identity, rooms: &[String]) -> Self {
         let tracker = &presence.tracker;
         tracker.open(conn, &who.user);
-        let mut this = Self {
+        let this = Self {
             tracker: tracker.clone(),
             conn: conn.to_owned(),
             feeds: FeedSet::new(&presence.feeds, conn_id),
         };
         fail::fail_point!("membership.join");
-        for room in &rooms {
+        for room in rooms {
             tracker.join(room, conn, &who.user, who.name.as_deref()).await;
         }
-        let subjects = presence.upstream.subjects();
-        for room in &rooms {
-            let subject = subjects.presence(room);
-            fail::fail_point!("membership.feed");
-            if this.feeds.add(subject.clone(), Kind::Presence, out, Format::Bare).await {
-                fail::fail_point!("membership.snapshot");
-                let first = presence
-                    .snapshot(room)
-                    .await
-                    .map(|p| encode_for(Format::Bare, &ServerFrame::Presence(p)));
-                this.feeds.release(&subject, first);
-            }
+        this
+    }
+
+    /// Follows the room's presence: its diffs go to `out`, and its snapshot (if fanout
+    /// answers) is returned, to be sent before anything taken from `out` after this call.
+    pub(crate) async fn follow(&mut self, presence: &Presence, room: &str, out: &Arc<Outbound>) -> Option<Bytes> {
+        let subject = presence.upstream.subjects().presence(room);
+        fail::fail_point!("membership.feed");
+        if !self.feeds.add(subject.clone(), Kind::Presence, out, Format::Bare).await {
+            return None;
         }
-        for user in &watched {
-            this.feeds
+        fail::fail_point!("membership.snapshot");
+        let first = presence
+            .snapshot(room)
+            .await
+            .map(|p| encode_for(Format::Bare, &ServerFrame::Presence(p)));
+        // The held diffs go to the queue after the snapshot, which the caller sends first.
+        self.feeds.release(&subject, None);
+        first
+    }
+
+    /// Follows the users' status: changes go to `out`, and their current statuses are
+    /// returned, to be sent before anything taken from `out` after this call.
+    pub(crate) async fn watch(&mut self, presence: &Presence, users: &[String], out: &Arc<Outbound>) -> Vec<Bytes> {
+        if users.is_empty() {
+            return Vec::new();
+        }
+        let subjects = presence.upstream.subjects();
+        for user in users {
+            self.feeds
                 .add(subjects.status(user), Kind::Status, out, Format::Bare)
                 .await;
         }
-        if !watched.is_empty() {
-            fail::fail_point!("membership.statuses");
-            for status in presence.statuses(&watched).await.unwrap_or_default() {
-                out.push(Item {
-                    bytes: encode_for(Format::Bare, &ServerFrame::Status(status)),
-                    content: Content::Status,
-                });
-            }
-            for user in &watched {
-                this.feeds.release(&subjects.status(user), None);
-            }
+        fail::fail_point!("membership.statuses");
+        let statuses = presence.statuses(users).await.unwrap_or_default();
+        for user in users {
+            self.feeds.release(&subjects.status(user), None);
         }
-        this
+        statuses
+            .into_iter()
+            .map(|status| encode_for(Format::Bare, &ServerFrame::Status(status)))
+            .collect()
     }
 }
 

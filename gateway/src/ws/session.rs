@@ -27,7 +27,7 @@ use crate::state::{RateKind, Shared, Slot};
 use crate::sync::panic_message;
 
 use super::input::Input;
-use super::writer::{write_loop, CLOSE_GRACE};
+use super::writer::{write_loop, BUSY, CLOSE_GRACE};
 
 /// Rejected publishes in a row that close the connection with 4029.
 const RATE_STRIKES: u32 = 10;
@@ -153,7 +153,7 @@ where
     // A panic in the writer ends the connection (no close frame: the writer is gone) and
     // the session's Drop releases what it held. The writer's output: whether it ended in
     // order.
-    let writer = AssertUnwindSafe(write_loop(wr, &out, &last_seen, shared.config.ping_interval, expires))
+    let writer = AssertUnwindSafe(write_loop(wr, &out, &last_seen, &shared.config, expires))
         .catch_unwind()
         .map(|ended| match ended {
             Ok(()) => true,
@@ -278,11 +278,16 @@ impl Session {
             match assemble(frame, fragments, max) {
                 Err(end) => return Some(end),
                 Ok(Some((op, payload))) => {
+                    // While the op runs, frames are not read (a paced replay waits for the
+                    // client to read its bursts): the peer's pongs wait in the socket, and
+                    // the idle check waits for them.
+                    last_seen.store(BUSY, Ordering::Relaxed);
                     // A bug that one input triggers ends that input's connection (1011),
                     // never the gateway; the session's Drop releases what it held.
                     let handled = AssertUnwindSafe(self.on_message(mode, op, payload))
                         .catch_unwind()
                         .await;
+                    last_seen.store(now_ms(), Ordering::Relaxed);
                     match handled {
                         Ok(Ok(())) => {}
                         Ok(Err(code)) => return Some(End::Close(code)),

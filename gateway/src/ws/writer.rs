@@ -1,10 +1,12 @@
 //! A WebSocket connection's writer: drains the outbound queue in batches, pings, and closes
-//! idle or expired connections, also while a write is blocked on a peer that does not read.
+//! idle or expired connections, also while a write is blocked on a peer that does not read;
+//! a write that makes no progress for `--write-timeout` drops the connection.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use herald_proto::CloseCode;
@@ -12,6 +14,7 @@ use herald_service::now_ms;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use crate::config::Config;
 use crate::metrics::{self, Transport};
 use crate::outbound::{self, close_frame, opcode, ws_frame, Item, Outbound};
 
@@ -21,17 +24,24 @@ const MAX_KEPT_BATCH: usize = 64;
 /// How long a closing connection's peer gets to read what is queued.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// `last_seen` while the reader runs an op: the server, not the peer, is what is not reading
+/// (a paced replay waits for the client to read), so the idle check waits. The op's writes
+/// are still bounded by the write timeout.
+pub(super) const BUSY: u64 = u64::MAX;
+
 /// Drains the queue in batches, pings every interval, and closes idle or expired sessions.
 ///
 /// The rare paths (a write the socket does not take at once, the close) run boxed: this
-/// future lives in every connection's task, and its size is that of its largest state.
+/// future lives in every connection's task, and its size is that of its largest state (and
+/// its arguments: hence the settings by reference).
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     out: &Outbound,
     last_seen: &AtomicU64,
-    ping_interval: Duration,
+    config: &Config,
     expires_at: Option<u64>,
 ) {
+    let ping_interval = config.ping_interval;
     let mut watch = Watch {
         out,
         last_seen,
@@ -51,11 +61,16 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             // Nearly always the socket takes the whole batch at once: then no timer or
             // waiter is touched for it.
             let written = {
-                let write = outbound::write_all(&mut w, &batch);
+                let progress = AtomicUsize::new(0);
+                let mut counted = Counted {
+                    w: &mut w,
+                    written: &progress,
+                };
+                let write = outbound::write_all(&mut counted, &batch);
                 tokio::pin!(write);
                 match futures_util::poll!(write.as_mut()) {
                     Poll::Ready(r) => r,
-                    Poll::Pending => match Box::pin(watch.blocked(write)).await {
+                    Poll::Pending => match Box::pin(watch.blocked(write, &progress, config.write_timeout)).await {
                         Some(r) => r,
                         None => return,
                     },
@@ -93,8 +108,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// What the writer watches besides the queue: the ping interval, the peer's silence and the
-/// token's expiry.
+/// What the writer watches besides the queue: the ping interval, the peer's silence, the
+/// token's expiry and blocked writes.
 struct Watch<'a> {
     out: &'a Outbound,
     last_seen: &'a AtomicU64,
@@ -107,17 +122,26 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     fn silent(&self) -> bool {
-        now_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed)) > self.idle_limit
+        let seen = self.last_seen.load(Ordering::Relaxed);
+        seen != BUSY && now_ms().saturating_sub(seen) > self.idle_limit
     }
 
     /// Finishes a write the socket did not take at once, still pinging and checking. A
-    /// peer that stops reading blocks it; once the connection is closing (e.g. its queue
-    /// overflowed, or its token expired meanwhile) it gets a grace period to read, then is
-    /// dropped (`None`). A peer that sends nothing for two ping intervals while blocked is
-    /// dropped too: the checks do not wait for the write.
-    async fn blocked<F>(&mut self, mut write: Pin<&mut F>) -> Option<std::io::Result<usize>>
+    /// peer that stops reading blocks it: once no byte of it has been taken for the write
+    /// timeout, the peer is dropped (`None`), whatever it still sends (a client that stops
+    /// reading but sends pongs would otherwise hold its queue and this batch forever). Once
+    /// the connection is closing (e.g. its queue overflowed, or its token expired meanwhile)
+    /// it gets a grace period to read, then is dropped. A peer that sends nothing for two
+    /// ping intervals while blocked is dropped too: the checks do not wait for the write.
+    /// `written` counts the bytes the socket has taken of the write.
+    async fn blocked<F>(
+        &mut self,
+        mut write: Pin<&mut F>,
+        written: &AtomicUsize,
+        write_timeout: Duration,
+    ) -> Option<io::Result<usize>>
     where
-        F: Future<Output = std::io::Result<usize>>,
+        F: Future<Output = io::Result<usize>>,
     {
         let out = self.out;
         let stuck = async {
@@ -127,10 +151,37 @@ impl Watch<'_> {
             tokio::time::sleep(CLOSE_GRACE).await;
         };
         tokio::pin!(stuck);
+        // The last progress, as milliseconds after `start`, noted each time the write is
+        // polled; the deadline is checked against it when it falls due.
+        let start = tokio::time::Instant::now();
+        let progressed_ms = AtomicU64::new(0);
+        let mut seen = written.load(Ordering::Relaxed);
+        let mut progressing = std::future::poll_fn(|cx| {
+            let polled = write.as_mut().poll(cx);
+            let now = written.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                progressed_ms.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            polled
+        });
+        let stalled = tokio::time::sleep(write_timeout);
+        tokio::pin!(stalled);
         loop {
             tokio::select! {
-                r = &mut write => return Some(r),
+                r = &mut progressing => return Some(r),
                 _ = &mut stuck => return None,
+                _ = &mut stalled => {
+                    let due = start
+                        + Duration::from_millis(progressed_ms.load(Ordering::Relaxed))
+                        + write_timeout;
+                    if due <= tokio::time::Instant::now() {
+                        debug!(timeout = ?write_timeout, "A write made no progress for the write timeout");
+                        metrics::write_timeout(Transport::WebSocket);
+                        return None;
+                    }
+                    stalled.as_mut().reset(due);
+                }
                 _ = expire(&mut self.expiry), if self.expiry.is_some() => {
                     self.expiry = None;
                     out.close(Some(CloseCode::POLICY));
@@ -147,6 +198,52 @@ impl Watch<'_> {
                 }
             }
         }
+    }
+}
+
+/// The socket, counting the bytes it takes, so that a blocked write can tell a slow peer
+/// from one that stopped reading.
+struct Counted<'a, W> {
+    w: &'a mut W,
+    written: &'a AtomicUsize,
+}
+
+impl<W: AsyncWrite + Unpin> Counted<'_, W> {
+    fn count(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written.fetch_add(n, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<'_, W> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.w).poll_write(cx, buf);
+        this.count(polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.w).poll_write_vectored(cx, bufs);
+        this.count(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.w.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().w).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().w).poll_shutdown(cx)
     }
 }
 
@@ -182,6 +279,16 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Settings with these intervals.
+    fn config(ping_interval: Duration, write_timeout: Duration) -> Config {
+        let mut c = Config::for_test("nats://127.0.0.1:4222");
+        c.ping_interval = ping_interval;
+        c.write_timeout = write_timeout;
+        c
+    }
+
     /// A peer that never reads: the writer's first big batch blocks for good.
     fn blocked() -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Arc<Outbound>) {
         let (ours, theirs) = tokio::io::duplex(64);
@@ -197,7 +304,7 @@ mod tests {
         let last_seen = AtomicU64::new(0);
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, &out, &last_seen, Duration::from_millis(100), None),
+            write_loop(ours, &out, &last_seen, &config(Duration::from_millis(100), HOUR), None),
         )
         .await;
         assert!(ended.is_ok(), "the writer dropped the silent peer");
@@ -247,7 +354,8 @@ mod tests {
         let out = Outbound::new(1 << 20);
         let last_seen = AtomicU64::new(now_ms());
         let start = tokio::time::Instant::now();
-        let writer = write_loop(ours, &out, &last_seen, interval, None);
+        let settings = config(interval, HOUR);
+        let writer = write_loop(ours, &out, &last_seen, &settings, None);
         let producer = tokio::spawn({
             let out = Arc::clone(&out);
             async move {
@@ -283,6 +391,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_for_the_write_timeout_drops_the_peer() {
+        let (ours, _theirs, out) = blocked();
+        // Not silent: the peer keeps sending something (pongs), or an op runs.
+        let last_seen = AtomicU64::new(BUSY);
+        let start = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_loop(
+                ours,
+                &out,
+                &last_seen,
+                &config(Duration::from_millis(100), Duration::from_secs(2)),
+                None,
+            ),
+        )
+        .await;
+        assert!(ended.is_ok(), "the writer dropped the peer that stopped reading");
+        assert_eq!(start.elapsed().as_secs(), 2, "after the write timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_write_that_makes_progress_outlives_the_write_timeout() {
+        // 4 KiB through a 64-byte pipe, read 64 bytes every 100 ms: over 6 s, with a write
+        // timeout of 1 s.
+        let (ours, mut theirs, out) = blocked();
+        let last_seen = AtomicU64::new(BUSY);
+        let settings = config(HOUR, Duration::from_secs(1));
+        let writer = write_loop(ours, &out, &last_seen, &settings, None);
+        let reading = async {
+            use tokio::io::AsyncReadExt;
+            let mut got = 0;
+            let mut buf = [0u8; 64];
+            while got < 4096 {
+                got += theirs.read(&mut buf).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = reading => {}
+            () = writer => panic!("the writer dropped a peer that reads"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_blocked_write_does_not_suspend_the_token_expiry() {
         let (ours, _theirs, out) = blocked();
         let last_seen = AtomicU64::new(now_ms());
@@ -290,7 +442,7 @@ mod tests {
         // dropped after the close grace.
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
-            write_loop(ours, &out, &last_seen, Duration::from_secs(3600), Some(1)),
+            write_loop(ours, &out, &last_seen, &config(HOUR, HOUR), Some(1)),
         )
         .await;
         assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");

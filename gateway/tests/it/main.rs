@@ -15,6 +15,7 @@ mod push;
 mod resume;
 mod rooms;
 mod slow_consumer;
+mod stalled;
 mod stream_reset;
 
 use herald_testkit::{NatsServer, TestGateway};
