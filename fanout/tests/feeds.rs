@@ -84,6 +84,8 @@ async fn a_thousand_watched_users_and_a_hundred_presence_rooms_cost_two_subscrip
     let f = Process::fanout(&nats.url(), "f1", &[]);
     let gw = TestGateway::start_with(&nats.url(), |c| {
         c.allow_anonymous = true;
+        c.anonymous_rooms = vec!["*".into()];
+        c.max_presence_rooms = ROOMS + 2;
         c.op_rate = 10_000.0;
         c.max_subscriptions = 2 * ROOMS;
         c.max_watch = WATCHED + 2;

@@ -237,6 +237,12 @@ pub(crate) fn write_timeout(t: Transport) {
     counter!(WRITE_TIMEOUTS, "transport" => t.as_str()).increment(1);
 }
 
+/// A write timeout noticed at the socket, before the transport did: an HTTP answer, or a
+/// stream hyper was writing (`transport="socket"`).
+pub(crate) fn socket_write_timeout() {
+    counter!(WRITE_TIMEOUTS, "transport" => "socket").increment(1);
+}
+
 pub(crate) fn room_subscriptions(delta: f64) {
     gauge!(ROOM_SUBSCRIPTIONS).increment(delta);
 }

@@ -84,6 +84,9 @@ pub enum Content {
     Presence,
     /// A user's status.
     Status,
+    /// The room's seqs started over (its stream was recreated): the HTTP transports say
+    /// `unrecovered` for it and move its cursor back to 0 (no bytes of its own).
+    Unrecovered(Arc<str>),
 }
 
 impl Item {

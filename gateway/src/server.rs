@@ -58,7 +58,7 @@ pub(crate) async fn accept_loop(
             _ = &mut stopped => return,
         };
         let _ = tcp.set_nodelay(true);
-        let tcp = WriteDeadline::new(tcp, shared.config.write_timeout);
+        let tcp = WriteDeadline::new(tcp, shared.config.write_timeout + SOCKET_DEADLINE_MARGIN);
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -222,6 +222,11 @@ fn negotiate(req: &Request<Incoming>) -> Result<Codec, HttpError> {
 
 // === impl WriteDeadline ===
 
+/// How much later than `--write-timeout` the socket's own deadline falls: the transports
+/// that watch their writes (WebSocket, SSE) notice first and close in order; the socket's
+/// deadline is for the writes hyper owns (an HTTP answer) and anything else.
+const SOCKET_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
 /// A client socket whose writes fail (`TimedOut`) once one has waited `limit` without the
 /// peer taking a byte, whatever the peer sends meanwhile: a client that stops reading is
 /// dropped however its connection is used (an HTTP answer, an SSE stream, a WebSocket after
@@ -231,6 +236,7 @@ struct WriteDeadline<I> {
     io: I,
     limit: Duration,
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
 }
 
 impl<I> WriteDeadline<I> {
@@ -239,12 +245,16 @@ impl<I> WriteDeadline<I> {
             io,
             limit,
             waiting: None,
+            timed_out: false,
         }
     }
 
     /// Passes a write's outcome on, starting the clock when it waits and stopping it when
     /// it moves; past the limit, the write fails.
     fn watch<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if self.timed_out {
+            return Poll::Ready(Err(timed_out()));
+        }
         if outcome.is_ready() {
             self.waiting = None;
             return outcome;
@@ -252,13 +262,19 @@ impl<I> WriteDeadline<I> {
         let limit = self.limit;
         let clock = self.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match clock.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer took nothing for --write-timeout",
-            ))),
+            Poll::Ready(()) => {
+                self.waiting = None;
+                self.timed_out = true;
+                crate::metrics::socket_write_timeout();
+                Poll::Ready(Err(timed_out()))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the peer took nothing for --write-timeout")
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for WriteDeadline<I> {

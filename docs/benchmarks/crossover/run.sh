@@ -19,7 +19,7 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$store"' EXIT
 $venv/nats-server -js -a 127.0.0.1 -p 4334 -sd "$store" > /dev/null 2>&1 & nats=$!; pids+=($nats)
 sleep 1
 target/release/herald-gateway --nats-url nats://127.0.0.1:4334 --listen 127.0.0.1:8190 --admin-listen 127.0.0.1:9195 \
-  --allow-anonymous --room-subscriptions "$mode" > /dev/null 2>&1 & gw=$!; pids+=($gw)
+  --allow-anonymous --anonymous-rooms '*' --anonymous-publish '*' --max-anonymous-connections-per-address 1000000 --max-anonymous-memberships-per-address 100000000 --op-rate 1000000 --room-subscriptions "$mode" > /dev/null 2>&1 & gw=$!; pids+=($gw)
 until curl -sf 127.0.0.1:9195/readyz > /dev/null; do sleep 0.2; done
 target/release/loadtest hold --gateway ws://127.0.0.1:8190/ws --connections 1 --rooms 1 --hold 600s \
   --report-dir "$store/hold" > /dev/null 2>&1 & pids+=($!)

@@ -18,7 +18,7 @@ target/release/herald-fanout --nats-url nats://127.0.0.1:4333 --admin-listen 127
 gw=()
 for i in 0 1; do
   target/release/herald-gateway --nats-url nats://127.0.0.1:4333 --listen 127.0.0.1:818$i \
-    --admin-listen 127.0.0.1:919$i --allow-anonymous --gateway-id gw$i --max-connections 20000 > /dev/null 2>&1 &
+    --admin-listen 127.0.0.1:919$i --allow-anonymous --anonymous-rooms '*' --anonymous-publish '*' --max-anonymous-connections-per-address 1000000 --max-anonymous-memberships-per-address 100000000 --op-rate 1000000 --gateway-id gw$i --max-connections 20000 > /dev/null 2>&1 &
   pids+=($!); gw+=($!)
 done
 for port in 9300 9190 9191; do

@@ -159,11 +159,19 @@ async fn answer(
     drop(feeds);
     let slot = reg.release();
     for item in batch {
-        if let Content::Event { room, seq, .. } = item.content {
-            if let Some(room) = room {
-                positions.set(&room, seq);
+        match item.content {
+            Content::Event { room, seq, .. } => {
+                if let Some(room) = room {
+                    positions.set(&room, seq);
+                }
+                events.push(item.bytes);
             }
-            events.push(item.bytes);
+            // The stream was recreated: the room starts over, and the answer says so.
+            Content::Unrecovered(room) => {
+                positions.set(&room, 0);
+                backlog.unrecovered.push(room.to_string());
+            }
+            Content::Presence | Content::Status | Content::Other => {}
         }
     }
     let tail = tail(shared, session, members_of, watch, backlog, &events).await;

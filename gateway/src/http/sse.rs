@@ -286,6 +286,13 @@ impl Stream {
                     }
                     Content::Presence => named(&mut chunk, SSE_PRESENCE, &item.bytes),
                     Content::Status => named(&mut chunk, SSE_STATUS, &item.bytes),
+                    // The stream was recreated: the room starts over, and the client is told.
+                    Content::Unrecovered(room) => {
+                        self.positions.set(&room, 0);
+                        let rooms = vec![room.to_string()];
+                        let frame = serde_json::to_vec(&Unrecovered { rooms }).expect("plain data serializes");
+                        named(&mut chunk, SSE_UNRECOVERED, &frame);
+                    }
                     Content::Other => continue,
                 }
             }

@@ -185,9 +185,7 @@ impl Table {
             // Only what was buffered since the rewind is of the current stream.
             replay = &[];
             sub.delivered = 0;
-            if let Some(frame) = rewound_frame(room, sub.format) {
-                sub.out.push_frame(frame);
-            }
+            sub.out.push(rewound_item(room, sub.format));
         }
         let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
             Mode::Pending(buf) => buf,
@@ -322,9 +320,7 @@ impl Room {
                 }
                 Mode::Live => {
                     sub.delivered = 0;
-                    if let Some(frame) = rewound_frame(room, sub.format) {
-                        sub.out.push_frame(frame);
-                    }
+                    sub.out.push(rewound_item(room, sub.format));
                 }
             }
         }
@@ -482,17 +478,22 @@ impl Rooms for Table {
 }
 
 /// What tells a subscriber that the room's seqs started over: an `ack` with `seq` 0 and
-/// `recovered:false` on WebSocket (as a resume beyond the stream gets); nothing on the HTTP
-/// transports, which have no frame for it on a live stream.
-fn rewound_frame(room: &str, format: Format) -> Option<Bytes> {
-    let Format::WebSocket(_) = format else { return None };
+/// `recovered:false` on WebSocket (as a resume beyond the stream gets); for the HTTP
+/// transports, an item they turn into `unrecovered` (SSE's event, a poll answer's list).
+fn rewound_item(room: &str, format: Format) -> Item {
+    let Format::WebSocket(_) = format else {
+        return Item {
+            bytes: Bytes::new(),
+            content: Content::Unrecovered(Arc::from(room)),
+        };
+    };
     let ack = Ack {
         room: Some(room.to_owned()),
         seq: Some(0),
         recovered: Some(false),
         ..Ack::default()
     };
-    Some(encode_for(format, &ServerFrame::Ack(ack)))
+    Item::frame(encode_for(format, &ServerFrame::Ack(ack)))
 }
 
 /// An event's queue item. Only the HTTP transports get the room (a shared name's count is

@@ -7,6 +7,7 @@ use std::time::Duration;
 use herald_proto::frame::{Ack, ServerFrame};
 use herald_proto::subject::Subjects;
 use herald_service::stream::StreamSettings;
+use herald_testkit::http::Sse;
 use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
 use serde_json::json;
 
@@ -48,12 +49,24 @@ async fn a_recreated_stream_s_events_reach_live_subscribers_with_recovered_false
     let client = async_nats::connect(nats.url()).await.expect("NATS connects");
     let mut c = WsClient::connect(&gw.ws_url(), &jwt::any_room("alice")).await;
     c.subscribe("lobby", None).await;
+    let token = jwt::any_room("sse-reader");
+    let mut sse = Sse::open(gw.addr, &format!("/sse?rooms=lobby&cursor=lobby:0&token={token}"), &[])
+        .await
+        .expect("SSE stream");
+    assert_eq!(sse.status, 200);
     for n in 0..3 {
         backend_publish(&client, "lobby", json!({"n": n})).await;
     }
     for n in 0..3 {
         let ev = c.event().await;
         assert_eq!((ev.seq, ev.data), (n + 1, Some(json!({"n": n}))));
+    }
+
+    // The SSE stream (from the start: whether it attached before the publishes or after, it
+    // has them all) has the three old events too, read before the stream goes.
+    for n in 1..=3 {
+        let ev = sse.next_event(Duration::from_secs(5)).await.expect("an old event");
+        assert_eq!(ev.id.as_deref(), Some(format!("lobby:{n}").as_str()));
     }
 
     recreate_stream(&client).await;
@@ -73,6 +86,17 @@ async fn a_recreated_stream_s_events_reach_live_subscribers_with_recovered_false
         panic!("expected the new stream's event")
     };
     assert_eq!((ev.seq, ev.prev, ev.data), (1, 0, Some(json!({"n": "new"}))));
+
+    // The SSE stream is told `unrecovered`, then gets the new event with the room's cursor
+    // in the new stream.
+    let told = sse.next_event(Duration::from_secs(5)).await.expect("unrecovered");
+    assert_eq!(told.event.as_deref(), Some("unrecovered"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&told.data).unwrap(),
+        json!({"t": "unrecovered", "rooms": ["lobby"]})
+    );
+    let ev = sse.next_event(Duration::from_secs(5)).await.expect("the new event");
+    assert_eq!(ev.id.as_deref(), Some("lobby:1"));
 
     // And the room flows on from there, with no second rewind.
     backend_publish(&client, "lobby", json!({"n": "after"})).await;

@@ -18,7 +18,7 @@ store=$(mktemp -d)
 "$nats" -js -a 127.0.0.1 -p 14999 -sd "$store" > /dev/null 2>&1 & np=$!
 sleep 1
 heaptrack -o "./$tag" target/release/herald-gateway --listen 127.0.0.1:18999 --admin-listen 127.0.0.1:18998 \
-  --nats-url nats://127.0.0.1:14999 --gateway-id prof --allow-anonymous --max-connections 19000 > "./$tag.gw.log" 2>&1 &
+  --nats-url nats://127.0.0.1:14999 --gateway-id prof --allow-anonymous --anonymous-rooms '*' --anonymous-publish '*' --max-anonymous-connections-per-address 1000000 --max-anonymous-memberships-per-address 100000000 --op-rate 1000000 --max-connections 19000 > "./$tag.gw.log" 2>&1 &
 until curl -sf 127.0.0.1:18998/readyz > /dev/null; do sleep 0.5; done
 target/release/loadtest hold --gateway ws://127.0.0.1:18999/ws --connections 2000 --rooms "$rooms" --hold 10s \
   --report-dir "./$tag-report" > "./$tag.hold.log" 2>&1 & hp=$!

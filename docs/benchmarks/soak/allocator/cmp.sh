@@ -7,9 +7,9 @@ rm -rf ./js; $N -js -a 127.0.0.1 -p 14999 -sd ./js > /dev/null 2>&1 &
 NP=$!
 sleep 1
 G=../../../../target/release/herald-gateway
-$G --listen 127.0.0.1:18999 --admin-listen 127.0.0.1:18998 --nats-url nats://127.0.0.1:14999 --gateway-id glibc --allow-anonymous --max-connections 19000 > /dev/null 2>&1 &
+$G --listen 127.0.0.1:18999 --admin-listen 127.0.0.1:18998 --nats-url nats://127.0.0.1:14999 --gateway-id glibc --allow-anonymous --anonymous-rooms '*' --anonymous-publish '*' --max-anonymous-connections-per-address 1000000 --max-anonymous-memberships-per-address 100000000 --op-rate 1000000 --max-connections 19000 > /dev/null 2>&1 &
 P1=$!
-LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 $G --listen 127.0.0.1:17999 --admin-listen 127.0.0.1:17998 --nats-url nats://127.0.0.1:14999 --gateway-id jemalloc --allow-anonymous --max-connections 19000 > /dev/null 2>&1 &
+LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 $G --listen 127.0.0.1:17999 --admin-listen 127.0.0.1:17998 --nats-url nats://127.0.0.1:14999 --gateway-id jemalloc --allow-anonymous --anonymous-rooms '*' --anonymous-publish '*' --max-anonymous-connections-per-address 1000000 --max-anonymous-memberships-per-address 100000000 --op-rate 1000000 --max-connections 19000 > /dev/null 2>&1 &
 P2=$!
 until curl -sf 127.0.0.1:18998/readyz >/dev/null && curl -sf 127.0.0.1:17998/readyz >/dev/null; do sleep 0.5; done
 (sleep $1) | ../../../../target/release/loadtest soak --worker --urls ws://127.0.0.1:18999/ws --connections 2000 --churn 100 --hostile 0 --no-presence > /dev/null 2>&1 &

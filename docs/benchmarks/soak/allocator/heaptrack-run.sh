@@ -7,7 +7,7 @@ N=../../../../target/tools/venv/bin/nats-server
 rm -rf ./js; $N -js -a 127.0.0.1 -p 14999 -sd ./js > /dev/null 2>&1 &
 NP=$!
 sleep 1
-heaptrack -o ./$2 ../../../../target/release/herald-gateway --listen 127.0.0.1:18999 --admin-listen 127.0.0.1:18998 --nats-url nats://127.0.0.1:14999 --gateway-id prof --allow-anonymous --max-connections 19000 > ./$2.gw.log 2>&1 &
+heaptrack -o ./$2 ../../../../target/release/herald-gateway --listen 127.0.0.1:18999 --admin-listen 127.0.0.1:18998 --nats-url nats://127.0.0.1:14999 --gateway-id prof --allow-anonymous --anonymous-rooms '*' --anonymous-publish '*' --max-anonymous-connections-per-address 1000000 --max-anonymous-memberships-per-address 100000000 --op-rate 1000000 --max-connections 19000 > ./$2.gw.log 2>&1 &
 until curl -sf 127.0.0.1:18998/readyz >/dev/null; do sleep 0.5; done
 (sleep $1) | ../../../../target/release/loadtest soak --worker --urls ws://127.0.0.1:18999/ws --connections 2000 --churn 100 --hostile 0 --no-presence > ./$2.worker.log 2>&1
 sleep 20
