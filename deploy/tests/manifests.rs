@@ -141,6 +141,12 @@ fn the_compose_file_passes_the_compose_spec_schema() {
     ] {
         assert!(compose.contains(&format!("\n  {service}")), "compose has {service}");
     }
+    // No secret anyone could read here, and no anonymous clients unless the operator asks.
+    assert!(
+        compose.contains("HERALD_AUTH_HS256_SECRET: ${HERALD_AUTH_HS256_SECRET:?"),
+        "the token secret must come from the operator"
+    );
+    assert!(compose.contains("HERALD_ALLOW_ANONYMOUS: ${HERALD_ALLOW_ANONYMOUS:-false}"));
     // Grafana finds the dashboards where the provisioning file says, and the rules are mounted
     // where prometheus.yml loads them.
     let provider =
