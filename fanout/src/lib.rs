@@ -61,8 +61,14 @@ fn nats_event(event: &'static str) {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald-fanout", version, about, long_about = None)]
 pub struct Config {
-    /// NATS server URL; a comma-separated list for a cluster.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL; a comma-separated list for a cluster. With a NATS user:
+    /// `nats://user:password@host:4222` (docs/operations.md lists the users).
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
     /// Admin listener: /metrics /healthz /readyz.

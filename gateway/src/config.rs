@@ -20,8 +20,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
 
-    /// NATS server URL; a comma-separated list for a cluster.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL; a comma-separated list for a cluster. With a NATS user:
+    /// `nats://user:password@host:4222` (docs/operations.md lists the users).
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
     /// This gateway's id (A-Z a-z 0-9 _ -), shown to clients and used in connection ids.
