@@ -241,7 +241,7 @@ pub enum ConfigError {
     ShortSecret(usize),
     #[error("--jwks-url must be an https URL (an http one only with --jwks-insecure-http)")]
     JwksHttp,
-    #[error("--gateway-id may hold only A-Z a-z 0-9 _ -")]
+    #[error("--gateway-id may hold only A-Z a-z 0-9 _ -, at most 253 of them")]
     GatewayId,
     #[error("--subject-prefix must be a non-empty NATS subject without wildcards")]
     SubjectPrefix,
@@ -293,7 +293,7 @@ impl Config {
             }
         }
         if let Some(id) = &self.gateway_id {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if !herald_proto::sys::valid_gateway(id) {
                 return Err(ConfigError::GatewayId);
             }
         }
