@@ -97,11 +97,11 @@ async fn crafted_and_flooding_sys_messages_are_dropped_and_the_real_members_stay
         .await;
     }
 
-    // A flood: batches from 1,500 made-up gateways, more than fanout tracks.
+    // A flood: batches from 1,100 made-up gateways, more than fanout tracks.
     let flood = tokio::spawn(async move {
-        for i in 0..1500 {
+        for i in 0..1100 {
             let gw = format!("flood-{i}");
-            let changes: Vec<_> = (0..200)
+            let changes: Vec<_> = (0..50)
                 .map(|j| json!({"c": "open", "conn": format!("{gw}-{j}"), "user": format!("u{j}")}))
                 .collect();
             publish(
