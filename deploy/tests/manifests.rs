@@ -117,6 +117,24 @@ fn kustomize_renders_the_base_and_the_example_and_every_object_passes_the_kubern
     assert!(gateway.contains("preStop:") && gateway.contains("seconds: 5"));
     assert!(grace > 30 + 5, "grace {grace} s must exceed preStop 5 s + drain 30 s");
     assert!(gateway.contains("path: /readyz") && gateway.contains("podAntiAffinity"));
+
+    // NATS runs with the users of nats-auth.conf (tests/nats_permissions.rs), and gateway and
+    // fanout connect as theirs.
+    let nats_config = docs
+        .iter()
+        .find(|d| kind(d) == "ConfigMap" && d.contains("name: nats-config"))
+        .expect("the NATS ConfigMap");
+    assert!(nats_config.contains("include \"auth.conf\"") && nats_config.contains("user: herald-backend"));
+    for (name, user) in [("herald-gateway", "herald-gateway"), ("herald-fanout", "herald-fanout")] {
+        let d = docs
+            .iter()
+            .find(|d| kind(d) == "Deployment" && d.contains(&format!("name: {name}\n")))
+            .expect("Deployment");
+        assert!(
+            d.contains(&format!("nats://{user}:$(HERALD_NATS_PASSWORD)@nats:4222")),
+            "{name}"
+        );
+    }
 }
 
 #[test]
@@ -141,6 +159,16 @@ fn the_compose_file_passes_the_compose_spec_schema() {
     ] {
         assert!(compose.contains(&format!("\n  {service}")), "compose has {service}");
     }
+    // No secret anyone could read here, and no anonymous clients unless the operator asks.
+    assert!(
+        compose.contains("HERALD_AUTH_HS256_SECRET: ${HERALD_AUTH_HS256_SECRET:?"),
+        "the token secret must come from the operator"
+    );
+    assert!(compose.contains("HERALD_ALLOW_ANONYMOUS: ${HERALD_ALLOW_ANONYMOUS:-false}"));
+    // NATS with the deploy's users; the services connect as theirs.
+    assert!(compose.contains("../k8s/base/nats-auth.conf:/etc/nats/auth.conf:ro"));
+    assert!(compose.contains("nats://herald-gateway:${HERALD_NATS_GATEWAY_PASSWORD:?}@nats:4222"));
+    assert!(compose.contains("nats://herald-fanout:${HERALD_NATS_FANOUT_PASSWORD:?}@nats:4222"));
     // Grafana finds the dashboards where the provisioning file says, and the rules are mounted
     // where prometheus.yml loads them.
     let provider =

@@ -9,6 +9,7 @@
 //!
 //! Start at [`Fanout::bind`] and [`Fanout::serve`], then [`state`].
 
+mod intake;
 pub mod leader;
 mod presence;
 pub mod state;
@@ -48,6 +49,7 @@ pub mod metric {
     pub const GATEWAYS_EXPIRED: &str = "herald_fanout_gateways_expired_total";
     pub const REQUESTS: &str = "herald_fanout_requests_total";
     pub const NATS_EVENTS: &str = "herald_fanout_nats_events_total";
+    pub const SYS_DROPPED: &str = "herald_fanout_sys_dropped_total";
 }
 
 /// Counts a NATS connection event of this process.
@@ -61,8 +63,14 @@ fn nats_event(event: &'static str) {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald-fanout", version, about, long_about = None)]
 pub struct Config {
-    /// NATS server URL; a comma-separated list for a cluster.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL; a comma-separated list for a cluster. With a NATS user:
+    /// `nats://user:password@host:4222` (docs/operations.md lists the users).
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
     /// Admin listener: /metrics /healthz /readyz.
@@ -367,6 +375,10 @@ fn describe_metrics() {
     );
     describe_counter!(metric::REQUESTS, "Snapshot and status requests answered, by kind.");
     describe_counter!(metric::NATS_EVENTS, "NATS connection events, by event.");
+    describe_counter!(
+        metric::SYS_DROPPED,
+        "Messages on herald.sys.gw.* no gateway sends (or past the queue bound), dropped, by reason."
+    );
     for event in herald_service::nats::EVENTS {
         counter!(metric::NATS_EVENTS, "event" => event).increment(0);
     }
@@ -392,6 +404,9 @@ fn describe_metrics() {
         metric::GATEWAYS_EXPIRED,
     ] {
         counter!(name).absolute(0);
+    }
+    for reason in intake::DROP_REASONS {
+        counter!(metric::SYS_DROPPED, "reason" => reason).absolute(0);
     }
     for kind in ["presence", "status"] {
         counter!(metric::REQUESTS, "kind" => kind).absolute(0);

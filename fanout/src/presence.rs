@@ -1,8 +1,7 @@
 //! The presence task: gateway messages in, snapshots and status answered, diffs out.
 //!
-//! Everything runs in one task over one [`State`]. The gateway subscription is polled
-//! first, so a request is answered only after every gateway message that arrived before it
-//! (a gateway sends a member's join before asking for the snapshot that should hold it).
+//! Everything runs in one task over one [`State`], fed in arrival order by the
+//! [`crate::intake`] task, which also notes each gateway's liveness as its messages arrive.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use herald_proto::backend::{Lifecycle, LifecycleEvent, StatusEvent};
 use herald_proto::room;
 use herald_proto::subject::Subjects;
-use herald_proto::sys::{GatewayMsg, StatusReply, StatusRequest, SyncRequest};
+use herald_proto::sys::{StatusReply, StatusRequest, SyncRequest};
 use herald_service::now_ms;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::intake::{Input, Intake, Requests};
 use crate::leader::Leases;
 use crate::metric;
 use crate::state::{Output, Settings, State};
@@ -45,17 +44,28 @@ impl Tracker {
         });
         let stopped = stop.notified();
         tokio::pin!(stopped);
-        let mut sys = tokio::select! {
+        let sys = tokio::select! {
             _ = &mut stopped => return,
             sub = self.subscribe(self.subjects.sys_gateways_wildcard(), None) => sub,
         };
+        let intake = Intake::default();
+        let (tx, mut inputs) = tokio::sync::mpsc::unbounded_channel();
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(1);
+        let stop_intake = Arc::new(Notify::new());
+        let intake_task = tokio::spawn(intake.clone().run(
+            sys,
+            self.subjects.sys_gateway(""),
+            requests_rx,
+            tx,
+            Arc::clone(&stop_intake),
+        ));
         let _ = self.client.flush().await;
         let started = Instant::now();
         state.requested_all(started);
         self.publish(self.subjects.sys_sync(), &SyncRequest::default()).await;
         let window = tokio::time::sleep(config.sync_window);
         tokio::pin!(window);
-        let (mut api_presence, mut api_status): (Option<Subscriber>, Option<Subscriber>) = (None, None);
+        let mut answering = false;
         let mut tick = tokio::time::interval(config.presence_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
@@ -66,21 +76,14 @@ impl Tracker {
             tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                Some(msg) = sys.next() => match serde_json::from_slice::<GatewayMsg>(&msg.payload) {
-                    Ok(msg) => state.on_gateway(msg, Instant::now()),
-                    Err(e) => debug!(subject = %msg.subject, error = %e, "Undecodable gateway message"),
-                },
-                Some(msg) = next(&mut api_presence) => self.answer_presence(&mut state, &mut cache, msg).await,
-                Some(msg) = next(&mut api_status) => self.answer_status(&state, msg).await,
-                _ = &mut window, if api_presence.is_none() => {
-                    api_presence = Some(self.subscribe(self.subjects.api_presence_wildcard(), Some(QUEUE)).await);
-                    api_status = Some(self.subscribe(self.subjects.api_status(), Some(QUEUE)).await);
-                    self.synced.store(true, Ordering::SeqCst);
-                    let t = state.totals();
-                    info!(gateways = t.gateways, conns = t.conns, members = t.members, "Presence synced; answering requests");
-                }
+                // Before the inputs, which may be many: diffs, expiry and lease changes keep
+                // their pace whatever arrives.
                 _ = tick.tick() => {
-                    let outputs = state.tick(Instant::now());
+                    let now = Instant::now();
+                    for (gw, at) in intake.heard(now, config.gateway_timeout) {
+                        state.heard(&gw, at);
+                    }
+                    let outputs = state.tick(now);
                     cache.retain_rooms(&state);
                     for out in outputs {
                         self.emit(out).await;
@@ -88,9 +91,8 @@ impl Tracker {
                     // A partition just taken over (or led when this instance is first synced):
                     // its rooms get a snapshot, which repairs whatever diffs fell between the
                     // old leader's death and now.
-                    let synced = api_presence.is_some();
                     let now_led: Vec<bool> =
-                        (0..self.leases.partitions()).map(|p| synced && self.leases.leads(p)).collect();
+                        (0..self.leases.partitions()).map(|p| answering && self.leases.leads(p)).collect();
                     if now_led.iter().zip(&led).any(|(now, before)| *now && !before) {
                         for room in state.room_names() {
                             let p = self.leases.partition_of(&room) as usize;
@@ -102,13 +104,29 @@ impl Tracker {
                     }
                     led = now_led;
                 }
+                Some(q) = inputs.recv() => {
+                    intake.taken(&q);
+                    match q.input {
+                        Input::Gateway(msg) => state.on_gateway(msg, Instant::now()),
+                        Input::Presence(msg) => self.answer_presence(&mut state, &mut cache, msg).await,
+                        Input::Status(msg) => self.answer_status(&state, msg).await,
+                    }
+                }
+                _ = &mut window, if !answering => {
+                    let presence = self.subscribe(self.subjects.api_presence_wildcard(), Some(QUEUE)).await;
+                    let status = self.subscribe(self.subjects.api_status(), Some(QUEUE)).await;
+                    let _ = requests_tx.send(Requests { presence, status }).await;
+                    answering = true;
+                    self.synced.store(true, Ordering::SeqCst);
+                    let t = state.totals();
+                    info!(gateways = t.gateways, conns = t.conns, members = t.members, "Presence synced; answering requests");
+                }
                 _ = gauges.tick() => record(&mut state),
             }
         }
         // Stop answering: another instance's queue member takes the requests.
-        for sub in [api_presence, api_status].iter_mut().flatten() {
-            let _ = sub.unsubscribe().await;
-        }
+        stop_intake.notify_one();
+        let _ = intake_task.await;
     }
 
     async fn answer_presence(&self, state: &mut State, cache: &mut SnapshotCache, msg: Message) {
@@ -257,14 +275,6 @@ impl SnapshotCache {
     /// Forgets rooms that have no members any more.
     fn retain_rooms(&mut self, state: &State) {
         self.entries.retain(|room, _| state.has_room(room));
-    }
-}
-
-/// The next message of an optional subscription (pending while there is none).
-async fn next(sub: &mut Option<Subscriber>) -> Option<Message> {
-    match sub.as_mut() {
-        Some(sub) => sub.next().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -206,6 +206,13 @@ impl State {
         self.broadcast_at = Some(now);
     }
 
+    /// Notes that `gw` was heard from at `at` (its messages may still wait in the queue).
+    pub fn heard(&mut self, gw: &str, at: Instant) {
+        if let Some(g) = self.gateways.get_mut(gw) {
+            g.last_heard = g.last_heard.max(at);
+        }
+    }
+
     /// Applies one message from a gateway.
     pub fn on_gateway(&mut self, msg: GatewayMsg, now: Instant) {
         let GatewayMsg { gw, epoch, body } = msg;

@@ -95,7 +95,9 @@ impl Authenticator {
         }
         let jwks = match &config.jwks_url {
             Some(url) => {
-                let jwks = Arc::new(Jwks::new(url, config.jwks_min_interval).map_err(ConfigError::Key)?);
+                let jwks = Arc::new(
+                    Jwks::new(url, config.jwks_min_interval, config.jwks_insecure_http).map_err(ConfigError::Key)?,
+                );
                 Some(jwks)
             }
             None => None,
@@ -119,7 +121,8 @@ impl Authenticator {
     }
 
     /// [`Authenticator::authenticate`], fetching the JWKS again (within its rate limit) when
-    /// the token names an unknown `kid`.
+    /// the token names an unknown `kid`; the wait for that fetch is bounded (see
+    /// [`Jwks::refresh`]), after which the token is refused as unauthorized.
     pub(crate) async fn verify(
         &self,
         token: Option<&str>,

@@ -20,8 +20,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
 
-    /// NATS server URL; a comma-separated list for a cluster.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL; a comma-separated list for a cluster. With a NATS user:
+    /// `nats://user:password@host:4222` (docs/operations.md lists the users).
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
     /// This gateway's id (A-Z a-z 0-9 _ -), shown to clients and used in connection ids.
@@ -33,7 +39,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
 
-    /// HS256 secret that signs client tokens.
+    /// HS256 secret that signs client tokens: at least 32 bytes (RFC 7518 §3.2: a key as
+    /// long as the hash), e.g. `openssl rand -base64 32`; a shorter one refuses to start.
     #[arg(long, env = "HERALD_AUTH_HS256_SECRET", hide_env_values = true)]
     pub auth_hs256_secret: Option<String>,
 
@@ -42,10 +49,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_AUTH_PUBLIC_KEY")]
     pub auth_public_key: Option<String>,
 
-    /// JWKS URL (http or https) of an identity provider: tokens whose `kid` names one of its
+    /// JWKS URL (https) of an identity provider: tokens whose `kid` names one of its
     /// RS256, ES256 or EdDSA keys verify, alongside the static keys above.
     #[arg(long, env = "HERALD_JWKS_URL")]
     pub jwks_url: Option<String>,
+
+    /// Allow an `http://` `--jwks-url` (anyone on the path could then hand the gateway keys
+    /// of their own: only for a provider on loopback or a trusted network).
+    #[arg(long, env = "HERALD_JWKS_INSECURE_HTTP")]
+    pub jwks_insecure_http: bool,
 
     /// How often the JWKS is fetched again.
     #[arg(long, env = "HERALD_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -268,12 +280,20 @@ pub struct Config {
 
 pub(crate) use herald_service::LogFormat;
 
+/// The shortest `--auth-hs256-secret`: RFC 7518 §3.2 asks for a key at least as long as
+/// the hash (SHA-256, 32 bytes); a shorter one can be guessed offline from one token.
+pub(crate) const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no authentication configured: set --auth-hs256-secret, --auth-public-key or --allow-anonymous")]
     NoAuth,
-    #[error("--gateway-id may hold only A-Z a-z 0-9 _ -")]
+    #[error("--auth-hs256-secret must be at least {MIN_HS256_SECRET_BYTES} bytes (it has {0}); e.g. `openssl rand -base64 32`")]
+    ShortSecret(usize),
+    #[error("--jwks-url must be an https URL (an http one only with --jwks-insecure-http)")]
+    JwksHttp,
+    #[error("--gateway-id may hold only A-Z a-z 0-9 _ -, at most 253 of them")]
     GatewayId,
     #[error("--subject-prefix must be a non-empty NATS subject without wildcards")]
     SubjectPrefix,
@@ -312,8 +332,22 @@ impl Config {
         {
             return Err(ConfigError::NoAuth);
         }
+        if let Some(secret) = &self.auth_hs256_secret {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(ConfigError::ShortSecret(secret.len()));
+            }
+        }
+        if let Some(url) = &self.jwks_url {
+            let scheme = url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.scheme_str().map(str::to_ascii_lowercase));
+            if scheme.as_deref() != Some("https") && !(self.jwks_insecure_http && scheme.as_deref() == Some("http")) {
+                return Err(ConfigError::JwksHttp);
+            }
+        }
         if let Some(id) = &self.gateway_id {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if !herald_proto::sys::valid_gateway(id) {
                 return Err(ConfigError::GatewayId);
             }
         }
@@ -381,4 +415,45 @@ pub enum RoomSubscriptions {
     Wildcard,
     /// One subscription (and task) per room: NATS sends each gateway only its rooms' events.
     PerRoom,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("herald-gateway").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn hs256_secrets_need_32_bytes() {
+        let ok = "0123456789abcdef0123456789abcdef";
+        assert!(config(&["--auth-hs256-secret", ok]).validate().is_ok());
+        for short in ["", "s", &ok[1..]] {
+            assert!(matches!(
+                config(&["--auth-hs256-secret", short]).validate(),
+                Err(ConfigError::ShortSecret(n)) if n == short.len()
+            ));
+        }
+    }
+
+    #[test]
+    fn jwks_urls_are_https_unless_http_is_allowed() {
+        let url = |u: &str, insecure: bool| {
+            let mut args = vec!["--jwks-url", u];
+            if insecure {
+                args.push("--jwks-insecure-http");
+            }
+            config(&args).validate()
+        };
+        assert!(url("https://id.example/jwks.json", false).is_ok());
+        assert!(url("HTTPS://id.example/jwks.json", false).is_ok());
+        assert!(matches!(
+            url("http://id.example/jwks.json", false),
+            Err(ConfigError::JwksHttp)
+        ));
+        assert!(url("http://127.0.0.1:8000/jwks.json", true).is_ok());
+        assert!(matches!(url("ftp://id.example/jwks", true), Err(ConfigError::JwksHttp)));
+        assert!(matches!(url("not a url", true), Err(ConfigError::JwksHttp)));
+    }
 }

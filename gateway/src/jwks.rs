@@ -5,10 +5,17 @@
 //! cannot hammer the provider. Each fetch replaces the whole set: a key the provider removed
 //! stops verifying tokens from then on.
 //!
+//! A fetch runs in a task of its own, never under a lock a request waits on: a request with
+//! an unknown `kid` waits at most [`KID_WAIT`] for a fetch in flight, and at most
+//! [`MAX_KID_WAITERS`] requests wait at once; the others are refused at once. A slow
+//! provider and a flood of made-up `kid`s therefore cannot park requests (which hold a
+//! socket and a task, before `--max-connections` counts them) for a fetch's whole timeout.
+//!
 //! Only signature keys of the three supported families are taken: RSA (RS256), EC P-256
 //! (ES256) and Ed25519 (EdDSA); symmetric keys in a JWKS are ignored.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +25,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::sync::lock;
@@ -26,6 +34,13 @@ use crate::sync::lock;
 const MAX_BODY: usize = 1 << 20;
 /// One fetch's time limit.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a request with an unknown `kid` waits for a fetch in flight before it is
+/// refused as unauthorized: long enough for a provider that answers normally (a key
+/// rotation verifies at once), short next to the fetch timeout.
+pub(crate) const KID_WAIT: Duration = Duration::from_secs(1);
+/// The most requests waiting for a fetch at once; more are refused without waiting. Each
+/// holds a socket and a task outside `--max-connections`.
+pub(crate) const MAX_KID_WAITERS: usize = 64;
 
 /// A key of the set: the key and the one algorithm it verifies.
 #[derive(Clone)]
@@ -38,29 +53,54 @@ pub(crate) struct Key {
 pub(crate) struct Jwks {
     url: http::Uri,
     keys: Mutex<HashMap<String, Key>>,
-    /// When the last fetch started; held across a fetch, so concurrent callers wait for it.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    fetches: Mutex<Fetches>,
+    /// Told when a fetch ends.
+    fetched: Notify,
+    /// Requests waiting for a fetch, bounded by [`MAX_KID_WAITERS`].
+    waiters: AtomicUsize,
     min_interval: Duration,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
+/// When the last fetch started, and whether one is in flight.
+#[derive(Default)]
+struct Fetches {
+    last: Option<Instant>,
+    running: bool,
+}
+
+/// Counts one request among [`Jwks::waiters`] while it lives.
+struct Waiter<'a>(&'a AtomicUsize);
+
+// === impl Jwks ===
+
 impl Jwks {
-    pub(crate) fn new(url: &str, min_interval: Duration) -> Result<Self, String> {
+    /// A set for `url`; `allow_http` also takes an `http://` URL (`--jwks-insecure-http`).
+    pub(crate) fn new(url: &str, min_interval: Duration, allow_http: bool) -> Result<Self, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("--jwks-url {url:?}: {e}"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(format!("--jwks-url {url:?}: expected an http(s) URL"));
+        let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+        let http_ok = allow_http && scheme.as_deref() == Some("http");
+        if !(scheme.as_deref() == Some("https") || http_ok) || uri.host().is_none() {
+            return Err(format!(
+                "--jwks-url {url:?}: expected an https URL (http only with --jwks-insecure-http)"
+            ));
         }
         // The provider is named: with both rustls backends in one build, there is no default.
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("--jwks-url: TLS: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+            .map_err(|e| format!("--jwks-url: TLS: {e}"))?;
+        // Without the flag the connector itself refuses plain http, whatever the URL says.
+        let https = if allow_http {
+            builder.https_or_http().enable_http1().build()
+        } else {
+            builder.https_only().enable_http1().build()
+        };
         Ok(Self {
             url: uri,
             keys: Mutex::default(),
-            last_fetch: tokio::sync::Mutex::new(None),
+            fetches: Mutex::default(),
+            fetched: Notify::new(),
+            waiters: AtomicUsize::new(0),
             min_interval,
             client: Client::builder(TokioExecutor::new()).build(https),
         })
@@ -71,15 +111,51 @@ impl Jwks {
         lock(&self.keys).get(kid).cloned()
     }
 
-    /// Fetches the set unless one was fetched within `--jwks-min-interval`; a caller that
-    /// finds a fetch in progress waits for it. Returns once the set is as fresh as allowed.
-    pub(crate) async fn refresh(&self) {
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < self.min_interval) {
+    /// Fetches the set and waits for the fetch (or the one in flight) to end: the first
+    /// fetch, before the gateway serves.
+    pub(crate) async fn fetch_now(self: &Arc<Self>) {
+        let fetched = self.fetched.notified();
+        if self.start_fetch(true) || lock(&self.fetches).running {
+            // A fetch ends within FETCH_TIMEOUT; the bound only guards against a lost task.
+            let _ = tokio::time::timeout(FETCH_TIMEOUT * 2, fetched).await;
+        }
+    }
+
+    /// For a token with an unknown `kid`: starts a fetch unless one ran within
+    /// `--jwks-min-interval`, then waits for the one in flight, if any, at most
+    /// [`KID_WAIT`], and not at all when [`MAX_KID_WAITERS`] requests already wait.
+    pub(crate) async fn refresh(self: &Arc<Self>) {
+        // Created before the check, so an end between the two is not missed.
+        let fetched = self.fetched.notified();
+        self.start_fetch(false);
+        if !lock(&self.fetches).running {
             return;
         }
-        *last = Some(Instant::now());
-        self.fetch().await;
+        let Some(_waiter) = Waiter::enter(&self.waiters) else {
+            return;
+        };
+        let _ = tokio::time::timeout(KID_WAIT, fetched).await;
+    }
+
+    /// Starts a fetch in a task of its own unless one is in flight or (without `force`) one
+    /// started within `--jwks-min-interval`; whether it started one.
+    fn start_fetch(self: &Arc<Self>, force: bool) -> bool {
+        {
+            let mut f = lock(&self.fetches);
+            let recent = f.last.is_some_and(|t| t.elapsed() < self.min_interval);
+            if f.running || (recent && !force) {
+                return false;
+            }
+            f.running = true;
+            f.last = Some(Instant::now());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.fetch().await;
+            lock(&this.fetches).running = false;
+            this.fetched.notify_waiters();
+        });
+        true
     }
 
     /// Refreshes every `every`, for as long as the gateway holds the set.
@@ -89,8 +165,7 @@ impl Jwks {
         loop {
             tick.tick().await;
             let Some(jwks) = this.upgrade() else { return };
-            *jwks.last_fetch.lock().await = Some(Instant::now());
-            jwks.fetch().await;
+            jwks.start_fetch(true);
         }
     }
 
@@ -156,6 +231,26 @@ pub(crate) fn keys_of(set: &JwkSet) -> HashMap<String, Key> {
     keys
 }
 
+// === impl Waiter ===
+
+impl<'a> Waiter<'a> {
+    /// One more waiter, unless there are [`MAX_KID_WAITERS`] already.
+    fn enter(count: &'a AtomicUsize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_KID_WAITERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Starts the timer refresh of `jwks`.
 pub(crate) fn spawn_refresh(jwks: &Arc<Jwks>, every: Duration) {
     tokio::spawn(Jwks::run(Arc::downgrade(jwks), every));
@@ -194,9 +289,12 @@ mod tests {
     }
 
     #[test]
-    fn the_url_must_be_http_or_https() {
-        assert!(Jwks::new("https://id.example/.well-known/jwks.json", Duration::from_secs(1)).is_ok());
-        assert!(Jwks::new("ftp://id.example/jwks", Duration::from_secs(1)).is_err());
-        assert!(Jwks::new("not a url", Duration::from_secs(1)).is_err());
+    fn the_url_must_be_https_unless_http_is_allowed() {
+        let s = Duration::from_secs(1);
+        assert!(Jwks::new("https://id.example/.well-known/jwks.json", s, false).is_ok());
+        assert!(Jwks::new("http://id.example/.well-known/jwks.json", s, false).is_err());
+        assert!(Jwks::new("http://127.0.0.1:9/jwks", s, true).is_ok());
+        assert!(Jwks::new("ftp://id.example/jwks", s, true).is_err());
+        assert!(Jwks::new("not a url", s, true).is_err());
     }
 }

@@ -88,7 +88,7 @@ impl Gateway {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
         if let Some(jwks) = auth.jwks() {
-            jwks.refresh().await;
+            jwks.fetch_now().await;
             jwks::spawn_refresh(jwks, config.jwks_refresh);
         }
         let tls = tls::acceptor(&config)?;

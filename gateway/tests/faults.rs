@@ -1,6 +1,6 @@
 //! Panics injected at every await of the WebSocket session (reader and writer), `/sse` and
 //! `/poll` (with presence and watch), through the `fail` points compiled in by the
-//! `failpoints` feature.
+//! `failpoints` feature (the gateway's dev-dependency on `fail` enables it for its tests).
 //! After each one the gateway holds nothing for the failed client: no connection, no room
 //! subscription, no NATS interest for its rooms, feeds or users, and fanout lists no member.
 //! Other clients are unaffected, and the connection limit is whole again.
@@ -116,6 +116,9 @@ async fn ws_case(stack: &Stack, point: &str, op: serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_at_any_await_leaves_nothing_behind() {
+    // The gateway's dev-dependency on `fail` turns them on; without them every case
+    // below would wait for a panic that never comes.
+    assert!(fail::has_failpoints(), "fail points compiled in");
     let nats = NatsServer::start();
     let fanout = Process::fanout(&nats.url(), "f1", &["--leave-delay", "100ms"]);
     let gw = TestGateway::start_with(&nats.url(), |c| {

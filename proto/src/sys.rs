@@ -68,6 +68,17 @@ pub struct Join {
 
 /// The longest connection id in a gateway message.
 pub const MAX_CONN_LEN: usize = 256;
+/// The longest gateway id (`--gateway-id`; a Kubernetes pod name has at most 253
+/// characters, a generated one far fewer). Fanout keeps state per gateway id.
+pub const MAX_GATEWAY_LEN: usize = 253;
+
+/// Whether `id` can be a gateway's id: 1 to [`MAX_GATEWAY_LEN`] of `A-Z a-z 0-9 _ -` (so
+/// also one subject token of `herald.sys.gw.<gateway>`).
+pub fn valid_gateway(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_GATEWAY_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 // === impl Change ===
 
@@ -163,6 +174,14 @@ mod tests {
             r#"{"gw":"gw-a","epoch":7,"k":"changes","first":3,"changes":[{"c":"open","conn":"gw-a-1","user":"bob"},{"c":"leave","room":"lobby","conn":"gw-a-1"}]}"#
         );
         assert_eq!(serde_json::from_str::<GatewayMsg>(&text).unwrap(), msg);
+    }
+
+    #[test]
+    fn gateway_ids_are_short_subject_tokens() {
+        assert!(valid_gateway("gw-a_1") && valid_gateway(&"g".repeat(MAX_GATEWAY_LEN)));
+        for bad in ["", "a.b", "a*", "a b", &"g".repeat(MAX_GATEWAY_LEN + 1)] {
+            assert!(!valid_gateway(bad), "{bad:?}");
+        }
     }
 
     #[test]

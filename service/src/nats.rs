@@ -22,7 +22,17 @@ pub async fn connect(
     on_event: fn(&'static str),
 ) -> Result<(Client, watch::Receiver<u64>), ConnectError> {
     let (tx, rx) = watch::channel(0u64);
-    let client = async_nats::ConnectOptions::new()
+    let servers = server_list(urls)?;
+    let mut options = async_nats::ConnectOptions::new();
+    // async-nats ignores credentials in a URL; a NATS user (deploy/k8s/base/nats-auth.conf)
+    // comes as `nats://user:password@host`, the same for every server of a cluster.
+    if let Some(s) = servers.iter().find(|s| s.has_user_pass()) {
+        options = options.user_and_password(
+            s.username().unwrap_or_default().to_owned(),
+            s.password().unwrap_or_default().to_owned(),
+        );
+    }
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .ping_interval(Duration::from_secs(10))
@@ -38,7 +48,7 @@ pub async fn connect(
                 debug!(event = label, "NATS connection event");
             }
         })
-        .connect(server_list(urls)?.as_slice())
+        .connect(servers.as_slice())
         .await
         .map_err(|e| ConnectError(e.to_string()))?;
     Ok((client, rx))

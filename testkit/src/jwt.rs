@@ -4,7 +4,7 @@ use herald_proto::claims::{Claims, Grants};
 use jsonwebtoken::{encode, EncodingKey, Header};
 
 /// The HS256 secret test gateways use.
-pub const SECRET: &str = "herald-test-secret";
+pub const SECRET: &str = "herald-test-secret-0123456789abcdef";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {

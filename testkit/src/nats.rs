@@ -47,6 +47,12 @@ impl NatsServer {
         nodes
     }
 
+    /// Starts `nats-server -js` with the config file `config` (users, permissions) under
+    /// the harness's flags (port, store).
+    pub fn with_config(config: &Path) -> Self {
+        Self::with_args(vec!["-c".into(), config.display().to_string()])
+    }
+
     fn with_args(args: Vec<String>) -> Self {
         let nats = Nats::start(NatsOptions {
             args,

@@ -217,7 +217,8 @@ pub(crate) fn browser() -> Result<()> {
     let work = root().join("target/browser");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("screenshots"))?;
-    let secret = "herald-browser-secret";
+    // At least 32 bytes, as the gateway requires.
+    let secret = "herald-browser-test-secret-0123456789";
     let debug = root().join("target/debug");
     let result = browser_stack(nats_bin, &work, secret).and_then(|(nats, programs)| {
         let urls: Vec<String> = programs[1..].iter().map(Program::http_url).collect();

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, Nats, NatsOptions, Program, START_TIMEOUT};
 
 /// The HS256 secret of the local stack; printed so that backends can mint tokens.
-pub(crate) const DEV_SECRET: &str = "herald-dev-secret";
+pub(crate) const DEV_SECRET: &str = "herald-dev-secret-for-this-machine-only";
 
 pub(crate) fn up() -> Result<()> {
     let nats_bin = install()?;

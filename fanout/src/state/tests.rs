@@ -254,3 +254,19 @@ fn a_silent_gateway_expires_without_the_leave_delay() {
     assert_eq!(s.expired, 1);
     assert!(s.online("amy"));
 }
+
+#[test]
+fn a_gateway_heard_from_before_its_messages_are_applied_does_not_expire() {
+    let (mut s, t) = (state(), Instant::now());
+    s.on_gateway(snapshot("a", 1, 0, &[("c1", "bob")], &[("lobby", "c1")]), t);
+    s.tick(t);
+    // Its heartbeats arrived (the intake noted them) but wait behind other work.
+    s.heard("a", t + Duration::from_secs(10));
+    s.heard("a", t + Duration::from_secs(5));
+    s.heard("unknown", t + Duration::from_secs(10));
+    let out = s.tick(t + Duration::from_secs(15));
+    assert!(diffs(&out).is_empty(), "{out:?}");
+    assert_eq!((s.expired, s.online("bob")), (0, true));
+    s.tick(t + Duration::from_secs(25));
+    assert_eq!((s.expired, s.online("bob")), (1, false));
+}

@@ -24,6 +24,27 @@ fn refuses_to_start_without_auth_with_exit_64() {
 }
 
 #[test]
+fn refuses_short_hs256_secrets_and_http_jwks_urls_with_exit_64() {
+    let secret32 = "0123456789abcdef0123456789abcdef";
+    let cases: [(&[&str], &str); 5] = [
+        (&["--auth-hs256-secret", ""], "at least 32 bytes"),
+        (&["--auth-hs256-secret", "herald-dev-secret"], "at least 32 bytes"),
+        (&["--auth-hs256-secret", &secret32[1..]], "at least 32 bytes"),
+        (&["--jwks-url", "http://127.0.0.1:9/jwks.json"], "--jwks-insecure-http"),
+        (
+            &["--jwks-url", "ftp://id.example/jwks.json", "--jwks-insecure-http"],
+            "https",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = gateway_bin().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn help_documents_every_flag_with_its_env_variable() {
     let out = gateway_bin().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
@@ -37,6 +58,7 @@ fn help_documents_every_flag_with_its_env_variable() {
         "jwks-url",
         "jwks-refresh",
         "jwks-min-interval",
+        "jwks-insecure-http",
         "poll-session-ttl",
         "poll-leave-grace",
         "allow-anonymous",

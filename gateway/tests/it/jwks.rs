@@ -1,6 +1,7 @@
-//! `--jwks-url` against a local JWKS server that rotates its keys mid-test.
+//! `--jwks-url` against a local JWKS server that rotates its keys mid-test, or stops
+//! answering.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,8 +54,9 @@ fn token(alg: Algorithm, key: &EncodingKey, kid: &str, user: &str) -> String {
     jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
 
-/// A JWKS endpoint serving `set`, counting its requests.
-async fn jwks_server(set: Arc<Mutex<Value>>, hits: Arc<AtomicU64>) -> String {
+/// A JWKS endpoint serving `set`, counting its requests; while `stall` is set it reads a
+/// request and never answers (the gateway's fetch times out).
+async fn jwks_server(set: Arc<Mutex<Value>>, hits: Arc<AtomicU64>, stall: Arc<AtomicBool>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -62,7 +64,7 @@ async fn jwks_server(set: Arc<Mutex<Value>>, hits: Arc<AtomicU64>) -> String {
             let Ok((mut tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (set, hits) = (Arc::clone(&set), Arc::clone(&hits));
+            let (set, hits, stall) = (Arc::clone(&set), Arc::clone(&hits), Arc::clone(&stall));
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut head = Vec::new();
@@ -73,6 +75,11 @@ async fn jwks_server(set: Arc<Mutex<Value>>, hits: Arc<AtomicU64>) -> String {
                     }
                 }
                 hits.fetch_add(1, Ordering::SeqCst);
+                if stall.load(Ordering::SeqCst) {
+                    // Holds the socket until the gateway gives up on it.
+                    let _ = tcp.read(&mut buf).await;
+                    return;
+                }
                 let body = set.lock().unwrap().to_string();
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -83,6 +90,19 @@ async fn jwks_server(set: Arc<Mutex<Value>>, hits: Arc<AtomicU64>) -> String {
         }
     });
     format!("http://{addr}/.well-known/jwks.json")
+}
+
+/// A gateway verifying tokens with the JWKS at `url` (plain http on loopback, so
+/// `--jwks-insecure-http`).
+async fn jwks_gateway(nats: &NatsServer, url: String, min_interval: Duration) -> TestGateway {
+    TestGateway::start_with(&nats.url(), |c| {
+        c.auth_hs256_secret = None;
+        c.jwks_url = Some(url);
+        c.jwks_insecure_http = true;
+        c.jwks_min_interval = min_interval;
+        c.jwks_refresh = Duration::from_secs(3600);
+    })
+    .await
 }
 
 /// The status of a `/poll` with `token`.
@@ -98,14 +118,8 @@ async fn keys_rotate_through_the_jwks_and_unknown_kids_do_not_hammer_it() {
     let nats = NatsServer::start();
     let set = Arc::new(Mutex::new(json!({"keys": [ec_jwk("k1")]})));
     let hits = Arc::new(AtomicU64::new(0));
-    let url = jwks_server(Arc::clone(&set), Arc::clone(&hits)).await;
-    let gw = TestGateway::start_with(&nats.url(), |c| {
-        c.auth_hs256_secret = None;
-        c.jwks_url = Some(url);
-        c.jwks_min_interval = MIN_INTERVAL;
-        c.jwks_refresh = Duration::from_secs(3600);
-    })
-    .await;
+    let url = jwks_server(Arc::clone(&set), Arc::clone(&hits), Arc::default()).await;
+    let gw = jwks_gateway(&nats, url, MIN_INTERVAL).await;
     assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once at start");
     let ec = EncodingKey::from_ec_pem(data("ec_private.pem").as_bytes()).unwrap();
     let ed = EncodingKey::from_ed_pem(data("ed_private.pem").as_bytes()).unwrap();
@@ -161,4 +175,54 @@ async fn keys_rotate_through_the_jwks_and_unknown_kids_do_not_hammer_it() {
     assert_eq!(r.status, 401);
     assert!(r.body.contains("unknown key id `k1`"), "{}", r.body);
     assert_eq!(status(&gw, &new).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_jwks_fetch_does_not_hold_up_unknown_kids_or_known_keys() {
+    let nats = NatsServer::start();
+    let set = Arc::new(Mutex::new(json!({"keys": [ec_jwk("k1")]})));
+    let (hits, stall) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let url = jwks_server(Arc::clone(&set), Arc::clone(&hits), Arc::clone(&stall)).await;
+    // No interval between fetches: every unknown kid may start one, none may be in flight.
+    let gw = jwks_gateway(&nats, url, Duration::ZERO).await;
+    let ec = EncodingKey::from_ec_pem(data("ec_private.pem").as_bytes()).unwrap();
+    let ed = EncodingKey::from_ed_pem(data("ed_private.pem").as_bytes()).unwrap();
+    let known = token(Algorithm::ES256, &ec, "k1", "alice");
+    assert_eq!(status(&gw, &known).await, 200);
+
+    // The provider stops answering: its next fetch hangs for the gateway's whole fetch
+    // timeout (5 s). 200 connections with made-up kids arrive at once.
+    stall.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut flood = Vec::new();
+    for i in 0..200 {
+        let t = token(Algorithm::EdDSA, &ed, &format!("made-up-{i}"), "mallory");
+        let addr = gw.addr;
+        flood.push(tokio::spawn(async move {
+            http::get(addr, &format!("/poll?rooms=lobby&wait=0&token={t}"))
+                .await
+                .unwrap()
+                .status
+        }));
+    }
+    // Meanwhile known keys verify without waiting for the fetch.
+    for _ in 0..10 {
+        let answer = tokio::time::timeout(Duration::from_millis(500), status(&gw, &known)).await;
+        assert_eq!(answer, Ok(200), "a known key while the fetch hangs");
+    }
+    // Every made-up kid is refused after at most the bounded wait (1 s), long before the
+    // fetch gives up.
+    let all = async {
+        let mut codes = Vec::new();
+        for f in flood {
+            codes.push(f.await.unwrap());
+        }
+        codes
+    };
+    let codes = tokio::time::timeout(Duration::from_secs(3), all)
+        .await
+        .expect("the made-up kids are answered within 3 s");
+    assert!(codes.iter().all(|&c| c == 401), "{codes:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "one fetch at start, one for the flood");
 }
