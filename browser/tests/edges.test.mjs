@@ -81,9 +81,14 @@ test("a 5 s token refreshed by getToken: 20 s of events arrive once each on WebS
   const context = await browser.newContext();
   await context.exposeFunction("mintToken", () => mint("refresher", 5));
   const pages = {};
+  // Where a fetch can send a header, the token goes in it, never in a URL (proxies log URLs).
+  const polls = [];
   for (const transport of ["websocket", "sse", "long-poll"]) {
     const page = await context.newPage();
     page.on("pageerror", (e) => console.error(`[${transport}] page error:`, e.message));
+    page.on("request", (r) => {
+      if (new URL(r.url()).pathname === "/poll") polls.push({ url: r.url(), auth: r.headers().authorization });
+    });
     await page.goto(`${gateway}/support.html`);
     await page.evaluate(
       async ({ gateway, room, transport }) => {
@@ -137,6 +142,11 @@ test("a 5 s token refreshed by getToken: 20 s of events arrive once each on WebS
     const { tokens: fetched, errors } = await page.evaluate(() => ({ tokens: window.tokens, errors: window.errors }));
     assert.ok(fetched >= 4, `${transport}: the first token and at least three refreshes (${fetched})`);
     assert.deepEqual(errors, [], transport);
+  }
+  assert.ok(polls.length > 0, "the long-poll page polled");
+  for (const { url, auth } of polls) {
+    assert.equal(new URL(url).searchParams.get("token"), null, url);
+    assert.match(auth ?? "", /^Bearer /, url);
   }
 
   // A getToken that fails is a clear `error` event, and the client keeps trying.

@@ -63,7 +63,17 @@ pub(crate) enum Input {
 pub(crate) struct Queued {
     pub input: Input,
     bytes: usize,
+    /// When it was read off NATS.
+    at: Instant,
 }
+
+/// What a request holds of [`MAX_QUEUED_BYTES`] besides its bytes (its message, subjects
+/// and queue entry): an empty presence request is not free.
+const REQUEST_COST: usize = 256;
+
+/// A request that waited this long is dropped, not answered: the gateway that asked gave up
+/// after 2 s, and answering it would only make fanout later for the requests still waited on.
+const REQUEST_STALE: Duration = Duration::from_secs(2);
 
 /// The shared half: liveness and the queue's byte count.
 #[derive(Clone, Default)]
@@ -108,11 +118,11 @@ impl Intake {
                     }
                 },
                 Some(msg) = next(&mut presence) => {
-                    let n = msg.payload.len();
+                    let n = request_cost(&msg);
                     self.queue(Input::Presence(msg), n)
                 }
                 Some(msg) = next(&mut status) => {
-                    let n = msg.payload.len();
+                    let n = request_cost(&msg);
                     self.queue(Input::Status(msg), n)
                 }
                 Some(r) = requests.recv(), if presence.is_none() => {
@@ -170,12 +180,22 @@ impl Intake {
         let took = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
             (q + bytes <= MAX_QUEUED_BYTES).then_some(q + bytes)
         });
-        took.ok().map(|_| Queued { input, bytes })
+        took.ok().map(|_| Queued {
+            input,
+            bytes,
+            at: Instant::now(),
+        })
     }
 
-    /// Called by the presence task for each input it takes off the queue.
-    pub(crate) fn taken(&self, q: &Queued) {
+    /// Called by the presence task for each input it takes off the queue; false for a
+    /// request older than [`REQUEST_STALE`], which is dropped (and counted).
+    pub(crate) fn taken(&self, q: &Queued) -> bool {
         self.queued.fetch_sub(q.bytes, Ordering::AcqRel);
+        let stale = !matches!(q.input, Input::Gateway(_)) && q.at.elapsed() > REQUEST_STALE;
+        if stale {
+            metrics::counter!(metric::SYS_DROPPED, "reason" => "stale_request").increment(1);
+        }
+        !stale
     }
 
     /// When each gateway was last heard from; forgets those silent for `timeout`.
@@ -198,4 +218,10 @@ async fn next(sub: &mut Option<Subscriber>) -> Option<Message> {
         Some(sub) => sub.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// What a request holds of the queue's bound: its bytes, subjects and [`REQUEST_COST`].
+fn request_cost(msg: &Message) -> usize {
+    let reply = msg.reply.as_ref().map_or(0, |r| r.len());
+    REQUEST_COST + msg.payload.len() + msg.subject.len() + reply
 }

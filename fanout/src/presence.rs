@@ -105,7 +105,9 @@ impl Tracker {
                     led = now_led;
                 }
                 Some(q) = inputs.recv() => {
-                    intake.taken(&q);
+                    if !intake.taken(&q) {
+                        continue;
+                    }
                     match q.input {
                         Input::Gateway(msg) => state.on_gateway(msg, Instant::now()),
                         Input::Presence(msg) => self.answer_presence(&mut state, &mut cache, msg).await,

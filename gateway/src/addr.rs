@@ -57,36 +57,36 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The addresses of `X-Forwarded-For` (every header line, in order), or else of the `for=`
-/// parameters of `Forwarded` (RFC 7239). Entries that are not addresses (`unknown`,
-/// obfuscated names) end the chain there: nothing before them can be attributed.
+/// The addresses of `X-Forwarded-For` (every header line, in order), or, when the request
+/// has no `X-Forwarded-For` line at all, of the `for=` parameters of `Forwarded` (RFC 7239).
+/// Entries that are not addresses (`unknown`, obfuscated names, bytes that are not text)
+/// end the chain there: nothing before them can be attributed. Values are split as bytes: a
+/// line the client started with bytes that are not text still ends in the entry its proxy
+/// appended.
 fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let entries: Vec<&str> = if xff.is_empty() {
+    let xff = headers.get_all("x-forwarded-for");
+    let entries: Vec<&[u8]> = if xff.iter().next().is_some() {
+        xff.iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).collect()
+    } else {
         headers
             .get_all(http::header::FORWARDED)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
-                })
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|element| {
+                element
+                    .split(|&b| b == b';')
+                    .find_map(|pair| {
+                        let eq = pair.iter().position(|&b| b == b'=')?;
+                        let key = std::str::from_utf8(&pair[..eq]).ok()?;
+                        key.trim().eq_ignore_ascii_case("for").then_some(&pair[eq + 1..])
+                    })
+                    .unwrap_or(b"")
             })
             .collect()
-    } else {
-        xff
     };
     let mut chain = Vec::with_capacity(entries.len());
     for entry in entries {
-        match parse_node(entry) {
+        match std::str::from_utf8(entry).ok().and_then(parse_node) {
             Some(ip) => chain.push(ip),
             None => chain.clear(),
         }
@@ -156,6 +156,26 @@ mod tests {
         // Garbage ends the chain; with nothing attributable, the proxy.
         let h = [("x-forwarded-for", "198.51.100.9, not-an-ip")];
         assert_eq!(resolve("10.1.2.3", &h, &trusted), "10.1.2.3");
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_do_not_hide_the_proxys_entry() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // The client's line starts with a byte nginx passes on; nginx appended the real peer,
+        // and the client's own `Forwarded` must not stand in for it.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\x80, 198.51.100.9").unwrap(),
+        );
+        h.append("forwarded", "for=203.0.113.77".parse().unwrap());
+        let peer = "10.0.0.1".parse().unwrap();
+        assert_eq!(ClientAddr::resolve(peer, &h, &trusted).to_string(), "198.51.100.9");
+        // `Forwarded` counts only without any `X-Forwarded-For` line.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", http::HeaderValue::from_bytes(b"\x80").unwrap());
+        h.append("forwarded", "for=203.0.113.77".parse().unwrap());
+        assert_eq!(ClientAddr::resolve(peer, &h, &trusted).to_string(), "10.0.0.1");
     }
 
     #[test]

@@ -118,6 +118,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_ANONYMOUS_MEMBERSHIPS_PER_ADDRESS", default_value_t = 512)]
     pub max_anonymous_memberships_per_address: usize,
 
+    /// Most users anonymous clients of one address watch at once (over all their
+    /// connections and requests); past it, `watch` refuses with `rate_limited`.
+    #[arg(long, env = "HERALD_MAX_ANONYMOUS_WATCHES_PER_ADDRESS", default_value_t = 2000)]
+    pub max_anonymous_watches_per_address: usize,
+
     /// Longest a write to a client may make no progress (a socket that stops reading, a
     /// response body nobody takes): past it, the connection is dropped.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]

@@ -95,12 +95,19 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        .max_buf_size(HTTP_BUFFER)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         debug!(%remote, error = %e, "HTTP connection ended with an error");
     }
 }
+
+/// Bytes hyper buffers per connection, each way: a request head must fit (browsers send a
+/// few KiB; a cursor of `--max-subscriptions` rooms some tens), and an answer hyper has taken
+/// but not written is at most this (hyper asks for more of a body only below it), so an
+/// answer holds its connection slot until little of it is left.
+const HTTP_BUFFER: usize = 64 * 1024;
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
@@ -171,6 +178,11 @@ async fn upgrade(
         claims: None,
         anonymous: None,
     });
+    // An anonymous client's connects count against its address's requests (a fresh sid per
+    // connect is a fresh user; the churn of connections is what costs fanout).
+    if identity.anonymous.is_some() {
+        transport::request_allowed(&shared, &identity)?;
+    }
     let slot = shared.reserve(conn_id, &identity)?;
     let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
         .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("bad upgrade: {e}")))?;

@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     anonymous_conns: Arc<Quota>,
     /// Presence memberships, per anonymous address and in all (`--max-memberships`).
     pub memberships: Arc<Quota>,
+    /// Watched users per anonymous address (`--max-anonymous-watches-per-address`; the
+    /// gateway's total is the feeds' `--max-feeds`).
+    watches: Arc<Quota>,
     pub conns: Connections,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
@@ -112,6 +115,14 @@ pub(crate) fn membership_refused(over: Over) -> MembershipRefused {
     }
 }
 
+/// Maps a refused watch to the contract's code (only an address's share can be full).
+pub(crate) fn watch_refused(_: Over) -> MembershipRefused {
+    MembershipRefused {
+        code: herald_proto::ErrorCode::RateLimited,
+        message: "too many watched users from this address",
+    }
+}
+
 // === impl Unavailable ===
 
 impl Unavailable {
@@ -144,6 +155,7 @@ impl Shared {
     ) -> Self {
         let anonymous_conns = Quota::new(config.max_anonymous_connections_per_address, usize::MAX);
         let memberships = Quota::new(config.max_anonymous_memberships_per_address, config.max_memberships);
+        let watches = Quota::new(config.max_anonymous_watches_per_address, usize::MAX);
         Self {
             origins: config.allowed_origins(),
             config,
@@ -155,6 +167,7 @@ impl Shared {
             http_buckets: Mutex::default(),
             anonymous_conns,
             memberships,
+            watches,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             stream_ready: AtomicBool::new(false),
@@ -224,6 +237,11 @@ impl Shared {
         self.memberships
             .take(who.anonymous_addr(), rooms)
             .map_err(membership_refused)
+    }
+
+    /// A share of `users` watched users for `who` (anonymous clients: counted per address).
+    pub(crate) fn watches_for(&self, who: &Identity, users: usize) -> Result<Held, MembershipRefused> {
+        self.watches.take(who.anonymous_addr(), users).map_err(watch_refused)
     }
 
     /// The client address of a request from `peer`: see [`ClientAddr::resolve`].

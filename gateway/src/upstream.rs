@@ -535,18 +535,20 @@ impl Upstream {
         let headers = msg.headers.as_ref()?;
         let num = |name: &str| headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
         let seq = num(header::NATS_SEQUENCE)?;
-        let stored_ns = headers
+        let stamped = headers
             .get(header::NATS_TIME_STAMP)
             .and_then(|v| humantime::parse_rfc3339_weak(v.as_str()).ok())
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_else(herald_service::now_ns);
+            .map(|d| d.as_nanos() as u64);
+        let stored_ns = stamped.unwrap_or_else(herald_service::now_ns);
         Some(StoredEvent {
             room: Arc::from(room),
             seq,
             prev: num(header::NATS_LAST_SEQUENCE).unwrap_or(0),
             ts: stored_ns / 1_000_000,
-            stored_us: stored_ns / 1_000,
+            // Without the store's own time it is unknown (0): no latency is measured from it,
+            // and it cannot pass for a later store (a stream reset).
+            stored_us: stamped.map_or(0, |ns| ns / 1_000),
             kind: text_header(headers, header::HERALD_TYPE),
             from: text_header(headers, header::HERALD_FROM),
             payload: msg.payload.clone(),

@@ -13,6 +13,25 @@ use crate::admin;
 /// How long a process may take to listen or to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Gateway flags for a local stack that load tests drive: anonymous clients on every room,
+/// and the per-address limits of anonymous clients lifted, since every simulated user comes
+/// from a few loopback addresses (each connection keeps its own limits).
+pub const LOAD_TEST_ANONYMOUS: [&str; 13] = [
+    "--allow-anonymous",
+    "--anonymous-rooms",
+    "*",
+    "--anonymous-publish",
+    "*",
+    "--max-anonymous-connections-per-address",
+    "1000000",
+    "--max-anonymous-memberships-per-address",
+    "100000000",
+    "--max-poll-sessions-per-user",
+    "1000000",
+    "--op-rate",
+    "1000000",
+];
+
 /// `HERALD_NATS_SERVER`, then `nats-server` on `PATH`, then the copy `cargo xtask` installs
 /// (`target/tools/venv/bin/nats-server`, found from the running executable).
 pub fn nats_binary() -> Result<PathBuf> {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, NatsOptions, START_TIMEOUT};
+use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, NatsOptions, LOAD_TEST_ANONYMOUS, START_TIMEOUT};
 
 pub use herald_harness::admin::{get_url as get, metric_sum};
 pub use herald_harness::launch::{Nats, Program};
@@ -22,32 +22,11 @@ pub fn fanout(nats_url: &str) -> Result<Program> {
     Ok(fanout)
 }
 
-/// The flags of a gateway that a load test drives: anonymous clients on every room, and the
-/// per-address limits of anonymous clients lifted (every simulated user comes from a few
-/// loopback addresses; each still gets the per-connection limits).
-pub const LOAD_TEST_FLAGS: &[&str] = &[
-    "--allow-anonymous",
-    "--anonymous-rooms",
-    "*",
-    "--anonymous-publish",
-    "*",
-    "--max-anonymous-connections-per-address",
-    "1000000",
-    "--max-anonymous-memberships-per-address",
-    "100000000",
-    "--max-poll-sessions-per-user",
-    "1000000",
-    "--op-rate",
-    "1000000",
-    "--publish-rate",
-    "1000000",
-];
-
-/// A ready gateway for load tests ([`LOAD_TEST_FLAGS`], 2 s drain) with `extra` flags, its
-/// stderr in `log`.
+/// A ready gateway for load tests ([`LOAD_TEST_ANONYMOUS`], its HTTP publishes unlimited too,
+/// 2 s drain) with `extra` flags, its stderr in `log`.
 pub fn gateway(nats_url: &str, id: &str, extra: &[String], log: Option<&Path>) -> Result<Program> {
-    let mut args: Vec<String> = LOAD_TEST_FLAGS.iter().map(|f| (*f).to_owned()).collect();
-    args.extend(["--drain-timeout".to_owned(), "2s".to_owned()]);
+    let mut args: Vec<String> = LOAD_TEST_ANONYMOUS.iter().map(|f| (*f).to_owned()).collect();
+    args.extend(["--publish-rate", "1000000", "--drain-timeout", "2s"].map(String::from));
     args.extend_from_slice(extra);
     let opts = GatewayOptions {
         id: id.to_owned(),

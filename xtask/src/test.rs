@@ -131,7 +131,7 @@ fn browser_stack(nats_bin: std::path::PathBuf, work: &std::path::Path, secret: &
             "5",
         ]
         .into_iter()
-        .chain(crate::up::LOCAL_ANONYMOUS)
+        .chain(herald_harness::launch::LOAD_TEST_ANONYMOUS)
         .collect();
         programs.push(Program::gateway(
             &nats_url,

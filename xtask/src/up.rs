@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::tools::install;
 use crate::{cargo, root, run};
 use anyhow::{Context, Result};
-use herald_harness::launch::{FanoutOptions, GatewayOptions, Logs, Nats, NatsOptions, Program, START_TIMEOUT};
+use herald_harness::launch::{
+    FanoutOptions, GatewayOptions, Logs, Nats, NatsOptions, Program, LOAD_TEST_ANONYMOUS, START_TIMEOUT,
+};
 
 /// The HS256 secret of the local stack; printed so that backends can mint tokens.
 pub(crate) const DEV_SECRET: &str = "herald-dev-secret-for-this-machine-only";
@@ -60,7 +62,7 @@ pub(crate) fn up() -> Result<()> {
                 admin: Some(localhost(admin)),
                 args: ["--auth-hs256-secret", DEV_SECRET, "--drain-timeout", "3s"]
                     .into_iter()
-                    .chain(LOCAL_ANONYMOUS)
+                    .chain(LOAD_TEST_ANONYMOUS)
                     .map(String::from)
                     .collect(),
                 logs: Logs::Inherit,
@@ -144,22 +146,3 @@ pub(crate) fn token(user: &str, name: &str, rooms: &[&str], secret: &str) -> Res
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?)
 }
-
-/// The local stack's anonymous clients: the demo chat on any room, and `loadtest` runs from
-/// loopback, whose simulated users share one address (so its per-address limits are lifted;
-/// each connection keeps its own).
-pub(crate) const LOCAL_ANONYMOUS: [&str; 13] = [
-    "--allow-anonymous",
-    "--anonymous-rooms",
-    "*",
-    "--anonymous-publish",
-    "*",
-    "--max-anonymous-connections-per-address",
-    "1000000",
-    "--max-anonymous-memberships-per-address",
-    "100000000",
-    "--max-poll-sessions-per-user",
-    "1000000",
-    "--op-rate",
-    "1000000",
-];

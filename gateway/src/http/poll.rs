@@ -25,7 +25,7 @@ use crate::feeds::{FeedSet, Kind};
 use crate::hub::UpstreamError;
 use crate::metrics::{self, Transport};
 use crate::outbound::{Content, Format};
-use crate::presence::{PollSessions, SessionLimits, SessionRefused};
+use crate::presence::{PollSessions, Presence, SessionLimits, SessionRefused};
 use crate::state::{membership_refused, Shared, Slot};
 
 use super::{
@@ -48,6 +48,8 @@ pub(crate) async fn poll(
     let wait = wait(shared, &req)?;
     request_allowed(shared, &who)?;
     let slot = shared.reserve(conn_id, &who)?;
+    // Its watched users are followed while it waits: counted against the address meanwhile.
+    let _watches = shared.watches_for(&who, watch.len())?;
     // A session (online, a member of its presence rooms, kept after the answer) only when
     // the poll asks for what needs one: a sid alone opens nothing.
     let wants_session = !members_of.is_empty() || !watch.is_empty();
@@ -123,7 +125,15 @@ async fn answer(
     }
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
-    if !events.is_empty() || wait.is_zero() || draining || backlog.more || !backlog.unrecovered.is_empty() {
+    // A session in the middle of a round of presence answers gets the next one at once.
+    let presence_more = session.is_some_and(|s| shared.presence.polls.presence_from(s) != 0);
+    if !events.is_empty()
+        || wait.is_zero()
+        || draining
+        || backlog.more
+        || presence_more
+        || !backlog.unrecovered.is_empty()
+    {
         let tail = tail(shared, session, members_of, watch, backlog, &events).await;
         return Ok(respond(transport, &events, &positions, &tail, slot));
     }
@@ -257,14 +267,15 @@ async fn hold<'a>(
 type Backlog = PollTail;
 
 /// The answer's tail: the backlog, and the snapshots and statuses the request asked for, as
-/// fanout answers now (left out if it does not answer), all asked at once under one
-/// deadline.
+/// fanout answers now (left out if it does not answer), asked a few rooms at a time under one
+/// deadline, the statuses beside them.
 ///
 /// Snapshots count against the answer's `--replay-max-bytes` with its events: those that do
 /// not fit are left out (the client keeps its last ones) and the answer says `more`; the
-/// session's next answer starts at the first left out (and holds none before it), so every
-/// room's members arrive within a round of a few answers however large the rooms are. The first snapshot of an answer without events
-/// goes whatever its size (fanout sends counts only past its `--large-room`).
+/// session's next answer (at once, even a long-poll's) starts at the first left out and
+/// holds none before it, so every room's members arrive within a round of a few answers
+/// however large the rooms are. The first snapshot of an answer without events goes whatever
+/// its size (fanout sends counts only past its `--large-room`).
 async fn tail(
     shared: &Shared,
     session: Option<&str>,
@@ -273,8 +284,8 @@ async fn tail(
     backlog: Backlog,
     events: &[Bytes],
 ) -> PollTail {
-    let mut tail = backlog;
     let presence = &shared.presence;
+    let deadline = Presence::fanout_deadline();
     let statuses = async {
         if watch.is_empty() {
             None
@@ -282,11 +293,32 @@ async fn tail(
             presence.statuses(watch).await
         }
     };
-    let (snapshots, statuses) = tokio::join!(presence.snapshots(rooms), statuses);
+    let (mut tail, statuses) = tokio::join!(
+        snapshot_page(shared, session, rooms, backlog, events, deadline),
+        statuses
+    );
     tail.status = statuses;
+    tail
+}
+
+/// Rooms whose snapshots are asked of fanout at once: a poll holds at most this many of
+/// fanout's answers beyond what its budget takes.
+const SNAPSHOT_BATCH: usize = 4;
+
+/// The answer's presence: the snapshots of `rooms` from where the session's round stands,
+/// as many as fit the budget left by `events`, fetched a few at a time under `deadline`.
+async fn snapshot_page(
+    shared: &Shared,
+    session: Option<&str>,
+    rooms: &[String],
+    mut tail: PollTail,
+    events: &[Bytes],
+    deadline: tokio::time::Instant,
+) -> PollTail {
     if rooms.is_empty() {
         return tail;
     }
+    let presence = &shared.presence;
     let polls = &presence.polls;
     let from = session.map_or(0, |s| polls.presence_from(s)) % rooms.len();
     let mut budget = shared
@@ -296,18 +328,19 @@ async fn tail(
     let mut included = Vec::new();
     let mut next = 0;
     let mut first = events.is_empty();
-    for i in from..rooms.len() {
-        let Some((snapshot, size)) = &snapshots[i] else {
-            continue;
-        };
-        if *size > budget && !first {
-            next = i;
-            tail.more = true;
-            break;
+    'batches: for (b, batch) in rooms[from..].chunks(SNAPSHOT_BATCH).enumerate() {
+        let answers = presence.snapshots(batch, deadline).await;
+        for (k, answer) in answers.into_iter().enumerate() {
+            let Some((snapshot, size)) = answer else { continue };
+            if size > budget && !first {
+                next = from + b * SNAPSHOT_BATCH + k;
+                tail.more = true;
+                break 'batches;
+            }
+            first = false;
+            budget = budget.saturating_sub(size);
+            included.push(snapshot);
         }
-        first = false;
-        budget = budget.saturating_sub(*size);
-        included.push(snapshot.clone());
     }
     if let Some(session) = session {
         polls.set_presence_from(session, next);

@@ -64,6 +64,7 @@ pub(crate) async fn sse(
     request_allowed(shared, &who)?;
     let slot = shared.reserve(conn_id, &who)?;
     let memberships = shared.memberships_for(&who, members_of.len())?;
+    let watches = shared.watches_for(&who, watch.len())?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
     let reg = Registration::new(shared, slot, conn_id);
@@ -92,7 +93,7 @@ pub(crate) async fn sse(
     };
     tokio::spawn(async move {
         let _open = OpenGauge(Transport::Sse);
-        let _memberships = memberships;
+        let _shares = (memberships, watches);
         stream.run(reg, membership, &members_of, &watch).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -106,6 +107,11 @@ pub(crate) async fn sse(
         .body(StreamBody::new(body).boxed_unsync())
         .expect("static response parts"))
 }
+
+/// Bytes handed to hyper at once: the write timeout then measures the client's progress at
+/// this grain (a whole catch-up page of `--replay-max-bytes` would have to be read within
+/// the timeout, cutting a slow but steady client).
+const SEND_PART: usize = 64 * 1024;
 
 /// Streams with at most this many rooms give every event an `id:`.
 const ID_EVERY_EVENT_ROOMS: usize = 8;
@@ -319,7 +325,16 @@ impl Stream {
     /// before. A client that stops reading leaves the channel full: the stream then ends when
     /// its queue closes, its token expires, or it has taken nothing for the write timeout,
     /// so that it does not stay a member (and hold its buffers) for ever.
-    async fn send(&mut self, bytes: Bytes) -> Result<(), Gone> {
+    /// Sends `bytes` in parts of at most [`SEND_PART`], each within the write timeout.
+    async fn send(&mut self, mut bytes: Bytes) -> Result<(), Gone> {
+        while bytes.len() > SEND_PART {
+            let part = bytes.split_to(SEND_PART);
+            self.send_part(part).await?;
+        }
+        self.send_part(bytes).await
+    }
+
+    async fn send_part(&mut self, bytes: Bytes) -> Result<(), Gone> {
         let out = &self.out;
         let closing = async {
             while !out.is_closing() {

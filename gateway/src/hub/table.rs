@@ -269,7 +269,8 @@ impl Room {
     fn deliver(&mut self, ev: &Arc<StoredEvent>) -> usize {
         if ev.seq > self.last_seq {
             self.last_seq = ev.seq;
-            self.last_us = ev.stored_us;
+            // Never back (an event without the store's time has 0).
+            self.last_us = self.last_us.max(ev.stored_us);
         }
         let mut frames = Frames {
             ev,

@@ -64,13 +64,23 @@ impl Presence {
         serde_json::from_slice::<Snapshot>(&reply).ok()
     }
 
-    /// The snapshots of `rooms`, asked of fanout all at once and awaited together for at
-    /// most the one fanout timeout; each with the size of fanout's answer (what it adds to a
+    /// When a request to fanout that starts now must be answered.
+    pub(crate) fn fanout_deadline() -> tokio::time::Instant {
+        tokio::time::Instant::now() + FANOUT_TIMEOUT
+    }
+
+    /// The snapshots of `rooms`, asked of fanout all at once and awaited together until
+    /// `deadline` at the latest; each with the size of fanout's answer (what it adds to a
     /// response, near enough). A room fanout did not answer for is `None`.
-    pub(crate) async fn snapshots(&self, rooms: &[String]) -> Vec<Option<(Snapshot, usize)>> {
+    pub(crate) async fn snapshots(
+        &self,
+        rooms: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Option<(Snapshot, usize)>> {
         let asks = rooms.iter().map(|room| async move {
             let subject = self.upstream.subjects().api_presence(room);
-            let reply = self.upstream.request(subject, Bytes::new(), FANOUT_TIMEOUT).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reply = self.upstream.request(subject, Bytes::new(), left).await?;
             let snapshot = serde_json::from_slice::<Snapshot>(&reply).ok()?;
             Some((snapshot, reply.len()))
         });

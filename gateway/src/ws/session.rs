@@ -75,6 +75,9 @@ struct Session {
     /// Its share of the gateway's presence memberships, one per presence room (boxed, and
     /// only once it joins one).
     memberships: Option<Box<Held>>,
+    /// Its share of its address's watched users (anonymous clients; boxed, and only once it
+    /// watches).
+    watches: Option<Box<Held>>,
 }
 
 /// Why the reader stopped.
@@ -137,6 +140,7 @@ where
         bucket: TokenBucket::new(shared.config.publish_rate),
         ops: TokenBucket::with_burst(shared.config.op_rate, shared.op_burst()),
         memberships: None,
+        watches: None,
         identity,
         shared: Arc::clone(&shared),
     };
@@ -583,6 +587,9 @@ impl Session {
                 format!("at most {max} watched users per connection"),
             );
         }
+        if let Err(refused) = self.hold_watches(self.watching.len() + added.len()) {
+            return self.error(id, refused.code, refused.message);
+        }
         let shared = Arc::clone(&self.shared);
         let subjects = &shared.subjects;
         let mut feeds = Vec::with_capacity(added.len());
@@ -608,6 +615,7 @@ impl Session {
                 for user in &added {
                     self.watching.remove(user);
                 }
+                let _ = self.hold_watches(self.watching.len());
                 return self.error(id, ErrorCode::Unavailable, "status updates are unavailable");
             }
         }
@@ -637,7 +645,20 @@ impl Session {
                 self.shared.presence.feeds.remove(&subject, self.conn_id);
             }
         }
+        let _ = self.hold_watches(self.watching.len());
         self.send(&ServerFrame::Ack(Ack { id, ..Ack::default() }));
+    }
+
+    /// Holds a share of `n` watched users (an anonymous client's count against its
+    /// address; shrinking always succeeds).
+    fn hold_watches(&mut self, n: usize) -> Result<(), crate::state::MembershipRefused> {
+        match &mut self.watches {
+            Some(held) => held.resize(n).map_err(crate::state::watch_refused),
+            None if n == 0 => Ok(()),
+            None => self.shared.watches_for(&self.identity, n).map(|held| {
+                self.watches = Some(Box::new(held));
+            }),
+        }
     }
 
     fn leave(&mut self, room: &str) {

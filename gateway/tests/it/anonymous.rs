@@ -7,19 +7,10 @@ use std::net::SocketAddr;
 use herald_proto::frame::{ErrorFrame, ServerFrame};
 use herald_proto::ErrorCode;
 use herald_testkit::client::Connect;
-use herald_testkit::http;
 use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
-use serde_json::{json, Value};
+use serde_json::json;
 
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
-    let raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let r = http::request(addr, &raw).await.expect("HTTP answer");
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
-}
+use crate::request;
 
 fn code_of(frame: ServerFrame) -> ErrorCode {
     match frame {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald_proto::frame::{ErrorFrame, ServerFrame};
 use herald_proto::ErrorCode;
 use herald_testkit::client::{Connect, Incoming};
-use herald_testkit::http::{self, Sse};
+use herald_testkit::http::Sse;
 use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,13 +15,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let r = http::request(addr, &raw).await.expect("HTTP answer");
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    crate::request(addr, method, path, &auth, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,27 @@ impl Stack {
     }
 }
 
+/// One HTTP/1.1 request with `headers` (each line ending in CRLF) and `body`; the status and
+/// the body as JSON (`Null` when it is not JSON).
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = herald_testkit::http::request(addr, &raw).await.expect("HTTP answer");
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Publishes like an app backend: core NATS, JSON payload, optional type header.
 pub async fn backend_publish(nats: &async_nats::Client, room: &str, data: serde_json::Value) {
     let mut headers = async_nats::HeaderMap::new();
