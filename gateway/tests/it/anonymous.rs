@@ -248,3 +248,33 @@ async fn an_anonymous_id_without_a_sid_is_new_after_a_restart() {
     );
     assert!(!users[0].contains("fixed-id"), "{}", users[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_s_connects_and_watched_users_are_counted_whatever_sids_it_uses() {
+    let nats = NatsServer::start();
+    let gw = TestGateway::start_with(&nats.url(), |c| {
+        c.allow_anonymous = true;
+        c.anonymous_rooms = vec!["*".into()];
+        c.max_anonymous_watches_per_address = 3;
+        // The op burst is the larger of --max-subscriptions and twice the rate: 4 here.
+        c.op_rate = 0.01;
+        c.max_subscriptions = 4;
+    })
+    .await;
+    let mut a = anonymous(&gw, "sid=watcher-sid-0001").await.unwrap();
+    let mut b = anonymous(&gw, "sid=watcher-sid-0002").await.unwrap();
+    a.op(json!({"op": "watch", "id": 1, "users": ["u1", "u2"]})).await;
+    assert!(matches!(a.recv().await, ServerFrame::Ack(_)));
+    // Another connection of the address: two more would make four.
+    b.op(json!({"op": "watch", "id": 2, "users": ["u3", "u4"]})).await;
+    assert_eq!(code_of(b.recv().await), ErrorCode::RateLimited);
+    // Connects count against the address's requests too: two went, two more are in the
+    // burst (with the watches above), the next is refused.
+    assert_eq!(anonymous(&gw, "sid=watcher-sid-0003").await.err(), Some(429));
+    // A user with a token is counted by user, not by address.
+    let mut member = WsClient::connect(&gw.ws_url(), &jwt::any_room("member")).await;
+    member
+        .op(json!({"op": "watch", "id": 3, "users": ["u5", "u6", "u7", "u8"]}))
+        .await;
+    assert!(matches!(member.recv().await, ServerFrame::Ack(_)));
+}
