@@ -15,11 +15,13 @@ use serde_json::json;
 const WATCHED: usize = 1000;
 const ROOMS: usize = 100;
 
-/// The next frame that is not a presence diff (the follower's own joins make some).
+/// The next frame that is not presence fanout sent unasked: diffs (the follower's own joins
+/// make some) and the snapshots a new leader publishes. A snapshot answering an op carries
+/// the op's id.
 async fn next_but_diffs(c: &mut WsClient) -> ServerFrame {
     loop {
         match c.recv().await {
-            ServerFrame::Presence(p) if p.members.is_none() => continue,
+            ServerFrame::Presence(p) if p.id.is_none() => continue,
             other => return other,
         }
     }
