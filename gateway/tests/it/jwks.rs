@@ -143,17 +143,7 @@ async fn keys_rotate_through_the_jwks_and_unknown_kids_do_not_hammer_it() {
     tokio::time::sleep(MIN_INTERVAL).await;
     let before = hits.load(Ordering::SeqCst);
     let started = std::time::Instant::now();
-    let mut flood = Vec::new();
-    for i in 0..300 {
-        let t = token(Algorithm::EdDSA, &ed, &format!("made-up-{i}"), "mallory");
-        let addr = gw.addr;
-        flood.push(tokio::spawn(async move {
-            http::get(addr, &format!("/poll?rooms=lobby&wait=0&token={t}"))
-                .await
-                .unwrap()
-                .status
-        }));
-    }
+    let flood = made_up_kids(gw.addr, &ed, 300);
     for f in flood {
         assert_eq!(f.await.unwrap(), 401);
     }
@@ -194,17 +184,7 @@ async fn a_stalled_jwks_fetch_does_not_hold_up_unknown_kids_or_known_keys() {
     // timeout (5 s). 200 connections with made-up kids arrive at once.
     stall.store(true, Ordering::SeqCst);
     let started = std::time::Instant::now();
-    let mut flood = Vec::new();
-    for i in 0..200 {
-        let t = token(Algorithm::EdDSA, &ed, &format!("made-up-{i}"), "mallory");
-        let addr = gw.addr;
-        flood.push(tokio::spawn(async move {
-            http::get(addr, &format!("/poll?rooms=lobby&wait=0&token={t}"))
-                .await
-                .unwrap()
-                .status
-        }));
-    }
+    let flood = made_up_kids(gw.addr, &ed, 200);
     // Meanwhile known keys verify without waiting for the fetch.
     for _ in 0..10 {
         let answer = tokio::time::timeout(Duration::from_millis(500), status(&gw, &known)).await;
@@ -225,4 +205,19 @@ async fn a_stalled_jwks_fetch_does_not_hold_up_unknown_kids_or_known_keys() {
     assert!(codes.iter().all(|&c| c == 401), "{codes:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(hits.load(Ordering::SeqCst), 2, "one fetch at start, one for the flood");
+}
+
+/// `n` polls at once, each with a token naming a `kid` nobody has; their statuses.
+fn made_up_kids(addr: std::net::SocketAddr, key: &EncodingKey, n: usize) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..n)
+        .map(|i| {
+            let t = token(Algorithm::EdDSA, key, &format!("made-up-{i}"), "mallory");
+            tokio::spawn(async move {
+                http::get(addr, &format!("/poll?rooms=lobby&wait=0&token={t}"))
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect()
 }
