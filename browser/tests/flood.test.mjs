@@ -1,7 +1,7 @@
 // A flood of anonymous clients that name themselves anew on every request (`loadtest flood`:
 // 50 clients from 10 loopback addresses for 30 s — /poll with presence on many rooms,
-// POST /publish, /sse with presence and watched users, WebSocket subscribes with presence
-// and a thousand watched users) against a gateway with its default limits, while a
+// POST /publish to a room of their own, /sse and WebSocket subscribes with presence in the
+// legitimate clients' room and watched users) against a gateway with its default limits, while a
 // herald.js client on each transport chats in the room the flood hits. Every legitimate
 // message arrives everywhere, in order and once; presence shows every legitimate member;
 // no legitimate client sees an error or a reconnect; the gateway's and fanout's memory, the
@@ -109,6 +109,9 @@ test("50 anonymous clients with a new sid per request for 30 s: herald.js on eve
   const flood = new Promise((resolve, reject) => {
     const args = ["flood", "--gateway", new URL(gateway.url).host, "--clients", String(CLIENTS)];
     args.push("--duration", `${FLOOD_SECONDS}s`, "--sources", SOURCES.join(","), "--room", room);
+    // Its publishes go to a room of their own: the legitimate clients' room carries their
+    // events and the flood's presence churn, at the rate one long-poller's --op-rate allows.
+    args.push("--publish-room", `${room}-noise`);
     execFile(process.env.HERALD_LOADTEST_BIN, args, { maxBuffer: 1 << 20 }, (err, stdout, stderr) =>
       err ? reject(new Error(`loadtest flood: ${err.message}\n${stderr}`)) : resolve(JSON.parse(stdout)),
     );

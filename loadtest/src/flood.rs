@@ -36,9 +36,16 @@ pub struct FloodArgs {
     /// Rooms each presence request names (`p0`, `p1`, ...).
     #[arg(long, default_value_t = 128)]
     presence_rooms: usize,
-    /// The room the flood publishes to (and joins with presence).
+    /// The room the flood joins with presence (its WebSocket and SSE clients).
     #[arg(long, default_value = "lobby")]
     room: String,
+    /// The room the flood publishes to.
+    #[arg(long, default_value = "flood")]
+    publish_room: String,
+    /// The kinds of request each client cycles through (poll, poll-all-rooms, publish, sse,
+    /// ws); all by default.
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
 }
 
 /// What one kind of request got: answers (HTTP status, `ws:open` or a refused upgrade's
@@ -58,17 +65,26 @@ pub async fn run(args: FloodArgs) -> Result<()> {
     if args.sources.is_empty() || args.clients == 0 {
         bail!("at least one client and one source");
     }
+    if let Some(k) = args.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+        bail!("unknown kind {k:?}: one of {KINDS:?}");
+    }
+    let kinds: Vec<&'static str> = KINDS
+        .iter()
+        .copied()
+        .filter(|k| args.kinds.is_empty() || args.kinds.iter().any(|a| a == k))
+        .collect();
+    let kinds = Arc::new(kinds);
     let args = Arc::new(args);
     let tally = Arc::new(Mutex::new(Tally::new()));
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut clients = Vec::new();
     for i in 0..args.clients {
-        let (args, tally) = (Arc::clone(&args), Arc::clone(&tally));
+        let (args, tally, kinds) = (Arc::clone(&args), Arc::clone(&tally), Arc::clone(&kinds));
         let source = args.sources[i % args.sources.len()];
         clients.push(tokio::spawn(async move {
             let mut k = i;
             while tokio::time::Instant::now() < deadline {
-                let kind = KINDS[k % KINDS.len()];
+                let kind = kinds[k % kinds.len()];
                 k += 1;
                 let answer = tokio::time::timeout(REQUEST_TIMEOUT, one(&args, source, kind))
                     .await
@@ -119,7 +135,7 @@ async fn one(args: &FloodArgs, source: IpAddr, kind: &str) -> String {
             http(args.gateway, source, &format!("GET {}?{q}", path::POLL), "", false).await
         }
         "publish" => {
-            let body = format!(r#"{{"room":"{}","data":{{"flood":true}}}}"#, args.room);
+            let body = format!(r#"{{"room":"{}","data":{{"flood":true}}}}"#, args.publish_room);
             let line = format!("POST {}?sid={}", path::PUBLISH, sid());
             http(args.gateway, source, &line, &body, false).await
         }
