@@ -77,14 +77,17 @@ async function legit(room, transport) {
       });
       window.client = client;
       window.sent = 0;
-      window.publishing = setInterval(async () => {
-        const n = window.sent++;
-        try {
-          await client.publish(room, { legit: transport, n });
-        } catch (e) {
-          window.errors.push({ code: "publish", message: String(e) });
-        }
-      }, 1000);
+      // Publishing starts once every page is subscribed (`start`), so each has every message.
+      window.start = () => {
+        window.publishing = setInterval(async () => {
+          const n = window.sent++;
+          try {
+            await client.publish(room, { legit: transport, n });
+          } catch (e) {
+            window.errors.push({ code: "publish", message: String(e) });
+          }
+        }, 1000);
+      };
     },
     { url: gateway.url, room, transport },
   );
@@ -105,6 +108,7 @@ test("50 anonymous clients with a new sid per request for 30 s: herald.js on eve
   }
   const opened = {};
   for (const [t, page] of Object.entries(pages)) opened[t] = await page.evaluate(() => window.states.length);
+  for (const page of Object.values(pages)) await page.evaluate(() => window.start());
 
   const flood = new Promise((resolve, reject) => {
     const args = ["flood", "--gateway", new URL(gateway.url).host, "--clients", String(CLIENTS)];
@@ -152,7 +156,10 @@ test("50 anonymous clients with a new sid per request for 30 s: herald.js on eve
     await waitFor(`${t} has every legitimate message`, async () => {
       const got = await page.evaluate(() => window.got);
       const whole = TRANSPORTS.every((from) => (got[from] ?? []).length >= sent[from]);
-      return whole || Object.fromEntries(TRANSPORTS.map((from) => [from, (got[from] ?? []).length]));
+      if (whole) return true;
+      const { errors, states } = await page.evaluate(() => ({ errors: window.errors, states: window.states }));
+      const counts = Object.fromEntries(TRANSPORTS.map((from) => [from, (got[from] ?? []).length]));
+      return { sent, counts, errors, states };
     });
     const { got, seqs, errors, states, members } = await page.evaluate(() => ({
       got: window.got,
