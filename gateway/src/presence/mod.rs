@@ -59,9 +59,15 @@ impl Presence {
 
     /// The room's presence snapshot from fanout, if it answers in time.
     pub(crate) async fn snapshot(&self, room: &str) -> Option<Snapshot> {
+        Some(self.ask_snapshot(room, FANOUT_TIMEOUT).await?.0)
+    }
+
+    /// The room's snapshot from fanout within `timeout`, with the size of fanout's answer.
+    async fn ask_snapshot(&self, room: &str, timeout: Duration) -> Option<(Snapshot, usize)> {
         let subject = self.upstream.subjects().api_presence(room);
-        let reply = self.upstream.request(subject, Bytes::new(), FANOUT_TIMEOUT).await?;
-        serde_json::from_slice::<Snapshot>(&reply).ok()
+        let reply = self.upstream.request(subject, Bytes::new(), timeout).await?;
+        let snapshot = serde_json::from_slice::<Snapshot>(&reply).ok()?;
+        Some((snapshot, reply.len()))
     }
 
     /// When a request to fanout that starts now must be answered.
@@ -77,13 +83,9 @@ impl Presence {
         rooms: &[String],
         deadline: tokio::time::Instant,
     ) -> Vec<Option<(Snapshot, usize)>> {
-        let asks = rooms.iter().map(|room| async move {
-            let subject = self.upstream.subjects().api_presence(room);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let reply = self.upstream.request(subject, Bytes::new(), left).await?;
-            let snapshot = serde_json::from_slice::<Snapshot>(&reply).ok()?;
-            Some((snapshot, reply.len()))
-        });
+        let asks = rooms
+            .iter()
+            .map(|room| self.ask_snapshot(room, deadline.saturating_duration_since(tokio::time::Instant::now())));
         futures_util::future::join_all(asks).await
     }
 
