@@ -20,17 +20,7 @@ async fn a_reader_that_stops_is_closed_with_4008_and_the_others_get_everything()
     let token = jwt::any_room("reader");
 
     // The slow client: a raw socket with a small receive buffer that subscribes, then stops reading.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = socket.connect(gw.addr).await.unwrap();
-    let head = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&masked_text(br#"{"op":"subscribe","id":1,"room":"firehose"}"#))
-        .await
-        .unwrap();
+    let mut slow = raw_subscriber(gw.addr, &token, "firehose").await;
 
     let mut readers = Vec::new();
     for _ in 0..READERS {
@@ -111,6 +101,28 @@ async fn a_reader_that_stops_is_closed_with_4008_and_the_others_get_everything()
         .rposition(|w| w == close)
         .expect("a 4008 close frame at the end");
     assert_eq!(&tail[pos + 4..], b"slow consumer");
+}
+
+/// A TCP connection to `addr` with a small receive buffer, so that a client that stops reading
+/// soon blocks the gateway's writes.
+pub async fn small_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A [`small_window`] connection that has asked for the WebSocket upgrade with `token` and
+/// subscribed to `room` (id 1), and read nothing.
+pub async fn raw_subscriber(addr: std::net::SocketAddr, token: &str, room: &str) -> tokio::net::TcpStream {
+    let mut tcp = small_window(addr).await;
+    let head = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let subscribe = format!(r#"{{"op":"subscribe","id":1,"room":"{room}"}}"#);
+    tcp.write_all(&masked_text(subscribe.as_bytes())).await.unwrap();
+    tcp
 }
 
 /// A masked client text frame (mask key 0, so the payload is unchanged).

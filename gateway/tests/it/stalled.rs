@@ -10,20 +10,12 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend_publish;
-use crate::slow_consumer::masked_text;
+use crate::slow_consumer::{raw_subscriber, small_window};
 
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A masked, empty Pong: what a client sends to look alive without reading.
 const PONG: [u8; 6] = [0x8a, 0x80, 0, 0, 0, 0];
-
-/// A TCP connection to `addr` with a small receive buffer, so that a client that stops reading
-/// soon blocks the gateway's writes.
-async fn small_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(addr).await.unwrap()
-}
 
 /// Whether the gateway (started with `--max-connections 1`) takes a new connection.
 async fn slot_free(url: &str) -> bool {
@@ -51,16 +43,7 @@ async fn a_reader_that_stops_is_dropped_after_the_write_timeout_though_it_sends_
     .await;
     let url = gw.ws_url();
 
-    let mut tcp = small_window(gw.addr).await;
-    let token = jwt::any_room("stalled");
-    let head = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&masked_text(br#"{"op":"subscribe","id":1,"room":"busy"}"#))
-        .await
-        .unwrap();
+    let mut tcp = raw_subscriber(gw.addr, &jwt::any_room("stalled"), "busy").await;
     // Reads the upgrade, the welcome and the ack; then never again.
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
