@@ -37,15 +37,22 @@ export async function waitFor(what, fn, timeout = WAIT) {
 }
 
 /** A free loopback TCP port. */
+// Below the kernel's ephemeral range (32768 and up on Linux): a port from that range can be
+// taken by any outgoing connection between its release here and the gateway's bind.
+let nextPort = 10000 + ((process.pid * 7919) % 20000);
+
 export async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+  for (let tries = 0; tries < 20000; tries++) {
+    const port = nextPort;
+    nextPort = nextPort + 1 >= 30000 ? 10000 : nextPort + 1;
+    const free = await new Promise((resolve) => {
+      const srv = createServer();
+      srv.once("error", () => resolve(false));
+      srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
+  throw new Error("no free port below 30000");
 }
 
 /**

@@ -290,6 +290,8 @@ pub struct Program {
     pub listen: Option<SocketAddr>,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin: SocketAddr,
+    /// Where its stderr goes, if to a file.
+    log: Option<PathBuf>,
 }
 
 impl Program {
@@ -309,6 +311,10 @@ impl Program {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             listen: None,
             admin,
+            log: match logs {
+                Logs::File(path) => Some(path.clone()),
+                _ => None,
+            },
         })
     }
 
@@ -375,7 +381,16 @@ impl Program {
         let until = Instant::now() + within;
         loop {
             if let Some(status) = self.exited() {
-                bail!("{} exited at start ({status})", self.name);
+                let said = self
+                    .log
+                    .as_ref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .map(|text| {
+                        let lines: Vec<&str> = text.lines().collect();
+                        lines[lines.len().saturating_sub(5)..].join(" | ")
+                    })
+                    .unwrap_or_default();
+                bail!("{} exited at start ({status}): {said}", self.name);
             }
             if admin::get(self.admin, "/readyz").is_ok_and(|(status, _)| status == 200) {
                 return Ok(());
