@@ -202,13 +202,21 @@ pub struct Config {
     #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// How live room events come from NATS: `wildcard`, one subscription to every room while
-    /// the gateway holds any (a room costs bytes, and NATS sends every gateway every room's
-    /// events), or `per-room`, one subscription per room (NATS sends each gateway only its
-    /// rooms' events, for ~10 KB and a round trip per room). docs/benchmarks.md gives the
-    /// crossover.
-    #[arg(long, env = "HERALD_ROOM_SUBSCRIPTIONS", value_enum, default_value = "wildcard")]
+    /// How live room events come from NATS: `per-room`, one subscription per room, so NATS
+    /// sends each gateway only its rooms' events (interest-based routing; subscribed in
+    /// batches and read by one task), or `wildcard`, one subscription to every room while
+    /// the gateway holds any (a room costs fewer bytes, but NATS sends every gateway every
+    /// room's events and each gateway drops the ones it does not hold). docs/benchmarks.md
+    /// gives both costs.
+    #[arg(long, env = "HERALD_ROOM_SUBSCRIPTIONS", value_enum, default_value = "per-room")]
     pub room_subscriptions: RoomSubscriptions,
+
+    /// Messages each NATS subscription buffers before async-nats drops them as a slow
+    /// consumer (default: async-nats's 65,536). Dropped events are read back from the stream
+    /// (`herald_gateway_room_rescans_total{cause="slow consumer"}`); a small value is for
+    /// testing that repair.
+    #[arg(long, env = "HERALD_NATS_SUBSCRIPTION_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nats_subscription_capacity: Option<u32>,
 
     /// How long a room's NATS subscription outlives its last local subscriber.
     #[arg(long, env = "HERALD_ROOM_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -418,7 +426,7 @@ pub enum RoomSubscriptions {
     /// One subscription to all rooms while any room is held: rooms cost bytes, not
     /// subscriptions; NATS sends every room's events to every gateway.
     Wildcard,
-    /// One subscription (and task) per room: NATS sends each gateway only its rooms' events.
+    /// One subscription per room: NATS sends each gateway only its rooms' events.
     PerRoom,
 }
 

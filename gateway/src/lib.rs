@@ -100,16 +100,22 @@ impl Gateway {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| Error::Bind(config.admin_listen, e))?;
-        let (client, reconnects) = Upstream::connect(&config.nats_url, &format!("herald-gateway {gateway_id}")).await?;
+        let (client, signals) = Upstream::connect(
+            &config.nats_url,
+            &format!("herald-gateway {gateway_id}"),
+            config.nats_subscription_capacity.map(|c| c as usize),
+        )
+        .await?;
         let subjects = Subjects::new(config.subject_prefix.clone());
         let table = Arc::new(Table::default());
         let upstream = Upstream::new(
             client,
-            reconnects,
+            signals,
             subjects.clone(),
             table.clone(),
             config.room_subscriptions,
         );
+        upstream.watch_losses();
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
         let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat, config.max_feeds);
         let shared = Arc::new(Shared::new(config, gateway_id, auth, subjects, hub, presence));

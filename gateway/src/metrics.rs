@@ -24,6 +24,7 @@ pub(crate) const ERRORS: &str = "herald_gateway_errors_total";
 pub(crate) const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
 pub(crate) const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
 pub(crate) const ROOM_REWINDS: &str = "herald_gateway_room_rewinds_total";
+pub(crate) const RESCANS: &str = "herald_gateway_room_rescans_total";
 pub(crate) const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
 pub(crate) const REPLAYED: &str = "herald_gateway_replayed_events_total";
 pub(crate) const CLOSES: &str = "herald_gateway_closes_total";
@@ -112,6 +113,11 @@ fn describe() {
         "Rooms whose seqs went back (the stream was recreated): their position restarted at 0 and \
          their subscribers were told recovered:false."
     );
+    describe_counter!(
+        RESCANS,
+        "Times every room read the stream from its last seq because live events may have been \
+         lost, by cause (reconnect, slow consumer, stream leader change)."
+    );
     describe_counter!(NATS_EVENTS, "NATS connection events, by event.");
     describe_gauge!(
         READY,
@@ -149,6 +155,9 @@ fn describe() {
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
     counter!(GAPS_REPAIRED).increment(0);
     counter!(ROOM_REWINDS).increment(0);
+    for cause in RESCAN_CAUSES {
+        counter!(RESCANS, "cause" => cause).increment(0);
+    }
     counter!(REPLAYED).increment(0);
     gauge!(ROOM_SUBSCRIPTIONS).increment(0.0);
     gauge!(NATS_SUBSCRIPTIONS).increment(0.0);
@@ -269,6 +278,13 @@ pub(crate) fn close(code: u16) {
 
 pub(crate) fn gap_repaired(events: u64) {
     counter!(GAPS_REPAIRED).increment(events);
+}
+
+/// What makes every room rescan the stream (`herald_gateway_room_rescans_total`'s causes).
+pub(crate) const RESCAN_CAUSES: [&str; 3] = ["reconnect", "slow consumer", "stream leader change"];
+
+pub(crate) fn rescan(cause: &'static str) {
+    counter!(RESCANS, "cause" => cause).increment(1);
 }
 
 pub(crate) fn room_rewound() {

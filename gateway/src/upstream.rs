@@ -2,19 +2,26 @@
 //! on behalf of clients.
 //!
 //! Live events come one of two ways ([`RoomSubscriptions`]):
-//! - `wildcard` (the default): one subscription to every room's live subject, held while the
-//!   gateway has any room. A room then costs the gateway its table entry and nothing else; the
-//!   price is that NATS sends this gateway every room's events, and events of rooms it does
-//!   not hold are dropped here.
-//! - `per-room`: one subscription per room with local subscribers, each drained by its own
-//!   task ("pump"), so NATS routes each gateway only its rooms' events (interest-based
-//!   routing), for ~10 KB and a subscribe round trip per room.
+//! - `per-room` (the default): one subscription per room with local subscribers, so NATS
+//!   routes each gateway only its rooms' events (interest-based routing). Rooms are
+//!   subscribed in batches, one round trip for the batch ([`Upstream::open_rooms`]), and
+//!   every room's subscription is read by one task ([`Upstream::read_rooms`]): no task per
+//!   room. A room's subscription costs what async-nats allocates for it (docs/benchmarks.md).
+//! - `wildcard`: one subscription to every room's live subject, held while the gateway has
+//!   any room. A room then costs the gateway its table entry and nothing else; the price is
+//!   that NATS sends this gateway every room's events, and events of rooms it does not hold
+//!   are dropped here.
 //!
-//! Either way an event is delivered only after every earlier event of its room: its `prev`
-//! is checked against the room's last seq, and a gap is read from the stream (direct get,
-//! `next_by_subj`) first; after a NATS reconnect every room reads whatever was stored
-//! meanwhile. With the wildcard, a room being read holds its later live events back in the
-//! room table ([`Rooms::offer`]), so the one reader never waits on a room.
+//! The reading task only parses: each event goes to one of a few delivery workers chosen by
+//! its room, which hand it to the room table ([`Rooms::offer`]); so the fan-out of a big room
+//! runs beside the reader, on another core, and rooms on other workers never wait for it.
+//!
+//! An event is delivered only after every earlier event of its room: its `prev` is checked
+//! against the room's last seq, and a gap is read from the stream (direct get,
+//! `next_by_subj`) first, while the room holds its later live events back. Nothing is lost
+//! silently: after a NATS reconnect, a slow consumer (async-nats dropped messages of a full
+//! subscription buffer) or a change of the stream's leader, every room reads what was stored
+//! after its last seq ([`Upstream::rescan_all`]), quiet rooms included.
 //!
 //! A stream deleted and recreated starts its seqs again from 1: a live event stored later
 //! than its room's last one but with a seq not above it shows that, and the room table
@@ -24,22 +31,35 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetErrorKind};
-use async_nats::{Client, HeaderMap, HeaderValue};
+use async_nats::{Client, HeaderMap, HeaderValue, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::{SelectAll, Stream, StreamExt};
 use herald_proto::frame::EventRef;
 use herald_proto::header;
 use herald_proto::subject::Subjects;
-use tokio::sync::watch;
-use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use herald_service::nats::Signals;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
 
 use crate::config::RoomSubscriptions;
 use crate::sync::lock;
 
-/// Rooms read from history at once after a reconnect (wildcard mode).
-const RESCAN_CONCURRENCY: usize = 16;
+/// Rooms read from history at once by a rescan (each read is a round trip or more).
+const RESCAN_CONCURRENCY: usize = 64;
+/// Rooms subscribed per batch: their SUBs go out together and one flush confirms them all.
+const OPEN_BATCH: usize = 4_096;
+/// Rooms of a batch whose last seq is read at once when they open.
+const OPEN_CONCURRENCY: usize = 64;
+/// Events queued for one delivery worker, at most: past it the reader waits, and NATS
+/// messages wait in the subscriptions' buffers (whose overflow is repaired).
+const WORKER_QUEUE: usize = 1_024;
 
 /// A read of a room's history: the events after `after`, stopping before `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,21 +132,15 @@ impl StoredEvent {
 
 /// Where live events go: the hub's room table, seen from below.
 pub(crate) trait Rooms: Send + Sync + 'static {
-    /// Records the pump of a room, so that removing the room stops it.
-    fn set_pump(&self, room: &str, pump: AbortHandle);
+    /// Records the handle of a room's live subscription, so that removing the room ends it.
+    /// False (the caller drops the subscription) when the room is gone or already has one.
+    fn set_pump(&self, room: &str, pump: AbortHandle) -> bool;
     /// The room's subscription is in place; `last_seq` (stored at `last_us`, µs since the
     /// epoch) was stored before it. Returns the history read that the events held meanwhile
     /// need, if any.
     fn set_ready(&self, room: &str, last_seq: u64, last_us: u64) -> Option<Fetch>;
     /// The room's subscription failed (retried); pending subscribers give up.
     fn set_failed(&self, room: &str);
-    /// The last seq delivered in the room.
-    fn last_seq(&self, room: &str) -> Option<u64>;
-    /// The last seq delivered in a live event's room, after rewinding the room to 0 if the
-    /// event shows that the stream's seqs started over (it was recreated).
-    fn position(&self, ev: &StoredEvent) -> Option<u64>;
-    /// Hands a stored event to the room's subscribers.
-    fn deliver(&self, ev: &Arc<StoredEvent>) -> usize;
     /// Whether the room has local subscribers (or lingers).
     fn contains(&self, room: &str) -> bool;
     /// No room at all.
@@ -139,30 +153,60 @@ pub(crate) trait Rooms: Send + Sync + 'static {
     /// Delivers what a read found, then the held events up to the next gap; returns the
     /// next read, or `None` once the room's live events flow again.
     fn release(&self, room: &str, fetched: Vec<StoredEvent>) -> Option<Fetch>;
-    /// After a reconnect: the read to the stream's end the room needs (`None` if a read is
+    /// After events may have been lost: the read to the stream's end the room needs (`None` if a read is
     /// under way; it reads to the end once more when done).
     fn rescan(&self, room: &str) -> Option<Fetch>;
 }
 
 /// The wildcard subscription's task while it runs.
 struct Dispatcher {
-    task: AbortHandle,
+    task: tokio::task::AbortHandle,
     /// True once the subscription is in place.
     subscribed: watch::Receiver<bool>,
 }
 
-/// The gateway's only NATS client: the room pumps, history reads, publishing, and the
-/// core subjects presence uses.
+/// Per-room mode: rooms to subscribe, to the opener task.
+struct Router {
+    opens: mpsc::UnboundedSender<Arc<str>>,
+}
+
+/// A room's live subscription as the reading task holds it: it ends when the room is
+/// removed ([`Rooms::set_pump`] keeps the abort handle), which drops the subscription
+/// (async-nats then unsubscribes).
+struct Feed {
+    sub: Abortable<Subscriber>,
+    _gauge: GaugeGuard,
+}
+
+impl Stream for Feed {
+    type Item = async_nats::Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.sub).poll_next(cx)
+    }
+}
+
+/// A rescan of every room: idle, running, or running with another one asked for meanwhile.
+const RESCAN_IDLE: u8 = 0;
+const RESCAN_RUNNING: u8 = 1;
+const RESCAN_AGAIN: u8 = 2;
+
+/// The gateway's only NATS client: the live room subscriptions, history reads, publishing,
+/// and the core subjects presence uses.
 pub(crate) struct Upstream {
     client: Client,
     js: jetstream::Context,
     subjects: Subjects,
     stream: String,
     rooms: Arc<dyn Rooms>,
-    /// Bumped on every reconnect, so pumps fetch what they missed.
-    reconnects: watch::Receiver<u64>,
+    /// Bumped on every connect and on every slow consumer: rooms then read what they missed.
+    signals: Signals,
     mode: RoomSubscriptions,
     dispatcher: std::sync::Mutex<Option<Dispatcher>>,
+    router: OnceLock<Router>,
+    /// Live events on their way to the room table, one queue per delivery worker.
+    workers: OnceLock<Box<[mpsc::Sender<Arc<StoredEvent>>]>>,
+    rescan: AtomicU8,
 }
 
 // === impl Upstream ===
@@ -170,15 +214,21 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// Connects (retrying in the background if NATS is down at start), counting connection
     /// events in `herald_gateway_nats_events_total`.
-    pub(crate) async fn connect(url: &str, name: &str) -> Result<(Client, watch::Receiver<u64>), UpstreamError> {
-        herald_service::nats::connect(url, name, crate::metrics::nats_event)
+    /// `subscription_capacity`: messages each subscription buffers (async-nats's default when
+    /// `None`).
+    pub(crate) async fn connect(
+        url: &str,
+        name: &str,
+        subscription_capacity: Option<usize>,
+    ) -> Result<(Client, Signals), UpstreamError> {
+        herald_service::nats::connect_with(url, name, crate::metrics::nats_event, subscription_capacity)
             .await
             .map_err(|e| UpstreamError(e.to_string()))
     }
 
     pub(crate) fn new(
         client: Client,
-        reconnects: watch::Receiver<u64>,
+        signals: Signals,
         subjects: Subjects,
         rooms: Arc<dyn Rooms>,
         mode: RoomSubscriptions,
@@ -190,10 +240,53 @@ impl Upstream {
             js,
             subjects,
             rooms,
-            reconnects,
+            signals,
             mode,
             dispatcher: std::sync::Mutex::new(None),
+            router: OnceLock::new(),
+            workers: OnceLock::new(),
+            rescan: AtomicU8::new(RESCAN_IDLE),
         })
+    }
+
+    /// Watches what can lose live events without a gap showing — a reconnect, a slow
+    /// consumer, a new leader of the event stream — and rescans every room after each.
+    pub(crate) fn watch_losses(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut connects = this.signals.connects.clone();
+            let mut slow = this.signals.slow_consumers.clone();
+            connects.borrow_and_update();
+            slow.borrow_and_update();
+            // `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`: the new leader stores from
+            // now on; a republished copy lost in the change is repaired from the stream.
+            let advisory = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}", this.stream);
+            let mut leaders = this.client.subscribe(advisory).await.ok();
+            loop {
+                let why = tokio::select! {
+                    changed = connects.changed() => match changed {
+                        Ok(()) => "reconnect",
+                        Err(_) => return,
+                    },
+                    changed = slow.changed() => match changed {
+                        Ok(()) => {
+                            slow.borrow_and_update();
+                            "slow consumer"
+                        }
+                        Err(_) => return,
+                    },
+                    Some(_) = next_or_pending(&mut leaders) => "stream leader change",
+                };
+                if !this.rooms.is_empty() {
+                    info!(
+                        cause = why,
+                        "Live events may have been lost; every room reads the stream from its last seq"
+                    );
+                }
+                crate::metrics::rescan(why);
+                this.rescan_all();
+            }
+        });
     }
 
     /// Creates or updates the event stream until NATS answers.
@@ -248,14 +341,13 @@ impl Upstream {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Starts the live events of a room the hub just created: its pump, or (wildcard) the
-    /// read of its last seq once the wildcard subscription is in place.
+    /// Starts the live events of a room the hub just created: its subscription (per-room),
+    /// or the read of its last seq once the wildcard subscription is in place.
     pub(crate) fn start_room(self: &Arc<Self>, room: &str) {
         let room: Arc<str> = Arc::from(room);
         match self.mode {
             RoomSubscriptions::PerRoom => {
-                let task = tokio::spawn(Arc::clone(self).pump(Arc::clone(&room)));
-                self.rooms.set_pump(&room, task.abort_handle());
+                let _ = self.router().opens.send(room);
             }
             // Short-lived and not kept: an abort handle would keep the finished task's
             // memory (a few KB) for as long as the room lives. It ends by itself once the
@@ -273,6 +365,86 @@ impl Upstream {
         if self.rooms.is_empty() {
             if let Some(d) = dispatcher.take() {
                 d.task.abort();
+            }
+        }
+    }
+
+    /// The per-room tasks, started on first use: the opener and the reader.
+    fn router(self: &Arc<Self>) -> &Router {
+        self.router.get_or_init(|| {
+            let (opens, rooms) = mpsc::unbounded_channel();
+            let (feeds_tx, feeds) = mpsc::unbounded_channel();
+            tokio::spawn(Arc::clone(self).open_rooms(rooms, feeds_tx));
+            tokio::spawn(Arc::clone(self).read_rooms(feeds));
+            Router { opens }
+        })
+    }
+
+    /// Subscribes rooms in batches: each batch's SUBs go out together and one flush
+    /// confirms them, then the batch's rooms read their last seqs and turn ready.
+    async fn open_rooms(
+        self: Arc<Self>,
+        mut opens: mpsc::UnboundedReceiver<Arc<str>>,
+        feeds: mpsc::UnboundedSender<Feed>,
+    ) {
+        let mut batch = Vec::with_capacity(OPEN_BATCH);
+        while opens.recv_many(&mut batch, OPEN_BATCH).await > 0 {
+            let mut opened = Vec::with_capacity(batch.len());
+            for room in batch.drain(..) {
+                if !self.rooms.contains(&room) {
+                    continue;
+                }
+                match self.client.subscribe(self.subjects.live_room(&room)).await {
+                    Ok(sub) => {
+                        let (handle, registration) = AbortHandle::new_pair();
+                        // Refused when the room is gone or already has its subscription (it
+                        // was removed and created again while queued): this one is dropped.
+                        if self.rooms.set_pump(&room, handle) {
+                            let feed = Feed {
+                                sub: Abortable::new(sub, registration),
+                                _gauge: GaugeGuard::new(),
+                            };
+                            if feeds.send(feed).is_err() {
+                                return;
+                            }
+                            opened.push(room);
+                        }
+                    }
+                    // Only when the client is closed: nothing will come, the joins give up.
+                    Err(e) => {
+                        warn!(%room, error = %e, "Room subscription failed");
+                        self.rooms.set_failed(&room);
+                    }
+                }
+            }
+            if opened.is_empty() {
+                continue;
+            }
+            // The server has every SUB of the batch once the flush returns: whatever is stored
+            // after the last seq each room reads next arrives live. If NATS is down, the reads
+            // fail and retry, and async-nats subscribes again on reconnect.
+            if let Err(e) = self.client.flush().await {
+                warn!(error = %e, "Flush of new room subscriptions failed");
+            }
+            let this = Arc::clone(&self);
+            tokio::spawn(async move {
+                futures_util::stream::iter(opened)
+                    .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(&this).make_ready(room))
+                    .await;
+            });
+        }
+    }
+
+    /// Reads every room's subscription; each event goes to its room's delivery worker.
+    async fn read_rooms(self: Arc<Self>, mut feeds: mpsc::UnboundedReceiver<Feed>) {
+        let mut all = SelectAll::new();
+        loop {
+            tokio::select! {
+                feed = feeds.recv() => match feed {
+                    Some(feed) => all.push(feed),
+                    None => return,
+                },
+                Some(msg) = all.next(), if !all.is_empty() => self.on_message(&msg).await,
             }
         }
     }
@@ -305,24 +477,13 @@ impl Upstream {
             }
         };
         subscribed.send_replace(true);
-        let mut reconnects = self.reconnects.clone();
-        reconnects.borrow_and_update();
-        loop {
-            tokio::select! {
-                msg = sub.next() => {
-                    let Some(msg) = msg else { break };
-                    self.on_wildcard(&msg);
-                }
-                changed = reconnects.changed() => {
-                    if changed.is_err() { break }
-                    self.rescan_all();
-                }
-            }
+        while let Some(msg) = sub.next().await {
+            self.on_message(&msg).await;
         }
     }
 
-    /// One live event from the wildcard: to its room, if the gateway holds it.
-    fn on_wildcard(self: &Arc<Self>, msg: &async_nats::Message) {
+    /// One live event: to its room's delivery worker, if the gateway holds the room.
+    async fn on_message(self: &Arc<Self>, msg: &async_nats::Message) {
         let Some(room) = self.subjects.room_of(msg.subject.as_str()) else {
             return;
         };
@@ -332,35 +493,81 @@ impl Upstream {
         let Some(ev) = self.live_event(room, msg) else {
             return;
         };
-        let ev = Arc::new(ev);
-        let room = Arc::clone(&ev.room);
-        if let Some(fetch) = self.rooms.offer(ev) {
-            tokio::spawn(Arc::clone(self).repair(room, fetch));
-        }
+        let workers = self.workers();
+        let i = worker_of(room, workers.len());
+        // A worker ends only with the runtime.
+        let _ = workers[i].send(Arc::new(ev)).await;
     }
 
-    /// After a reconnect: every room reads what was stored while the connection was down.
+    /// The delivery workers, started on first use: one per core, at least two.
+    fn workers(self: &Arc<Self>) -> &[mpsc::Sender<Arc<StoredEvent>>] {
+        self.workers.get_or_init(|| {
+            let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+            (0..n)
+                .map(|_| {
+                    let (tx, mut rx) = mpsc::channel::<Arc<StoredEvent>>(WORKER_QUEUE);
+                    let this = Arc::clone(self);
+                    tokio::spawn(async move {
+                        while let Some(ev) = rx.recv().await {
+                            let room = Arc::clone(&ev.room);
+                            if let Some(fetch) = this.rooms.offer(ev) {
+                                tokio::spawn(Arc::clone(&this).repair(room, fetch));
+                            }
+                        }
+                    });
+                    tx
+                })
+                .collect()
+        })
+    }
+
+    /// Every room reads what was stored after its last seq; one rescan at a time, and one
+    /// more after it if asked for meanwhile (a storm of slow-consumer reports is one or two).
     fn rescan_all(self: &Arc<Self>) {
+        if self
+            .rescan
+            .compare_exchange(RESCAN_IDLE, RESCAN_RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.rescan.store(RESCAN_AGAIN, Ordering::Release);
+            return;
+        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let reads = this
-                .rooms
-                .names()
-                .into_iter()
-                .filter_map(|room| this.rooms.rescan(&room).map(|f| (room, f)));
-            futures_util::stream::iter(reads)
-                .for_each_concurrent(RESCAN_CONCURRENCY, |(room, fetch)| {
-                    Arc::clone(&this).repair(room, fetch)
-                })
-                .await;
+            loop {
+                let reads = this
+                    .rooms
+                    .names()
+                    .into_iter()
+                    .filter_map(|room| this.rooms.rescan(&room).map(|f| (room, f)));
+                futures_util::stream::iter(reads)
+                    .for_each_concurrent(RESCAN_CONCURRENCY, |(room, fetch)| {
+                        Arc::clone(&this).repair(room, fetch)
+                    })
+                    .await;
+                if this
+                    .rescan
+                    .compare_exchange(RESCAN_RUNNING, RESCAN_IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                this.rescan.store(RESCAN_RUNNING, Ordering::Release);
+            }
         });
     }
 
-    /// Waits for the wildcard subscription, reads the room's last seq and turns it ready.
+    /// Waits for the wildcard subscription, then reads the room's last seq and turns it ready.
     async fn open_room(self: Arc<Self>, room: Arc<str>, mut subscribed: watch::Receiver<bool>) {
         if subscribed.wait_for(|s| *s).await.is_err() {
             return;
         }
+        self.make_ready(room).await;
+    }
+
+    /// Reads the last seq of a room whose subscription is in place and turns it ready; the
+    /// live events held meanwhile follow (after a read of the gap, if any).
+    async fn make_ready(self: Arc<Self>, room: Arc<str>) {
         let last = loop {
             match self.last_stored(&room).await {
                 Ok(last) => break last,
@@ -456,78 +663,6 @@ impl Upstream {
             Ok(m) => Ok(Some(m)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(e) => Err(UpstreamError(e.to_string())),
-        }
-    }
-
-    async fn pump(self: Arc<Self>, room: Arc<str>) {
-        let _gauge = GaugeGuard::new();
-        let mut sub = loop {
-            match self.subscribe_room(&room).await {
-                Ok(ok) => break ok,
-                Err(e) => {
-                    warn!(%room, error = %e, "Room subscription failed; retrying");
-                    self.rooms.set_failed(&room);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        let mut reconnects = self.reconnects.clone();
-        reconnects.borrow_and_update();
-        loop {
-            tokio::select! {
-                msg = sub.next() => {
-                    let Some(msg) = msg else { break };
-                    let Some(ev) = self.live_event(&room, &msg) else { continue };
-                    self.on_live(&room, ev).await;
-                }
-                changed = reconnects.changed() => {
-                    if changed.is_err() { break }
-                    self.catch_up(&room, None).await;
-                }
-            }
-        }
-    }
-
-    /// Subscribes to the room's live subject, then reads its last seq: any event stored
-    /// after the subscription is in place arrives live; anything before is history.
-    async fn subscribe_room(&self, room: &str) -> Result<async_nats::Subscriber, UpstreamError> {
-        let sub = self
-            .client
-            .subscribe(self.subjects.live_room(room))
-            .await
-            .map_err(|e| UpstreamError(e.to_string()))?;
-        self.client.flush().await.map_err(|e| UpstreamError(e.to_string()))?;
-        let (last, last_us) = self.last_stored(room).await?;
-        // Nothing was offered to the room (its pump delivers directly): nothing is held.
-        let _ = self.rooms.set_ready(room, last, last_us);
-        Ok(sub)
-    }
-
-    async fn on_live(&self, room: &str, ev: StoredEvent) {
-        let last = self.rooms.position(&ev).unwrap_or(0);
-        if ev.seq <= last {
-            return;
-        }
-        if ev.prev > last {
-            self.catch_up(room, Some(ev.seq)).await;
-        }
-        self.rooms.deliver(&Arc::new(ev));
-    }
-
-    /// Fetches and delivers what the room stored after the hub's last seq (up to `until`).
-    async fn catch_up(&self, room: &str, until: Option<u64>) {
-        let last = self.rooms.last_seq(room).unwrap_or(0);
-        match self.fetch_after(room, last, until).await {
-            Ok(events) => {
-                crate::metrics::gap_repaired(events.len() as u64);
-                if !events.is_empty() {
-                    debug!(%room, from = last, events = events.len(), "Gap repaired from the stream");
-                }
-                for ev in events {
-                    self.rooms.deliver(&Arc::new(ev));
-                }
-            }
-            Err(e) => warn!(%room, error = %e, "Gap repair failed"),
         }
     }
 
@@ -642,6 +777,20 @@ impl Upstream {
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| UpstreamError(e.to_string()))
+    }
+}
+
+/// The delivery worker of a room's events: always the same one, so they stay in order.
+fn worker_of(room: &str, workers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(room) as usize % workers
+}
+
+/// The next message of an optional subscription; never, without one.
+async fn next_or_pending(sub: &mut Option<Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,6 +12,16 @@ use tracing::debug;
 #[error("{0}")]
 pub struct ConnectError(String);
 
+/// What a connection's owner watches besides its events' labels.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    /// Connects so far, so a reconnect can be told from the first connect.
+    pub connects: watch::Receiver<u64>,
+    /// Messages async-nats dropped because a subscription's buffer was full (counted when
+    /// it reports them), so the owner can repair what they held.
+    pub slow_consumers: watch::Receiver<u64>,
+}
+
 /// Connects as `name` (retrying in the background if NATS is down at start). `on_event` gets
 /// each connection event's label (`connected`, `disconnected`, `lame_duck`, `slow_consumer`,
 /// `server_error`, `client_error`, `draining`, `closed`); the receiver counts connects, so a
@@ -21,7 +31,20 @@ pub async fn connect(
     name: &str,
     on_event: fn(&'static str),
 ) -> Result<(Client, watch::Receiver<u64>), ConnectError> {
-    let (tx, rx) = watch::channel(0u64);
+    let (client, signals) = connect_with(urls, name, on_event, None).await?;
+    Ok((client, signals.connects))
+}
+
+/// [`connect`], with each subscription's buffer holding `subscription_capacity` messages
+/// (async-nats's default, 65,536, when `None`), and the slow consumers signalled.
+pub async fn connect_with(
+    urls: &str,
+    name: &str,
+    on_event: fn(&'static str),
+    subscription_capacity: Option<usize>,
+) -> Result<(Client, Signals), ConnectError> {
+    let (tx, connects) = watch::channel(0u64);
+    let (slow_tx, slow_consumers) = watch::channel(0u64);
     let servers = server_list(urls)?;
     let mut options = async_nats::ConnectOptions::new();
     // async-nats ignores credentials in a URL; a NATS user (deploy/k8s/base/nats-auth.conf)
@@ -32,16 +55,21 @@ pub async fn connect(
             s.password().unwrap_or_default().to_owned(),
         );
     }
+    if let Some(capacity) = subscription_capacity {
+        options = options.subscription_capacity(capacity);
+    }
     let client = options
         .name(name)
         .retry_on_initial_connect()
         .ping_interval(Duration::from_secs(10))
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let tx = tx.clone();
+            let (tx, slow_tx) = (tx.clone(), slow_tx.clone());
             async move {
-                if matches!(event, async_nats::Event::Connected) {
-                    tx.send_modify(|n| *n += 1);
+                match event {
+                    async_nats::Event::Connected => tx.send_modify(|n| *n += 1),
+                    async_nats::Event::SlowConsumer(_) => slow_tx.send_modify(|n| *n += 1),
+                    _ => {}
                 }
                 let label = EVENTS[event_index(&event)];
                 on_event(label);
@@ -51,7 +79,13 @@ pub async fn connect(
         .connect(servers.as_slice())
         .await
         .map_err(|e| ConnectError(e.to_string()))?;
-    Ok((client, rx))
+    Ok((
+        client,
+        Signals {
+            connects,
+            slow_consumers,
+        },
+    ))
 }
 
 /// The connection event labels, for metrics that start every series at zero.

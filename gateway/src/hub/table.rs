@@ -17,10 +17,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use futures_util::future::AbortHandle;
 use herald_proto::frame::{Ack, ServerFrame};
 use herald_proto::Codec;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tracing::warn;
 
 use crate::outbound::{encode_for, event_frame, Content, Format, Item, Outbound, Pushed};
@@ -368,11 +368,13 @@ impl Room {
 
 // The pumps upstream runs report into the table.
 impl Rooms for Table {
-    /// Records the upstream task of a room, so that removing the room stops it.
-    fn set_pump(&self, room: &str, pump: AbortHandle) {
+    fn set_pump(&self, room: &str, pump: AbortHandle) -> bool {
         match self.shard(room).get_mut(room) {
-            Some(r) => r.pump = Some(pump),
-            None => pump.abort(),
+            Some(r) if r.pump.is_none() => {
+                r.pump = Some(pump);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -457,24 +459,6 @@ impl Rooms for Table {
         if let Some(r) = self.shard(room).get_mut(room) {
             r.settle(RoomState::Failed);
         }
-    }
-
-    /// The last seq the hub has seen in a room.
-    fn last_seq(&self, room: &str) -> Option<u64> {
-        self.shard(room).get(room).map(|r| r.last_seq)
-    }
-
-    fn position(&self, ev: &StoredEvent) -> Option<u64> {
-        let mut shard = self.shard(&ev.room);
-        let r = shard.get_mut(&*ev.room)?;
-        if r.rewinds(ev) {
-            r.rewind(&ev.room);
-        }
-        Some(r.last_seq)
-    }
-
-    fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
-        Table::deliver(self, ev)
     }
 }
 
@@ -644,7 +628,7 @@ mod tests {
             assert_eq!(hub.offer(ev(seq, prev)), None);
         }
         assert_eq!(seqs(&out), [6, 7, 8]);
-        assert_eq!(Rooms::last_seq(&hub, "lobby"), Some(8));
+        assert_eq!(hub.ready_last_seq("lobby"), Some(8));
     }
 
     #[test]
@@ -791,8 +775,7 @@ mod tests {
         let out = Outbound::new(1 << 20);
         hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
         hub.set_ready("lobby", 5, 105);
-        assert_eq!(Rooms::position(&hub, &ev_at(1, 0, 200)), Some(0), "rewound");
-        hub.deliver(&ev_at(1, 0, 200));
+        assert_eq!(hub.offer(ev_at(1, 0, 200)), None, "rewound and delivered");
         // Its replay was read from the old stream's position: not used.
         let acked = hub.activate("lobby", 1, &[ev_at(5, 4, 105)], Some(4), |s| {
             Bytes::from(format!("__ack {s}"))

@@ -10,6 +10,7 @@ mod hostile;
 mod idempotent;
 mod jwks;
 mod limits;
+mod lost;
 mod op_fuzz;
 mod push;
 mod resume;
