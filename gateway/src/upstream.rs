@@ -31,6 +31,7 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -57,6 +58,11 @@ const RESCAN_CONCURRENCY: usize = 64;
 const OPEN_BATCH: usize = 4_096;
 /// Rooms of a batch whose last seq is read at once when they open.
 const OPEN_CONCURRENCY: usize = 64;
+/// Local subscribers above which a room's events are delivered by a task of the room's own.
+const BIG_ROOM: usize = 1_000;
+/// How long a big room's delivery task waits for an event before it checks the room is
+/// still held.
+const BIG_ROOM_IDLE: Duration = Duration::from_secs(30);
 /// Events queued for one delivery worker, at most: past it the reader waits, and NATS
 /// messages wait in the subscriptions' buffers (whose overflow is repaired).
 const WORKER_QUEUE: usize = 1_024;
@@ -143,6 +149,8 @@ pub(crate) trait Rooms: Send + Sync + 'static {
     fn set_failed(&self, room: &str);
     /// Whether the room has local subscribers (or lingers).
     fn contains(&self, room: &str) -> bool;
+    /// The room's local subscribers.
+    fn subscribers(&self, room: &str) -> usize;
     /// No room at all.
     fn is_empty(&self) -> bool;
     /// Every room's name.
@@ -505,20 +513,69 @@ impl Upstream {
             let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
             (0..n)
                 .map(|_| {
-                    let (tx, mut rx) = mpsc::channel::<Arc<StoredEvent>>(WORKER_QUEUE);
-                    let this = Arc::clone(self);
-                    tokio::spawn(async move {
-                        while let Some(ev) = rx.recv().await {
-                            let room = Arc::clone(&ev.room);
-                            if let Some(fetch) = this.rooms.offer(ev) {
-                                tokio::spawn(Arc::clone(&this).repair(room, fetch));
-                            }
-                        }
-                    });
+                    let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+                    tokio::spawn(Arc::clone(self).deliver_events(rx));
                     tx
                 })
                 .collect()
         })
+    }
+
+    /// A delivery worker: hands its rooms' events to the room table, except the events of
+    /// rooms with more than [`BIG_ROOM`] subscribers, which go to a task of their own (for
+    /// as long as the room lives), so that their fan-out never delays the worker's other
+    /// rooms.
+    async fn deliver_events(self: Arc<Self>, mut events: mpsc::Receiver<Arc<StoredEvent>>) {
+        let mut big: HashMap<Arc<str>, mpsc::Sender<Arc<StoredEvent>>> = HashMap::new();
+        while let Some(ev) = events.recv().await {
+            let ev = match big.get(&ev.room) {
+                Some(room) => match room.send(ev).await {
+                    Ok(()) => continue,
+                    // Its task ended (the room was removed): this event starts afresh.
+                    Err(mpsc::error::SendError(ev)) => {
+                        big.remove(&ev.room);
+                        ev
+                    }
+                },
+                None => ev,
+            };
+            if self.rooms.subscribers(&ev.room) > BIG_ROOM {
+                let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+                tokio::spawn(Arc::clone(&self).deliver_room(Arc::clone(&ev.room), rx));
+                big.retain(|_, room| !room.is_closed());
+                big.insert(Arc::clone(&ev.room), tx.clone());
+                // The task has just started: it is there to receive.
+                let _ = tx.send(ev).await;
+                continue;
+            }
+            self.offer(ev);
+        }
+    }
+
+    /// A big room's deliveries; ends once the room is gone and idle.
+    async fn deliver_room(self: Arc<Self>, room: Arc<str>, mut events: mpsc::Receiver<Arc<StoredEvent>>) {
+        loop {
+            match tokio::time::timeout(BIG_ROOM_IDLE, events.recv()).await {
+                Ok(Some(ev)) => self.offer(ev),
+                Ok(None) => return,
+                Err(_) if self.rooms.contains(&room) => {}
+                Err(_) => {
+                    events.close();
+                    while let Ok(ev) = events.try_recv() {
+                        self.offer(ev);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A live event to its room in the table, and the read of the gap before it, if any.
+    fn offer(self: &Arc<Self>, ev: Arc<StoredEvent>) {
+        let room = Arc::clone(&ev.room);
+        if let Some(fetch) = self.rooms.offer(ev) {
+            tokio::spawn(Arc::clone(self).repair(room, fetch));
+        }
     }
 
     /// Every room reads what was stored after its last seq; one rescan at a time, and one

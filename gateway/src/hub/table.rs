@@ -395,6 +395,10 @@ impl Rooms for Table {
         self.shard(room).contains_key(room)
     }
 
+    fn subscribers(&self, room: &str) -> usize {
+        self.shard(room).get(room).map_or(0, |r| r.subs.len())
+    }
+
     fn is_empty(&self) -> bool {
         self.rooms() == 0
     }

@@ -98,3 +98,45 @@ async fn per_room_interest_follows_each_room() {
     )
     .await;
 }
+
+/// A room past a thousand local subscribers is delivered by a task of its own: its events
+/// still reach every subscriber once and in order, and so do a small room's beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_room_and_a_small_room_beside_it_both_get_every_event_in_order() {
+    const BIG: usize = 1_001;
+    const EVENTS: u64 = 10;
+    let nats = NatsServer::start();
+    let gw = TestGateway::start(&nats.url()).await;
+    let backend = async_nats::connect(nats.url()).await.expect("NATS connects");
+    let token = jwt::any_room("alice");
+    let join = |_| async {
+        let mut c = WsClient::connect(&gw.ws_url(), &token).await;
+        c.subscribe("big", None).await;
+        c
+    };
+    let mut big = futures_util::future::join_all((0..BIG).map(join)).await;
+    let mut small = Vec::new();
+    for _ in 0..2 {
+        let mut c = WsClient::connect(&gw.ws_url(), &token).await;
+        c.subscribe("small", None).await;
+        small.push(c);
+    }
+    for n in 0..EVENTS {
+        backend_publish(&backend, "big", json!({ "n": n })).await;
+        backend_publish(&backend, "small", json!({ "n": n })).await;
+    }
+    for (room, clients) in [("small", &mut small), ("big", &mut big)] {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            for _ in 0..EVENTS {
+                let ev = c.event().await;
+                assert_eq!(ev.room, room);
+                got.push(ev.data.expect("data")["n"].as_u64().expect("n"));
+            }
+            assert_eq!(got, (0..EVENTS).collect::<Vec<_>>(), "{room}: once each, in order");
+            if i < 2 {
+                assert!(c.next_within(Duration::from_millis(50)).await.is_none(), "nothing more");
+            }
+        }
+    }
+}
