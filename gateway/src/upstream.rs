@@ -592,9 +592,10 @@ impl Upstream {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                let reads = this
-                    .rooms
-                    .names()
+                let started = std::time::Instant::now();
+                let names = this.rooms.names();
+                let rooms = names.len();
+                let reads = names
                     .into_iter()
                     .filter_map(|room| this.rooms.rescan(&room).map(|f| (room, f)));
                 futures_util::stream::iter(reads)
@@ -602,6 +603,10 @@ impl Upstream {
                         Arc::clone(&this).repair(room, fetch)
                     })
                     .await;
+                if rooms > 0 {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    info!(rooms, elapsed_ms, "Every room read the stream from its last seq");
+                }
                 if this
                     .rescan
                     .compare_exchange(RESCAN_RUNNING, RESCAN_IDLE, Ordering::AcqRel, Ordering::Acquire)
