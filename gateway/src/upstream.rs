@@ -285,12 +285,14 @@ impl Upstream {
                     },
                     Some(_) = next_or_pending(&mut leaders) => "stream leader change",
                 };
-                if !this.rooms.is_empty() {
-                    info!(
-                        cause = why,
-                        "Live events may have been lost; every room reads the stream from its last seq"
-                    );
+                // With no room there is nothing to repair (the first connect lands here too).
+                if this.rooms.is_empty() {
+                    continue;
                 }
+                info!(
+                    cause = why,
+                    "Live events may have been lost; every room reads the stream from its last seq"
+                );
                 crate::metrics::rescan(why);
                 this.rescan_all();
             }
