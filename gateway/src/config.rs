@@ -274,6 +274,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 
+    /// Partitions of the event stream: rooms are stored in this many streams by a hash of
+    /// their name (`HERALD_ROOMS_<i>`; 1 is the single stream `HERALD_ROOMS`). Every NATS
+    /// server needs the matching subject mapping, and every gateway and fanout the same count;
+    /// a mismatch keeps the process not ready (docs/operations.md).
+    #[arg(long, env = "HERALD_STREAM_PARTITIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=herald_proto::subject::MAX_PARTITIONS as i64))]
+    pub stream_partitions: u32,
+
     /// Add `GET /echo`, a WebSocket echo endpoint for RFC 6455 conformance runs.
     #[arg(long, env = "HERALD_ECHO_ENDPOINT")]
     pub echo_endpoint: bool,

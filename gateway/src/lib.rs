@@ -107,6 +107,7 @@ impl Gateway {
             client,
             reconnects,
             subjects.clone(),
+            config.stream_partitions,
             table.clone(),
             config.room_subscriptions,
         );
