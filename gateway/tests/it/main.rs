@@ -11,6 +11,7 @@ mod idempotent;
 mod jwks;
 mod limits;
 mod op_fuzz;
+mod partitions;
 mod push;
 mod resume;
 mod rooms;
