@@ -350,26 +350,48 @@ async fn provision(
 ) {
     loop {
         let mut delay = Duration::from_secs(1);
-        match stream::provision(&js, &partitions, &settings).await {
-            Err(e) => warn!(error = %e, "Event stream not provisioned; retrying"),
-            Ok(()) => match stream::check_partitions(&js, &partitions).await {
-                Ok(()) => {
-                    unmapped.store(false, Ordering::SeqCst);
-                    provisioned.store(true, Ordering::SeqCst);
-                    metrics::gauge!(metric::STREAM_PROVISIONED).set(1.0);
-                    info!(stream = %partitions.stream(0), partitions = partitions.count(), "Event stream provisioned");
-                    return;
-                }
-                Err(stream::CheckError::Partitions(e)) => {
-                    unmapped.store(true, Ordering::SeqCst);
-                    error!(error = %e, partitions = partitions.count(), "NATS subject mapping does not match --stream-partitions; not ready");
-                    delay = PARTITION_CHECK_RETRY;
-                }
-                Err(e) => warn!(error = %e, "Event stream not provisioned; retrying"),
-            },
+        match provision_once(&js, &partitions, &settings).await {
+            Ok(()) => {
+                unmapped.store(false, Ordering::SeqCst);
+                provisioned.store(true, Ordering::SeqCst);
+                metrics::gauge!(metric::STREAM_PROVISIONED).set(1.0);
+                info!(stream = %partitions.stream(0), partitions = partitions.count(), "Event stream provisioned");
+                return;
+            }
+            Err(ProvisionFailure::Unmapped(e)) => {
+                unmapped.store(true, Ordering::SeqCst);
+                error!(error = %e, partitions = partitions.count(), "NATS subject mapping does not match --stream-partitions; not ready");
+                delay = PARTITION_CHECK_RETRY;
+            }
+            Err(ProvisionFailure::Other(e)) => warn!(error = %e, "Event stream not provisioned; retrying"),
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+enum ProvisionFailure {
+    Unmapped(stream::PartitionError),
+    Other(String),
+}
+
+/// Provisions the streams, then (with partitions) checks the server's mapping. With one
+/// stream fanout does not probe: the deploy's NATS users do not let it publish room
+/// subjects, and gateways make the same check.
+async fn provision_once(
+    js: &async_nats::jetstream::Context,
+    partitions: &Partitions,
+    settings: &StreamSettings,
+) -> Result<(), ProvisionFailure> {
+    stream::provision(js, partitions, settings)
+        .await
+        .map_err(|e| ProvisionFailure::Other(e.to_string()))?;
+    if partitions.count() == 1 {
+        return Ok(());
+    }
+    stream::check_partitions(js, partitions).await.map_err(|e| match e {
+        stream::CheckError::Partitions(e) => ProvisionFailure::Unmapped(e),
+        e => ProvisionFailure::Other(e.to_string()),
+    })
 }
 
 /// How often fanout checks a mismatched partition mapping again (it may be fixed by a

@@ -174,8 +174,9 @@ pub async fn check_partitions(js: &jetstream::Context, p: &Partitions) -> Result
 /// Why [`check_partitions`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// The check could not be made (NATS unreachable, timed out); worth retrying.
-    #[error("partition check not answered: {0}")]
+    /// The check could not be made (NATS unreachable, timed out, or the user may not publish
+    /// the probe's subject: the server then drops it without an answer); worth retrying.
+    #[error("partition check not answered (may this NATS user publish herald.room.* and, with partitions, herald.part.>?): {0}")]
     Nats(String),
     /// The server answered: the mapping is wrong.
     #[error(transparent)]
