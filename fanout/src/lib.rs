@@ -139,9 +139,8 @@ pub struct Config {
     /// Partitions of the event stream: rooms are stored in this many streams by a hash of
     /// their name (`HERALD_ROOMS_<i>`; 1 is the single stream `HERALD_ROOMS`). Every NATS
     /// server needs the matching subject mapping, and every gateway and fanout the same count;
-    /// a mismatch keeps the process not ready (docs/operations.md).
-    #[arg(long, env = "HERALD_STREAM_PARTITIONS", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=herald_proto::subject::MAX_PARTITIONS as i64))]
+    /// a mismatch keeps the process not ready (docs/operations.md). At most 1024.
+    #[arg(long, env = "HERALD_STREAM_PARTITIONS", default_value_t = 1)]
     pub stream_partitions: u32,
 
     /// Longest wait for in-flight work on SIGTERM/SIGINT.
@@ -176,6 +175,7 @@ impl Config {
         if self.history_size <= 0 {
             return Err(Error::Config("--history-size must be greater than zero".into()));
         }
+        stream::check_partition_count(self.stream_partitions).map_err(|e| Error::Config(e.into()))?;
         if !(1..=5).contains(&self.stream_replicas) {
             return Err(Error::Config("--stream-replicas must be 1 to 5".into()));
         }

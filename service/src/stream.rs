@@ -33,6 +33,15 @@ pub fn check_dedup_window(window: Duration, history_ttl: Duration) -> Result<(),
     }
 }
 
+/// `--stream-partitions` within its bounds (the same rule for gateways and fanout).
+pub fn check_partition_count(count: u32) -> Result<(), &'static str> {
+    if (1..=MAX_PARTITIONS).contains(&count) {
+        Ok(())
+    } else {
+        Err("--stream-partitions must be 1 to 1024")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot provision stream {name}: {reason}")]
 pub struct ProvisionError {
@@ -222,6 +231,14 @@ pub fn probe_rooms(count: u32) -> Vec<String> {
 mod tests {
     use super::*;
     use herald_proto::subject::partition;
+
+    #[test]
+    fn the_partition_count_is_bounded() {
+        assert!(check_partition_count(0).is_err());
+        assert!(check_partition_count(1).is_ok());
+        assert!(check_partition_count(MAX_PARTITIONS).is_ok());
+        assert!(check_partition_count(MAX_PARTITIONS + 1).is_err());
+    }
 
     #[test]
     fn probes_cover_every_partition_and_tell_every_other_count_apart() {
