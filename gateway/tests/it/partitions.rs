@@ -72,6 +72,18 @@ async fn rooms_are_stored_in_their_partitions_and_replayed_and_resumed_from_them
             .await
             .unwrap_or_else(|e| panic!("{room} in {name}: {e}"));
         assert_eq!(last.sequence, 3, "{room}: each partition numbers its own events");
+        // What the server keeps is what the gateway asks for (so a later start finds the
+        // stream usable and leaves it alone): the transform destination back to the live room.
+        let config = js.get_stream(&name).await.unwrap().info().await.unwrap().config.clone();
+        let republish = config.republish.expect("RePublish");
+        assert_eq!(
+            (republish.source.as_str(), republish.destination.as_str()),
+            (
+                format!("herald.part.{i}.*").as_str(),
+                "herald.live.room.{{wildcard(1)}}"
+            )
+        );
+        assert_eq!(config.subjects, [format!("herald.part.{i}.*")]);
     }
     assert!(js.get_stream("HERALD_ROOMS").await.is_err(), "no single stream");
 
