@@ -17,6 +17,7 @@ use herald_harness::launch::{Logs, Nats, NatsOptions};
 use herald_proto::subject::{Partitions, Subjects};
 use herald_service::stream::StreamSettings;
 
+use crate::proc;
 use crate::report::{self, Report, Section, Table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +75,12 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// nats-server CPU (all nodes) per acked publish in the window, µs.
+    server_us: f64,
+    /// This process's CPU (the publishing client) per acked publish, µs.
+    client_us: f64,
+    /// The 1-minute load average when the window ended (others' work on the box shows here).
+    load: f64,
 }
 
 /// The slowest ack the histogram holds; slower ones are clamped to it.
@@ -92,13 +99,17 @@ pub async fn run(args: CeilingArgs) -> Result<()> {
         for i in 0..args.runs {
             let r = one_run(&args, partitions, replicas).await?;
             println!(
-                "partitions {partitions} run {}: {:.0} acked/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors",
+                "partitions {partitions} run {}: {:.0} acked/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors, \
+                 server {:.1} µs and client {:.1} µs CPU per publish, load {:.2}",
                 i + 1,
                 r.per_sec,
                 r.p50_ms,
                 r.p99_ms,
                 r.max_ms,
-                r.errors
+                r.errors,
+                r.server_us,
+                r.client_us,
+                r.load
             );
             runs.push(r);
         }
@@ -192,11 +203,19 @@ async fn one_run(args: &CeilingArgs, partitions: u32, replicas: usize) -> Result
         }));
     }
     tokio::time::sleep(args.warmup).await;
+    let pids: Vec<u32> = nodes.iter().filter_map(Nats::pid).collect();
+    let me = std::process::id();
+    let (server0, client0) = (proc::cpu_seconds_of(&pids), proc::cpu_seconds(me)?);
     counting.store(true, Ordering::SeqCst);
     let started = Instant::now();
     tokio::time::sleep(args.duration).await;
     stop.store(true, Ordering::SeqCst);
     let window = started.elapsed();
+    let (server1, client1) = (proc::cpu_seconds_of(&pids), proc::cpu_seconds(me)?);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
     for t in tasks {
         t.await.context("a publisher")?;
     }
@@ -211,6 +230,9 @@ async fn one_run(args: &CeilingArgs, partitions: u32, replicas: usize) -> Result
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         max_ms: hist.max() as f64 / 1000.0,
+        server_us: (server1 - server0) * 1e6 / acked.max(1) as f64,
+        client_us: (client1 - client0) * 1e6 / acked.max(1) as f64,
+        load,
     })
 }
 
@@ -302,6 +324,9 @@ fn report_of(args: &CeilingArgs, replicas: usize, runs: &[Run]) -> Report {
                 report::num(r.p99_ms),
                 report::num(r.max_ms),
                 r.errors.to_string(),
+                report::num(r.server_us),
+                report::num(r.client_us),
+                report::num(r.load),
             ]
         })
         .collect();
@@ -322,6 +347,9 @@ fn report_of(args: &CeilingArgs, replicas: usize, runs: &[Run]) -> Report {
             "p99_ms": r.p99_ms,
             "max_ms": r.max_ms,
             "errors": r.errors,
+            "server_cpu_us_per_publish": r.server_us,
+            "client_cpu_us_per_publish": r.client_us,
+            "load_avg_1m": r.load,
         })).collect::<Vec<_>>(),
     });
     Report {
@@ -329,11 +357,26 @@ fn report_of(args: &CeilingArgs, replicas: usize, runs: &[Run]) -> Report {
         header,
         sections: vec![Section {
             heading: "Runs".into(),
-            text: vec!["Acked publishes per second in the window; ack latency from the publish to its ack.".into()],
+            text: vec![
+                "Acked publishes per second in the window; ack latency from the publish to its ack; CPU \
+                 (user + system) of every nats-server and of the publishing client in the window, per acked \
+                 publish; the box's 1-minute load average at the window's end."
+                    .into(),
+            ],
             table: Some(Table {
-                head: ["partitions", "acked/s", "p50 ms", "p99 ms", "max ms", "errors"]
-                    .map(String::from)
-                    .to_vec(),
+                head: [
+                    "partitions",
+                    "acked/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "errors",
+                    "nats-server CPU µs/publish",
+                    "client CPU µs/publish",
+                    "load avg (1 min)",
+                ]
+                .map(String::from)
+                .to_vec(),
                 rows,
             }),
             charts: Vec::new(),
