@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use herald_proto::subject::Subjects;
+use herald_proto::subject::{Partitions, Subjects};
 use herald_service::stream::{self, StreamSettings};
 use herald_service::{LogFormat, Readiness};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::leader::Leases;
 use crate::presence::Tracker;
@@ -136,6 +136,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 
+    /// Partitions of the event stream: rooms are stored in this many streams by a hash of
+    /// their name (`HERALD_ROOMS_<i>`; 1 is the single stream `HERALD_ROOMS`). Every NATS
+    /// server needs the matching subject mapping, and every gateway and fanout the same count;
+    /// a mismatch keeps the process not ready (docs/operations.md). At most 1024.
+    #[arg(long, env = "HERALD_STREAM_PARTITIONS", default_value_t = 1)]
+    pub stream_partitions: u32,
+
     /// Longest wait for in-flight work on SIGTERM/SIGINT.
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -168,6 +175,7 @@ impl Config {
         if self.history_size <= 0 {
             return Err(Error::Config("--history-size must be greater than zero".into()));
         }
+        stream::check_partition_count(self.stream_partitions).map_err(|e| Error::Config(e.into()))?;
         if !(1..=5).contains(&self.stream_replicas) {
             return Err(Error::Config("--stream-replicas must be 1 to 5".into()));
         }
@@ -225,9 +233,10 @@ impl Fanout {
             format!("fanout-{n:08x}")
         });
         let provisioned = Arc::new(AtomicBool::new(false));
+        let unmapped = Arc::new(AtomicBool::new(false));
         let synced = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
-        let readiness = readiness(self.client.clone(), &provisioned, &synced, &draining);
+        let readiness = readiness(self.client.clone(), [&provisioned, &unmapped, &synced, &draining]);
         let stop_admin = Arc::new(Notify::new());
         let admin = tokio::spawn(herald_service::admin_loop(
             self.admin,
@@ -240,7 +249,7 @@ impl Fanout {
         let subjects = Subjects::new(config.subject_prefix.clone());
         let provision = tokio::spawn(provision(
             js.clone(),
-            subjects.clone(),
+            Partitions::new(subjects.clone(), config.stream_partitions),
             StreamSettings {
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
@@ -248,7 +257,7 @@ impl Fanout {
                 dedup_window: config.dedup_window,
                 replicas: config.stream_replicas,
             },
-            Arc::clone(&provisioned),
+            [Arc::clone(&provisioned), Arc::clone(&unmapped)],
         ));
 
         let leases = Leases::new(config.partitions);
@@ -286,20 +295,18 @@ impl Fanout {
     }
 }
 
-/// Not ready while draining, disconnected from NATS, before the stream is provisioned and
-/// before presence has synced with the gateways.
-fn readiness(
-    client: async_nats::Client,
-    provisioned: &Arc<AtomicBool>,
-    synced: &Arc<AtomicBool>,
-    draining: &Arc<AtomicBool>,
-) -> Readiness {
-    let (provisioned, synced, draining) = (Arc::clone(provisioned), Arc::clone(synced), Arc::clone(draining));
+/// Not ready while draining, disconnected from NATS, while the server maps rooms to other
+/// partitions, before the stream is provisioned and before presence has synced with the
+/// gateways. `flags`: provisioned, unmapped, synced, draining.
+fn readiness(client: async_nats::Client, flags: [&Arc<AtomicBool>; 4]) -> Readiness {
+    let [provisioned, unmapped, synced, draining] = flags.map(Arc::clone);
     Arc::new(move || {
         if draining.load(Ordering::Relaxed) {
             Some("draining")
         } else if client.connection_state() != async_nats::connection::State::Connected {
             Some("NATS disconnected")
+        } else if unmapped.load(Ordering::Relaxed) {
+            Some(stream::NOT_MAPPED)
         } else if !provisioned.load(Ordering::Relaxed) {
             Some("event stream not provisioned")
         } else if !synced.load(Ordering::Relaxed) {
@@ -332,26 +339,64 @@ async fn hold_leases(
     leader::run(store, instance, leases, lease, stop).await;
 }
 
-/// Creates the event stream (or brings its settings in line), retrying until NATS answers.
+/// Creates the event streams (or brings their settings in line), retrying until NATS
+/// answers, then checks that the server stores each room in its partition's stream: until it
+/// does, fanout stays not ready and says why every few seconds.
 async fn provision(
     js: async_nats::jetstream::Context,
-    subjects: Subjects,
+    partitions: Partitions,
     settings: StreamSettings,
-    provisioned: Arc<AtomicBool>,
+    [provisioned, unmapped]: [Arc<AtomicBool>; 2],
 ) {
     loop {
-        match stream::provision(&js, &subjects, &settings).await {
+        let mut delay = Duration::from_secs(1);
+        match provision_once(&js, &partitions, &settings).await {
             Ok(()) => {
+                unmapped.store(false, Ordering::SeqCst);
                 provisioned.store(true, Ordering::SeqCst);
                 metrics::gauge!(metric::STREAM_PROVISIONED).set(1.0);
-                info!(stream = %subjects.stream_name(), "Event stream provisioned");
+                info!(stream = %partitions.stream(0), partitions = partitions.count(), "Event stream provisioned");
                 return;
             }
-            Err(e) => warn!(error = %e, "Event stream not provisioned; retrying"),
+            Err(ProvisionFailure::Unmapped(e)) => {
+                unmapped.store(true, Ordering::SeqCst);
+                error!(error = %e, partitions = partitions.count(), "NATS subject mapping does not match --stream-partitions; not ready");
+                delay = PARTITION_CHECK_RETRY;
+            }
+            Err(ProvisionFailure::Other(e)) => warn!(error = %e, "Event stream not provisioned; retrying"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(delay).await;
     }
 }
+
+enum ProvisionFailure {
+    Unmapped(stream::PartitionError),
+    Other(String),
+}
+
+/// Provisions the streams, then (with partitions) checks the server's mapping. With one
+/// stream fanout does not probe: the deploy's NATS users do not let it publish room
+/// subjects, and gateways make the same check.
+async fn provision_once(
+    js: &async_nats::jetstream::Context,
+    partitions: &Partitions,
+    settings: &StreamSettings,
+) -> Result<(), ProvisionFailure> {
+    stream::provision(js, partitions, settings)
+        .await
+        .map_err(|e| ProvisionFailure::Other(e.to_string()))?;
+    if partitions.count() == 1 {
+        return Ok(());
+    }
+    stream::check_partitions(js, partitions).await.map_err(|e| match e {
+        stream::CheckError::Partitions(e) => ProvisionFailure::Unmapped(e),
+        e => ProvisionFailure::Other(e.to_string()),
+    })
+}
+
+/// How often fanout checks a mismatched partition mapping again (it may be fixed by a
+/// configuration reload); a slow pace keeps the error log readable.
+const PARTITION_CHECK_RETRY: Duration = Duration::from_secs(5);
 
 fn describe_metrics() {
     use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};

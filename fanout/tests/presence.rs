@@ -674,12 +674,15 @@ fn help_names_every_flag_and_its_variable_and_bad_flags_exit_64() {
         ("--leader-lease", "HERALD_LEADER_LEASE"),
         ("--sync-window", "HERALD_SYNC_WINDOW"),
         ("--stream-replicas", "HERALD_STREAM_REPLICAS"),
+        ("--stream-partitions", "HERALD_STREAM_PARTITIONS"),
         ("--drain-timeout", "HERALD_DRAIN_TIMEOUT"),
     ] {
         assert!(text.contains(flag) && text.contains(var), "{flag} / {var} in:\n{text}");
     }
     for bad in [
         ["--partitions", "0"],
+        ["--stream-partitions", "0"],
+        ["--stream-partitions", "1025"],
         ["--leader-lease", "10ms"],
         ["--presence-interval", "0s"],
     ] {

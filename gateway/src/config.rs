@@ -282,6 +282,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 
+    /// Partitions of the event stream: rooms are stored in this many streams by a hash of
+    /// their name (`HERALD_ROOMS_<i>`; 1 is the single stream `HERALD_ROOMS`). Every NATS
+    /// server needs the matching subject mapping, and every gateway and fanout the same count;
+    /// a mismatch keeps the process not ready (docs/operations.md). At most 1024.
+    #[arg(long, env = "HERALD_STREAM_PARTITIONS", default_value_t = 1)]
+    pub stream_partitions: u32,
+
     /// Add `GET /echo`, a WebSocket echo endpoint for RFC 6455 conformance runs.
     #[arg(long, env = "HERALD_ECHO_ENDPOINT")]
     pub echo_endpoint: bool,
@@ -312,8 +319,9 @@ pub enum ConfigError {
     SubjectPrefix,
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    /// An event stream setting out of its bounds (`--dedup-window`, `--stream-partitions`).
     #[error("{0}")]
-    DedupWindow(&'static str),
+    Stream(&'static str),
     #[error("room glob {0:?} may hold only room-name characters and `*`")]
     Glob(String),
     #[error("cannot read {0}: {1}")]
@@ -400,8 +408,8 @@ impl Config {
         if self.presence_heartbeat.is_zero() {
             return Err(ConfigError::Zero("presence-heartbeat"));
         }
-        herald_service::stream::check_dedup_window(self.dedup_window, self.history_ttl)
-            .map_err(ConfigError::DedupWindow)?;
+        herald_service::stream::check_dedup_window(self.dedup_window, self.history_ttl).map_err(ConfigError::Stream)?;
+        herald_service::stream::check_partition_count(self.stream_partitions).map_err(ConfigError::Stream)?;
         if self.publish_rate <= 0.0 {
             return Err(ConfigError::Zero("publish-rate"));
         }

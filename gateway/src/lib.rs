@@ -112,6 +112,7 @@ impl Gateway {
             client,
             signals,
             subjects.clone(),
+            config.stream_partitions,
             table.clone(),
             config.room_subscriptions,
         );

@@ -263,6 +263,8 @@ impl Shared {
             Some("draining")
         } else if !self.hub.is_connected() {
             Some("NATS disconnected")
+        } else if self.hub.is_unmapped() {
+            Some(herald_service::stream::NOT_MAPPED)
         } else if !self.stream_ready.load(Ordering::Relaxed) {
             Some("event stream not provisioned")
         } else {

@@ -44,10 +44,10 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{SelectAll, Stream, StreamExt};
 use herald_proto::frame::EventRef;
 use herald_proto::header;
-use herald_proto::subject::Subjects;
+use herald_proto::subject::{Partitions, Subjects};
 use herald_service::nats::Signals;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::RoomSubscriptions;
 use crate::sync::lock;
@@ -66,6 +66,10 @@ const BIG_ROOM_IDLE: Duration = Duration::from_secs(30);
 /// Events queued for one delivery worker, at most: past it the reader waits, and NATS
 /// messages wait in the subscriptions' buffers (whose overflow is repaired).
 const WORKER_QUEUE: usize = 1_024;
+
+/// How often a gateway whose partitions the NATS server maps differently checks again (the
+/// mapping may be fixed by a configuration reload); a slow pace keeps the error log readable.
+const PARTITION_CHECK_RETRY: Duration = Duration::from_secs(5);
 
 /// A read of a room's history: the events after `after`, stopping before `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +209,8 @@ pub(crate) struct Upstream {
     client: Client,
     js: jetstream::Context,
     subjects: Subjects,
-    stream: String,
+    /// The streams rooms are stored in, and which one holds a room.
+    partitions: Partitions,
     rooms: Arc<dyn Rooms>,
     /// Bumped on every connect and on every slow consumer: rooms then read what they missed.
     signals: Signals,
@@ -215,6 +220,8 @@ pub(crate) struct Upstream {
     /// Live events on their way to the room table, one queue per delivery worker.
     workers: OnceLock<Box<[mpsc::Sender<Arc<StoredEvent>>]>>,
     rescan: AtomicU8,
+    /// True while the NATS server's subject mapping does not match the partition count.
+    unmapped: std::sync::atomic::AtomicBool,
 }
 
 // === impl Upstream ===
@@ -238,12 +245,13 @@ impl Upstream {
         client: Client,
         signals: Signals,
         subjects: Subjects,
+        stream_partitions: u32,
         rooms: Arc<dyn Rooms>,
         mode: RoomSubscriptions,
     ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
         Arc::new(Self {
-            stream: subjects.stream_name(),
+            partitions: Partitions::new(subjects.clone(), stream_partitions),
             client,
             js,
             subjects,
@@ -254,6 +262,7 @@ impl Upstream {
             router: OnceLock::new(),
             workers: OnceLock::new(),
             rescan: AtomicU8::new(RESCAN_IDLE),
+            unmapped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -268,8 +277,14 @@ impl Upstream {
             slow.borrow_and_update();
             // `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`: the new leader stores from
             // now on; a republished copy lost in the change is repaired from the stream.
-            let advisory = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}", this.stream);
-            let mut leaders = this.client.subscribe(advisory).await.ok();
+            let streams: std::collections::HashSet<String> = (0..this.partitions.count())
+                .map(|i| this.partitions.stream(i))
+                .collect();
+            let mut leaders = this
+                .client
+                .subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*")
+                .await
+                .ok();
             loop {
                 let why = tokio::select! {
                     changed = connects.changed() => match changed {
@@ -283,7 +298,13 @@ impl Upstream {
                         }
                         Err(_) => return,
                     },
-                    Some(_) = next_or_pending(&mut leaders) => "stream leader change",
+                    Some(msg) = next_or_pending(&mut leaders) => {
+                        let stream = msg.subject.as_str().rsplit('.').next().unwrap_or_default();
+                        if !streams.contains(stream) {
+                            continue;
+                        }
+                        "stream leader change"
+                    }
                 };
                 // With no room there is nothing to repair (the first connect lands here too).
                 if this.rooms.is_empty() {
@@ -299,13 +320,27 @@ impl Upstream {
         });
     }
 
-    /// Creates or updates the event stream until NATS answers.
+    /// Creates or updates the event streams until NATS answers, then checks that the server
+    /// stores each room in the partition this gateway reads it from (retrying, loudly, until
+    /// it does: a wrong mapping would store events where no gateway looks, or nowhere).
     pub(crate) async fn provision(&self, settings: &herald_service::stream::StreamSettings) {
+        use herald_service::stream::{check_partitions, ensure, CheckError};
         let mut delay = Duration::from_millis(100);
         loop {
-            match herald_service::stream::ensure(&self.js, &self.subjects, settings).await {
-                Ok(()) => return,
+            match ensure(&self.js, &self.partitions, settings).await {
                 Err(e) => warn!(error = %e, "Event stream not ready; retrying"),
+                Ok(()) => match check_partitions(&self.js, &self.partitions).await {
+                    Ok(()) => {
+                        self.unmapped.store(false, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    Err(CheckError::Partitions(e)) => {
+                        self.unmapped.store(true, std::sync::atomic::Ordering::SeqCst);
+                        error!(error = %e, partitions = self.partitions.count(), "NATS subject mapping does not match --stream-partitions; not ready");
+                        delay = PARTITION_CHECK_RETRY;
+                    }
+                    Err(e) => warn!(error = %e, "Event stream not ready; retrying"),
+                },
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -341,6 +376,11 @@ impl Upstream {
     /// wait for the reconnect).
     pub(crate) async fn flush(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.client.flush()).await;
+    }
+
+    /// Whether the last partition check found the server's mapping wrong.
+    pub(crate) fn is_unmapped(&self) -> bool {
+        self.unmapped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn subjects(&self) -> &Subjects {
@@ -695,8 +735,8 @@ impl Upstream {
 
     /// The room's events after `after`, at most `limit` of them (one at least, however big).
     pub(crate) async fn page_after(&self, room: &str, after: u64, limit: PageLimit) -> Result<Page, UpstreamError> {
-        let stream = self.stream().await?;
-        let subject = self.subjects.room(room);
+        let stream = self.stream(room).await?;
+        let subject = self.partitions.stored_subject(room);
         let room: Arc<str> = Arc::from(room);
         let mut page = Page::default();
         let mut cur = after;
@@ -762,8 +802,11 @@ impl Upstream {
     /// The room's last stored seq and when it was stored (µs since the epoch); 0 and 0 if
     /// it has none.
     async fn last_stored(&self, room: &str) -> Result<(u64, u64), UpstreamError> {
-        let stream = self.stream().await?;
-        match stream.direct_get_last_for_subject(self.subjects.room(room)).await {
+        let stream = self.stream(room).await?;
+        match stream
+            .direct_get_last_for_subject(self.partitions.stored_subject(room))
+            .await
+        {
             Ok(m) => Ok((m.sequence, m.time.unix_timestamp_nanos().max(0) as u64 / 1_000)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok((0, 0)),
             Err(e) => Err(UpstreamError(e.to_string())),
@@ -772,9 +815,9 @@ impl Upstream {
 
     /// Whether `seq` is still stored as an event of `room`.
     pub(crate) async fn holds(&self, room: &str, seq: u64) -> Result<bool, UpstreamError> {
-        let stream = self.stream().await?;
+        let stream = self.stream(room).await?;
         match stream.direct_get(seq).await {
-            Ok(m) => Ok(m.subject.as_str() == self.subjects.room(room)),
+            Ok(m) => Ok(m.subject.as_str() == self.partitions.stored_subject(room)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
             Err(e) => Err(UpstreamError(e.to_string())),
         }
@@ -788,8 +831,8 @@ impl Upstream {
         after: u64,
         until: Option<u64>,
     ) -> Result<Vec<StoredEvent>, UpstreamError> {
-        let stream = self.stream().await?;
-        let subject = self.subjects.room(room);
+        let stream = self.stream(room).await?;
+        let subject = self.partitions.stored_subject(room);
         let room: Arc<str> = Arc::from(room);
         let mut out = Vec::new();
         let mut cur = after;
@@ -836,9 +879,10 @@ impl Upstream {
             .map_err(|e| UpstreamError(e.to_string()))
     }
 
-    async fn stream(&self) -> Result<jetstream::stream::Stream<()>, UpstreamError> {
+    /// The stream that stores `room` (its partition's).
+    async fn stream(&self, room: &str) -> Result<jetstream::stream::Stream<()>, UpstreamError> {
         self.js
-            .get_stream_no_info(&self.stream)
+            .get_stream_no_info(self.partitions.stream_of(room))
             .await
             .map_err(|e| UpstreamError(e.to_string()))
     }

@@ -126,6 +126,10 @@ pub struct NatsOptions {
     /// More flags, e.g. `--cluster_name`, `--routes`.
     pub args: Vec<String>,
     pub logs: Logs,
+    /// Event stream partitions to map rooms to (`--stream-partitions` of the gateways and
+    /// fanout it serves): above 1, the server starts with a generated configuration file
+    /// holding the subject mapping (so `args` must not hold another `-c`).
+    pub stream_partitions: u32,
 }
 
 enum Store {
@@ -142,6 +146,8 @@ pub struct Nats {
     binary: PathBuf,
     args: Vec<String>,
     logs: Logs,
+    /// The generated configuration file's directory, if any; removed on drop.
+    _config: Option<tempfile::TempDir>,
 }
 
 impl Nats {
@@ -154,14 +160,29 @@ impl Nats {
             }
             None => Store::Temporary(tempfile::Builder::new().prefix("herald-nats-").tempdir()?),
         };
+        let mut args = opts.args;
+        let config = if opts.stream_partitions > 1 {
+            anyhow::ensure!(
+                !args.iter().any(|a| a == "-c" || a == "--config"),
+                "a nats-server with stream partitions takes its generated configuration file, not another"
+            );
+            let dir = tempfile::Builder::new().prefix("herald-nats-conf-").tempdir()?;
+            let path = dir.path().join("herald-partitions.conf");
+            std::fs::write(&path, partitions_config(opts.stream_partitions))?;
+            args.extend(["-c".to_owned(), path.display().to_string()]);
+            Some(dir)
+        } else {
+            None
+        };
         let mut nats = Self {
             child: None,
             port: opts.port.map_or_else(crate::free_port, Ok)?,
             monitor: opts.monitor.map_or_else(crate::free_port, Ok)?,
             store,
             binary: opts.binary.map_or_else(nats_binary, Ok)?,
-            args: opts.args,
+            args,
             logs: opts.logs,
+            _config: config,
         };
         nats.spawn()?;
         Ok(nats)
@@ -251,6 +272,13 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A nats-server configuration file holding only the subject mapping that spreads rooms over
+/// `partitions` event streams (under the default subject prefix).
+pub fn partitions_config(partitions: u32) -> String {
+    use herald_proto::subject::{Partitions, Subjects};
+    Partitions::new(Subjects::default(), partitions).server_config()
 }
 
 /// What a `herald-gateway` gets beyond its defaults.

@@ -7,10 +7,12 @@
 //! - `presence`: a big room with constant churn; presence frames, diff lag and fanout CPU.
 //! - `soak`: a long run with churn and hostile clients.
 //! - `flood`: anonymous clients with a fresh identity on every request (a JSON summary).
+//! - `ceiling`: the event stream's JetStream publish ceiling, one stream against partitions.
 //!
 //! Every mode writes `report.md`, `report.json` and `report.html` to `--report-dir`.
 
 mod bench;
+mod ceiling;
 mod client;
 mod compare;
 mod flood;
@@ -99,6 +101,12 @@ enum Mode {
     ///
     /// Example: loadtest flood --gateway 127.0.0.1:8081 --clients 50 --duration 30s --sources 127.0.0.2,127.0.0.3
     Flood(flood::FloodArgs),
+    /// The event stream's publish ceiling: JetStream-acked publishes per second over many rooms
+    /// with a bounded number in flight, and ack latency, for one stream and for N partitions,
+    /// each run on a fresh private NATS (one server R1, or a 3-node cluster R3).
+    ///
+    /// Example: loadtest ceiling --topology cluster --partitions 1,4 --runs 3
+    Ceiling(ceiling::CeilingArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -136,6 +144,7 @@ fn main() -> ExitCode {
             Mode::Presence(a) => presence::run(a).await,
             Mode::Soak(a) => soak::run(*a).await,
             Mode::Flood(a) => flood::run(a).await,
+            Mode::Ceiling(a) => ceiling::run(a).await,
             Mode::Compare(a) => {
                 if !compare::run(*a).await? {
                     bail!("a mode failed its thresholds (see the report)");

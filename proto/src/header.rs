@@ -14,6 +14,11 @@ pub const NATS_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
 pub const NATS_TIME_STAMP: &str = "Nats-Time-Stamp";
 /// The subject the event was stored under.
 pub const NATS_SUBJECT: &str = "Nats-Subject";
+/// A publish is refused unless this stream would store it (the partition check's probe).
+pub const NATS_EXPECTED_STREAM: &str = "Nats-Expected-Stream";
+/// A publish is refused unless the subject's last sequence is this one (the probe's
+/// guarantee that it is never stored).
+pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
 /// The `Nats-Msg-Id` under which a gateway stores a client's publish with idempotency key
 /// `key`: scoped to the user and the room, so one user's keys can neither collide with nor

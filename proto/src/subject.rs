@@ -113,6 +113,131 @@ impl Subjects {
     }
 }
 
+/// The most partitions the event stream may be split into: each is a stream with its own Raft
+/// group and files, and the gateway's start-up check publishes a probe to each.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Where room events are stored: one stream (`HERALD_ROOMS`, subjects `herald.room.>`) or, with
+/// `count` > 1, `count` streams `HERALD_ROOMS_<i>`. With partitions, the NATS server maps
+/// `herald.room.<room>` to `herald.part.<i>.<room>` ([`Partitions::mapping`]), `i` being
+/// [`partition`] of the room's name; stream `i` stores `herald.part.<i>.*` and republishes to
+/// the same live subjects `herald.live.room.<room>` as the single stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions {
+    subjects: Subjects,
+    count: u32,
+}
+
+/// The partition of `room` among `count`, as nats-server's `{{partition(count,1)}}` mapping
+/// computes it: FNV-1a (32 bits) of the token's bytes, modulo `count`.
+pub fn partition(room: &str, count: u32) -> u32 {
+    room_hash(room) % count.max(1)
+}
+
+/// FNV-1a, 32 bits: the hash nats-server's `partition()` takes of the mapped tokens.
+pub fn room_hash(room: &str) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    room.bytes().fold(OFFSET, |h, b| (h ^ u32::from(b)).wrapping_mul(PRIME))
+}
+
+// === impl Partitions ===
+
+impl Partitions {
+    /// `count` streams (at least 1, at most [`MAX_PARTITIONS`]).
+    pub fn new(subjects: Subjects, count: u32) -> Self {
+        Self {
+            subjects,
+            count: count.clamp(1, MAX_PARTITIONS),
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// The partition that stores `room` (0 with one stream).
+    pub fn of(&self, room: &str) -> u32 {
+        partition(room, self.count)
+    }
+
+    /// The name of stream `i`: `HERALD_ROOMS`, or `HERALD_ROOMS_<i>` with partitions.
+    pub fn stream(&self, i: u32) -> String {
+        if self.count == 1 {
+            self.subjects.stream_name()
+        } else {
+            format!("{}_{i}", self.subjects.stream_name())
+        }
+    }
+
+    /// The name of the stream that stores `room`.
+    pub fn stream_of(&self, room: &str) -> String {
+        self.stream(self.of(room))
+    }
+
+    /// The subject `room`'s events are stored under (publishers still use
+    /// [`Subjects::room`]; the server maps it).
+    pub fn stored_subject(&self, room: &str) -> String {
+        if self.count == 1 {
+            self.subjects.room(room)
+        } else {
+            format!("{}.part.{}.{room}", self.subjects.prefix(), self.of(room))
+        }
+    }
+
+    /// The subjects stream `i` captures: `herald.room.>`, or `herald.part.<i>.*`.
+    pub fn stream_subjects(&self, i: u32) -> String {
+        if self.count == 1 {
+            self.subjects.rooms_wildcard()
+        } else {
+            format!("{}.part.{i}.*", self.subjects.prefix())
+        }
+    }
+
+    /// Stream `i`'s RePublish source and destination: back to `herald.live.room.<room>`.
+    pub fn republish(&self, i: u32) -> (String, String) {
+        if self.count == 1 {
+            (self.subjects.rooms_wildcard(), self.subjects.live_rooms_wildcard())
+        } else {
+            (
+                self.stream_subjects(i),
+                format!("{}.live.room.{{{{wildcard(1)}}}}", self.subjects.prefix()),
+            )
+        }
+    }
+
+    /// The NATS server's subject mapping (source, destination) that spreads rooms over the
+    /// partitions; `None` with one stream. Every server of the cluster needs it, with the same
+    /// count as every gateway and fanout.
+    pub fn mapping(&self) -> Option<(String, String)> {
+        (self.count > 1).then(|| {
+            (
+                format!("{}.room.*", self.subjects.prefix()),
+                format!(
+                    "{}.part.{{{{partition({},1)}}}}.{{{{wildcard(1)}}}}",
+                    self.subjects.prefix(),
+                    self.count
+                ),
+            )
+        })
+    }
+
+    /// The `mappings` block of a nats-server configuration file (empty with one stream).
+    pub fn server_config(&self) -> String {
+        match self.mapping() {
+            Some((from, to)) => format!(
+                "# Herald's event stream in {} partitions: must match --stream-partitions.\nmappings = {{\n  \"{from}\": \"{to}\"\n}}\n",
+                self.count
+            ),
+            None => String::new(),
+        }
+    }
+}
+
 impl Default for Subjects {
     fn default() -> Self {
         Self::new(DEFAULT_PREFIX)
@@ -146,5 +271,49 @@ mod tests {
         assert_eq!(s.room_of("acme.push.live.room.a:b"), Some("a:b"));
         assert_eq!(s.room_of("herald.room.lobby"), None);
         assert_eq!(s.stream_name(), "ACME_PUSH_ROOMS");
+    }
+
+    #[test]
+    fn one_partition_is_the_single_stream() {
+        let p = Partitions::new(Subjects::default(), 1);
+        assert_eq!(p.stream_of("lobby"), "HERALD_ROOMS");
+        assert_eq!(p.stored_subject("lobby"), "herald.room.lobby");
+        assert_eq!(p.stream_subjects(0), "herald.room.>");
+        assert_eq!(p.republish(0), ("herald.room.>".into(), "herald.live.room.>".into()));
+        assert_eq!(p.mapping(), None);
+        assert_eq!(p.server_config(), "");
+    }
+
+    /// Known FNV-1a values, and partitions nats-server 2.15.1 chose for these rooms (stored
+    /// in the matching streams by a real server: gateway/tests/it/partitions.rs).
+    #[test]
+    fn partitions_as_nats_server_does() {
+        assert_eq!(room_hash(""), 0x811c_9dc5);
+        assert_eq!(room_hash("a"), 0xe40c_292c);
+        assert_eq!(room_hash("foobar"), 0xbf9c_f968);
+        let four: Vec<u32> = ["a", "b", "c", "d", "lobby", "user:bob", "room-1"]
+            .iter()
+            .map(|r| partition(r, 4))
+            .collect();
+        assert_eq!(four, [0, 1, 2, 3, 3, 3, 0]);
+        let p = Partitions::new(Subjects::new("acme.push"), 4);
+        assert_eq!(p.of("lobby"), partition("lobby", 4));
+        assert_eq!(p.stream(3), "ACME_PUSH_ROOMS_3");
+        assert_eq!(p.stored_subject("a"), "acme.push.part.0.a");
+        assert_eq!(p.stream_subjects(2), "acme.push.part.2.*");
+        assert_eq!(
+            p.republish(2),
+            (
+                "acme.push.part.2.*".into(),
+                "acme.push.live.room.{{wildcard(1)}}".into()
+            )
+        );
+        assert_eq!(
+            p.mapping(),
+            Some((
+                "acme.push.room.*".into(),
+                "acme.push.part.{{partition(4,1)}}.{{wildcard(1)}}".into()
+            ))
+        );
     }
 }

@@ -1,16 +1,19 @@
-//! Provisioning of the JetStream stream that stores room events (idempotent).
+//! Provisioning of the JetStream streams that store room events (idempotent), and the check
+//! that the NATS server spreads rooms over them as this process expects.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
-use herald_proto::subject::Subjects;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::HeaderMap;
+use herald_proto::header;
+use herald_proto::subject::{Partitions, MAX_PARTITIONS};
 
-/// What the event stream keeps.
+/// What the event stream keeps (each partition keeps it for its own rooms).
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub history_size: i64,
     pub history_ttl: Duration,
-    /// Bytes kept in all; `-1` for no limit.
+    /// Bytes kept in all (split evenly over the partitions); `-1` for no limit.
     pub max_bytes: i64,
     /// How long a `Nats-Msg-Id` is remembered (idempotent publishes).
     pub dedup_window: Duration,
@@ -30,6 +33,15 @@ pub fn check_dedup_window(window: Duration, history_ttl: Duration) -> Result<(),
     }
 }
 
+/// `--stream-partitions` within its bounds (the same rule for gateways and fanout).
+pub fn check_partition_count(count: u32) -> Result<(), &'static str> {
+    if (1..=MAX_PARTITIONS).contains(&count) {
+        Ok(())
+    } else {
+        Err("--stream-partitions must be 1 to 1024")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot provision stream {name}: {reason}")]
 pub struct ProvisionError {
@@ -37,49 +49,72 @@ pub struct ProvisionError {
     reason: String,
 }
 
-/// The stream's configuration: room subjects, per-room history, dedupe window, direct gets,
-/// and RePublish of every stored event to the live subjects.
-pub fn config(subjects: &Subjects, s: &StreamSettings) -> stream::Config {
+/// `/readyz`'s reason while [`check_partitions`] finds the server's mapping wrong.
+pub const NOT_MAPPED: &str =
+    "the NATS server does not map rooms to the event stream partitions as --stream-partitions says";
+
+/// The NATS server does not store rooms where this process looks for them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "room {room} is not stored in stream {expected}: {found}; the NATS server's subject mapping \
+     must spread rooms over exactly {count} partition(s) (--stream-partitions; see docs/operations.md)"
+)]
+pub struct PartitionError {
+    room: String,
+    expected: String,
+    found: String,
+    count: u32,
+}
+
+/// Stream `i`'s configuration: its room subjects, per-room history, dedupe window, direct
+/// gets, and RePublish of every stored event to the live subjects.
+pub fn config(p: &Partitions, i: u32, s: &StreamSettings) -> stream::Config {
+    let (source, destination) = p.republish(i);
     stream::Config {
-        name: subjects.stream_name(),
-        subjects: vec![subjects.rooms_wildcard()],
+        name: p.stream(i),
+        subjects: vec![p.stream_subjects(i)],
         max_messages_per_subject: s.history_size,
         max_age: s.history_ttl,
-        max_bytes: s.max_bytes,
+        // The bound is on the disk: all partitions together keep at most `max_bytes`.
+        max_bytes: if s.max_bytes > 0 {
+            (s.max_bytes / i64::from(p.count())).max(1)
+        } else {
+            s.max_bytes
+        },
         duplicate_window: s.dedup_window,
         allow_direct: true,
         num_replicas: s.replicas,
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
         republish: Some(stream::Republish {
-            source: subjects.rooms_wildcard(),
-            destination: subjects.live_rooms_wildcard(),
+            source,
+            destination,
             headers_only: false,
         }),
         ..Default::default()
     }
 }
 
-/// Creates the stream if it is missing; an existing stream is left alone unless it lacks
-/// what the gateway depends on (RePublish, direct gets). For gateways, which must work
-/// before fanout (the stream's owner) starts.
-pub async fn ensure(js: &jetstream::Context, subjects: &Subjects, s: &StreamSettings) -> Result<(), ProvisionError> {
-    provision_inner(js, subjects, s, false).await
+/// Creates every partition's stream if it is missing; an existing stream is left alone unless
+/// it lacks what the gateway depends on (RePublish, direct gets). For gateways, which must
+/// work before fanout (the streams' owner) starts.
+pub async fn ensure(js: &jetstream::Context, p: &Partitions, s: &StreamSettings) -> Result<(), ProvisionError> {
+    for i in 0..p.count() {
+        provision_one(js, config(p, i, s), false).await?;
+    }
+    Ok(())
 }
 
-/// Creates the stream, or updates it when its settings differ. Safe to run from every
-/// instance at once; for the stream's owner (fanout).
-pub async fn provision(js: &jetstream::Context, subjects: &Subjects, s: &StreamSettings) -> Result<(), ProvisionError> {
-    provision_inner(js, subjects, s, true).await
+/// Creates every partition's stream, or updates it when its settings differ. Safe to run from
+/// every instance at once; for the streams' owner (fanout).
+pub async fn provision(js: &jetstream::Context, p: &Partitions, s: &StreamSettings) -> Result<(), ProvisionError> {
+    for i in 0..p.count() {
+        provision_one(js, config(p, i, s), true).await?;
+    }
+    Ok(())
 }
 
-async fn provision_inner(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    s: &StreamSettings,
-    own: bool,
-) -> Result<(), ProvisionError> {
-    let want = config(subjects, s);
+async fn provision_one(js: &jetstream::Context, want: stream::Config, own: bool) -> Result<(), ProvisionError> {
     let err = |e: &dyn std::fmt::Display| ProvisionError {
         name: want.name.clone(),
         reason: e.to_string(),
@@ -105,5 +140,120 @@ async fn provision_inner(
             Err(_) if js.get_stream(&want.name).await.is_ok() => Ok(()),
             Err(e) => Err(err(&e)),
         },
+    }
+}
+
+/// Checks that the NATS server stores each room in the stream this process reads it from:
+/// publishes a probe to `herald.room.<probe>` for rooms chosen so that every partition is
+/// probed and any other partition count would send at least one probe elsewhere. A probe
+/// names the stream it expects and a last subject sequence no subject has, so it is refused
+/// whatever happens and nothing is ever stored: refused for its sequence means the expected
+/// stream took it; refused for the stream, or no stream at all, means the mapping is missing
+/// or has another count.
+pub async fn check_partitions(js: &jetstream::Context, p: &Partitions) -> Result<(), CheckError> {
+    for room in probe_rooms(p.count()) {
+        let expected = p.stream_of(&room);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_EXPECTED_STREAM, expected.as_str());
+        headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, PROBE_LAST_SEQUENCE);
+        let subject = p.subjects().room(&room);
+        let sent = js
+            .publish_with_headers(subject, headers, bytes::Bytes::new())
+            .await
+            .map_err(|e| CheckError::Nats(e.to_string()))?;
+        let found = match sent.await {
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => "no stream stores it".to_owned(),
+            Err(e) if e.kind() == PublishErrorKind::TimedOut => return Err(CheckError::Nats(e.to_string())),
+            Err(e) if e.kind() == PublishErrorKind::BrokenPipe => return Err(CheckError::Nats(e.to_string())),
+            Err(e) => format!("refused: {e}"),
+            // Cannot happen (the sequence never matches), but then it is stored: say where.
+            Ok(ack) => format!("stored in {}", ack.stream),
+        };
+        return Err(CheckError::Partitions(PartitionError {
+            room,
+            expected,
+            found,
+            count: p.count(),
+        }));
+    }
+    Ok(())
+}
+
+/// Why [`check_partitions`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The check could not be made (NATS unreachable, timed out, or the user may not publish
+    /// the probe's subject: the server then drops it without an answer); worth retrying.
+    #[error("partition check not answered (may this NATS user publish herald.room.* and, with partitions, herald.part.>?): {0}")]
+    Nats(String),
+    /// The server answered: the mapping is wrong.
+    #[error(transparent)]
+    Partitions(#[from] PartitionError),
+}
+
+/// A last subject sequence the probes' subjects never reach (they are never stored), within
+/// the server's signed 64-bit parse.
+const PROBE_LAST_SEQUENCE: &str = "1000000000000000000";
+
+/// Probe rooms: one per partition, then for each other count up to [`MAX_PARTITIONS`] that no
+/// probe yet tells apart from `count`, one that does. The names are not valid client room
+/// names' usual shape but are single tokens, as the mapping needs.
+pub fn probe_rooms(count: u32) -> Vec<String> {
+    use herald_proto::subject::{partition, room_hash};
+    let name = |k: u32| format!("_herald-probe-{k}");
+    let mut rooms: Vec<(String, u32)> = Vec::new();
+    let mut k = 0;
+    for i in 0..count {
+        while partition(&name(k), count) != i {
+            k += 1;
+        }
+        rooms.push((name(k), room_hash(&name(k))));
+    }
+    for other in (1..=MAX_PARTITIONS).filter(|&o| o != count) {
+        if rooms.iter().any(|(_, h)| h % other != h % count) {
+            continue;
+        }
+        let mut j = 0;
+        loop {
+            let h = room_hash(&name(j));
+            if h % other != h % count {
+                rooms.push((name(j), h));
+                break;
+            }
+            j += 1;
+        }
+    }
+    rooms.into_iter().map(|(r, _)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_proto::subject::partition;
+
+    #[test]
+    fn the_partition_count_is_bounded() {
+        assert!(check_partition_count(0).is_err());
+        assert!(check_partition_count(1).is_ok());
+        assert!(check_partition_count(MAX_PARTITIONS).is_ok());
+        assert!(check_partition_count(MAX_PARTITIONS + 1).is_err());
+    }
+
+    #[test]
+    fn probes_cover_every_partition_and_tell_every_other_count_apart() {
+        for count in [1, 2, 3, 4, 16] {
+            let rooms = probe_rooms(count);
+            for i in 0..count {
+                assert!(rooms.iter().any(|r| partition(r, count) == i), "{count}: partition {i}");
+            }
+            for other in (1..=MAX_PARTITIONS).filter(|&o| o != count) {
+                assert!(
+                    rooms.iter().any(|r| partition(r, other) != partition(r, count)),
+                    "{count} vs {other}"
+                );
+            }
+            assert!(rooms.len() <= count as usize + 16, "{count}: {} probes", rooms.len());
+        }
     }
 }

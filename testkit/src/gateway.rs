@@ -23,6 +23,14 @@ impl TestGateway {
 
     /// A gateway whose config `edit` adjusts first.
     pub async fn start_with(nats_url: &str, edit: impl FnOnce(&mut Config)) -> Self {
+        let gw = Self::serve_with(nats_url, edit).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// [`TestGateway::start_with`] without waiting for `/readyz` (for gateways that must not
+    /// become ready).
+    pub async fn serve_with(nats_url: &str, edit: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::for_test(nats_url);
         config.auth_hs256_secret = Some(crate::jwt::SECRET.to_owned());
         config.drain_timeout = std::time::Duration::from_secs(2);
@@ -37,15 +45,13 @@ impl TestGateway {
         let task = tokio::spawn(gateway.serve(async {
             let _ = rx.await;
         }));
-        let gw = Self {
+        Self {
             addr,
             admin,
             id,
             stop: Some(tx),
             task: Some(task),
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
     pub fn ws_url(&self) -> String {

@@ -16,9 +16,20 @@ impl NatsServer {
         Self::with_args(Vec::new())
     }
 
+    /// Starts `nats-server -js` mapping rooms to `partitions` event streams (the gateways and
+    /// fanout it serves need `--stream-partitions` with the same count).
+    pub fn partitioned(partitions: u32) -> Self {
+        Self::launch(Vec::new(), partitions)
+    }
+
     /// Starts `n` servers routed to each other on loopback as one JetStream cluster
     /// (`herald-test`), and waits until JetStream has a leader.
     pub async fn cluster(n: usize) -> Vec<Self> {
+        Self::cluster_partitioned(n, 1).await
+    }
+
+    /// [`NatsServer::cluster`], every node mapping rooms to `partitions` event streams.
+    pub async fn cluster_partitioned(n: usize, partitions: u32) -> Vec<Self> {
         let routes: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
         let all = routes
             .iter()
@@ -29,16 +40,19 @@ impl NatsServer {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                Self::with_args(vec![
-                    "--cluster_name".into(),
-                    "herald-test".into(),
-                    "--server_name".into(),
-                    format!("n{i}"),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{port}"),
-                    "--routes".into(),
-                    all.clone(),
-                ])
+                Self::launch(
+                    vec![
+                        "--cluster_name".into(),
+                        "herald-test".into(),
+                        "--server_name".into(),
+                        format!("n{i}"),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{port}"),
+                        "--routes".into(),
+                        all.clone(),
+                    ],
+                    partitions,
+                )
             })
             .collect();
         for node in &nodes {
@@ -54,8 +68,13 @@ impl NatsServer {
     }
 
     fn with_args(args: Vec<String>) -> Self {
+        Self::launch(args, 1)
+    }
+
+    fn launch(args: Vec<String>, stream_partitions: u32) -> Self {
         let nats = Nats::start(NatsOptions {
             args,
+            stream_partitions,
             logs: crate::logs(),
             ..NatsOptions::default()
         })

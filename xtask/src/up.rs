@@ -14,6 +14,11 @@ use herald_harness::launch::{
 /// The HS256 secret of the local stack; printed so that backends can mint tokens.
 pub(crate) const DEV_SECRET: &str = "herald-dev-secret-for-this-machine-only";
 
+/// Event stream partitions of the local stack: more than one, so that the demo runs the
+/// partitioned path (the server's subject mapping, one stream per partition) that large
+/// deployments use. The NATS server, fanout and both gateways get the same count.
+const STREAM_PARTITIONS: u32 = 4;
+
 pub(crate) fn up() -> Result<()> {
     let nats_bin = install()?;
     run(cargo().args([
@@ -40,15 +45,17 @@ pub(crate) fn up() -> Result<()> {
         monitor: Some(8222),
         store: Some(root().join("target/herald-up/nats")),
         logs: Logs::Inherit,
+        stream_partitions: STREAM_PARTITIONS,
         ..NatsOptions::default()
     })?;
+    let partitions = ["--stream-partitions".to_owned(), STREAM_PARTITIONS.to_string()];
     let nats_url = nats.url();
     // Started in this order, stopped in reverse: gateways first (they drain), then fanout
     // (it hands its leases over), then NATS.
     let fanout = FanoutOptions {
         binary: Some(bin.join("herald-fanout")),
         admin: Some(localhost(9200)),
-        args: Vec::new(),
+        args: partitions.to_vec(),
         logs: Logs::Inherit,
     };
     let mut programs = vec![Program::fanout(&nats_url, fanout)?];
@@ -64,6 +71,7 @@ pub(crate) fn up() -> Result<()> {
                     .into_iter()
                     .chain(LOAD_TEST_ANONYMOUS)
                     .map(String::from)
+                    .chain(partitions.iter().cloned())
                     .collect(),
                 logs: Logs::Inherit,
             },
@@ -90,9 +98,11 @@ fn print_links() -> Result<()> {
          customer: http://127.0.0.1:8081/support.html?company=acme&customer=ann&token={ann}\n  \
          WebSocket      ws://127.0.0.1:8080/ws   and   ws://127.0.0.1:8081/ws   (anonymous allowed)\n  \
          NATS           nats://127.0.0.1:4222    (monitoring http://127.0.0.1:8222)\n  \
+         event stream   {STREAM_PARTITIONS} partitions, HERALD_ROOMS_0..{last} (--stream-partitions)\n  \
          metrics        http://127.0.0.1:9100/metrics  http://127.0.0.1:9101/metrics  http://127.0.0.1:9200/metrics\n  \
          token secret   {DEV_SECRET}  (HS256, for tokens with rooms and a user id)\n\n\
-         Publish from a backend:  publish to NATS subject herald.room.lobby (see README).\nCtrl-C stops everything.\n"
+         Publish from a backend:  publish to NATS subject herald.room.lobby (see README).\nCtrl-C stops everything.\n",
+        last = STREAM_PARTITIONS - 1
     );
     Ok(())
 }

@@ -143,6 +143,11 @@ impl Hub {
         self.upstream.is_connected()
     }
 
+    /// Whether the NATS server maps rooms to other partitions than this gateway reads.
+    pub(crate) fn is_unmapped(&self) -> bool {
+        self.upstream.is_unmapped()
+    }
+
     /// Creates or updates the event stream, retrying until NATS answers.
     pub(crate) async fn provision(&self, settings: &herald_service::stream::StreamSettings) {
         self.upstream.provision(settings).await

@@ -24,9 +24,9 @@ fn refuses_to_start_without_auth_with_exit_64() {
 }
 
 #[test]
-fn refuses_short_hs256_secrets_and_http_jwks_urls_with_exit_64() {
+fn refuses_short_hs256_secrets_http_jwks_urls_and_bad_partition_counts_with_exit_64() {
     let secret32 = "0123456789abcdef0123456789abcdef";
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--auth-hs256-secret", ""], "at least 32 bytes"),
         (&["--auth-hs256-secret", "herald-dev-secret"], "at least 32 bytes"),
         (&["--auth-hs256-secret", &secret32[1..]], "at least 32 bytes"),
@@ -34,6 +34,14 @@ fn refuses_short_hs256_secrets_and_http_jwks_urls_with_exit_64() {
         (
             &["--jwks-url", "ftp://id.example/jwks.json", "--jwks-insecure-http"],
             "https",
+        ),
+        (
+            &["--auth-hs256-secret", secret32, "--stream-partitions", "0"],
+            "--stream-partitions must be 1 to 1024",
+        ),
+        (
+            &["--auth-hs256-secret", secret32, "--stream-partitions", "1025"],
+            "--stream-partitions must be 1 to 1024",
         ),
     ];
     for (args, says) in cases {
@@ -75,6 +83,7 @@ fn help_documents_every_flag_with_its_env_variable() {
         "drain-timeout",
         "log-format",
         "echo-endpoint",
+        "stream-partitions",
     ] {
         assert!(help.contains(&format!("--{flag}")), "--{flag} missing from --help");
         let env = format!("HERALD_{}", flag.to_uppercase().replace('-', "_"));

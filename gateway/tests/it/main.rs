@@ -12,6 +12,7 @@ mod jwks;
 mod limits;
 mod lost;
 mod op_fuzz;
+mod partitions;
 mod push;
 mod resume;
 mod rooms;

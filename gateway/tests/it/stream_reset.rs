@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use herald_proto::frame::{Ack, ServerFrame};
-use herald_proto::subject::Subjects;
+use herald_proto::subject::{Partitions, Subjects};
 use herald_service::stream::StreamSettings;
 use herald_testkit::http::Sse;
 use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
@@ -31,7 +31,7 @@ async fn recreate_stream(nats: &async_nats::Client) {
         dedup_window: Duration::from_secs(120),
         replicas: 1,
     };
-    herald_service::stream::ensure(&js, &subjects, &settings)
+    herald_service::stream::ensure(&js, &Partitions::new(subjects, 1), &settings)
         .await
         .expect("stream recreated");
 }
