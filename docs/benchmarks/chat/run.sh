@@ -27,7 +27,7 @@ run() {
   echo "== run$n $row"
   "$lt" chat "${@:3}" "${times[@]}" "${gw_args[@]}" --report-dir "$out/run$n/$row" > "$out/run$n/$row.log" 2>&1 \
     || { tail -5 "$out/run$n/$row.log"; exit 1; }
-  grep -E "^(delivered|latency|CPU per delivery|NATS messages|RSS):" "$out/run$n/$row.log" || true
+  grep -E "^(delivered|latency|CPU per delivery|NATS messages to gateways per event|RSS):" "$out/run$n/$row.log" || true
 }
 for n in ${RUNS:-1 2 3}; do
   mkdir -p "$out/run$n"

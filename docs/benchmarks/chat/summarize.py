@@ -61,6 +61,8 @@ ratios = [("personal-g2", "personal-g1"), ("personal-g4", "personal-g1"),
 
 
 def fmt(v):
+    if v == 0:
+        return "0"
     if v >= 1000:
         return f"{v:,.0f}"
     if v >= 100:
