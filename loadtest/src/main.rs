@@ -8,11 +8,15 @@
 //! - `soak`: a long run with churn and hostile clients.
 //! - `flood`: anonymous clients with a fresh identity on every request (a JSON summary).
 //! - `ceiling`: the event stream's JetStream publish ceiling, one stream against partitions.
+//! - `chat`: R rooms × S subscribers over G spawned gateways, E events/s spread over the rooms
+//!   through JetStream; delivery, latency, CPU per delivery of every process, NATS messages per
+//!   event to each gateway, and RSS per held room.
 //!
 //! Every mode writes `report.md`, `report.json` and `report.html` to `--report-dir`.
 
 mod bench;
 mod ceiling;
+mod chat;
 mod client;
 mod compare;
 mod flood;
@@ -53,6 +57,9 @@ use clap::{Args, Parser, Subcommand};
     --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8
   # Fan-out throughput: 1,000 subscribers, publish rate x1.5 per step until p99 > 50 ms
   loadtest bench --spawn --subscribers 1000 --start-rate 10 --p99-limit 50ms
+  # Chat-shaped traffic: 1,000 rooms of 5 over 2 gateways, 1,000 events/s for 20 s
+  loadtest chat --rooms 1000 --subscribers 5 --gateways 2 --placement spread --rate 1000 \\
+    --run-time 20s --gateway-arg=--room-subscriptions=wildcard
 
 Run `loadtest <mode> --help` for every flag of a mode."
 )]
@@ -107,6 +114,13 @@ enum Mode {
     ///
     /// Example: loadtest ceiling --topology cluster --partitions 1,4 --runs 3
     Ceiling(ceiling::CeilingArgs),
+    /// Chat-shaped traffic on a stack it spawns: R rooms × S subscribers placed by room or
+    /// spread over G gateways, E events/s dealt over the rooms through JetStream. Delivery
+    /// (lost, duplicates, out of order), p50/p99, CPU per delivery of every process, NATS
+    /// messages sent to each gateway per event (net of an idle window), RSS per held room.
+    ///
+    /// Example: loadtest chat --rooms 5000 --subscribers 1 --gateways 2 --placement by-room --rate 5000 --run-time 20s
+    Chat(Box<chat::ChatArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -145,6 +159,7 @@ fn main() -> ExitCode {
             Mode::Soak(a) => soak::run(*a).await,
             Mode::Flood(a) => flood::run(a).await,
             Mode::Ceiling(a) => ceiling::run(a).await,
+            Mode::Chat(a) => chat::run(*a).await,
             Mode::Compare(a) => {
                 if !compare::run(*a).await? {
                     bail!("a mode failed its thresholds (see the report)");
