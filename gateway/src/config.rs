@@ -218,6 +218,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_NATS_SUBSCRIPTION_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
     pub nats_subscription_capacity: Option<u32>,
 
+    /// Threads that run the gateway's tasks (default: the CPUs this process may use, which
+    /// counts a container's CPU quota). Set it to a gateway's share of the cores when several
+    /// share a machine: threads beyond its share of the cores only add wake-ups.
+    #[arg(long, env = "HERALD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// How long a room's NATS subscription outlives its last local subscriber.
     #[arg(long, env = "HERALD_ROOM_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
     pub room_linger: Duration,

@@ -17,13 +17,26 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// EX_CONFIG from sysexits: the configuration cannot run.
 const EXIT_CONFIG: u8 = 64;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("herald-gateway: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(config)),
+        Err(e) => {
+            eprintln!("herald-gateway: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
     telemetry::init(config.log_format);
     let gateway = match Gateway::bind(config).await {
         Ok(g) => g,

@@ -33,7 +33,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
@@ -217,11 +217,85 @@ pub(crate) struct Upstream {
     mode: RoomSubscriptions,
     dispatcher: std::sync::Mutex<Option<Dispatcher>>,
     router: OnceLock<Router>,
-    /// Live events on their way to the room table, one queue per delivery worker.
-    workers: OnceLock<Box<[mpsc::Sender<Arc<StoredEvent>>]>>,
     rescan: AtomicU8,
     /// True while the NATS server's subject mapping does not match the partition count.
     unmapped: std::sync::atomic::AtomicBool,
+}
+
+/// Where a reading task hands its live events, room by room, in order: a room with more
+/// than [`BIG_ROOM`] subscribers to a task of its own, so its fan-out never delays other
+/// rooms; any other room to the delivery worker its name hashes to — or, when that worker
+/// has nothing in hand, straight to the room table on the reading task, so that a lightly
+/// loaded gateway pays no hand-off per event while a busy one spreads fan-out over cores.
+struct Delivery {
+    upstream: Arc<Upstream>,
+    workers: Vec<Worker>,
+    big: HashMap<Arc<str>, mpsc::Sender<Arc<StoredEvent>>>,
+}
+
+/// A delivery worker's queue, and how many events it has been handed and not yet delivered.
+struct Worker {
+    queue: mpsc::Sender<Arc<StoredEvent>>,
+    in_hand: Arc<AtomicUsize>,
+}
+
+impl Delivery {
+    /// Starts the workers: one per core, at least two. They end with the `Delivery`.
+    fn new(upstream: &Arc<Upstream>) -> Self {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let workers = (0..n)
+            .map(|_| {
+                let (queue, mut events) = mpsc::channel::<Arc<StoredEvent>>(WORKER_QUEUE);
+                let in_hand = Arc::new(AtomicUsize::new(0));
+                let (upstream, count) = (Arc::clone(upstream), Arc::clone(&in_hand));
+                tokio::spawn(async move {
+                    while let Some(ev) = events.recv().await {
+                        upstream.offer(ev);
+                        count.fetch_sub(1, Ordering::Release);
+                    }
+                });
+                Worker { queue, in_hand }
+            })
+            .collect();
+        Self {
+            upstream: Arc::clone(upstream),
+            workers,
+            big: HashMap::new(),
+        }
+    }
+
+    async fn route(&mut self, ev: Arc<StoredEvent>) {
+        let ev = match self.big.get(&ev.room) {
+            Some(room) => match room.send(ev).await {
+                Ok(()) => return,
+                // Its task ended (the room was removed): this event starts afresh.
+                Err(mpsc::error::SendError(ev)) => {
+                    self.big.remove(&ev.room);
+                    ev
+                }
+            },
+            None => ev,
+        };
+        let worker = &self.workers[worker_of(&ev.room, self.workers.len())];
+        // Nothing of the worker's is pending: every earlier event of this room has been
+        // delivered, so this one can be too, here (only this task hands the worker events).
+        if worker.in_hand.load(Ordering::Acquire) == 0 {
+            if self.upstream.rooms.subscribers(&ev.room) > BIG_ROOM {
+                let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+                tokio::spawn(Arc::clone(&self.upstream).deliver_room(Arc::clone(&ev.room), rx));
+                self.big.retain(|_, room| !room.is_closed());
+                self.big.insert(Arc::clone(&ev.room), tx.clone());
+                // The task has just started: it is there to receive.
+                let _ = tx.send(ev).await;
+            } else {
+                self.upstream.offer(ev);
+            }
+            return;
+        }
+        worker.in_hand.fetch_add(1, Ordering::AcqRel);
+        // A worker ends only with this `Delivery`.
+        let _ = worker.queue.send(ev).await;
+    }
 }
 
 // === impl Upstream ===
@@ -260,7 +334,6 @@ impl Upstream {
             mode,
             dispatcher: std::sync::Mutex::new(None),
             router: OnceLock::new(),
-            workers: OnceLock::new(),
             rescan: AtomicU8::new(RESCAN_IDLE),
             unmapped: std::sync::atomic::AtomicBool::new(false),
         })
@@ -488,13 +561,14 @@ impl Upstream {
     /// Reads every room's subscription; each event goes to its room's delivery worker.
     async fn read_rooms(self: Arc<Self>, mut feeds: mpsc::UnboundedReceiver<Feed>) {
         let mut all = SelectAll::new();
+        let mut delivery = Delivery::new(&self);
         loop {
             tokio::select! {
                 feed = feeds.recv() => match feed {
                     Some(feed) => all.push(feed),
                     None => return,
                 },
-                Some(msg) = all.next(), if !all.is_empty() => self.on_message(&msg).await,
+                Some(msg) = all.next(), if !all.is_empty() => self.on_message(&msg, &mut delivery).await,
             }
         }
     }
@@ -527,13 +601,14 @@ impl Upstream {
             }
         };
         subscribed.send_replace(true);
+        let mut delivery = Delivery::new(&self);
         while let Some(msg) = sub.next().await {
-            self.on_message(&msg).await;
+            self.on_message(&msg, &mut delivery).await;
         }
     }
 
-    /// One live event: to its room's delivery worker, if the gateway holds the room.
-    async fn on_message(self: &Arc<Self>, msg: &async_nats::Message) {
+    /// One live event, if the gateway holds its room: parsed and handed to `delivery`.
+    async fn on_message(self: &Arc<Self>, msg: &async_nats::Message, delivery: &mut Delivery) {
         let Some(room) = self.subjects.room_of(msg.subject.as_str()) else {
             return;
         };
@@ -543,58 +618,10 @@ impl Upstream {
         let Some(ev) = self.live_event(room, msg) else {
             return;
         };
-        let workers = self.workers();
-        let i = worker_of(room, workers.len());
-        // A worker ends only with the runtime.
-        let _ = workers[i].send(Arc::new(ev)).await;
+        delivery.route(Arc::new(ev)).await;
     }
 
-    /// The delivery workers, started on first use: one per core, at least two.
-    fn workers(self: &Arc<Self>) -> &[mpsc::Sender<Arc<StoredEvent>>] {
-        self.workers.get_or_init(|| {
-            let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-            (0..n)
-                .map(|_| {
-                    let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-                    tokio::spawn(Arc::clone(self).deliver_events(rx));
-                    tx
-                })
-                .collect()
-        })
-    }
-
-    /// A delivery worker: hands its rooms' events to the room table, except the events of
-    /// rooms with more than [`BIG_ROOM`] subscribers, which go to a task of their own (for
-    /// as long as the room lives), so that their fan-out never delays the worker's other
-    /// rooms.
-    async fn deliver_events(self: Arc<Self>, mut events: mpsc::Receiver<Arc<StoredEvent>>) {
-        let mut big: HashMap<Arc<str>, mpsc::Sender<Arc<StoredEvent>>> = HashMap::new();
-        while let Some(ev) = events.recv().await {
-            let ev = match big.get(&ev.room) {
-                Some(room) => match room.send(ev).await {
-                    Ok(()) => continue,
-                    // Its task ended (the room was removed): this event starts afresh.
-                    Err(mpsc::error::SendError(ev)) => {
-                        big.remove(&ev.room);
-                        ev
-                    }
-                },
-                None => ev,
-            };
-            if self.rooms.subscribers(&ev.room) > BIG_ROOM {
-                let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-                tokio::spawn(Arc::clone(&self).deliver_room(Arc::clone(&ev.room), rx));
-                big.retain(|_, room| !room.is_closed());
-                big.insert(Arc::clone(&ev.room), tx.clone());
-                // The task has just started: it is there to receive.
-                let _ = tx.send(ev).await;
-                continue;
-            }
-            self.offer(ev);
-        }
-    }
-
-    /// A big room's deliveries; ends once the room is gone and idle.
+    /// A big room's deliveries; ends once the room is gone and idle (or the reader is).
     async fn deliver_room(self: Arc<Self>, room: Arc<str>, mut events: mpsc::Receiver<Arc<StoredEvent>>) {
         loop {
             match tokio::time::timeout(BIG_ROOM_IDLE, events.recv()).await {
