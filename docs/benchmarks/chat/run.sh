@@ -5,7 +5,10 @@
 #   docs/benchmarks/chat/run.sh <dir with loadtest, herald-gateway, herald-fanout> <report dir>
 #
 # ROWS="personal-g1 disjoint-g2" runs only the rows named; RUNS="1" only the runs named.
-# GATEWAY_ARGS="--gateway-arg=--room-subscriptions=per-room" passes flags to every gateway.
+# GATEWAY_ARGS="--gateway-arg=--room-subscriptions=wildcard" passes flags to every gateway.
+# SHARE_CORES=1 gives each of G gateways its share of the machine's cores (--worker-threads
+# nproc/G, at least 1), as G pods with that CPU limit would size their runtimes; by default
+# every gateway's runtime has a thread per core (G > 1 then puts G threads on each core).
 #
 # Every server is spawned fresh (nats-server, fanout, gateways on free loopback ports); the
 # reports name the revision of the work tree the command runs in and the processes measured.
@@ -25,7 +28,12 @@ run() {
   local n=$1 row=$2
   [[ -z "${ROWS:-}" || " $ROWS " == *" $row "* ]] || return 0
   echo "== run$n $row"
-  "$lt" chat "${@:3}" "${times[@]}" "${gw_args[@]}" --report-dir "$out/run$n/$row" > "$out/run$n/$row.log" 2>&1 \
+  local share=()
+  if [[ -n "${SHARE_CORES:-}" ]]; then
+    local g=${*: -1}
+    share=(--gateway-arg=--worker-threads=$(( $(nproc) / g > 0 ? $(nproc) / g : 1 )))
+  fi
+  "$lt" chat "${@:3}" "${times[@]}" "${gw_args[@]}" "${share[@]}" --report-dir "$out/run$n/$row" > "$out/run$n/$row.log" 2>&1 \
     || { tail -5 "$out/run$n/$row.log"; exit 1; }
   grep -E "^(delivered|latency|CPU per delivery|NATS messages to gateways per event|RSS):" "$out/run$n/$row.log" || true
 }
