@@ -3,6 +3,8 @@
 //! subscriber on both gateways gets every stored event exactly once, in order, presence
 //! stays right and `/readyz` comes back.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,37 +147,7 @@ async fn every_node_killed_in_turn_loses_no_event_and_no_member() {
     // The backend publishes through JetStream, retrying each event with the same
     // Nats-Msg-Id until it is acked, so a retry after a lost ack is not stored twice.
     let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let publisher = {
-        let (js, acked, mut stop) = (js.clone(), Arc::clone(&acked), stop.clone());
-        tokio::spawn(async move {
-            let subject = format!("herald.room.{ROOM}");
-            for n in 0u64.. {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("cluster-{n}").as_str());
-                let body = json!({ "n": n }).to_string();
-                loop {
-                    let attempt = async {
-                        let ack = js
-                            .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
-                            .await?;
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ack.await?)
-                    };
-                    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-                        Ok(Ok(ack)) => {
-                            acked.lock().unwrap().push(ack.sequence);
-                            break;
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = stop.changed() => return n + 1,
-                }
-            }
-            unreachable!()
-        })
-    };
+    let publisher = tokio::spawn(common::publisher(js.clone(), ROOM, Arc::clone(&acked), stop.clone()));
 
     for node in &mut nodes {
         let before = acked.lock().unwrap().len();

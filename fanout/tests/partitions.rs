@@ -3,6 +3,8 @@
 //! down in turn, twice; every subscriber on both gateways gets every event of its room once, in
 //! order. And a fanout whose partition count the server does not map stays not ready.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,42 +57,6 @@ async fn subscriber(url: String, room: &'static str, got: Arc<Mutex<Received>>, 
         }
         got.lock().unwrap().resumes += 1;
     }
-}
-
-/// Publishes `{"n": 0..}` to `room` through JetStream every 20 ms until `stop`, retrying each
-/// event with the same Nats-Msg-Id until it is acked; the acked seqs, and how many it sent.
-async fn publisher(
-    js: jetstream::Context,
-    room: &'static str,
-    acked: Arc<Mutex<Vec<u64>>>,
-    mut stop: watch::Receiver<bool>,
-) -> u64 {
-    let subject = format!("herald.room.{room}");
-    for n in 0u64.. {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{room}-{n}").as_str());
-        let body = json!({ "n": n }).to_string();
-        loop {
-            let attempt = async {
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
-                    .await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ack.await?)
-            };
-            match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-                Ok(Ok(ack)) => {
-                    acked.lock().unwrap().push(ack.sequence);
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = stop.changed() => return n + 1,
-        }
-    }
-    unreachable!()
 }
 
 /// Stream `name`'s leader and whether every replica is current.
@@ -157,7 +123,7 @@ async fn every_partition_s_leader_stepping_down_loses_no_event() {
     let publishers: Vec<_> = ROOMS
         .iter()
         .zip(&acked)
-        .map(|(room, acked)| tokio::spawn(publisher(js.clone(), room, Arc::clone(acked), stop.clone())))
+        .map(|(room, acked)| tokio::spawn(common::publisher(js.clone(), room, Arc::clone(acked), stop.clone())))
         .collect();
     let total = || acked.iter().map(|a| a.lock().unwrap().len()).sum::<usize>();
 

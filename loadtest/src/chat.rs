@@ -548,15 +548,7 @@ async fn worker(a: ChatArgs) -> Result<()> {
     println!("{}", serde_json::to_string(&line)?);
 
     // "stop <published>" on stdin: the events were all published.
-    let published: u64 = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-        line.trim()
-            .strip_prefix("stop ")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
-    .await?;
+    let published = crate::hold::read_stop().await?;
     let expected_of = |k: usize| {
         let (room, _) = place(a.first + k, a.subscribers, g_count, a.placement);
         events_of_room(room, a.rooms, published)

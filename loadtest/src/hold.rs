@@ -214,15 +214,7 @@ async fn worker(a: HoldArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&line)?);
     // "stop <events per connection>" on stdin ends the hold.
-    let expected: u64 = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-        line.trim()
-            .strip_prefix("stop ")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
-    .await?;
+    let expected = read_stop().await?;
     let until = Instant::now() + Duration::from_secs(10);
     while tally.delivered.load(Relaxed) < expected * n && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -688,4 +680,18 @@ fn worker_rows(h: &Held) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+/// A worker's orders from its parent: waits for the line `stop <n>` on stdin; `n` (0 if the
+/// line is anything else, or stdin closes).
+pub(crate) async fn read_stop() -> anyhow::Result<u64> {
+    Ok(tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        line.trim()
+            .strip_prefix("stop ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+    .await?)
 }
