@@ -12,9 +12,10 @@
 //!   that NATS sends this gateway every room's events, and events of rooms it does not hold
 //!   are dropped here.
 //!
-//! The reading task only parses: each event goes to one of a few delivery workers chosen by
-//! its room, which hand it to the room table ([`Rooms::offer`]); so the fan-out of a big room
-//! runs beside the reader, on another core, and rooms on other workers never wait for it.
+//! The reading task parses each event and hands it on ([`Delivery`]): a room with more than
+//! [`BIG_ROOM`] local subscribers to a task of its own, so its fan-out runs beside the reader
+//! and never delays a small room; any other room to the delivery worker its name picks, or,
+//! when that worker has nothing in hand, straight to the room table ([`Rooms::offer`]).
 //!
 //! An event is delivered only after every earlier event of its room: its `prev` is checked
 //! against the room's last seq, and a gap is read from the stream (direct get,
@@ -28,14 +29,12 @@
 //! rewinds the room to 0 ([`Rooms::offer`], [`Rooms::position`]) instead of dropping the new
 //! stream's events as seen.
 
-use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
-
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetErrorKind};
 use async_nats::{Client, HeaderMap, HeaderValue, Subscriber};
@@ -44,7 +43,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{SelectAll, Stream, StreamExt};
 use herald_proto::frame::EventRef;
 use herald_proto::header;
-use herald_proto::subject::{Partitions, Subjects};
+use herald_proto::subject::{partition, Partitions, Subjects};
 use herald_service::nats::Signals;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -144,7 +143,7 @@ impl StoredEvent {
 pub(crate) trait Rooms: Send + Sync + 'static {
     /// Records the handle of a room's live subscription, so that removing the room ends it.
     /// False (the caller drops the subscription) when the room is gone or already has one.
-    fn set_pump(&self, room: &str, pump: AbortHandle) -> bool;
+    fn set_feed(&self, room: &str, feed: AbortHandle) -> bool;
     /// The room's subscription is in place; `last_seq` (stored at `last_us`, µs since the
     /// epoch) was stored before it. Returns the history read that the events held meanwhile
     /// need, if any.
@@ -183,7 +182,7 @@ struct Router {
 }
 
 /// A room's live subscription as the reading task holds it: it ends when the room is
-/// removed ([`Rooms::set_pump`] keeps the abort handle), which drops the subscription
+/// removed ([`Rooms::set_feed`] keeps the abort handle), which drops the subscription
 /// (async-nats then unsubscribes).
 struct Feed {
     sub: Abortable<Subscriber>,
@@ -219,7 +218,7 @@ pub(crate) struct Upstream {
     router: OnceLock<Router>,
     rescan: AtomicU8,
     /// True while the NATS server's subject mapping does not match the partition count.
-    unmapped: std::sync::atomic::AtomicBool,
+    unmapped: AtomicBool,
 }
 
 /// Where a reading task hands its live events, room by room, in order: a room with more
@@ -335,7 +334,7 @@ impl Upstream {
             dispatcher: std::sync::Mutex::new(None),
             router: OnceLock::new(),
             rescan: AtomicU8::new(RESCAN_IDLE),
-            unmapped: std::sync::atomic::AtomicBool::new(false),
+            unmapped: AtomicBool::new(false),
         })
     }
 
@@ -350,7 +349,7 @@ impl Upstream {
             slow.borrow_and_update();
             // `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`: the new leader stores from
             // now on; a republished copy lost in the change is repaired from the stream.
-            let streams: std::collections::HashSet<String> = (0..this.partitions.count())
+            let streams: HashSet<String> = (0..this.partitions.count())
                 .map(|i| this.partitions.stream(i))
                 .collect();
             let mut leaders = this
@@ -404,11 +403,11 @@ impl Upstream {
                 Err(e) => warn!(error = %e, "Event stream not ready; retrying"),
                 Ok(()) => match check_partitions(&self.js, &self.partitions).await {
                     Ok(()) => {
-                        self.unmapped.store(false, std::sync::atomic::Ordering::SeqCst);
+                        self.unmapped.store(false, Ordering::SeqCst);
                         return;
                     }
                     Err(CheckError::Partitions(e)) => {
-                        self.unmapped.store(true, std::sync::atomic::Ordering::SeqCst);
+                        self.unmapped.store(true, Ordering::SeqCst);
                         error!(error = %e, partitions = self.partitions.count(), "NATS subject mapping does not match --stream-partitions; not ready");
                         delay = PARTITION_CHECK_RETRY;
                     }
@@ -453,7 +452,7 @@ impl Upstream {
 
     /// Whether the last partition check found the server's mapping wrong.
     pub(crate) fn is_unmapped(&self) -> bool {
-        self.unmapped.load(std::sync::atomic::Ordering::Relaxed)
+        self.unmapped.load(Ordering::Relaxed)
     }
 
     pub(crate) fn subjects(&self) -> &Subjects {
@@ -522,7 +521,7 @@ impl Upstream {
                         let (handle, registration) = AbortHandle::new_pair();
                         // Refused when the room is gone or already has its subscription (it
                         // was removed and created again while queued): this one is dropped.
-                        if self.rooms.set_pump(&room, handle) {
+                        if self.rooms.set_feed(&room, handle) {
                             let feed = Feed {
                                 sub: Abortable::new(sub, registration),
                                 _gauge: GaugeGuard::new(),
@@ -558,7 +557,7 @@ impl Upstream {
         }
     }
 
-    /// Reads every room's subscription; each event goes to its room's delivery worker.
+    /// Reads every room's subscription; each event goes on through `Delivery`.
     async fn read_rooms(self: Arc<Self>, mut feeds: mpsc::UnboundedReceiver<Feed>) {
         let mut all = SelectAll::new();
         let mut delivery = Delivery::new(&self);
@@ -917,8 +916,7 @@ impl Upstream {
 
 /// The delivery worker of a room's events: always the same one, so they stay in order.
 fn worker_of(room: &str, workers: usize) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(room) as usize % workers
+    partition(room, workers as u32) as usize
 }
 
 /// The next message of an optional subscription; never, without one.

@@ -1,7 +1,7 @@
 //! The hub: the room operations every transport uses (subscribe with `since`, unsubscribe,
 //! history pages, publish) over the room [`table`] (rooms → local subscribers, encode-once
-//! fan-out). Only the hub reaches [`Upstream`] for rooms; the pumps upstream runs report back
-//! into the table through [`crate::upstream::Rooms`].
+//! fan-out). Only the hub reaches [`Upstream`] for rooms; what upstream reads from NATS reaches
+//! the table through [`crate::upstream::Rooms`].
 
 mod table;
 
@@ -25,7 +25,7 @@ const ROOM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Hub {
     table: Arc<Table>,
     upstream: Arc<Upstream>,
-    /// How long an emptied room keeps its pump.
+    /// How long an emptied room keeps its live events coming.
     linger: Duration,
 }
 
@@ -39,7 +39,7 @@ impl Hub {
     }
 
     /// Subscribes connection `conn` to `room`: joins the table (pending), makes sure the
-    /// room's pump runs, then queues the events after `since` (none without it), the live
+    /// room's live events come, then queues the events after `since` (none without it), the live
     /// events that arrived meanwhile, and `ack(seq)` (skipped when empty). Returns the last
     /// seq queued. On failure the connection is not left in the room. `since` is where the
     /// replay starts, already resolved by [`Hub::resume`].

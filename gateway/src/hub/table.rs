@@ -76,7 +76,8 @@ struct Room {
     /// Joins waiting for the room to leave `Starting`: made by the first and dropped once the
     /// state is settled (a watch channel is ~0.4 KiB, and nearly every room is settled).
     waiters: Option<watch::Sender<RoomState>>,
-    pump: Option<AbortHandle>,
+    /// Ends the room's live subscription (per-room mode) when the room is removed.
+    feed: Option<AbortHandle>,
     /// Bumped on every join, so a linger timer knows whether the room was reused.
     generation: u64,
     /// Live events held back, in arrival order, while the room's history is read (a new room
@@ -136,7 +137,7 @@ impl Table {
             last_us: 0,
             state: RoomState::Starting,
             waiters: None,
-            pump: None,
+            feed: None,
             generation: 0,
             held: Some(Vec::new()),
             rescan: false,
@@ -225,8 +226,8 @@ impl Table {
             .get(room)
             .is_some_and(|r| r.subs.is_empty() && r.generation == generation);
         if idle {
-            if let Some(pump) = shard.remove(room).and_then(|r| r.pump) {
-                pump.abort();
+            if let Some(feed) = shard.remove(room).and_then(|r| r.feed) {
+                feed.abort();
             }
         }
         idle
@@ -366,12 +367,12 @@ impl Room {
     }
 }
 
-// The pumps upstream runs report into the table.
+// What upstream reads from NATS reports into the table.
 impl Rooms for Table {
-    fn set_pump(&self, room: &str, pump: AbortHandle) -> bool {
+    fn set_feed(&self, room: &str, feed: AbortHandle) -> bool {
         match self.shard(room).get_mut(room) {
-            Some(r) if r.pump.is_none() => {
-                r.pump = Some(pump);
+            Some(r) if r.feed.is_none() => {
+                r.feed = Some(feed);
                 true
             }
             _ => false,
