@@ -274,6 +274,32 @@ impl Drop for Nats {
     }
 }
 
+/// The flags of each node of a nats-server cluster `name` routed to each other on loopback,
+/// node `i` listening for routes on `routes[i]` (add them to each node's [`NatsOptions`]).
+pub fn cluster_args(name: &str, routes: &[u16]) -> Vec<Vec<String>> {
+    let all = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            vec![
+                "--cluster_name".into(),
+                name.into(),
+                "--server_name".into(),
+                format!("n{i}"),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{port}"),
+                "--routes".into(),
+                all.clone(),
+            ]
+        })
+        .collect()
+}
+
 /// A nats-server configuration file holding only the subject mapping that spreads rooms over
 /// `partitions` event streams (under the default subject prefix).
 pub fn partitions_config(partitions: u32) -> String {

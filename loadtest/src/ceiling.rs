@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use herald_harness::launch::{Logs, Nats, NatsOptions};
+use herald_harness::launch::{cluster_args, Logs, Nats, NatsOptions};
 use herald_proto::subject::{Partitions, Subjects};
 use herald_service::stream::StreamSettings;
 
@@ -255,26 +255,11 @@ async fn spawn(topology: Topology, partitions: u32) -> Result<Vec<Nats>> {
             let routes = (0..3)
                 .map(|_| herald_harness::free_port())
                 .collect::<std::io::Result<Vec<u16>>>()?;
-            let all = routes
-                .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            routes
-                .iter()
-                .enumerate()
-                .map(|(i, port)| {
+            cluster_args("herald-ceiling", &routes)
+                .into_iter()
+                .map(|args| {
                     Nats::start(NatsOptions {
-                        args: vec![
-                            "--cluster_name".into(),
-                            "herald-ceiling".into(),
-                            "--server_name".into(),
-                            format!("n{i}"),
-                            "--cluster".into(),
-                            format!("nats://127.0.0.1:{port}"),
-                            "--routes".into(),
-                            all.clone(),
-                        ],
+                        args,
                         stream_partitions: partitions,
                         logs: Logs::Quiet,
                         ..NatsOptions::default()

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_harness::launch::{Nats, NatsOptions};
+use herald_harness::launch::{cluster_args, Nats, NatsOptions};
 
 /// A running nats-server; killed (and its store removed) on drop.
 pub struct NatsServer {
@@ -31,29 +31,9 @@ impl NatsServer {
     /// [`NatsServer::cluster`], every node mapping rooms to `partitions` event streams.
     pub async fn cluster_partitioned(n: usize, partitions: u32) -> Vec<Self> {
         let routes: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
-        let all = routes
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes: Vec<Self> = routes
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                Self::launch(
-                    vec![
-                        "--cluster_name".into(),
-                        "herald-test".into(),
-                        "--server_name".into(),
-                        format!("n{i}"),
-                        "--cluster".into(),
-                        format!("nats://127.0.0.1:{port}"),
-                        "--routes".into(),
-                        all.clone(),
-                    ],
-                    partitions,
-                )
-            })
+        let nodes: Vec<Self> = cluster_args("herald-test", &routes)
+            .into_iter()
+            .map(|args| Self::launch(args, partitions))
             .collect();
         for node in &nodes {
             node.wait_jetstream_leader().await;
