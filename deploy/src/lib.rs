@@ -99,3 +99,40 @@ pub fn nginx_config(upstreams: [&str; 2], listen: u16, cert: &Path, key: &Path) 
         .replace("/etc/nginx/tls/tls.crt", &cert.to_string_lossy())
         .replace("/etc/nginx/tls/tls.key", &key.to_string_lossy())
 }
+
+/// The NATS users of `deploy/k8s/base/nats-auth.conf`, for tests that run it: (user, the
+/// environment variable it reads the password from, a test password).
+pub const NATS_USERS: [(&str, &str, &str); 3] = [
+    (
+        "herald-gateway",
+        "HERALD_NATS_GATEWAY_PASSWORD",
+        "gateway-pw-0123456789",
+    ),
+    ("herald-fanout", "HERALD_NATS_FANOUT_PASSWORD", "fanout-pw-0123456789"),
+    (
+        "herald-backend",
+        "HERALD_NATS_BACKEND_PASSWORD",
+        "backend-pw-0123456789",
+    ),
+];
+
+/// A deploy user's test password ([`NATS_USERS`]).
+pub fn nats_password(user: &str) -> &'static str {
+    NATS_USERS
+        .iter()
+        .find(|(u, _, _)| *u == user)
+        .map(|(_, _, password)| *password)
+        .unwrap_or_else(|| panic!("{user} is not a deploy user"))
+}
+
+/// Sets every deploy user's password variable, for a nats-server started after it.
+pub fn set_nats_passwords() {
+    for (_, var, password) in NATS_USERS {
+        std::env::set_var(var, password);
+    }
+}
+
+/// `url` with `user`'s credentials, as the services take it (`--nats-url`).
+pub fn nats_user_url(url: &str, user: &str) -> String {
+    url.replacen("nats://", &format!("nats://{user}:{}@", nats_password(user)), 1)
+}

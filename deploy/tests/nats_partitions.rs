@@ -5,31 +5,16 @@
 
 use std::time::Duration;
 
-use herald_deploy::root;
+use herald_deploy::{nats_password, nats_user_url, root, set_nats_passwords};
 use herald_proto::frame::ServerFrame;
 use herald_proto::subject::{Partitions, Subjects};
 use herald_testkit::{http, jwt, wait_until, NatsServer, Process, TestGateway, WsClient};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// (user, the environment variable auth.conf reads its password from, the password)
-const USERS: [(&str, &str, &str); 3] = [
-    (
-        "herald-gateway",
-        "HERALD_NATS_GATEWAY_PASSWORD",
-        "gateway-pw-0123456789",
-    ),
-    ("herald-fanout", "HERALD_NATS_FANOUT_PASSWORD", "fanout-pw-0123456789"),
-    (
-        "herald-backend",
-        "HERALD_NATS_BACKEND_PASSWORD",
-        "backend-pw-0123456789",
-    ),
-];
-
+/// The server's URL with `user`'s credentials, as the services take it (`--nats-url`).
 fn url(nats: &NatsServer, user: &str) -> String {
-    let (_, _, password) = USERS.iter().find(|(u, _, _)| *u == user).expect("a deploy user");
-    nats.url().replacen("nats://", &format!("nats://{user}:{password}@"), 1)
+    nats_user_url(&nats.url(), user)
 }
 
 /// The value of env var `name` in a manifest (the line after `- name: <name>`).
@@ -69,10 +54,8 @@ async fn the_deploy_s_partition_mapping_matches_its_services_and_stores_rooms_in
         "include \"auth.conf\"\ninclude \"partitions.conf\"\n",
     )
     .unwrap();
-    for (_, var, password) in USERS {
-        // The only test in this binary that sets them, before the server starts.
-        std::env::set_var(var, password);
-    }
+    // The only test in this binary that sets them, before the server starts.
+    set_nats_passwords();
     let nats = NatsServer::with_config(&dir.path().join("nats.conf"));
 
     let flag = ["--stream-partitions", "4"];
@@ -84,7 +67,7 @@ async fn the_deploy_s_partition_mapping_matches_its_services_and_stores_rooms_in
     .await;
     let gw = TestGateway::start_with(&url(&nats, "herald-gateway"), |c| c.stream_partitions = count).await;
 
-    let (_, _, password) = USERS[2];
+    let password = nats_password("herald-backend");
     let backend = async_nats::ConnectOptions::with_user_and_password("herald-backend".into(), password.into())
         .connect(nats.url())
         .await

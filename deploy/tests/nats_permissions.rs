@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald_deploy::root;
+use herald_deploy::{nats_password, nats_user_url, root, set_nats_passwords};
 use herald_proto::frame::ServerFrame;
 use herald_testkit::{http, jwt, wait_until, NatsServer, Process, TestGateway, WsClient};
 use serde_json::json;
@@ -14,41 +14,23 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// (user, the environment variable auth.conf reads its password from, the password)
-const USERS: [(&str, &str, &str); 3] = [
-    (
-        "herald-gateway",
-        "HERALD_NATS_GATEWAY_PASSWORD",
-        "gateway-pw-0123456789",
-    ),
-    ("herald-fanout", "HERALD_NATS_FANOUT_PASSWORD", "fanout-pw-0123456789"),
-    (
-        "herald-backend",
-        "HERALD_NATS_BACKEND_PASSWORD",
-        "backend-pw-0123456789",
-    ),
-];
-
 /// A nats-server with the deploy's users; their passwords come from its environment.
 fn nats() -> NatsServer {
-    for (_, var, password) in USERS {
-        // The only test in this binary that sets them, before the server starts.
-        std::env::set_var(var, password);
-    }
+    // The only test in this binary that sets them, before the server starts.
+    set_nats_passwords();
     NatsServer::with_config(&root().join("deploy/k8s/base/nats-auth.conf"))
 }
 
 /// The server's URL with `user`'s credentials, as the services take it (`--nats-url`).
 fn url(nats: &NatsServer, user: &str) -> String {
-    let (_, _, password) = USERS.iter().find(|(u, _, _)| *u == user).expect("a deploy user");
-    nats.url().replacen("nats://", &format!("nats://{user}:{password}@"), 1)
+    nats_user_url(&nats.url(), user)
 }
 
 /// A client of `user` and the server errors it is sent (permission violations).
 async fn connect(nats: &NatsServer, user: &str) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
-    let (_, _, password) = USERS.iter().find(|(u, _, _)| *u == user).expect("a deploy user");
+    let password = nats_password(user);
     let (tx, rx) = mpsc::unbounded_channel();
-    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), (*password).into())
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
