@@ -909,14 +909,7 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         title: "Herald: chat-shaped traffic".into(),
         header,
         sections: vec![
-            Section {
-                heading: "Summary".into(),
-                table: Some(Table {
-                    head: vec!["".into(), "".into()],
-                    rows: summary.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect(),
-                }),
-                ..Section::default()
-            },
+            Section::key_values("Summary", &summary),
             Section {
                 heading: "Processes".into(),
                 text: vec![format!(

@@ -466,14 +466,7 @@ fn hold_report(a: &HoldArgs, h: &Held) -> Report {
         title: "Herald: connections held".into(),
         header,
         sections: vec![
-            Section {
-                heading: "Summary".into(),
-                table: Some(Table {
-                    head: vec!["".into(), "".into()],
-                    rows: summary.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect(),
-                }),
-                ..Section::default()
-            },
+            Section::key_values("Summary", &summary),
             Section {
                 heading: "Servers".into(),
                 text: vec![format!(

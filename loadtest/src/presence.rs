@@ -293,14 +293,7 @@ fn report(a: &PresenceArgs, lines: &[(String, String)], json: serde_json::Value)
     crate::report::Report {
         title: "Herald: presence under churn".into(),
         header,
-        sections: vec![crate::report::Section {
-            heading: "Summary".into(),
-            table: Some(crate::report::Table {
-                head: vec!["".into(), "".into()],
-                rows: lines.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect(),
-            }),
-            ..Default::default()
-        }],
+        sections: vec![crate::report::Section::key_values("Summary", lines)],
         json,
     }
 }

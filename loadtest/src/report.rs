@@ -30,6 +30,20 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
+impl Section {
+    /// A section whose table is `lines`, a name and a value each, with no header.
+    pub fn key_values(heading: &str, lines: &[(String, String)]) -> Self {
+        Self {
+            heading: heading.into(),
+            table: Some(Table {
+                head: vec![String::new(), String::new()],
+                rows: lines.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect(),
+            }),
+            ..Self::default()
+        }
+    }
+}
+
 impl Report {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
