@@ -45,6 +45,7 @@ use herald_proto::frame::EventRef;
 use herald_proto::header;
 use herald_proto::subject::{partition, Partitions, Subjects};
 use herald_service::nats::Signals;
+use herald_service::stream::{last_of_subjects, Last, MAX_LAST_BATCH};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -55,8 +56,19 @@ use crate::sync::lock;
 const RESCAN_CONCURRENCY: usize = 64;
 /// Rooms subscribed per batch: their SUBs go out together and one flush confirms them all.
 const OPEN_BATCH: usize = 4_096;
-/// Rooms of a batch whose last seq is read at once when they open.
+/// Rooms whose last seq is read one by one at once (in wildcard mode, or when a batched
+/// read failed).
 const OPEN_CONCURRENCY: usize = 64;
+
+/// Batched last-seq reads of newly subscribed rooms in flight at once.
+const LAST_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Fewer newly subscribed rooms than this read their last seqs one by one: a batched read
+/// costs an inbox subscription of its own.
+const MIN_LAST_BATCH: usize = 4;
+
+/// How long a batched last-seq read may take before its rooms are read one by one.
+const LAST_BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Local subscribers above which a room's events are delivered by a task of the room's own.
 const BIG_ROOM: usize = 1_000;
 /// How long a big room's delivery task waits for an event before it checks the room is
@@ -165,8 +177,9 @@ pub(crate) trait Rooms: Send + Sync + 'static {
     /// next read, or `None` once the room's live events flow again.
     fn release(&self, room: &str, fetched: Vec<StoredEvent>) -> Option<Fetch>;
     /// After events may have been lost: the read to the stream's end the room needs (`None` if a read is
-    /// under way; it reads to the end once more when done).
-    fn rescan(&self, room: &str) -> Option<Fetch>;
+    /// under way; it reads to the end once more when done). `stored_last`, the room's last seq
+    /// in the stream read after the loss, spares the read when the room has seen it.
+    fn rescan(&self, room: &str, stored_last: Option<u64>) -> Option<Fetch>;
 }
 
 /// The wildcard subscription's task while it runs.
@@ -548,12 +561,68 @@ impl Upstream {
             if let Err(e) = self.client.flush().await {
                 warn!(error = %e, "Flush of new room subscriptions failed");
             }
-            let this = Arc::clone(&self);
-            tokio::spawn(async move {
-                futures_util::stream::iter(opened)
-                    .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(&this).make_ready(room))
-                    .await;
-            });
+            tokio::spawn(Arc::clone(&self).ready_rooms(opened));
+        }
+    }
+
+    /// Reads the last seqs of newly subscribed rooms, up to [`MAX_LAST_BATCH`] of one
+    /// partition's rooms in one batched direct get, and turns them ready; rooms of a batch
+    /// the server does not answer, and of batches too small to gain, read their own.
+    async fn ready_rooms(self: Arc<Self>, rooms: Vec<Arc<str>>) {
+        futures_util::stream::iter(self.last_batches(rooms))
+            .for_each_concurrent(LAST_BATCHES_IN_FLIGHT, |(partition, batch)| {
+                let this = &self;
+                async move {
+                    if batch.len() < MIN_LAST_BATCH {
+                        return futures_util::stream::iter(batch)
+                            .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(this).make_ready(room))
+                            .await;
+                    }
+                    let lasts = this.lasts(partition, &batch).await;
+                    let unread = batch.into_iter().zip(lasts).filter_map(|(room, last)| match last {
+                        Some(last) => {
+                            if let Some(fetch) = this.rooms.set_ready(&room, last.seq, last.stored_us) {
+                                tokio::spawn(Arc::clone(this).repair(room, fetch));
+                            }
+                            None
+                        }
+                        None => Some(room),
+                    });
+                    futures_util::stream::iter(unread.collect::<Vec<_>>())
+                        .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(this).make_ready(room))
+                        .await;
+                }
+            })
+            .await;
+    }
+
+    /// `rooms` by the partition that stores them, in batches of at most [`MAX_LAST_BATCH`].
+    fn last_batches(&self, rooms: Vec<Arc<str>>) -> impl Iterator<Item = (u32, Vec<Arc<str>>)> {
+        let mut by_stream: HashMap<u32, Vec<Arc<str>>> = HashMap::new();
+        for room in rooms {
+            by_stream.entry(self.partitions.of(&room)).or_default().push(room);
+        }
+        by_stream.into_iter().flat_map(|(partition, rooms)| {
+            let mut rooms = rooms.into_iter().peekable();
+            std::iter::from_fn(move || {
+                rooms.peek()?;
+                Some((partition, rooms.by_ref().take(MAX_LAST_BATCH).collect()))
+            })
+        })
+    }
+
+    /// The last stored seq of each room of a batch of one partition's rooms, in one batched
+    /// direct get: `Some(Last::default())` for a room with none stored, `None` for every
+    /// room when the server did not answer.
+    async fn lasts(&self, partition: u32, rooms: &[Arc<str>]) -> Vec<Option<Last>> {
+        let subjects: Vec<String> = rooms.iter().map(|r| self.partitions.stored_subject(r)).collect();
+        let stream = self.partitions.stream(partition);
+        match last_of_subjects(&self.client, &stream, &subjects, LAST_BATCH_TIMEOUT).await {
+            Ok(lasts) => lasts.into_iter().map(|l| Some(l.unwrap_or_default())).collect(),
+            Err(e) => {
+                debug!(error = %e, rooms = rooms.len(), %stream, "Batched last-seq read failed; reading room by room");
+                vec![None; rooms.len()]
+            }
         }
     }
 
@@ -663,17 +732,28 @@ impl Upstream {
                 let started = std::time::Instant::now();
                 let names = this.rooms.names();
                 let rooms = names.len();
-                let reads = names
-                    .into_iter()
-                    .filter_map(|room| this.rooms.rescan(&room).map(|f| (room, f)));
-                futures_util::stream::iter(reads)
-                    .for_each_concurrent(RESCAN_CONCURRENCY, |(room, fetch)| {
-                        Arc::clone(&this).repair(room, fetch)
+                let read = AtomicUsize::new(0);
+                futures_util::stream::iter(this.last_batches(names))
+                    .for_each_concurrent(LAST_BATCHES_IN_FLIGHT, |(partition, batch)| {
+                        let (this, read) = (&this, &read);
+                        async move {
+                            let lasts = this.lasts(partition, &batch).await;
+                            let reads = batch.into_iter().zip(lasts).filter_map(|(room, last)| {
+                                this.rooms.rescan(&room, last.map(|l| l.seq)).map(|f| (room, f))
+                            });
+                            futures_util::stream::iter(reads)
+                                .for_each_concurrent(RESCAN_CONCURRENCY, |(room, fetch)| {
+                                    read.fetch_add(1, Ordering::Relaxed);
+                                    Arc::clone(this).repair(room, fetch)
+                                })
+                                .await;
+                        }
                     })
                     .await;
                 if rooms > 0 {
                     let elapsed_ms = started.elapsed().as_millis() as u64;
-                    info!(rooms, elapsed_ms, "Every room read the stream from its last seq");
+                    let read = read.into_inner();
+                    info!(rooms, read, elapsed_ms, "Every room caught up with the stream");
                 }
                 if this
                     .rescan

@@ -14,6 +14,8 @@ pub const NATS_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
 pub const NATS_TIME_STAMP: &str = "Nats-Time-Stamp";
 /// The subject the event was stored under.
 pub const NATS_SUBJECT: &str = "Nats-Subject";
+/// Set by the server on each answer of a batched direct get: the answers still to come.
+pub const NATS_NUM_PENDING: &str = "Nats-Num-Pending";
 /// A publish is refused unless this stream would store it (the partition check's probe).
 pub const NATS_EXPECTED_STREAM: &str = "Nats-Expected-Stream";
 /// A publish is refused unless the subject's last sequence is this one (the probe's

@@ -257,3 +257,115 @@ mod tests {
         }
     }
 }
+
+/// Most subjects [`last_of_subjects`] asks for at once: nats-server answers a batched direct
+/// get with at most 1,024 messages.
+pub const MAX_LAST_BATCH: usize = 1_024;
+
+/// A subject's last stored message: its stream sequence and when it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Last {
+    pub seq: u64,
+    /// Microseconds since the epoch.
+    pub stored_us: u64,
+}
+
+/// Why [`last_of_subjects`] has no answer; the caller can ask subject by subject instead.
+#[derive(Debug, thiserror::Error)]
+pub enum LastsError {
+    #[error("more than {MAX_LAST_BATCH} subjects in one batched direct get")]
+    TooMany,
+    #[error("batched direct get: {0}")]
+    Nats(String),
+    #[error("batched direct get not answered within {0:?}")]
+    TimedOut(Duration),
+    #[error("batched direct get answered {code} {description}")]
+    Refused { code: u16, description: String },
+    #[error("batched direct get answer lacks or garbles header {0}")]
+    Malformed(&'static str),
+    #[error("batched direct get stopped with {0} messages still pending")]
+    Truncated(u64),
+}
+
+/// The last stored message of each of `subjects` (literal subjects of stream `stream`, at
+/// most [`MAX_LAST_BATCH`]), in their order, `None` where a subject has none: one direct
+/// get request (`multi_last`, nats-server 2.11 and later) whose answers arrive on an inbox
+/// of their own, ended by an end-of-batch status, instead of a request per subject. The
+/// stream must allow direct gets.
+pub async fn last_of_subjects(
+    client: &async_nats::Client,
+    stream: &str,
+    subjects: &[String],
+    timeout: Duration,
+) -> Result<Vec<Option<Last>>, LastsError> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    if subjects.len() > MAX_LAST_BATCH {
+        return Err(LastsError::TooMany);
+    }
+    let nats = |e: &dyn std::fmt::Display| LastsError::Nats(e.to_string());
+    let body = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            serde_json::to_vec(&body).expect("JSON of strings").into(),
+        )
+        .await
+        .map_err(|e| nats(&e))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut found = std::collections::HashMap::with_capacity(subjects.len());
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut answers)).await {
+            Err(_) => return Err(LastsError::TimedOut(timeout)),
+            Ok(None) => return Err(LastsError::Nats("the inbox subscription ended".into())),
+            Ok(Some(msg)) => msg,
+        };
+        let headers = msg.headers.as_ref();
+        let text = |name: &'static str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+                .ok_or(LastsError::Malformed(name))
+        };
+        match msg.status.map(|s| s.as_u16()) {
+            None | Some(200) => {
+                let subject = text(header::NATS_SUBJECT)?;
+                let seq = text(header::NATS_SEQUENCE)?
+                    .parse()
+                    .map_err(|_| LastsError::Malformed(header::NATS_SEQUENCE))?;
+                let stored_us = time::OffsetDateTime::parse(
+                    text(header::NATS_TIME_STAMP)?,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|_| LastsError::Malformed(header::NATS_TIME_STAMP))?
+                .unix_timestamp_nanos()
+                .max(0) as u64
+                    / 1_000;
+                found.insert(subject.to_owned(), Last { seq, stored_us });
+            }
+            // End of batch: every subject with a message has had it.
+            Some(204) => {
+                let pending: u64 = text(header::NATS_NUM_PENDING)?
+                    .parse()
+                    .map_err(|_| LastsError::Malformed(header::NATS_NUM_PENDING))?;
+                if pending > 0 {
+                    return Err(LastsError::Truncated(pending));
+                }
+                break;
+            }
+            // No subject has a message.
+            Some(404) if msg.description.as_deref() == Some("No Results") => break,
+            Some(code) => {
+                return Err(LastsError::Refused {
+                    code,
+                    description: msg.description.unwrap_or_default(),
+                })
+            }
+        }
+    }
+    Ok(subjects.iter().map(|s| found.get(s).copied()).collect())
+}

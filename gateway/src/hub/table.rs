@@ -445,11 +445,14 @@ impl Rooms for Table {
         self.shard(room).get_mut(room)?.release(fetched)
     }
 
-    fn rescan(&self, room: &str) -> Option<Fetch> {
+    fn rescan(&self, room: &str, stored_last: Option<u64>) -> Option<Fetch> {
         let mut shard = self.shard(room);
         let r = shard.get_mut(room)?;
         if r.held.is_some() {
             r.rescan = true;
+            return None;
+        }
+        if stored_last.is_some_and(|last| last <= r.last_seq) {
             return None;
         }
         r.held = Some(Vec::new());
@@ -700,10 +703,10 @@ mod tests {
     #[test]
     fn a_reconnect_reads_to_the_end_and_a_reconnect_during_a_read_reads_again() {
         let (hub, out) = live_room(3);
-        assert_eq!(hub.rescan("lobby"), Some(Fetch { after: 3, until: None }));
+        assert_eq!(hub.rescan("lobby", None), Some(Fetch { after: 3, until: None }));
         hub.offer(ev(6, 5));
         // Another reconnect while that read runs: no second read at once, one after it.
-        assert_eq!(hub.rescan("lobby"), None);
+        assert_eq!(hub.rescan("lobby", None), None);
         assert_eq!(
             hub.release("lobby", vec![stored(4, 3), stored(5, 4)]),
             Some(Fetch { after: 6, until: None })
@@ -711,7 +714,22 @@ mod tests {
         assert_eq!(seqs(&out), [4, 5, 6]);
         assert_eq!(hub.release("lobby", vec![stored(7, 6)]), None);
         assert_eq!(seqs(&out), [7]);
-        assert_eq!(hub.rescan("elsewhere"), None, "a room that is gone needs no read");
+        assert_eq!(hub.rescan("elsewhere", None), None, "a room that is gone needs no read");
+    }
+
+    #[test]
+    fn a_room_that_has_seen_the_stream_s_last_event_needs_no_read() {
+        let (hub, out) = live_room(3);
+        assert_eq!(hub.rescan("lobby", Some(3)), None);
+        assert_eq!(
+            hub.rescan("lobby", Some(2)),
+            None,
+            "the stream started over: nothing after 3 to read"
+        );
+        assert_eq!(hub.rescan("lobby", Some(4)), Some(Fetch { after: 3, until: None }));
+        assert_eq!(hub.release("lobby", vec![stored(4, 3)]), None);
+        assert_eq!(seqs(&out), [4]);
+        assert_eq!(hub.rescan("lobby", Some(4)), None);
     }
 
     #[test]
