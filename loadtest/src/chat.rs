@@ -4,6 +4,10 @@
 //! order), latency, CPU per delivery of every process, NATS messages sent to each gateway per
 //! event (from nats-server's `/connz`, net of the same counters over an idle window), and RSS
 //! per held room and per connection.
+//!
+//! `--target nchan` runs the same subscribers, schedule and checks against Nchan (nginx with
+//! the nchan module, see [`crate::nchan`]) instead, as the reference a small room's cost is
+//! judged by; NATS figures are then n/a.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -16,10 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use herald_harness::ws::{Connect, Incoming, WsConn};
 use herald_proto::frame::EventView;
 use herald_proto::subject::Subjects;
 use serde::{Deserialize, Serialize};
 
+use crate::nchan::{self, Nginx};
 use crate::report::{num, Report, Section, Table};
 use crate::usage::{Procs, Usage};
 use crate::{client, stack};
@@ -30,6 +36,20 @@ const PER_PROCESS: usize = 19_000;
 /// JetStream publishes awaiting their ack at once: bounds the publisher's memory when the
 /// stream is slower than the rate.
 const ACKS_IN_FLIGHT: usize = 16_384;
+
+/// POSTs queued per publishing connection (`--target nchan`): bounds the publisher's memory
+/// when nginx answers slower than the rate.
+const POSTS_QUEUED: usize = 1024;
+
+/// The server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// nats-server, fanout and G gateways; the backend publishes through JetStream.
+    Herald,
+    /// nginx with the nchan module; the backend POSTs each event to `/pub/<room>`.
+    Nchan,
+}
 
 /// Where a room's subscribers connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -44,6 +64,16 @@ pub enum Placement {
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
+    /// The server to measure: Herald's stack, or Nchan as the reference.
+    #[arg(long, value_enum, default_value_t = Target::Herald)]
+    target: Target,
+    /// nginx worker processes (`--target nchan`); one per core by default.
+    #[arg(long)]
+    nginx_workers: Option<usize>,
+    /// The publisher's keep-alive HTTP connections (`--target nchan`); each room's events go
+    /// on one of them, in order, one POST at a time.
+    #[arg(long, default_value_t = 32)]
+    publish_connections: usize,
     /// Rooms.
     #[arg(long, default_value_t = 1000)]
     rooms: usize,
@@ -209,20 +239,14 @@ pub async fn run(a: ChatArgs) -> Result<()> {
     if a.rooms == 0 || a.subscribers == 0 || a.gateways == 0 || a.rate <= 0.0 {
         bail!("--rooms, --subscribers, --gateways and --rate must be above 0");
     }
-    std::fs::create_dir_all(&a.report_dir)?;
-    let nats = stack::nats()?;
-    let fanout = stack::fanout(&nats.url())?;
-    let mut gateways = Vec::new();
-    let mut extra = vec!["--max-connections".to_owned(), "100000".to_owned()];
-    extra.extend(a.gateway_args.iter().cloned());
-    for g in 0..a.gateways {
-        let log = a.report_dir.join(format!("gateway-{g}.log"));
-        gateways.push(stack::gateway(&nats.url(), &gateway_id(g), &extra, Some(&log))?);
+    if a.target == Target::Nchan && a.gateways != 1 {
+        bail!("--target nchan runs one nginx: --gateways must be 1");
     }
-    let urls: Vec<String> = gateways.iter().map(|g| g.ws_url()).collect();
-    let gateway_pids: Vec<u32> = gateways.iter().map(|g| g.pid()).collect();
-    let procs = Procs::new(&gateway_pids, nats.pid(), Some(fanout.pid()));
-    let connz_url = format!("http://127.0.0.1:{}/connz?limit=10000", nats.monitor_port());
+    std::fs::create_dir_all(&a.report_dir)?;
+    let servers = Servers::start(&a)?;
+    let urls = servers.urls();
+    let gateway_pids = servers.gateway_pids();
+    let procs = servers.procs();
 
     let before = procs.sample();
     let started = Instant::now();
@@ -244,20 +268,23 @@ pub async fn run(a: ChatArgs) -> Result<()> {
     let subscribed = procs.sample();
 
     // The idle window: control traffic and idle CPU.
-    let idle_connz0 = connz(&connz_url)?;
+    let idle_connz0 = servers.connz()?;
     let idle_usage0 = procs.sample();
     let idle_start = Instant::now();
     tokio::time::sleep(a.idle_time).await;
-    let idle_connz1 = connz(&connz_url)?;
+    let idle_connz1 = servers.connz()?;
     let idle_usage1 = procs.sample();
     let idle_s = idle_start.elapsed().as_secs_f64();
     let after_idle = idle_usage1.clone();
 
     // The publishing window, through the subscribers' drain.
-    let pub_connz0 = connz(&connz_url)?;
+    let pub_connz0 = servers.connz()?;
     let pub_usage0 = procs.sample();
     let pub_start = Instant::now();
-    let published = publish(&a, &nats.url()).await?;
+    let published = match &servers {
+        Servers::Herald { nats, .. } => publish(&a, &nats.url()).await?,
+        Servers::Nchan(nginx) => publish_nchan(&a, nginx.addr).await?,
+    };
     let publish_s = pub_start.elapsed().as_secs_f64();
     let mut done = Vec::new();
     for (child, out) in &mut children {
@@ -267,18 +294,24 @@ pub async fn run(a: ChatArgs) -> Result<()> {
         done.push(read_line::<Done>(out)?);
     }
     let pub_usage1 = procs.sample();
-    let pub_connz1 = connz(&connz_url)?;
+    let pub_connz1 = servers.connz()?;
     let window_s = pub_start.elapsed().as_secs_f64();
 
-    drop(gateways);
-    drop(fanout);
-    drop(nats);
+    let names = servers.process_names();
+    let nginx_conf = match &servers {
+        Servers::Nchan(nginx) => Some(nginx.conf().to_owned()),
+        Servers::Herald { .. } => None,
+    };
+    drop(servers);
     for (mut child, _) in children {
         drop(child.stdin.take());
         let _ = child.wait();
     }
 
     let run = Run {
+        target: a.target,
+        names,
+        nginx_conf,
         procs,
         gateway_pids,
         connected,
@@ -300,6 +333,104 @@ pub async fn run(a: ChatArgs) -> Result<()> {
         bail!("{} subscribers failed to connect", run.connected.failed);
     }
     Ok(())
+}
+
+/// The servers of a run, stopped on drop.
+// One value per run: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Servers {
+    /// Fields drop in order: the gateways first, then fanout, then nats-server.
+    Herald {
+        gateways: Vec<stack::Program>,
+        fanout: stack::Program,
+        nats: stack::Nats,
+    },
+    Nchan(Nginx),
+}
+
+impl Servers {
+    fn start(a: &ChatArgs) -> Result<Self> {
+        match a.target {
+            Target::Herald => {
+                let nats = stack::nats()?;
+                let fanout = stack::fanout(&nats.url())?;
+                let mut gateways = Vec::new();
+                let mut extra = vec!["--max-connections".to_owned(), "100000".to_owned()];
+                extra.extend(a.gateway_args.iter().cloned());
+                for g in 0..a.gateways {
+                    let log = a.report_dir.join(format!("gateway-{g}.log"));
+                    gateways.push(stack::gateway(&nats.url(), &gateway_id(g), &extra, Some(&log))?);
+                }
+                Ok(Self::Herald { gateways, fanout, nats })
+            }
+            Target::Nchan => {
+                let connections = a.rooms * a.subscribers + a.publish_connections;
+                let config = nchan::Config {
+                    module: nchan::nchan_module()?,
+                    workers: nginx_workers(a),
+                    worker_connections: connections + 1024,
+                    port: herald_harness::free_port()?,
+                    dir: a.report_dir.join("nginx"),
+                };
+                Ok(Self::Nchan(Nginx::start(&config)?))
+            }
+        }
+    }
+
+    /// Where subscribers connect: each gateway's WebSocket URL, or nginx's `ws://` base.
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Self::Herald { gateways, .. } => gateways.iter().map(|g| g.ws_url()).collect(),
+            Self::Nchan(nginx) => vec![nginx.ws_base()],
+        }
+    }
+
+    fn gateway_pids(&self) -> Vec<u32> {
+        match self {
+            Self::Herald { gateways, .. } => gateways.iter().map(|g| g.pid()).collect(),
+            Self::Nchan(_) => Vec::new(),
+        }
+    }
+
+    fn procs(&self) -> Procs {
+        match self {
+            Self::Herald { fanout, nats, .. } => Procs::new(&self.gateway_pids(), nats.pid(), Some(fanout.pid())),
+            Self::Nchan(nginx) => Procs::nginx(nginx.pids()),
+        }
+    }
+
+    /// Every measured process by name, in the order of [`Servers::procs`].
+    fn process_names(&self) -> Vec<String> {
+        match self {
+            Self::Herald { gateways, .. } => {
+                let mut names: Vec<String> = (0..gateways.len()).map(|g| format!("gateway {g}")).collect();
+                names.push("nats-server".into());
+                names.push("fanout".into());
+                names
+            }
+            Self::Nchan(nginx) => {
+                let workers = nginx.pids().len() - 1;
+                std::iter::once("nginx master".to_owned())
+                    .chain((1..=workers).map(|w| format!("nginx worker {w}")))
+                    .collect()
+            }
+        }
+    }
+
+    /// nats-server's `/connz` (nothing for nchan).
+    fn connz(&self) -> Result<Connz> {
+        match self {
+            Self::Herald { nats, .. } => connz(&format!("http://127.0.0.1:{}/connz?limit=10000", nats.monitor_port())),
+            Self::Nchan(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// `--nginx-workers`, or one per core.
+fn nginx_workers(a: &ChatArgs) -> usize {
+    a.nginx_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1)
 }
 
 fn gateway_id(g: usize) -> String {
@@ -364,6 +495,7 @@ fn start_workers(a: &ChatArgs, urls: &[String]) -> Result<Vec<(Child, BufReader<
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("chat")
             .arg("--worker")
+            .args(["--target", a.target.to_possible_value().expect("a value").get_name()])
             .args(["--first", &(w * per).to_string(), "--count", &n.to_string()])
             .args(["--rooms", &a.rooms.to_string()])
             .args(["--subscribers", &a.subscribers.to_string()])
@@ -433,7 +565,7 @@ async fn publish(a: &ChatArgs, nats_url: &str) -> Result<Published> {
         tokio::time::sleep_until(scheduled).await;
         let t0 = crate::scheduled_stamp(scheduled);
         let (r, n) = ((i % a.rooms as u64) as usize, i / a.rooms as u64);
-        let body = format!(r#"{{"t0":{t0},"n":{n},"pad":"{pad}"}}"#);
+        let body = event_body(t0, n, &pad);
         let at = Instant::now();
         match js.publish(subject_of[r].clone(), body.into()).await {
             Ok(ack) => {
@@ -452,6 +584,95 @@ async fn publish(a: &ChatArgs, nats_url: &str) -> Result<Published> {
         ack_p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
         ack_p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
     })
+}
+
+/// An event's body: its scheduled time, its index in its room, and padding.
+fn event_body(t0: u64, n: u64, pad: &str) -> String {
+    format!(r#"{{"t0":{t0},"n":{n},"pad":"{pad}"}}"#)
+}
+
+/// Publishes `--rate` events/s for `--run-time` on the scheduled clock, event `i` to room
+/// `i % rooms`, each as one HTTP POST to nchan, and waits for every answer.
+async fn publish_nchan(a: &ChatArgs, addr: std::net::SocketAddr) -> Result<Published> {
+    let rooms: Vec<String> = (0..a.rooms).map(room_name).collect();
+    let pad = "x".repeat(a.payload_bytes);
+    let mut poster = nchan::Poster::new(addr, a.publish_connections, POSTS_QUEUED);
+    let count = (a.rate * a.run_time.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let start = tokio::time::Instant::now();
+    for i in 0..count {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let t0 = crate::scheduled_stamp(scheduled);
+        let (r, n) = ((i % a.rooms as u64) as usize, i / a.rooms as u64);
+        poster.send(r, &rooms[r], event_body(t0, n, &pad)).await?;
+    }
+    let posted = poster.finish().await?;
+    Ok(Published {
+        sent: posted.sent,
+        acked: posted.accepted,
+        failed: posted.failed,
+        ack_p50_ms: posted.latency.value_at_quantile(0.5) as f64 / 1000.0,
+        ack_p99_ms: posted.latency.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// A subscriber's connection: a Herald client subscribed to its room, or a WebSocket on
+/// nchan's `/sub/<room>`.
+enum Subscriber {
+    Herald(client::Conn),
+    Nchan(WsConn),
+}
+
+impl Subscriber {
+    /// Connects to the server at `url` (a gateway's WebSocket URL, or nginx's base) and
+    /// subscribes to `room`.
+    async fn open(target: Target, url: &str, source: IpAddr, room: &str) -> Result<Self> {
+        match target {
+            Target::Herald => {
+                let mut c = client::Conn::open(url, source, None).await?;
+                c.subscribe(room).await?;
+                Ok(Self::Herald(c))
+            }
+            Target::Nchan => {
+                let ws = WsConn::open(Connect {
+                    url: nchan::sub_url(url, room),
+                    source: Some(source),
+                    ..Connect::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(Self::Nchan(ws))
+            }
+        }
+    }
+
+    /// What a subscription must have done within the open timeout.
+    fn opened(target: Target) -> &'static str {
+        match target {
+            Target::Herald => "welcome or ack",
+            Target::Nchan => "WebSocket upgrade",
+        }
+    }
+
+    /// The next frame's mark (`None` for a frame that carries none); an error once the
+    /// server closes or the socket ends.
+    async fn next_mark(&mut self) -> Result<Option<Mark>> {
+        match self {
+            Self::Herald(c) => {
+                let bytes = c.next_data().await?;
+                let Some(ev) = EventView::decode(&bytes) else {
+                    return Ok(None);
+                };
+                Ok(ev.data.and_then(|d| serde_json::from_str::<Mark>(d.get()).ok()))
+            }
+            Self::Nchan(ws) => match ws.read().await {
+                Incoming::Data(bytes) => Ok(serde_json::from_slice::<Mark>(&bytes).ok()),
+                Incoming::Closed(code) => bail!("closed by nginx: {code}"),
+                Incoming::Eof => bail!("the connection ended"),
+            },
+        }
+    }
 }
 
 // === worker ===
@@ -480,15 +701,17 @@ async fn worker(a: ChatArgs) -> Result<()> {
             Arc::clone(&hist),
             answer_tx.clone(),
         );
+        let target = a.target;
         tokio::spawn(async move {
-            let open = async {
-                let mut c = client::Conn::open(&url, source, None).await?;
-                c.subscribe(&room_name(room)).await?;
-                Ok::<_, anyhow::Error>(c)
-            };
+            let room = room_name(room);
+            let open = Subscriber::open(target, &url, source, &room);
             let c = match tokio::time::timeout(crate::OPEN_TIMEOUT, open).await {
                 Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!("no welcome or ack within {:?}", crate::OPEN_TIMEOUT)),
+                Err(_) => Err(anyhow::anyhow!(
+                    "no {} within {:?}",
+                    Subscriber::opened(target),
+                    crate::OPEN_TIMEOUT
+                )),
             };
             drop(permit);
             match c {
@@ -497,11 +720,8 @@ async fn worker(a: ChatArgs) -> Result<()> {
                     let _ = answer_tx.send(Ok(()));
                     drop(answer_tx);
                     let mut seen = Seen::default();
-                    while let Ok(bytes) = c.next_data().await {
-                        let Some(ev) = EventView::decode(&bytes) else {
-                            continue;
-                        };
-                        let Some(mark) = ev.data.and_then(|d| serde_json::from_str::<Mark>(d.get()).ok()) else {
+                    while let Ok(mark) = c.next_mark().await {
+                        let Some(mark) = mark else {
                             continue;
                         };
                         match seen.mark(mark.n) {
@@ -600,6 +820,11 @@ async fn worker(a: ChatArgs) -> Result<()> {
 
 /// What a run measured.
 struct Run {
+    target: Target,
+    /// Every measured process by name, in the order of the usage vectors.
+    names: Vec<String>,
+    /// nginx's generated configuration (`--target nchan`).
+    nginx_conf: Option<PathBuf>,
     procs: Procs,
     gateway_pids: Vec<u32>,
     connected: Connected,
@@ -624,8 +849,8 @@ struct Run {
 #[derive(Debug, Serialize)]
 struct GatewayFigures {
     gateway: usize,
-    nats_connection_name: String,
-    nats_connections: usize,
+    nats_connection_name: Option<String>,
+    nats_connections: Option<usize>,
     rooms_held: u64,
     connections: u64,
     /// Events published to rooms this gateway holds.
@@ -637,10 +862,10 @@ struct GatewayFigures {
     out_of_order: u64,
     /// NATS messages sent to this gateway over the publishing window, over the idle window,
     /// and the first net of the second scaled to the first's length.
-    nats_msgs_window: u64,
-    nats_msgs_idle: u64,
-    nats_msgs_net: f64,
-    nats_msgs_per_event: f64,
+    nats_msgs_window: Option<u64>,
+    nats_msgs_idle: Option<u64>,
+    nats_msgs_net: Option<f64>,
+    nats_msgs_per_event: Option<f64>,
     /// Of the events published to rooms this gateway does not hold, the share NATS sent it.
     foreign_share: Option<f64>,
     cpu_s: f64,
@@ -666,6 +891,15 @@ fn rooms_held(a: &ChatArgs, g: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The processes (indexes into the usage vectors) of gateway `g`: the gateway, or all of
+/// nginx for nchan's one server.
+fn server_procs(run: &Run, g: usize) -> std::ops::Range<usize> {
+    match run.target {
+        Target::Herald => g..g + 1,
+        Target::Nchan => 0..run.names.len(),
+    }
+}
+
 fn figures(a: &ChatArgs, run: &Run) -> Vec<GatewayFigures> {
     let published = run.published.acked;
     let deliveries = total(run, |t| t.delivered).max(1) as f64;
@@ -680,13 +914,17 @@ fn figures(a: &ChatArgs, run: &Run) -> Vec<GatewayFigures> {
             let (idle, _) = delta(&run.idle_msgs.0, &run.idle_msgs.1, g);
             let net = window as f64 - idle as f64 * scale;
             let foreign = published - to_held;
-            let cpu = run.window.1.cpu_s[g] - run.window.0.cpu_s[g];
+            let procs = server_procs(run, g);
+            let sum = |u: &[f64]| -> f64 { u[procs.clone()].iter().sum() };
+            let kib = |u: &[u64]| -> u64 { u[procs.clone()].iter().sum() };
+            let cpu = sum(&run.window.1.cpu_s) - sum(&run.window.0.cpu_s);
             let connections = tally(|t| t.connections);
-            let growth = run.subscribed.rss_kib[g] as f64 - run.before.rss_kib[g] as f64;
+            let growth = kib(&run.subscribed.rss_kib) as f64 - kib(&run.before.rss_kib) as f64;
+            let nats = run.target == Target::Herald;
             GatewayFigures {
                 gateway: g,
-                nats_connection_name: nats_name(g),
-                nats_connections: n,
+                nats_connection_name: nats.then(|| nats_name(g)),
+                nats_connections: nats.then_some(n),
                 rooms_held: held.len() as u64,
                 connections,
                 events_to_held_rooms: to_held,
@@ -695,16 +933,16 @@ fn figures(a: &ChatArgs, run: &Run) -> Vec<GatewayFigures> {
                 lost: tally(|t| t.lost),
                 duplicates: tally(|t| t.duplicates),
                 out_of_order: tally(|t| t.out_of_order),
-                nats_msgs_window: window,
-                nats_msgs_idle: idle,
-                nats_msgs_net: net,
-                nats_msgs_per_event: net / published.max(1) as f64,
-                foreign_share: (foreign > 0).then(|| ((net - to_held as f64) / foreign as f64).max(0.0)),
+                nats_msgs_window: nats.then_some(window),
+                nats_msgs_idle: nats.then_some(idle),
+                nats_msgs_net: nats.then_some(net),
+                nats_msgs_per_event: nats.then(|| net / published.max(1) as f64),
+                foreign_share: (nats && foreign > 0).then(|| ((net - to_held as f64) / foreign as f64).max(0.0)),
                 cpu_s: cpu,
                 cpu_us_per_delivery: cpu * 1e6 / deliveries,
-                idle_cpu_s: run.idle.1.cpu_s[g] - run.idle.0.cpu_s[g],
-                rss_before_kib: run.before.rss_kib[g],
-                rss_subscribed_kib: run.subscribed.rss_kib[g],
+                idle_cpu_s: sum(&run.idle.1.cpu_s) - sum(&run.idle.0.cpu_s),
+                rss_before_kib: kib(&run.before.rss_kib),
+                rss_subscribed_kib: kib(&run.subscribed.rss_kib),
                 rss_growth_kib_per_room: growth / held.len().max(1) as f64,
                 rss_growth_kib_per_connection: growth / connections.max(1) as f64,
             }
@@ -714,14 +952,6 @@ fn figures(a: &ChatArgs, run: &Run) -> Vec<GatewayFigures> {
 
 fn total(run: &Run, f: fn(&GatewayTally) -> u64) -> u64 {
     run.done.iter().flat_map(|d| d.gateways.iter()).map(f).sum()
-}
-
-/// Every measured process by name, in the order of the usage vectors.
-fn process_names(run: &Run) -> Vec<String> {
-    let mut names: Vec<String> = (0..run.gateway_pids.len()).map(|g| format!("gateway {g}")).collect();
-    names.push("nats-server".into());
-    names.push("fanout".into());
-    names
 }
 
 fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
@@ -741,7 +971,7 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
     }
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     let (p50, p99, max) = (q(&latency, 0.5), q(&latency, 0.99), latency.max() as f64 / 1000.0);
-    let names = process_names(run);
+    let names = &run.names;
     let (w0, w1, window_s) = &run.window;
     let (i0, i1, idle_s) = &run.idle;
     let per_delivery = |cpu: f64| cpu * 1e6 / delivered.max(1) as f64;
@@ -764,25 +994,40 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
     let stack_cpu: f64 = (0..names.len()).map(|i| w1.cpu_s[i] - w0.cpu_s[i]).sum();
     let stack_idle_cpu: f64 = (0..names.len()).map(|i| i1.cpu_s[i] - i0.cpu_s[i]).sum();
     let gateway_cpu: f64 = gws.iter().map(|g| g.cpu_s).sum();
-    let msgs_net: f64 = gws.iter().map(|g| g.nats_msgs_net).sum();
-    let msgs_window: u64 = gws.iter().map(|g| g.nats_msgs_window).sum();
-    let msgs_idle: u64 = gws.iter().map(|g| g.nats_msgs_idle).sum();
+    let msgs_net: f64 = gws.iter().filter_map(|g| g.nats_msgs_net).sum();
+    let msgs_window: u64 = gws.iter().filter_map(|g| g.nats_msgs_window).sum();
+    let msgs_idle: u64 = gws.iter().filter_map(|g| g.nats_msgs_idle).sum();
     let nats_i = run.gateway_pids.len();
-    let nats_growth = run.subscribed.rss_kib[nats_i] as f64 - run.before.rss_kib[nats_i] as f64;
+    let nats = run.target == Target::Herald;
+    let nats_growth = nats.then(|| run.subscribed.rss_kib[nats_i] as f64 - run.before.rss_kib[nats_i] as f64);
     let connections = run.connected.connected;
+    let server_growth: f64 = gws
+        .iter()
+        .map(|g| g.rss_subscribed_kib as f64 - g.rss_before_kib as f64)
+        .sum();
 
     let summary: Vec<(String, String)> = vec![
         (
             "shape".into(),
-            format!(
-                "{} rooms × {} subscribers over {} gateways ({}), {} events/s for {}",
-                a.rooms,
-                a.subscribers,
-                a.gateways,
-                placement_name(a.placement),
-                num(a.rate),
-                humantime::format_duration(a.run_time)
-            ),
+            match run.target {
+                Target::Herald => format!(
+                    "{} rooms × {} subscribers over {} gateways ({}), {} events/s for {}",
+                    a.rooms,
+                    a.subscribers,
+                    a.gateways,
+                    placement_name(a.placement),
+                    num(a.rate),
+                    humantime::format_duration(a.run_time)
+                ),
+                Target::Nchan => format!(
+                    "{} rooms × {} subscribers on Nchan (nginx, {} workers), {} events/s for {}",
+                    a.rooms,
+                    a.subscribers,
+                    names.len() - 1,
+                    num(a.rate),
+                    humantime::format_duration(a.run_time)
+                ),
+            },
         ),
         (
             "subscribers".into(),
@@ -794,10 +1039,18 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         (
             "published".into(),
             format!(
-                "{published} acked by JetStream of {} sent ({} failed) in {:.1} s; ack p50 {} ms, p99 {} ms",
+                "{published} {} of {} sent ({} failed) in {:.1} s; {} p50 {} ms, p99 {} ms",
+                match run.target {
+                    Target::Herald => "acked by JetStream",
+                    Target::Nchan => "accepted by nchan (HTTP 2xx, one POST each)",
+                },
                 run.published.sent,
                 run.published.failed,
                 run.publish_s,
+                match run.target {
+                    Target::Herald => "ack",
+                    Target::Nchan => "POST",
+                },
                 num(run.published.ack_p50_ms),
                 num(run.published.ack_p99_ms)
             ),
@@ -815,10 +1068,14 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         (
             "CPU per delivery".into(),
             format!(
-                "{} µs whole stack ({} CPU-s over {:.1} s: publishing and drain), gateways {} µs; idle window {} CPU-s over {:.1} s",
+                "{} µs whole stack ({} CPU-s over {:.1} s: publishing and drain), {} {} µs; idle window {} CPU-s over {:.1} s",
                 num(per_delivery(stack_cpu)),
                 num(stack_cpu),
                 window_s,
+                match run.target {
+                    Target::Herald => "gateways",
+                    Target::Nchan => "nginx (master and workers)",
+                },
                 num(per_delivery(gateway_cpu)),
                 num(stack_idle_cpu),
                 idle_s
@@ -826,21 +1083,30 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         ),
         (
             "NATS messages to gateways per event".into(),
-            format!(
-                "{} net ({msgs_window} in the window, {msgs_idle} in the idle window, scaled by {:.2})",
-                num(msgs_net / published.max(1) as f64),
-                window_s / idle_s.max(1e-9)
-            ),
+            if nats {
+                format!(
+                    "{} net ({msgs_window} in the window, {msgs_idle} in the idle window, scaled by {:.2})",
+                    num(msgs_net / published.max(1) as f64),
+                    window_s / idle_s.max(1e-9)
+                )
+            } else {
+                "n/a (Nchan has no NATS)".into()
+            },
         ),
         (
             "RSS".into(),
             format!(
-                "gateways {} KiB per room held, {} KiB per connection; nats-server {} KiB per room",
-                num(gws.iter().map(|g| g.rss_subscribed_kib as f64 - g.rss_before_kib as f64).sum::<f64>()
-                    / gws.iter().map(|g| g.rooms_held).sum::<u64>().max(1) as f64),
-                num(gws.iter().map(|g| g.rss_subscribed_kib as f64 - g.rss_before_kib as f64).sum::<f64>()
-                    / connections.max(1) as f64),
-                num(nats_growth / a.rooms as f64)
+                "{} {} KiB per room held, {} KiB per connection{}",
+                match run.target {
+                    Target::Herald => "gateways",
+                    Target::Nchan => "nginx (master and workers)",
+                },
+                num(server_growth / gws.iter().map(|g| g.rooms_held).sum::<u64>().max(1) as f64),
+                num(server_growth / connections.max(1) as f64),
+                nats_growth.map_or(String::new(), |n| format!(
+                    "; nats-server {} KiB per room",
+                    num(n / a.rooms as f64)
+                ))
             ),
         ),
     ];
@@ -863,20 +1129,40 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         ("gateway flags".into(), a.gateway_args.join(" ")),
         ("servers measured".into(), run.procs.covers()),
     ]);
+    if let Some(conf) = &run.nginx_conf {
+        // One server: gateways, their placement and flags do not apply.
+        header.retain(|(k, _)| !["gateways", "placement", "gateway flags"].contains(&k.as_str()));
+        header.extend([
+            ("target".to_owned(), "Nchan (nginx with the nchan module)".to_owned()),
+            ("nginx workers".into(), (names.len() - 1).to_string()),
+            ("nginx config".into(), conf.display().to_string()),
+            ("publishing connections".into(), a.publish_connections.to_string()),
+        ]);
+    }
     let gateway_rows = gws
         .iter()
         .map(|g| {
+            let na = || "n/a".to_owned();
             vec![
-                format!("gateway {}", g.gateway),
+                match run.target {
+                    Target::Herald => format!("gateway {}", g.gateway),
+                    Target::Nchan => "nginx (all processes)".into(),
+                },
                 g.rooms_held.to_string(),
                 g.connections.to_string(),
                 format!("{}/{}", g.delivered, g.expected),
                 g.lost.to_string(),
                 g.duplicates.to_string(),
                 g.out_of_order.to_string(),
-                format!("{} − {}", g.nats_msgs_window, g.nats_msgs_idle),
-                num(g.nats_msgs_per_event),
-                g.foreign_share.map_or("–".into(), |s| format!("{:.2}%", s * 100.0)),
+                match (g.nats_msgs_window, g.nats_msgs_idle) {
+                    (Some(w), Some(i)) => format!("{w} − {i}"),
+                    _ => na(),
+                },
+                g.nats_msgs_per_event.map_or_else(na, num),
+                match (nats, g.foreign_share) {
+                    (false, _) => na(),
+                    (true, share) => share.map_or("–".into(), |s| format!("{:.2}%", s * 100.0)),
+                },
                 num(g.rss_growth_kib_per_room),
                 num(g.rss_growth_kib_per_connection),
             ]
@@ -906,7 +1192,10 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         num(run.subscribed.rss_kib.iter().sum::<u64>() as f64 / 1024.0),
     ]);
     Ok(Report {
-        title: "Herald: chat-shaped traffic".into(),
+        title: match run.target {
+            Target::Herald => "Herald: chat-shaped traffic".into(),
+            Target::Nchan => "Nchan (reference): chat-shaped traffic".into(),
+        },
         header,
         sections: vec![
             Section::key_values("Summary", &summary),
@@ -934,15 +1223,20 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             },
             Section {
                 heading: "Gateways".into(),
-                text: vec![
+                text: vec![if nats {
                     "NATS messages are nats-server's out_msgs to the gateway's NATS connection(s) (/connz, by \
                      connection name): the window's count minus the idle window's scaled to the same length, per \
                      published event. Foreign share: of the events published to rooms the gateway holds no member \
                      of, the share NATS sent it anyway (net messages beyond its own rooms' events). RSS growth from \
                      before the subscribers connected to after all subscribed, per room held and per connection \
                      (both include the connections)."
-                        .into(),
-                ],
+                        .into()
+                } else {
+                    "Nchan's one server: nginx's master and workers together. NATS figures are n/a (Nchan has no \
+                     NATS). RSS growth from before the subscribers connected to after all subscribed, per room and \
+                     per connection (both include the connections)."
+                        .into()
+                }],
                 table: Some(Table {
                     head: [
                         "gateway",
@@ -966,7 +1260,7 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             },
         ],
         json: serde_json::json!({
-            "revision": crate::report::run_revision(),
+            "revision": crate::report::run_revision(), "target": run.target,
             "rooms": a.rooms, "subscribers_per_room": a.subscribers, "gateways": a.gateways,
             "placement": a.placement, "rate": a.rate, "run_time_s": a.run_time.as_secs_f64(),
             "idle_s": idle_s, "window_s": window_s, "publish_s": run.publish_s,
@@ -977,11 +1271,13 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             "duplicates": duplicates, "out_of_order": out_of_order,
             "p50_ms": p50, "p99_ms": p99, "max_ms": max,
             "stack_cpu_s": stack_cpu, "stack_cpu_us_per_delivery": per_delivery(stack_cpu),
-            "gateway_cpu_us_per_delivery": per_delivery(gateway_cpu),
+            "gateway_cpu_us_per_delivery": nats.then(|| per_delivery(gateway_cpu)),
             "stack_idle_cpu_s": stack_idle_cpu,
-            "nats_msgs_per_event": msgs_net / published.max(1) as f64,
-            "nats_msgs_window": msgs_window, "nats_msgs_idle": msgs_idle,
-            "nats_rss_growth_kib_per_room": nats_growth / a.rooms as f64,
+            "nats_msgs_per_event": nats.then(|| msgs_net / published.max(1) as f64),
+            "nats_msgs_window": nats.then_some(msgs_window), "nats_msgs_idle": nats.then_some(msgs_idle),
+            "nats_rss_growth_kib_per_room": nats_growth.map(|n| n / a.rooms as f64),
+            "nginx_workers": (!nats).then(|| names.len() - 1),
+            "publish_connections": (!nats).then_some(a.publish_connections),
             "processes": processes, "gateway_figures": gws,
         }),
     })

@@ -10,7 +10,8 @@
 //! - `ceiling`: the event stream's JetStream publish ceiling, one stream against partitions.
 //! - `chat`: R rooms × S subscribers over G spawned gateways, E events/s spread over the rooms
 //!   through JetStream; delivery, latency, CPU per delivery of every process, NATS messages per
-//!   event to each gateway, and RSS per held room.
+//!   event to each gateway, and RSS per held room; `--target nchan` measures Nchan (nginx)
+//!   with the same clients as the reference.
 //!
 //! Every mode writes `report.md`, `report.json` and `report.html` to `--report-dir`.
 
@@ -22,6 +23,7 @@ mod compare;
 mod flood;
 mod hold;
 mod modes;
+mod nchan;
 mod presence;
 mod proc;
 mod report;

@@ -39,6 +39,25 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// The processes whose parent is `pid` (from each process's `/proc/<pid>/stat`), in PID order.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = dir
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // After the command name (which may hold spaces): state, then the parent's PID.
+            let parent: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
 /// CPU seconds used by all of `pids` (processes that are gone count 0).
 pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|&pid| cpu_seconds(pid).ok()).sum()
@@ -88,4 +107,18 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target))
             .then_some(pid)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spawned_process_is_a_child_of_this_one() {
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().expect("sleep");
+        let children = children_of(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(children.contains(&child.id()), "{children:?} lacks {}", child.id());
+    }
 }

@@ -1,5 +1,6 @@
 //! Whole-stack accounting: the CPU time and RSS of every server process a run measures
-//! (gateways, nats-server, fanout), so that each figure says which processes it covers.
+//! (gateways, nats-server, fanout; nginx for the Nchan reference), so that each figure says
+//! which processes it covers.
 
 use serde::Serialize;
 
@@ -12,6 +13,8 @@ pub enum Role {
     Gateway,
     NatsServer,
     Fanout,
+    /// nginx's master or a worker (`loadtest chat --target nchan`).
+    Nginx,
 }
 
 impl Role {
@@ -20,6 +23,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::NatsServer => "nats-server",
             Role::Fanout => "fanout",
+            Role::Nginx => "nginx",
         }
     }
 }
@@ -58,6 +62,13 @@ impl Procs {
         Self { list }
     }
 
+    /// nginx's master and workers.
+    pub fn nginx(pids: &[u32]) -> Self {
+        Self {
+            list: pids.iter().map(|&p| (Role::Nginx, p)).collect(),
+        }
+    }
+
     /// How many processes of `role` are measured.
     pub fn count(&self, role: Role) -> usize {
         self.list.iter().filter(|(r, _)| *r == role).count()
@@ -77,7 +88,7 @@ impl Procs {
     /// The processes a figure covers, e.g. "gateway ×2 + nats-server + fanout".
     pub fn covers(&self) -> String {
         let mut parts = Vec::new();
-        for role in [Role::Gateway, Role::NatsServer, Role::Fanout] {
+        for role in [Role::Gateway, Role::NatsServer, Role::Fanout, Role::Nginx] {
             match self.list.iter().filter(|(r, _)| *r == role).count() {
                 0 => {}
                 1 => parts.push(role.name().to_owned()),
@@ -159,6 +170,11 @@ mod tests {
         assert_eq!(cpu_total(&shares), 1.75);
         assert_eq!(cpu_of(&shares, Role::NatsServer), 0.25);
         assert_eq!(growth_total(&shares), 240);
+    }
+
+    #[test]
+    fn nginx_is_covered_as_its_processes() {
+        assert_eq!(Procs::nginx(&[1, 2, 3]).covers(), "nginx ×3");
     }
 
     #[test]

@@ -124,8 +124,9 @@ pub(crate) fn apt_install(packages: &[(&str, &Path)]) -> Result<()> {
     run(apt_get(&["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
 }
 
-/// What the deploy tests run: promtool and Prometheus, nginx and kubectl (Debian), and
-/// kubernetes-validate and check-jsonschema (PyPI, into `target/tools/venv`).
+/// What the deploy tests and loadtest's Nchan smoke test run: promtool and Prometheus, nginx
+/// with its nchan module, and kubectl (Debian), and kubernetes-validate and check-jsonschema
+/// (PyPI, into `target/tools/venv`).
 pub(crate) fn ops_tools() -> Result<()> {
     let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
         .into_iter()
@@ -135,6 +136,11 @@ pub(crate) fn ops_tools() -> Result<()> {
     apt_install(&[
         ("prometheus", Path::new("/usr/bin/promtool")),
         ("nginx", Path::new("/usr/sbin/nginx")),
+        // `loadtest chat --target nchan`'s reference server.
+        (
+            "libnginx-mod-nchan",
+            Path::new("/usr/lib/nginx/modules/ngx_nchan_module.so"),
+        ),
         ("kubernetes-client", kubectl),
     ])?;
     let venv = root().join("target/tools/venv/bin");
