@@ -67,6 +67,9 @@ const LAST_BATCHES_IN_FLIGHT: usize = 4;
 /// costs an inbox subscription of its own.
 const MIN_LAST_BATCH: usize = 4;
 
+/// How long the first room of a small batch waits for others to open with it.
+const OPEN_LINGER: Duration = Duration::from_millis(2);
+
 /// How long a batched last-seq read may take before its rooms are read one by one.
 const LAST_BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Local subscribers above which a room's events are delivered by a task of the room's own.
@@ -524,6 +527,17 @@ impl Upstream {
     ) {
         let mut batch = Vec::with_capacity(OPEN_BATCH);
         while opens.recv_many(&mut batch, OPEN_BATCH).await > 0 {
+            // Rooms opening at a steady rate (clients connecting) come one at a time: a short
+            // wait gathers them, so that their subscriptions and last-seq reads are batched.
+            if batch.len() < MIN_LAST_BATCH {
+                tokio::time::sleep(OPEN_LINGER).await;
+                while batch.len() < OPEN_BATCH {
+                    match opens.try_recv() {
+                        Ok(room) => batch.push(room),
+                        Err(_) => break,
+                    }
+                }
+            }
             let mut opened = Vec::with_capacity(batch.len());
             for room in batch.drain(..) {
                 if !self.rooms.contains(&room) {

@@ -31,10 +31,10 @@ echo "NATS subscriptions before the restart: $(subs)"
 kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
 restarted=$(date +%s.%N)
 nats
-until grep -q "Every room read the stream" "$store/gateway.log"; do sleep 0.1; done
+until grep -q "Every room caught up with the stream" "$store/gateway.log"; do sleep 0.1; done
 done_at=$(date +%s.%N)
 echo "NATS subscriptions after: $(subs)"
-grep "Every room read the stream" "$store/gateway.log" | sed "s/\x1b\[[0-9;]*m//g"
+grep "Every room caught up with the stream" "$store/gateway.log" | sed "s/\x1b\[[0-9;]*m//g"
 echo "NATS restart to the end of the rescan: $(python3 -c "print(round($done_at - $restarted, 2))") s"
 exec >&3
 cat "$out"
