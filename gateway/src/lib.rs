@@ -115,6 +115,7 @@ impl Gateway {
             config.stream_partitions,
             table.clone(),
             config.room_subscriptions,
+            config.nats_subscription_capacity.map(|c| c as usize),
         );
         upstream.watch_losses();
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);

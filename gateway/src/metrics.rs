@@ -23,6 +23,7 @@ pub(crate) const MEMBERSHIPS: &str = "herald_gateway_presence_memberships";
 pub(crate) const ERRORS: &str = "herald_gateway_errors_total";
 pub(crate) const BYTES_SENT: &str = "herald_gateway_bytes_sent_total";
 pub(crate) const GAPS_REPAIRED: &str = "herald_gateway_gap_events_repaired_total";
+pub(crate) const LAST_SEQ_READS: &str = "herald_gateway_room_last_seq_reads_total";
 pub(crate) const ROOM_REWINDS: &str = "herald_gateway_room_rewinds_total";
 pub(crate) const RESCANS: &str = "herald_gateway_room_rescans_total";
 pub(crate) const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
@@ -109,6 +110,11 @@ fn describe() {
         "Events fetched from the stream to fill a gap in the live feed."
     );
     describe_counter!(
+        LAST_SEQ_READS,
+        "Rooms whose last stored seq was read (when they open, and when they rescan), by way: \
+         in a batch of rooms (one request per 1,024) or room by room."
+    );
+    describe_counter!(
         ROOM_REWINDS,
         "Rooms whose seqs went back (the stream was recreated): their position restarted at 0 and \
          their subscribers were told recovered:false."
@@ -154,6 +160,9 @@ fn describe() {
     gauge!(POLL_SESSIONS).increment(0.0);
     counter!(SLOW_CONSUMER_DISCONNECTS).increment(0);
     counter!(GAPS_REPAIRED).increment(0);
+    for way in ["batch", "single"] {
+        counter!(LAST_SEQ_READS, "way" => way).increment(0);
+    }
     counter!(ROOM_REWINDS).increment(0);
     for cause in RESCAN_CAUSES {
         counter!(RESCANS, "cause" => cause).increment(0);
@@ -274,6 +283,12 @@ pub(crate) fn close(code: u16) {
     if code != 1000 {
         counter!(ERRORS, "code" => code.to_string()).increment(1);
     }
+}
+
+/// `rooms` read their last stored seq in a batch (`batched`) or one by one.
+pub(crate) fn last_seqs_read(rooms: usize, batched: bool) {
+    let way = if batched { "batch" } else { "single" };
+    counter!(LAST_SEQ_READS, "way" => way).increment(rooms as u64);
 }
 
 pub(crate) fn gap_repaired(events: u64) {

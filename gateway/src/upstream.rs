@@ -60,7 +60,7 @@ const OPEN_BATCH: usize = 4_096;
 /// read failed).
 const OPEN_CONCURRENCY: usize = 64;
 
-/// Batched last-seq reads of newly subscribed rooms in flight at once.
+/// Batched last-seq reads in flight at once (each answer is at most 1 MiB).
 const LAST_BATCHES_IN_FLIGHT: usize = 4;
 
 /// Fewer newly subscribed rooms than this read their last seqs one by one: a batched read
@@ -70,8 +70,12 @@ const MIN_LAST_BATCH: usize = 4;
 /// How long the first room of a small batch waits for others to open with it.
 const OPEN_LINGER: Duration = Duration::from_millis(2);
 
-/// How long a batched last-seq read may take before its rooms are read one by one.
-const LAST_BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a batched last-seq read may take before its rooms are read one by one: well
+/// within the time a join waits for its room (10 s).
+const LAST_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Messages an async-nats subscription buffers unless told otherwise.
+const ASYNC_NATS_CAPACITY: usize = 65_536;
 /// Local subscribers above which a room's events are delivered by a task of the room's own.
 const BIG_ROOM: usize = 1_000;
 /// How long a big room's delivery task waits for an event before it checks the room is
@@ -235,6 +239,15 @@ pub(crate) struct Upstream {
     rescan: AtomicU8,
     /// True while the NATS server's subject mapping does not match the partition count.
     unmapped: AtomicBool,
+    /// Rooms per batched last-seq read: fewer than the subscription capacity, so that no
+    /// answer is dropped.
+    last_batch: usize,
+    /// Batched last-seq reads in flight, over every caller: bounds the answers in flight.
+    lasts_in_flight: tokio::sync::Semaphore,
+    /// The server refused a batched read as unknown (before nats-server 2.11).
+    lasts_unsupported: AtomicBool,
+    /// A batched read failed once already (the first failure is a warning, later ones debug).
+    lasts_failed: AtomicBool,
 }
 
 /// Where a reading task hands its live events, room by room, in order: a room with more
@@ -330,6 +343,7 @@ impl Upstream {
             .map_err(|e| UpstreamError(e.to_string()))
     }
 
+    /// `subscription_capacity`: as given to [`Upstream::connect`].
     pub(crate) fn new(
         client: Client,
         signals: Signals,
@@ -337,6 +351,7 @@ impl Upstream {
         stream_partitions: u32,
         rooms: Arc<dyn Rooms>,
         mode: RoomSubscriptions,
+        subscription_capacity: Option<usize>,
     ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
         Arc::new(Self {
@@ -351,6 +366,10 @@ impl Upstream {
             router: OnceLock::new(),
             rescan: AtomicU8::new(RESCAN_IDLE),
             unmapped: AtomicBool::new(false),
+            last_batch: MAX_LAST_BATCH.min(subscription_capacity.unwrap_or(ASYNC_NATS_CAPACITY).saturating_sub(1)),
+            lasts_in_flight: tokio::sync::Semaphore::new(LAST_BATCHES_IN_FLIGHT),
+            lasts_unsupported: AtomicBool::new(false),
+            lasts_failed: AtomicBool::new(false),
         })
     }
 
@@ -587,7 +606,8 @@ impl Upstream {
             .for_each_concurrent(LAST_BATCHES_IN_FLIGHT, |(partition, batch)| {
                 let this = &self;
                 async move {
-                    if batch.len() < MIN_LAST_BATCH {
+                    if batch.len() < MIN_LAST_BATCH || !this.batches_last_seqs() {
+                        crate::metrics::last_seqs_read(batch.len(), false);
                         return futures_util::stream::iter(batch)
                             .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(this).make_ready(room))
                             .await;
@@ -602,7 +622,9 @@ impl Upstream {
                         }
                         None => Some(room),
                     });
-                    futures_util::stream::iter(unread.collect::<Vec<_>>())
+                    let unread: Vec<_> = unread.collect();
+                    crate::metrics::last_seqs_read(unread.len(), false);
+                    futures_util::stream::iter(unread)
                         .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(this).make_ready(room))
                         .await;
                 }
@@ -610,31 +632,60 @@ impl Upstream {
             .await;
     }
 
-    /// `rooms` by the partition that stores them, in batches of at most [`MAX_LAST_BATCH`].
+    /// `rooms` by the partition that stores them, in batches of at most [`MAX_LAST_BATCH`]
+    /// (fewer with a small subscription capacity).
     fn last_batches(&self, rooms: Vec<Arc<str>>) -> impl Iterator<Item = (u32, Vec<Arc<str>>)> {
+        let size = self.last_batch.max(1);
         let mut by_stream: HashMap<u32, Vec<Arc<str>>> = HashMap::new();
         for room in rooms {
             by_stream.entry(self.partitions.of(&room)).or_default().push(room);
         }
-        by_stream.into_iter().flat_map(|(partition, rooms)| {
+        by_stream.into_iter().flat_map(move |(partition, rooms)| {
             let mut rooms = rooms.into_iter().peekable();
             std::iter::from_fn(move || {
                 rooms.peek()?;
-                Some((partition, rooms.by_ref().take(MAX_LAST_BATCH).collect()))
+                Some((partition, rooms.by_ref().take(size).collect()))
             })
         })
     }
 
+    /// Whether last seqs are read in batches: the server knows them, and a batch can hold
+    /// enough rooms to gain.
+    fn batches_last_seqs(&self) -> bool {
+        self.last_batch >= MIN_LAST_BATCH && !self.lasts_unsupported.load(Ordering::Relaxed)
+    }
+
     /// The last stored seq of each room of a batch of one partition's rooms, in one batched
     /// direct get: `Some(Last::default())` for a room with none stored, `None` for every
-    /// room when the server did not answer.
+    /// room when there was no complete answer.
     async fn lasts(&self, partition: u32, rooms: &[Arc<str>]) -> Vec<Option<Last>> {
+        if !self.batches_last_seqs() {
+            return vec![None; rooms.len()];
+        }
         let subjects: Vec<String> = rooms.iter().map(|r| self.partitions.stored_subject(r)).collect();
         let stream = self.partitions.stream(partition);
-        match last_of_subjects(&self.client, &stream, &subjects, LAST_BATCH_TIMEOUT).await {
-            Ok(lasts) => lasts.into_iter().map(|l| Some(l.unwrap_or_default())).collect(),
+        let answer = {
+            // Never closed.
+            let _permit = self.lasts_in_flight.acquire().await;
+            last_of_subjects(&self.client, &stream, &subjects, LAST_BATCH_TIMEOUT).await
+        };
+        match answer {
+            Ok(lasts) => {
+                crate::metrics::last_seqs_read(rooms.len(), true);
+                lasts.into_iter().map(|l| Some(l.unwrap_or_default())).collect()
+            }
             Err(e) => {
-                debug!(error = %e, rooms = rooms.len(), %stream, "Batched last-seq read failed; reading room by room");
+                if e.unsupported() {
+                    self.lasts_unsupported.store(true, Ordering::Relaxed);
+                }
+                if self.lasts_failed.swap(true, Ordering::Relaxed) {
+                    debug!(error = %e, rooms = rooms.len(), %stream, "Batched last-seq read failed; reading room by room");
+                } else {
+                    warn!(
+                        error = %e, rooms = rooms.len(), %stream,
+                        "Batched last-seq read failed; reading room by room (later failures are logged at debug)"
+                    );
+                }
                 vec![None; rooms.len()]
             }
         }

@@ -227,6 +227,184 @@ pub fn probe_rooms(count: u32) -> Vec<String> {
     rooms.into_iter().map(|(r, _)| r).collect()
 }
 
+/// Most subjects [`last_of_subjects`] asks for at once: nats-server answers a batched direct
+/// get with at most 1,024 messages.
+pub const MAX_LAST_BATCH: usize = 1_024;
+
+/// Bytes of messages one answer of [`last_of_subjects`] may carry (the server pages the rest):
+/// keeps what a gateway has in flight far below the server's slow-consumer limit.
+const LAST_PAGE_BYTES: usize = 1 << 20;
+
+/// A subject's last stored message: its stream sequence and when it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Last {
+    pub seq: u64,
+    /// Microseconds since the epoch.
+    pub stored_us: u64,
+}
+
+/// Why [`last_of_subjects`] has no answer; the caller can ask subject by subject instead.
+#[derive(Debug, thiserror::Error)]
+pub enum LastsError {
+    #[error("more than {MAX_LAST_BATCH} subjects in one batched direct get")]
+    TooMany,
+    #[error("batched direct get: {0}")]
+    Nats(String),
+    #[error("batched direct get not answered within {0:?}")]
+    TimedOut(Duration),
+    #[error("batched direct get answered {code} {description}")]
+    Refused { code: u16, description: String },
+    #[error("batched direct get answer lacks or garbles header {0}")]
+    Malformed(&'static str),
+    #[error("batched direct get answer incomplete: {0}")]
+    Incomplete(&'static str),
+}
+
+impl LastsError {
+    /// The server does not know batched direct gets (nats-server before 2.11 refuses the
+    /// request as empty).
+    pub fn unsupported(&self) -> bool {
+        matches!(self, LastsError::Refused { code: 408, .. })
+    }
+}
+
+/// The last stored message of each of `subjects` (literal subjects of stream `stream`, at
+/// most [`MAX_LAST_BATCH`]), in their order, `None` where a subject has none: batched direct
+/// gets (`multi_last`, nats-server 2.11 and later) instead of a request per subject. Each
+/// answer comes on an inbox of its own, at most [`LAST_PAGE_BYTES`] of messages, ended by
+/// an end-of-batch status; a partial answer is continued from where it stopped. An answer
+/// counts its messages down (`Nats-Num-Pending`): one that does not add up (a message
+/// missing, or nats-server 2.11's count, one short) is an error, never a subject without
+/// messages. The inbox must hold `subjects.len() + 1` messages
+/// (async-nats's subscription capacity), or answers are dropped and the read fails. The
+/// stream must allow direct gets.
+pub async fn last_of_subjects(
+    client: &async_nats::Client,
+    stream: &str,
+    subjects: &[String],
+    timeout: Duration,
+) -> Result<Vec<Option<Last>>, LastsError> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    if subjects.len() > MAX_LAST_BATCH {
+        return Err(LastsError::TooMany);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut found = std::collections::HashMap::with_capacity(subjects.len());
+    let mut from = None;
+    while let Some((next, up_to)) = last_page(client, stream, subjects, from, deadline, timeout, &mut found).await? {
+        from = Some((next, up_to));
+    }
+    Ok(subjects.iter().map(|s| found.get(s.as_str()).copied()).collect())
+}
+
+/// One answer of [`last_of_subjects`], from stream seq `from.0` up to `from.1` when it
+/// continues one; returns where the next answer starts, if the server stopped early.
+async fn last_page(
+    client: &async_nats::Client,
+    stream: &str,
+    subjects: &[String],
+    from: Option<(u64, u64)>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    found: &mut std::collections::HashMap<String, Last>,
+) -> Result<Option<(u64, u64)>, LastsError> {
+    let nats = |e: &dyn std::fmt::Display| LastsError::Nats(e.to_string());
+    let mut body = serde_json::json!({
+        "multi_last": subjects,
+        "batch": subjects.len(),
+        "max_bytes": LAST_PAGE_BYTES,
+    });
+    if let Some((seq, up_to)) = from {
+        body["seq"] = seq.into();
+        body["up_to_seq"] = up_to.into();
+    }
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            serde_json::to_vec(&body).expect("JSON of strings and numbers").into(),
+        )
+        .await
+        .map_err(|e| nats(&e))?;
+    // Messages still to come, as the last message said (`None` before the first).
+    let mut pending: Option<u64> = None;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut answers)).await {
+            Err(_) => return Err(LastsError::TimedOut(timeout)),
+            Ok(None) => return Err(LastsError::Nats("the inbox subscription ended".into())),
+            Ok(Some(msg)) => msg,
+        };
+        // The server appends its headers to a stored message's own: the last value is its.
+        let header = |name: &'static str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get_all(name).last())
+                .map(|v| v.as_str())
+        };
+        let number = |name: &'static str| -> Result<u64, LastsError> {
+            header(name)
+                .ok_or(LastsError::Malformed(name))?
+                .parse()
+                .map_err(|_| LastsError::Malformed(name))
+        };
+        // A stored message carries its seq whatever status line its own headers began with;
+        // the end of the batch and errors carry none.
+        if header(header::NATS_SEQUENCE).is_some() {
+            let left = number(header::NATS_NUM_PENDING)?;
+            if pending.is_some_and(|p| p == 0 || left != p - 1) {
+                return Err(LastsError::Incomplete("message counts do not add up"));
+            }
+            pending = Some(left);
+            let subject = header(header::NATS_SUBJECT).ok_or(LastsError::Malformed(header::NATS_SUBJECT))?;
+            let stored = header(header::NATS_TIME_STAMP)
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .ok_or(LastsError::Malformed(header::NATS_TIME_STAMP))?;
+            let stored_us = stored
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            found.insert(
+                subject.to_owned(),
+                Last {
+                    seq: number(header::NATS_SEQUENCE)?,
+                    stored_us,
+                },
+            );
+            continue;
+        }
+        return match msg.status.map(|s| s.as_u16()) {
+            Some(204) => {
+                // The end says how many are left, as the last message did: 0 when all came,
+                // more when the answer reached its bytes (ask again after its last seq).
+                let left = number(header::NATS_NUM_PENDING)?;
+                if pending != Some(left) {
+                    return Err(LastsError::Incomplete(
+                        "the end of the batch does not match its messages",
+                    ));
+                }
+                if left == 0 {
+                    Ok(None)
+                } else {
+                    let last = number(header::NATS_LAST_SEQUENCE)?;
+                    Ok(Some((last + 1, number(NATS_UP_TO_SEQUENCE)?)))
+                }
+            }
+            // No subject has a message (after `from`, when continuing).
+            Some(404) if msg.description.as_deref() == Some("No Results") && pending.is_none() => Ok(None),
+            code => Err(LastsError::Refused {
+                code: code.unwrap_or(0),
+                description: msg.description.clone().unwrap_or_default(),
+            }),
+        };
+    }
+}
+
+/// The end of a batched direct get's answer: the last stream seq it considered.
+const NATS_UP_TO_SEQUENCE: &str = "Nats-UpTo-Sequence";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,116 +434,4 @@ mod tests {
             assert!(rooms.len() <= count as usize + 16, "{count}: {} probes", rooms.len());
         }
     }
-}
-
-/// Most subjects [`last_of_subjects`] asks for at once: nats-server answers a batched direct
-/// get with at most 1,024 messages.
-pub const MAX_LAST_BATCH: usize = 1_024;
-
-/// A subject's last stored message: its stream sequence and when it was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Last {
-    pub seq: u64,
-    /// Microseconds since the epoch.
-    pub stored_us: u64,
-}
-
-/// Why [`last_of_subjects`] has no answer; the caller can ask subject by subject instead.
-#[derive(Debug, thiserror::Error)]
-pub enum LastsError {
-    #[error("more than {MAX_LAST_BATCH} subjects in one batched direct get")]
-    TooMany,
-    #[error("batched direct get: {0}")]
-    Nats(String),
-    #[error("batched direct get not answered within {0:?}")]
-    TimedOut(Duration),
-    #[error("batched direct get answered {code} {description}")]
-    Refused { code: u16, description: String },
-    #[error("batched direct get answer lacks or garbles header {0}")]
-    Malformed(&'static str),
-    #[error("batched direct get stopped with {0} messages still pending")]
-    Truncated(u64),
-}
-
-/// The last stored message of each of `subjects` (literal subjects of stream `stream`, at
-/// most [`MAX_LAST_BATCH`]), in their order, `None` where a subject has none: one direct
-/// get request (`multi_last`, nats-server 2.11 and later) whose answers arrive on an inbox
-/// of their own, ended by an end-of-batch status, instead of a request per subject. The
-/// stream must allow direct gets.
-pub async fn last_of_subjects(
-    client: &async_nats::Client,
-    stream: &str,
-    subjects: &[String],
-    timeout: Duration,
-) -> Result<Vec<Option<Last>>, LastsError> {
-    if subjects.is_empty() {
-        return Ok(Vec::new());
-    }
-    if subjects.len() > MAX_LAST_BATCH {
-        return Err(LastsError::TooMany);
-    }
-    let nats = |e: &dyn std::fmt::Display| LastsError::Nats(e.to_string());
-    let body = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
-    let inbox = client.new_inbox();
-    let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
-    client
-        .publish_with_reply(
-            format!("$JS.API.DIRECT.GET.{stream}"),
-            inbox,
-            serde_json::to_vec(&body).expect("JSON of strings").into(),
-        )
-        .await
-        .map_err(|e| nats(&e))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut found = std::collections::HashMap::with_capacity(subjects.len());
-    loop {
-        let msg = match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut answers)).await {
-            Err(_) => return Err(LastsError::TimedOut(timeout)),
-            Ok(None) => return Err(LastsError::Nats("the inbox subscription ended".into())),
-            Ok(Some(msg)) => msg,
-        };
-        let headers = msg.headers.as_ref();
-        let text = |name: &'static str| {
-            headers
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str())
-                .ok_or(LastsError::Malformed(name))
-        };
-        match msg.status.map(|s| s.as_u16()) {
-            None | Some(200) => {
-                let subject = text(header::NATS_SUBJECT)?;
-                let seq = text(header::NATS_SEQUENCE)?
-                    .parse()
-                    .map_err(|_| LastsError::Malformed(header::NATS_SEQUENCE))?;
-                let stored_us = time::OffsetDateTime::parse(
-                    text(header::NATS_TIME_STAMP)?,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| LastsError::Malformed(header::NATS_TIME_STAMP))?
-                .unix_timestamp_nanos()
-                .max(0) as u64
-                    / 1_000;
-                found.insert(subject.to_owned(), Last { seq, stored_us });
-            }
-            // End of batch: every subject with a message has had it.
-            Some(204) => {
-                let pending: u64 = text(header::NATS_NUM_PENDING)?
-                    .parse()
-                    .map_err(|_| LastsError::Malformed(header::NATS_NUM_PENDING))?;
-                if pending > 0 {
-                    return Err(LastsError::Truncated(pending));
-                }
-                break;
-            }
-            // No subject has a message.
-            Some(404) if msg.description.as_deref() == Some("No Results") => break,
-            Some(code) => {
-                return Err(LastsError::Refused {
-                    code,
-                    description: msg.description.unwrap_or_default(),
-                })
-            }
-        }
-    }
-    Ok(subjects.iter().map(|s| found.get(s).copied()).collect())
 }

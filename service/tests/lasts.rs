@@ -73,6 +73,26 @@ async fn a_batch_answers_what_one_get_per_subject_would() {
     for (subject, last) in subjects.iter().zip(&got) {
         assert_eq!(*last, one_by_one(&js, "EV", subject).await, "{subject}");
     }
+    // A stored message whose own headers claim another seq and subject: the server's are
+    // the ones read.
+    let mut forged = async_nats::HeaderMap::new();
+    forged.insert("Nats-Sequence", "999999");
+    forged.insert("Nats-Subject", "ev.a");
+    forged.insert("Nats-Num-Pending", "0");
+    let z = js
+        .publish_with_headers("ev.z", forged, "5".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let got = last_of_subjects(&client, "EV", &["ev.a".into(), "ev.z".into()], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|l| l.map(|l| l.seq)).collect::<Vec<_>>(),
+        [Some(a), Some(z)]
+    );
     // No subject with a message: the server says "No Results".
     let none = last_of_subjects(&client, "EV", &["ev.x".into(), "ev.y".into()], WAIT)
         .await
@@ -82,14 +102,16 @@ async fn a_batch_answers_what_one_get_per_subject_would() {
 }
 
 #[tokio::test]
-async fn a_full_batch_is_answered_and_a_larger_one_refused() {
+async fn a_full_batch_is_answered_in_pages_and_a_larger_one_refused() {
     let nats = Nats::start(NatsOptions::default()).unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = stream_with(&client, "FULL", "full.>").await;
     let subjects: Vec<String> = (0..MAX_LAST_BATCH).map(|i| format!("full.{i}")).collect();
+    // 2 KiB each: 2 MiB in all, so the server answers in pages of 1 MiB.
+    let body = bytes::Bytes::from(vec![b'x'; 2048]);
     let mut acks = Vec::new();
     for s in &subjects {
-        acks.push(js.publish(s.clone(), "x".into()).await.unwrap());
+        acks.push(js.publish(s.clone(), body.clone()).await.unwrap());
     }
     let mut seqs = Vec::new();
     for ack in acks {

@@ -259,6 +259,24 @@ impl Table {
 
 impl Room {
     /// Sets the room's state and tells the joins waiting for it.
+    /// The read to the stream's end the room needs after events may have been lost (`None`
+    /// if a read is under way: it reads to the end once more when done), spared when
+    /// `stored_last`, the room's last seq in the stream read since, is one it has seen.
+    fn catch_up(&mut self, stored_last: Option<u64>) -> Option<Fetch> {
+        if self.held.is_some() {
+            self.rescan = true;
+            return None;
+        }
+        if stored_last.is_some_and(|last| last <= self.last_seq) {
+            return None;
+        }
+        self.held = Some(Vec::new());
+        Some(Fetch {
+            after: self.last_seq,
+            until: None,
+        })
+    }
+
     fn settle(&mut self, state: RoomState) {
         self.state = state;
         if let Some(waiters) = self.waiters.take() {
@@ -384,6 +402,12 @@ impl Rooms for Table {
     fn set_ready(&self, room: &str, last_seq: u64, last_us: u64) -> Option<Fetch> {
         let mut shard = self.shard(room);
         let r = shard.get_mut(room)?;
+        // Already ready: this answer outlived the room it was read for (removed and opened
+        // again meanwhile), or repeats one. Events after the room's last seq may not have
+        // been delivered: read them, never skip past them.
+        if r.state == RoomState::Ready {
+            return r.catch_up(Some(last_seq));
+        }
         if last_seq > r.last_seq {
             r.last_seq = last_seq;
             r.last_us = last_us;
@@ -446,20 +470,7 @@ impl Rooms for Table {
     }
 
     fn rescan(&self, room: &str, stored_last: Option<u64>) -> Option<Fetch> {
-        let mut shard = self.shard(room);
-        let r = shard.get_mut(room)?;
-        if r.held.is_some() {
-            r.rescan = true;
-            return None;
-        }
-        if stored_last.is_some_and(|last| last <= r.last_seq) {
-            return None;
-        }
-        r.held = Some(Vec::new());
-        Some(Fetch {
-            after: r.last_seq,
-            until: None,
-        })
+        self.shard(room).get_mut(room)?.catch_up(stored_last)
     }
 
     /// Marks a room's upstream failed; pending subscribers give up.
@@ -715,6 +726,20 @@ mod tests {
         assert_eq!(hub.release("lobby", vec![stored(7, 6)]), None);
         assert_eq!(seqs(&out), [7]);
         assert_eq!(hub.rescan("elsewhere", None), None, "a room that is gone needs no read");
+    }
+
+    #[test]
+    fn a_late_last_seq_for_a_ready_room_reads_the_gap_instead_of_skipping_it() {
+        let (hub, out) = live_room(3);
+        // A stale answer (the room was opened again) says 6: 4..6 were never delivered.
+        assert_eq!(hub.set_ready("lobby", 6, 0), Some(Fetch { after: 3, until: None }));
+        assert_eq!(
+            hub.release("lobby", vec![stored(4, 3), stored(5, 4), stored(6, 5)]),
+            None
+        );
+        assert_eq!(seqs(&out), [4, 5, 6]);
+        assert_eq!(hub.set_ready("lobby", 6, 0), None, "nothing after what it has");
+        assert_eq!(hub.ready_last_seq("lobby"), Some(6));
     }
 
     #[test]

@@ -140,3 +140,102 @@ async fn a_big_room_and_a_small_room_beside_it_both_get_every_event_in_order() {
         }
     }
 }
+
+/// Publishes through JetStream; returns the event's seq.
+async fn stored(js: &async_nats::jetstream::Context, room: &str, n: u64) -> u64 {
+    js.publish(
+        format!("herald.room.{room}"),
+        serde_json::to_vec(&json!({ "n": n })).unwrap().into(),
+    )
+    .await
+    .expect("published")
+    .await
+    .expect("stored")
+    .sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_opened_together_read_their_last_seqs_in_one_batch_and_miss_nothing() {
+    const ROOMS: usize = 16;
+    let nats = NatsServer::start();
+    // Per-room subscriptions (the default) open rooms in batches; the wildcard reads each.
+    let gw = TestGateway::start_with(&nats.url(), |c| c.room_subscriptions = RoomSubscriptions::PerRoom).await;
+    let backend = async_nats::connect(nats.url()).await.expect("NATS connects");
+    let js = async_nats::jetstream::new(backend);
+    // Room i has i events stored before anyone subscribes (room 0 none).
+    let mut seqs: Vec<Vec<u64>> = vec![Vec::new(); ROOMS];
+    for (i, room_seqs) in seqs.iter_mut().enumerate() {
+        for n in 0..i as u64 {
+            room_seqs.push(stored(&js, &format!("batch-{i}"), n).await);
+        }
+    }
+    let token = jwt::any_room("alice");
+    let mut clients = Vec::new();
+    for _ in 0..ROOMS {
+        clients.push(WsClient::connect(&gw.ws_url(), &token).await);
+    }
+    let batched = gw
+        .metric("herald_gateway_room_last_seq_reads_total{way=\"batch\"}")
+        .await;
+    // Every client asks at once (the rooms open together), while one more event per room is
+    // stored: it lands before or after each room's last seq is read.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.op(json!({"op": "subscribe", "room": format!("batch-{i}")})).await;
+    }
+    for (i, room_seqs) in seqs.iter_mut().enumerate() {
+        room_seqs.push(stored(&js, &format!("batch-{i}"), i as u64).await);
+    }
+    let mut acked = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        // Events may come before the ack only if they are after the room's last seq.
+        let mut early = Vec::new();
+        let ack = loop {
+            match c.recv().await {
+                herald_proto::frame::ServerFrame::Ack(a) => break a,
+                herald_proto::frame::ServerFrame::Event(e) => early.push(e.seq),
+                other => panic!("expected events then ack, got {other:?}"),
+            }
+        };
+        assert_eq!(ack.room.as_deref(), Some(format!("batch-{i}").as_str()));
+        let last = ack.seq.expect("ack seq");
+        assert!(
+            last == seqs[i].last().copied().unwrap_or(0) || Some(&last) == seqs[i].iter().rev().nth(1),
+            "room {i}: ack seq {last} is neither of its last two seqs {:?}",
+            seqs[i]
+        );
+        assert!(
+            early.is_empty(),
+            "room {i}: no live event before the ack, got {early:?}"
+        );
+        acked.push(last);
+    }
+    assert!(
+        gw.metric("herald_gateway_room_last_seq_reads_total{way=\"batch\"}")
+            .await
+            >= batched + 4.0,
+        "the rooms' last seqs were read in a batch"
+    );
+    // Two more per room; each client gets exactly what its room stored after its ack, in
+    // order, each event's prev the one before it.
+    for (i, room_seqs) in seqs.iter_mut().enumerate() {
+        for n in 0..2 {
+            room_seqs.push(stored(&js, &format!("batch-{i}"), 100 + n).await);
+        }
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want: Vec<u64> = seqs[i].iter().copied().filter(|&s| s > acked[i]).collect();
+        let mut got = Vec::new();
+        let mut prev = acked[i];
+        for _ in 0..want.len() {
+            let ev = c.event().await;
+            assert_eq!((ev.room.as_str(), ev.prev), (format!("batch-{i}").as_str(), prev));
+            prev = ev.seq;
+            got.push(ev.seq);
+        }
+        assert_eq!(got, want, "room {i}");
+        assert!(
+            c.next_within(Duration::from_millis(50)).await.is_none(),
+            "room {i}: nothing more"
+        );
+    }
+}
