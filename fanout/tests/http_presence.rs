@@ -311,14 +311,29 @@ async fn a_polling_client_leaves_when_it_says_so_or_its_long_poll_is_dropped() {
     changes(&mut alice, "pat", Change::Leaves).await;
 
     // A long-poll whose client goes away (a closed tab) starts the grace, not the TTL.
+    // Quinn joins with a poll that does not wait first: a presence change ends a long-poll's
+    // wait, so quinn's own join could answer (and so keep) the long-poll this drops.
     let quinn = jwt::any_room("quinn");
+    let join = format!("/poll?rooms=lobby&presence=1&sid=quinn-tab-1&wait=0&token={quinn}");
+    assert_eq!(http::get(gw.addr, &join).await.unwrap().status, 200);
+    changes(&mut alice, "quinn", Change::Joins).await;
     let long = format!("/poll?rooms=lobby&presence=1&sid=quinn-tab-1&wait=30&token={quinn}");
+    let waiting = "herald_gateway_connections{transport=\"long-poll\"}";
+    let before = gw.metric(waiting).await;
     let held = {
         let long = long.clone();
         let addr = gw.addr;
         tokio::spawn(async move { http::get(addr, &long).await })
     };
-    changes(&mut alice, "quinn", Change::Joins).await;
+    // Dropped only once the gateway holds it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.metric(waiting).await <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long-poll is held within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     held.abort();
     changes(&mut alice, "quinn", Change::Leaves).await;
 

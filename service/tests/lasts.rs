@@ -33,6 +33,20 @@ async fn stored(js: &jetstream::Context, subject: &str, body: &'static str) -> u
         .sequence
 }
 
+/// Publishes with headers of its own through JetStream and returns the stream sequence.
+async fn stored_with(js: &jetstream::Context, subject: &str, headers: &[(&str, &str)], body: &'static str) -> u64 {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(*name, *value);
+    }
+    js.publish_with_headers(subject.to_owned(), map, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
 /// What a direct get of the subject's last message says.
 async fn one_by_one(js: &jetstream::Context, name: &str, subject: &str) -> Option<Last> {
     let s = js.get_stream_no_info(name).await.unwrap();
@@ -55,15 +69,7 @@ async fn a_batch_answers_what_one_get_per_subject_would() {
     let b = stored(&js, "ev.b", "2").await;
     let a = stored(&js, "ev.a", "3").await;
     // A message with headers of its own: the server adds its headers to them.
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Herald-Type", "message");
-    let c = js
-        .publish_with_headers("ev.c", h, "4".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let c = stored_with(&js, "ev.c", &[("Herald-Type", "message")], "4").await;
     let subjects: Vec<String> = ["ev.b", "ev.none", "ev.a", "ev.c"].map(String::from).into();
     let got = last_of_subjects(&client, "EV", &subjects, WAIT).await.unwrap();
     assert_eq!(
@@ -75,17 +81,12 @@ async fn a_batch_answers_what_one_get_per_subject_would() {
     }
     // A stored message whose own headers claim another seq and subject: the server's are
     // the ones read.
-    let mut forged = async_nats::HeaderMap::new();
-    forged.insert("Nats-Sequence", "999999");
-    forged.insert("Nats-Subject", "ev.a");
-    forged.insert("Nats-Num-Pending", "0");
-    let z = js
-        .publish_with_headers("ev.z", forged, "5".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let forged = [
+        ("Nats-Sequence", "999999"),
+        ("Nats-Subject", "ev.a"),
+        ("Nats-Num-Pending", "0"),
+    ];
+    let z = stored_with(&js, "ev.z", &forged, "5").await;
     let got = last_of_subjects(&client, "EV", &["ev.a".into(), "ev.z".into()], WAIT)
         .await
         .unwrap();
