@@ -606,23 +606,22 @@ impl Upstream {
             .for_each_concurrent(LAST_BATCHES_IN_FLIGHT, |(partition, batch)| {
                 let this = &self;
                 async move {
-                    if batch.len() < MIN_LAST_BATCH || !this.batches_last_seqs() {
-                        crate::metrics::last_seqs_read(batch.len(), false);
-                        return futures_util::stream::iter(batch)
-                            .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(this).make_ready(room))
-                            .await;
-                    }
-                    let lasts = this.lasts(partition, &batch).await;
-                    let unread = batch.into_iter().zip(lasts).filter_map(|(room, last)| match last {
-                        Some(last) => {
-                            if let Some(fetch) = this.rooms.set_ready(&room, last.seq, last.stored_us) {
-                                tokio::spawn(Arc::clone(this).repair(room, fetch));
+                    let lasts = if batch.len() < MIN_LAST_BATCH {
+                        vec![None; batch.len()]
+                    } else {
+                        this.lasts(partition, &batch).await
+                    };
+                    let mut unread = Vec::new();
+                    for (room, last) in batch.into_iter().zip(lasts) {
+                        match last {
+                            Some(last) => {
+                                if let Some(fetch) = this.rooms.set_ready(&room, last.seq, last.stored_us) {
+                                    tokio::spawn(Arc::clone(this).repair(room, fetch));
+                                }
                             }
-                            None
+                            None => unread.push(room),
                         }
-                        None => Some(room),
-                    });
-                    let unread: Vec<_> = unread.collect();
+                    }
                     crate::metrics::last_seqs_read(unread.len(), false);
                     futures_util::stream::iter(unread)
                         .for_each_concurrent(OPEN_CONCURRENCY, |room| Arc::clone(this).make_ready(room))

@@ -258,7 +258,6 @@ impl Table {
 // === impl Room ===
 
 impl Room {
-    /// Sets the room's state and tells the joins waiting for it.
     /// The read to the stream's end the room needs after events may have been lost (`None`
     /// if a read is under way: it reads to the end once more when done), spared when
     /// `stored_last`, the room's last seq in the stream read since, is one it has seen.
@@ -277,6 +276,7 @@ impl Room {
         })
     }
 
+    /// Sets the room's state and tells the joins waiting for it.
     fn settle(&mut self, state: RoomState) {
         self.state = state;
         if let Some(waiters) = self.waiters.take() {
