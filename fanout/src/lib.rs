@@ -136,6 +136,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 
+    /// Where the event stream keeps events: `file` (survives a NATS server's restart) or
+    /// `memory` (cheaper per event; docs/operations.md says what a restart loses). Fixed
+    /// when the stream is created: fanout refuses (stays not ready) to run over a stream
+    /// stored otherwise.
+    #[arg(long, env = "HERALD_STREAM_STORAGE", value_enum, default_value_t = stream::Storage::File)]
+    pub stream_storage: stream::Storage,
+
     /// Partitions of the event stream: rooms are stored in this many streams by a hash of
     /// their name (`HERALD_ROOMS_<i>`; 1 is the single stream `HERALD_ROOMS`). Every NATS
     /// server needs the matching subject mapping, and every gateway and fanout the same count;
@@ -256,6 +263,7 @@ impl Fanout {
                 max_bytes: config.history_max_bytes,
                 dedup_window: config.dedup_window,
                 replicas: config.stream_replicas,
+                storage: config.stream_storage,
             },
             [Arc::clone(&provisioned), Arc::clone(&unmapped)],
         ));

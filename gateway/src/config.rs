@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use herald_service::stream::Storage;
 
 /// Herald edge gateway: WebSocket, SSE, long-poll and short-poll push over NATS JetStream.
 ///
@@ -287,6 +288,12 @@ pub struct Config {
     /// JetStream replicas of the event stream (used when this gateway provisions it).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
+
+    /// Where the event stream keeps events: `file` (survives a NATS server's restart) or
+    /// `memory` (cheaper per event; see docs/operations.md for what a restart loses). Used
+    /// when this gateway creates the stream.
+    #[arg(long, env = "HERALD_STREAM_STORAGE", value_enum, default_value_t = Storage::File)]
+    pub stream_storage: Storage,
 
     /// Partitions of the event stream: rooms are stored in this many streams by a hash of
     /// their name (`HERALD_ROOMS_<i>`; 1 is the single stream `HERALD_ROOMS`). Every NATS

@@ -223,6 +223,7 @@ async fn provision_stream(shared: Arc<Shared>) {
         max_bytes: c.history_max_bytes,
         dedup_window: c.dedup_window,
         replicas: c.stream_replicas,
+        storage: c.stream_storage,
     };
     shared.hub.provision(&settings).await;
     shared.stream_ready.store(true, Ordering::SeqCst);

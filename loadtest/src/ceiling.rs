@@ -132,6 +132,7 @@ async fn one_run(args: &CeilingArgs, partitions: u32, replicas: usize) -> Result
         max_bytes: 1 << 30,
         dedup_window: Duration::from_secs(120),
         replicas,
+        storage: Default::default(),
     };
     // Streams are created while the cluster settles its meta leader: retry a while.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -23,6 +23,7 @@ use hdrhistogram::Histogram;
 use herald_harness::ws::{Connect, Incoming, WsConn};
 use herald_proto::frame::EventView;
 use herald_proto::subject::Subjects;
+use herald_service::stream::Storage;
 use serde::{Deserialize, Serialize};
 
 use crate::nchan::{self, Nginx};
@@ -51,6 +52,17 @@ pub enum Target {
     Nchan,
 }
 
+/// How the backend publishes to Herald.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Publish {
+    /// JetStream publishes: each is acked once stored (acks awaited concurrently).
+    Jetstream,
+    /// Core NATS publishes without a reply subject: stored all the same, but not acked, so
+    /// the backend does not learn of a refusal or loss.
+    Core,
+}
+
 /// Where a room's subscribers connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -74,6 +86,17 @@ pub struct ChatArgs {
     /// on one of them, in order, one POST at a time.
     #[arg(long, default_value_t = 32)]
     publish_connections: usize,
+    /// How the backend publishes (`--target herald`).
+    #[arg(long, value_enum, default_value_t = Publish::Jetstream)]
+    publish: Publish,
+    /// Events the backend publishes back to back, every batch / rate seconds (1: each event
+    /// on its own schedule, as a backend publishes events as they happen).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    publish_batch: u64,
+    /// Where the event stream keeps events (`--target herald`; fanout's and the gateways'
+    /// `--stream-storage`).
+    #[arg(long, value_enum, default_value_t = Storage::File)]
+    stream_storage: Storage,
     /// Rooms.
     #[arg(long, default_value_t = 1000)]
     rooms: usize,
@@ -353,9 +376,10 @@ impl Servers {
         match a.target {
             Target::Herald => {
                 let nats = stack::nats()?;
-                let fanout = stack::fanout(&nats.url())?;
+                let storage = format!("--stream-storage={}", value_name(a.stream_storage));
+                let fanout = stack::fanout_with(&nats.url(), vec![storage.clone()])?;
                 let mut gateways = Vec::new();
-                let mut extra = vec!["--max-connections".to_owned(), "100000".to_owned()];
+                let mut extra = vec!["--max-connections".to_owned(), "100000".to_owned(), storage];
                 extra.extend(a.gateway_args.iter().cloned());
                 for g in 0..a.gateways {
                     let log = a.report_dir.join(format!("gateway-{g}.log"));
@@ -529,14 +553,15 @@ struct Published {
 }
 
 /// Publishes `--rate` events/s for `--run-time` on the scheduled clock, event `i` to room
-/// `i % rooms`, each through JetStream, and waits for every ack.
+/// `i % rooms`, `--publish-batch` at a time: through JetStream, waiting for every ack, or
+/// as core publishes, flushed at the end.
 async fn publish(a: &ChatArgs, nats_url: &str) -> Result<Published> {
     let client = async_nats::ConnectOptions::new()
         .name("loadtest chat publisher")
         .connect(nats_url)
         .await
         .context("NATS")?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let subjects = Subjects::new(herald_proto::subject::DEFAULT_PREFIX);
     let subject_of: Vec<String> = (0..a.rooms).map(|r| subjects.room(&room_name(r))).collect();
     let pad = "x".repeat(a.payload_bytes);
@@ -560,23 +585,36 @@ async fn publish(a: &ChatArgs, nats_url: &str) -> Result<Published> {
     let interval = Duration::from_secs_f64(1.0 / a.rate);
     let start = tokio::time::Instant::now();
     let mut sent = 0u64;
+    let mut scheduled = start;
     for i in 0..count {
-        let scheduled = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled).await;
+        if i % a.publish_batch == 0 {
+            scheduled = start + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(scheduled).await;
+        }
         let t0 = crate::scheduled_stamp(scheduled);
         let (r, n) = ((i % a.rooms as u64) as usize, i / a.rooms as u64);
         let body = event_body(t0, n, &pad);
         let at = Instant::now();
-        match js.publish(subject_of[r].clone(), body.into()).await {
-            Ok(ack) => {
-                sent += 1;
-                tx.send((at, ack)).await.context("the ack task ended")?;
-            }
-            Err(e) => bail!("publishing: {e}"),
+        match a.publish {
+            Publish::Jetstream => match js.publish(subject_of[r].clone(), body.into()).await {
+                Ok(ack) => tx.send((at, ack)).await.context("the ack task ended")?,
+                Err(e) => bail!("publishing: {e}"),
+            },
+            Publish::Core => client
+                .publish(subject_of[r].clone(), body.into())
+                .await
+                .context("publishing")?,
         }
+        sent += 1;
     }
     drop(tx);
-    let (acked, failed, hist) = acks.await?;
+    let (mut acked, failed, hist) = acks.await?;
+    if a.publish == Publish::Core {
+        // Nothing acks a core publish: once flushed, every event is counted as sent; the
+        // subscribers' counts say whether each was stored and delivered.
+        client.flush().await.context("flushing")?;
+        acked = sent;
+    }
     Ok(Published {
         sent,
         acked,
@@ -1041,6 +1079,7 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             format!(
                 "{published} {} of {} sent ({} failed) in {:.1} s; {} p50 {} ms, p99 {} ms",
                 match run.target {
+                    Target::Herald if a.publish == Publish::Core => "core publishes (not acked; 0 ms below)",
                     Target::Herald => "acked by JetStream",
                     Target::Nchan => "accepted by nchan (HTTP 2xx, one POST each)",
                 },
@@ -1126,12 +1165,19 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             humantime::format_duration(a.idle_time).to_string(),
         ),
         ("payload".into(), format!("{} B padding", a.payload_bytes)),
+        (
+            "publishing".into(),
+            format!("{}, {} event(s) per batch", value_name(a.publish), a.publish_batch),
+        ),
+        ("stream storage".into(), value_name(a.stream_storage)),
         ("gateway flags".into(), a.gateway_args.join(" ")),
         ("servers measured".into(), run.procs.covers()),
     ]);
     if let Some(conf) = &run.nginx_conf {
         // One server: gateways, their placement and flags do not apply.
-        header.retain(|(k, _)| !["gateways", "placement", "gateway flags"].contains(&k.as_str()));
+        header.retain(|(k, _)| {
+            !["gateways", "placement", "gateway flags", "publishing", "stream storage"].contains(&k.as_str())
+        });
         header.extend([
             ("target".to_owned(), "Nchan (nginx with the nchan module)".to_owned()),
             ("nginx workers".into(), (names.len() - 1).to_string()),
@@ -1265,6 +1311,8 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             "placement": a.placement, "rate": a.rate, "run_time_s": a.run_time.as_secs_f64(),
             "idle_s": idle_s, "window_s": window_s, "publish_s": run.publish_s,
             "gateway_args": a.gateway_args, "servers_measured": run.procs.covers(),
+            "publish": nats.then_some(a.publish), "publish_batch": nats.then_some(a.publish_batch),
+            "stream_storage": nats.then(|| value_name(a.stream_storage)),
             "connected": connections, "connect_failed": run.connected.failed,
             "connect_seconds": run.connected.seconds, "closed": closed,
             "published": run.published, "expected": expected, "delivered": delivered, "lost": lost,
@@ -1281,6 +1329,13 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
             "processes": processes, "gateway_figures": gws,
         }),
     })
+}
+
+/// A flag value's name as the command line spells it.
+fn value_name<V: ValueEnum>(v: V) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 fn placement_name(p: Placement) -> &'static str {

@@ -17,7 +17,16 @@ pub fn nats() -> Result<Nats> {
 
 /// A `herald-fanout` on a free admin port, ready.
 pub fn fanout(nats_url: &str) -> Result<Program> {
-    let mut fanout = Program::fanout(nats_url, FanoutOptions::default())?;
+    fanout_with(nats_url, Vec::new())
+}
+
+/// The same with more flags.
+pub fn fanout_with(nats_url: &str, args: Vec<String>) -> Result<Program> {
+    let options = FanoutOptions {
+        args,
+        ..FanoutOptions::default()
+    };
+    let mut fanout = Program::fanout(nats_url, options)?;
     fanout.wait_ready(START_TIMEOUT)?;
     Ok(fanout)
 }

@@ -18,6 +18,30 @@ pub struct StreamSettings {
     /// How long a `Nats-Msg-Id` is remembered (idempotent publishes).
     pub dedup_window: Duration,
     pub replicas: usize,
+    pub storage: Storage,
+}
+
+/// Where the event stream keeps its events (`--stream-storage`). A stream's storage is fixed
+/// when it is created: changing it means deleting the stream (and its history).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Storage {
+    /// On each NATS server's disk: events survive a server's restart, with one replica too.
+    #[default]
+    File,
+    /// In each NATS server's memory: a server's restart loses what it held, so with one
+    /// replica every room's history (clients resuming get `unrecovered`); with three, a
+    /// restarted server catches up from the others, and history is lost only if a majority
+    /// restarts at once. Cheaper per event than `file` (docs/benchmarks.md).
+    Memory,
+}
+
+impl Storage {
+    fn of(self) -> stream::StorageType {
+        match self {
+            Self::File => stream::StorageType::File,
+            Self::Memory => stream::StorageType::Memory,
+        }
+    }
 }
 
 /// `--dedup-window` within its bounds: above zero and at most `--history-ttl` (JetStream
@@ -84,7 +108,7 @@ pub fn config(p: &Partitions, i: u32, s: &StreamSettings) -> stream::Config {
         duplicate_window: s.dedup_window,
         allow_direct: true,
         num_replicas: s.replicas,
-        storage: stream::StorageType::File,
+        storage: s.storage.of(),
         discard: stream::DiscardPolicy::Old,
         republish: Some(stream::Republish {
             source,
@@ -129,6 +153,13 @@ async fn provision_one(js: &jetstream::Context, want: stream::Config, own: bool)
                 && have.max_bytes == want.max_bytes
                 && have.duplicate_window == want.duplicate_window
                 && have.num_replicas == want.num_replicas;
+            if own && have.storage != want.storage {
+                return Err(err(&format_args!(
+                    "it is stored in {:?} and --stream-storage asks for {:?}: a stream's storage cannot \
+                     change; delete the stream (and its history) to change it",
+                    have.storage, want.storage
+                )));
+            }
             if !usable || (own && !same) {
                 js.update_stream(want.clone()).await.map_err(|e| err(&e))?;
             }

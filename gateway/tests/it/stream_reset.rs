@@ -30,6 +30,7 @@ async fn recreate_stream(nats: &async_nats::Client) {
         max_bytes: -1,
         dedup_window: Duration::from_secs(120),
         replicas: 1,
+        storage: Default::default(),
     };
     herald_service::stream::ensure(&js, &Partitions::new(subjects, 1), &settings)
         .await
