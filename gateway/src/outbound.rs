@@ -4,6 +4,10 @@
 //! or, when the queue would pass its byte bound, marks the connection a slow consumer
 //! (close 4008) and drops what is queued. The writer takes everything queued at once and
 //! writes it with vectored writes, so a burst costs one syscall per batch, not per frame.
+//! A plain-TCP WebSocket connection lends the queue its socket: a frame pushed with
+//! [`Outbound::push_now`] while nothing is queued and the writer holds nothing is written
+//! there and then by the pusher (a small room's delivery, the session), and the writer is
+//! not woken at all; what the socket does not take at once is queued for the writer.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -13,8 +17,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use herald_proto::frame::{EventRef, ServerFrame};
 use herald_proto::{CloseCode, Codec};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::metrics::Transport;
 use crate::sync::lock;
 
 /// WebSocket opcodes the gateway writes.
@@ -132,6 +139,10 @@ struct Queue {
     items: VecDeque<Item>,
     bytes: usize,
     close: Option<Close>,
+    /// The writer took items and has not yet come back for more: it may be writing them.
+    writing: bool,
+    /// The connection's socket, for frames pushed while nothing is queued or being written.
+    direct: Option<Arc<OwnedWriteHalf>>,
 }
 
 /// How the writer should end the connection.
@@ -153,11 +164,58 @@ impl Outbound {
         })
     }
 
+    /// Lends the queue the connection's socket (plain-TCP WebSocket connections): frames
+    /// pushed while nothing is queued or being written are written at once by the pusher.
+    pub(crate) fn write_directly(&self, tcp: Arc<OwnedWriteHalf>) {
+        lock(&self.queue).direct = Some(tcp);
+    }
+
+    /// Takes the socket back: nothing is written directly any more (the connection ended).
+    pub(crate) fn end_direct(&self) {
+        lock(&self.queue).direct = None;
+    }
+
     /// Queues a frame unless that would pass the byte bound.
     pub fn push(&self, item: Item) -> Pushed {
+        self.push_as(item, false)
+    }
+
+    /// The same, or when the connection lent its socket and nothing is queued or being
+    /// written, writes the frame there and then. For one frame at a time (a small room's
+    /// event, an op's answer): frames that come in runs (a replay) are cheaper queued,
+    /// where the writer takes them in one write; and so is a big room's fan-out, which the
+    /// connections' writers share over the cores instead of one task writing every socket.
+    pub fn push_now(&self, item: Item) -> Pushed {
+        self.push_as(item, true)
+    }
+
+    fn push_as(&self, mut item: Item, now: bool) -> Pushed {
         let mut q = lock(&self.queue);
         if q.close.is_some() {
             return Pushed::Closed;
+        }
+        // Tests turn direct writes off to reach the writer's own fail points.
+        let direct = (|| {
+            fail::fail_point!("outbound.direct", |_| None);
+            q.direct.as_ref().filter(|_| now && !q.writing && q.items.is_empty())
+        })();
+        if let Some(tcp) = direct {
+            // Nothing is ahead of this frame: written here, in order. The socket never
+            // blocks the pusher: what it does not take now goes to the writer.
+            let tcp: &TcpStream = (**tcp).as_ref();
+            match tcp.try_write(&item.bytes) {
+                Ok(n) if n == item.bytes.len() => {
+                    drop(q);
+                    record_websocket_sent(std::slice::from_ref(&item), n);
+                    return Pushed::Queued;
+                }
+                Ok(n) => {
+                    crate::metrics::sent(Transport::WebSocket, 0, n as u64);
+                    item.bytes = item.bytes.slice(n..);
+                }
+                // Full (or failed: the writer meets the error and ends the connection).
+                Err(_) => {}
+            }
         }
         // The bound is on the backlog: one frame larger than the bound still goes out alone
         // (an event is at most NATS's `max_payload`), or its room could never be read.
@@ -202,6 +260,7 @@ impl Outbound {
     /// empty `batch` the queue's buffer goes with its items and the batch's buffer becomes
     /// the queue's, so a busy connection allocates nothing; a queue found empty lets go of
     /// its buffer, so an idle connection holds none.
+    /// Until it comes back with an empty queue, the writer counts as writing what it took.
     pub fn take(&self, batch: &mut Vec<Item>) -> Option<Close> {
         let mut q = lock(&self.queue);
         if q.items.is_empty() {
@@ -212,6 +271,7 @@ impl Outbound {
         } else {
             batch.extend(q.items.drain(..));
         }
+        q.writing = !batch.is_empty();
         q.bytes = 0;
         let close = q.close;
         drop(q);
@@ -249,6 +309,16 @@ impl Outbound {
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         lock(&self.queue).bytes
+    }
+}
+
+/// Counts frames a WebSocket connection has written (`bytes` of them), and the delivery
+/// latency of the live events among them.
+pub(crate) fn record_websocket_sent(items: &[Item], bytes: usize) {
+    crate::metrics::sent(Transport::WebSocket, items.len() as u64, bytes as u64);
+    let now_us = herald_service::now_ns() / 1000;
+    for stored_us in items.iter().filter_map(Item::stored_us) {
+        crate::metrics::delivery_latency(now_us.saturating_sub(stored_us) as f64 / 1e6);
     }
 }
 
@@ -364,6 +434,134 @@ mod tests {
         out.push(item(8));
         out.take(&mut batch);
         assert_eq!(lens(&batch), [8]);
+    }
+
+    /// A connected loopback pair: the server's side shared as a connection lends it, and
+    /// the peer.
+    async fn tcp_pair() -> (Arc<OwnedWriteHalf>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        // The read half goes: the socket stays open while the write half lives.
+        let (_, wr) = ours.into_split();
+        (Arc::new(wr), peer)
+    }
+
+    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        let read = tokio::io::AsyncReadExt::read_exact(peer, &mut got);
+        tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_lent_socket_takes_frames_at_once_only_while_nothing_is_ahead_of_them() {
+        let (tcp, mut peer) = tcp_pair().await;
+        let out = Outbound::new(1 << 20);
+        out.write_directly(Arc::clone(&tcp));
+        // Nothing queued, no writer busy: written by the pusher, nothing left for a writer.
+        assert_eq!(out.push_now(Item::frame(Bytes::from_static(b"one"))), Pushed::Queued);
+        assert_eq!(out.queued_bytes(), 0);
+        assert_eq!(read_exactly(&mut peer, 3).await, b"one");
+        // The writer holds a batch: later frames queue behind it.
+        out.end_direct();
+        out.push_now(Item::frame(Bytes::from_static(b"x")));
+        out.write_directly(Arc::clone(&tcp));
+        let mut batch = Vec::new();
+        out.take(&mut batch);
+        assert_eq!(batch.len(), 1);
+        out.push_now(item(2));
+        assert_eq!(out.queued_bytes(), 2);
+        // It comes back for more and gets that: still writing.
+        batch.clear();
+        out.take(&mut batch);
+        assert_eq!(batch.len(), 1);
+        out.push_now(item(1));
+        assert_eq!(out.queued_bytes(), 1);
+        batch.clear();
+        out.take(&mut batch);
+        assert_eq!(batch.len(), 1);
+        // Once it finds the queue empty the writer is idle, and frames go straight out again
+        // (the peer gets "two" right after "one": nothing queued was written meanwhile).
+        batch.clear();
+        out.take(&mut batch);
+        assert!(batch.is_empty());
+        out.push_now(Item::frame(Bytes::from_static(b"two")));
+        assert_eq!(out.queued_bytes(), 0);
+        assert_eq!(read_exactly(&mut peer, 3).await, b"two");
+        // `push` always queues (runs of frames go out in one write).
+        out.push_frame(Bytes::from_static(b"run"));
+        assert_eq!(out.queued_bytes(), 3);
+        out.take(&mut batch);
+        batch.clear();
+        out.take(&mut batch);
+        // Taken back: frames queue for the writer.
+        out.end_direct();
+        out.push_now(Item::frame(Bytes::from_static(b"three")));
+        assert_eq!(out.queued_bytes(), 5);
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_does_not_take_is_queued_in_order_and_a_closing_queue_takes_nothing() {
+        let (tcp, mut peer) = tcp_pair().await;
+        let out = Outbound::new(64 << 20);
+        out.write_directly(Arc::clone(&tcp));
+        // The peer reads nothing: the socket's buffers fill and the rest is queued.
+        let frames: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 256 * 1024])).collect();
+        for f in &frames {
+            out.push_now(Item::frame(f.clone()));
+        }
+        let queued = out.queued_bytes();
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        assert!(queued > 0 && queued < total, "{queued} of {total} queued");
+        // The peer then reads everything: what the socket took, then the queue, in order.
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, total).await });
+        let mut batch = Vec::new();
+        out.take(&mut batch);
+        write_all(&mut Shared(Arc::clone(&tcp)), &batch).await.unwrap();
+        let got = reader.await.unwrap();
+        let want: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        assert!(got == want, "bytes out of order");
+        // A closing queue writes nothing more.
+        out.close(None);
+        assert_eq!(out.push_now(Item::frame(Bytes::from_static(b"late"))), Pushed::Closed);
+    }
+
+    /// Writes through `&TcpStream`, as the connection's writer does.
+    struct Shared(Arc<OwnedWriteHalf>);
+
+    impl AsyncWrite for Shared {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let tcp: &TcpStream = (*self.0).as_ref();
+            loop {
+                std::task::ready!(tcp.poll_write_ready(cx))?;
+                match tcp.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return std::task::Poll::Ready(done),
+                }
+            }
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
     }
 
     #[tokio::test]

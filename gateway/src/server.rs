@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
@@ -244,11 +244,21 @@ const SOCKET_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 /// dropped however its connection is used (an HTTP answer, an SSE stream, a WebSocket after
 /// the upgrade), and what was queued for it is freed. The timer exists only while a write
 /// waits.
-struct WriteDeadline<I> {
+pub(crate) struct WriteDeadline<I> {
     io: I,
     limit: Duration,
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: bool,
+}
+
+/// A plain-TCP client connection as hyper serves it.
+pub(crate) type ClientSocket = WriteDeadline<TcpStream>;
+
+impl ClientSocket {
+    /// The socket, without its deadline (for a transport that watches its own writes).
+    pub(crate) fn into_tcp(self) -> TcpStream {
+        self.io
+    }
 }
 
 impl<I> WriteDeadline<I> {

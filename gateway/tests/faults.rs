@@ -171,7 +171,9 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
 
     // The writer runs in the connection's task: its panic ends the connection (no close
     // frame, the writer is gone) and the session gives everything back.
+    // Its frames go through the writer, not straight to the socket.
     let mut c = holder(&stack.gw, "victim").await;
+    fail::cfg("outbound.direct", "return").expect("fail point configured");
     with_panic(&stack, "ws.write", || async {
         c.op(json!({"op": "ping", "id": 9})).await;
         match c.next().await {
@@ -181,6 +183,7 @@ async fn a_panic_at_any_await_leaves_nothing_behind() {
         drop(c);
     })
     .await;
+    fail::remove("outbound.direct");
 
     let sse = "/sse?rooms=lobby,news&presence=1&watch=dave&name=v";
     for point in ["sse.positions", "sse.membership", "membership.join"] {

@@ -32,6 +32,13 @@ const SHARDS: usize = 64;
 /// outruns a stalled replay by this much closes the subscriber as a slow consumer (4008); it
 /// resumes with `since` and loses nothing still in history.
 const MAX_PENDING_EVENTS: usize = 10_000;
+
+/// Rooms with at most this many local subscribers write each event straight to their
+/// subscribers' sockets from the delivering task ([`Outbound::push_now`]): no hand-off to
+/// each connection's task. Bigger rooms hand off, so that their writes spread over the
+/// cores and one room's fan-out (a few µs per socket) does not hold up the rooms that share
+/// its delivery worker.
+const DIRECT_ROOM: usize = 64;
 /// Live events held for a room while its history is read, at most. Past it they are dropped
 /// and the room reads the stream to its end once the current read is done, so none is lost.
 const MAX_HELD_EVENTS: usize = 10_000;
@@ -296,6 +303,7 @@ impl Room {
             slots: [None, None, None],
         };
         let mut n = 0;
+        let direct = self.subs.len() <= DIRECT_ROOM;
         for sub in self.subs.values_mut() {
             match &mut sub.mode {
                 Mode::Pending(buf) if buf.len() >= MAX_PENDING_EVENTS => {
@@ -306,7 +314,13 @@ impl Room {
                 Mode::Live if ev.seq > sub.delivered => {
                     sub.delivered = ev.seq;
                     let bytes = frames.get(sub.format);
-                    if sub.out.push(item(bytes, ev, sub.format, ev.stored_us)) == Pushed::Queued {
+                    let frame = item(bytes, ev, sub.format, ev.stored_us);
+                    let pushed = if direct {
+                        sub.out.push_now(frame)
+                    } else {
+                        sub.out.push(frame)
+                    };
+                    if pushed == Pushed::Queued {
                         n += 1;
                     }
                 }

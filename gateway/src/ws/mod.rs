@@ -4,6 +4,7 @@
 
 mod input;
 mod session;
+mod socket;
 mod writer;
 
 pub(crate) use session::{run, Accepted, Mode};

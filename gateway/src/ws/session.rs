@@ -16,17 +16,19 @@ use herald_proto::{CloseCode, Codec, ErrorCode};
 use herald_service::now_ms;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::OwnedWriteHalf;
 use tracing::{debug, error, Instrument};
 
 use crate::auth::{Access, Identity};
 use crate::feeds::Kind;
 use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
-use crate::outbound::{encode_for, opcode, ws_frame, Format, Outbound};
+use crate::outbound::{encode_for, opcode, ws_frame, Format, Item, Outbound};
 use crate::state::{RateKind, Shared, Slot};
 use crate::sync::panic_message;
 
 use super::input::Input;
+use super::socket::{self, SharedWrite};
 use super::writer::{write_loop, BUSY, CLOSE_GRACE};
 
 /// Rejected publishes in a row that close the connection with 4029.
@@ -103,11 +105,22 @@ pub(crate) async fn run(shared: Arc<Shared>, upgrade: UpgradeFut, accepted: Box<
     };
     let span =
         tracing::info_span!("conn", conn = %accepted.conn, user = %accepted.identity.user, transport = "websocket");
-    let (rd, wr) = tokio::io::split(io);
-    serve(shared, rd, wr, accepted).instrument(span).await
+    match socket::plain_tcp(io) {
+        Ok((rd, wr)) => {
+            let direct = Arc::clone(&wr);
+            serve(shared, rd, SharedWrite(wr), Some(direct), accepted)
+                .instrument(span)
+                .await
+        }
+        Err(io) => {
+            let (rd, wr) = tokio::io::split(io);
+            serve(shared, rd, wr, None, accepted).instrument(span).await
+        }
+    }
 }
 
-async fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W, a: Box<Accepted>)
+/// `direct`: the connection's socket when it is plain TCP, lent to its outbound queue.
+async fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W, direct: Option<Arc<OwnedWriteHalf>>, a: Box<Accepted>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -115,6 +128,9 @@ where
     let idle = AtomicBool::new(true);
     let mut input = Input::new(rd, &idle);
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
+    if let Some(tcp) = direct {
+        out.write_directly(tcp);
+    }
     let last_seen = AtomicU64::new(now_ms());
     let Accepted {
         slot,
@@ -188,6 +204,7 @@ where
         }
         in_order = &mut writer => in_order,
     };
+    out.end_direct();
     drop(session);
     if linger {
         // Boxed, as a rare state: this future's size is that of its largest state.
@@ -705,7 +722,8 @@ impl Session {
     }
 
     fn send(&self, frame: &ServerFrame) {
-        self.out.push_frame(encode_for(Format::WebSocket(self.codec), frame));
+        let bytes = encode_for(Format::WebSocket(self.codec), frame);
+        self.out.push_now(Item::frame(bytes));
     }
 
     fn error(&self, id: Option<Id>, code: ErrorCode, message: impl Into<String>) {

@@ -77,7 +77,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             };
             match written {
-                Ok(bytes) => record_sent(&batch, bytes),
+                Ok(bytes) => outbound::record_websocket_sent(&batch, bytes),
                 Err(_) => return,
             }
             batch.clear();
@@ -262,14 +262,6 @@ async fn close_with<W: AsyncWrite + Unpin>(w: &mut W, code: Option<CloseCode>) {
 async fn expire(expiry: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     if let Some(sleep) = expiry {
         sleep.await;
-    }
-}
-
-fn record_sent(batch: &[Item], bytes: usize) {
-    metrics::sent(Transport::WebSocket, batch.len() as u64, bytes as u64);
-    let now_us = herald_service::now_ns() / 1000;
-    for stored_us in batch.iter().filter_map(Item::stored_us) {
-        metrics::delivery_latency(now_us.saturating_sub(stored_us) as f64 / 1e6);
     }
 }
 
