@@ -16,6 +16,7 @@
 mod addr;
 mod auth;
 mod config;
+mod deadline;
 mod feeds;
 mod http;
 mod hub;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::server::ClientSocket;
+use crate::deadline::ClientSocket;
 
 /// The socket under an upgraded connection, split, and the bytes hyper read past the
 /// request; or the connection back as it was (TLS).
