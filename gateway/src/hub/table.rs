@@ -620,6 +620,28 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test]
+    async fn a_run_released_after_a_gap_read_is_queued_for_the_writer_not_written_event_by_event() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        let (_rd, wr) = ours.into_split();
+        let (hub, out) = live_room(5);
+        // The room's subscriber is a plain-TCP WebSocket connection.
+        out.write_directly(Arc::new(wr));
+        // 1000 events were lost on the way: the next one reveals the gap, and the read
+        // brings them back as one run.
+        assert!(hub.offer(ev(1006, 1005)).is_some());
+        let fetched: Vec<StoredEvent> = (6..1006).map(|s| stored(s, s - 1)).collect();
+        assert_eq!(hub.release("lobby", fetched), None);
+        // "Runs of frames (replays) still go through the writer": the run is queued, for
+        // one vectored write, not written to the socket one syscall per event (under the
+        // room's shard lock).
+        assert_eq!(seqs(&out).len(), 1001, "the run was written event by event");
+    }
+
     #[test]
     fn joins_wait_only_while_a_room_starts_and_every_waiter_learns_how_it_ended() {
         let hub = Table::default();

@@ -440,4 +440,85 @@ mod tests {
         assert!(ended.is_ok(), "the writer gave up on the expired, blocked peer");
         assert!(out.is_closing());
     }
+
+    /// The server frames (unmasked) that `bytes` holds, as (opcode, payload); panics if the
+    /// bytes end inside a frame.
+    fn whole_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            assert!(bytes.len() >= 2, "the stream ends inside a frame header");
+            let (len, head) = match bytes[1] & 0x7f {
+                126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                n => (usize::from(n), 2),
+            };
+            assert!(
+                bytes.len() >= head + len,
+                "frame {} ends inside its payload: {} of {len} bytes",
+                frames.len(),
+                bytes.len() - head
+            );
+            frames.push((bytes[0] & 0x0f, bytes[head..head + len].to_vec()));
+            bytes = &bytes[head + len..];
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_close_is_never_written_inside_a_half_written_frame() {
+        use crate::outbound::Pushed;
+        use crate::ws::socket::SharedWrite;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        let (_rd, wr) = ours.into_split();
+        let wr = Arc::new(wr);
+        let out = Outbound::new(1 << 20);
+        out.write_directly(Arc::clone(&wr));
+        // The peer reads nothing for now: events go straight to the socket until it takes
+        // only part of one; the rest of that one is queued for the writer.
+        let event = ws_frame(opcode::TEXT, &[b'e'; 64 * 1024]);
+        let mut n = 0;
+        while out.queued_bytes() == 0 {
+            assert_eq!(out.push_now(Item::frame(event.clone())), Pushed::Queued);
+            n += 1;
+            assert!(n < 100_000, "the socket never filled");
+        }
+        assert!(out.queued_bytes() < event.len(), "part of the event was written");
+        // More events come before the writer runs (a burst, a catch-up run): the queue
+        // passes its bound and the connection closes as a slow consumer.
+        let mut pushed = Pushed::Queued;
+        while pushed == Pushed::Queued {
+            pushed = out.push_now(Item::frame(event.clone()));
+        }
+        assert_eq!(pushed, Pushed::Overflow);
+        // The peer reads everything the writer sends until it shuts the socket.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut all)
+                .await
+                .map(|_| all)
+        });
+        let last_seen = AtomicU64::new(now_ms());
+        let settings = config(HOUR, HOUR);
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            write_loop(SharedWrite(wr), &out, &last_seen, &settings, None),
+        )
+        .await
+        .expect("the writer ended");
+        let all = tokio::time::timeout(Duration::from_secs(20), reader)
+            .await
+            .expect("the peer read to the end")
+            .unwrap()
+            .unwrap();
+        // Whole events, then the close frame with 4008.
+        let frames = whole_frames(&all);
+        let (last, events) = frames.split_last().expect("frames");
+        assert_eq!(last.0, opcode::CLOSE);
+        assert_eq!(last.1[..2], CloseCode::SLOW_CONSUMER.0.to_be_bytes());
+        assert!(events.iter().all(|(op, p)| *op == opcode::TEXT && p.len() == 64 * 1024));
+    }
 }
