@@ -143,6 +143,9 @@ struct Queue {
     writing: bool,
     /// The connection's socket, for frames pushed while nothing is queued or being written.
     direct: Option<Arc<OwnedWriteHalf>>,
+    /// The first queued item is the rest of a frame the socket took part of: whatever else
+    /// is dropped, it is not, or the next frame (the close) would land inside it.
+    started: bool,
 }
 
 /// How the writer should end the connection.
@@ -212,6 +215,7 @@ impl Outbound {
                 Ok(n) => {
                     crate::metrics::sent(Transport::WebSocket, 0, n as u64);
                     item.bytes = item.bytes.slice(n..);
+                    q.started = n > 0;
                 }
                 // Full (or failed: the writer meets the error and ends the connection).
                 Err(_) => {}
@@ -220,8 +224,10 @@ impl Outbound {
         // The bound is on the backlog: one frame larger than the bound still goes out alone
         // (an event is at most NATS's `max_payload`), or its room could never be read.
         if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit {
+            let rest = if q.started { q.items.pop_front() } else { None };
             q.items.clear();
-            q.bytes = 0;
+            q.bytes = rest.as_ref().map_or(0, |r| r.bytes.len());
+            q.items.extend(rest);
             q.close = Some(Close {
                 code: Some(CloseCode::SLOW_CONSUMER),
             });
@@ -272,6 +278,7 @@ impl Outbound {
             batch.extend(q.items.drain(..));
         }
         q.writing = !batch.is_empty();
+        q.started = false;
         q.bytes = 0;
         let close = q.close;
         drop(q);
