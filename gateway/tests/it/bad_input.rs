@@ -359,3 +359,37 @@ async fn a_client_reading_a_steady_stream_gets_a_ping_every_interval_and_is_neve
     // last may cross the deadline).
     assert!(pings >= 19, "{pings} pings in {run:?} at one per {interval:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_frame_sent_in_the_same_write_as_the_upgrade_request_is_answered() {
+    let nats = NatsServer::start();
+    let gw = TestGateway::start(&nats.url()).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let token = jwt::any_room("eager");
+    let mut bytes = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    // A masked text frame right behind the request: hyper reads it with the request.
+    let payload = br#"{"op":"ping","id":7}"#;
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = br#"{"t":"pong","id":7}"#;
+    while !got.windows(want.len()).any(|w| w == want) {
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no pong; got {:?}", String::from_utf8_lossy(&got)))
+            .unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+}
