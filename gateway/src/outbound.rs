@@ -24,6 +24,11 @@ use tokio::sync::Notify;
 use crate::metrics::Transport;
 use crate::sync::lock;
 
+/// The largest frame written directly ([`Outbound::push_now`]): a bigger one is queued, so
+/// that copying it into the socket does not hold up the delivering task (and the room
+/// table's lock it holds) for every subscriber in turn.
+const DIRECT_MAX_BYTES: usize = 16 * 1024;
+
 /// WebSocket opcodes the gateway writes.
 pub(crate) mod opcode {
     pub(crate) const TEXT: u8 = 0x1;
@@ -200,7 +205,9 @@ impl Outbound {
         // Tests turn direct writes off to reach the writer's own fail points.
         let direct = (|| {
             fail::fail_point!("outbound.direct", |_| None);
-            q.direct.as_ref().filter(|_| now && !q.writing && q.items.is_empty())
+            q.direct
+                .as_ref()
+                .filter(|_| now && !q.writing && q.items.is_empty() && item.bytes.len() <= DIRECT_MAX_BYTES)
         })();
         if let Some(tcp) = direct {
             // Nothing is ahead of this frame: written here, in order. The socket never
@@ -499,6 +506,12 @@ mod tests {
         out.push_now(Item::frame(Bytes::from_static(b"two")));
         assert_eq!(out.queued_bytes(), 0);
         assert_eq!(read_exactly(&mut peer, 3).await, b"two");
+        // A big frame is queued: the writer copies it into the socket, not the pusher.
+        out.push_now(Item::frame(Bytes::from(vec![b'b'; DIRECT_MAX_BYTES + 1])));
+        assert_eq!(out.queued_bytes(), DIRECT_MAX_BYTES + 1);
+        out.take(&mut batch);
+        batch.clear();
+        out.take(&mut batch);
         // `push` always queues (runs of frames go out in one write).
         out.push_frame(Bytes::from_static(b"run"));
         assert_eq!(out.queued_bytes(), 3);
@@ -517,7 +530,9 @@ mod tests {
         let out = Outbound::new(64 << 20);
         out.write_directly(Arc::clone(&tcp));
         // The peer reads nothing: the socket's buffers fill and the rest is queued.
-        let frames: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 256 * 1024])).collect();
+        let frames: Vec<Bytes> = (0..1024u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; DIRECT_MAX_BYTES]))
+            .collect();
         for f in &frames {
             out.push_now(Item::frame(f.clone()));
         }

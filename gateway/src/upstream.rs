@@ -34,7 +34,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::DirectGetErrorKind};
 use async_nats::{Client, HeaderMap, HeaderValue, Subscriber};
@@ -84,6 +84,9 @@ const BIG_ROOM_IDLE: Duration = Duration::from_secs(30);
 /// Events queued for one delivery worker, at most: past it the reader waits, and NATS
 /// messages wait in the subscriptions' buffers (whose overflow is repaired).
 const WORKER_QUEUE: usize = 1_024;
+/// The window over which the reading task measures the share of its time it spends
+/// delivering: past half, it hands rooms to the delivery workers for the next window.
+const BUSY_WINDOW: Duration = Duration::from_millis(10);
 
 /// How often a gateway whose partitions the NATS server maps differently checks again (the
 /// mapping may be fixed by a configuration reload); a slow pace keeps the error log readable.
@@ -252,13 +255,51 @@ pub(crate) struct Upstream {
 
 /// Where a reading task hands its live events, room by room, in order: a room with more
 /// than [`BIG_ROOM`] subscribers to a task of its own, so its fan-out never delays other
-/// rooms; any other room to the delivery worker its name hashes to — or, when that worker
-/// has nothing in hand, straight to the room table on the reading task, so that a lightly
-/// loaded gateway pays no hand-off per event while a busy one spreads fan-out over cores.
+/// rooms; any other room straight to the room table on the reading task while delivering
+/// takes at most half the reader's time and the room's worker has nothing in hand — so a
+/// lightly loaded gateway pays no hand-off per event — and otherwise to the delivery worker
+/// its name hashes to, so that a busy one spreads fan-out over cores.
 struct Delivery {
     upstream: Arc<Upstream>,
     workers: Vec<Worker>,
     big: HashMap<Arc<str>, mpsc::Sender<Arc<StoredEvent>>>,
+    busy: Busy,
+}
+
+/// The share of a reading task's time that its own deliveries take, window by window.
+#[derive(Debug)]
+struct Busy {
+    window_start: Instant,
+    /// Delivering in the current window.
+    spent: Duration,
+    /// Set for a window after one in which delivering took more than half the time; kept
+    /// while the workers still hold events.
+    handing_off: bool,
+}
+
+impl Busy {
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            spent: Duration::ZERO,
+            handing_off: false,
+        }
+    }
+
+    /// Whether events go to the workers now; `workers_idle`: none holds an event.
+    fn hand_off(&mut self, now: Instant, workers_idle: impl FnOnce() -> bool) -> bool {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= BUSY_WINDOW {
+            self.handing_off = self.spent * 2 > elapsed || (self.handing_off && !workers_idle());
+            self.window_start = now;
+            self.spent = Duration::ZERO;
+        }
+        self.handing_off
+    }
+
+    fn delivered(&mut self, took: Duration) {
+        self.spent += took;
+    }
 }
 
 /// A delivery worker's queue, and how many events it has been handed and not yet delivered.
@@ -289,6 +330,7 @@ impl Delivery {
             upstream: Arc::clone(upstream),
             workers,
             big: HashMap::new(),
+            busy: Busy::new(Instant::now()),
         }
     }
 
@@ -304,10 +346,15 @@ impl Delivery {
             },
             None => ev,
         };
+        let start = Instant::now();
+        let workers = &self.workers;
+        let hand_off = self
+            .busy
+            .hand_off(start, || workers.iter().all(|w| w.in_hand.load(Ordering::Acquire) == 0));
         let worker = &self.workers[worker_of(&ev.room, self.workers.len())];
         // Nothing of the worker's is pending: every earlier event of this room has been
         // delivered, so this one can be too, here (only this task hands the worker events).
-        if worker.in_hand.load(Ordering::Acquire) == 0 {
+        if !hand_off && worker.in_hand.load(Ordering::Acquire) == 0 {
             if self.upstream.rooms.subscribers(&ev.room) > BIG_ROOM {
                 let (tx, rx) = mpsc::channel(WORKER_QUEUE);
                 tokio::spawn(Arc::clone(&self.upstream).deliver_room(Arc::clone(&ev.room), rx));
@@ -318,6 +365,7 @@ impl Delivery {
             } else {
                 self.upstream.offer(ev);
             }
+            self.busy.delivered(start.elapsed());
             return;
         }
         worker.in_hand.fetch_add(1, Ordering::AcqRel);
@@ -1107,5 +1155,34 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         crate::metrics::nats_subscriptions(-1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_reader_hands_off_after_a_window_it_spent_mostly_delivering_until_the_workers_are_idle() {
+        let t0 = Instant::now();
+        let mut busy = Busy::new(t0);
+        // A light window: 2 ms of 10 delivering. Inline.
+        assert!(!busy.hand_off(t0, || true));
+        busy.delivered(2 * MS);
+        assert!(!busy.hand_off(t0 + 5 * MS, || true));
+        assert!(!busy.hand_off(t0 + 10 * MS, || true));
+        // A busy window: 6 ms of 10. The next one hands off, whatever it measures.
+        busy.delivered(6 * MS);
+        assert!(busy.hand_off(t0 + 20 * MS, || true));
+        assert!(busy.hand_off(t0 + 25 * MS, || true));
+        // The window ends with workers still holding events: it keeps handing off.
+        assert!(busy.hand_off(t0 + 30 * MS, || false));
+        // Idle workers at the end of a quiet window: inline again.
+        assert!(!busy.hand_off(t0 + 40 * MS, || true));
+        // A long pause counts as a window of its own: 6 ms over 100 ms is light.
+        busy.delivered(6 * MS);
+        assert!(!busy.hand_off(t0 + 140 * MS, || true));
     }
 }

@@ -210,7 +210,8 @@ impl Table {
         }
         let ack = ack(sub.delivered);
         if !ack.is_empty() {
-            sub.out.push_frame(ack);
+            // Straight out when nothing was replayed (else it queues behind the replay).
+            sub.out.push_now(Item::frame(ack));
         }
         Some(sub.delivered)
     }
@@ -244,7 +245,7 @@ impl Table {
     pub fn deliver(&self, ev: &Arc<StoredEvent>) -> usize {
         let mut shard = self.shard(&ev.room);
         match shard.get_mut(&*ev.room) {
-            Some(r) => r.deliver(ev),
+            Some(r) => r.deliver(ev, true),
             None => 0,
         }
     }
@@ -292,7 +293,9 @@ impl Room {
     }
 
     /// Queues `ev` to every live subscriber (buffers it for pending ones); returns how many got it.
-    fn deliver(&mut self, ev: &Arc<StoredEvent>) -> usize {
+    /// `live`: one event as it happens, which a small room writes straight to its sockets; a
+    /// run of events (released after a gap read) is queued, for the writers' batches.
+    fn deliver(&mut self, ev: &Arc<StoredEvent>, live: bool) -> usize {
         if ev.seq > self.last_seq {
             self.last_seq = ev.seq;
             // Never back (an event without the store's time has 0).
@@ -303,7 +306,7 @@ impl Room {
             slots: [None, None, None],
         };
         let mut n = 0;
-        let direct = self.subs.len() <= DIRECT_ROOM;
+        let direct = live && self.subs.len() <= DIRECT_ROOM;
         for sub in self.subs.values_mut() {
             match &mut sub.mode {
                 Mode::Pending(buf) if buf.len() >= MAX_PENDING_EVENTS => {
@@ -366,7 +369,7 @@ impl Room {
     fn release(&mut self, fetched: Vec<StoredEvent>) -> Option<Fetch> {
         for ev in fetched {
             if ev.seq > self.last_seq {
-                self.deliver(&Arc::new(ev));
+                self.deliver(&Arc::new(ev), false);
             }
         }
         let held = self.held.take().unwrap_or_default();
@@ -386,7 +389,7 @@ impl Room {
                     until,
                 });
             }
-            self.deliver(&ev);
+            self.deliver(&ev, false);
         }
         if std::mem::take(&mut self.rescan) {
             self.held = Some(Vec::new());
@@ -475,7 +478,7 @@ impl Rooms for Table {
             r.held = Some(vec![ev]);
             return Some(fetch);
         }
-        r.deliver(&ev);
+        r.deliver(&ev, true);
         None
     }
 

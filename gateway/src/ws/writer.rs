@@ -479,7 +479,7 @@ mod tests {
         out.write_directly(Arc::clone(&wr));
         // The peer reads nothing for now: events go straight to the socket until it takes
         // only part of one; the rest of that one is queued for the writer.
-        let event = ws_frame(opcode::TEXT, &[b'e'; 64 * 1024]);
+        let event = ws_frame(opcode::TEXT, &[b'e'; 8 * 1024]);
         let mut n = 0;
         while out.queued_bytes() == 0 {
             assert_eq!(out.push_now(Item::frame(event.clone())), Pushed::Queued);
@@ -519,6 +519,6 @@ mod tests {
         let (last, events) = frames.split_last().expect("frames");
         assert_eq!(last.0, opcode::CLOSE);
         assert_eq!(last.1[..2], CloseCode::SLOW_CONSUMER.0.to_be_bytes());
-        assert!(events.iter().all(|(op, p)| *op == opcode::TEXT && p.len() == 64 * 1024));
+        assert!(events.iter().all(|(op, p)| *op == opcode::TEXT && p.len() == 8 * 1024));
     }
 }
