@@ -56,16 +56,27 @@ impl AsyncRead for SharedRead {
 /// The writer's side: writes through `&TcpStream`, as direct writes do.
 pub(super) struct SharedWrite(pub(super) Arc<OwnedWriteHalf>);
 
-impl AsyncWrite for SharedWrite {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+impl SharedWrite {
+    /// Runs `write` once the socket is writable, again whenever it finds it full.
+    fn poll_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         let tcp: &TcpStream = (*self.0).as_ref();
         loop {
             ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write(buf) {
+            match write(tcp) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
             }
         }
+    }
+}
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |tcp| tcp.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -73,14 +84,7 @@ impl AsyncWrite for SharedWrite {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let tcp: &TcpStream = (*self.0).as_ref();
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        self.poll_with(cx, |tcp| tcp.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
