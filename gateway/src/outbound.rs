@@ -11,7 +11,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_proto::frame::{EventRef, ServerFrame};
@@ -197,7 +199,8 @@ impl Outbound {
         self.push_as(item, true)
     }
 
-    fn push_as(&self, mut item: Item, now: bool) -> Pushed {
+    /// [`Outbound::push_now`] when `now`, else [`Outbound::push`].
+    pub(crate) fn push_as(&self, mut item: Item, now: bool) -> Pushed {
         let mut q = lock(&self.queue);
         if q.close.is_some() {
             return Pushed::Closed;
@@ -325,6 +328,60 @@ impl Outbound {
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         lock(&self.queue).bytes
+    }
+}
+
+/// A lent socket as its connection's writer writes it: through `&TcpStream`, as direct
+/// writes do.
+pub(crate) struct SharedWrite(pub(crate) Arc<OwnedWriteHalf>);
+
+impl SharedWrite {
+    /// Runs `write` once the socket is writable, again whenever it finds it full.
+    fn poll_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let tcp: &TcpStream = (*self.0).as_ref();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match write(tcp) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |tcp| tcp.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |tcp| tcp.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts the write direction (the close handshake's end); the socket itself closes when
+    /// both halves are dropped.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let tcp: &TcpStream = (*self.0).as_ref();
+        Poll::Ready(match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            r => r,
+        })
     }
 }
 
@@ -545,47 +602,13 @@ mod tests {
         let reader = tokio::spawn(async move { read_exactly(&mut peer, total).await });
         let mut batch = Vec::new();
         out.take(&mut batch);
-        write_all(&mut Shared(Arc::clone(&tcp)), &batch).await.unwrap();
+        write_all(&mut SharedWrite(Arc::clone(&tcp)), &batch).await.unwrap();
         let got = reader.await.unwrap();
         let want: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         assert!(got == want, "bytes out of order");
         // A closing queue writes nothing more.
         out.close(None);
         assert_eq!(out.push_now(Item::frame(Bytes::from_static(b"late"))), Pushed::Closed);
-    }
-
-    /// Writes through `&TcpStream`, as the connection's writer does.
-    struct Shared(Arc<OwnedWriteHalf>);
-
-    impl AsyncWrite for Shared {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            let tcp: &TcpStream = (*self.0).as_ref();
-            loop {
-                std::task::ready!(tcp.poll_write_ready(cx))?;
-                match tcp.try_write(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    done => return std::task::Poll::Ready(done),
-                }
-            }
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
     }
 
     #[tokio::test]

@@ -519,15 +519,12 @@ fn start_workers(a: &ChatArgs, urls: &[String]) -> Result<Vec<(Child, BufReader<
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("chat")
             .arg("--worker")
-            .args(["--target", a.target.to_possible_value().expect("a value").get_name()])
+            .args(["--target", &value_name(a.target)])
             .args(["--first", &(w * per).to_string(), "--count", &n.to_string()])
             .args(["--rooms", &a.rooms.to_string()])
             .args(["--subscribers", &a.subscribers.to_string()])
             .args(["--gateways", &a.gateways.to_string()])
-            .args([
-                "--placement",
-                a.placement.to_possible_value().expect("a value").get_name(),
-            ])
+            .args(["--placement", &value_name(a.placement)])
             .args(["--gateway-url", &urls.join(",")])
             .args(["--sources", &sources])
             .args(["--concurrency", &a.concurrency.to_string()])
@@ -1053,7 +1050,7 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
                     a.rooms,
                     a.subscribers,
                     a.gateways,
-                    placement_name(a.placement),
+                    value_name(a.placement),
                     num(a.rate),
                     humantime::format_duration(a.run_time)
                 ),
@@ -1157,7 +1154,7 @@ fn report(a: &ChatArgs, run: &Run) -> Result<Report> {
         ("rooms".to_owned(), a.rooms.to_string()),
         ("subscribers per room".into(), a.subscribers.to_string()),
         ("gateways".into(), a.gateways.to_string()),
-        ("placement".into(), placement_name(a.placement).into()),
+        ("placement".into(), value_name(a.placement)),
         ("rate".into(), format!("{} events/s", num(a.rate))),
         ("run time".into(), humantime::format_duration(a.run_time).to_string()),
         (
@@ -1336,13 +1333,6 @@ fn value_name<V: ValueEnum>(v: V) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_owned())
         .unwrap_or_default()
-}
-
-fn placement_name(p: Placement) -> &'static str {
-    match p {
-        Placement::ByRoom => "by-room",
-        Placement::Spread => "spread",
-    }
 }
 
 #[cfg(test)]

@@ -317,13 +317,7 @@ impl Room {
                 Mode::Live if ev.seq > sub.delivered => {
                     sub.delivered = ev.seq;
                     let bytes = frames.get(sub.format);
-                    let frame = item(bytes, ev, sub.format, ev.stored_us);
-                    let pushed = if direct {
-                        sub.out.push_now(frame)
-                    } else {
-                        sub.out.push(frame)
-                    };
-                    if pushed == Pushed::Queued {
+                    if sub.out.push_as(item(bytes, ev, sub.format, ev.stored_us), direct) == Pushed::Queued {
                         n += 1;
                     }
                 }

@@ -23,12 +23,12 @@ use crate::auth::{Access, Identity};
 use crate::feeds::Kind;
 use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
-use crate::outbound::{encode_for, opcode, ws_frame, Format, Item, Outbound};
+use crate::outbound::{encode_for, opcode, ws_frame, Format, Item, Outbound, SharedWrite};
 use crate::state::{RateKind, Shared, Slot};
 use crate::sync::panic_message;
 
 use super::input::Input;
-use super::socket::{self, SharedWrite};
+use super::socket;
 use super::writer::{write_loop, BUSY, CLOSE_GRACE};
 
 /// Rejected publishes in a row that close the connection with 4029.

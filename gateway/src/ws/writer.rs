@@ -467,7 +467,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_consumer_close_is_never_written_inside_a_half_written_frame() {
         use crate::outbound::Pushed;
-        use crate::ws::socket::SharedWrite;
+        use crate::outbound::SharedWrite;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
