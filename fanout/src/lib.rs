@@ -9,6 +9,7 @@
 //!
 //! Start at [`Fanout::bind`] and [`Fanout::serve`], then [`state`].
 
+mod api;
 mod intake;
 pub mod leader;
 mod presence;
@@ -29,6 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
+use crate::api::Api;
+use crate::intake::Intake;
 use crate::leader::Leases;
 use crate::presence::Tracker;
 
@@ -150,6 +153,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_STREAM_PARTITIONS", default_value_t = 1)]
     pub stream_partitions: u32,
 
+    /// How long a token revocation (`herald.api.disconnect` with `revoke`) lasts: at least
+    /// the lifetime of the tokens your backend issues.
+    #[arg(long, env = "HERALD_REVOCATION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub revocation_ttl: Duration,
+
     /// Longest wait for in-flight work on SIGTERM/SIGINT.
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -193,6 +201,7 @@ impl Config {
         for (name, d) in [
             ("presence-interval", self.presence_interval),
             ("gateway-timeout", self.gateway_timeout),
+            ("revocation-ttl", self.revocation_ttl),
         ] {
             if d.is_zero() {
                 return Err(Error::Config(format!("--{name} must be greater than zero")));
@@ -278,11 +287,25 @@ impl Fanout {
             Arc::clone(&stop_leases),
         ));
         let stop_presence = Arc::new(Notify::new());
+        let intake = Intake::default();
+        let stop_api = Arc::new(Notify::new());
+        let api = tokio::spawn(
+            Api {
+                client: self.client.clone(),
+                subjects: subjects.clone(),
+                intake: intake.clone(),
+                gateway_timeout: config.gateway_timeout,
+                revocation_ttl: config.revocation_ttl,
+                replicas: config.stream_replicas,
+            }
+            .run(Arc::clone(&stop_api)),
+        );
         let tracker = Tracker {
             client: self.client.clone(),
             subjects,
             leases,
             synced,
+            intake,
         };
         let presence = tokio::spawn(tracker.run(config.clone(), Arc::clone(&stop_presence)));
         info!(%instance, admin = %admin_addr, "Fanout serving");
@@ -291,7 +314,9 @@ impl Fanout {
         draining.store(true, Ordering::SeqCst);
         provision.abort();
         stop_presence.notify_one();
+        stop_api.notify_one();
         let _ = presence.await;
+        let _ = api.await;
         stop_leases.notify_one();
         // Bounded: with NATS gone, handing the leases over and flushing would wait for it.
         let _ = tokio::time::timeout(Duration::from_secs(3), leasing).await;
@@ -461,7 +486,7 @@ fn describe_metrics() {
     for reason in intake::DROP_REASONS {
         counter!(metric::SYS_DROPPED, "reason" => reason).absolute(0);
     }
-    for kind in ["presence", "status"] {
+    for kind in ["presence", "status", herald_proto::api::method::DISCONNECT] {
         counter!(metric::REQUESTS, "kind" => kind).absolute(0);
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Tracker {
     pub leases: Leases,
     /// Set once the first sync window has passed (readiness).
     pub synced: Arc<AtomicBool>,
+    /// Shared with the server API, which asks it which gateways are alive.
+    pub intake: Intake,
 }
 
 impl Tracker {
@@ -48,7 +50,7 @@ impl Tracker {
             _ = &mut stopped => return,
             sub = self.subscribe(self.subjects.sys_gateways_wildcard(), None) => sub,
         };
-        let intake = Intake::default();
+        let intake = self.intake.clone();
         let (tx, mut inputs) = tokio::sync::mpsc::unbounded_channel();
         let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(1);
         let stop_intake = Arc::new(Notify::new());

@@ -1,8 +1,10 @@
 //! Token verification: HS256 with a shared secret, RS256/ES256/EdDSA with a public key, or
 //! the keys of a JWKS chosen by `kid` (see [`crate::jwks`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
+use herald_proto::api::Revocation;
 use herald_proto::claims::{glob_match, Claims};
 use herald_proto::{room, text, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -20,6 +22,15 @@ pub(crate) struct Authenticator {
     jwks_validation: Validation,
     /// What anonymous clients may use; `None` when anonymous mode is off.
     anonymous: Option<Arc<AnonymousGrants>>,
+    revocations: Arc<Revocations>,
+}
+
+/// Users whose older tokens are refused (`herald.api.disconnect` with `revoke`), as
+/// fanout's commands and the revocation bucket tell this gateway. Entries lapse at their
+/// `until` (the bucket's own expiry sends no word of it).
+#[derive(Debug, Default)]
+pub(crate) struct Revocations {
+    map: RwLock<HashMap<String, Revocation>>,
 }
 
 /// The rooms anonymous clients may use (`--anonymous-rooms`, `--anonymous-publish`).
@@ -72,6 +83,8 @@ pub(crate) enum AuthError {
     /// The token names a `kid` the JWKS does not hold (yet): a refresh may bring it.
     #[error("invalid token: unknown key id `{0}`")]
     UnknownKey(String),
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 // === impl Authenticator ===
@@ -112,7 +125,13 @@ impl Authenticator {
                     publish: config.anonymous_publish.clone(),
                 })
             }),
+            revocations: Arc::default(),
         })
+    }
+
+    /// The revocations this authenticator checks tokens against.
+    pub(crate) fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// The JWKS, if `--jwks-url` is set (the gateway fetches it at start and on a timer).
@@ -191,6 +210,12 @@ impl Authenticator {
                     if let Err(e) = text::validate_user(&claims.sub) {
                         return Err(AuthError::Invalid(format!("`sub`: {e}")));
                     }
+                    if self
+                        .revocations
+                        .refuses(&claims.sub, claims.iat, herald_service::now_ms())
+                    {
+                        return Err(AuthError::Revoked);
+                    }
                     return Ok(Identity {
                         user: claims.sub.clone(),
                         name: claims.name.as_deref().and_then(text::clean_name),
@@ -206,6 +231,33 @@ impl Authenticator {
             }
         }
         Err(last)
+    }
+}
+
+// === impl Revocations ===
+
+impl Revocations {
+    /// Records `user`'s revocation: of two, the later `before` holds, until the later `until`.
+    pub(crate) fn set(&self, user: &str, r: Revocation, now: u64) {
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, old| old.until > now);
+        let entry = map.entry(user.to_owned()).or_insert(r);
+        entry.before = entry.before.max(r.before);
+        entry.until = entry.until.max(r.until);
+    }
+
+    /// Forgets `user`'s revocation (its bucket entry was deleted).
+    pub(crate) fn remove(&self, user: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(user);
+    }
+
+    /// Whether `user`'s token issued at `iat` is refused at `now` (ms since the epoch).
+    pub(crate) fn refuses(&self, user: &str, iat: Option<u64>, now: u64) -> bool {
+        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !map.is_empty() && map.get(user).is_some_and(|r| r.refuses(iat, now))
     }
 }
 
@@ -335,6 +387,7 @@ mod tests {
         Claims {
             sub: sub.into(),
             exp: (now() as i64 + ttl) as u64,
+            iat: None,
             name: Some("Alice".into()),
             herald: Some(Grants {
                 sub: vec!["lobby".into()],

@@ -16,6 +16,7 @@
 mod addr;
 mod auth;
 mod config;
+mod control;
 mod deadline;
 mod feeds;
 mod http;
@@ -122,6 +123,7 @@ impl Gateway {
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
         let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat, config.max_feeds);
         let shared = Arc::new(Shared::new(config, gateway_id, auth, subjects, hub, presence));
+        control::start(&shared, &upstream);
         Ok(Self {
             shared,
             listener,

@@ -101,6 +101,9 @@ pub enum Content {
     /// The room's seqs started over (its stream was recreated): the HTTP transports say
     /// `unrecovered` for it and move its cursor back to 0 (no bytes of its own).
     Unrecovered(Arc<str>),
+    /// The app ended the connection (`herald.api.disconnect`): SSE sends it as `event:
+    /// disconnect`, a poll answer in its `disconnect` field.
+    Disconnect(Arc<herald_proto::frame::Disconnect>),
 }
 
 impl Item {
@@ -415,7 +418,13 @@ pub(crate) fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 /// A close frame with `code` and its reason.
 pub(crate) fn close_frame(code: CloseCode) -> Bytes {
-    let reason = code.reason().as_bytes();
+    close_frame_with(code, code.reason())
+}
+
+/// A close frame with `code` and `reason` (at most 123 bytes: a control frame's payload
+/// holds 125).
+pub(crate) fn close_frame_with(code: CloseCode, reason: &str) -> Bytes {
+    let reason = reason.as_bytes();
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.0.to_be_bytes());
     payload.extend_from_slice(reason);

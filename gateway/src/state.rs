@@ -22,7 +22,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::hub::{Hub, PageLimit};
 use crate::limit::{Held, Over, Quota, TokenBucket};
-use crate::outbound::Outbound;
+use crate::outbound::{Format, Outbound};
 use crate::presence::Presence;
 use crate::sync::lock;
 
@@ -62,12 +62,27 @@ pub(crate) struct Slot {
     _anonymous: Option<Box<Held>>,
 }
 
-/// Open client connections, for limits and the drain.
+/// Open client connections, for limits, the drain and the server API's commands.
 #[derive(Default)]
 pub(crate) struct Connections {
-    map: Mutex<HashMap<u64, Arc<Outbound>>>,
+    map: Mutex<Registry>,
     reserved: AtomicU64,
     empty: Notify,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Registered>,
+    /// Each user's connections (ids of `conns`).
+    by_user: HashMap<Arc<str>, Vec<u64>>,
+}
+
+/// A registered connection: whose it is, and how to reach its client.
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub user: Arc<str>,
+    pub format: Format,
+    pub out: Arc<Outbound>,
 }
 
 /// A presence membership refused (see [`Shared::join_quota`]).
@@ -294,15 +309,29 @@ impl Shared {
 // === impl Slot ===
 
 impl Slot {
-    /// Makes the connection known to the drain, which closes it through `out`.
-    pub(crate) fn register(&self, out: Arc<Outbound>) {
-        self.shared.conns.insert(self.conn_id, out);
+    /// Makes the connection known to the drain and the server API's commands, which reach
+    /// its client through `out` in `format`.
+    pub(crate) fn register(&self, user: &str, format: Format, out: Arc<Outbound>) {
+        self.shared.conns.insert(self.conn_id, user, format, out);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.conns.remove(self.conn_id);
+    }
+}
+
+// === impl Registry ===
+
+impl Registry {
+    fn unlink(by_user: &mut HashMap<Arc<str>, Vec<u64>>, user: &str, id: u64) {
+        if let Some(ids) = by_user.get_mut(user) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                by_user.remove(user);
+            }
+        }
     }
 }
 
@@ -326,13 +355,33 @@ impl Connections {
         }
     }
 
-    fn insert(&self, id: u64, out: Arc<Outbound>) {
-        lock(&self.map).insert(id, out);
+    fn insert(&self, id: u64, user: &str, format: Format, out: Arc<Outbound>) {
+        let mut r = lock(&self.map);
+        let user: Arc<str> = match r.by_user.get_key_value(user) {
+            Some((u, _)) => Arc::clone(u),
+            None => Arc::from(user),
+        };
+        r.by_user.entry(Arc::clone(&user)).or_default().push(id);
+        if let Some(old) = r.conns.insert(id, Registered { user, format, out }) {
+            // Registered twice: the first entry's user loses this id.
+            Registry::unlink(&mut r.by_user, &old.user, id);
+        }
     }
 
     fn remove(&self, id: u64) {
-        lock(&self.map).remove(&id);
+        let mut r = lock(&self.map);
+        if let Some(gone) = r.conns.remove(&id) {
+            Registry::unlink(&mut r.by_user, &gone.user, id);
+        }
+        drop(r);
         self.unreserve();
+    }
+
+    /// The connections of `user` registered now.
+    pub(crate) fn of_user(&self, user: &str) -> Vec<Registered> {
+        let r = lock(&self.map);
+        let ids = r.by_user.get(user).map(Vec::as_slice).unwrap_or_default();
+        ids.iter().filter_map(|id| r.conns.get(id).cloned()).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -346,7 +395,7 @@ impl Connections {
     /// Closes every connection with 1012, spread over `spread`, and waits until all are gone
     /// or `deadline` passes.
     pub(crate) async fn drain(&self, spread: Duration, deadline: Duration) {
-        let outs: Vec<Arc<Outbound>> = lock(&self.map).values().cloned().collect();
+        let outs: Vec<Arc<Outbound>> = lock(&self.map).conns.values().map(|c| Arc::clone(&c.out)).collect();
         info!(connections = outs.len(), "Draining");
         let spread_ms = spread.as_millis().max(1) as u64;
         for out in outs {

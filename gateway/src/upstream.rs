@@ -513,6 +513,19 @@ impl Upstream {
         Ok(sub)
     }
 
+    /// Every current entry of key-value bucket `bucket`, then every change to it.
+    pub(crate) async fn watch_bucket(&self, bucket: &str) -> Result<async_nats::jetstream::kv::Watch, UpstreamError> {
+        let store = self
+            .js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))?;
+        store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))
+    }
+
     /// Publishes a core message (not stored).
     pub(crate) async fn send(&self, subject: String, payload: Bytes) -> Result<(), UpstreamError> {
         self.client

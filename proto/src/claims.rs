@@ -11,6 +11,10 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Issued at, seconds since the epoch: a revocation (`herald.api.disconnect` with
+    /// `revoke`) refuses the user's tokens issued at or before it, and those without `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -87,6 +91,7 @@ mod tests {
         Claims {
             sub: "alice".into(),
             exp: 0,
+            iat: None,
             name: None,
             herald: Some(Grants {
                 sub: sub.iter().map(|s| s.to_string()).collect(),

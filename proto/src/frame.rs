@@ -71,6 +71,16 @@ pub enum ServerFrame {
     Presence(Presence),
     Status(Status),
     Error(ErrorFrame),
+    Disconnect(Disconnect),
+}
+
+/// The app's backend ended the connection (`herald.api.disconnect`): the last frame before
+/// the close. A client told `reconnect: false` does not connect again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub code: u16,
+    pub reason: String,
+    pub reconnect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{Event, Presence, Status};
+use crate::frame::{Disconnect, Event, Presence, Status};
 use crate::ErrorCode;
 
 /// The gateway's paths.
@@ -55,6 +55,8 @@ pub const LAST_EVENT_ID: &str = "last-event-id";
 pub const SSE_PRESENCE: &str = "presence";
 /// `event: status` on an SSE stream: a `status` frame's JSON.
 pub const SSE_STATUS: &str = "status";
+/// `event: disconnect` on an SSE stream: a `disconnect` frame's JSON, the stream's last.
+pub const SSE_DISCONNECT: &str = "disconnect";
 /// `event: unrecovered` on an SSE stream: an [`Unrecovered`].
 pub const SSE_UNRECOVERED: &str = "unrecovered";
 
@@ -83,6 +85,10 @@ pub struct PollTail {
     /// Statuses of the watched users (when fanout answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Vec<Status>>,
+    /// The app ended this client's session (`herald.api.disconnect`); with `reconnect:
+    /// false`, poll no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<Disconnect>,
 }
 
 /// A poll answer around events already encoded as JSON (as the gateway holds them):
@@ -163,6 +169,7 @@ mod tests {
                 user: "ann".into(),
                 online: true,
             }]),
+            disconnect: None,
         };
         let body = encode_poll_answer(&[&ev[..], &ev[..]], "a:3,b:9", &tail);
         assert_eq!(

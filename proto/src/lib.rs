@@ -10,10 +10,12 @@
 //!   room globs, [`sys`]: internal gateway ↔ fanout messages, [`text`]: the rules for every
 //!   other string a client controls.
 //! - [`http`]: the bodies of the HTTP transports (poll answer, publish reply, errors, SSE
-//!   event names); [`backend`]: the status and lifecycle events fanout publishes for backends.
+//!   event names); [`backend`]: the status and lifecycle events fanout publishes for backends;
+//!   [`api`]: the server API's requests and replies.
 //!
 //! Start with [`frame`] and [`codec`].
 
+pub mod api;
 pub mod backend;
 pub mod claims;
 pub mod code;

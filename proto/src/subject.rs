@@ -87,6 +87,22 @@ impl Subjects {
         format!("{}.api.status", self.prefix)
     }
 
+    /// `herald.api.<method>`: a method of the server API (request/reply, answered by fanout).
+    pub fn api(&self, method: &str) -> String {
+        format!("{}.api.{method}", self.prefix)
+    }
+
+    /// `herald.sys.ctl`: fanout's commands to every gateway (request/reply, every gateway
+    /// answers).
+    pub fn sys_control(&self) -> String {
+        format!("{}.sys.ctl", self.prefix)
+    }
+
+    /// The JetStream key-value bucket of token revocations (one entry per user).
+    pub fn revocation_bucket(&self) -> String {
+        format!("{}_REVOKED", self.prefix.to_ascii_uppercase().replace(['.', '-'], "_"))
+    }
+
     /// `herald.sys.gw.<gateway>`: a gateway's membership changes, heartbeats and snapshots.
     pub fn sys_gateway(&self, gateway: &str) -> String {
         format!("{}.sys.gw.{gateway}", self.prefix)

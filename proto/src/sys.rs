@@ -137,6 +137,31 @@ pub struct StatusReply {
     pub users: Vec<crate::frame::Status>,
 }
 
+/// A command fanout sends every gateway on `herald.sys.ctl` (a request: each gateway
+/// answers with a [`ControlReply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+pub enum Control {
+    /// Close every connection of `user` with a `disconnect` frame and the close code;
+    /// with `revocation`, refuse the user's older tokens from now on.
+    Disconnect {
+        user: String,
+        code: u16,
+        reason: String,
+        reconnect: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revocation: Option<crate::api::Revocation>,
+    },
+}
+
+/// A gateway's answer to a [`Control`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub gw: String,
+    /// Connections the command reached.
+    pub connections: u64,
+}
+
 /// A stable 64-bit hash (FNV-1a) of a name, equal in every process: it assigns rooms and
 /// users to fanout partitions.
 pub fn stable_hash(name: &str) -> u64 {

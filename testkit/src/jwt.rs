@@ -20,6 +20,7 @@ pub fn token(user: &str, ttl_s: i64, sub: &[&str], publish: &[&str]) -> String {
     let claims = Claims {
         sub: user.to_owned(),
         exp: (now() as i64 + ttl_s) as u64,
+        iat: Some(now()),
         name: Some(user.to_uppercase()),
         herald: Some(Grants {
             sub: sub.iter().map(|s| s.to_string()).collect(),

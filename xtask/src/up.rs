@@ -147,6 +147,7 @@ pub(crate) fn token(user: &str, name: &str, rooms: &[&str], secret: &str) -> Res
     let claims = herald_proto::claims::Claims {
         sub: user.to_owned(),
         exp,
+        iat: Some(exp - 86_400),
         name: Some(name.to_owned()),
         herald: Some(herald_proto::claims::Grants {
             sub: rooms.clone(),

@@ -193,9 +193,9 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64) -> Self {
+    pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64, user: &str) -> Self {
         let out = Outbound::new(shared.config.outbound_buffer_bytes);
-        slot.register(Arc::clone(&out));
+        slot.register(user, Format::Bare, Arc::clone(&out));
         Self {
             shared: Arc::clone(shared),
             conn_id,

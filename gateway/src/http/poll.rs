@@ -57,6 +57,16 @@ pub(crate) async fn poll(
         .as_ref()
         .filter(|_| wants_session)
         .map(|sid| herald_proto::text::poll_session(&who.user, sid));
+    if let Some(d) = session.as_ref().and_then(|s| shared.presence.polls.take_disconnect(s)) {
+        // The server API ended this session: the answer says so, and nothing else.
+        let tail = PollTail {
+            disconnect: Some((*d).clone()),
+            ..PollTail::default()
+        };
+        let cursor = asked.as_ref().map(ToString::to_string).unwrap_or_default();
+        let body = Bytes::from(encode_poll_answer(&[] as &[Bytes], &cursor, &tail));
+        return Ok(json_holding(StatusCode::OK, body, slot));
+    }
     fail::fail_point!("poll.touch");
     // While this request is in flight its session stays; after, it lives `--poll-session-ttl`
     // if answered, `--poll-leave-grace` if the client went away first.
@@ -68,6 +78,7 @@ pub(crate) async fn poll(
         None => None,
     };
     let asked = Asked {
+        user: who.user.clone(),
         rooms,
         members_of,
         watch,
@@ -83,6 +94,7 @@ pub(crate) async fn poll(
 
 /// What a poll asks for, parsed and checked.
 struct Asked {
+    user: String,
     rooms: Vec<String>,
     /// The rooms the poller is a member of (`presence=`).
     members_of: Vec<String>,
@@ -101,6 +113,7 @@ async fn answer(
     asked: &Asked,
 ) -> Result<Response<Body>, HttpError> {
     let Asked {
+        user,
         rooms,
         members_of,
         watch,
@@ -138,7 +151,7 @@ async fn answer(
         return Ok(respond(transport, &events, &positions, &tail, slot));
     }
 
-    let mut reg = Registration::new(shared, slot, conn_id);
+    let mut reg = Registration::new(shared, slot, conn_id, user);
     reg.attach_all(rooms, &positions).await?;
     // A presence or status change ends the wait too (the answer holds fresh snapshots).
     let subjects = &shared.subjects;
@@ -168,6 +181,7 @@ async fn answer(
     }
     drop(feeds);
     let slot = reg.release();
+    let mut disconnect = None;
     for item in batch {
         match item.content {
             Content::Event { room, seq, .. } => {
@@ -181,8 +195,17 @@ async fn answer(
                 positions.set(&room, 0);
                 backlog.unrecovered.push(room.to_string());
             }
+            Content::Disconnect(d) => disconnect = Some(d),
             Content::Presence | Content::Status | Content::Other => {}
         }
+    }
+    if let Some(d) = disconnect {
+        // The session ends here: no presence or status to fetch for it.
+        let tail = PollTail {
+            disconnect: Some((*d).clone()),
+            ..PollTail::default()
+        };
+        return Ok(respond(transport, &events, &positions, &tail, slot));
     }
     let tail = tail(shared, session, members_of, watch, backlog, &events).await;
     Ok(respond(transport, &events, &positions, &tail, slot))

@@ -25,7 +25,7 @@ use crate::outbound::{Content, Item, Outbound};
 use crate::presence::Membership;
 use crate::state::Shared;
 use herald_proto::cursor::Cursor;
-use herald_proto::http::{Unrecovered, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
+use herald_proto::http::{Unrecovered, SSE_DISCONNECT, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
 use herald_proto::Codec;
 use std::pin::Pin;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub(crate) async fn sse(
     let watches = shared.watches_for(&who, watch.len())?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
-    let reg = Registration::new(shared, slot, conn_id);
+    let reg = Registration::new(shared, slot, conn_id, &who.user);
     fail::fail_point!("sse.membership");
     let membership = Membership::start(&shared.presence, conn_id, &conn, &who, &members_of).await;
 
@@ -292,6 +292,7 @@ impl Stream {
                     }
                     Content::Presence => named(&mut chunk, SSE_PRESENCE, &item.bytes),
                     Content::Status => named(&mut chunk, SSE_STATUS, &item.bytes),
+                    Content::Disconnect(_) => named(&mut chunk, SSE_DISCONNECT, &item.bytes),
                     // The stream was recreated: the room starts over, and the client is told.
                     Content::Unrecovered(room) => {
                         self.positions.set(&room, 0);

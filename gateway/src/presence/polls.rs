@@ -4,6 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald_proto::frame::Disconnect;
+
 use crate::auth::Identity;
 use crate::limit::{Held, Over, Quota};
 use crate::sync::lock;
@@ -25,6 +27,8 @@ pub(crate) struct PollSessions {
 struct Sessions {
     by_conn: HashMap<String, PollSession>,
     per_owner: HashMap<String, usize>,
+    /// Sessions the server API ended, until their next poll learns it (or the entry lapses).
+    disconnected: HashMap<String, (Arc<Disconnect>, Instant)>,
 }
 
 struct PollSession {
@@ -81,7 +85,7 @@ impl PollSessions {
     ) -> Result<Touched, SessionRefused> {
         let wanted: HashSet<String> = rooms.iter().cloned().collect();
         let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_owner } = &mut *inner;
+        let Sessions { by_conn, per_owner, .. } = &mut *inner;
         if let Some(s) = by_conn.get_mut(conn) {
             s.memberships
                 .resize(wanted.len())
@@ -167,10 +171,44 @@ impl PollSessions {
         }
     }
 
+    /// Ends every session of `user` (the server API's `disconnect`): each is closed now, and
+    /// its next poll within `remember` is answered with `frame` alone. Returns the sessions
+    /// ended that had no poll in flight (one in flight is a registered connection, and
+    /// is reached as one).
+    pub(crate) fn disconnect(&self, tracker: &Tracker, user: &str, frame: &Arc<Disconnect>, remember: Duration) -> u64 {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        let Sessions {
+            by_conn,
+            per_owner,
+            disconnected,
+        } = &mut *inner;
+        disconnected.retain(|_, (_, until)| *until > now);
+        let mut idle = 0;
+        by_conn.retain(|conn, s| {
+            if s.owner != user {
+                return true;
+            }
+            idle += u64::from(s.held == 0);
+            close_session(tracker, per_owner, conn, s);
+            disconnected.insert(conn.clone(), (Arc::clone(frame), now + remember));
+            false
+        });
+        idle
+    }
+
+    /// The `disconnect` session `conn`'s poll is to be answered with, if the server API
+    /// ended the session (once: the session may start again).
+    pub(crate) fn take_disconnect(&self, conn: &str) -> Option<Arc<Disconnect>> {
+        let mut inner = lock(&self.inner);
+        let (frame, until) = inner.disconnected.remove(conn)?;
+        (until > Instant::now()).then_some(frame)
+    }
+
     /// Closes session `conn` now (the client said it is leaving); false if there was none.
     pub(crate) fn end(&self, tracker: &Tracker, conn: &str) -> bool {
         let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_owner } = &mut *inner;
+        let Sessions { by_conn, per_owner, .. } = &mut *inner;
         match by_conn.remove(conn) {
             Some(s) => {
                 close_session(tracker, per_owner, conn, &s);
@@ -184,7 +222,12 @@ impl PollSessions {
     pub(crate) fn sweep(&self, tracker: &Tracker) {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let Sessions { by_conn, per_owner } = &mut *inner;
+        let Sessions {
+            by_conn,
+            per_owner,
+            disconnected,
+        } = &mut *inner;
+        disconnected.retain(|_, (_, until)| *until > now);
         by_conn.retain(|conn, s| {
             let alive = s.held > 0 || s.expires > now;
             if !alive {

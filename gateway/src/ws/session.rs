@@ -140,7 +140,7 @@ where
         codec,
         mode,
     } = *a;
-    slot.register(Arc::clone(&out));
+    slot.register(&identity.user, Format::WebSocket(codec), Arc::clone(&out));
     metrics::connection_opened(Transport::WebSocket);
 
     let mut session = Session {

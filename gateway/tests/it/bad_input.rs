@@ -73,6 +73,7 @@ async fn bad_input_gets_its_code_and_harms_no_one_else() {
         &herald_proto::claims::Claims {
             sub: "x".into(),
             exp: jwt::now() + 60,
+            iat: None,
             name: None,
             herald: None,
         },

@@ -45,6 +45,7 @@ fn token(alg: Algorithm, key: &EncodingKey, kid: &str, user: &str) -> String {
     let claims = Claims {
         sub: user.into(),
         exp: herald_testkit::jwt::now() + 600,
+        iat: None,
         name: None,
         herald: Some(Grants {
             sub: vec!["*".into()],

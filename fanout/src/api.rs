@@ -1,0 +1,255 @@
+//! The server API on NATS: `herald.api.<method>` requests from app backends, in a queue
+//! group (one instance answers each request). A method that acts on connections sends its
+//! command to every gateway on `herald.sys.ctl` and answers once every gateway heard from
+//! lately has answered, or after [`GATEWAY_WAIT`] with the silent ones named.
+//!
+//! - `disconnect` ([`DisconnectRequest`]): with `revoke`, the revocation is stored first
+//!   (the revocation bucket, which every gateway follows), so that a client the command
+//!   closes cannot come back with its old token.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use async_nats::{Client, Message};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_proto::api::{
+    self, method, revocation_key, ApiError, DisconnectRequest, DisconnectResult, Reply, Revocation,
+};
+use herald_proto::subject::Subjects;
+use herald_proto::sys::{Control, ControlReply};
+use herald_proto::ErrorCode;
+use herald_service::now_ms;
+use tokio::sync::{Notify, OnceCell, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::intake::Intake;
+use crate::metric;
+
+/// Queue group of the API subjects: one instance answers each request.
+const QUEUE: &str = "herald-fanout";
+
+/// The longest wait for the gateways' answers to a command.
+pub(crate) const GATEWAY_WAIT: Duration = Duration::from_secs(1);
+/// With no gateway heard from lately, how long a command waits for one it does not know of.
+const UNKNOWN_GATEWAY_WAIT: Duration = Duration::from_millis(200);
+/// Requests handled at once; past it, a request is answered `unavailable` at once.
+const IN_FLIGHT: usize = 64;
+/// The longest wait for the revocation bucket to store an entry.
+const STORE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the API's task needs.
+pub(crate) struct Api {
+    pub client: Client,
+    pub subjects: Subjects,
+    /// Which gateways were heard from lately.
+    pub intake: Intake,
+    pub gateway_timeout: Duration,
+    /// How long a revocation lasts.
+    pub revocation_ttl: Duration,
+    pub replicas: usize,
+}
+
+struct Handler {
+    api: Api,
+    bucket: OnceCell<kv::Store>,
+}
+
+impl Api {
+    /// Answers requests until `stop`; then stops taking them (another instance's queue
+    /// member does) and lets those in hand finish.
+    pub(crate) async fn run(self, stop: Arc<Notify>) {
+        let subject = self.subjects.api(method::DISCONNECT);
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        let mut sub = loop {
+            match self.client.queue_subscribe(subject.clone(), QUEUE.to_owned()).await {
+                Ok(sub) => break sub,
+                Err(e) => warn!(%subject, error = %e, "API subscription failed; retrying"),
+            }
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        let handler = Arc::new(Handler {
+            api: self,
+            bucket: OnceCell::new(),
+        });
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        info!(%subject, "Answering the server API");
+        loop {
+            let msg = tokio::select! {
+                _ = &mut stopped => break,
+                msg = sub.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            let Some(reply) = msg.reply.clone() else { continue };
+            metrics::counter!(metric::REQUESTS, "kind" => method::DISCONNECT).increment(1);
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => {
+                    let handler = Arc::clone(&handler);
+                    tokio::spawn(async move {
+                        let answer = handler.disconnect(msg).await;
+                        handler.answer(reply.to_string(), &answer).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let busy = Reply::<()>::from_result(Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "too many API requests in flight; retry",
+                    )));
+                    handler.answer(reply.to_string(), &busy).await;
+                }
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        // Those in hand finish (each within a few seconds).
+        let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(IN_FLIGHT as u32)).await;
+    }
+}
+
+impl Handler {
+    async fn answer(&self, reply: String, body: &impl serde::Serialize) {
+        let payload = Bytes::from(serde_json::to_vec(body).expect("plain data serializes"));
+        if let Err(e) = self.api.client.publish(reply, payload).await {
+            debug!(error = %e, "API answer not sent");
+        }
+    }
+
+    async fn disconnect(&self, msg: Message) -> Reply<DisconnectResult> {
+        Reply::from_result(self.try_disconnect(&msg.payload).await)
+    }
+
+    async fn try_disconnect(&self, body: &[u8]) -> Result<DisconnectResult, ApiError> {
+        let req = api::decode::<DisconnectRequest>(body)?.checked()?;
+        let now = now_ms();
+        let revocation = req.revoke.then(|| Revocation {
+            before: now,
+            until: now.saturating_add(self.api.revocation_ttl.as_millis() as u64),
+        });
+        if let Some(r) = revocation {
+            self.store_revocation(&req.user, r).await?;
+        }
+        let command = Control::Disconnect {
+            user: req.user.clone(),
+            code: req.code.unwrap_or(api::DEFAULT_DISCONNECT_CODE),
+            reason: req.reason.unwrap_or_default(),
+            reconnect: req.reconnect,
+            revocation,
+        };
+        let answers = self.command(&command).await?;
+        info!(
+            user = %req.user,
+            connections = answers.connections,
+            gateways = answers.gateways,
+            missing = answers.missing.len(),
+            revoke = req.revoke,
+            "Disconnect"
+        );
+        Ok(DisconnectResult {
+            revoked_before: revocation.map(|r| r.before),
+            ..answers
+        })
+    }
+
+    /// Stores `user`'s revocation in the bucket (created on first use).
+    async fn store_revocation(&self, user: &str, r: Revocation) -> Result<(), ApiError> {
+        let unavailable = |e: String| {
+            warn!(error = %e, "Revocation not stored");
+            ApiError::new(ErrorCode::Unavailable, "the revocation could not be stored; retry")
+        };
+        let store = self
+            .bucket
+            .get_or_try_init(|| self.open_bucket())
+            .await
+            .map_err(unavailable)?;
+        let value = Bytes::from(serde_json::to_vec(&r).expect("plain data serializes"));
+        match tokio::time::timeout(STORE_WAIT, store.put(revocation_key(user), value)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable("timed out".into())),
+        }
+    }
+
+    async fn open_bucket(&self) -> Result<kv::Store, String> {
+        let js = jetstream::new(self.api.client.clone());
+        let name = self.api.subjects.revocation_bucket();
+        let open = async {
+            if let Ok(store) = js.get_key_value(&name).await {
+                return Ok(store);
+            }
+            let config = kv::Config {
+                bucket: name.clone(),
+                description: "Herald token revocations (herald.api.disconnect with revoke)".to_owned(),
+                history: 1,
+                max_age: self.api.revocation_ttl,
+                num_replicas: self.api.replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            };
+            match js.create_key_value(config).await {
+                Ok(store) => Ok(store),
+                // Another instance created it meanwhile.
+                Err(e) => js.get_key_value(&name).await.map_err(|_| e.to_string()),
+            }
+        };
+        tokio::time::timeout(STORE_WAIT, open)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
+    }
+
+    /// Sends `command` to every gateway and adds up their answers.
+    async fn command(&self, command: &Control) -> Result<DisconnectResult, ApiError> {
+        let client = &self.api.client;
+        let unavailable = |e: String| {
+            warn!(error = %e, "Command not sent");
+            ApiError::new(ErrorCode::Unavailable, "NATS is unavailable; retry")
+        };
+        let expected: BTreeSet<String> = self
+            .api
+            .intake
+            .heard(Instant::now(), self.api.gateway_timeout)
+            .into_iter()
+            .map(|(gw, _)| gw)
+            .collect();
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let payload = Bytes::from(serde_json::to_vec(command).expect("plain data serializes"));
+        client
+            .publish_with_reply(self.api.subjects.sys_control(), inbox, payload)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let wait = if expected.is_empty() {
+            UNKNOWN_GATEWAY_WAIT
+        } else {
+            GATEWAY_WAIT
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut answered = BTreeSet::new();
+        let mut result = DisconnectResult::default();
+        while !expected.is_subset(&answered) || expected.is_empty() {
+            let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+                break;
+            };
+            let Ok(a) = serde_json::from_slice::<ControlReply>(&msg.payload) else {
+                continue;
+            };
+            if answered.insert(a.gw) {
+                result.connections += a.connections;
+            }
+        }
+        let _ = answers.unsubscribe().await;
+        result.gateways = answered.len() as u64;
+        result.missing = expected.difference(&answered).cloned().collect();
+        Ok(result)
+    }
+}

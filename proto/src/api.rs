@@ -1,0 +1,249 @@
+//! The server API: what an app backend asks of Herald on `herald.api.<method>` (NATS
+//! request/reply, JSON bodies), and what it gets back: `{"result": …}` or the error body
+//! of the HTTP transports, `{"error": {"code": …, "message": …}}`.
+//!
+//! Unknown fields in a request are ignored (forward compatibility); a field of the wrong
+//! type, a user id or reason the rules below refuse, or a body that is not JSON is
+//! `bad_request`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::ErrorCode;
+use crate::http::ErrorBody;
+
+/// The methods, each the last token of its subject (`herald.api.disconnect`).
+pub mod method {
+    /// Close every connection of a user on every gateway; optionally revoke its tokens.
+    pub const DISCONNECT: &str = "disconnect";
+}
+
+/// The close code a `disconnect` sends when the request names none.
+pub const DEFAULT_DISCONNECT_CODE: u16 = 4000;
+/// The reason a `disconnect` sends when the request names none.
+pub const DEFAULT_DISCONNECT_REASON: &str = "disconnected";
+/// The longest close reason: a WebSocket close frame holds 125 bytes, 2 of them the code.
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// `herald.api.disconnect`: closes every connection `user` has, on every gateway and every
+/// transport. Each client first gets a `disconnect` frame (`code`, `reason`, `reconnect`);
+/// a WebSocket then gets a close frame with `code` and `reason`. With `revoke`, every token
+/// of `user` issued before this request (`iat` at or before its second; a token without
+/// `iat` counts as issued before) is refused by every gateway until the revocation expires
+/// (fanout's `--revocation-ttl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectRequest {
+    pub user: String,
+    /// A close code of the application range, 4000–4999. Default 4000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// At most 123 bytes, no control characters. Default `disconnected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the client should connect again (herald.js stops when false). Default true.
+    #[serde(default = "yes")]
+    pub reconnect: bool,
+    #[serde(default)]
+    pub revoke: bool,
+}
+
+/// The result of a `disconnect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectResult {
+    /// Connections closed, over every gateway that answered.
+    pub connections: u64,
+    /// Gateways that answered.
+    pub gateways: u64,
+    /// Gateways fanout heard from lately that did not answer in time (they may still hold
+    /// connections of the user; a revocation still reaches them through the bucket).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// With `revoke`: tokens issued at or before this time (ms since the epoch) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_before: Option<u64>,
+}
+
+/// A request refused before anything was done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What the API answers: `{"result": …}` or `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply<T> {
+    Result { result: T },
+    Error(ErrorBody),
+}
+
+fn yes() -> bool {
+    true
+}
+
+// === impl DisconnectRequest ===
+
+impl DisconnectRequest {
+    /// The request with its defaults filled in, or why it is refused.
+    pub fn checked(mut self) -> Result<Self, ApiError> {
+        crate::text::validate_user(&self.user).map_err(|e| ApiError::bad_request(format!("`user`: {e}")))?;
+        let code = self.code.unwrap_or(DEFAULT_DISCONNECT_CODE);
+        if !(4000..=4999).contains(&code) {
+            return Err(ApiError::bad_request("`code` must be 4000 to 4999"));
+        }
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| DEFAULT_DISCONNECT_REASON.to_owned());
+        if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(format!(
+                "`reason` must be at most {MAX_REASON_BYTES} bytes without control characters"
+            )));
+        }
+        self.code = Some(code);
+        self.reason = Some(reason);
+        Ok(self)
+    }
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+// === impl Reply ===
+
+impl<T> Reply<T> {
+    pub fn from_result(r: Result<T, ApiError>) -> Self {
+        match r {
+            Ok(result) => Self::Result { result },
+            Err(e) => Self::Error(ErrorBody::new(e.code, e.message)),
+        }
+    }
+}
+
+/// Decodes a request body: not JSON, or a field of the wrong type, is `bad_request`.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+/// The key of a user's entry in the revocation bucket: its id in base64url (a key holds
+/// `A-Z a-z 0-9 - _ = . /`, and user ids may hold `@`).
+pub fn revocation_key(user: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(user)
+}
+
+/// The user of a revocation bucket key, if the key is one [`revocation_key`] makes.
+pub fn user_of_revocation_key(key: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key).ok()?;
+    let user = String::from_utf8(bytes).ok()?;
+    crate::text::validate_user(&user).is_ok().then_some(user)
+}
+
+/// A user's entry in the revocation bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Tokens issued at or before this time (ms since the epoch) are refused…
+    pub before: u64,
+    /// …until this time (ms since the epoch), when the entry lapses.
+    pub until: u64,
+}
+
+impl Revocation {
+    /// Whether a token issued at `iat` (seconds since the epoch; `None`: unknown) is
+    /// refused at `now` (ms since the epoch).
+    pub fn refuses(&self, iat: Option<u64>, now: u64) -> bool {
+        now < self.until && iat.is_none_or(|s| s.saturating_mul(1000) <= self.before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disconnect_request_gets_its_defaults_and_its_limits() {
+        let r: DisconnectRequest = decode(br#"{"user":"bob","extra":1}"#).unwrap();
+        let r = r.checked().unwrap();
+        assert_eq!(r.code, Some(4000));
+        assert_eq!(r.reason.as_deref(), Some("disconnected"));
+        assert!(r.reconnect && !r.revoke);
+        for (body, what) in [
+            (r#"{"user":"bo b"}"#, "`user`"),
+            (r#"{"user":""}"#, "`user`"),
+            (r#"{"user":"bob","code":1000}"#, "`code`"),
+            (r#"{"user":"bob","code":5000}"#, "`code`"),
+            (r#"{"user":"bob","reason":"a\nb"}"#, "`reason`"),
+        ] {
+            let e = decode::<DisconnectRequest>(body.as_bytes())
+                .unwrap()
+                .checked()
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains(what), "{body}: {e}");
+        }
+        let long = format!(r#"{{"user":"bob","reason":"{}"}}"#, "é".repeat(62));
+        assert!(decode::<DisconnectRequest>(long.as_bytes()).unwrap().checked().is_err());
+        for bad in [
+            &b"nope"[..],
+            br#"{"user":7}"#,
+            br#"{"user":"a","code":70000}"#,
+            br#"{"user":"a","reconnect":"no"}"#,
+        ] {
+            assert_eq!(
+                decode::<DisconnectRequest>(bad).unwrap_err().code,
+                ErrorCode::BadRequest
+            );
+        }
+    }
+
+    #[test]
+    fn replies_have_their_wire_shape() {
+        let ok = Reply::from_result(Ok(DisconnectResult {
+            connections: 2,
+            gateways: 1,
+            ..Default::default()
+        }));
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"result":{"connections":2,"gateways":1}}"#
+        );
+        let err = Reply::<DisconnectResult>::from_result(Err(ApiError::bad_request("no")));
+        let text = serde_json::to_string(&err).unwrap();
+        assert_eq!(text, r#"{"error":{"code":"bad_request","message":"no"}}"#);
+        assert_eq!(serde_json::from_str::<Reply<DisconnectResult>>(&text).unwrap(), err);
+    }
+
+    #[test]
+    fn a_revocation_refuses_tokens_issued_up_to_its_second_until_it_lapses() {
+        let r = Revocation {
+            before: 10_500,
+            until: 20_000,
+        };
+        assert!(r.refuses(Some(10), 11_000));
+        assert!(r.refuses(None, 11_000));
+        assert!(!r.refuses(Some(11), 11_000));
+        assert!(!r.refuses(Some(10), 20_000));
+        assert!(
+            !r.refuses(Some(u64::MAX), 0),
+            "an overflowing iat is not before anything"
+        );
+        assert_eq!(revocation_key("a@b=c"), "YUBiPWM");
+        assert_eq!(user_of_revocation_key("YUBiPWM").as_deref(), Some("a@b=c"));
+        assert_eq!(user_of_revocation_key("YS5i"), None, "`a.b` is no user id");
+        assert_eq!(user_of_revocation_key("!"), None);
+    }
+}
