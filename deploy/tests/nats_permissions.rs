@@ -65,6 +65,7 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
     let mut observers = vec![
         subscribe(&fanout_user, "herald.sys.gw.*").await,
         subscribe(&gateway_user, "herald.sys.sync").await,
+        subscribe(&gateway_user, "herald.sys.ctl").await,
         subscribe(&backend, "herald.presence.>").await,
         subscribe(&backend, "herald.status.>").await,
         subscribe(&backend, "herald.lifecycle.>").await,
@@ -73,6 +74,8 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
     for subject in [
         "herald.sys.gw.gw-a",
         "herald.sys.sync",
+        "herald.sys.ctl",
+        "$KV.HERALD_REVOKED.Ym9i",
         "herald.presence.lobby",
         "herald.status.bob",
         "herald.lifecycle.lobby",
@@ -150,6 +153,37 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
         .await;
     let ack = next_frame(&mut c, |f| matches!(f, ServerFrame::Ack(_))).await;
     assert!(matches!(&ack, ServerFrame::Ack(a) if a.seq == Some(2)), "{ack:?}");
+
+    // The backend's server API: a server-side subscription (the grant bucket, the command),
+    let ask = backend.request("herald.api.subscribe", r#"{"user":"alice","room":"team:1"}"#.into());
+    let reply = tokio::time::timeout(WAIT, ask)
+        .await
+        .expect("answered")
+        .expect("a reply");
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(answer["result"]["connections"], 1, "{answer}");
+    next_frame(
+        &mut c,
+        |f| matches!(f, ServerFrame::Subscribed(s) if s.room == "team:1"),
+    )
+    .await;
+    // then a disconnect: fanout stores the revocation and commands the gateway, which
+    // answers and closes alice's connection; alice's token is refused from then on.
+    let ask = backend.request("herald.api.disconnect", r#"{"user":"alice","revoke":true}"#.into());
+    let reply = tokio::time::timeout(WAIT, ask)
+        .await
+        .expect("answered")
+        .expect("a reply");
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(answer["result"]["connections"], 1, "{answer}");
+    assert_eq!(answer["result"]["gateways"], 1, "{answer}");
+    next_frame(&mut c, |f| matches!(f, ServerFrame::Disconnect(_))).await;
+    let opts = herald_testkit::client::Connect {
+        url: gw.ws_url(),
+        token: Some(jwt::any_room("alice")),
+        ..Default::default()
+    };
+    assert_eq!(WsClient::open(opts).await.err(), Some(401));
 }
 
 /// The next frame `want` accepts (presence diffs and other frames in between are skipped).

@@ -6,17 +6,21 @@
 //! - `disconnect` ([`DisconnectRequest`]): with `revoke`, the revocation is stored first
 //!   (the revocation bucket, which every gateway follows), so that a client the command
 //!   closes cannot come back with its old token.
+//! - `subscribe` / `unsubscribe` ([`SubscribeRequest`], [`UnsubscribeRequest`]): the grant is
+//!   stored (or deleted) in the grant bucket first, so that a client the command reaches may
+//!   subscribe to the room again after a reconnect, on any gateway.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use async_nats::{Client, Message};
+use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::api::{
-    self, method, revocation_key, ApiError, DisconnectRequest, DisconnectResult, Reply, Revocation,
+    self, grant_key, method, revocation_key, ApiError, DisconnectRequest, Grant, Reached, Reply, Revocation,
+    SubscribeRequest, UnsubscribeRequest,
 };
 use herald_proto::subject::Subjects;
 use herald_proto::sys::{Control, ControlReply};
@@ -52,49 +56,80 @@ pub(crate) struct Api {
     pub replicas: usize,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Bucket {
+    Revocations,
+    Grants,
+}
+
+fn unavailable_store(e: &str) -> ApiError {
+    warn!(error = %e, "Bucket not written");
+    ApiError::new(ErrorCode::Unavailable, "the change could not be stored; retry")
+}
+
+/// A bucket write, within [`STORE_WAIT`].
+async fn store_op<T, E: std::fmt::Display>(
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<(), ApiError> {
+    match tokio::time::timeout(STORE_WAIT, op).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unavailable_store(&e.to_string())),
+        Err(_) => Err(unavailable_store("timed out")),
+    }
+}
+
 struct Handler {
     api: Api,
-    bucket: OnceCell<kv::Store>,
+    revocations: OnceCell<kv::Store>,
+    grants: OnceCell<kv::Store>,
 }
 
 impl Api {
     /// Answers requests until `stop`; then stops taking them (another instance's queue
     /// member does) and lets those in hand finish.
     pub(crate) async fn run(self, stop: Arc<Notify>) {
-        let subject = self.subjects.api(method::DISCONNECT);
         let stopped = stop.notified();
         tokio::pin!(stopped);
-        let mut sub = loop {
-            match self.client.queue_subscribe(subject.clone(), QUEUE.to_owned()).await {
-                Ok(sub) => break sub,
-                Err(e) => warn!(%subject, error = %e, "API subscription failed; retrying"),
-            }
-            tokio::select! {
-                _ = &mut stopped => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
+        let mut subs = Vec::new();
+        for m in method::ALL {
+            let subject = self.subjects.api(m);
+            let sub = loop {
+                // One subscription per method: a wildcard would share the queue group with
+                // the presence task's `herald.api.status` and take its requests.
+                match self.client.queue_subscribe(subject.clone(), QUEUE.to_owned()).await {
+                    Ok(sub) => break sub,
+                    Err(e) => warn!(%subject, error = %e, "API subscription failed; retrying"),
+                }
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            };
+            subs.push(sub.map(move |msg| (m, msg)));
+        }
+        let mut requests = futures_util::stream::select_all(subs);
         let handler = Arc::new(Handler {
             api: self,
-            bucket: OnceCell::new(),
+            revocations: OnceCell::new(),
+            grants: OnceCell::new(),
         });
         let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        info!(%subject, "Answering the server API");
+        info!(methods = ?method::ALL, "Answering the server API");
         loop {
-            let msg = tokio::select! {
+            let (m, msg) = tokio::select! {
                 _ = &mut stopped => break,
-                msg = sub.next() => match msg {
-                    Some(msg) => msg,
+                next = requests.next() => match next {
+                    Some(next) => next,
                     None => break,
                 },
             };
             let Some(reply) = msg.reply.clone() else { continue };
-            metrics::counter!(metric::REQUESTS, "kind" => method::DISCONNECT).increment(1);
+            metrics::counter!(metric::REQUESTS, "kind" => m).increment(1);
             match Arc::clone(&permits).try_acquire_owned() {
                 Ok(permit) => {
                     let handler = Arc::clone(&handler);
                     tokio::spawn(async move {
-                        let answer = handler.disconnect(msg).await;
+                        let answer = handler.handle(m, &msg.payload).await;
                         handler.answer(reply.to_string(), &answer).await;
                         drop(permit);
                     });
@@ -108,8 +143,9 @@ impl Api {
                 }
             }
         }
-        let _ = sub.unsubscribe().await;
-        // Those in hand finish (each within a few seconds).
+        // Stop taking requests (another instance's queue members take them); those in hand
+        // finish (each within a few seconds).
+        drop(requests);
         let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(IN_FLIGHT as u32)).await;
     }
 }
@@ -122,11 +158,45 @@ impl Handler {
         }
     }
 
-    async fn disconnect(&self, msg: Message) -> Reply<DisconnectResult> {
-        Reply::from_result(self.try_disconnect(&msg.payload).await)
+    async fn handle(&self, m: &str, body: &[u8]) -> Reply<Reached> {
+        Reply::from_result(match m {
+            method::DISCONNECT => self.disconnect(body).await,
+            method::SUBSCRIBE => self.subscribe(body).await,
+            _ => self.unsubscribe(body).await,
+        })
     }
 
-    async fn try_disconnect(&self, body: &[u8]) -> Result<DisconnectResult, ApiError> {
+    async fn subscribe(&self, body: &[u8]) -> Result<Reached, ApiError> {
+        let req = api::decode::<SubscribeRequest>(body)?.checked()?;
+        let grant = Bytes::from(serde_json::to_vec(&Grant { at: now_ms() }).expect("plain data serializes"));
+        let store = self.bucket(&self.grants, Bucket::Grants).await?;
+        store_op(store.put(grant_key(&req.user, &req.room), grant)).await?;
+        let reached = self
+            .command(&Control::Subscribe {
+                user: req.user.clone(),
+                room: req.room.clone(),
+                presence: req.presence,
+            })
+            .await?;
+        info!(user = %req.user, room = %req.room, connections = reached.connections, "Subscribed by the server API");
+        Ok(reached)
+    }
+
+    async fn unsubscribe(&self, body: &[u8]) -> Result<Reached, ApiError> {
+        let req = api::decode::<UnsubscribeRequest>(body)?.checked()?;
+        let store = self.bucket(&self.grants, Bucket::Grants).await?;
+        store_op(store.delete(grant_key(&req.user, &req.room))).await?;
+        let reached = self
+            .command(&Control::Unsubscribe {
+                user: req.user.clone(),
+                room: req.room.clone(),
+            })
+            .await?;
+        info!(user = %req.user, room = %req.room, connections = reached.connections, "Unsubscribed by the server API");
+        Ok(reached)
+    }
+
+    async fn disconnect(&self, body: &[u8]) -> Result<Reached, ApiError> {
         let req = api::decode::<DisconnectRequest>(body)?.checked()?;
         let now = now_ms();
         let revocation = req.revoke.then(|| Revocation {
@@ -152,7 +222,7 @@ impl Handler {
             revoke = req.revoke,
             "Disconnect"
         );
-        Ok(DisconnectResult {
+        Ok(Reached {
             revoked_before: revocation.map(|r| r.before),
             ..answers
         })
@@ -160,35 +230,41 @@ impl Handler {
 
     /// Stores `user`'s revocation in the bucket (created on first use).
     async fn store_revocation(&self, user: &str, r: Revocation) -> Result<(), ApiError> {
-        let unavailable = |e: String| {
-            warn!(error = %e, "Revocation not stored");
-            ApiError::new(ErrorCode::Unavailable, "the revocation could not be stored; retry")
-        };
-        let store = self
-            .bucket
-            .get_or_try_init(|| self.open_bucket())
-            .await
-            .map_err(unavailable)?;
+        let store = self.bucket(&self.revocations, Bucket::Revocations).await?;
         let value = Bytes::from(serde_json::to_vec(&r).expect("plain data serializes"));
-        match tokio::time::timeout(STORE_WAIT, store.put(revocation_key(user), value)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable("timed out".into())),
-        }
+        store_op(store.put(revocation_key(user), value)).await
     }
 
-    async fn open_bucket(&self) -> Result<kv::Store, String> {
+    /// One of the buckets, opened (or created) on first use.
+    async fn bucket<'a>(&self, cell: &'a OnceCell<kv::Store>, which: Bucket) -> Result<&'a kv::Store, ApiError> {
+        cell.get_or_try_init(|| self.open_bucket(which))
+            .await
+            .map_err(|e| unavailable_store(&e))
+    }
+
+    async fn open_bucket(&self, which: Bucket) -> Result<kv::Store, String> {
         let js = jetstream::new(self.api.client.clone());
-        let name = self.api.subjects.revocation_bucket();
+        let (name, description, max_age) = match which {
+            Bucket::Revocations => (
+                self.api.subjects.revocation_bucket(),
+                "Herald token revocations (herald.api.disconnect with revoke)",
+                self.api.revocation_ttl,
+            ),
+            Bucket::Grants => (
+                self.api.subjects.grant_bucket(),
+                "Herald server-side grants (herald.api.subscribe)",
+                Duration::ZERO,
+            ),
+        };
         let open = async {
             if let Ok(store) = js.get_key_value(&name).await {
                 return Ok(store);
             }
             let config = kv::Config {
                 bucket: name.clone(),
-                description: "Herald token revocations (herald.api.disconnect with revoke)".to_owned(),
+                description: description.to_owned(),
                 history: 1,
-                max_age: self.api.revocation_ttl,
+                max_age,
                 num_replicas: self.api.replicas,
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
@@ -205,7 +281,7 @@ impl Handler {
     }
 
     /// Sends `command` to every gateway and adds up their answers.
-    async fn command(&self, command: &Control) -> Result<DisconnectResult, ApiError> {
+    async fn command(&self, command: &Control) -> Result<Reached, ApiError> {
         let client = &self.api.client;
         let unavailable = |e: String| {
             warn!(error = %e, "Command not sent");
@@ -235,7 +311,7 @@ impl Handler {
         };
         let deadline = tokio::time::Instant::now() + wait;
         let mut answered = BTreeSet::new();
-        let mut result = DisconnectResult::default();
+        let mut result = Reached::default();
         while !expected.is_subset(&answered) || expected.is_empty() {
             let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await else {
                 break;

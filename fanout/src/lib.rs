@@ -451,7 +451,10 @@ fn describe_metrics() {
         metric::GATEWAYS_EXPIRED,
         "Gateways expired after --gateway-timeout of silence."
     );
-    describe_counter!(metric::REQUESTS, "Snapshot and status requests answered, by kind.");
+    describe_counter!(
+        metric::REQUESTS,
+        "Snapshot, status and server API requests taken, by kind (the API's: by method)."
+    );
     describe_counter!(metric::NATS_EVENTS, "NATS connection events, by event.");
     describe_counter!(
         metric::SYS_DROPPED,
@@ -486,7 +489,7 @@ fn describe_metrics() {
     for reason in intake::DROP_REASONS {
         counter!(metric::SYS_DROPPED, "reason" => reason).absolute(0);
     }
-    for kind in ["presence", "status", herald_proto::api::method::DISCONNECT] {
+    for kind in ["presence", "status"].into_iter().chain(herald_proto::api::method::ALL) {
         counter!(metric::REQUESTS, "kind" => kind).absolute(0);
     }
 }

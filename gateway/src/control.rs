@@ -1,6 +1,7 @@
 //! The server API's reach into this gateway: fanout's commands on `herald.sys.ctl` (each
-//! answered with what it reached here), and the revocation bucket, which tells a gateway
-//! that starts later (or missed a command) which users' older tokens to refuse.
+//! answered with what it reached here: disconnect a user, subscribe a user to a room or
+//! take it away), and the revocation bucket, which tells a gateway that starts later (or
+//! missed a command) which users' older tokens to refuse.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -9,14 +10,15 @@ use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::api::{user_of_revocation_key, Revocation};
-use herald_proto::frame::{Disconnect, ServerFrame};
+use herald_proto::frame::{Disconnect, ServerFrame, Subscribed};
 use herald_proto::sys::{Control, ControlReply};
 use herald_proto::CloseCode;
 use herald_service::now_ms;
 use tracing::{debug, info, warn};
 
-use crate::outbound::{close_frame_with, encode_for, Content, Format, Item};
-use crate::state::Shared;
+use crate::outbound::{close_frame_with, encode_for, Content, Format, Item, Pushed};
+use crate::presence::Pending;
+use crate::state::{Command, Shared};
 use crate::upstream::Upstream;
 
 /// How often the tasks check that the gateway is still there, and the bucket is retried.
@@ -63,7 +65,7 @@ async fn commands(shared: Weak<Shared>, upstream: Arc<Upstream>) {
                 continue;
             }
         };
-        let connections = apply(&shared, command);
+        let connections = apply(&shared, command).await;
         if let Some(reply) = msg.reply {
             let answer = ControlReply {
                 gw: shared.gateway_id.clone(),
@@ -78,7 +80,7 @@ async fn commands(shared: Weak<Shared>, upstream: Arc<Upstream>) {
 }
 
 /// Carries a command out; returns the connections (and polling sessions) it reached.
-pub(crate) fn apply(shared: &Shared, command: Control) -> u64 {
+pub(crate) async fn apply(shared: &Shared, command: Control) -> u64 {
     match command {
         Control::Disconnect {
             user,
@@ -99,7 +101,93 @@ pub(crate) fn apply(shared: &Shared, command: Control) -> u64 {
             info!(%user, code, reconnect, revoked = revocation.is_some(), connections = reached, "Disconnected by the server API");
             reached
         }
+        Control::Subscribe { user, room, presence } => {
+            let change = Change::Subscribe { presence };
+            let reached = change_rooms(shared, &user, &room, change).await;
+            debug!(%user, %room, connections = reached, "Subscribed by the server API");
+            reached
+        }
+        Control::Unsubscribe { user, room } => {
+            let reached = change_rooms(shared, &user, &room, Change::Unsubscribe).await;
+            debug!(%user, %room, connections = reached, "Unsubscribed by the server API");
+            reached
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Subscribe { presence: bool },
+    Unsubscribe,
+}
+
+/// Subscribes every connection of `user` on this gateway to `room`, or takes it from them:
+/// WebSocket sessions through their mailbox, SSE streams and long-polls through their
+/// queue, polling sessions at their next poll.
+async fn change_rooms(shared: &Shared, user: &str, room: &str, change: Change) -> u64 {
+    let conns = shared.conns.of_user(user);
+    let polls = &shared.presence.polls;
+    let has_sessions = polls.has_sessions(user);
+    if conns.is_empty() && !has_sessions {
+        return 0;
+    }
+    let name: Arc<str> = Arc::from(room);
+    // Where a poller starts reading the room: its live tail now (read once, only for them).
+    let mut tail = None;
+    let mut reached = 0;
+    for c in &conns {
+        let posted = match (change, &c.mail) {
+            (Change::Subscribe { presence }, Some(mail)) => mail.post(Command::Subscribe {
+                room: room.to_owned(),
+                presence,
+            }),
+            (Change::Unsubscribe, Some(mail)) => mail.post(Command::Unsubscribe { room: room.to_owned() }),
+            (Change::Subscribe { .. }, None) => {
+                let Some(seq) = live_tail(shared, room, &mut tail).await else {
+                    continue;
+                };
+                let content = Content::Subscribed {
+                    room: Arc::clone(&name),
+                    seq,
+                };
+                c.out.push(Item {
+                    bytes: Bytes::new(),
+                    content,
+                }) == Pushed::Queued
+            }
+            (Change::Unsubscribe, None) => {
+                let content = Content::Unsubscribed(Arc::clone(&name));
+                c.out.push(Item {
+                    bytes: Bytes::new(),
+                    content,
+                }) == Pushed::Queued
+            }
+        };
+        reached += u64::from(posted);
+    }
+    if has_sessions {
+        let pending = match change {
+            Change::Subscribe { .. } => live_tail(shared, room, &mut tail).await.map(|seq| {
+                Pending::Subscribed(Subscribed {
+                    room: room.to_owned(),
+                    seq,
+                })
+            }),
+            Change::Unsubscribe => Some(Pending::Unsubscribed(room.to_owned())),
+        };
+        if let Some(p) = pending {
+            reached += polls.post(user, p);
+        }
+    }
+    reached
+}
+
+/// The room's last seq, read once per command (`None` if the stream does not answer).
+async fn live_tail(shared: &Shared, room: &str, tail: &mut Option<Option<u64>>) -> Option<u64> {
+    if tail.is_none() {
+        *tail = Some(shared.hub.last_seq(room).await.ok());
+    }
+    tail.flatten()
 }
 
 /// Ends every connection of `user` on this gateway: a `disconnect` frame, then (WebSocket)

@@ -104,6 +104,11 @@ pub enum Content {
     /// The app ended the connection (`herald.api.disconnect`): SSE sends it as `event:
     /// disconnect`, a poll answer in its `disconnect` field.
     Disconnect(Arc<herald_proto::frame::Disconnect>),
+    /// The server API subscribed the client to a room whose last seq was `seq` (no bytes):
+    /// SSE attaches the room, a poll answer names it in `subscribed`.
+    Subscribed { room: Arc<str>, seq: u64 },
+    /// The server API took a room from the client (no bytes).
+    Unsubscribed(Arc<str>),
 }
 
 impl Item {

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::addr::ClientAddr;
-use crate::auth::{Authenticator, Identity};
+use crate::auth::{Access, Authenticator, Identity, RoomRefused};
 use crate::config::Config;
 use crate::hub::{Hub, PageLimit};
 use crate::limit::{Held, Over, Quota, TokenBucket};
@@ -83,7 +83,27 @@ pub(crate) struct Registered {
     pub user: Arc<str>,
     pub format: Format,
     pub out: Arc<Outbound>,
+    /// Commands for the connection's own task (WebSocket sessions, which own their
+    /// subscriptions; the HTTP transports take theirs through `out`).
+    pub mail: Option<Arc<Mailbox>>,
 }
+
+/// A command of the server API for one connection's task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command {
+    Subscribe { room: String, presence: bool },
+    Unsubscribe { room: String },
+}
+
+/// A connection's commands, waiting for its task.
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    commands: Mutex<Vec<Command>>,
+    notify: Notify,
+}
+
+/// Commands a mailbox holds at most: past it (a task that takes none), more are dropped.
+const MAILBOX: usize = 256;
 
 /// A presence membership refused (see [`Shared::join_quota`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +279,16 @@ impl Shared {
         self.watches.take(who.anonymous_addr(), users).map_err(watch_refused)
     }
 
+    /// Whether `who` may subscribe to `room`: its token (or anonymous grants) allow it, or
+    /// the server API granted it (`herald.api.subscribe`, looked up only when the token
+    /// refuses).
+    pub(crate) async fn may_subscribe(&self, who: &Identity, room: &str) -> Result<(), RoomRefused> {
+        match who.check_room(room, Access::Subscribe) {
+            Err(r) if r.code == herald_proto::ErrorCode::Forbidden && self.hub.granted(&who.user, room).await => Ok(()),
+            checked => checked,
+        }
+    }
+
     /// The client address of a request from `peer`: see [`ClientAddr::resolve`].
     pub(crate) fn client_addr(&self, peer: IpAddr, req: &Request<Incoming>) -> ClientAddr {
         ClientAddr::resolve(peer, req.headers(), &self.config.trusted_proxies)
@@ -311,14 +341,40 @@ impl Shared {
 impl Slot {
     /// Makes the connection known to the drain and the server API's commands, which reach
     /// its client through `out` in `format`.
-    pub(crate) fn register(&self, user: &str, format: Format, out: Arc<Outbound>) {
-        self.shared.conns.insert(self.conn_id, user, format, out);
+    pub(crate) fn register(&self, user: &str, format: Format, out: Arc<Outbound>, mail: Option<Arc<Mailbox>>) {
+        self.shared.conns.insert(self.conn_id, user, format, out, mail);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.conns.remove(self.conn_id);
+    }
+}
+
+// === impl Mailbox ===
+
+impl Mailbox {
+    /// Leaves `command` for the connection's task; false if its mailbox is full.
+    pub(crate) fn post(&self, command: Command) -> bool {
+        let mut commands = lock(&self.commands);
+        if commands.len() >= MAILBOX {
+            return false;
+        }
+        commands.push(command);
+        drop(commands);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Waits until a command is posted (one posted before the wait counts).
+    pub(crate) async fn posted(&self) {
+        self.notify.notified().await
+    }
+
+    /// The commands posted so far, in order.
+    pub(crate) fn take(&self) -> Vec<Command> {
+        std::mem::take(&mut *lock(&self.commands))
     }
 }
 
@@ -355,14 +411,22 @@ impl Connections {
         }
     }
 
-    fn insert(&self, id: u64, user: &str, format: Format, out: Arc<Outbound>) {
+    fn insert(&self, id: u64, user: &str, format: Format, out: Arc<Outbound>, mail: Option<Arc<Mailbox>>) {
         let mut r = lock(&self.map);
         let user: Arc<str> = match r.by_user.get_key_value(user) {
             Some((u, _)) => Arc::clone(u),
             None => Arc::from(user),
         };
         r.by_user.entry(Arc::clone(&user)).or_default().push(id);
-        if let Some(old) = r.conns.insert(id, Registered { user, format, out }) {
+        if let Some(old) = r.conns.insert(
+            id,
+            Registered {
+                user,
+                format,
+                out,
+                mail,
+            },
+        ) {
             // Registered twice: the first entry's user loses this id.
             Registry::unlink(&mut r.by_user, &old.user, id);
         }

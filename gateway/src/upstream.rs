@@ -74,6 +74,12 @@ const OPEN_LINGER: Duration = Duration::from_millis(2);
 /// within the time a join waits for its room (10 s).
 const LAST_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Grant lookups in flight at once: past it, a room the token does not grant is refused
+/// without asking (a flood of refused subscribes cannot become a flood of NATS requests).
+const GRANT_LOOKUPS: usize = 64;
+/// The longest wait for a grant lookup.
+const GRANT_WAIT: Duration = Duration::from_secs(2);
+
 /// Messages an async-nats subscription buffers unless told otherwise.
 const ASYNC_NATS_CAPACITY: usize = 65_536;
 /// Local subscribers above which a room's events are delivered by a task of the room's own.
@@ -251,6 +257,10 @@ pub(crate) struct Upstream {
     lasts_unsupported: AtomicBool,
     /// A batched read failed once already (the first failure is a warning, later ones debug).
     lasts_failed: AtomicBool,
+    /// The grant bucket, once opened (see [`Upstream::granted`]).
+    grants: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Grant lookups in flight at once.
+    grant_lookups: tokio::sync::Semaphore,
 }
 
 /// Where a reading task hands its live events, room by room, in order: a room with more
@@ -418,6 +428,8 @@ impl Upstream {
             lasts_in_flight: tokio::sync::Semaphore::new(LAST_BATCHES_IN_FLIGHT),
             lasts_unsupported: AtomicBool::new(false),
             lasts_failed: AtomicBool::new(false),
+            grants: tokio::sync::OnceCell::new(),
+            grant_lookups: tokio::sync::Semaphore::new(GRANT_LOOKUPS),
         })
     }
 
@@ -524,6 +536,24 @@ impl Upstream {
             .watch_with_history(">")
             .await
             .map_err(|e| UpstreamError(e.to_string()))
+    }
+
+    /// Whether the server API granted `user` the room (`herald.api.subscribe`; the grant
+    /// bucket holds it). False when the bucket does not exist, does not answer within
+    /// [`GRANT_WAIT`], or [`GRANT_LOOKUPS`] lookups are in flight.
+    pub(crate) async fn granted(&self, user: &str, room: &str) -> bool {
+        let Ok(_permit) = self.grant_lookups.try_acquire() else {
+            return false;
+        };
+        let lookup = async {
+            let store = self
+                .grants
+                .get_or_try_init(|| self.js.get_key_value(self.subjects.grant_bucket()))
+                .await
+                .ok()?;
+            store.get(herald_proto::api::grant_key(user, room)).await.ok()?
+        };
+        matches!(tokio::time::timeout(GRANT_WAIT, lookup).await, Ok(Some(_)))
     }
 
     /// Publishes a core message (not stored).

@@ -106,8 +106,13 @@ class Subscription extends Emitter {
 
 /**
  * A connection to Herald over the best transport available. Emits `state` (State),
- * `transport` (Transport), `status` (Status), `error` ({code, message}) and `pending` (the
- * number of publishes not yet stored, whenever it changes; also `client.pending`).
+ * `transport` (Transport), `status` (Status), `error` ({code, message}), `pending` (the
+ * number of publishes not yet stored, whenever it changes; also `client.pending`) and
+ * `disconnect` ({code, reason, reconnect}: the app's backend ended the session; with
+ * `reconnect: false` the client closes for good, else it reconnects as after any loss),
+ * `subscribed` (a Subscription the app did not ask for: the app's backend subscribed the
+ * user to its room; `sub.byServer` is true) and `unsubscribed` ({room}: the backend took a
+ * room away; the Subscription emits `unsubscribed` too).
  */
 class Client extends Emitter {
   /**
@@ -545,6 +550,29 @@ class Client extends Emitter {
       case "unrecovered":
         for (const room of frame.rooms ?? []) this.rooms.get(room)?._unrecovered(null);
         break;
+      case "subscribed": {
+        // The app's backend subscribed this user to the room: events follow from `seq`.
+        if (this.rooms.has(frame.room)) break;
+        const sub = new Subscription(this, frame.room, false);
+        sub.seq = frame.seq;
+        sub.byServer = true;
+        this.rooms.set(frame.room, sub);
+        this.emit("subscribed", sub);
+        break;
+      }
+      case "unsubscribed": {
+        const sub = this.rooms.get(frame.room);
+        if (!sub) break;
+        this.rooms.delete(frame.room);
+        sub.emit("unsubscribed", { room: frame.room });
+        this.emit("unsubscribed", { room: frame.room });
+        break;
+      }
+      case "disconnect":
+        this.emit("disconnect", { code: frame.code, reason: frame.reason, reconnect: frame.reconnect });
+        // Told not to come back: closed for good (the server ends the connection itself).
+        if (frame.reconnect === false) this.close();
+        break;
     }
   }
 }
@@ -683,6 +711,14 @@ class SseSession {
     source.addEventListener("presence", (m) => c._dispatch(JSON.parse(m.data)));
     source.addEventListener("status", (m) => c._dispatch(JSON.parse(m.data)));
     source.addEventListener("unrecovered", (m) => c._dispatch(JSON.parse(m.data)));
+    // The stream carries (or no longer carries) the room already: no restart.
+    source.addEventListener("subscribed", (m) => c._dispatch(JSON.parse(m.data)));
+    source.addEventListener("unsubscribed", (m) => c._dispatch(JSON.parse(m.data)));
+    source.addEventListener("disconnect", (m) => {
+      c._dispatch(JSON.parse(m.data));
+      // The stream ends next: reconnect (if the client is still open) as after any loss.
+      this._end();
+    });
     // The browser's own retry would stay on this gateway with the old URL: fail over instead.
     source.onerror = () => this._end();
   }
@@ -776,6 +812,13 @@ class PollSession {
       }
       for (const p of res.presence ?? []) c._dispatch({ t: "presence", ...p });
       for (const s of res.status ?? []) c._dispatch({ t: "status", ...s });
+      // Rooms the app's backend gave or took: the next poll asks for them, or not.
+      for (const s of res.subscribed ?? []) c._dispatch({ t: "subscribed", ...s });
+      for (const room of res.unsubscribed ?? []) c._dispatch({ t: "unsubscribed", room });
+      if (res.disconnect) {
+        c._dispatch({ t: "disconnect", ...res.disconnect });
+        return this._end();
+      }
       // `more`: the answer was capped and history continues after its cursor.
       if (!this.long && !res.more) await sleep(c.pollInterval);
     }

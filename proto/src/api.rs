@@ -15,6 +15,13 @@ use crate::http::ErrorBody;
 pub mod method {
     /// Close every connection of a user on every gateway; optionally revoke its tokens.
     pub const DISCONNECT: &str = "disconnect";
+    /// Subscribe every connection of a user to a room, and let the user's clients
+    /// subscribe to it from then on.
+    pub const SUBSCRIBE: &str = "subscribe";
+    /// Undo `subscribe`: the room leaves every connection of the user.
+    pub const UNSUBSCRIBE: &str = "unsubscribe";
+    /// Every method, in the order the docs list them.
+    pub const ALL: [&str; 3] = [DISCONNECT, SUBSCRIBE, UNSUBSCRIBE];
 }
 
 /// The close code a `disconnect` sends when the request names none.
@@ -46,9 +53,32 @@ pub struct DisconnectRequest {
     pub revoke: bool,
 }
 
-/// The result of a `disconnect`.
+/// `herald.api.subscribe`: grants `user` the room server-side (stored in the grant
+/// bucket: the user's clients may subscribe to it whatever their token says, on any
+/// gateway, until `unsubscribe`), and subscribes every connection the user has now to it
+/// at its live tail: a WebSocket gets a `subscribed` frame, SSE `event: subscribed`, a
+/// long-poll (or a polling session's next poll) `"subscribed"` in its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeRequest {
+    pub user: String,
+    pub room: String,
+    /// Also join the room's presence (WebSocket connections).
+    #[serde(default)]
+    pub presence: bool,
+}
+
+/// `herald.api.unsubscribe`: removes the grant `subscribe` stored and takes the room from
+/// every connection of `user` (`unsubscribed` frame / event / answer field). A grant the
+/// token itself holds is not affected: the client may subscribe again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribeRequest {
+    pub user: String,
+    pub room: String,
+}
+
+/// What a command reached: the result of `disconnect`, `subscribe` and `unsubscribe`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DisconnectResult {
+pub struct Reached {
     /// Connections closed, over every gateway that answered.
     pub connections: u64,
     /// Gateways that answered.
@@ -107,6 +137,25 @@ impl DisconnectRequest {
     }
 }
 
+impl SubscribeRequest {
+    pub fn checked(self) -> Result<Self, ApiError> {
+        check_user_room(&self.user, &self.room)?;
+        Ok(self)
+    }
+}
+
+impl UnsubscribeRequest {
+    pub fn checked(self) -> Result<Self, ApiError> {
+        check_user_room(&self.user, &self.room)?;
+        Ok(self)
+    }
+}
+
+fn check_user_room(user: &str, room: &str) -> Result<(), ApiError> {
+    crate::text::validate_user(user).map_err(|e| ApiError::bad_request(format!("`user`: {e}")))?;
+    crate::room::validate(room).map_err(|e| ApiError::bad_request(format!("`room`: {e}")))
+}
+
 // === impl ApiError ===
 
 impl ApiError {
@@ -143,6 +192,19 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 pub fn revocation_key(user: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(user)
+}
+
+/// The key of a server-side grant in the grant bucket: the user's and the room's names in
+/// base64url, joined by `.` (so one user's grants are `<user>.>`).
+pub fn grant_key(user: &str, room: &str) -> String {
+    format!("{}.{}", revocation_key(user), revocation_key(room))
+}
+
+/// A server-side grant (`herald.api.subscribe`), as the grant bucket holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// When it was made, in ms since the epoch.
+    pub at: u64,
 }
 
 /// The user of a revocation bucket key, if the key is one [`revocation_key`] makes.
@@ -212,7 +274,7 @@ mod tests {
 
     #[test]
     fn replies_have_their_wire_shape() {
-        let ok = Reply::from_result(Ok(DisconnectResult {
+        let ok = Reply::from_result(Ok(Reached {
             connections: 2,
             gateways: 1,
             ..Default::default()
@@ -221,10 +283,10 @@ mod tests {
             serde_json::to_string(&ok).unwrap(),
             r#"{"result":{"connections":2,"gateways":1}}"#
         );
-        let err = Reply::<DisconnectResult>::from_result(Err(ApiError::bad_request("no")));
+        let err = Reply::<Reached>::from_result(Err(ApiError::bad_request("no")));
         let text = serde_json::to_string(&err).unwrap();
         assert_eq!(text, r#"{"error":{"code":"bad_request","message":"no"}}"#);
-        assert_eq!(serde_json::from_str::<Reply<DisconnectResult>>(&text).unwrap(), err);
+        assert_eq!(serde_json::from_str::<Reply<Reached>>(&text).unwrap(), err);
     }
 
     #[test]
@@ -245,5 +307,16 @@ mod tests {
         assert_eq!(user_of_revocation_key("YUBiPWM").as_deref(), Some("a@b=c"));
         assert_eq!(user_of_revocation_key("YS5i"), None, "`a.b` is no user id");
         assert_eq!(user_of_revocation_key("!"), None);
+        assert_eq!(grant_key("a@b=c", "user:x"), "YUBiPWM.dXNlcjp4");
+        let r: SubscribeRequest = decode(br#"{"user":"ann","room":"chat:1"}"#).unwrap();
+        assert!(!r.clone().checked().unwrap().presence);
+        for bad in [
+            r#"{"user":"ann","room":"a b"}"#,
+            r#"{"user":"a.n","room":"x"}"#,
+            r#"{"user":"ann"}"#,
+        ] {
+            let e = decode::<SubscribeRequest>(bad.as_bytes()).and_then(SubscribeRequest::checked);
+            assert_eq!(e.unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 }

@@ -72,6 +72,8 @@ pub enum ServerFrame {
     Status(Status),
     Error(ErrorFrame),
     Disconnect(Disconnect),
+    Subscribed(Subscribed),
+    Unsubscribed(Unsubscribed),
 }
 
 /// The app's backend ended the connection (`herald.api.disconnect`): the last frame before
@@ -81,6 +83,20 @@ pub struct Disconnect {
     pub code: u16,
     pub reason: String,
     pub reconnect: bool,
+}
+
+/// The app's backend subscribed this connection to a room (`herald.api.subscribe`): its
+/// events follow from `seq` on, as after an `ack` of the client's own `subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub room: String,
+    pub seq: u64,
+}
+
+/// The app's backend took a room from this connection (`herald.api.unsubscribe`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    pub room: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

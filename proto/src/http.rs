@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{Disconnect, Event, Presence, Status};
+use crate::frame::{Disconnect, Event, Presence, Status, Subscribed};
 use crate::ErrorCode;
 
 /// The gateway's paths.
@@ -57,6 +57,11 @@ pub const SSE_PRESENCE: &str = "presence";
 pub const SSE_STATUS: &str = "status";
 /// `event: disconnect` on an SSE stream: a `disconnect` frame's JSON, the stream's last.
 pub const SSE_DISCONNECT: &str = "disconnect";
+/// `event: subscribed` on an SSE stream: a `subscribed` frame's JSON (the stream now
+/// carries the room).
+pub const SSE_SUBSCRIBED: &str = "subscribed";
+/// `event: unsubscribed` on an SSE stream: an `unsubscribed` frame's JSON.
+pub const SSE_UNSUBSCRIBED: &str = "unsubscribed";
 /// `event: unrecovered` on an SSE stream: an [`Unrecovered`].
 pub const SSE_UNRECOVERED: &str = "unrecovered";
 
@@ -89,6 +94,13 @@ pub struct PollTail {
     /// false`, poll no more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<Disconnect>,
+    /// Rooms the app's backend subscribed this client to (`herald.api.subscribe`): poll them
+    /// from now on, from the `seq` given (the answer's cursor holds it too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribed: Vec<Subscribed>,
+    /// Rooms the app's backend took from this client: poll them no more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsubscribed: Vec<String>,
 }
 
 /// A poll answer around events already encoded as JSON (as the gateway holds them):
@@ -170,6 +182,8 @@ mod tests {
                 online: true,
             }]),
             disconnect: None,
+            subscribed: vec![],
+            unsubscribed: vec![],
         };
         let body = encode_poll_answer(&[&ev[..], &ev[..]], "a:3,b:9", &tail);
         assert_eq!(

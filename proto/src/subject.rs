@@ -103,6 +103,11 @@ impl Subjects {
         format!("{}_REVOKED", self.prefix.to_ascii_uppercase().replace(['.', '-'], "_"))
     }
 
+    /// The JetStream key-value bucket of server-side grants (`herald.api.subscribe`).
+    pub fn grant_bucket(&self) -> String {
+        format!("{}_GRANTS", self.prefix.to_ascii_uppercase().replace(['.', '-'], "_"))
+    }
+
     /// `herald.sys.gw.<gateway>`: a gateway's membership changes, heartbeats and snapshots.
     pub fn sys_gateway(&self, gateway: &str) -> String {
         format!("{}.sys.gw.{gateway}", self.prefix)

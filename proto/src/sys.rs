@@ -152,6 +152,10 @@ pub enum Control {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         revocation: Option<crate::api::Revocation>,
     },
+    /// Subscribe every connection of `user` to `room` (granted server-side).
+    Subscribe { user: String, room: String, presence: bool },
+    /// Take `room` from every connection of `user`.
+    Unsubscribe { user: String, room: String },
 }
 
 /// A gateway's answer to a [`Control`].

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::addr::ClientAddr;
-use crate::auth::{Access, AuthError, Identity, RoomRefused};
+use crate::auth::{AuthError, Identity, RoomRefused};
 use crate::metrics::{self, Transport};
 use crate::outbound::{Format, Outbound};
 use crate::state::{RateKind, Shared, Slot, Unavailable};
@@ -147,7 +147,7 @@ fn list_items(list: &str) -> Vec<String> {
 }
 
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
-pub(crate) fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
+pub(crate) async fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
     let rooms = list_items(&query_param(req, param::ROOMS).unwrap_or_default());
     if rooms.is_empty() {
         return Err(HttpError::new(ErrorCode::BadRequest, "`rooms` is required"));
@@ -160,7 +160,7 @@ pub(crate) fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) ->
         ));
     }
     for r in &rooms {
-        who.check_room(r, Access::Subscribe)?;
+        shared.may_subscribe(who, r).await?;
     }
     Ok(rooms)
 }
@@ -195,7 +195,7 @@ pub(crate) struct Registration {
 impl Registration {
     pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64, user: &str) -> Self {
         let out = Outbound::new(shared.config.outbound_buffer_bytes);
-        slot.register(user, Format::Bare, Arc::clone(&out));
+        slot.register(user, Format::Bare, Arc::clone(&out), None);
         Self {
             shared: Arc::clone(shared),
             conn_id,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::cursor::Cursor;
+use herald_proto::frame::Subscribed;
 use herald_proto::{Codec, ErrorCode};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -25,7 +26,7 @@ use crate::feeds::{FeedSet, Kind};
 use crate::hub::UpstreamError;
 use crate::metrics::{self, Transport};
 use crate::outbound::{Content, Format};
-use crate::presence::{PollSessions, Presence, SessionLimits, SessionRefused};
+use crate::presence::{Pending, PollSessions, Presence, SessionLimits, SessionRefused};
 use crate::state::{membership_refused, Shared, Slot};
 
 use super::{
@@ -40,7 +41,7 @@ pub(crate) async fn poll(
 ) -> Result<Response<Body>, HttpError> {
     let (conn_id, _) = shared.new_conn();
     let who = identify(shared, &req, remote).await?;
-    let rooms = rooms(shared, &req, &who)?;
+    let rooms = rooms(shared, &req, &who).await?;
     let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let sid = session_id(&req)?;
@@ -136,6 +137,13 @@ async fn answer(
     if let Some(cursor) = cursor {
         backlog = history(shared, rooms, cursor, &mut positions, &mut events).await?;
     }
+    // Rooms the server API gave the session or took from it since its last answer.
+    for change in session
+        .map(|s| shared.presence.polls.take_pending(s))
+        .unwrap_or_default()
+    {
+        told(&mut backlog, &mut positions, change);
+    }
     fail::fail_point!("poll.extra");
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     // A session in the middle of a round of presence answers gets the next one at once.
@@ -146,6 +154,8 @@ async fn answer(
         || backlog.more
         || presence_more
         || !backlog.unrecovered.is_empty()
+        || !backlog.subscribed.is_empty()
+        || !backlog.unsubscribed.is_empty()
     {
         let tail = tail(shared, session, members_of, watch, backlog, &events).await;
         return Ok(respond(transport, &events, &positions, &tail, slot));
@@ -196,6 +206,15 @@ async fn answer(
                 backlog.unrecovered.push(room.to_string());
             }
             Content::Disconnect(d) => disconnect = Some(d),
+            Content::Subscribed { room, seq } => {
+                let room = room.to_string();
+                told(
+                    &mut backlog,
+                    &mut positions,
+                    Pending::Subscribed(Subscribed { room, seq }),
+                );
+            }
+            Content::Unsubscribed(room) => told(&mut backlog, &mut positions, Pending::Unsubscribed(room.to_string())),
             Content::Presence | Content::Status | Content::Other => {}
         }
     }
@@ -209,6 +228,20 @@ async fn answer(
     }
     let tail = tail(shared, session, members_of, watch, backlog, &events).await;
     Ok(respond(transport, &events, &positions, &tail, slot))
+}
+
+/// Puts a change the server API made to the client's rooms into the answer: a room
+/// subscribed joins the cursor at the seq it was subscribed at.
+fn told(backlog: &mut Backlog, positions: &mut Cursor, change: Pending) {
+    match change {
+        Pending::Subscribed(s) => {
+            if positions.get(&s.room).is_none() {
+                positions.set(&s.room, s.seq);
+            }
+            backlog.subscribed.push(s);
+        }
+        Pending::Unsubscribed(room) => backlog.unsubscribed.push(room),
+    }
 }
 
 /// The events after `positions` (moved past them), one bounded page across all the rooms.

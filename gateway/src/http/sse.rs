@@ -21,11 +21,14 @@ use super::{
 };
 use crate::addr::ClientAddr;
 use crate::metrics::{self, Transport};
-use crate::outbound::{Content, Item, Outbound};
-use crate::presence::Membership;
+use crate::outbound::{Content, Format, Item, Outbound};
+use crate::presence::{Membership, Pending};
 use crate::state::Shared;
 use herald_proto::cursor::Cursor;
-use herald_proto::http::{Unrecovered, SSE_DISCONNECT, SSE_PRESENCE, SSE_STATUS, SSE_UNRECOVERED};
+use herald_proto::frame::{ServerFrame, Subscribed, Unsubscribed};
+use herald_proto::http::{
+    Unrecovered, SSE_DISCONNECT, SSE_PRESENCE, SSE_STATUS, SSE_SUBSCRIBED, SSE_UNRECOVERED, SSE_UNSUBSCRIBED,
+};
 use herald_proto::Codec;
 use std::pin::Pin;
 use std::time::Duration;
@@ -56,7 +59,7 @@ pub(crate) async fn sse(
 ) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, remote).await?;
-    let rooms = rooms(shared, &req, &who)?;
+    let rooms = rooms(shared, &req, &who).await?;
     let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
@@ -90,6 +93,7 @@ pub(crate) async fn sse(
         positions,
         resume: asked.unwrap_or_default(),
         rooms,
+        changes: Vec::new(),
     };
     tokio::spawn(async move {
         let _open = OpenGauge(Transport::Sse);
@@ -131,6 +135,8 @@ struct Stream {
     /// The cursor the client resumed from.
     resume: Cursor,
     rooms: Vec<String>,
+    /// Rooms the server API gave the stream or took from it, not yet carried out.
+    changes: Vec<Pending>,
 }
 
 /// The stream ends: its client went away or stopped reading, its token expired, or its
@@ -160,7 +166,7 @@ impl Stream {
             // The client reconnects with its Last-Event-ID.
             return;
         }
-        let _ = self.live(shared.config.sse_keepalive).await;
+        let _ = self.live(&mut reg, shared.config.sse_keepalive).await;
     }
 
     /// Sends each presence room's snapshot, then the watched users' statuses, as fanout
@@ -255,12 +261,16 @@ impl Stream {
 
     /// Forwards what the hub and the feeds queue until the client goes, the drain, or a
     /// slow-consumer close (the client reconnects with Last-Event-ID).
-    async fn live(&mut self, keepalive: Duration) -> Result<(), Gone> {
+    async fn live(&mut self, reg: &mut Registration, keepalive: Duration) -> Result<(), Gone> {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut batch = Vec::new();
         loop {
             if self.forward(&mut batch).await? {
                 return Ok(());
+            }
+            if !self.changes.is_empty() {
+                self.change_rooms(reg).await?;
+                continue;
             }
             tokio::select! {
                 _ = self.out.notified() => {}
@@ -269,6 +279,54 @@ impl Stream {
                 _ = &mut self.expiry => return Ok(()),
             }
         }
+    }
+
+    /// Carries out the server API's changes to the stream's rooms: a room subscribed is
+    /// attached at its live tail and announced (`event: subscribed`, its seq; the next
+    /// event's `id:` names it), a room taken is detached and announced.
+    async fn change_rooms(&mut self, reg: &mut Registration) -> Result<(), Gone> {
+        let shared = Arc::clone(&reg.shared);
+        for change in std::mem::take(&mut self.changes) {
+            let mut chunk = Vec::new();
+            match change {
+                Pending::Subscribed(s) => {
+                    let full = self.rooms.len() >= shared.config.max_subscriptions;
+                    if full || self.rooms.contains(&s.room) {
+                        continue;
+                    }
+                    let attached = shared
+                        .hub
+                        .attach(&s.room, reg.conn_id, &reg.out, Format::Bare, None, |_| Bytes::new())
+                        .await;
+                    let Ok(seq) = attached else { continue };
+                    reg.rooms.push(s.room.clone());
+                    self.rooms.push(s.room.clone());
+                    self.positions.set(&s.room, seq);
+                    let frame = ServerFrame::Subscribed(Subscribed { room: s.room, seq });
+                    named(
+                        &mut chunk,
+                        SSE_SUBSCRIBED,
+                        &serde_json::to_vec(&frame).expect("plain data serializes"),
+                    );
+                }
+                Pending::Unsubscribed(room) => {
+                    let Some(i) = self.rooms.iter().position(|r| *r == room) else {
+                        continue;
+                    };
+                    self.rooms.remove(i);
+                    reg.rooms.retain(|r| *r != room);
+                    shared.hub.detach(&room, reg.conn_id);
+                    let frame = ServerFrame::Unsubscribed(Unsubscribed { room });
+                    named(
+                        &mut chunk,
+                        SSE_UNSUBSCRIBED,
+                        &serde_json::to_vec(&frame).expect("plain data serializes"),
+                    );
+                }
+            }
+            self.send_counted(chunk, 1).await?;
+        }
+        Ok(())
     }
 
     /// Sends everything queued until the queue is empty; true once it is closed (after what
@@ -299,6 +357,15 @@ impl Stream {
                         let rooms = vec![room.to_string()];
                         let frame = serde_json::to_vec(&Unrecovered { rooms }).expect("plain data serializes");
                         named(&mut chunk, SSE_UNRECOVERED, &frame);
+                    }
+                    Content::Subscribed { room, seq } => {
+                        let room = room.to_string();
+                        self.changes.push(Pending::Subscribed(Subscribed { room, seq }));
+                        continue;
+                    }
+                    Content::Unsubscribed(room) => {
+                        self.changes.push(Pending::Unsubscribed(room.to_string()));
+                        continue;
                     }
                     Content::Other => continue,
                 }

@@ -178,6 +178,11 @@ impl Hub {
         self.upstream.last_seq(room).await
     }
 
+    /// Whether the server API granted `user` the room (see [`Upstream::granted`]).
+    pub(crate) async fn granted(&self, user: &str, room: &str) -> bool {
+        self.upstream.granted(user, room).await
+    }
+
     /// Stores an event for a client (see [`Upstream::publish`]).
     pub(crate) async fn publish(
         &self,

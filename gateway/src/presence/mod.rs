@@ -18,7 +18,7 @@ use crate::feeds::{FeedSet, Feeds, Kind};
 use crate::outbound::{encode_for, Format, Outbound};
 use crate::upstream::Upstream;
 
-pub(crate) use polls::{PollSessions, SessionLimits, SessionRefused};
+pub(crate) use polls::{Pending, PollSessions, SessionLimits, SessionRefused};
 pub(crate) use tracker::Tracker;
 
 /// Longest wait for fanout's answer to a snapshot or status request.

@@ -42,7 +42,20 @@ struct PollSession {
     expires: Instant,
     /// Where the next answer's presence snapshots start (see [`PollSessions::presence_from`]).
     presence_from: usize,
+    /// Rooms the server API subscribed the session to, or took from it, since its last
+    /// answer (bounded: see [`MAX_PENDING`]).
+    pending: Vec<Pending>,
 }
+
+/// A change of a polling session's rooms by the server API, told in its next answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pending {
+    Subscribed(herald_proto::frame::Subscribed),
+    Unsubscribed(String),
+}
+
+/// Changes a session keeps for its next poll; past it, the oldest go.
+const MAX_PENDING: usize = 64;
 
 /// Why a poll of a session was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +138,7 @@ impl PollSessions {
                 held: 1,
                 expires: Instant::now(),
                 presence_from: 0,
+                pending: Vec::new(),
             },
         );
         crate::metrics::poll_sessions(1.0);
@@ -195,6 +209,35 @@ impl PollSessions {
             false
         });
         idle
+    }
+
+    /// Whether `user` has polling sessions here.
+    pub(crate) fn has_sessions(&self, user: &str) -> bool {
+        lock(&self.inner).per_owner.contains_key(user)
+    }
+
+    /// Keeps `change` for the next answer of every session of `user`; returns the sessions
+    /// with no poll in flight (one in flight is a registered connection, reached as one).
+    pub(crate) fn post(&self, user: &str, change: Pending) -> u64 {
+        let mut inner = lock(&self.inner);
+        let mut idle = 0;
+        for s in inner.by_conn.values_mut().filter(|s| s.owner == user) {
+            if s.pending.len() >= MAX_PENDING {
+                s.pending.remove(0);
+            }
+            s.pending.push(change.clone());
+            idle += u64::from(s.held == 0);
+        }
+        idle
+    }
+
+    /// The server API's changes for session `conn`'s answer, taken.
+    pub(crate) fn take_pending(&self, conn: &str) -> Vec<Pending> {
+        lock(&self.inner)
+            .by_conn
+            .get_mut(conn)
+            .map(|s| std::mem::take(&mut s.pending))
+            .unwrap_or_default()
     }
 
     /// The `disconnect` session `conn`'s poll is to be answered with, if the server API

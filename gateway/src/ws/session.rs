@@ -11,7 +11,9 @@ use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use futures_util::FutureExt;
 use herald_proto::codec::DecodeError;
-use herald_proto::frame::{Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Welcome};
+use herald_proto::frame::{
+    Ack, ClientFrame, ClientOp, ErrorFrame, Id, Payload, Pong, Presence, ServerFrame, Subscribed, Unsubscribed, Welcome,
+};
 use herald_proto::{CloseCode, Codec, ErrorCode};
 use herald_service::now_ms;
 use std::panic::AssertUnwindSafe;
@@ -24,7 +26,7 @@ use crate::feeds::Kind;
 use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
 use crate::outbound::{encode_for, opcode, ws_frame, Format, Item, Outbound, SharedWrite};
-use crate::state::{RateKind, Shared, Slot};
+use crate::state::{Command, Mailbox, RateKind, Shared, Slot};
 use crate::sync::panic_message;
 
 use super::input::Input;
@@ -80,6 +82,8 @@ struct Session {
     /// Its share of its address's watched users (anonymous clients; boxed, and only once it
     /// watches).
     watches: Option<Box<Held>>,
+    /// The server API's commands for this connection.
+    mail: Arc<Mailbox>,
 }
 
 /// Why the reader stopped.
@@ -140,7 +144,13 @@ where
         codec,
         mode,
     } = *a;
-    slot.register(&identity.user, Format::WebSocket(codec), Arc::clone(&out));
+    let mail = Arc::new(Mailbox::default());
+    slot.register(
+        &identity.user,
+        Format::WebSocket(codec),
+        Arc::clone(&out),
+        Some(Arc::clone(&mail)),
+    );
     metrics::connection_opened(Transport::WebSocket);
 
     let mut session = Session {
@@ -158,6 +168,7 @@ where
         memberships: None,
         watches: None,
         identity,
+        mail,
         shared: Arc::clone(&shared),
     };
     if mode == Mode::Herald {
@@ -251,8 +262,22 @@ impl Session {
         max: usize,
     ) -> End {
         let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+        let mail = Arc::clone(&self.mail);
         loop {
-            match input.wait().await {
+            let ready = tokio::select! {
+                ready = input.wait() => ready,
+                _ = mail.posted() => {
+                    // Boxed, as the frame reader is: a rare state.
+                    let commands = AssertUnwindSafe(Box::pin(self.run_commands())).catch_unwind().await;
+                    if let Err(panic) = commands {
+                        error!(panic = panic_message(&*panic), "Command panicked; closing its connection");
+                        metrics::error(ErrorCode::Internal);
+                        return End::Close(CloseCode::INTERNAL);
+                    }
+                    continue;
+                }
+            };
+            match ready {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return End::Peer,
             }
@@ -363,7 +388,7 @@ impl Session {
             return Ok(());
         }
         match op {
-            ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence).await,
+            ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence, false).await,
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
             ClientOp::Publish { room, data, kind, key } => return self.publish(id, room, data, kind, key).await,
             ClientOp::Presence { room } => self.presence(id, room).await,
@@ -374,9 +399,33 @@ impl Session {
         Ok(())
     }
 
-    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>, presence: bool) {
-        if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
-            return self.error(id, r.code, r.message);
+    /// The server API's commands posted so far, in order.
+    async fn run_commands(&mut self) {
+        for command in self.mail.take() {
+            match command {
+                Command::Subscribe { room, presence } => {
+                    // A room the client holds already stays as it is.
+                    if !self.rooms.contains(&room) {
+                        self.subscribe(None, room, None, presence, true).await;
+                    }
+                }
+                Command::Unsubscribe { room } => {
+                    if self.rooms.contains(&room) {
+                        self.leave(&room);
+                        self.send(&ServerFrame::Unsubscribed(Unsubscribed { room }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The client's `subscribe`, or (`by_server`) the server API's: granted already, and
+    /// answered with a `subscribed` frame instead of an `ack`.
+    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>, presence: bool, by_server: bool) {
+        if !by_server {
+            if let Err(r) = self.shared.may_subscribe(&self.identity, &room).await {
+                return self.error(id, r.code, r.message);
+            }
         }
         let max = self.shared.config.max_presence_rooms;
         if presence && !self.presence_rooms.contains(&room) && self.presence_rooms.len() >= max {
@@ -430,6 +479,10 @@ impl Session {
         }
         let (codec, ack_id, ack_room) = (self.codec, id.clone(), room.clone());
         let ack = move |seq| {
+            if by_server {
+                let frame = ServerFrame::Subscribed(Subscribed { room: ack_room, seq });
+                return encode_for(Format::WebSocket(codec), &frame);
+            }
             let ack = Ack {
                 id: ack_id,
                 room: Some(ack_room),

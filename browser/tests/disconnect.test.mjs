@@ -1,0 +1,103 @@
+// The server API's `disconnect` (herald.api.disconnect on NATS) against herald.js in real
+// headless Chromium, on every transport: told `reconnect: false`, the client emits
+// `disconnect`, closes and sends nothing more; told `reconnect: true`, it comes back. Runs
+// after demo.test.mjs, which kills the first gateway: only the second is used.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { connect } from "nats";
+import { launch, waitFor, WAIT } from "./helpers.mjs";
+
+const gateway = process.env.HERALD_GATEWAYS.split(",")[1];
+const secret = process.env.HERALD_TEST_SECRET;
+
+let browser;
+let nats;
+
+before(async () => {
+  browser = await launch();
+  nats = await connect({ servers: process.env.HERALD_NATS_URL });
+});
+
+after(async () => {
+  await browser?.close();
+  await nats?.close();
+});
+
+/** An HS256 token for `user` (any room), valid for an hour. */
+function mint(user) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64({ alg: "HS256", typ: "JWT" });
+  const body = b64({ sub: user, iat: now, exp: now + 3600, herald: { sub: ["*"], pub: ["*"] } });
+  const sig = createHmac("sha256", secret).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+/** Asks `herald.api.disconnect`; the decoded answer. */
+async function disconnect(body) {
+  const reply = await nats.request("herald.api.disconnect", JSON.stringify(body), { timeout: 5000 });
+  return JSON.parse(new TextDecoder().decode(reply.data));
+}
+
+/** A page whose herald.js client is open on `transport` as `user`, in `room` with presence. */
+async function open(context, user, room, transport) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${transport}] page error:`, e.message));
+  await page.goto(`${gateway}/support.html`);
+  await page.evaluate(
+    async ({ gateway, room, transport, token }) => {
+      const { Herald } = await import("/herald.js");
+      window.told = [];
+      window.states = [];
+      const client = Herald.connect(gateway, { transports: [transport], token });
+      client.on("disconnect", (d) => window.told.push(d));
+      client.on("state", (s) => window.states.push(s));
+      client.subscribe(room, { presence: true });
+      window.client = client;
+    },
+    { gateway, room, transport, token: mint(user) },
+  );
+  await page.waitForFunction(() => window.client.state === "open", null, { timeout: WAIT });
+  return page;
+}
+
+for (const transport of ["websocket", "sse", "long-poll", "poll"]) {
+  test(`${transport}: disconnect with reconnect: false closes herald.js for good`, async () => {
+    const user = `kicked-${transport}-${Date.now()}`;
+    const context = await browser.newContext();
+    const page = await open(context, user, `kick-${transport}`, transport);
+    let requests = 0;
+    // A polling client's `close` tells the gateway it leaves: that one is expected.
+    page.on("request", (r) => (requests += new URL(r.url()).pathname === "/poll/leave" ? 0 : 1));
+    page.on("websocket", () => (requests += 1));
+    await waitFor(`${user}'s connection is reached`, async () => {
+      const a = await disconnect({ user, code: 4003, reason: "banned", reconnect: false });
+      return a.result?.connections >= 1 || a;
+    });
+    await waitFor(`${transport}: the client is closed`, async () => (await page.evaluate(() => window.client.state)) === "closed");
+    const told = await page.evaluate(() => window.told);
+    assert.deepEqual(told, [{ code: 4003, reason: "banned", reconnect: false }]);
+    // Nothing more goes to the gateway.
+    const settled = requests;
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.ok(requests - settled === 0, `${transport}: ${requests - settled} requests after the close`);
+    assert.equal(await page.evaluate(() => window.client.state), "closed");
+    await context.close();
+  });
+}
+
+test("websocket: disconnect with reconnect: true, and herald.js comes back", async () => {
+  const user = `bounced-${Date.now()}`;
+  const context = await browser.newContext();
+  const page = await open(context, user, "bounce", "websocket");
+  const answer = await disconnect({ user, reason: "moved" });
+  assert.equal(answer.result?.connections, 1, JSON.stringify(answer));
+  await waitFor("the client reconnected", async () => {
+    const states = await page.evaluate(() => window.states);
+    return (states.includes("reconnecting") && states.at(-1) === "open") || states;
+  });
+  assert.deepEqual(await page.evaluate(() => window.told), [{ code: 4000, reason: "moved", reconnect: true }]);
+  await context.close();
+});
