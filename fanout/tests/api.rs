@@ -174,10 +174,17 @@ async fn disconnect_reaches_every_transport_on_every_gateway_and_revoke_keeps_th
         json!({"code": 4001, "reason": "banned", "reconnect": false})
     );
 
-    // Alice was not touched.
-    let ack = alice.publish("lobby", json!({"still": "here"})).await;
-    let ev = alice.event().await;
-    assert_eq!((ev.seq, ev.data), (ack.seq.unwrap(), Some(json!({"still": "here"}))));
+    // Alice was not touched: her publish is acked, and its event reaches her (in either order).
+    alice.op(json!({"op": "publish", "id": 9, "room": "lobby", "data": {"still": "here"}})).await;
+    let (mut acked, mut event) = (None, None);
+    while acked.is_none() || event.is_none() {
+        match alice.recv().await {
+            ServerFrame::Ack(a) => acked = a.seq,
+            ServerFrame::Event(e) => event = Some((e.seq, e.data)),
+            other => panic!("alice: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(event, Some((acked.unwrap(), Some(json!({"still": "here"})))));
 
     // The old token is refused on every gateway and transport; a newer one is not.
     for gw in [&a, &b] {
