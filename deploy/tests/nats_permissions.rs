@@ -154,7 +154,20 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
     let ack = next_frame(&mut c, |f| matches!(f, ServerFrame::Ack(_))).await;
     assert!(matches!(&ack, ServerFrame::Ack(a) if a.seq == Some(2)), "{ack:?}");
 
-    // The backend's server API: a server-side subscription (the grant bucket, the command),
+    // The backend's server API: a publish (fanout stores it),
+    let ask = backend.request("herald.api.publish", r#"{"room":"lobby","data":{"from":"api"}}"#.into());
+    let reply = tokio::time::timeout(WAIT, ask)
+        .await
+        .expect("answered")
+        .expect("a reply");
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(
+        answer["result"],
+        serde_json::json!({"room": "lobby", "seq": 3}),
+        "{answer}"
+    );
+    next_frame(&mut c, |f| matches!(f, ServerFrame::Event(e) if e.seq == 3)).await;
+    // a server-side subscription (the grant bucket, the command),
     let ask = backend.request("herald.api.subscribe", r#"{"user":"alice","room":"team:1"}"#.into());
     let reply = tokio::time::timeout(WAIT, ask)
         .await

@@ -14,18 +14,24 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, kv};
 use async_nats::Client;
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::api::{
-    self, grant_key, method, revocation_key, ApiError, DisconnectRequest, Grant, Reached, Reply, Revocation,
-    SubscribeRequest, UnsubscribeRequest,
+    self, grant_key, method, revocation_key, ApiError, DisconnectRequest, Grant, HistoryRequest, HistoryResult,
+    PresenceRequest, PublishRequest, PublishResult, Published, Reached, Reply, Revocation, SubscribeRequest,
+    UnsubscribeRequest,
 };
-use herald_proto::subject::Subjects;
+use herald_proto::frame::EventRef;
+use herald_proto::subject::{Partitions, Subjects};
 use herald_proto::sys::{Control, ControlReply};
 use herald_proto::ErrorCode;
+use herald_proto::{header, room, Codec};
 use herald_service::now_ms;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -54,12 +60,27 @@ pub(crate) struct Api {
     /// How long a revocation lasts.
     pub revocation_ttl: Duration,
     pub replicas: usize,
+    /// Where rooms are stored (history reads).
+    pub partitions: Partitions,
 }
+
+/// Most bytes of event data one `history` answer holds (NATS's default payload limit is
+/// 1 MiB; the frames add their fields).
+const HISTORY_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 enum Bucket {
     Revocations,
     Grants,
+}
+
+fn encode(body: &impl serde::Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).expect("plain data serializes"))
+}
+
+fn unavailable(e: &str) -> ApiError {
+    warn!(error = %e, "API request failed");
+    ApiError::new(ErrorCode::Unavailable, "NATS or the event stream is unavailable; retry")
 }
 
 fn unavailable_store(e: &str) -> ApiError {
@@ -130,7 +151,7 @@ impl Api {
                     let handler = Arc::clone(&handler);
                     tokio::spawn(async move {
                         let answer = handler.handle(m, &msg.payload).await;
-                        handler.answer(reply.to_string(), &answer).await;
+                        handler.send(reply.to_string(), answer).await;
                         drop(permit);
                     });
                 }
@@ -152,18 +173,134 @@ impl Api {
 
 impl Handler {
     async fn answer(&self, reply: String, body: &impl serde::Serialize) {
-        let payload = Bytes::from(serde_json::to_vec(body).expect("plain data serializes"));
+        self.send(reply, encode(body)).await
+    }
+
+    async fn send(&self, reply: String, payload: Bytes) {
         if let Err(e) = self.api.client.publish(reply, payload).await {
             debug!(error = %e, "API answer not sent");
         }
     }
 
-    async fn handle(&self, m: &str, body: &[u8]) -> Reply<Reached> {
-        Reply::from_result(match m {
-            method::DISCONNECT => self.disconnect(body).await,
-            method::SUBSCRIBE => self.subscribe(body).await,
-            _ => self.unsubscribe(body).await,
+    /// Answers a request to method `m`: the encoded [`Reply`].
+    pub(crate) async fn handle(&self, m: &str, body: &[u8]) -> Bytes {
+        match m {
+            method::DISCONNECT => encode(&Reply::from_result(self.disconnect(body).await)),
+            method::SUBSCRIBE => encode(&Reply::from_result(self.subscribe(body).await)),
+            method::UNSUBSCRIBE => encode(&Reply::from_result(self.unsubscribe(body).await)),
+            method::PUBLISH => encode(&Reply::from_result(self.publish(body).await)),
+            method::HISTORY => encode(&Reply::from_result(self.history(body).await)),
+            method::PRESENCE => encode(&Reply::from_result(self.presence(body).await)),
+            _ => encode(&Reply::<()>::from_result(Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no method `{}`", herald_proto::text::printable(m)),
+            )))),
+        }
+    }
+
+    async fn publish(&self, body: &[u8]) -> Result<PublishResult, ApiError> {
+        let req = api::decode::<PublishRequest>(body)?;
+        let rooms = req.rooms()?;
+        let js = jetstream::new(self.api.client.clone());
+        let payload = Bytes::copy_from_slice(req.data.get().as_bytes());
+        // Every room's publish is sent before any ack is awaited: one round trip in all.
+        let mut acks = Vec::with_capacity(rooms.len());
+        for room in &rooms {
+            let mut headers = HeaderMap::new();
+            if let Some(kind) = &req.kind {
+                headers.insert(header::HERALD_TYPE, kind.as_str());
+            }
+            if let Some(key) = &req.key {
+                headers.insert(header::NATS_MSG_ID, api::publish_msg_id(room, key).as_str());
+            }
+            let sent = js
+                .publish_with_headers(self.api.subjects.room(room), headers, payload.clone())
+                .await
+                .map_err(|e| unavailable(&e.to_string()))?;
+            acks.push(sent);
+        }
+        let mut published = Vec::with_capacity(rooms.len());
+        for (room, ack) in rooms.into_iter().zip(acks) {
+            let ack = tokio::time::timeout(STORE_WAIT, ack)
+                .await
+                .map_err(|_| unavailable("timed out"))?
+                .map_err(|e| unavailable(&e.to_string()))?;
+            published.push(Published {
+                room,
+                seq: ack.sequence,
+                repeat: ack.duplicate,
+            });
+        }
+        Ok(match (req.room.is_some(), published.pop()) {
+            (true, Some(one)) => PublishResult::One(one),
+            (_, last) => {
+                published.extend(last);
+                PublishResult::Many { rooms: published }
+            }
         })
+    }
+
+    async fn history(&self, body: &[u8]) -> Result<HistoryResult, ApiError> {
+        let req = api::decode::<HistoryRequest>(body)?;
+        let limit = req.checked_limit()?;
+        let partitions = &self.api.partitions;
+        let js = jetstream::new(self.api.client.clone());
+        let stream = js
+            .get_stream_no_info(partitions.stream_of(&req.room))
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?;
+        let subject = partitions.stored_subject(&req.room);
+        let (mut events, mut prev, mut bytes) = (Vec::new(), req.since, 0);
+        let mut more = false;
+        while let Some(from) = prev.checked_add(1) {
+            let next = stream.direct_get_next_for_subject(&subject, Some(from));
+            let m = match tokio::time::timeout(STORE_WAIT, next).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+                Ok(Err(e)) => return Err(unavailable(&e.to_string())),
+                Err(_) => return Err(unavailable("timed out")),
+            };
+            if events.len() == limit || (bytes > 0 && bytes + m.payload.len() > HISTORY_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += m.payload.len();
+            let ts = (m.time.unix_timestamp_nanos().max(0) / 1_000_000) as u64;
+            let text = |name: &str| m.headers.get(name).map(|v| v.as_str()).filter(|s| !s.is_empty());
+            let frame = Codec::Json.encode_event(EventRef {
+                room: &req.room,
+                seq: m.sequence,
+                prev,
+                ts,
+                kind: text(header::HERALD_TYPE),
+                from: text(header::HERALD_FROM),
+                payload: &m.payload,
+            });
+            let frame = String::from_utf8(frame).expect("JSON frames are UTF-8");
+            events.push(RawValue::from_string(frame).expect("an encoded frame is JSON"));
+            prev = m.sequence;
+        }
+        Ok(HistoryResult {
+            room: req.room,
+            events,
+            more,
+        })
+    }
+
+    /// The presence task's snapshot, asked as any backend asks it.
+    async fn presence(&self, body: &[u8]) -> Result<Box<RawValue>, ApiError> {
+        let req = api::decode::<PresenceRequest>(body)?;
+        room::validate(&req.room).map_err(|e| ApiError::bad_request(format!("`room`: {e}")))?;
+        let ask = self
+            .api
+            .client
+            .request(self.api.subjects.api_presence(&req.room), Bytes::new());
+        let reply = tokio::time::timeout(STORE_WAIT, ask)
+            .await
+            .map_err(|_| unavailable("presence timed out"))?
+            .map_err(|e| unavailable(&e.to_string()))?;
+        let text = String::from_utf8(reply.payload.to_vec()).map_err(|e| unavailable(&e.to_string()))?;
+        RawValue::from_string(text).map_err(|e| unavailable(&e.to_string()))
     }
 
     async fn subscribe(&self, body: &[u8]) -> Result<Reached, ApiError> {

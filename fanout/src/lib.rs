@@ -297,6 +297,7 @@ impl Fanout {
                 gateway_timeout: config.gateway_timeout,
                 revocation_ttl: config.revocation_ttl,
                 replicas: config.stream_replicas,
+                partitions: Partitions::new(subjects.clone(), config.stream_partitions),
             }
             .run(Arc::clone(&stop_api)),
         );

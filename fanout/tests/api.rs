@@ -175,7 +175,9 @@ async fn disconnect_reaches_every_transport_on_every_gateway_and_revoke_keeps_th
     );
 
     // Alice was not touched: her publish is acked, and its event reaches her (in either order).
-    alice.op(json!({"op": "publish", "id": 9, "room": "lobby", "data": {"still": "here"}})).await;
+    alice
+        .op(json!({"op": "publish", "id": 9, "room": "lobby", "data": {"still": "here"}}))
+        .await;
     let (mut acked, mut event) = (None, None);
     while acked.is_none() || event.is_none() {
         match alice.recv().await {

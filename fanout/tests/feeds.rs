@@ -131,12 +131,17 @@ async fn a_thousand_watched_users_and_a_hundred_presence_rooms_cost_two_subscrip
     }
 
     // Two subscriptions for all of that, counted in the gauge with the others the gateway
-    // holds for clients (not its NATS client's reply inbox, fanout's sync requests, nor the
-    // stream-leader advisories that make it rescan its rooms).
+    // holds for clients (not its NATS client's reply inbox, fanout's sync requests and
+    // commands, nor the stream-leader advisories that make it rescan its rooms).
     let subs: Vec<String> = gateway_subscriptions(&nats, &gw)
         .await
         .into_iter()
-        .filter(|s| !s.starts_with("_INBOX.") && s != "herald.sys.sync" && !s.starts_with("$JS.EVENT.ADVISORY."))
+        .filter(|s| {
+            !s.starts_with("_INBOX.")
+                && s != "herald.sys.sync"
+                && s != "herald.sys.ctl"
+                && !s.starts_with("$JS.EVENT.ADVISORY.")
+        })
         .collect();
     let mut feeds: Vec<&str> = subs
         .iter()

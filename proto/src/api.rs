@@ -20,8 +20,86 @@ pub mod method {
     pub const SUBSCRIBE: &str = "subscribe";
     /// Undo `subscribe`: the room leaves every connection of the user.
     pub const UNSUBSCRIBE: &str = "unsubscribe";
+    /// Store an event in one room or several.
+    pub const PUBLISH: &str = "publish";
+    /// A page of a room's stored events.
+    pub const HISTORY: &str = "history";
+    /// A room's presence snapshot.
+    pub const PRESENCE: &str = "presence";
     /// Every method, in the order the docs list them.
-    pub const ALL: [&str; 3] = [DISCONNECT, SUBSCRIBE, UNSUBSCRIBE];
+    pub const ALL: [&str; 6] = [DISCONNECT, SUBSCRIBE, UNSUBSCRIBE, PUBLISH, HISTORY, PRESENCE];
+}
+
+/// Most rooms one `publish` names.
+pub const MAX_PUBLISH_ROOMS: usize = 100;
+/// Most events one `history` answer holds (and its default).
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// `herald.api.publish`: stores `data` (any JSON) as an event of `room`, or of each of
+/// `rooms` (one of the two), with `type`; with `key`, a repeat within the stream's
+/// duplicate window is stored once per room (and answered with `repeat: true`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
+    pub data: Box<serde_json::value::RawValue>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Where one event of a `publish` was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub room: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeat: bool,
+}
+
+/// The result of a `publish`: `{"room","seq"}` for `room`, `{"rooms":[…]}` for `rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PublishResult {
+    Many { rooms: Vec<Published> },
+    One(Published),
+}
+
+/// `herald.api.history`: up to `limit` stored events of `room` after seq `since`, oldest
+/// first; page on with the last one's seq while `more`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    pub room: String,
+    #[serde(default)]
+    pub since: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A page of history: `event` frames, as clients get them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryResult {
+    pub room: String,
+    pub events: Vec<Box<serde_json::value::RawValue>>,
+    /// More events are stored after the page.
+    pub more: bool,
+}
+
+/// `herald.api.presence`: the room's presence snapshot (a `presence` frame with
+/// `members`, or counts only for a large room).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRequest {
+    pub room: String,
+}
+
+/// The `Nats-Msg-Id` of an API publish with idempotency key `key` in `room`: scoped to the
+/// room, and apart from every client's (see [`crate::header::msg_id`]).
+pub fn publish_msg_id(room: &str, key: &str) -> String {
+    format!("herald-api:{}:{room}:{key}", room.len())
 }
 
 /// The close code a `disconnect` sends when the request names none.
@@ -151,6 +229,50 @@ impl UnsubscribeRequest {
     }
 }
 
+impl PublishRequest {
+    /// The rooms to publish to, checked, without repeats; or why the request is refused.
+    pub fn rooms(&self) -> Result<Vec<String>, ApiError> {
+        let rooms = match (&self.room, &self.rooms) {
+            (Some(room), None) => vec![room.clone()],
+            (None, Some(rooms)) if !rooms.is_empty() && rooms.len() <= MAX_PUBLISH_ROOMS => {
+                let mut rooms = rooms.clone();
+                rooms.sort();
+                rooms.dedup();
+                rooms
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(format!(
+                    "`rooms` must name 1 to {MAX_PUBLISH_ROOMS} rooms"
+                )))
+            }
+            _ => return Err(ApiError::bad_request("give `room` or `rooms`, not both")),
+        };
+        for room in &rooms {
+            crate::room::validate(room).map_err(|e| ApiError::bad_request(format!("`room`: {e}")))?;
+        }
+        if let Some(kind) = &self.kind {
+            crate::text::validate_type(kind).map_err(|e| ApiError::bad_request(format!("`type`: {e}")))?;
+        }
+        if let Some(key) = &self.key {
+            crate::text::validate_key(key).map_err(|e| ApiError::bad_request(format!("`key`: {e}")))?;
+        }
+        Ok(rooms)
+    }
+}
+
+impl HistoryRequest {
+    /// The page size asked for (default 100), or why the request is refused.
+    pub fn checked_limit(&self) -> Result<usize, ApiError> {
+        crate::room::validate(&self.room).map_err(|e| ApiError::bad_request(format!("`room`: {e}")))?;
+        match self.limit.unwrap_or(DEFAULT_HISTORY_LIMIT) {
+            n @ 1..=MAX_HISTORY_LIMIT => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
+            ))),
+        }
+    }
+}
+
 fn check_user_room(user: &str, room: &str) -> Result<(), ApiError> {
     crate::text::validate_user(user).map_err(|e| ApiError::bad_request(format!("`user`: {e}")))?;
     crate::room::validate(room).map_err(|e| ApiError::bad_request(format!("`room`: {e}")))
@@ -270,6 +392,48 @@ mod tests {
                 ErrorCode::BadRequest
             );
         }
+    }
+
+    #[test]
+    fn publish_and_history_requests_are_checked() {
+        let one: PublishRequest = decode(br#"{"room":"a","data":{"x":1},"type":"t","key":"k"}"#).unwrap();
+        assert_eq!(one.rooms().unwrap(), ["a"]);
+        assert_eq!(one.data.get(), r#"{"x":1}"#);
+        let many: PublishRequest = decode(br#"{"rooms":["b","a","b"],"data":null}"#).unwrap();
+        assert_eq!(many.rooms().unwrap(), ["a", "b"]);
+        let too_many = format!(r#"{{"rooms":{:?},"data":1}}"#, vec!["r"; MAX_PUBLISH_ROOMS + 1]);
+        for bad in [
+            r#"{"data":1}"#.to_owned(),
+            r#"{"room":"a","rooms":["b"],"data":1}"#.to_owned(),
+            r#"{"rooms":[],"data":1}"#.to_owned(),
+            too_many,
+            r#"{"room":"a b","data":1}"#.to_owned(),
+            r#"{"room":"a","data":1,"type":"a\nb"}"#.to_owned(),
+        ] {
+            let r: PublishRequest = decode(bad.as_bytes()).unwrap();
+            assert_eq!(r.rooms().unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
+        assert!(
+            decode::<PublishRequest>(br#"{"room":"a"}"#).is_err(),
+            "`data` is required"
+        );
+        let h: HistoryRequest = decode(br#"{"room":"a"}"#).unwrap();
+        assert_eq!((h.since, h.checked_limit().unwrap()), (0, 100));
+        for bad in [
+            &br#"{"room":"a","limit":0}"#[..],
+            br#"{"room":"a","limit":1001}"#,
+            br#"{"room":"","limit":5}"#,
+        ] {
+            assert!(decode::<HistoryRequest>(bad).unwrap().checked_limit().is_err());
+        }
+        assert!(decode::<HistoryRequest>(br#"{"room":"a","since":-1}"#).is_err());
+        let one = PublishResult::One(Published {
+            room: "a".into(),
+            seq: 3,
+            repeat: false,
+        });
+        assert_eq!(serde_json::to_string(&one).unwrap(), r#"{"room":"a","seq":3}"#);
+        assert_ne!(publish_msg_id("a:b", "c"), publish_msg_id("a", "b:c"));
     }
 
     #[test]
