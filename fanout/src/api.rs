@@ -22,10 +22,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::api::{
     self, grant_key, method, revocation_key, ApiError, DisconnectRequest, Grant, HistoryRequest, HistoryResult,
-    PresenceRequest, PublishRequest, PublishResult, Published, Reached, Reply, Revocation, SubscribeRequest,
+    PresenceRequest, PublishRequest, PublishResult, Published, Reached, Revocation, SubscribeRequest,
     UnsubscribeRequest,
 };
 use herald_proto::frame::EventRef;
+use herald_proto::http::ErrorBody;
 use herald_proto::subject::{Partitions, Subjects};
 use herald_proto::sys::{Control, ControlReply};
 use herald_proto::ErrorCode;
@@ -50,8 +51,8 @@ const IN_FLIGHT: usize = 64;
 /// The longest wait for the revocation bucket to store an entry.
 const STORE_WAIT: Duration = Duration::from_secs(2);
 
-/// What the API's task needs.
-pub(crate) struct Api {
+/// What the API needs.
+pub(crate) struct Settings {
     pub client: Client,
     pub subjects: Subjects,
     /// Which gateways were heard from lately.
@@ -72,6 +73,15 @@ const HISTORY_BYTES: usize = 512 * 1024;
 enum Bucket {
     Revocations,
     Grants,
+}
+
+/// `{"result": …}`.
+fn ok<T: serde::Serialize>(result: &T) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Wrapped<'a, T> {
+        result: &'a T,
+    }
+    encode(&Wrapped { result })
 }
 
 fn encode(body: &impl serde::Serialize) -> Bytes {
@@ -99,25 +109,41 @@ async fn store_op<T, E: std::fmt::Display>(
     }
 }
 
-struct Handler {
-    api: Api,
+/// The server API: answers requests from NATS (`herald.api.<method>`) and from the HTTP
+/// listener ([`crate::web`]) alike, at most [`IN_FLIGHT`] at once between them.
+pub(crate) struct Api {
+    api: Settings,
     revocations: OnceCell<kv::Store>,
     grants: OnceCell<kv::Store>,
+    permits: Arc<Semaphore>,
 }
 
+/// More than [`IN_FLIGHT`] requests are in hand.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Busy;
+
 impl Api {
-    /// Answers requests until `stop`; then stops taking them (another instance's queue
-    /// member does) and lets those in hand finish.
-    pub(crate) async fn run(self, stop: Arc<Notify>) {
+    pub(crate) fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            api: settings,
+            revocations: OnceCell::new(),
+            grants: OnceCell::new(),
+            permits: Arc::new(Semaphore::new(IN_FLIGHT)),
+        })
+    }
+
+    /// Answers NATS requests until `stop`; then stops taking them (another instance's
+    /// queue members do) and lets those in hand finish.
+    pub(crate) async fn serve_nats(self: Arc<Self>, stop: Arc<Notify>) {
         let stopped = stop.notified();
         tokio::pin!(stopped);
         let mut subs = Vec::new();
         for m in method::ALL {
-            let subject = self.subjects.api(m);
+            let subject = self.api.subjects.api(m);
             let sub = loop {
                 // One subscription per method: a wildcard would share the queue group with
                 // the presence task's `herald.api.status` and take its requests.
-                match self.client.queue_subscribe(subject.clone(), QUEUE.to_owned()).await {
+                match self.api.client.queue_subscribe(subject.clone(), QUEUE.to_owned()).await {
                     Ok(sub) => break sub,
                     Err(e) => warn!(%subject, error = %e, "API subscription failed; retrying"),
                 }
@@ -129,13 +155,7 @@ impl Api {
             subs.push(sub.map(move |msg| (m, msg)));
         }
         let mut requests = futures_util::stream::select_all(subs);
-        let handler = Arc::new(Handler {
-            api: self,
-            revocations: OnceCell::new(),
-            grants: OnceCell::new(),
-        });
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        info!(methods = ?method::ALL, "Answering the server API");
+        info!(methods = ?method::ALL, "Answering the server API on NATS");
         loop {
             let (m, msg) = tokio::select! {
                 _ = &mut stopped => break,
@@ -145,56 +165,69 @@ impl Api {
                 },
             };
             let Some(reply) = msg.reply.clone() else { continue };
-            metrics::counter!(metric::REQUESTS, "kind" => m).increment(1);
-            match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => {
-                    let handler = Arc::clone(&handler);
-                    tokio::spawn(async move {
-                        let answer = handler.handle(m, &msg.payload).await;
-                        handler.send(reply.to_string(), answer).await;
-                        drop(permit);
-                    });
-                }
-                Err(_) => {
-                    let busy = Reply::<()>::from_result(Err(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "too many API requests in flight; retry",
-                    )));
-                    handler.answer(reply.to_string(), &busy).await;
-                }
-            }
+            let this = Arc::clone(&self);
+            let answer = async move {
+                let answer = match this.call(m, &msg.payload).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => encode(&ErrorBody::new(e.code, e.message)),
+                    Err(Busy) => encode(&ErrorBody::new(ErrorCode::Unavailable, BUSY)),
+                };
+                this.send(reply.to_string(), answer).await;
+            };
+            tokio::spawn(answer);
         }
         // Stop taking requests (another instance's queue members take them); those in hand
         // finish (each within a few seconds).
         drop(requests);
-        let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(IN_FLIGHT as u32)).await;
+        self.drain().await;
+    }
+
+    /// Waits (a few seconds at most) for the requests in hand.
+    pub(crate) async fn drain(&self) {
+        let all = self.permits.acquire_many(IN_FLIGHT as u32);
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+    }
+
+    /// Answers a request to method `m` (one of [`method::ALL`]): the encoded `{"result": …}`,
+    /// or why it was refused; [`Busy`] when [`IN_FLIGHT`] requests are in hand already.
+    pub(crate) async fn call(&self, m: &str, body: &[u8]) -> Result<Result<Bytes, ApiError>, Busy> {
+        let Ok(_permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            metrics::counter!(metric::API_BUSY).increment(1);
+            return Err(Busy);
+        };
+        metrics::counter!(metric::REQUESTS, "kind" => method_label(m)).increment(1);
+        Ok(self.handle(m, body).await)
     }
 }
 
-impl Handler {
-    async fn answer(&self, reply: String, body: &impl serde::Serialize) {
-        self.send(reply, encode(body)).await
-    }
+/// The answer to a request refused for [`Busy`].
+pub(crate) const BUSY: &str = "too many API requests in flight; retry";
 
+/// The metric label of a method name (`unknown` for none of ours).
+fn method_label(m: &str) -> &'static str {
+    method::ALL.into_iter().find(|known| *known == m).unwrap_or("unknown")
+}
+
+impl Api {
     async fn send(&self, reply: String, payload: Bytes) {
         if let Err(e) = self.api.client.publish(reply, payload).await {
             debug!(error = %e, "API answer not sent");
         }
     }
 
-    /// Answers a request to method `m`: the encoded [`Reply`].
-    pub(crate) async fn handle(&self, m: &str, body: &[u8]) -> Bytes {
+    async fn handle(&self, m: &str, body: &[u8]) -> Result<Bytes, ApiError> {
+        let result = |r: Result<Bytes, ApiError>| r;
         match m {
-            method::DISCONNECT => encode(&Reply::from_result(self.disconnect(body).await)),
-            method::SUBSCRIBE => encode(&Reply::from_result(self.subscribe(body).await)),
-            method::UNSUBSCRIBE => encode(&Reply::from_result(self.unsubscribe(body).await)),
-            method::PUBLISH => encode(&Reply::from_result(self.publish(body).await)),
-            method::HISTORY => encode(&Reply::from_result(self.history(body).await)),
-            method::PRESENCE => encode(&Reply::from_result(self.presence(body).await)),
-            _ => encode(&Reply::<()>::from_result(Err(ApiError::new(
+            method::DISCONNECT => self.disconnect(body).await.map(|r| ok(&r)),
+            method::SUBSCRIBE => self.subscribe(body).await.map(|r| ok(&r)),
+            method::UNSUBSCRIBE => self.unsubscribe(body).await.map(|r| ok(&r)),
+            method::PUBLISH => self.publish(body).await.map(|r| ok(&r)),
+            method::HISTORY => self.history(body).await.map(|r| ok(&r)),
+            method::PRESENCE => self.presence(body).await.map(|r| ok(&r)),
+            _ => result(Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no method `{}`", herald_proto::text::printable(m)),
-            )))),
+            ))),
         }
     }
 

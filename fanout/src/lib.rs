@@ -14,6 +14,7 @@ mod intake;
 pub mod leader;
 mod presence;
 pub mod state;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::api::Api;
+use crate::api::{Api, Settings as ApiSettings};
 use crate::intake::Intake;
 use crate::leader::Leases;
 use crate::presence::Tracker;
@@ -53,6 +54,7 @@ pub mod metric {
     pub const REQUESTS: &str = "herald_fanout_requests_total";
     pub const NATS_EVENTS: &str = "herald_fanout_nats_events_total";
     pub const SYS_DROPPED: &str = "herald_fanout_sys_dropped_total";
+    pub const API_BUSY: &str = "herald_fanout_api_busy_total";
 }
 
 /// Counts a NATS connection event of this process.
@@ -158,6 +160,16 @@ pub struct Config {
     #[arg(long, env = "HERALD_REVOCATION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub revocation_ttl: Duration,
 
+    /// The server API over HTTP (`POST /api/<method>`, docs/api.openapi.json) listens here;
+    /// off unless set. Needs `--api-key`.
+    #[arg(long, env = "HERALD_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+
+    /// Keys the HTTP API accepts in `X-API-Key` (comma-separated for several, e.g. while
+    /// rotating; each at least 16 characters).
+    #[arg(long, env = "HERALD_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub api_key: Vec<String>,
+
     /// Longest wait for in-flight work on SIGTERM/SIGINT.
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -181,6 +193,7 @@ pub enum Error {
 pub struct Fanout {
     config: Config,
     admin: TcpListener,
+    api: Option<TcpListener>,
     client: async_nats::Client,
     metrics: PrometheusHandle,
 }
@@ -207,6 +220,18 @@ impl Config {
                 return Err(Error::Config(format!("--{name} must be greater than zero")));
             }
         }
+        if self.api_listen.is_some() && self.api_key.is_empty() {
+            return Err(Error::Config("--api-listen needs at least one --api-key".into()));
+        }
+        if self
+            .api_key
+            .iter()
+            .any(|k| k.len() < 16 || k.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            return Err(Error::Config(
+                "every --api-key must be at least 16 printable characters without spaces".into(),
+            ));
+        }
         if self.leader_lease < Duration::from_secs(1) {
             return Err(Error::Config("--leader-lease must be at least 1s".into()));
         }
@@ -222,6 +247,10 @@ impl Fanout {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| Error::Bind(config.admin_listen, e))?;
+        let api = match config.api_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| Error::Bind(addr, e))?),
+            None => None,
+        };
         // Before the connection: its first `connected` event is counted.
         let metrics =
             herald_service::metrics::install(metrics_exporter_prometheus::PrometheusBuilder::new, describe_metrics);
@@ -229,6 +258,7 @@ impl Fanout {
         Ok(Self {
             config,
             admin,
+            api,
             client,
             metrics,
         })
@@ -236,6 +266,11 @@ impl Fanout {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin.local_addr().expect("bound listener")
+    }
+
+    /// The HTTP API's address, with `--api-listen`.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|l| l.local_addr().expect("bound listener"))
     }
 
     /// Provisions the stream, tracks presence and serves the admin endpoints until
@@ -289,18 +324,21 @@ impl Fanout {
         let stop_presence = Arc::new(Notify::new());
         let intake = Intake::default();
         let stop_api = Arc::new(Notify::new());
-        let api = tokio::spawn(
-            Api {
-                client: self.client.clone(),
-                subjects: subjects.clone(),
-                intake: intake.clone(),
-                gateway_timeout: config.gateway_timeout,
-                revocation_ttl: config.revocation_ttl,
-                replicas: config.stream_replicas,
-                partitions: Partitions::new(subjects.clone(), config.stream_partitions),
-            }
-            .run(Arc::clone(&stop_api)),
-        );
+        let stop_http = Arc::new(Notify::new());
+        let api = Api::new(ApiSettings {
+            client: self.client.clone(),
+            subjects: subjects.clone(),
+            intake: intake.clone(),
+            gateway_timeout: config.gateway_timeout,
+            revocation_ttl: config.revocation_ttl,
+            replicas: config.stream_replicas,
+            partitions: Partitions::new(subjects.clone(), config.stream_partitions),
+        });
+        let api_nats = tokio::spawn(Arc::clone(&api).serve_nats(Arc::clone(&stop_api)));
+        let api_http = self.api.map(|listener| {
+            let keys = Arc::new(config.api_key.clone());
+            tokio::spawn(web::serve(listener, Arc::clone(&api), keys, Arc::clone(&stop_http)))
+        });
         let tracker = Tracker {
             client: self.client.clone(),
             subjects,
@@ -316,8 +354,13 @@ impl Fanout {
         provision.abort();
         stop_presence.notify_one();
         stop_api.notify_one();
+        stop_http.notify_one();
         let _ = presence.await;
-        let _ = api.await;
+        let _ = api_nats.await;
+        if let Some(http) = api_http {
+            let _ = http.await;
+        }
+        api.drain().await;
         stop_leases.notify_one();
         // Bounded: with NATS gone, handing the leases over and flushing would wait for it.
         let _ = tokio::time::timeout(Duration::from_secs(3), leasing).await;
@@ -457,6 +500,10 @@ fn describe_metrics() {
         "Snapshot, status and server API requests taken, by kind (the API's: by method)."
     );
     describe_counter!(metric::NATS_EVENTS, "NATS connection events, by event.");
+    describe_counter!(
+        metric::API_BUSY,
+        "Server API requests refused because 64 were in hand already (NATS and HTTP)."
+    );
     describe_counter!(
         metric::SYS_DROPPED,
         "Messages on herald.sys.gw.* no gateway sends (or past the queue bound), dropped, by reason."
