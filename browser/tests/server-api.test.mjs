@@ -150,3 +150,36 @@ for (const transport of ["websocket", "sse", "long-poll", "poll"]) {
     await context.close();
   });
 }
+
+/** A subscription token: `room` for `user`, valid for `seconds`. */
+function roomToken(user, room, seconds) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64({ alg: "HS256", typ: "JWT" });
+  const body = b64({ sub: user, room, iat: now, exp: now + seconds });
+  const sig = createHmac("sha256", secret).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+for (const transport of ["websocket", "sse", "long-poll", "poll"]) {
+  test(`${transport}: a subscription token opens its room for herald.js`, async () => {
+    const user = `ticketed-${transport}-${Date.now()}`;
+    const room = `ticket-${transport}-${Date.now()}`;
+    const context = await browser.newContext();
+    const page = await open(context, user, `lobby-${transport}`, transport, [`lobby-${transport}`]);
+    await page.evaluate(
+      ({ room, token }) => {
+        window.client.subscribe(room, { token }).on("event", (e) => window.events.push([e.room, e.data]));
+      },
+      { room, token: roomToken(user, room, 300) },
+    );
+    // Published until it arrives: the subscription takes a moment to be in place.
+    let n = 0;
+    await waitFor("the ticket's event", async () => {
+      await nats.request(`herald.room.${room}`, JSON.stringify({ n: ++n }), { timeout: 5000 });
+      const events = await page.evaluate(() => window.events);
+      return events.some(([r]) => r === room) || events;
+    });
+    await context.close();
+  });
+}

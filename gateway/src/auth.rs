@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use herald_proto::api::Revocation;
-use herald_proto::claims::{glob_match, Claims};
+use herald_proto::claims::{glob_match, Claims, SubscriptionClaims};
 use herald_proto::{room, text, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -85,6 +85,9 @@ pub(crate) enum AuthError {
     UnknownKey(String),
     #[error("the token has been revoked")]
     Revoked,
+    /// A subscription token for another room (not an error of the token itself).
+    #[error("the subscription token opens another room")]
+    OtherRoom,
 }
 
 // === impl Authenticator ===
@@ -186,6 +189,55 @@ impl Authenticator {
             }
             return Err(AuthError::Missing);
         };
+        let claims: Claims = self.decode(token)?;
+        if let Err(e) = text::validate_user(&claims.sub) {
+            return Err(AuthError::Invalid(format!("`sub`: {e}")));
+        }
+        if self
+            .revocations
+            .refuses(&claims.sub, claims.iat, herald_service::now_ms())
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(Identity {
+            user: claims.sub.clone(),
+            name: claims.name.as_deref().and_then(text::clean_name),
+            claims: Some(claims),
+            anonymous: None,
+        })
+    }
+
+    /// Checks a subscription token: signed by one of the keys, unexpired, for `user` and
+    /// `room`, not revoked. Fetches the JWKS again for an unknown `kid`, as
+    /// [`Authenticator::verify`] does.
+    pub(crate) async fn verify_room(&self, token: &str, user: &str, room: &str) -> Result<(), AuthError> {
+        let claims = match self.decode::<SubscriptionClaims>(token) {
+            Err(AuthError::UnknownKey(kid)) => {
+                if let Some(jwks) = &self.jwks {
+                    jwks.refresh().await;
+                }
+                self.decode::<SubscriptionClaims>(token).map_err(|e| match e {
+                    AuthError::UnknownKey(_) => AuthError::UnknownKey(kid),
+                    other => other,
+                })?
+            }
+            other => other?,
+        };
+        if claims.sub != user {
+            return Err(AuthError::Invalid("the subscription token is another user's".into()));
+        }
+        if claims.room != room {
+            return Err(AuthError::OtherRoom);
+        }
+        if self.revocations.refuses(user, claims.iat, herald_service::now_ms()) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(())
+    }
+
+    /// Verifies `token`'s signature (a JWKS key chosen by `kid`, or a static key) and its
+    /// time claims, and decodes its claims.
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
         let mut last = AuthError::Invalid("no key configured".into());
         let mut candidates: Vec<(DecodingKey, Validation)> = Vec::new();
         if let Some(jwks) = &self.jwks {
@@ -204,25 +256,8 @@ impl Authenticator {
         }
         let unknown = matches!(last, AuthError::UnknownKey(_));
         for (key, validation) in candidates.iter().chain(&self.keys) {
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(data) => {
-                    let claims = data.claims;
-                    if let Err(e) = text::validate_user(&claims.sub) {
-                        return Err(AuthError::Invalid(format!("`sub`: {e}")));
-                    }
-                    if self
-                        .revocations
-                        .refuses(&claims.sub, claims.iat, herald_service::now_ms())
-                    {
-                        return Err(AuthError::Revoked);
-                    }
-                    return Ok(Identity {
-                        user: claims.sub.clone(),
-                        name: claims.name.as_deref().and_then(text::clean_name),
-                        claims: Some(claims),
-                        anonymous: None,
-                    });
-                }
+            match jsonwebtoken::decode::<T>(token, key, validation) {
+                Ok(data) => return Ok(data.claims),
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                     return Err(AuthError::Expired)
                 }

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::addr::ClientAddr;
-use crate::auth::{Access, Authenticator, Identity, RoomRefused};
+use crate::auth::{Access, AuthError, Authenticator, Identity, RoomRefused};
 use crate::config::Config;
 use crate::hub::{Hub, PageLimit};
 use crate::limit::{Held, Over, Quota, TokenBucket};
@@ -282,11 +282,33 @@ impl Shared {
     /// Whether `who` may subscribe to `room`: its token (or anonymous grants) allow it, or
     /// the server API granted it (`herald.api.subscribe`, looked up only when the token
     /// refuses).
-    pub(crate) async fn may_subscribe(&self, who: &Identity, room: &str) -> Result<(), RoomRefused> {
-        match who.check_room(room, Access::Subscribe) {
-            Err(r) if r.code == herald_proto::ErrorCode::Forbidden && self.hub.granted(&who.user, room).await => Ok(()),
-            checked => checked,
+    ///
+    /// `tokens`: subscription tokens the client sent with the subscribe, tried when its
+    /// connection token refuses the room: one for this user and this room, unexpired and not
+    /// revoked, opens it (a bad one is `unauthorized`; none for the room, `forbidden`).
+    pub(crate) async fn may_subscribe(&self, who: &Identity, room: &str, tokens: &[String]) -> Result<(), RoomRefused> {
+        let refused = match who.check_room(room, Access::Subscribe) {
+            Err(r) if r.code == herald_proto::ErrorCode::Forbidden => r,
+            checked => return checked,
+        };
+        let mut failed = None;
+        for token in tokens {
+            match self.auth.verify_room(token, &who.user, room).await {
+                Ok(()) => return Ok(()),
+                Err(AuthError::OtherRoom) => {}
+                Err(e) => failed = Some(e),
+            }
         }
+        if self.hub.granted(&who.user, room).await {
+            return Ok(());
+        }
+        Err(match failed {
+            Some(e) => RoomRefused {
+                code: herald_proto::ErrorCode::Unauthorized,
+                message: format!("subscription token: {e}"),
+            },
+            None => refused,
+        })
     }
 
     /// The client address of a request from `peer`: see [`ClientAddr::resolve`].

@@ -175,8 +175,10 @@ class Client extends Emitter {
     this._start();
   }
 
-  /** Subscribes to a room; with `presence`, the connection is a member and gets presence. */
-  subscribe(room, { presence = false } = {}) {
+  /** Subscribes to a room; with `presence`, the connection is a member and gets presence.
+   *  `token`: a subscription token for this room (a JWT from your backend whose `room` claim
+   *  names it), for rooms the connection's token does not grant; kept for reconnects. */
+  subscribe(room, { presence = false, token } = {}) {
     let sub = this.rooms.get(room);
     if (!sub) {
       sub = new Subscription(this, room, presence);
@@ -184,6 +186,7 @@ class Client extends Emitter {
     } else {
       sub.presence = sub.presence || presence;
     }
+    if (token) sub.token = token;
     this._session?.subscribe(sub);
     return sub;
   }
@@ -491,6 +494,14 @@ class Client extends Emitter {
     return q.toString();
   }
 
+  /** The subscription tokens of the rooms that have one, for `room_tokens=`. */
+  _roomTokens() {
+    return [...this.rooms.values()]
+      .filter((s) => s.token)
+      .map((s) => s.token)
+      .join(",");
+  }
+
   /** The cursor `room:seq,...` of the rooms with a known position. */
   _cursor() {
     return [...this.rooms.values()]
@@ -634,6 +645,7 @@ class WsSession {
   subscribe(sub) {
     const op = { op: "subscribe", room: sub.room, presence: sub.presence };
     if (sub.seq !== null) op.since = sub.seq;
+    if (sub.token) op.token = sub.token;
     this.send(op);
   }
 
@@ -699,6 +711,8 @@ class SseSession {
     if (c.watched.size) q.watch = [...c.watched].join(",");
     const cursor = c._cursor();
     if (cursor) q.cursor = cursor;
+    const roomTokens = c._roomTokens();
+    if (roomTokens) q.room_tokens = roomTokens;
     const source = new EventSource(`${this.url}/sse?${c._query(q)}`);
     this.source = source;
     source.onopen = () => {
@@ -786,6 +800,8 @@ class PollSession {
       if (c.watched.size) q.watch = [...c.watched].join(",");
       const cursor = c._cursor();
       if (cursor) q.cursor = cursor;
+      const roomTokens = c._roomTokens();
+      if (roomTokens) q.room_tokens = roomTokens;
       this.abort = new AbortController();
       this.again = false;
       let res;

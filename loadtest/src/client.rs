@@ -110,6 +110,7 @@ impl Conn {
             room: room.to_owned(),
             since: None,
             presence,
+            token: None,
         })
         .await?;
         loop {

@@ -210,6 +210,7 @@ async fn ws(args: &FloodArgs, source: IpAddr) -> Option<String> {
             room,
             since: None,
             presence: true,
+            token: None,
         };
         c.send_op(op).await.ok()?;
     }

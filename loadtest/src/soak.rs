@@ -522,6 +522,7 @@ async fn subscribe(c: &mut Conn, room: &str, since: Option<u64>, presence: bool)
         room: room.to_owned(),
         since,
         presence,
+        token: None,
     })
     .await?;
     loop {
@@ -605,6 +606,7 @@ async fn resume(
         room: room.to_owned(),
         since: Some(since),
         presence,
+        token: None,
     })
     .await?;
     loop {

@@ -23,6 +23,21 @@ pub struct Claims {
     pub herald: Option<Grants>,
 }
 
+/// The claims of a subscription token: the room it opens, to whom, until when. Sent with
+/// `subscribe` (WebSocket: the op's `token`; SSE and polls: `room_token=`), signed with the
+/// same keys as connection tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionClaims {
+    /// The user it is for: the connection's user.
+    pub sub: String,
+    /// The one room it opens (a name, not a pattern).
+    pub room: String,
+    /// Expiry, seconds since the epoch: checked when the client subscribes.
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
 /// Glob patterns of the rooms a user may subscribe to and publish to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grants {

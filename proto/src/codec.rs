@@ -59,6 +59,7 @@ struct WireOp<D> {
     kind: Option<String>,
     key: Option<String>,
     users: Option<Vec<String>>,
+    token: Option<String>,
 }
 
 /// A field that is present, whatever its value: `null` data is data.
@@ -349,11 +350,17 @@ fn validate<D>(
         text::validate_users(users).map_err(|e| bad(e.to_string()))
     };
     let op = match wire.op.as_deref() {
-        Some("subscribe") => ClientOp::Subscribe {
-            room: need_room()?,
-            since: wire.since,
-            presence: wire.presence.unwrap_or(false),
-        },
+        Some("subscribe") => {
+            if let Some(token) = &wire.token {
+                text::validate_token(token).map_err(|e| bad(e.to_string()))?;
+            }
+            ClientOp::Subscribe {
+                room: need_room()?,
+                since: wire.since,
+                presence: wire.presence.unwrap_or(false),
+                token: wire.token,
+            }
+        }
         Some("unsubscribe") => ClientOp::Unsubscribe { room: need_room()? },
         Some("publish") => {
             let room = need_room()?;
@@ -384,10 +391,18 @@ fn validate<D>(
 fn client_to_json(frame: &ClientFrame) -> Result<serde_json::Value, EncodeError> {
     use serde_json::{json, Value};
     let mut v = match &frame.op {
-        ClientOp::Subscribe { room, since, presence } => {
+        ClientOp::Subscribe {
+            room,
+            since,
+            presence,
+            token,
+        } => {
             let mut v = json!({"op": "subscribe", "room": room});
             if let Some(since) = since {
                 v["since"] = json!(since);
+            }
+            if let Some(token) = token {
+                v["token"] = json!(token);
             }
             if *presence {
                 v["presence"] = json!(true);
@@ -454,6 +469,32 @@ mod tests {
     }
 
     #[test]
+    fn a_subscribe_carries_a_subscription_token() {
+        let f = Codec::Json
+            .decode_client(br#"{"op":"subscribe","room":"lobby","token":"aGk.eyJ9.c2ln"}"#)
+            .unwrap();
+        assert!(matches!(f.op, ClientOp::Subscribe { token: Some(ref t), .. } if t == "aGk.eyJ9.c2ln"));
+        let back = Codec::Json
+            .decode_client(&Codec::Json.encode_client(&f).unwrap())
+            .unwrap();
+        assert_eq!(back, f);
+        for bad in [
+            &br#"{"op":"subscribe","room":"a","token":"a b"}"#[..],
+            br#"{"op":"subscribe","room":"a","token":""}"#,
+        ] {
+            assert!(matches!(
+                Codec::Json.decode_client(bad),
+                Err(DecodeError::BadRequest { .. })
+            ));
+        }
+        let long = format!(r#"{{"op":"subscribe","room":"a","token":"{}"}}"#, "a".repeat(4097));
+        assert!(matches!(
+            Codec::Json.decode_client(long.as_bytes()),
+            Err(DecodeError::BadRequest { .. })
+        ));
+    }
+
+    #[test]
     fn decodes_a_json_subscribe() {
         let f = Codec::Json
             .decode_client(br#"{"op":"subscribe","id":7,"room":"lobby","since":42,"x":1}"#)
@@ -464,7 +505,8 @@ mod tests {
             ClientOp::Subscribe {
                 room: "lobby".into(),
                 since: Some(42),
-                presence: false
+                presence: false,
+                token: None,
             }
         );
     }

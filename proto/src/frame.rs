@@ -27,6 +27,9 @@ pub enum ClientOp {
         room: String,
         since: Option<u64>,
         presence: bool,
+        /// A subscription token: a JWT granting this room alone (its `room` claim) to
+        /// this user (its `sub`), for apps that authorise rooms one at a time.
+        token: Option<String>,
     },
     Unsubscribe {
         room: String,

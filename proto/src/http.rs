@@ -46,6 +46,9 @@ pub mod param {
     pub const WATCH: &str = "watch";
     /// The one room of `GET /presence`.
     pub const ROOM: &str = "room";
+    /// `jwt,jwt`: subscription tokens, each opening one of `rooms` the connection token
+    /// does not grant.
+    pub const ROOM_TOKENS: &str = "room_tokens";
 }
 
 /// The request header an SSE client resumes with (lower case, as HTTP/1 header maps hold it).

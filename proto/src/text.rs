@@ -20,6 +20,8 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_KEY_LEN: usize = 64;
 /// The most user ids one `watch` or `unwatch` may name.
 pub const MAX_USERS_PER_OP: usize = 1000;
+/// The longest subscription token (a JWT: header, claims and signature in base64url).
+pub const MAX_TOKEN_LEN: usize = 4096;
 
 /// Why a client string was refused; the message names the field and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +40,8 @@ pub enum TextError {
     Key,
     #[error("at most {MAX_USERS_PER_OP} users per request")]
     TooManyUsers,
+    #[error("a subscription `token` must be 1-{MAX_TOKEN_LEN} bytes of A-Z a-z 0-9 - _ . (a JWT)")]
+    Token,
 }
 
 /// An event type: 1–64 bytes, no control characters (so no CR, LF or NUL).
@@ -51,6 +55,16 @@ pub fn validate_type(kind: &str) -> Result<(), TextError> {
 pub fn validate_key(key: &str) -> Result<(), TextError> {
     let ok = !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic());
     ok.then_some(()).ok_or(TextError::Key)
+}
+
+/// A subscription token: 1–4096 bytes of base64url and `.` (a JWT's compact form).
+pub fn validate_token(token: &str) -> Result<(), TextError> {
+    let ok = !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    ok.then_some(()).ok_or(TextError::Token)
 }
 
 /// A user id: 1–123 bytes of `A-Z a-z 0-9 _ - @ =`. User ids appear in room names

@@ -36,8 +36,14 @@ fn id() -> impl Strategy<Value = Option<Id>> {
 
 fn op() -> impl Strategy<Value = ClientOp> {
     prop_oneof![
-        (room(), proptest::option::of(any::<u64>()), any::<bool>())
-            .prop_map(|(room, since, presence)| ClientOp::Subscribe { room, since, presence }),
+        (room(), proptest::option::of(any::<u64>()), any::<bool>()).prop_map(|(room, since, presence)| {
+            ClientOp::Subscribe {
+                room,
+                since,
+                presence,
+                token: None,
+            }
+        }),
         room().prop_map(|room| ClientOp::Unsubscribe { room }),
         (
             room(),

@@ -162,6 +162,7 @@ impl WsClient {
             room: room.to_owned(),
             since,
             presence: false,
+            token: None,
         })
         .await;
         let mut events = Vec::new();

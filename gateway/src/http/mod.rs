@@ -159,8 +159,21 @@ pub(crate) async fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identi
             format!("at most {max} rooms per request"),
         ));
     }
+    let tokens = list_items(&query_param(req, param::ROOM_TOKENS).unwrap_or_default());
+    if tokens.len() > max {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("at most {max} subscription tokens per request"),
+        ));
+    }
+    if let Some(bad) = tokens.iter().find(|t| text::validate_token(t).is_err()) {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("invalid subscription token \"{}\"", text::printable(bad)),
+        ));
+    }
     for r in &rooms {
-        shared.may_subscribe(who, r).await?;
+        shared.may_subscribe(who, r, &tokens).await?;
     }
     Ok(rooms)
 }

@@ -86,6 +86,14 @@ struct Session {
     mail: Arc<Mailbox>,
 }
 
+/// Who asks for a subscription.
+enum Asker {
+    /// The client, with the subscription tokens it sent along.
+    Client(Vec<String>),
+    /// The server API (`herald.api.subscribe`).
+    Server,
+}
+
 /// Why the reader stopped.
 enum End {
     /// The peer closed (its close frame is already answered) or the socket failed.
@@ -388,7 +396,15 @@ impl Session {
             return Ok(());
         }
         match op {
-            ClientOp::Subscribe { room, since, presence } => self.subscribe(id, room, since, presence, false).await,
+            ClientOp::Subscribe {
+                room,
+                since,
+                presence,
+                token,
+            } => {
+                let by = Asker::Client(token.map(|t| vec![t]).unwrap_or_default());
+                self.subscribe(id, room, since, presence, by).await
+            }
             ClientOp::Unsubscribe { room } => self.unsubscribe(id, room),
             ClientOp::Publish { room, data, kind, key } => return self.publish(id, room, data, kind, key).await,
             ClientOp::Presence { room } => self.presence(id, room).await,
@@ -406,7 +422,7 @@ impl Session {
                 Command::Subscribe { room, presence } => {
                     // A room the client holds already stays as it is.
                     if !self.rooms.contains(&room) {
-                        self.subscribe(None, room, None, presence, true).await;
+                        self.subscribe(None, room, None, presence, Asker::Server).await;
                     }
                 }
                 Command::Unsubscribe { room } => {
@@ -419,14 +435,18 @@ impl Session {
         }
     }
 
-    /// The client's `subscribe`, or (`by_server`) the server API's: granted already, and
-    /// answered with a `subscribed` frame instead of an `ack`.
-    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>, presence: bool, by_server: bool) {
-        if !by_server {
-            if let Err(r) = self.shared.may_subscribe(&self.identity, &room).await {
-                return self.error(id, r.code, r.message);
+    /// The client's `subscribe` (with the subscription tokens it sent), or the server
+    /// API's: granted already, and answered with a `subscribed` frame instead of an `ack`.
+    async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>, presence: bool, by: Asker) {
+        let by_server = match &by {
+            Asker::Client(tokens) => {
+                if let Err(r) = self.shared.may_subscribe(&self.identity, &room, tokens).await {
+                    return self.error(id, r.code, r.message);
+                }
+                false
             }
-        }
+            Asker::Server => true,
+        };
         let max = self.shared.config.max_presence_rooms;
         if presence && !self.presence_rooms.contains(&room) && self.presence_rooms.len() >= max {
             return self.error(

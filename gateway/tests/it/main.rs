@@ -15,6 +15,7 @@ mod op_fuzz;
 mod partitions;
 mod push;
 mod resume;
+mod room_tokens;
 mod rooms;
 mod slow_consumer;
 mod stalled;

@@ -128,6 +128,7 @@ async fn a_slow_reader_of_a_long_replay_that_answers_pings_is_not_closed_as_idle
         room: "backlog".into(),
         since: Some(0),
         presence: false,
+        token: None,
     })
     .await;
     let mut ns = Vec::new();

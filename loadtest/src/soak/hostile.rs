@@ -99,6 +99,7 @@ pub(crate) async fn hostile_action(kind: usize, base: &str) -> bool {
                 room: "soak-2".into(),
                 since: None,
                 presence: true,
+                token: None,
             };
             c.send_op(op).await.is_ok()
         }
