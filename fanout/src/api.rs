@@ -63,6 +63,11 @@ pub(crate) struct Settings {
     pub replicas: usize,
     /// Where rooms are stored (history reads).
     pub partitions: Partitions,
+    /// The rooms' namespaces: an API publish gives its events their namespace's lifetime and
+    /// trims the room to its namespace's history size.
+    pub namespaces: Arc<herald_service::namespaces::Namespaces>,
+    /// The stream's `--history-size`.
+    pub history_size: u64,
 }
 
 /// Most bytes of event data one `history` answer holds (NATS's default payload limit is
@@ -246,6 +251,9 @@ impl Api {
             if let Some(key) = &req.key {
                 headers.insert(header::NATS_MSG_ID, api::publish_msg_id(room, key).as_str());
             }
+            if let Some(ttl) = self.api.namespaces.of(room).history_ttl {
+                headers.insert(header::NATS_TTL, header::ttl(ttl).as_str());
+            }
             let sent = js
                 .publish_with_headers(self.api.subjects.room(room), headers, payload.clone())
                 .await
@@ -258,6 +266,10 @@ impl Api {
                 .await
                 .map_err(|_| unavailable("timed out"))?
                 .map_err(|e| unavailable(&e.to_string()))?;
+            let keep = self.api.namespaces.of(&room).history_size;
+            if let Some(keep) = keep.filter(|k| *k < self.api.history_size) {
+                self.trim(&js, &room, keep).await;
+            }
             published.push(Published {
                 room,
                 seq: ack.sequence,
@@ -273,9 +285,37 @@ impl Api {
         })
     }
 
+    /// Keeps only the room's newest `keep` events (its namespace's `history_size`).
+    async fn trim(&self, js: &jetstream::Context, room: &str, keep: u64) {
+        let partitions = &self.api.partitions;
+        let purge = async {
+            let stream = js.get_stream_no_info(partitions.stream_of(room)).await?;
+            stream
+                .purge()
+                .filter(partitions.stored_subject(room))
+                .keep(keep)
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        if let Err(e) = tokio::time::timeout(STORE_WAIT, purge)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
+        {
+            debug!(%room, error = %e, "History not trimmed");
+        }
+    }
+
     async fn history(&self, body: &[u8]) -> Result<HistoryResult, ApiError> {
         let req = api::decode::<HistoryRequest>(body)?;
         let limit = req.checked_limit()?;
+        if !self.api.namespaces.of(&req.room).history {
+            // A namespace that replays nothing: no history to read.
+            return Ok(HistoryResult {
+                room: req.room,
+                events: Vec::new(),
+                more: false,
+            });
+        }
         let partitions = &self.api.partitions;
         let js = jetstream::new(self.api.client.clone());
         let stream = js

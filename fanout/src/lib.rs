@@ -170,6 +170,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_API_KEY", value_delimiter = ',', hide_env_values = true)]
     pub api_key: Vec<String>,
 
+    /// Namespaces: rules per room-name prefix, from a TOML file (docs/operations.md,
+    /// "Namespaces"); the same file as the gateways'. Fanout takes from it the events'
+    /// lifetimes and history sizes (server API publishes) and presence counts-only limits.
+    #[arg(long, env = "HERALD_NAMESPACES")]
+    pub namespaces: Option<std::path::PathBuf>,
+
     /// Longest wait for in-flight work on SIGTERM/SIGINT.
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -232,10 +238,26 @@ impl Config {
                 "every --api-key must be at least 16 printable characters without spaces".into(),
             ));
         }
+        self.load_namespaces()?;
         if self.leader_lease < Duration::from_secs(1) {
             return Err(Error::Config("--leader-lease must be at least 1s".into()));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The namespaces of `--namespaces` (none without it).
+    pub fn load_namespaces(&self) -> Result<herald_service::namespaces::Namespaces, Error> {
+        let limits = herald_service::namespaces::Limits {
+            history_size: self.history_size.max(1) as u64,
+            history_ttl: self.history_ttl,
+        };
+        match &self.namespaces {
+            Some(path) => herald_service::namespaces::Namespaces::load(path, limits)
+                .map_err(|e| Error::Config(format!("--namespaces: {e}"))),
+            None => Ok(herald_service::namespaces::Namespaces::default()),
+        }
     }
 }
 
@@ -298,6 +320,7 @@ impl Fanout {
         let upkeep = tokio::spawn(herald_service::metrics::upkeep(metrics));
         let js = async_nats::jetstream::new(self.client.clone());
         let subjects = Subjects::new(config.subject_prefix.clone());
+        let namespaces = Arc::new(config.load_namespaces().unwrap_or_default());
         let provision = tokio::spawn(provision(
             js.clone(),
             Partitions::new(subjects.clone(), config.stream_partitions),
@@ -308,6 +331,7 @@ impl Fanout {
                 dedup_window: config.dedup_window,
                 replicas: config.stream_replicas,
                 storage: config.stream_storage,
+                allow_msg_ttl: namespaces.uses_ttl(),
             },
             [Arc::clone(&provisioned), Arc::clone(&unmapped)],
         ));
@@ -333,6 +357,8 @@ impl Fanout {
             revocation_ttl: config.revocation_ttl,
             replicas: config.stream_replicas,
             partitions: Partitions::new(subjects.clone(), config.stream_partitions),
+            namespaces: Arc::clone(&namespaces),
+            history_size: config.history_size.max(1) as u64,
         });
         let api_nats = tokio::spawn(Arc::clone(&api).serve_nats(Arc::clone(&stop_api)));
         let api_http = self.api.map(|listener| {

@@ -42,6 +42,7 @@ impl Tracker {
         let mut state = State::new(Settings {
             leave_delay: config.leave_delay,
             large_room: config.large_room,
+            namespaces: std::sync::Arc::new(config.load_namespaces().unwrap_or_default()),
             gateway_timeout: config.gateway_timeout,
         });
         let stopped = stop.notified();

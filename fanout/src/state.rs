@@ -25,10 +25,23 @@ const MAX_SNAPSHOT_ITEMS: usize = 20_000_000;
 pub struct Settings {
     /// A user whose last connection in a room (or anywhere) closes stays for this long.
     pub leave_delay: Duration,
-    /// Rooms with more members than this get counts only.
+    /// Rooms with more members than this get counts only (a namespace may set its own).
     pub large_room: usize,
+    /// The rooms' namespaces (`presence_counts_above`).
+    pub namespaces: std::sync::Arc<herald_service::namespaces::Namespaces>,
     /// A gateway silent this long has its members expired.
     pub gateway_timeout: Duration,
+}
+
+impl Settings {
+    /// Members above which `room` gets counts only: its namespace's
+    /// `presence_counts_above`, or `--large-room`.
+    pub fn large_room_of(&self, room: &str) -> usize {
+        self.namespaces
+            .of(room)
+            .presence_counts_above
+            .map_or(self.large_room, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
 }
 
 /// Something to publish.
@@ -552,7 +565,8 @@ impl State {
         for room in dirty {
             let Some(r) = self.rooms.get_mut(&room) else { continue };
             let count = r.users.len();
-            let large = count > self.settings.large_room || r.published_count > self.settings.large_room;
+            let limit = self.settings.large_room_of(&room);
+            let large = count > limit || r.published_count > limit;
             let changed = !r.joined.is_empty() || !r.left.is_empty();
             let joined = std::mem::take(&mut r.joined);
             let left = std::mem::take(&mut r.left);
@@ -601,7 +615,7 @@ impl State {
                 ..Presence::default()
             };
         };
-        let large = r.users.len() > self.settings.large_room;
+        let large = r.users.len() > self.settings.large_room_of(room);
         Presence {
             room: room.to_owned(),
             count: r.users.len() as u64,

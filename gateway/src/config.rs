@@ -269,6 +269,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000)]
     pub history_size: i64,
 
+    /// Namespaces: rules per room-name prefix (history, last value, presence, client
+    /// publish, anonymous access, publish rate), from a TOML file (docs/operations.md,
+    /// "Namespaces"); the same file as fanout's. A file with an error stops the start.
+    #[arg(long, env = "HERALD_NAMESPACES")]
+    pub namespaces: Option<std::path::PathBuf>,
+
     /// How long events are kept (used when this gateway provisions the stream).
     #[arg(long, env = "HERALD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
@@ -343,12 +349,26 @@ pub enum ConfigError {
     Key(String),
     #[error("invalid TLS material: {0}")]
     Tls(String),
+    #[error("--namespaces: {0}")]
+    Namespaces(String),
 }
 
 // === impl Config ===
 
 impl Config {
     /// A configuration for tests and embedding: loopback listeners on port 0, every default.
+    /// The namespaces of `--namespaces` (none without it).
+    pub(crate) fn load_namespaces(&self) -> Result<herald_service::namespaces::Namespaces, ConfigError> {
+        let limits = herald_service::namespaces::Limits {
+            history_size: self.history_size.max(1) as u64,
+            history_ttl: self.history_ttl,
+        };
+        match &self.namespaces {
+            Some(path) => herald_service::namespaces::Namespaces::load(path, limits).map_err(ConfigError::Namespaces),
+            None => Ok(herald_service::namespaces::Namespaces::default()),
+        }
+    }
+
     pub fn for_test(nats_url: &str) -> Self {
         let mut c = Self::parse_from(["herald-gateway"]);
         c.listen = "127.0.0.1:0".parse().expect("literal address");
@@ -422,6 +442,7 @@ impl Config {
             return Err(ConfigError::Zero("presence-heartbeat"));
         }
         herald_service::stream::check_dedup_window(self.dedup_window, self.history_ttl).map_err(ConfigError::Stream)?;
+        self.load_namespaces()?;
         herald_service::stream::check_partition_count(self.stream_partitions).map_err(ConfigError::Stream)?;
         if self.publish_rate <= 0.0 {
             return Err(ConfigError::Zero("publish-rate"));

@@ -227,6 +227,7 @@ async fn provision_stream(shared: Arc<Shared>) {
         dedup_window: c.dedup_window,
         replicas: c.stream_replicas,
         storage: c.stream_storage,
+        allow_msg_ttl: shared.namespaces.uses_ttl(),
     };
     shared.hub.provision(&settings).await;
     shared.stream_ready.store(true, Ordering::SeqCst);

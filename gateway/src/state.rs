@@ -20,11 +20,12 @@ use tracing::{info, warn};
 use crate::addr::ClientAddr;
 use crate::auth::{Access, AuthError, Authenticator, Identity, RoomRefused};
 use crate::config::Config;
-use crate::hub::{Hub, PageLimit};
+use crate::hub::{Hub, PageLimit, Retention};
 use crate::limit::{Held, Over, Quota, TokenBucket};
 use crate::outbound::{Format, Outbound};
 use crate::presence::Presence;
 use crate::sync::lock;
+use herald_service::namespaces::Namespaces;
 
 /// What every connection of a gateway shares.
 pub(crate) struct Shared {
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     /// gateway's total is the feeds' `--max-feeds`).
     watches: Arc<Quota>,
     pub conns: Connections,
+    /// The rules of each room's namespace (`--namespaces`).
+    pub namespaces: Namespaces,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
     next_conn: AtomicU64,
@@ -191,7 +194,9 @@ impl Shared {
         let anonymous_conns = Quota::new(config.max_anonymous_connections_per_address, usize::MAX);
         let memberships = Quota::new(config.max_anonymous_memberships_per_address, config.max_memberships);
         let watches = Quota::new(config.max_anonymous_watches_per_address, usize::MAX);
+        let namespaces = config.load_namespaces().unwrap_or_default();
         Self {
+            namespaces,
             origins: config.allowed_origins(),
             config,
             gateway_id,
@@ -287,6 +292,7 @@ impl Shared {
     /// connection token refuses the room: one for this user and this room, unexpired and not
     /// revoked, opens it (a bad one is `unauthorized`; none for the room, `forbidden`).
     pub(crate) async fn may_subscribe(&self, who: &Identity, room: &str, tokens: &[String]) -> Result<(), RoomRefused> {
+        self.namespace_allows(who, room)?;
         let refused = match who.check_room(room, Access::Subscribe) {
             Err(r) if r.code == herald_proto::ErrorCode::Forbidden => r,
             checked => return checked,
@@ -309,6 +315,87 @@ impl Shared {
             },
             None => refused,
         })
+    }
+
+    /// Whether `who` may publish to `room`: its token grants it, and the room's namespace
+    /// takes client publishes (and anonymous clients, if `who` is one).
+    pub(crate) fn may_publish(&self, who: &Identity, room: &str) -> Result<(), RoomRefused> {
+        who.check_room(room, Access::Publish)?;
+        self.namespace_allows(who, room)?;
+        let ns = self.namespaces.of(room);
+        if !ns.client_publish {
+            return Err(RoomRefused {
+                code: herald_proto::ErrorCode::Forbidden,
+                message: format!("clients may not publish in namespace `{}`", ns.prefix),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `who` may publish once more in `room`'s namespace, under its `publish_rate`
+    /// (per user, or per address for anonymous clients, on this gateway; rooms of
+    /// namespaces without one: always).
+    pub(crate) fn namespace_rate_allows(&self, who: &Identity, room: &str) -> bool {
+        let ns = self.namespaces.of(room);
+        let Some(rate) = ns.publish_rate else { return true };
+        let who_key = match who.anonymous_addr() {
+            Some(addr) => format!("ip:{addr}"),
+            None => who.user.clone(),
+        };
+        let mut buckets = lock(&self.http_buckets);
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, b| !b.is_full());
+        }
+        buckets
+            // Apart from the plain publish buckets: their keys hold no space.
+            .entry((RateKind::Publish, format!("{who_key} {}", ns.prefix)))
+            .or_insert_with(|| TokenBucket::with_burst(rate, rate.max(1.0)))
+            .take()
+    }
+
+    /// Refuses an anonymous client a room of a namespace closed to anonymous clients.
+    fn namespace_allows(&self, who: &Identity, room: &str) -> Result<(), RoomRefused> {
+        let ns = self.namespaces.of(room);
+        if !ns.anonymous && who.anonymous.is_some() {
+            return Err(RoomRefused {
+                code: herald_proto::ErrorCode::Forbidden,
+                message: format!("namespace `{}` is closed to anonymous clients", ns.prefix),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses presence in a room whose namespace keeps none.
+    pub(crate) fn presence_allowed(&self, room: &str) -> Result<(), RoomRefused> {
+        let ns = self.namespaces.of(room);
+        if ns.presence {
+            return Ok(());
+        }
+        Err(RoomRefused {
+            code: herald_proto::ErrorCode::Forbidden,
+            message: format!("namespace `{}` keeps no presence", ns.prefix),
+        })
+    }
+
+    /// What the room's namespace keeps of each event a client publishes there.
+    pub(crate) fn retention(&self, room: &str) -> Retention {
+        let ns = self.namespaces.of(room);
+        Retention {
+            ttl: ns.history_ttl,
+            keep: ns.history_size.filter(|n| *n < self.config.history_size.max(1) as u64),
+        }
+    }
+
+    /// Where a client without a position in `room` starts: `None` (the live tail), or just
+    /// before the newest event in a last-value namespace (which it then gets first). And
+    /// whether a position it gave is honoured (`false`: the namespace replays nothing).
+    pub(crate) fn replays(&self, room: &str) -> bool {
+        self.namespaces.of(room).history
+    }
+
+    /// Whether a new subscriber of `room` gets its newest event first.
+    pub(crate) fn last_value(&self, room: &str) -> bool {
+        self.namespaces.of(room).last_value
     }
 
     /// The client address of a request from `peer`: see [`ClientAddr::resolve`].

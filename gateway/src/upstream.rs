@@ -98,6 +98,14 @@ const BUSY_WINDOW: Duration = Duration::from_millis(10);
 /// mapping may be fixed by a configuration reload); a slow pace keeps the error log readable.
 const PARTITION_CHECK_RETRY: Duration = Duration::from_secs(5);
 
+/// What a namespace keeps of an event published through this gateway: its lifetime
+/// (`Nats-TTL`) and the room's newest `keep` events (the rest purged after each publish).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Retention {
+    pub ttl: Option<Duration>,
+    pub keep: Option<u64>,
+}
+
 /// A read of a room's history: the events after `after`, stopping before `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fetch {
@@ -1119,6 +1127,7 @@ impl Upstream {
         kind: Option<&str>,
         key: Option<&str>,
         from: &str,
+        ttl: Option<Duration>,
     ) -> Result<PublishAckFuture, UpstreamError> {
         // Fallible constructors: a value with CR or LF must be an error, never a panic (proto
         // has validated both already; this keeps it so if a caller forgets).
@@ -1134,10 +1143,30 @@ impl Upstream {
         if let Some(key) = key {
             headers.insert(header::NATS_MSG_ID, value(&header::msg_id(from, room, key))?);
         }
+        if let Some(ttl) = ttl {
+            headers.insert(header::NATS_TTL, value(&header::ttl(ttl))?);
+        }
         self.js
             .publish_with_headers(self.subjects.room(room), headers, payload)
             .await
             .map_err(|e| UpstreamError(e.to_string()))
+    }
+
+    /// Purges all but the room's newest `keep` events (failures are logged: the next
+    /// publish trims again).
+    pub(crate) async fn trim(&self, room: &str, keep: u64) {
+        let purge = async {
+            let stream = self.stream(room).await?;
+            stream
+                .purge()
+                .filter(self.partitions.stored_subject(room))
+                .keep(keep)
+                .await
+                .map_err(|e| UpstreamError(e.to_string()))
+        };
+        if let Err(e) = purge.await {
+            debug!(%room, error = %e, "History not trimmed");
+        }
     }
 
     /// The stream that stores `room` (its partition's).

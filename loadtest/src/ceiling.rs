@@ -133,6 +133,7 @@ async fn one_run(args: &CeilingArgs, partitions: u32, replicas: usize) -> Result
         dedup_window: Duration::from_secs(120),
         replicas,
         storage: Default::default(),
+        allow_msg_ttl: false,
     };
     // Streams are created while the cluster settles its meta leader: retry a while.
     let deadline = Instant::now() + Duration::from_secs(60);

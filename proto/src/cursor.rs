@@ -58,6 +58,11 @@ impl Cursor {
         self.0.iter().map(|(r, s)| (r.as_str(), *s))
     }
 
+    /// Forgets `room`'s position.
+    pub fn remove(&mut self, room: &str) {
+        self.0.remove(room);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -22,6 +22,14 @@ pub const NATS_EXPECTED_STREAM: &str = "Nats-Expected-Stream";
 /// guarantee that it is never stored).
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
+/// A message's own lifetime in the stream (NATS 2.11, streams with `allow_msg_ttl`).
+pub const NATS_TTL: &str = "Nats-TTL";
+
+/// A `Nats-TTL` value: whole seconds (at least 1).
+pub fn ttl(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
+}
+
 /// The `Nats-Msg-Id` under which a gateway stores a client's publish with idempotency key
 /// `key`: scoped to the user and the room, so one user's keys can neither collide with nor
 /// block another's, and a key reused in another room is another event. Unambiguous: a user

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod namespaces;
 pub mod nats;
 pub mod stream;
 pub mod telemetry;

@@ -19,6 +19,9 @@ pub struct StreamSettings {
     pub dedup_window: Duration,
     pub replicas: usize,
     pub storage: Storage,
+    /// Events may carry their own lifetime (`Nats-TTL`, NATS 2.11+): on when a namespace
+    /// sets `history_ttl`. Once on, a stream keeps it (NATS cannot turn it off).
+    pub allow_msg_ttl: bool,
 }
 
 /// Where the event stream keeps its events (`--stream-storage`). A stream's storage is fixed
@@ -110,6 +113,7 @@ pub fn config(p: &Partitions, i: u32, s: &StreamSettings) -> stream::Config {
         num_replicas: s.replicas,
         storage: s.storage.of(),
         discard: stream::DiscardPolicy::Old,
+        allow_message_ttl: s.allow_msg_ttl,
         republish: Some(stream::Republish {
             source,
             destination,
@@ -146,7 +150,12 @@ async fn provision_one(js: &jetstream::Context, want: stream::Config, own: bool)
     match js.get_stream(&want.name).await {
         Ok(mut existing) => {
             let have = &existing.info().await.map_err(|e| err(&e))?.config;
-            let usable = have.subjects == want.subjects && have.allow_direct && have.republish == want.republish;
+            // Events of a namespace with `history_ttl` carry `Nats-TTL`, which a stream that
+            // does not allow it refuses.
+            let usable = have.subjects == want.subjects
+                && have.allow_direct
+                && have.republish == want.republish
+                && (have.allow_message_ttl || !want.allow_message_ttl);
             let same = usable
                 && have.max_messages_per_subject == want.max_messages_per_subject
                 && have.max_age == want.max_age
@@ -161,7 +170,10 @@ async fn provision_one(js: &jetstream::Context, want: stream::Config, own: bool)
                 )));
             }
             if !usable || (own && !same) {
-                js.update_stream(want.clone()).await.map_err(|e| err(&e))?;
+                // NATS cannot turn message TTLs off once on.
+                let mut want = want.clone();
+                want.allow_message_ttl |= have.allow_message_ttl;
+                js.update_stream(want).await.map_err(|e| err(&e))?;
             }
             Ok(())
         }

@@ -17,6 +17,7 @@ fn settings(storage: Storage) -> StreamSettings {
         dedup_window: Duration::from_secs(60),
         replicas: 1,
         storage,
+        allow_msg_ttl: false,
     }
 }
 

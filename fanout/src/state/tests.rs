@@ -8,6 +8,7 @@ fn state() -> State {
     State::new(Settings {
         leave_delay: DELAY,
         large_room: 2,
+        namespaces: Default::default(),
         gateway_timeout: Duration::from_secs(15),
     })
 }

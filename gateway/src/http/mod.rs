@@ -114,6 +114,9 @@ pub(crate) fn presence_rooms(
             format!("presence room `{r}` is not in `rooms`"),
         ));
     }
+    for r in &wanted {
+        shared.presence_allowed(r)?;
+    }
     let max = shared.config.max_presence_rooms;
     if wanted.len() > max {
         return Err(HttpError::new(
@@ -147,8 +150,26 @@ fn list_items(list: &str) -> Vec<String> {
 }
 
 /// `?rooms=a,b`: each valid, subscribable by `who`, and no more than `--max-subscriptions`.
-pub(crate) async fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identity) -> Result<Vec<String>, HttpError> {
-    let rooms = list_items(&query_param(req, param::ROOMS).unwrap_or_default());
+///
+/// `taken`: rooms the server API took from the client since it last heard (a polling
+/// session's pending `unsubscribed`): left out unchecked, so that the answer that tells the
+/// client is not refused for asking for them.
+pub(crate) async fn rooms(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    who: &Identity,
+    taken: &[String],
+) -> Result<Vec<String>, HttpError> {
+    let mut rooms = list_items(&query_param(req, param::ROOMS).unwrap_or_default());
+    if rooms.iter().any(|r| taken.contains(r)) {
+        rooms.retain(|r| !taken.contains(r));
+        if rooms.is_empty() {
+            return Err(HttpError::new(
+                ErrorCode::BadRequest,
+                "every room asked was unsubscribed",
+            ));
+        }
+    }
     if rooms.is_empty() {
         return Err(HttpError::new(ErrorCode::BadRequest, "`rooms` is required"));
     }
@@ -176,6 +197,36 @@ pub(crate) async fn rooms(shared: &Shared, req: &Request<Incoming>, who: &Identi
         shared.may_subscribe(who, r, &tokens).await?;
     }
     Ok(rooms)
+}
+
+/// The client's cursor as the rooms' namespaces take it: a position in a namespace that
+/// replays nothing is dropped (the room starts at its live tail), and a room of a last-value
+/// namespace without one starts just before its newest event, which the client then gets.
+pub(crate) async fn namespace_cursor(
+    shared: &Shared,
+    rooms: &[String],
+    asked: Option<Cursor>,
+) -> Result<Option<Cursor>, HttpError> {
+    let mut cursor = asked.clone().unwrap_or_default();
+    for room in rooms {
+        if !shared.replays(room) {
+            cursor.remove(room);
+        }
+        if shared.last_value(room) && cursor.get(room).is_none() {
+            let last = shared
+                .hub
+                .last_seq(room)
+                .await
+                .map_err(|e| HttpError::new(ErrorCode::Unavailable, e.to_string()))?;
+            if last > 0 {
+                cursor.set(room, last - 1);
+            }
+        }
+    }
+    Ok(match asked {
+        None if cursor.is_empty() => None,
+        _ => Some(cursor),
+    })
 }
 
 /// The cursor from `Last-Event-ID` (SSE reconnects) or `?cursor=`.

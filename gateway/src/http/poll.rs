@@ -30,8 +30,8 @@ use crate::presence::{Pending, PollSessions, Presence, SessionLimits, SessionRef
 use crate::state::{membership_refused, Shared, Slot};
 
 use super::{
-    cursor, full, identify, json_holding, presence_rooms, query_param, request_allowed, rooms, session_id,
-    start_positions, watched, Body, HttpError, OpenGauge, Registration,
+    cursor, full, identify, json_holding, namespace_cursor, presence_rooms, query_param, request_allowed, rooms,
+    session_id, start_positions, watched, Body, HttpError, OpenGauge, Registration,
 };
 
 pub(crate) async fn poll(
@@ -41,11 +41,21 @@ pub(crate) async fn poll(
 ) -> Result<Response<Body>, HttpError> {
     let (conn_id, _) = shared.new_conn();
     let who = identify(shared, &req, remote).await?;
-    let rooms = rooms(shared, &req, &who).await?;
+    let sid = session_id(&req)?;
+    let taken = sid
+        .as_ref()
+        .map(|sid| {
+            shared
+                .presence
+                .polls
+                .taken_rooms(&herald_proto::text::poll_session(&who.user, sid))
+        })
+        .unwrap_or_default();
+    let rooms = rooms(shared, &req, &who, &taken).await?;
     let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
-    let sid = session_id(&req)?;
     let asked = cursor(&req)?;
+    let asked = namespace_cursor(shared, &rooms, asked).await?;
     let wait = wait(shared, &req)?;
     request_allowed(shared, &who)?;
     let slot = shared.reserve(conn_id, &who)?;

@@ -13,7 +13,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::addr::ClientAddr;
-use crate::auth::Access;
 use crate::state::{RateKind, Shared};
 
 use super::{bad_request, identify, json, session_id, Body, HttpError};
@@ -48,14 +47,14 @@ pub(crate) async fn publish(
         .to_bytes();
     let p: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
-    who.check_room(&p.room, Access::Publish)?;
+    shared.may_publish(&who, &p.room)?;
     if let Some(kind) = &p.kind {
         text::validate_type(kind).map_err(bad_request)?;
     }
     if let Some(key) = &p.key {
         text::validate_key(key).map_err(bad_request)?;
     }
-    if !shared.http_allowed(RateKind::Publish, &who) {
+    if !shared.http_allowed(RateKind::Publish, &who) || !shared.namespace_rate_allows(&who, &p.room) {
         return Err(HttpError::new(ErrorCode::RateLimited, "publish rate exceeded"));
     }
     let data = p
@@ -64,15 +63,26 @@ pub(crate) async fn publish(
     let unavailable =
         |e: &dyn std::fmt::Display| HttpError::new(ErrorCode::Unavailable, format!("publish failed: {e}"));
     let payload = Bytes::copy_from_slice(data.get().as_bytes());
+    let retention = shared.retention(&p.room);
     let ack = shared
         .hub
-        .publish(&p.room, payload, p.kind.as_deref(), p.key.as_deref(), &who.user)
+        .publish(
+            &p.room,
+            payload,
+            p.kind.as_deref(),
+            p.key.as_deref(),
+            &who.user,
+            retention.ttl,
+        )
         .await
         .map_err(|e| unavailable(&e))?;
     let ack = tokio::time::timeout(Duration::from_secs(10), ack)
         .await
         .map_err(|e| unavailable(&e))?
         .map_err(|e| unavailable(&e))?;
+    if let Some(keep) = retention.keep {
+        shared.hub.trim(&p.room, keep).await;
+    }
     crate::metrics::received();
     crate::metrics::published(ack.duplicate);
     let reply = PublishReply {

@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use super::{
-    cursor, identify, presence_rooms, request_allowed, rooms, session_id, start_positions, watched, Body, HttpError,
-    OpenGauge, Registration,
+    cursor, identify, namespace_cursor, presence_rooms, request_allowed, rooms, session_id, start_positions, watched,
+    Body, HttpError, OpenGauge, Registration,
 };
 use crate::addr::ClientAddr;
 use crate::metrics::{self, Transport};
@@ -59,10 +59,11 @@ pub(crate) async fn sse(
 ) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, remote).await?;
-    let rooms = rooms(shared, &req, &who).await?;
+    let rooms = rooms(shared, &req, &who, &[]).await?;
     let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
+    let asked = namespace_cursor(shared, &rooms, asked).await?;
     session_id(&req)?;
     request_allowed(shared, &who)?;
     let slot = shared.reserve(conn_id, &who)?;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::outbound::{event_frame, Format, Outbound};
 use crate::upstream::Upstream;
 
-pub(crate) use crate::upstream::{PageLimit, Resume, UpstreamError};
+pub(crate) use crate::upstream::{PageLimit, Resume, Retention, UpstreamError};
 pub use table::Table;
 use table::{Readiness, RoomState};
 
@@ -191,7 +191,13 @@ impl Hub {
         kind: Option<&str>,
         key: Option<&str>,
         from: &str,
+        ttl: Option<Duration>,
     ) -> Result<PublishAckFuture, UpstreamError> {
-        self.upstream.publish(room, payload, kind, key, from).await
+        self.upstream.publish(room, payload, kind, key, from, ttl).await
+    }
+
+    /// Keeps only the room's newest `keep` events (a namespace's `history_size`).
+    pub(crate) async fn trim(&self, room: &str, keep: u64) {
+        self.upstream.trim(room, keep).await
     }
 }

@@ -231,6 +231,21 @@ impl PollSessions {
         idle
     }
 
+    /// The rooms the server API took from session `conn` that its next answer tells.
+    pub(crate) fn taken_rooms(&self, conn: &str) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let Some(s) = inner.by_conn.get(conn) else {
+            return Vec::new();
+        };
+        s.pending
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Unsubscribed(room) => Some(room.clone()),
+                Pending::Subscribed(_) => None,
+            })
+            .collect()
+    }
+
     /// The server API's changes for session `conn`'s answer, taken.
     pub(crate) fn take_pending(&self, conn: &str) -> Vec<Pending> {
         lock(&self.inner)

@@ -447,6 +447,25 @@ impl Session {
             }
             Asker::Server => true,
         };
+        if presence {
+            if let Err(r) = self.shared.presence_allowed(&room) {
+                return self.error(id, r.code, r.message);
+            }
+        }
+        // The namespace's history rules: no replay, or the newest event first.
+        let mut since = since;
+        let mut unrecovered = false;
+        if since.is_some() && !self.shared.replays(&room) {
+            since = None;
+            unrecovered = true;
+        }
+        if since.is_none() && self.shared.last_value(&room) {
+            match self.shared.hub.last_seq(&room).await {
+                Ok(last) if last > 0 => since = Some(last - 1),
+                Ok(_) => {}
+                Err(e) => return self.error(id, ErrorCode::Unavailable, e.to_string()),
+            }
+        }
         let max = self.shared.config.max_presence_rooms;
         if presence && !self.presence_rooms.contains(&room) && self.presence_rooms.len() >= max {
             return self.error(
@@ -477,13 +496,13 @@ impl Session {
         let upstream = &self.shared.hub;
         // History first, in bursts the client reads one by one; then the hub splices the
         // rest of the replay with the live events.
-        let mut recovered = true;
+        let mut recovered = !unrecovered;
         let mut after = None;
         if let Some(since) = since {
             let limit = self.shared.page_limit();
             let history = async {
                 let resume = upstream.resume(&room, since).await?;
-                recovered = resume.recovered;
+                recovered = resume.recovered && !unrecovered;
                 upstream
                     .send_history(&room, resume.after, &self.out, format, limit)
                     .await
@@ -587,8 +606,12 @@ impl Session {
         kind: Option<String>,
         key: Option<String>,
     ) -> Result<(), CloseCode> {
-        if let Err(r) = self.identity.check_room(&room, Access::Publish) {
+        if let Err(r) = self.shared.may_publish(&self.identity, &room) {
             self.error(id, r.code, r.message);
+            return Ok(());
+        }
+        if !self.shared.namespace_rate_allows(&self.identity, &room) {
+            self.error(id, ErrorCode::RateLimited, "publish rate of this namespace exceeded");
             return Ok(());
         }
         if !(self.bucket.take() && self.anonymous_allowed(RateKind::Publish)) {
@@ -599,6 +622,7 @@ impl Session {
             return Ok(());
         }
         let upstream = &self.shared.hub;
+        let retention = self.shared.retention(&room);
         fail::fail_point!("ws.publish");
         let ack = match upstream
             .publish(
@@ -607,6 +631,7 @@ impl Session {
                 kind.as_deref(),
                 key.as_deref(),
                 &self.identity.user,
+                retention.ttl,
             )
             .await
         {
@@ -616,11 +641,14 @@ impl Session {
                 return Ok(());
             }
         };
-        let (out, codec) = (Arc::clone(&self.out), self.codec);
+        let (out, codec, hub) = (Arc::clone(&self.out), self.codec, Arc::clone(&self.shared.hub));
         tokio::spawn(async move {
             let frame = match ack.await {
                 Ok(ack) => {
                     metrics::published(ack.duplicate);
+                    if let Some(keep) = retention.keep {
+                        hub.trim(&room, keep).await;
+                    }
                     ServerFrame::Ack(Ack {
                         id,
                         room: Some(room),
@@ -644,7 +672,8 @@ impl Session {
     }
 
     async fn presence(&mut self, id: Option<Id>, room: String) {
-        if let Err(r) = self.identity.check_room(&room, Access::Subscribe) {
+        let allowed = self.identity.check_room(&room, Access::Subscribe);
+        if let Err(r) = allowed.and_then(|()| self.shared.presence_allowed(&room)) {
             return self.error(id, r.code, r.message);
         }
         fail::fail_point!("ws.presence");

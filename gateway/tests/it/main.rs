@@ -11,6 +11,7 @@ mod idempotent;
 mod jwks;
 mod limits;
 mod lost;
+mod namespaces;
 mod op_fuzz;
 mod partitions;
 mod push;

@@ -31,6 +31,7 @@ async fn recreate_stream(nats: &async_nats::Client) {
         dedup_window: Duration::from_secs(120),
         replicas: 1,
         storage: Default::default(),
+        allow_msg_ttl: false,
     };
     herald_service::stream::ensure(&js, &Partitions::new(subjects, 1), &settings)
         .await
