@@ -243,7 +243,27 @@ impl Api {
         let payload = Bytes::copy_from_slice(req.data.get().as_bytes());
         // Every room's publish is sent before any ack is awaited: one round trip in all.
         let mut acks = Vec::with_capacity(rooms.len());
+        let mut published = Vec::with_capacity(rooms.len());
         for room in &rooms {
+            if self.api.namespaces.of(room).ephemeral {
+                // Never stored: on the live subject, seq 0.
+                let mut headers = HeaderMap::new();
+                headers.insert(header::HERALD_EPHEMERAL, "1");
+                if let Some(kind) = &req.kind {
+                    headers.insert(header::HERALD_TYPE, kind.as_str());
+                }
+                self.api
+                    .client
+                    .publish_with_headers(self.api.subjects.live_room(room), headers, payload.clone())
+                    .await
+                    .map_err(|e| unavailable(&e.to_string()))?;
+                published.push(Published {
+                    room: room.clone(),
+                    seq: 0,
+                    repeat: false,
+                });
+                continue;
+            }
             let mut headers = HeaderMap::new();
             if let Some(kind) = &req.kind {
                 headers.insert(header::HERALD_TYPE, kind.as_str());
@@ -258,10 +278,9 @@ impl Api {
                 .publish_with_headers(self.api.subjects.room(room), headers, payload.clone())
                 .await
                 .map_err(|e| unavailable(&e.to_string()))?;
-            acks.push(sent);
+            acks.push((room.clone(), sent));
         }
-        let mut published = Vec::with_capacity(rooms.len());
-        for (room, ack) in rooms.into_iter().zip(acks) {
+        for (room, ack) in acks {
             let ack = tokio::time::timeout(STORE_WAIT, ack)
                 .await
                 .map_err(|_| unavailable("timed out"))?
@@ -276,6 +295,7 @@ impl Api {
                 repeat: ack.duplicate,
             });
         }
+        published.sort_by(|a, b| a.room.cmp(&b.room));
         Ok(match (req.room.is_some(), published.pop()) {
             (true, Some(one)) => PublishResult::One(one),
             (_, last) => {

@@ -118,6 +118,10 @@ impl Gateway {
             table.clone(),
             config.room_subscriptions,
             config.nats_subscription_capacity.map(|c| c as usize),
+            {
+                let namespaces = config.load_namespaces()?;
+                Arc::new(move |room: &str| namespaces.of(room).ephemeral)
+            },
         );
         upstream.watch_losses();
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);

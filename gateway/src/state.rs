@@ -390,7 +390,13 @@ impl Shared {
     /// before the newest event in a last-value namespace (which it then gets first). And
     /// whether a position it gave is honoured (`false`: the namespace replays nothing).
     pub(crate) fn replays(&self, room: &str) -> bool {
-        self.namespaces.of(room).history
+        let ns = self.namespaces.of(room);
+        ns.history && !ns.ephemeral
+    }
+
+    /// Whether `room`'s events are ephemeral (core NATS, never stored, seq 0).
+    pub(crate) fn ephemeral(&self, room: &str) -> bool {
+        self.namespaces.of(room).ephemeral
     }
 
     /// Whether a new subscriber of `room` gets its newest event first.

@@ -98,6 +98,9 @@ const BUSY_WINDOW: Duration = Duration::from_millis(10);
 /// mapping may be fixed by a configuration reload); a slow pace keeps the error log readable.
 const PARTITION_CHECK_RETRY: Duration = Duration::from_secs(5);
 
+/// Which rooms are ephemeral (their namespace's `ephemeral`).
+pub(crate) type Ephemeral = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What a namespace keeps of an event published through this gateway: its lifetime
 /// (`Nats-TTL`) and the room's newest `keep` events (the rest purged after each publish).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -251,6 +254,9 @@ pub(crate) struct Upstream {
     /// Bumped on every connect and on every slow consumer: rooms then read what they missed.
     signals: Signals,
     mode: RoomSubscriptions,
+    /// Whether a room's namespace is ephemeral: only then is a live message without a
+    /// stream seq (published on core NATS, never stored) delivered.
+    ephemeral: Ephemeral,
     dispatcher: std::sync::Mutex<Option<Dispatcher>>,
     router: OnceLock<Router>,
     rescan: AtomicU8,
@@ -418,6 +424,7 @@ impl Upstream {
         rooms: Arc<dyn Rooms>,
         mode: RoomSubscriptions,
         subscription_capacity: Option<usize>,
+        ephemeral: Ephemeral,
     ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
         Arc::new(Self {
@@ -428,6 +435,7 @@ impl Upstream {
             rooms,
             signals,
             mode,
+            ephemeral,
             dispatcher: std::sync::Mutex::new(None),
             router: OnceLock::new(),
             rescan: AtomicU8::new(RESCAN_IDLE),
@@ -1042,7 +1050,23 @@ impl Upstream {
     fn live_event(&self, room: &str, msg: &async_nats::Message) -> Option<StoredEvent> {
         let headers = msg.headers.as_ref()?;
         let num = |name: &str| headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
-        let seq = num(header::NATS_SEQUENCE)?;
+        let Some(seq) = num(header::NATS_SEQUENCE) else {
+            // Not from the stream: an ephemeral event (seq 0), in an ephemeral room only.
+            if headers.get(header::HERALD_EPHEMERAL).is_none() || !(self.ephemeral)(room) {
+                return None;
+            }
+            let now_ns = herald_service::now_ns();
+            return Some(StoredEvent {
+                room: Arc::from(room),
+                seq: 0,
+                prev: 0,
+                ts: now_ns / 1_000_000,
+                stored_us: now_ns / 1_000,
+                kind: text_header(headers, header::HERALD_TYPE),
+                from: text_header(headers, header::HERALD_FROM),
+                payload: msg.payload.clone(),
+            });
+        };
         let stamped = headers
             .get(header::NATS_TIME_STAMP)
             .and_then(|v| humantime::parse_rfc3339_weak(v.as_str()).ok())
@@ -1148,6 +1172,31 @@ impl Upstream {
         }
         self.js
             .publish_with_headers(self.subjects.room(room), headers, payload)
+            .await
+            .map_err(|e| UpstreamError(e.to_string()))
+    }
+
+    /// Sends an ephemeral event for a client: core NATS, on the room's live subject, never
+    /// stored (seq 0).
+    pub(crate) async fn publish_ephemeral(
+        &self,
+        room: &str,
+        payload: Bytes,
+        kind: Option<&str>,
+        from: &str,
+    ) -> Result<(), UpstreamError> {
+        let value = |v: &str| {
+            v.parse::<HeaderValue>()
+                .map_err(|e| UpstreamError(format!("bad header value: {e}")))
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HERALD_FROM, value(from)?);
+        headers.insert(header::HERALD_EPHEMERAL, value("1")?);
+        if let Some(kind) = kind {
+            headers.insert(header::HERALD_TYPE, value(kind)?);
+        }
+        self.client
+            .publish_with_headers(self.subjects.live_room(room), headers, payload)
             .await
             .map_err(|e| UpstreamError(e.to_string()))
     }

@@ -74,6 +74,8 @@ class Subscription extends Emitter {
   }
 
   _event(ev) {
+    // An ephemeral event (seq 0: never stored) has no place in the room's order.
+    if (ev.seq === 0) return this.emit("event", ev);
     if (this.seq !== null && ev.seq <= this.seq) return; // already seen (resume overlap)
     this.seq = ev.seq;
     this.emit("event", ev);

@@ -22,6 +22,10 @@ pub const NATS_EXPECTED_STREAM: &str = "Nats-Expected-Stream";
 /// guarantee that it is never stored).
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
+/// Marks an ephemeral event: published on core NATS to the room's live subject, never
+/// stored, delivered with seq 0 (rooms of an `ephemeral` namespace only).
+pub const HERALD_EPHEMERAL: &str = "Herald-Ephemeral";
+
 /// A message's own lifetime in the stream (NATS 2.11, streams with `allow_msg_ttl`).
 pub const NATS_TTL: &str = "Nats-TTL";
 

@@ -56,6 +56,10 @@ pub struct Namespace {
     /// A new subscriber (without `since`) gets the room's newest event before its ack.
     #[serde(default)]
     pub last_value: bool,
+    /// Events go over core NATS only and are never stored (typing indicators, cursors):
+    /// live subscribers get them with seq 0; nothing is replayed.
+    #[serde(default)]
+    pub ephemeral: bool,
     /// Presence (members, joins, leaves) is kept for the rooms; `false`: a `presence`
     /// subscription or request is refused (`forbidden`).
     #[serde(default = "yes")]
@@ -102,6 +106,7 @@ impl Default for Namespace {
             history_size: None,
             history_ttl: None,
             last_value: false,
+            ephemeral: false,
             presence: true,
             presence_counts_above: None,
             client_publish: true,
@@ -190,6 +195,11 @@ fn check(ns: &Namespace, limits: Limits) -> Result<(), String> {
             ));
         }
     }
+    if ns.ephemeral && (!ns.history || ns.history_size.is_some() || ns.history_ttl.is_some() || ns.last_value) {
+        return Err(
+            "`ephemeral` stores nothing: it takes no `history`, `history_size`, `history_ttl` or `last_value`".into(),
+        );
+    }
     if !ns.history && (ns.history_size.is_some() || ns.history_ttl.is_some()) {
         return Err("`history = false` takes no `history_size` or `history_ttl`".into());
     }
@@ -268,6 +278,10 @@ client_publish = false
             (
                 "[[namespace]]\nprefix = \"a:\"\nhistory = false\nhistory_size = 3\n",
                 "takes no",
+            ),
+            (
+                "[[namespace]]\nprefix = \"a:\"\nephemeral = true\nlast_value = true\n",
+                "`ephemeral` stores nothing",
             ),
             ("[[namespace]]\nprefix = \"a:\"\npublish_rate = -1\n", "`publish_rate`"),
             (

@@ -205,7 +205,8 @@ async fn answer(
     for item in batch {
         match item.content {
             Content::Event { room, seq, .. } => {
-                if let Some(room) = room {
+                // An ephemeral event (seq 0) leaves the cursor where it is.
+                if let Some(room) = room.filter(|_| seq > 0) {
                     positions.set(&room, seq);
                 }
                 events.push(item.bytes);

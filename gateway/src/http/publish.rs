@@ -63,6 +63,21 @@ pub(crate) async fn publish(
     let unavailable =
         |e: &dyn std::fmt::Display| HttpError::new(ErrorCode::Unavailable, format!("publish failed: {e}"));
     let payload = Bytes::copy_from_slice(data.get().as_bytes());
+    if shared.ephemeral(&p.room) {
+        shared
+            .hub
+            .publish_ephemeral(&p.room, payload, p.kind.as_deref(), &who.user)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        crate::metrics::received();
+        let reply = PublishReply {
+            room: p.room,
+            seq: 0,
+            repeat: None,
+        };
+        let body = serde_json::to_string(&reply).map_err(|e| unavailable(&e))?;
+        return Ok(json(StatusCode::OK, body));
+    }
     let retention = shared.retention(&p.room);
     let ack = shared
         .hub

@@ -344,7 +344,8 @@ impl Stream {
             for (i, item) in batch.drain(..).enumerate() {
                 match item.content {
                     Content::Event { room, seq, .. } => {
-                        if let Some(room) = room {
+                        // An ephemeral event (seq 0) leaves the cursor where it is.
+                        if let Some(room) = room.filter(|_| seq > 0) {
                             self.positions.set(&room, seq);
                         }
                         self.event(&mut chunk, &item.bytes, Some(i) == last_event);

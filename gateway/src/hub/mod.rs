@@ -196,6 +196,17 @@ impl Hub {
         self.upstream.publish(room, payload, kind, key, from, ttl).await
     }
 
+    /// Sends an ephemeral event for a client (see [`Upstream::publish_ephemeral`]).
+    pub(crate) async fn publish_ephemeral(
+        &self,
+        room: &str,
+        payload: Bytes,
+        kind: Option<&str>,
+        from: &str,
+    ) -> Result<(), UpstreamError> {
+        self.upstream.publish_ephemeral(room, payload, kind, from).await
+    }
+
     /// Keeps only the room's newest `keep` events (a namespace's `history_size`).
     pub(crate) async fn trim(&self, room: &str, keep: u64) {
         self.upstream.trim(room, keep).await

@@ -314,8 +314,9 @@ impl Room {
                     sub.out.close(Some(herald_proto::CloseCode::SLOW_CONSUMER));
                 }
                 Mode::Pending(buf) => buf.push(Arc::clone(ev)),
-                Mode::Live if ev.seq > sub.delivered => {
-                    sub.delivered = ev.seq;
+                // An ephemeral event (seq 0) goes to every live subscriber, out of the order.
+                Mode::Live if ev.seq > sub.delivered || ev.seq == 0 => {
+                    sub.delivered = sub.delivered.max(ev.seq);
                     let bytes = frames.get(sub.format);
                     if sub.out.push_as(item(bytes, ev, sub.format, ev.stored_us), direct) == Pushed::Queued {
                         n += 1;
@@ -449,6 +450,11 @@ impl Rooms for Table {
     fn offer(&self, ev: Arc<StoredEvent>) -> Option<Fetch> {
         let mut shard = self.shard(&ev.room);
         let r = shard.get_mut(&*ev.room)?;
+        if ev.seq == 0 {
+            // Ephemeral: no order to keep with the stored events, nothing to repair.
+            r.deliver(&ev, true);
+            return None;
+        }
         if let Some(held) = &mut r.held {
             if held.len() >= MAX_HELD_EVENTS {
                 held.clear();

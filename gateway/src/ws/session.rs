@@ -622,6 +622,22 @@ impl Session {
             return Ok(());
         }
         let upstream = &self.shared.hub;
+        if self.shared.ephemeral(&room) {
+            // Never stored: sent on, and acked with seq 0.
+            match upstream
+                .publish_ephemeral(&room, data.bytes().clone(), kind.as_deref(), &self.identity.user)
+                .await
+            {
+                Ok(()) => self.send(&ServerFrame::Ack(Ack {
+                    id,
+                    room: Some(room),
+                    seq: Some(0),
+                    ..Ack::default()
+                })),
+                Err(e) => self.error(id, ErrorCode::Unavailable, format!("publish failed: {e}")),
+            }
+            return Ok(());
+        }
         let retention = self.shared.retention(&room);
         fail::fail_point!("ws.publish");
         let ack = match upstream

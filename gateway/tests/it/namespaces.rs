@@ -34,6 +34,10 @@ history = false
 [[namespace]]
 prefix = "brief:"
 history_ttl = "1s"
+
+[[namespace]]
+prefix = "eph:"
+ephemeral = true
 "#;
 
 fn namespaces_file(text: &str) -> tempfile::NamedTempFile {
@@ -195,9 +199,52 @@ async fn namespaces_apply_their_rules_on_every_path() {
         Ok((vec![], Some(typed), Some(false)))
     );
 
+    // Ephemeral: live subscribers get it (seq 0), the stream never holds it, and nothing is
+    // replayed; a poll in flight gets it too, and its cursor stays.
+    assert_eq!(
+        answer(&mut ann, json!({"op": "subscribe", "id": 11, "room": "eph:1"})).await,
+        Ok((vec![], Some(0), Some(true)))
+    );
+    let long_poll = {
+        let (addr, path) = (gw.addr, format!("/poll?rooms=eph:1&wait=20&token={token}"));
+        tokio::spawn(async move { get(addr, &path).await })
+    };
+    wait_until(Duration::from_secs(5), "the long-poll is held", || async {
+        gw.metric("herald_gateway_connections{transport=\"long-poll\"}").await == 1.0
+    })
+    .await;
+    let ack = answer(
+        &mut bob,
+        json!({"op": "publish", "id": 12, "room": "eph:1", "data": "typing"}),
+    )
+    .await;
+    assert_eq!(ack, Ok((vec![], Some(0), None)));
+    let ev = ann.event().await;
+    assert_eq!(
+        (ev.room.as_str(), ev.seq, ev.prev, ev.data),
+        ("eph:1", 0, 0, Some(json!("typing")))
+    );
+    assert_eq!(ev.from.as_deref(), Some("bob"));
+    let polled: Value = serde_json::from_str(&long_poll.await.unwrap().unwrap().body).unwrap();
+    assert_eq!(polled["events"][0]["data"], "typing", "{polled}");
+    assert_eq!(polled["cursor"], "eph:1:0", "{polled}");
+    let stream = js.get_stream("HERALD_ROOMS").await.unwrap();
+    assert!(
+        stream.direct_get_last_for_subject("herald.room.eph:1").await.is_err(),
+        "never stored"
+    );
+    let mut late = WsClient::connect(&gw.ws_url(), &token).await;
+    assert_eq!(
+        answer(
+            &mut late,
+            json!({"op": "subscribe", "id": 13, "room": "eph:1", "since": 0})
+        )
+        .await,
+        Ok((vec![], Some(0), Some(false)))
+    );
+
     // history_ttl = 1s: the event goes from history by itself.
     let brief = bob.publish("brief:1", json!("soon gone")).await.seq.unwrap();
-    let stream = js.get_stream("HERALD_ROOMS").await.unwrap();
     assert_eq!(stream.get_raw_message(brief).await.unwrap().sequence, brief);
     wait_until(Duration::from_secs(10), "the brief event expires", || {
         let stream = stream.clone();
