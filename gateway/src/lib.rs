@@ -110,19 +110,14 @@ impl Gateway {
         .await?;
         let subjects = Subjects::new(config.subject_prefix.clone());
         let table = Arc::new(Table::default());
-        let upstream = Upstream::new(
-            client,
-            signals,
-            subjects.clone(),
-            config.stream_partitions,
-            table.clone(),
-            config.room_subscriptions,
-            config.nats_subscription_capacity.map(|c| c as usize),
-            {
-                let namespaces = config.load_namespaces()?;
-                Arc::new(move |room: &str| namespaces.of(room).ephemeral)
-            },
-        );
+        let namespaces = config.load_namespaces()?;
+        let options = upstream::Options {
+            stream_partitions: config.stream_partitions,
+            mode: config.room_subscriptions,
+            subscription_capacity: config.nats_subscription_capacity.map(|c| c as usize),
+            ephemeral: Arc::new(move |room: &str| namespaces.of(room).ephemeral),
+        };
+        let upstream = Upstream::new(client, signals, subjects.clone(), table.clone(), options);
         upstream.watch_losses();
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
         let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat, config.max_feeds);

@@ -98,6 +98,17 @@ const BUSY_WINDOW: Duration = Duration::from_millis(10);
 /// mapping may be fixed by a configuration reload); a slow pace keeps the error log readable.
 const PARTITION_CHECK_RETRY: Duration = Duration::from_secs(5);
 
+/// How the gateway reads rooms from NATS.
+pub(crate) struct Options {
+    /// `--stream-partitions`.
+    pub stream_partitions: u32,
+    /// `--room-subscriptions`.
+    pub mode: RoomSubscriptions,
+    /// Messages each subscription buffers, as given to [`Upstream::connect`].
+    pub subscription_capacity: Option<usize>,
+    pub ephemeral: Ephemeral,
+}
+
 /// Which rooms are ephemeral (their namespace's `ephemeral`).
 pub(crate) type Ephemeral = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -415,17 +426,19 @@ impl Upstream {
             .map_err(|e| UpstreamError(e.to_string()))
     }
 
-    /// `subscription_capacity`: as given to [`Upstream::connect`].
     pub(crate) fn new(
         client: Client,
         signals: Signals,
         subjects: Subjects,
-        stream_partitions: u32,
         rooms: Arc<dyn Rooms>,
-        mode: RoomSubscriptions,
-        subscription_capacity: Option<usize>,
-        ephemeral: Ephemeral,
+        options: Options,
     ) -> Arc<Self> {
+        let Options {
+            stream_partitions,
+            mode,
+            subscription_capacity,
+            ephemeral,
+        } = options;
         let js = jetstream::new(client.clone());
         Arc::new(Self {
             partitions: Partitions::new(subjects.clone(), stream_partitions),
