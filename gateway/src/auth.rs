@@ -33,6 +33,16 @@ pub(crate) struct Revocations {
     map: RwLock<HashMap<String, Revocation>>,
 }
 
+/// A connection token's claims, and the claim that makes a token a subscription token
+/// instead (see [`SubscriptionClaims`]): a token with it is refused as a connection token.
+#[derive(serde::Deserialize)]
+struct ConnectionClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    room: Option<serde::de::IgnoredAny>,
+}
+
 /// The rooms anonymous clients may use (`--anonymous-rooms`, `--anonymous-publish`).
 #[derive(Debug, Default)]
 pub(crate) struct AnonymousGrants {
@@ -85,9 +95,6 @@ pub(crate) enum AuthError {
     UnknownKey(String),
     #[error("the token has been revoked")]
     Revoked,
-    /// A subscription token for another room (not an error of the token itself).
-    #[error("the subscription token opens another room")]
-    OtherRoom,
 }
 
 // === impl Authenticator ===
@@ -189,7 +196,14 @@ impl Authenticator {
             }
             return Err(AuthError::Missing);
         };
-        let claims: Claims = self.decode(token)?;
+        let ConnectionClaims { claims, room } = self.decode(token)?;
+        if room.is_some() {
+            // Handed out to open one room (and sent along in URLs), a subscription token
+            // would otherwise open a connection as its user, with the user's personal room.
+            return Err(AuthError::Invalid(
+                "a subscription token (with a `room` claim) is not a connection token".into(),
+            ));
+        }
         if let Err(e) = text::validate_user(&claims.sub) {
             return Err(AuthError::Invalid(format!("`sub`: {e}")));
         }
@@ -207,10 +221,10 @@ impl Authenticator {
         })
     }
 
-    /// Checks a subscription token: signed by one of the keys, unexpired, for `user` and
-    /// `room`, not revoked. Fetches the JWKS again for an unknown `kid`, as
+    /// Checks a subscription token: signed by one of the keys, unexpired, for `user`, not
+    /// revoked; the room it opens. Fetches the JWKS again for an unknown `kid`, as
     /// [`Authenticator::verify`] does.
-    pub(crate) async fn verify_room(&self, token: &str, user: &str, room: &str) -> Result<(), AuthError> {
+    pub(crate) async fn verify_room(&self, token: &str, user: &str) -> Result<String, AuthError> {
         let claims = match self.decode::<SubscriptionClaims>(token) {
             Err(AuthError::UnknownKey(kid)) => {
                 if let Some(jwks) = &self.jwks {
@@ -226,13 +240,10 @@ impl Authenticator {
         if claims.sub != user {
             return Err(AuthError::Invalid("the subscription token is another user's".into()));
         }
-        if claims.room != room {
-            return Err(AuthError::OtherRoom);
-        }
         if self.revocations.refuses(user, claims.iat, herald_service::now_ms()) {
             return Err(AuthError::Revoked);
         }
-        Ok(())
+        Ok(claims.room)
     }
 
     /// Verifies `token`'s signature (a JWKS key chosen by `kid`, or a static key) and its
