@@ -30,8 +30,20 @@ pub(crate) struct Authenticator {
 /// `until` (the bucket's own expiry sends no word of it).
 #[derive(Debug, Default)]
 pub(crate) struct Revocations {
-    map: RwLock<HashMap<String, Revocation>>,
+    map: RwLock<Lapsing>,
 }
+
+/// The revocations, and the size at which lapsed ones are next dropped: a sweep on every
+/// `set` would make a gateway that starts with many entries in the bucket (each replayed
+/// through `set`) take quadratic time, all of it under the lock tokens are checked with.
+#[derive(Debug, Default)]
+struct Lapsing {
+    map: HashMap<String, Revocation>,
+    sweep_at: usize,
+}
+
+/// The fewest entries at which lapsed ones are swept.
+const SWEEP_MIN: usize = 1024;
 
 /// A connection token's claims, and the claim that makes a token a subscription token
 /// instead (see [`SubscriptionClaims`]): a token with it is refused as a connection token.
@@ -285,8 +297,12 @@ impl Authenticator {
 impl Revocations {
     /// Records `user`'s revocation: of two, the later `before` holds, until the later `until`.
     pub(crate) fn set(&self, user: &str, r: Revocation, now: u64) {
-        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|_, old| old.until > now);
+        let mut lapsing = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Lapsing { map, sweep_at } = &mut *lapsing;
+        if map.len() >= *sweep_at {
+            map.retain(|_, old| old.until > now);
+            *sweep_at = (2 * map.len()).max(SWEEP_MIN);
+        }
         let entry = map.entry(user.to_owned()).or_insert(r);
         entry.before = entry.before.max(r.before);
         entry.until = entry.until.max(r.until);
@@ -297,13 +313,14 @@ impl Revocations {
         self.map
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map
             .remove(user);
     }
 
     /// Whether `user`'s token issued at `iat` is refused at `now` (ms since the epoch).
     pub(crate) fn refuses(&self, user: &str, iat: Option<u64>, now: u64) -> bool {
-        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        !map.is_empty() && map.get(user).is_some_and(|r| r.refuses(iat, now))
+        let lapsing = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !lapsing.map.is_empty() && lapsing.map.get(user).is_some_and(|r| r.refuses(iat, now))
     }
 }
 
@@ -404,6 +421,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use clap::Parser;
     use herald_proto::claims::Grants;
     use jsonwebtoken::{EncodingKey, Header};
@@ -605,5 +623,25 @@ mod tests {
             let t = sign(Algorithm::HS256, &key, &claims(bad, 60));
             assert!(a.authenticate(Some(&t), "c", None, here()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn revocations_lapse_and_are_swept_as_they_grow() {
+        let r = Revocations::default();
+        let at = |until| Revocation { before: 1_000, until };
+        r.set("gone", at(2_000), 0);
+        r.set("kept", at(u64::MAX), 0);
+        assert!(r.refuses("gone", Some(1), 1_500) && !r.refuses("gone", Some(1), 2_000));
+        // Entries that lapse as fast as they come: the map stays within twice the sweep size.
+        for i in 0..10 * SWEEP_MIN as u64 {
+            r.set(&format!("u{i}"), at(3_000 + i), 3_000 + i);
+        }
+        r.set("late", at(u64::MAX), 5_000);
+        let lapsing = r.map.read().unwrap();
+        assert!(!lapsing.map.contains_key("gone") && !lapsing.map.contains_key("u0"));
+        assert!(lapsing.map.len() <= 2 * SWEEP_MIN, "{}", lapsing.map.len());
+        assert!(lapsing.map.contains_key("kept") && lapsing.map.contains_key("late"));
+        drop(lapsing);
+        assert!(r.refuses("kept", None, 5_000) && r.refuses("late", Some(1), 5_000));
     }
 }
