@@ -30,7 +30,29 @@ pub(crate) struct Authenticator {
 /// `until` (the bucket's own expiry sends no word of it).
 #[derive(Debug, Default)]
 pub(crate) struct Revocations {
-    map: RwLock<HashMap<String, Revocation>>,
+    map: RwLock<Lapsing>,
+}
+
+/// The revocations, and the size at which lapsed ones are next dropped: a sweep on every
+/// `set` would make a gateway that starts with many entries in the bucket (each replayed
+/// through `set`) take quadratic time, all of it under the lock tokens are checked with.
+#[derive(Debug, Default)]
+struct Lapsing {
+    map: HashMap<String, Revocation>,
+    sweep_at: usize,
+}
+
+/// The fewest entries at which lapsed ones are swept.
+const SWEEP_MIN: usize = 1024;
+
+/// A connection token's claims, and the claim that makes a token a subscription token
+/// instead (see [`SubscriptionClaims`]): a token with it is refused as a connection token.
+#[derive(serde::Deserialize)]
+struct ConnectionClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    room: Option<serde::de::IgnoredAny>,
 }
 
 /// The rooms anonymous clients may use (`--anonymous-rooms`, `--anonymous-publish`).
@@ -85,9 +107,6 @@ pub(crate) enum AuthError {
     UnknownKey(String),
     #[error("the token has been revoked")]
     Revoked,
-    /// A subscription token for another room (not an error of the token itself).
-    #[error("the subscription token opens another room")]
-    OtherRoom,
 }
 
 // === impl Authenticator ===
@@ -189,7 +208,14 @@ impl Authenticator {
             }
             return Err(AuthError::Missing);
         };
-        let claims: Claims = self.decode(token)?;
+        let ConnectionClaims { claims, room } = self.decode(token)?;
+        if room.is_some() {
+            // Handed out to open one room (and sent along in URLs), a subscription token
+            // would otherwise open a connection as its user, with the user's personal room.
+            return Err(AuthError::Invalid(
+                "a subscription token (with a `room` claim) is not a connection token".into(),
+            ));
+        }
         if let Err(e) = text::validate_user(&claims.sub) {
             return Err(AuthError::Invalid(format!("`sub`: {e}")));
         }
@@ -207,10 +233,10 @@ impl Authenticator {
         })
     }
 
-    /// Checks a subscription token: signed by one of the keys, unexpired, for `user` and
-    /// `room`, not revoked. Fetches the JWKS again for an unknown `kid`, as
+    /// Checks a subscription token: signed by one of the keys, unexpired, for `user`, not
+    /// revoked; the room it opens. Fetches the JWKS again for an unknown `kid`, as
     /// [`Authenticator::verify`] does.
-    pub(crate) async fn verify_room(&self, token: &str, user: &str, room: &str) -> Result<(), AuthError> {
+    pub(crate) async fn verify_room(&self, token: &str, user: &str) -> Result<String, AuthError> {
         let claims = match self.decode::<SubscriptionClaims>(token) {
             Err(AuthError::UnknownKey(kid)) => {
                 if let Some(jwks) = &self.jwks {
@@ -226,13 +252,10 @@ impl Authenticator {
         if claims.sub != user {
             return Err(AuthError::Invalid("the subscription token is another user's".into()));
         }
-        if claims.room != room {
-            return Err(AuthError::OtherRoom);
-        }
         if self.revocations.refuses(user, claims.iat, herald_service::now_ms()) {
             return Err(AuthError::Revoked);
         }
-        Ok(())
+        Ok(claims.room)
     }
 
     /// Verifies `token`'s signature (a JWKS key chosen by `kid`, or a static key) and its
@@ -274,8 +297,12 @@ impl Authenticator {
 impl Revocations {
     /// Records `user`'s revocation: of two, the later `before` holds, until the later `until`.
     pub(crate) fn set(&self, user: &str, r: Revocation, now: u64) {
-        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|_, old| old.until > now);
+        let mut lapsing = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Lapsing { map, sweep_at } = &mut *lapsing;
+        if map.len() >= *sweep_at {
+            map.retain(|_, old| old.until > now);
+            *sweep_at = (2 * map.len()).max(SWEEP_MIN);
+        }
         let entry = map.entry(user.to_owned()).or_insert(r);
         entry.before = entry.before.max(r.before);
         entry.until = entry.until.max(r.until);
@@ -286,13 +313,14 @@ impl Revocations {
         self.map
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map
             .remove(user);
     }
 
     /// Whether `user`'s token issued at `iat` is refused at `now` (ms since the epoch).
     pub(crate) fn refuses(&self, user: &str, iat: Option<u64>, now: u64) -> bool {
-        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        !map.is_empty() && map.get(user).is_some_and(|r| r.refuses(iat, now))
+        let lapsing = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !lapsing.map.is_empty() && lapsing.map.get(user).is_some_and(|r| r.refuses(iat, now))
     }
 }
 
@@ -393,6 +421,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use clap::Parser;
     use herald_proto::claims::Grants;
     use jsonwebtoken::{EncodingKey, Header};
@@ -594,5 +623,25 @@ mod tests {
             let t = sign(Algorithm::HS256, &key, &claims(bad, 60));
             assert!(a.authenticate(Some(&t), "c", None, here()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn revocations_lapse_and_are_swept_as_they_grow() {
+        let r = Revocations::default();
+        let at = |until| Revocation { before: 1_000, until };
+        r.set("gone", at(2_000), 0);
+        r.set("kept", at(u64::MAX), 0);
+        assert!(r.refuses("gone", Some(1), 1_500) && !r.refuses("gone", Some(1), 2_000));
+        // Entries that lapse as fast as they come: the map stays within twice the sweep size.
+        for i in 0..10 * SWEEP_MIN as u64 {
+            r.set(&format!("u{i}"), at(3_000 + i), 3_000 + i);
+        }
+        r.set("late", at(u64::MAX), 5_000);
+        let lapsing = r.map.read().unwrap();
+        assert!(!lapsing.map.contains_key("gone") && !lapsing.map.contains_key("u0"));
+        assert!(lapsing.map.len() <= 2 * SWEEP_MIN, "{}", lapsing.map.len());
+        assert!(lapsing.map.contains_key("kept") && lapsing.map.contains_key("late"));
+        drop(lapsing);
+        assert!(r.refuses("kept", None, 5_000) && r.refuses("late", Some(1), 5_000));
     }
 }

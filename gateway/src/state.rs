@@ -108,6 +108,20 @@ pub(crate) struct Mailbox {
 /// Commands a mailbox holds at most: past it (a task that takes none), more are dropped.
 const MAILBOX: usize = 256;
 
+/// The subscription tokens a client sent with a subscribe (or a request's `room_tokens=`),
+/// each verified at most once, and only once a room needs them: a request naming many rooms
+/// and many tokens costs one signature check per token, not one per room and token.
+pub(crate) struct RoomTokens<'a> {
+    raw: &'a [String],
+    checked: Option<CheckedTokens>,
+}
+
+/// What the tokens open: their rooms, and why the first bad one was refused.
+struct CheckedTokens {
+    rooms: Vec<String>,
+    failed: Option<AuthError>,
+}
+
 /// A presence membership refused (see [`Shared::join_quota`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MembershipRefused {
@@ -291,24 +305,25 @@ impl Shared {
     /// `tokens`: subscription tokens the client sent with the subscribe, tried when its
     /// connection token refuses the room: one for this user and this room, unexpired and not
     /// revoked, opens it (a bad one is `unauthorized`; none for the room, `forbidden`).
-    pub(crate) async fn may_subscribe(&self, who: &Identity, room: &str, tokens: &[String]) -> Result<(), RoomRefused> {
+    pub(crate) async fn may_subscribe(
+        &self,
+        who: &Identity,
+        room: &str,
+        tokens: &mut RoomTokens<'_>,
+    ) -> Result<(), RoomRefused> {
         self.namespace_allows(who, room)?;
         let refused = match who.check_room(room, Access::Subscribe) {
             Err(r) if r.code == herald_proto::ErrorCode::Forbidden => r,
             checked => return checked,
         };
-        let mut failed = None;
-        for token in tokens {
-            match self.auth.verify_room(token, &who.user, room).await {
-                Ok(()) => return Ok(()),
-                Err(AuthError::OtherRoom) => {}
-                Err(e) => failed = Some(e),
-            }
+        let checked = tokens.checked(&self.auth, &who.user).await;
+        if checked.rooms.iter().any(|r| r == room) {
+            return Ok(());
         }
         if self.hub.granted(&who.user, room).await {
             return Ok(());
         }
-        Err(match failed {
+        Err(match &checked.failed {
             Some(e) => RoomRefused {
                 code: herald_proto::ErrorCode::Unauthorized,
                 message: format!("subscription token: {e}"),
@@ -464,6 +479,33 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.conns.remove(self.conn_id);
+    }
+}
+
+// === impl RoomTokens ===
+
+impl<'a> RoomTokens<'a> {
+    pub(crate) fn new(raw: &'a [String]) -> Self {
+        Self { raw, checked: None }
+    }
+
+    async fn checked(&mut self, auth: &Authenticator, user: &str) -> &CheckedTokens {
+        if self.checked.is_none() {
+            let mut checked = CheckedTokens {
+                rooms: Vec::new(),
+                failed: None,
+            };
+            for token in self.raw {
+                match auth.verify_room(token, user).await {
+                    Ok(room) => checked.rooms.push(room),
+                    Err(e) => {
+                        checked.failed.get_or_insert(e);
+                    }
+                }
+            }
+            self.checked = Some(checked);
+        }
+        self.checked.as_ref().expect("checked above")
     }
 }
 

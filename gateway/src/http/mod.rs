@@ -26,7 +26,7 @@ use crate::addr::ClientAddr;
 use crate::auth::{AuthError, Identity, RoomRefused};
 use crate::metrics::{self, Transport};
 use crate::outbound::{Format, Outbound};
-use crate::state::{RateKind, Shared, Slot, Unavailable};
+use crate::state::{RateKind, RoomTokens, Shared, Slot, Unavailable};
 
 /// The caller: token from `Authorization: Bearer` or `?token=`, anonymous name from `?name=`;
 /// an anonymous caller is counted by `addr`.
@@ -193,8 +193,9 @@ pub(crate) async fn rooms(
             format!("invalid subscription token \"{}\"", text::printable(bad)),
         ));
     }
+    let mut tokens = RoomTokens::new(&tokens);
     for r in &rooms {
-        shared.may_subscribe(who, r, &tokens).await?;
+        shared.may_subscribe(who, r, &mut tokens).await?;
     }
     Ok(rooms)
 }

@@ -51,13 +51,15 @@ pub(crate) async fn poll(
                 .taken_rooms(&herald_proto::text::poll_session(&who.user, sid))
         })
         .unwrap_or_default();
+    // Counted before its rooms are checked: a refused room may cost a grant lookup, and
+    // each subscription token a signature check.
+    request_allowed(shared, &who)?;
     let rooms = rooms(shared, &req, &who, &taken).await?;
     let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
     let asked = namespace_cursor(shared, &rooms, asked).await?;
     let wait = wait(shared, &req)?;
-    request_allowed(shared, &who)?;
     let slot = shared.reserve(conn_id, &who)?;
     // Its watched users are followed while it waits: counted against the address meanwhile.
     let _watches = shared.watches_for(&who, watch.len())?;
@@ -230,7 +232,11 @@ async fn answer(
         }
     }
     if let Some(d) = disconnect {
-        // The session ends here: no presence or status to fetch for it.
+        // The session ends here: no presence or status to fetch for it, and its next poll
+        // is not told again.
+        if let Some(s) = session {
+            shared.presence.polls.take_disconnect(s);
+        }
         let tail = PollTail {
             disconnect: Some((*d).clone()),
             ..PollTail::default()

@@ -59,13 +59,15 @@ pub(crate) async fn sse(
 ) -> Result<Response<Body>, HttpError> {
     let (conn_id, conn) = shared.new_conn();
     let who = identify(shared, &req, remote).await?;
+    // Counted before its rooms are checked: a refused room may cost a grant lookup, and
+    // each subscription token a signature check.
+    request_allowed(shared, &who)?;
     let rooms = rooms(shared, &req, &who, &[]).await?;
     let members_of = presence_rooms(shared, &req, &rooms)?;
     let watch = watched(shared, &req)?;
     let asked = cursor(&req)?;
     let asked = namespace_cursor(shared, &rooms, asked).await?;
     session_id(&req)?;
-    request_allowed(shared, &who)?;
     let slot = shared.reserve(conn_id, &who)?;
     let memberships = shared.memberships_for(&who, members_of.len())?;
     let watches = shared.watches_for(&who, watch.len())?;

@@ -32,6 +32,8 @@ struct Sessions {
 }
 
 struct PollSession {
+    /// Whose it is: what the server API's commands name.
+    user: String,
     /// Who the session counts against: a user id, or `ip:<address>` for anonymous clients.
     owner: String,
     rooms: HashSet<String>,
@@ -132,6 +134,7 @@ impl PollSessions {
         by_conn.insert(
             conn.to_owned(),
             PollSession {
+                user: who.user.clone(),
                 owner,
                 rooms: wanted,
                 memberships,
@@ -200,7 +203,7 @@ impl PollSessions {
         disconnected.retain(|_, (_, until)| *until > now);
         let mut idle = 0;
         by_conn.retain(|conn, s| {
-            if s.owner != user {
+            if s.user != user {
                 return true;
             }
             idle += u64::from(s.held == 0);
@@ -211,9 +214,10 @@ impl PollSessions {
         idle
     }
 
-    /// Whether `user` has polling sessions here.
+    /// Whether `user` has polling sessions here (an anonymous user's count against its
+    /// address, not its id: every session is looked at).
     pub(crate) fn has_sessions(&self, user: &str) -> bool {
-        lock(&self.inner).per_owner.contains_key(user)
+        lock(&self.inner).by_conn.values().any(|s| s.user == user)
     }
 
     /// Keeps `change` for the next answer of every session of `user`; returns the sessions
@@ -221,7 +225,7 @@ impl PollSessions {
     pub(crate) fn post(&self, user: &str, change: Pending) -> u64 {
         let mut inner = lock(&self.inner);
         let mut idle = 0;
-        for s in inner.by_conn.values_mut().filter(|s| s.owner == user) {
+        for s in inner.by_conn.values_mut().filter(|s| s.user == user) {
             if s.pending.len() >= MAX_PENDING {
                 s.pending.remove(0);
             }

@@ -26,7 +26,7 @@ use crate::feeds::Kind;
 use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
 use crate::outbound::{encode_for, opcode, ws_frame, Format, Item, Outbound, SharedWrite};
-use crate::state::{Command, Mailbox, RateKind, Shared, Slot};
+use crate::state::{Command, Mailbox, RateKind, RoomTokens, Shared, Slot};
 use crate::sync::panic_message;
 
 use super::input::Input;
@@ -440,7 +440,8 @@ impl Session {
     async fn subscribe(&mut self, id: Option<Id>, room: String, since: Option<u64>, presence: bool, by: Asker) {
         let by_server = match &by {
             Asker::Client(tokens) => {
-                if let Err(r) = self.shared.may_subscribe(&self.identity, &room, tokens).await {
+                let mut tokens = RoomTokens::new(tokens);
+                if let Err(r) = self.shared.may_subscribe(&self.identity, &room, &mut tokens).await {
                     return self.error(id, r.code, r.message);
                 }
                 false

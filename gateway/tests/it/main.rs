@@ -18,6 +18,7 @@ mod push;
 mod resume;
 mod room_tokens;
 mod rooms;
+mod server_api;
 mod slow_consumer;
 mod stalled;
 mod stream_reset;
