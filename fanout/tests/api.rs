@@ -107,8 +107,11 @@ async fn disconnect_reaches_every_transport_on_every_gateway_and_revoke_keeps_th
     let dan = jwt::any_room("dan");
     let dan_poll = format!("/poll?rooms=lobby&sid=dan-tab-0123456789abcdef&presence=lobby&wait=0&token={dan}");
     assert_eq!(get(b.addr, &dan_poll).await.unwrap().status, 200);
+    // Held means attached to its room: bob's WebSocket, his SSE stream, his long-poll and
+    // alice make four subscriptions (both gateways count in this process's metrics).
     wait_until(Duration::from_secs(5), "the long-poll is held", || async {
         a.metric("herald_gateway_connections{transport=\"long-poll\"}").await == 1.0
+            && a.metric("herald_gateway_room_subscriptions").await == 4.0
     })
     .await;
     wait_until(Duration::from_secs(5), "the SSE stream is open", || async {

@@ -96,6 +96,8 @@ async fn subscribe_reaches_every_transport_and_grants_the_room_until_unsubscribe
         || async {
             a.metric("herald_gateway_connections{transport=\"long-poll\"}").await == 1.0
                 && b.metric("herald_gateway_connections{transport=\"sse\"}").await == 1.0
+                // Attached to the lobby, both (this process's metrics count both gateways).
+                && a.metric("herald_gateway_room_subscriptions").await == 2.0
         },
     )
     .await;

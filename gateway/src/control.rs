@@ -102,6 +102,7 @@ pub(crate) async fn apply(shared: &Shared, command: Control) -> u64 {
             reached
         }
         Control::Subscribe { user, room, presence } => {
+            shared.hub.grant_made();
             let change = Change::Subscribe { presence };
             let reached = change_rooms(shared, &user, &room, change).await;
             debug!(%user, %room, connections = reached, "Subscribed by the server API");

@@ -320,8 +320,16 @@ impl Shared {
         if checked.rooms.iter().any(|r| r == room) {
             return Ok(());
         }
-        if self.hub.granted(&who.user, room).await {
-            return Ok(());
+        match self.hub.granted(&who.user, room).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            // Not known either way: the client may retry, and is not told it is refused.
+            Err(e) => {
+                return Err(RoomRefused {
+                    code: herald_proto::ErrorCode::Unavailable,
+                    message: format!("server-side grants not readable: {e}; retry"),
+                })
+            }
         }
         Err(match &checked.failed {
             Some(e) => RoomRefused {

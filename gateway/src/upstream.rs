@@ -79,6 +79,8 @@ const LAST_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 const GRANT_LOOKUPS: usize = 64;
 /// The longest wait for a grant lookup.
 const GRANT_WAIT: Duration = Duration::from_secs(2);
+/// How long a missing grant bucket is taken as missing before it is looked for again.
+const GRANT_ABSENT_RECHECK: Duration = Duration::from_secs(2);
 
 /// Messages an async-nats subscription buffers unless told otherwise.
 const ASYNC_NATS_CAPACITY: usize = 65_536;
@@ -286,6 +288,8 @@ pub(crate) struct Upstream {
     grants: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// Grant lookups in flight at once.
     grant_lookups: tokio::sync::Semaphore,
+    /// Until when the grant bucket is taken as missing.
+    grants_absent: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Where a reading task hands its live events, room by room, in order: a room with more
@@ -459,6 +463,7 @@ impl Upstream {
             lasts_failed: AtomicBool::new(false),
             grants: tokio::sync::OnceCell::new(),
             grant_lookups: tokio::sync::Semaphore::new(GRANT_LOOKUPS),
+            grants_absent: std::sync::Mutex::new(None),
         })
     }
 
@@ -568,21 +573,45 @@ impl Upstream {
     }
 
     /// Whether the server API granted `user` the room (`herald.api.subscribe`; the grant
-    /// bucket holds it). False when the bucket does not exist, does not answer within
-    /// [`GRANT_WAIT`], or [`GRANT_LOOKUPS`] lookups are in flight.
-    pub(crate) async fn granted(&self, user: &str, room: &str) -> bool {
+    /// bucket holds it). No bucket means no grant (it is looked for again after
+    /// [`GRANT_ABSENT_RECHECK`], or at the first grant's command, not at every refused
+    /// subscribe). An error when the bucket
+    /// does not answer within [`GRANT_WAIT`] or [`GRANT_LOOKUPS`] lookups are in flight:
+    /// the caller says `unavailable`, not `forbidden`.
+    pub(crate) async fn granted(&self, user: &str, room: &str) -> Result<bool, UpstreamError> {
         let Ok(_permit) = self.grant_lookups.try_acquire() else {
-            return false;
+            return Err(UpstreamError("too many grant lookups at once".into()));
         };
+        if lock(&self.grants_absent).is_some_and(|until| Instant::now() < until) {
+            return Ok(false);
+        }
         let lookup = async {
-            let store = self
+            let store = match self
                 .grants
                 .get_or_try_init(|| self.js.get_key_value(self.subjects.grant_bucket()))
                 .await
-                .ok()?;
-            store.get(herald_proto::api::grant_key(user, room)).await.ok()?
+            {
+                Ok(store) => store,
+                Err(e) if bucket_missing(&e) => {
+                    *lock(&self.grants_absent) = Some(Instant::now() + GRANT_ABSENT_RECHECK);
+                    return Ok(false);
+                }
+                Err(e) => return Err(UpstreamError(e.to_string())),
+            };
+            store
+                .get(herald_proto::api::grant_key(user, room))
+                .await
+                .map(|entry| entry.is_some())
+                .map_err(|e| UpstreamError(e.to_string()))
         };
-        matches!(tokio::time::timeout(GRANT_WAIT, lookup).await, Ok(Some(_)))
+        tokio::time::timeout(GRANT_WAIT, lookup)
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError("grant lookup timed out".into())))
+    }
+
+    /// A grant was just made (the server API's command says so): the bucket exists now.
+    pub(crate) fn grant_made(&self) {
+        *lock(&self.grants_absent) = None;
     }
 
     /// Publishes a core message (not stored).
@@ -1238,6 +1267,18 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError(e.to_string()))
     }
+}
+
+/// Whether opening a bucket failed because its stream does not exist (not for a timeout
+/// or any other failure, which say nothing of the bucket).
+fn bucket_missing(e: &async_nats::jetstream::context::KeyValueError) -> bool {
+    use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+    use async_nats::jetstream::ErrorCode;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<GetStreamError>())
+        .is_some_and(
+            |s| matches!(s.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND),
+        )
 }
 
 /// The delivery worker of a room's events: always the same one, so they stay in order.

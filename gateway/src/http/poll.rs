@@ -231,6 +231,19 @@ async fn answer(
             Content::Presence | Content::Status | Content::Other => {}
         }
     }
+    // What the server API changed meanwhile reached this poll through its queue; the
+    // session keeps the same changes for its next poll: taken here, told once.
+    if let Some(session) = session {
+        for change in shared.presence.polls.take_pending(session) {
+            let told_already = match &change {
+                Pending::Subscribed(s) => backlog.subscribed.iter().any(|t| t.room == s.room),
+                Pending::Unsubscribed(room) => backlog.unsubscribed.contains(room),
+            };
+            if !told_already {
+                told(&mut backlog, &mut positions, change);
+            }
+        }
+    }
     if let Some(d) = disconnect {
         // The session ends here: no presence or status to fetch for it, and its next poll
         // is not told again.

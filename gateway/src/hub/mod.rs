@@ -178,8 +178,13 @@ impl Hub {
         self.upstream.last_seq(room).await
     }
 
+    /// A grant was just made (see [`Upstream::grant_made`]).
+    pub(crate) fn grant_made(&self) {
+        self.upstream.grant_made()
+    }
+
     /// Whether the server API granted `user` the room (see [`Upstream::granted`]).
-    pub(crate) async fn granted(&self, user: &str, room: &str) -> bool {
+    pub(crate) async fn granted(&self, user: &str, room: &str) -> Result<bool, UpstreamError> {
         self.upstream.granted(user, room).await
     }
 
