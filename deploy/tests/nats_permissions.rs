@@ -155,12 +155,7 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
     assert!(matches!(&ack, ServerFrame::Ack(a) if a.seq == Some(2)), "{ack:?}");
 
     // The backend's server API: a publish (fanout stores it),
-    let ask = backend.request("herald.api.publish", r#"{"room":"lobby","data":{"from":"api"}}"#.into());
-    let reply = tokio::time::timeout(WAIT, ask)
-        .await
-        .expect("answered")
-        .expect("a reply");
-    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    let answer = ask(&backend, "publish", r#"{"room":"lobby","data":{"from":"api"}}"#).await;
     assert_eq!(
         answer["result"],
         serde_json::json!({"room": "lobby", "seq": 3}),
@@ -168,12 +163,7 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
     );
     next_frame(&mut c, |f| matches!(f, ServerFrame::Event(e) if e.seq == 3)).await;
     // a server-side subscription (the grant bucket, the command),
-    let ask = backend.request("herald.api.subscribe", r#"{"user":"alice","room":"team:1"}"#.into());
-    let reply = tokio::time::timeout(WAIT, ask)
-        .await
-        .expect("answered")
-        .expect("a reply");
-    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    let answer = ask(&backend, "subscribe", r#"{"user":"alice","room":"team:1"}"#).await;
     assert_eq!(answer["result"]["connections"], 1, "{answer}");
     next_frame(
         &mut c,
@@ -182,12 +172,7 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
     .await;
     // then a disconnect: fanout stores the revocation and commands the gateway, which
     // answers and closes alice's connection; alice's token is refused from then on.
-    let ask = backend.request("herald.api.disconnect", r#"{"user":"alice","revoke":true}"#.into());
-    let reply = tokio::time::timeout(WAIT, ask)
-        .await
-        .expect("answered")
-        .expect("a reply");
-    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    let answer = ask(&backend, "disconnect", r#"{"user":"alice","revoke":true}"#).await;
     assert_eq!(answer["result"]["connections"], 1, "{answer}");
     assert_eq!(answer["result"]["gateways"], 1, "{answer}");
     next_frame(&mut c, |f| matches!(f, ServerFrame::Disconnect(_))).await;
@@ -197,6 +182,18 @@ async fn a_backend_cannot_publish_internal_subjects_and_the_services_run_with_th
         ..Default::default()
     };
     assert_eq!(WsClient::open(opts).await.err(), Some(401));
+}
+
+/// Asks the server API's `method` as `client` (a backend); the decoded answer.
+async fn ask(client: &async_nats::Client, method: &str, body: &str) -> serde_json::Value {
+    let reply = tokio::time::timeout(
+        WAIT,
+        client.request(format!("herald.api.{method}"), body.to_owned().into()),
+    )
+    .await
+    .expect("answered")
+    .expect("a reply");
+    serde_json::from_slice(&reply.payload).expect("JSON")
 }
 
 /// The next frame `want` accepts (presence diffs and other frames in between are skipped).

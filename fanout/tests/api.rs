@@ -10,17 +10,12 @@ use herald_proto::claims::{Claims, Grants};
 use herald_proto::frame::{Disconnect, ServerFrame};
 use herald_testkit::client::{Connect, Incoming};
 use herald_testkit::http::{get, Sse};
-use herald_testkit::{jwt, wait_until, NatsServer, Process, TestGateway, WsClient};
+use herald_testkit::{jwt, wait_until, NatsServer, WsClient};
 use serde_json::{json, Value};
 
-const WITHIN: Duration = Duration::from_secs(1);
+mod api_common;
 
-async fn gateway(nats: &NatsServer) -> TestGateway {
-    TestGateway::start_with(&nats.url(), |c| {
-        c.presence_heartbeat = Duration::from_millis(200);
-    })
-    .await
-}
+const WITHIN: Duration = Duration::from_secs(1);
 
 /// Asks `herald.api.disconnect`; the decoded answer.
 async fn disconnect(client: &async_nats::Client, body: &str) -> Value {
@@ -74,19 +69,7 @@ async fn closed_by_api(c: &mut WsClient, what: &str) -> (Disconnect, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_reaches_every_transport_on_every_gateway_and_revoke_keeps_the_user_out() {
     let nats = NatsServer::start();
-    let fanouts = [
-        Process::fanout(&nats.url(), "api-f1", &[]),
-        Process::fanout(&nats.url(), "api-f2", &[]),
-    ];
-    let (a, b) = (gateway(&nats).await, gateway(&nats).await);
-    for f in &fanouts {
-        f.wait_ready().await;
-    }
-    wait_until(Duration::from_secs(10), "both fanouts hear both gateways", || async {
-        fanouts[0].metric("herald_fanout_gateways").await == 2.0
-            && fanouts[1].metric("herald_fanout_gateways").await == 2.0
-    })
-    .await;
+    let (fanouts, a, b) = api_common::two_by_two(&nats, "api").await;
     let client = async_nats::connect(nats.url()).await.expect("NATS connects");
 
     let bob = jwt::any_room("bob");
@@ -205,7 +188,7 @@ async fn disconnect_reaches_every_transport_on_every_gateway_and_revoke_keeps_th
         assert_eq!(ws_status(&gw.ws_url(), &token_issued("bob", 2)).await, Ok(()));
     }
     // A gateway started after the revocation learns it from the bucket.
-    let c = gateway(&nats).await;
+    let c = api_common::gateway(&nats).await;
     wait_until(
         Duration::from_secs(5),
         "the new gateway refuses the old token",

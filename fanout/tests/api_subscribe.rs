@@ -10,17 +10,12 @@ use std::time::Duration;
 use herald_proto::frame::ServerFrame;
 use herald_testkit::client::Incoming;
 use herald_testkit::http::{get, Sse};
-use herald_testkit::{jwt, wait_until, NatsServer, Process, TestGateway, WsClient};
+use herald_testkit::{jwt, wait_until, NatsServer, WsClient};
 use serde_json::{json, Value};
 
-const WITHIN: Duration = Duration::from_secs(1);
+mod api_common;
 
-async fn gateway(nats: &NatsServer) -> TestGateway {
-    TestGateway::start_with(&nats.url(), |c| {
-        c.presence_heartbeat = Duration::from_millis(200);
-    })
-    .await
-}
+const WITHIN: Duration = Duration::from_secs(1);
 
 /// The next frame that is not a presence frame.
 async fn next_non_presence(c: &mut WsClient, what: &str) -> Incoming {
@@ -46,19 +41,7 @@ async fn store(js: &async_nats::jetstream::Context, room: &str, data: &str) -> u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_reaches_every_transport_and_grants_the_room_until_unsubscribe() {
     let nats = NatsServer::start();
-    let fanouts = [
-        Process::fanout(&nats.url(), "sub-f1", &[]),
-        Process::fanout(&nats.url(), "sub-f2", &[]),
-    ];
-    let (a, b) = (gateway(&nats).await, gateway(&nats).await);
-    for f in &fanouts {
-        f.wait_ready().await;
-    }
-    wait_until(Duration::from_secs(10), "both fanouts hear both gateways", || async {
-        fanouts[0].metric("herald_fanout_gateways").await == 2.0
-            && fanouts[1].metric("herald_fanout_gateways").await == 2.0
-    })
-    .await;
+    let (_fanouts, a, b) = api_common::two_by_two(&nats, "sub").await;
     let client = async_nats::connect(nats.url()).await.expect("NATS connects");
     let js = async_nats::jetstream::new(client.clone());
     let ask = |method: &'static str, body: Value| {
