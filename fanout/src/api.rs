@@ -10,7 +10,7 @@
 //!   stored (or deleted) in the grant bucket first, so that a client the command reaches may
 //!   subscribe to the room again after a reconnect, on any gateway.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::api::{
-    self, grant_key, method, revocation_key, ApiError, DisconnectRequest, Grant, HistoryRequest, HistoryResult,
-    PresenceRequest, PublishRequest, PublishResult, Published, Reached, Revocation, SubscribeRequest,
-    UnsubscribeRequest,
+    self, grant_key, method, revocation_key, ApiError, Connection, ConnectionsRequest, ConnectionsResult,
+    DisconnectRequest, Grant, HistoryRequest, HistoryResult, PresenceRequest, PublishRequest, PublishResult, Published,
+    Reached, Revocation, RoomCount, RoomsRequest, RoomsResult, SubscribeRequest, UnsubscribeRequest,
 };
 use herald_proto::frame::EventRef;
 use herald_proto::http::ErrorBody;
@@ -73,6 +73,13 @@ pub(crate) struct Settings {
 /// Most bytes of event data one `history` answer holds (NATS's default payload limit is
 /// 1 MiB; the frames add their fields).
 const HISTORY_BYTES: usize = 512 * 1024;
+
+/// The gateways' answers to one command.
+struct Gathered {
+    replies: Vec<ControlReply>,
+    /// Gateways heard from lately that did not answer.
+    missing: Vec<String>,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Bucket {
@@ -229,6 +236,8 @@ impl Api {
             method::PUBLISH => self.publish(body).await.map(|r| ok(&r)),
             method::HISTORY => self.history(body).await.map(|r| ok(&r)),
             method::PRESENCE => self.presence(body).await.map(|r| ok(&r)),
+            method::ROOMS => self.rooms(body).await.map(|r| ok(&r)),
+            method::CONNECTIONS => self.connections(body).await.map(|r| ok(&r)),
             _ => result(Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no method `{}`", herald_proto::text::printable(m)),
@@ -510,8 +519,20 @@ impl Api {
             .unwrap_or_else(|_| Err("timed out".into()))
     }
 
-    /// Sends `command` to every gateway and adds up their answers.
+    /// Sends `command` to every gateway and adds up how many connections it reached.
     async fn command(&self, command: &Control) -> Result<Reached, ApiError> {
+        let gathered = self.gather(command).await?;
+        Ok(Reached {
+            connections: gathered.replies.iter().map(|r| r.connections).sum(),
+            gateways: gathered.replies.len() as u64,
+            missing: gathered.missing,
+            revoked_before: None,
+        })
+    }
+
+    /// Sends `command` to every gateway and collects their answers, one per gateway, until
+    /// every gateway heard from lately has answered or [`GATEWAY_WAIT`] has passed.
+    async fn gather(&self, command: &Control) -> Result<Gathered, ApiError> {
         let client = &self.api.client;
         let unavailable = |e: String| {
             warn!(error = %e, "Command not sent");
@@ -541,7 +562,7 @@ impl Api {
         };
         let deadline = tokio::time::Instant::now() + wait;
         let mut answered = BTreeSet::new();
-        let mut result = Reached::default();
+        let mut replies = Vec::new();
         while !expected.is_subset(&answered) || expected.is_empty() {
             let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await else {
                 break;
@@ -549,13 +570,54 @@ impl Api {
             let Ok(a) = serde_json::from_slice::<ControlReply>(&msg.payload) else {
                 continue;
             };
-            if answered.insert(a.gw) {
-                result.connections += a.connections;
+            if answered.insert(a.gw.clone()) {
+                replies.push(a);
             }
         }
         let _ = answers.unsubscribe().await;
-        result.gateways = answered.len() as u64;
-        result.missing = expected.difference(&answered).cloned().collect();
-        Ok(result)
+        Ok(Gathered {
+            replies,
+            missing: expected.difference(&answered).cloned().collect(),
+        })
+    }
+
+    async fn rooms(&self, body: &[u8]) -> Result<RoomsResult, ApiError> {
+        let req = api::decode::<RoomsRequest>(body)?;
+        let limit = req.checked_limit()?;
+        let gathered = self.gather(&Control::Rooms { prefix: req.prefix }).await?;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut truncated = false;
+        for reply in &gathered.replies {
+            truncated |= reply.truncated;
+            for r in &reply.rooms {
+                *counts.entry(r.room.clone()).or_default() += r.subscribers;
+            }
+        }
+        let mut rooms: Vec<RoomCount> = counts
+            .into_iter()
+            .map(|(room, subscribers)| RoomCount { room, subscribers })
+            .collect();
+        rooms.sort_unstable_by(|a, b| b.subscribers.cmp(&a.subscribers).then_with(|| a.room.cmp(&b.room)));
+        truncated |= rooms.len() > limit;
+        rooms.truncate(limit);
+        Ok(RoomsResult {
+            rooms,
+            truncated,
+            gateways: gathered.replies.len() as u64,
+            missing: gathered.missing,
+        })
+    }
+
+    async fn connections(&self, body: &[u8]) -> Result<ConnectionsResult, ApiError> {
+        let req = api::decode::<ConnectionsRequest>(body)?;
+        herald_proto::text::validate_user(&req.user).map_err(|e| ApiError::bad_request(format!("`user`: {e}")))?;
+        let gathered = self.gather(&Control::Connections { user: req.user }).await?;
+        let mut connections: Vec<Connection> = gathered.replies.iter().flat_map(|r| r.conns.iter().cloned()).collect();
+        connections.sort_unstable_by(|a, b| a.since.cmp(&b.since).then_with(|| a.conn.cmp(&b.conn)));
+        Ok(ConnectionsResult {
+            connections,
+            gateways: gathered.replies.len() as u64,
+            missing: gathered.missing,
+        })
     }
 }

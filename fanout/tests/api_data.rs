@@ -117,6 +117,22 @@ async fn publish_history_and_presence_answer_as_documented() {
     assert_eq!(snapshot["result"]["room"], "news", "{snapshot}");
     assert_eq!(snapshot["result"]["members"][0]["user"], "ann", "{snapshot}");
 
+    // Connections and rooms: what every gateway holds, asked of each.
+    let conns = ask(&client, "connections", json!({"user": "ann"})).await;
+    let list = conns["result"]["connections"].as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{conns}");
+    assert_eq!(list[0]["gateway"], json!(gw.id), "{conns}");
+    assert_eq!(list[0]["transport"], "websocket", "{conns}");
+    assert_eq!(list[0]["rooms"], json!(["news"]), "{conns}");
+    assert_eq!(conns["result"]["gateways"], 1, "{conns}");
+    let nobody = ask(&client, "connections", json!({"user": "nobody"})).await;
+    assert_eq!(nobody, json!({"result": {"connections": [], "gateways": 1}}));
+    let rooms = ask(&client, "rooms", json!({"prefix": "ne"})).await;
+    let expected = json!({"rooms": [{"room": "news", "subscribers": 1}], "truncated": false, "gateways": 1});
+    assert_eq!(rooms["result"], expected);
+    let none = ask(&client, "rooms", json!({"prefix": "zz"})).await;
+    assert_eq!(none["result"]["rooms"], json!([]));
+
     // Refused: nothing stored.
     for (method, body) in [
         ("publish", json!({"room": "news"})),
@@ -126,6 +142,10 @@ async fn publish_history_and_presence_answer_as_documented() {
         ("history", json!({"room": "news", "limit": 0})),
         ("history", json!({"room": "news", "since": "x"})),
         ("presence", json!({"room": ""})),
+        ("rooms", json!({"limit": 0})),
+        ("rooms", json!({"prefix": "a b"})),
+        ("connections", json!({"user": "a b"})),
+        ("connections", json!({})),
     ] {
         let answer = ask(&client, method, body.clone()).await;
         assert_eq!(answer["error"]["code"], "bad_request", "{method} {body}: {answer}");

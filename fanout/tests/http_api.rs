@@ -81,6 +81,8 @@ async fn the_http_api_is_what_its_openapi_document_says() {
         "publish",
         "history",
         "presence",
+        "rooms",
+        "connections",
         "disconnect",
     ] {
         let path = format!("/api/{m}");

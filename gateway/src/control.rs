@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_proto::api::{user_of_revocation_key, Revocation};
+use herald_proto::api::{user_of_revocation_key, Connection, Revocation, RoomCount, MAX_GATEWAY_ROOMS};
 use herald_proto::frame::{Disconnect, ServerFrame, Subscribed};
 use herald_proto::sys::{Control, ControlReply};
 use herald_proto::CloseCode;
@@ -65,12 +65,8 @@ async fn commands(shared: Weak<Shared>, upstream: Arc<Upstream>) {
                 continue;
             }
         };
-        let connections = apply(&shared, command).await;
+        let answer = apply(&shared, command).await;
         if let Some(reply) = msg.reply {
-            let answer = ControlReply {
-                gw: shared.gateway_id.clone(),
-                connections,
-            };
             let body = Bytes::from(serde_json::to_vec(&answer).expect("plain data serializes"));
             if let Err(e) = upstream.send(reply.to_string(), body).await {
                 debug!(error = %e, "Command answer not sent");
@@ -79,9 +75,17 @@ async fn commands(shared: Weak<Shared>, upstream: Arc<Upstream>) {
     }
 }
 
-/// Carries a command out; returns the connections (and polling sessions) it reached.
-pub(crate) async fn apply(shared: &Shared, command: Control) -> u64 {
-    match command {
+/// Carries a command out; the answer: the connections (and polling sessions) it reached,
+/// or what it asked for.
+pub(crate) async fn apply(shared: &Shared, command: Control) -> ControlReply {
+    let mut answer = ControlReply {
+        gw: shared.gateway_id.clone(),
+        connections: 0,
+        rooms: Vec::new(),
+        truncated: false,
+        conns: Vec::new(),
+    };
+    answer.connections = match command {
         Control::Disconnect {
             user,
             code,
@@ -113,7 +117,50 @@ pub(crate) async fn apply(shared: &Shared, command: Control) -> u64 {
             debug!(%user, %room, connections = reached, "Unsubscribed by the server API");
             reached
         }
-    }
+        Control::Rooms { prefix } => {
+            let (rooms, truncated) = shared.hub.counts(&prefix, MAX_GATEWAY_ROOMS);
+            answer.rooms = rooms
+                .into_iter()
+                .map(|(room, n)| RoomCount {
+                    room,
+                    subscribers: n as u64,
+                })
+                .collect();
+            answer.truncated = truncated;
+            0
+        }
+        Control::Connections { user } => {
+            answer.conns = connections(shared, &user);
+            answer.conns.len() as u64
+        }
+    };
+    answer
+}
+
+/// `user`'s connections on this gateway, and its polling sessions between polls.
+fn connections(shared: &Shared, user: &str) -> Vec<Connection> {
+    let registered = shared.conns.ids_of_user(user);
+    let ids: Vec<u64> = registered.iter().map(|(id, _)| *id).collect();
+    let mut rooms = shared.hub.rooms_of(&ids);
+    let gateway = &shared.gateway_id;
+    let mut conns: Vec<Connection> = registered
+        .into_iter()
+        .map(|(id, c)| Connection {
+            conn: format!("{gateway}-{id:x}"),
+            gateway: gateway.clone(),
+            transport: c.transport.to_owned(),
+            since: c.since,
+            rooms: rooms.remove(&id).unwrap_or_default(),
+        })
+        .collect();
+    conns.extend(shared.presence.polls.sessions_of(user).into_iter().map(|s| Connection {
+        conn: s.conn,
+        gateway: gateway.clone(),
+        transport: "poll".to_owned(),
+        since: s.since,
+        rooms: s.rooms,
+    }));
+    conns
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -86,6 +86,10 @@ pub(crate) struct Registered {
     pub user: Arc<str>,
     pub format: Format,
     pub out: Arc<Outbound>,
+    /// `websocket`, `sse` or `long-poll`.
+    pub transport: &'static str,
+    /// When it registered, in ms since the epoch.
+    pub since: u64,
     /// Commands for the connection's own task (WebSocket sessions, which own their
     /// subscriptions; the HTTP transports take theirs through `out`).
     pub mail: Option<Arc<Mailbox>>,
@@ -479,8 +483,23 @@ impl Shared {
 impl Slot {
     /// Makes the connection known to the drain and the server API's commands, which reach
     /// its client through `out` in `format`.
-    pub(crate) fn register(&self, user: &str, format: Format, out: Arc<Outbound>, mail: Option<Arc<Mailbox>>) {
-        self.shared.conns.insert(self.conn_id, user, format, out, mail);
+    pub(crate) fn register(
+        &self,
+        user: &str,
+        transport: &'static str,
+        format: Format,
+        out: Arc<Outbound>,
+        mail: Option<Arc<Mailbox>>,
+    ) {
+        let conn = Registered {
+            user: Arc::from(user),
+            format,
+            out,
+            transport,
+            since: herald_service::now_ms(),
+            mail,
+        };
+        self.shared.conns.insert(self.conn_id, conn);
     }
 }
 
@@ -576,22 +595,14 @@ impl Connections {
         }
     }
 
-    fn insert(&self, id: u64, user: &str, format: Format, out: Arc<Outbound>, mail: Option<Arc<Mailbox>>) {
+    fn insert(&self, id: u64, mut conn: Registered) {
         let mut r = lock(&self.map);
-        let user: Arc<str> = match r.by_user.get_key_value(user) {
-            Some((u, _)) => Arc::clone(u),
-            None => Arc::from(user),
-        };
-        r.by_user.entry(Arc::clone(&user)).or_default().push(id);
-        if let Some(old) = r.conns.insert(
-            id,
-            Registered {
-                user,
-                format,
-                out,
-                mail,
-            },
-        ) {
+        // One copy of each user's id, shared by its connections.
+        if let Some((u, _)) = r.by_user.get_key_value(&*conn.user) {
+            conn.user = Arc::clone(u);
+        }
+        r.by_user.entry(Arc::clone(&conn.user)).or_default().push(id);
+        if let Some(old) = r.conns.insert(id, conn) {
             // Registered twice: the first entry's user loses this id.
             Registry::unlink(&mut r.by_user, &old.user, id);
         }
@@ -608,9 +619,16 @@ impl Connections {
 
     /// The connections of `user` registered now.
     pub(crate) fn of_user(&self, user: &str) -> Vec<Registered> {
+        self.ids_of_user(user).into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// The connections of `user` registered now, with their ids.
+    pub(crate) fn ids_of_user(&self, user: &str) -> Vec<(u64, Registered)> {
         let r = lock(&self.map);
         let ids = r.by_user.get(user).map(Vec::as_slice).unwrap_or_default();
-        ids.iter().filter_map(|id| r.conns.get(id).cloned()).collect()
+        ids.iter()
+            .filter_map(|id| r.conns.get(id).map(|c| (*id, c.clone())))
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -26,8 +26,85 @@ pub mod method {
     pub const HISTORY: &str = "history";
     /// A room's presence snapshot.
     pub const PRESENCE: &str = "presence";
+    /// Rooms with subscribers, cluster-wide, with their counts.
+    pub const ROOMS: &str = "rooms";
+    /// A user's connections on every gateway.
+    pub const CONNECTIONS: &str = "connections";
     /// Every method, in the order the docs list them.
-    pub const ALL: [&str; 6] = [DISCONNECT, SUBSCRIBE, UNSUBSCRIBE, PUBLISH, HISTORY, PRESENCE];
+    pub const ALL: [&str; 8] = [
+        DISCONNECT,
+        SUBSCRIBE,
+        UNSUBSCRIBE,
+        PUBLISH,
+        HISTORY,
+        PRESENCE,
+        ROOMS,
+        CONNECTIONS,
+    ];
+}
+
+/// Most rooms one `rooms` answer lists (and its default: 100), and most one gateway
+/// reports for it.
+pub const MAX_ROOMS_LIMIT: usize = 1000;
+pub const DEFAULT_ROOMS_LIMIT: usize = 100;
+pub const MAX_GATEWAY_ROOMS: usize = 10_000;
+
+/// `herald.api.rooms`: the rooms with local subscribers on any gateway whose names start
+/// with `prefix`, most subscribers first, at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsRequest {
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A room and its subscribers (connections subscribed to it) over every gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomCount {
+    pub room: String,
+    pub subscribers: u64,
+}
+
+/// The result of `rooms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsResult {
+    pub rooms: Vec<RoomCount>,
+    /// A gateway had more matching rooms than it reports ([`MAX_GATEWAY_ROOMS`]), or more
+    /// rooms matched than `limit`: narrow `prefix` for the rest.
+    pub truncated: bool,
+    pub gateways: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// `herald.api.connections`: the connections `user` has on every gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsRequest {
+    pub user: String,
+}
+
+/// One connection of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Its id (a polling session's is a digest of its sid).
+    pub conn: String,
+    pub gateway: String,
+    /// `websocket`, `sse`, `long-poll` (a poll in flight) or `poll` (a polling session).
+    pub transport: String,
+    /// When it opened, in ms since the epoch.
+    pub since: u64,
+    /// The rooms it is subscribed to (a polling session: its presence rooms).
+    pub rooms: Vec<String>,
+}
+
+/// The result of `connections`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsResult {
+    pub connections: Vec<Connection>,
+    pub gateways: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 /// Most rooms one `publish` names.
@@ -257,6 +334,21 @@ impl PublishRequest {
             crate::text::validate_key(key).map_err(|e| ApiError::bad_request(format!("`key`: {e}")))?;
         }
         Ok(rooms)
+    }
+}
+
+impl RoomsRequest {
+    /// The number of rooms asked for (default 100), or why the request is refused.
+    pub fn checked_limit(&self) -> Result<usize, ApiError> {
+        if self.prefix.len() > crate::room::MAX_ROOM_LEN || !self.prefix.bytes().all(crate::room::is_room_byte) {
+            return Err(ApiError::bad_request(
+                "`prefix` must be at most 128 room-name characters",
+            ));
+        }
+        match self.limit.unwrap_or(DEFAULT_ROOMS_LIMIT) {
+            n @ 1..=MAX_ROOMS_LIMIT => Ok(n),
+            _ => Err(ApiError::bad_request(format!("`limit` must be 1 to {MAX_ROOMS_LIMIT}"))),
+        }
     }
 }
 

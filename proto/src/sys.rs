@@ -156,6 +156,11 @@ pub enum Control {
     Subscribe { user: String, room: String, presence: bool },
     /// Take `room` from every connection of `user`.
     Unsubscribe { user: String, room: String },
+    /// Report the rooms with local subscribers whose names start with `prefix` (at most
+    /// [`crate::api::MAX_GATEWAY_ROOMS`], most subscribers first).
+    Rooms { prefix: String },
+    /// Report `user`'s connections.
+    Connections { user: String },
 }
 
 /// A gateway's answer to a [`Control`].
@@ -164,6 +169,15 @@ pub struct ControlReply {
     pub gw: String,
     /// Connections the command reached.
     pub connections: u64,
+    /// `Rooms`: this gateway's rooms and local subscriber counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<crate::api::RoomCount>,
+    /// `Rooms`: more rooms matched than were reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// `Connections`: the user's connections here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conns: Vec<crate::api::Connection>,
 }
 
 /// A stable 64-bit hash (FNV-1a) of a name, equal in every process: it assigns rooms and

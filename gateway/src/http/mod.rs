@@ -258,9 +258,10 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64, user: &str) -> Self {
+    /// `transport`: `sse` or `long-poll`.
+    pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64, user: &str, transport: &'static str) -> Self {
         let out = Outbound::new(shared.config.outbound_buffer_bytes);
-        slot.register(user, Format::Bare, Arc::clone(&out), None);
+        slot.register(user, transport, Format::Bare, Arc::clone(&out), None);
         Self {
             shared: Arc::clone(shared),
             conn_id,

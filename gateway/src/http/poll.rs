@@ -173,7 +173,7 @@ async fn answer(
         return Ok(respond(transport, &events, &positions, &tail, slot));
     }
 
-    let mut reg = Registration::new(shared, slot, conn_id, user);
+    let mut reg = Registration::new(shared, slot, conn_id, user, "long-poll");
     reg.attach_all(rooms, &positions).await?;
     // A presence or status change ends the wait too (the answer holds fresh snapshots).
     let subjects = &shared.subjects;

@@ -73,7 +73,7 @@ pub(crate) async fn sse(
     let watches = shared.watches_for(&who, watch.len())?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
-    let reg = Registration::new(shared, slot, conn_id, &who.user);
+    let reg = Registration::new(shared, slot, conn_id, &who.user, "sse");
     fail::fail_point!("sse.membership");
     let membership = Membership::start(&shared.presence, conn_id, &conn, &who, &members_of).await;
 

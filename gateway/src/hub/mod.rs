@@ -178,6 +178,16 @@ impl Hub {
         self.upstream.last_seq(room).await
     }
 
+    /// The rooms each of `conns` is subscribed to (see [`Table::rooms_of`]).
+    pub(crate) fn rooms_of(&self, conns: &[u64]) -> std::collections::HashMap<u64, Vec<String>> {
+        self.table.rooms_of(conns)
+    }
+
+    /// Rooms with local subscribers by prefix (see [`Table::counts`]).
+    pub(crate) fn counts(&self, prefix: &str, max: usize) -> (Vec<(String, usize)>, bool) {
+        self.table.counts(prefix, max)
+    }
+
     /// A grant was just made (see [`Upstream::grant_made`]).
     pub(crate) fn grant_made(&self) {
         self.upstream.grant_made()

@@ -250,6 +250,42 @@ impl Table {
         }
     }
 
+    /// The rooms each of `conns` is subscribed to (a walk over every room: for the server
+    /// API, not for the event path).
+    pub(crate) fn rooms_of(&self, conns: &[u64]) -> HashMap<u64, Vec<String>> {
+        let mut found: HashMap<u64, Vec<String>> = HashMap::new();
+        for shard in self.shards.iter() {
+            for (name, room) in lock(shard).iter() {
+                for conn in conns.iter().filter(|c| room.subs.contains_key(c)) {
+                    found.entry(*conn).or_default().push(name.to_string());
+                }
+            }
+        }
+        for rooms in found.values_mut() {
+            rooms.sort_unstable();
+        }
+        found
+    }
+
+    /// The rooms whose names start with `prefix` that have local subscribers, most first,
+    /// at most `max`; and whether more matched.
+    pub(crate) fn counts(&self, prefix: &str, max: usize) -> (Vec<(String, usize)>, bool) {
+        let mut all: Vec<(String, usize)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            all.extend(
+                shard
+                    .iter()
+                    .filter(|(name, room)| name.starts_with(prefix) && !room.subs.is_empty())
+                    .map(|(name, room)| (name.to_string(), room.subs.len())),
+            );
+        }
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let truncated = all.len() > max;
+        all.truncate(max);
+        (all, truncated)
+    }
+
     /// Rooms with at least one local subscriber or lingering.
     pub fn rooms(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()

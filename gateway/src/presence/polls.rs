@@ -47,6 +47,16 @@ struct PollSession {
     /// Rooms the server API subscribed the session to, or took from it, since its last
     /// answer (bounded: see [`MAX_PENDING`]).
     pending: Vec<Pending>,
+    /// When it opened, in ms since the epoch.
+    opened: u64,
+}
+
+/// A polling session as the server API's `connections` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionInfo {
+    pub conn: String,
+    pub since: u64,
+    pub rooms: Vec<String>,
 }
 
 /// A change of a polling session's rooms by the server API, told in its next answer.
@@ -142,6 +152,7 @@ impl PollSessions {
                 expires: Instant::now(),
                 presence_from: 0,
                 pending: Vec::new(),
+                opened: herald_service::now_ms(),
             },
         );
         crate::metrics::poll_sessions(1.0);
@@ -212,6 +223,25 @@ impl PollSessions {
             false
         });
         idle
+    }
+
+    /// `user`'s polling sessions here.
+    pub(crate) fn sessions_of(&self, user: &str) -> Vec<SessionInfo> {
+        let inner = lock(&self.inner);
+        inner
+            .by_conn
+            .iter()
+            .filter(|(_, s)| s.user == user)
+            .map(|(conn, s)| {
+                let mut rooms: Vec<String> = s.rooms.iter().cloned().collect();
+                rooms.sort_unstable();
+                SessionInfo {
+                    conn: conn.clone(),
+                    since: s.opened,
+                    rooms,
+                }
+            })
+            .collect()
     }
 
     /// Whether `user` has polling sessions here (an anonymous user's count against its

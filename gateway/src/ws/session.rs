@@ -155,6 +155,7 @@ where
     let mail = Arc::new(Mailbox::default());
     slot.register(
         &identity.user,
+        "websocket",
         Format::WebSocket(codec),
         Arc::clone(&out),
         Some(Arc::clone(&mail)),
