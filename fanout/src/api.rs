@@ -615,6 +615,7 @@ impl Api {
         let mut connections: Vec<Connection> = gathered.replies.iter().flat_map(|r| r.conns.iter().cloned()).collect();
         connections.sort_unstable_by(|a, b| a.since.cmp(&b.since).then_with(|| a.conn.cmp(&b.conn)));
         Ok(ConnectionsResult {
+            truncated: gathered.replies.iter().any(|r| r.truncated),
             connections,
             gateways: gathered.replies.len() as u64,
             missing: gathered.missing,

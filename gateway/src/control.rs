@@ -21,6 +21,9 @@ use crate::presence::Pending;
 use crate::state::{Command, Shared};
 use crate::upstream::Upstream;
 
+/// The most a `connections` answer holds (a NATS message holds 1 MiB by default).
+const ANSWER_BYTES: usize = 512 * 1024;
+
 /// How often the tasks check that the gateway is still there, and the bucket is retried.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -130,7 +133,19 @@ pub(crate) async fn apply(shared: &Shared, command: Control) -> ControlReply {
             0
         }
         Control::Connections { user } => {
-            answer.conns = connections(shared, &user);
+            let mut conns = connections(shared, &user);
+            // One NATS message carries the answer: at most [`ANSWER_BYTES`] of it.
+            let mut bytes = 0;
+            let fits = conns
+                .iter()
+                .take_while(|c| {
+                    bytes += 128 + c.rooms.iter().map(|r| r.len() + 3).sum::<usize>();
+                    bytes <= ANSWER_BYTES
+                })
+                .count();
+            answer.truncated = fits < conns.len();
+            conns.truncate(fits);
+            answer.conns = conns;
             answer.conns.len() as u64
         }
     };

@@ -47,7 +47,7 @@ pub mod method {
 /// reports for it.
 pub const MAX_ROOMS_LIMIT: usize = 1000;
 pub const DEFAULT_ROOMS_LIMIT: usize = 100;
-pub const MAX_GATEWAY_ROOMS: usize = 10_000;
+pub const MAX_GATEWAY_ROOMS: usize = 5_000;
 
 /// `herald.api.rooms`: the rooms with local subscribers on any gateway whose names start
 /// with `prefix`, most subscribers first, at most `limit`.
@@ -102,6 +102,9 @@ pub struct Connection {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionsResult {
     pub connections: Vec<Connection>,
+    /// A gateway had more of the user's connections than one answer holds (512 KiB).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     pub gateways: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,

@@ -172,7 +172,7 @@ pub struct ControlReply {
     /// `Rooms`: this gateway's rooms and local subscriber counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rooms: Vec<crate::api::RoomCount>,
-    /// `Rooms`: more rooms matched than were reported.
+    /// `Rooms`: more rooms matched than were reported; `Connections`: more connections.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     /// `Connections`: the user's connections here.
