@@ -13,6 +13,10 @@ use herald_harness::launch::{
 
 /// The HS256 secret of the local stack; printed so that backends can mint tokens.
 pub(crate) const DEV_SECRET: &str = "herald-dev-secret-for-this-machine-only";
+/// The local stack's server API key (`--api-key`), as fixed and as public as `DEV_SECRET`.
+const DEV_API_KEY: &str = "herald-dev-api-key-for-this-machine-only";
+/// Where the local stack's fanout serves the server API over HTTP.
+const API_PORT: u16 = 9300;
 
 /// Event stream partitions of the local stack: more than one, so that the demo runs the
 /// partitioned path (the server's subject mapping, one stream per partition) that large
@@ -52,10 +56,15 @@ pub(crate) fn up() -> Result<()> {
     let nats_url = nats.url();
     // Started in this order, stopped in reverse: gateways first (they drain), then fanout
     // (it hands its leases over), then NATS.
+    let api = localhost(API_PORT).to_string();
     let fanout = FanoutOptions {
         binary: Some(bin.join("herald-fanout")),
         admin: Some(localhost(9200)),
-        args: partitions.to_vec(),
+        args: partitions
+            .iter()
+            .cloned()
+            .chain(["--api-listen", &api, "--api-key", DEV_API_KEY].map(String::from))
+            .collect(),
         logs: Logs::Inherit,
     };
     let mut programs = vec![Program::fanout(&nats_url, fanout)?];
@@ -98,6 +107,7 @@ fn print_links() -> Result<()> {
          customer: http://127.0.0.1:8081/support.html?company=acme&customer=ann&token={ann}\n  \
          WebSocket      ws://127.0.0.1:8080/ws   and   ws://127.0.0.1:8081/ws   (anonymous allowed)\n  \
          NATS           nats://127.0.0.1:4222    (monitoring http://127.0.0.1:8222)\n  \
+         server API     http://127.0.0.1:{API_PORT}/api/<method>   X-API-Key: {DEV_API_KEY}   (docs/api.openapi.json; or NATS herald.api.<method>)\n  \
          event stream   {STREAM_PARTITIONS} partitions, HERALD_ROOMS_0..{last} (--stream-partitions)\n  \
          metrics        http://127.0.0.1:9100/metrics  http://127.0.0.1:9101/metrics  http://127.0.0.1:9200/metrics\n  \
          token secret   {DEV_SECRET}  (HS256, for tokens with rooms and a user id)\n\n\
