@@ -320,6 +320,7 @@ impl Fanout {
         let upkeep = tokio::spawn(herald_service::metrics::upkeep(metrics));
         let js = async_nats::jetstream::new(self.client.clone());
         let subjects = Subjects::new(config.subject_prefix.clone());
+        // Read once more (bind's validate refused a bad file): every part takes this copy.
         let namespaces = Arc::new(config.load_namespaces().unwrap_or_default());
         let provision = tokio::spawn(provision(
             js.clone(),
@@ -371,6 +372,7 @@ impl Fanout {
             leases,
             synced,
             intake,
+            namespaces: Arc::clone(&namespaces),
         };
         let presence = tokio::spawn(tracker.run(config.clone(), Arc::clone(&stop_presence)));
         info!(%instance, admin = %admin_addr, "Fanout serving");

@@ -35,6 +35,8 @@ pub(crate) struct Tracker {
     pub synced: Arc<AtomicBool>,
     /// Shared with the server API, which asks it which gateways are alive.
     pub intake: Intake,
+    /// The rooms' namespaces (`presence_counts_above`).
+    pub namespaces: Arc<herald_service::namespaces::Namespaces>,
 }
 
 impl Tracker {
@@ -42,7 +44,7 @@ impl Tracker {
         let mut state = State::new(Settings {
             leave_delay: config.leave_delay,
             large_room: config.large_room,
-            namespaces: std::sync::Arc::new(config.load_namespaces().unwrap_or_default()),
+            namespaces: Arc::clone(&self.namespaces),
             gateway_timeout: config.gateway_timeout,
         });
         let stopped = stop.notified();

@@ -110,18 +110,22 @@ impl Gateway {
         .await?;
         let subjects = Subjects::new(config.subject_prefix.clone());
         let table = Arc::new(Table::default());
-        let namespaces = config.load_namespaces()?;
+        // Read once (validate read it to refuse a bad file): every part takes this copy.
+        let namespaces = Arc::new(config.load_namespaces()?);
+        let ephemeral = Arc::clone(&namespaces);
         let options = upstream::Options {
             stream_partitions: config.stream_partitions,
             mode: config.room_subscriptions,
             subscription_capacity: config.nats_subscription_capacity.map(|c| c as usize),
-            ephemeral: Arc::new(move |room: &str| namespaces.of(room).ephemeral),
+            ephemeral: Arc::new(move |room: &str| ephemeral.of(room).ephemeral),
         };
         let upstream = Upstream::new(client, signals, subjects.clone(), table.clone(), options);
         upstream.watch_losses();
         let hub = Hub::new(table, Arc::clone(&upstream), config.room_linger);
         let presence = Presence::start(&upstream, &gateway_id, config.presence_heartbeat, config.max_feeds);
-        let shared = Arc::new(Shared::new(config, gateway_id, auth, subjects, hub, presence));
+        let shared = Arc::new(Shared::new(
+            config, gateway_id, auth, subjects, hub, presence, namespaces,
+        ));
         control::start(&shared, &upstream);
         Ok(Self {
             shared,

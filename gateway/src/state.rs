@@ -48,7 +48,7 @@ pub(crate) struct Shared {
     watches: Arc<Quota>,
     pub conns: Connections,
     /// The rules of each room's namespace (`--namespaces`).
-    pub namespaces: Namespaces,
+    pub namespaces: Arc<Namespaces>,
     pub draining: AtomicBool,
     pub stream_ready: AtomicBool,
     next_conn: AtomicU64,
@@ -156,6 +156,15 @@ pub(crate) enum Unavailable {
     AddressFull,
 }
 
+/// Whom a rate limit counts: a user by id, an anonymous client by its address (whatever sid
+/// or name it sends).
+fn rate_key(who: &Identity) -> String {
+    match who.anonymous_addr() {
+        Some(addr) => format!("ip:{addr}"),
+        None => who.user.clone(),
+    }
+}
+
 /// Maps a refused membership to the contract's code.
 pub(crate) fn membership_refused(over: Over) -> MembershipRefused {
     use herald_proto::ErrorCode;
@@ -208,11 +217,11 @@ impl Shared {
         subjects: Subjects,
         hub: Arc<Hub>,
         presence: Presence,
+        namespaces: Arc<Namespaces>,
     ) -> Self {
         let anonymous_conns = Quota::new(config.max_anonymous_connections_per_address, usize::MAX);
         let memberships = Quota::new(config.max_anonymous_memberships_per_address, config.max_memberships);
         let watches = Quota::new(config.max_anonymous_watches_per_address, usize::MAX);
-        let namespaces = config.load_namespaces().unwrap_or_default();
         Self {
             namespaces,
             origins: config.allowed_origins(),
@@ -237,14 +246,15 @@ impl Shared {
     /// id; anonymous users by their address, whatever sid or connection they use (an
     /// anonymous client names itself, so every name it picks would be a fresh bucket).
     pub(crate) fn http_allowed(&self, kind: RateKind, who: &Identity) -> bool {
-        let key = match who.anonymous_addr() {
-            Some(addr) => format!("ip:{addr}"),
-            None => who.user.clone(),
-        };
         let (rate, burst) = match kind {
             RateKind::Publish => (self.config.publish_rate, self.config.publish_rate),
             RateKind::Request => (self.config.op_rate, self.op_burst()),
         };
+        self.take_token((kind, rate_key(who)), rate, burst)
+    }
+
+    /// Takes a token from the bucket under `key`, made with `rate` and `burst` if new.
+    fn take_token(&self, key: (RateKind, String), rate: f64, burst: f64) -> bool {
         let mut buckets = lock(&self.http_buckets);
         if buckets.len() >= MAX_BUCKETS {
             // Full buckets carry no state worth keeping; if every one is busy, a flood of
@@ -255,7 +265,7 @@ impl Shared {
             }
         }
         buckets
-            .entry((kind, key))
+            .entry(key)
             .or_insert_with(|| TokenBucket::with_burst(rate, burst))
             .take()
     }
@@ -365,19 +375,9 @@ impl Shared {
     pub(crate) fn namespace_rate_allows(&self, who: &Identity, room: &str) -> bool {
         let ns = self.namespaces.of(room);
         let Some(rate) = ns.publish_rate else { return true };
-        let who_key = match who.anonymous_addr() {
-            Some(addr) => format!("ip:{addr}"),
-            None => who.user.clone(),
-        };
-        let mut buckets = lock(&self.http_buckets);
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| !b.is_full());
-        }
-        buckets
-            // Apart from the plain publish buckets: their keys hold no space.
-            .entry((RateKind::Publish, format!("{who_key} {}", ns.prefix)))
-            .or_insert_with(|| TokenBucket::with_burst(rate, rate.max(1.0)))
-            .take()
+        // Apart from the plain publish buckets: their keys hold no space.
+        let key = format!("{} {}", rate_key(who), ns.prefix);
+        self.take_token((RateKind::Publish, key), rate, rate.max(1.0))
     }
 
     /// Refuses an anonymous client a room of a namespace closed to anonymous clients.
