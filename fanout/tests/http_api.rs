@@ -128,7 +128,6 @@ async fn the_http_api_is_what_its_openapi_document_says() {
     let before = stored(&post(api, "/api/history", Some(OTHER_KEY), &history(0)).await);
     assert_eq!(before, 1, "the example publish, stored once (a rotated key works too)");
     let publish = r#"{"room":"team:7","data":{"forged":true}}"#;
-    let long = "x".repeat(2 << 20);
     for (path, key, body, status, code) in [
         ("/api/publish", None, publish, 401, "unauthorized"),
         (
@@ -164,7 +163,6 @@ async fn the_http_api_is_what_its_openapi_document_says() {
             400,
             "bad_request",
         ),
-        ("/api/publish", Some(KEY), &long, 413, "too_large"),
     ] {
         let answer = post(api, path, key, body).await;
         assert_eq!(answer.status, status, "{path} {key:?}: {}", answer.body);
@@ -172,6 +170,18 @@ async fn the_http_api_is_what_its_openapi_document_says() {
         assert_valid(&doc, &error_schema, &body, path);
         assert_eq!(body["error"]["code"], code, "{path}");
     }
+    // Over 1 MiB declared: refused (413) before the body is read. The client sends only the
+    // head and a few bytes: the server answers and closes at once, and a client still
+    // writing a whole 2 MiB body would meet a broken pipe instead of the answer.
+    let huge = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {api}\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"room\"",
+        2 << 20
+    );
+    let answer = request(api, &huge).await.expect("an HTTP answer");
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    let body = json_of(&answer);
+    assert_valid(&doc, &error_schema, &body, "/api/publish");
+    assert_eq!(body["error"]["code"], "too_large");
     let get = format!("GET /api/history HTTP/1.1\r\nHost: {api}\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n");
     assert_eq!(request(api, &get).await.unwrap().status, 404, "POST only");
     let after = stored(&post(api, "/api/history", Some(KEY), &history(0)).await);
