@@ -22,8 +22,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::api::{
     self, grant_key, method, revocation_key, ApiError, Connection, ConnectionsRequest, ConnectionsResult,
-    DisconnectRequest, Grant, HistoryRequest, HistoryResult, PresenceRequest, PublishRequest, PublishResult, Published,
-    Reached, Revocation, RoomCount, RoomsRequest, RoomsResult, SubscribeRequest, UnsubscribeRequest,
+    DisconnectRequest, Grant, HistoryRead, HistoryRequest, HistoryResult, PresenceRequest, PublishRequest,
+    PublishResult, Published, Reached, Revocation, RoomCount, RoomsRequest, RoomsResult, SubscribeRequest,
+    UnsubscribeRequest,
 };
 use herald_proto::frame::EventRef;
 use herald_proto::http::ErrorBody;
@@ -31,7 +32,7 @@ use herald_proto::subject::{Partitions, Subjects};
 use herald_proto::sys::{Control, ControlReply};
 use herald_proto::ErrorCode;
 use herald_proto::{header, room, Codec};
-use herald_service::now_ms;
+use herald_service::{now_ms, stream};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 use tracing::{debug, info, warn};
@@ -98,6 +99,22 @@ fn ok<T: serde::Serialize>(result: &T) -> Bytes {
 
 fn encode(body: &impl serde::Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(body).expect("plain data serializes"))
+}
+
+/// An `event` frame of a stored event, as clients get it.
+fn history_event(room: &str, seq: u64, prev: u64, ts: u64, headers: &HeaderMap, payload: &[u8]) -> Box<RawValue> {
+    let text = |name: &str| headers.get(name).map(|v| v.as_str()).filter(|s| !s.is_empty());
+    let frame = Codec::Json.encode_event(EventRef {
+        room,
+        seq,
+        prev,
+        ts,
+        kind: text(header::HERALD_TYPE),
+        from: text(header::HERALD_FROM),
+        payload,
+    });
+    let frame = String::from_utf8(frame).expect("JSON frames are UTF-8");
+    RawValue::from_string(frame).expect("an encoded frame is JSON")
 }
 
 fn unavailable(e: &str) -> ApiError {
@@ -336,7 +353,7 @@ impl Api {
 
     async fn history(&self, body: &[u8]) -> Result<HistoryResult, ApiError> {
         let req = api::decode::<HistoryRequest>(body)?;
-        let limit = req.checked_limit()?;
+        let read = req.checked()?;
         if !self.api.namespaces.of(&req.room).history {
             // A namespace that replays nothing: no history to read.
             return Ok(HistoryResult {
@@ -345,15 +362,32 @@ impl Api {
                 more: false,
             });
         }
+        let (events, more) = match read {
+            HistoryRead::Forward { since, limit } => self.history_forward(&req.room, since, limit).await?,
+            HistoryRead::Backward { before, last } => self.history_back(&req.room, before, last).await?,
+        };
+        Ok(HistoryResult {
+            room: req.room,
+            events,
+            more,
+        })
+    }
+
+    /// Up to `limit` events of `room` after seq `since`, oldest first, and whether more follow.
+    async fn history_forward(
+        &self,
+        room: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<(Vec<Box<RawValue>>, bool), ApiError> {
         let partitions = &self.api.partitions;
         let js = jetstream::new(self.api.client.clone());
         let stream = js
-            .get_stream_no_info(partitions.stream_of(&req.room))
+            .get_stream_no_info(partitions.stream_of(room))
             .await
             .map_err(|e| unavailable(&e.to_string()))?;
-        let subject = partitions.stored_subject(&req.room);
-        let (mut events, mut prev, mut bytes) = (Vec::new(), req.since, 0);
-        let mut more = false;
+        let subject = partitions.stored_subject(room);
+        let (mut events, mut prev, mut bytes) = (Vec::new(), since, 0);
         while let Some(from) = prev.checked_add(1) {
             let next = stream.direct_get_next_for_subject(&subject, Some(from));
             let m = match tokio::time::timeout(STORE_WAIT, next).await {
@@ -363,30 +397,67 @@ impl Api {
                 Err(_) => return Err(unavailable("timed out")),
             };
             if events.len() == limit || (bytes > 0 && bytes + m.payload.len() > HISTORY_BYTES) {
-                more = true;
-                break;
+                return Ok((events, true));
             }
             bytes += m.payload.len();
             let ts = (m.time.unix_timestamp_nanos().max(0) / 1_000_000) as u64;
-            let text = |name: &str| m.headers.get(name).map(|v| v.as_str()).filter(|s| !s.is_empty());
-            let frame = Codec::Json.encode_event(EventRef {
-                room: &req.room,
-                seq: m.sequence,
-                prev,
-                ts,
-                kind: text(header::HERALD_TYPE),
-                from: text(header::HERALD_FROM),
-                payload: &m.payload,
-            });
-            let frame = String::from_utf8(frame).expect("JSON frames are UTF-8");
-            events.push(RawValue::from_string(frame).expect("an encoded frame is JSON"));
+            events.push(history_event(room, m.sequence, prev, ts, &m.headers, &m.payload));
             prev = m.sequence;
         }
-        Ok(HistoryResult {
-            room: req.room,
-            events,
-            more,
-        })
+        Ok((events, false))
+    }
+
+    /// The newest `last` events of `room` before seq `before`, oldest first, and whether older
+    /// ones are stored: read backwards one direct get at a time, plus one more for the oldest's
+    /// `prev`.
+    async fn history_back(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        last: usize,
+    ) -> Result<(Vec<Box<RawValue>>, bool), ApiError> {
+        let partitions = &self.api.partitions;
+        let (client, name, subject) = (
+            &self.api.client,
+            partitions.stream_of(room),
+            partitions.stored_subject(room),
+        );
+        let at_or_before = |up_to| stream::stored_at_or_before(client, &name, &subject, up_to, STORE_WAIT);
+        let fail = |e: stream::LastsError| unavailable(&e.to_string());
+        // The newest first: a seq past the stream's last finds nothing, so `before` applies
+        // only when it cuts into the room.
+        let mut next = at_or_before(None).await.map_err(fail)?;
+        if let (Some(m), Some(before)) = (&next, before) {
+            if m.seq >= before {
+                next = match before - 1 {
+                    0 => None,
+                    up_to => at_or_before(Some(up_to)).await.map_err(fail)?,
+                };
+            }
+        }
+        let mut newest_first: Vec<stream::Stored> = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        while let Some(m) = next.take() {
+            if newest_first.len() == last || (bytes > 0 && bytes + m.payload.len() > HISTORY_BYTES) {
+                more = true;
+                next = Some(m);
+                break;
+            }
+            bytes += m.payload.len();
+            if let Some(up_to) = m.seq.checked_sub(1).filter(|s| *s > 0) {
+                next = at_or_before(Some(up_to)).await.map_err(fail)?;
+            }
+            newest_first.push(m);
+        }
+        // The event before the oldest read, if any, is that one's `prev`.
+        let mut prev = next.map_or(0, |m| m.seq);
+        let mut events = Vec::with_capacity(newest_first.len());
+        for m in newest_first.iter().rev() {
+            events.push(history_event(room, m.seq, prev, m.stored_ms, &m.headers, &m.payload));
+            prev = m.seq;
+        }
+        Ok((events, more))
     }
 
     /// The presence task's snapshot, asked as any backend asks it.

@@ -99,6 +99,52 @@ async fn publish_history_and_presence_answer_as_documented() {
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!((seqs, rest["result"]["more"].clone()), (vec![5, 6, 7, 8], json!(false)));
+    // Backwards: the newest `last`, oldest first, paged back with `before`; the same frames as
+    // reading forwards, `prev` included.
+    let all = ask(&client, "history", json!({"room": "news"})).await["result"]["events"].clone();
+    let back = |last: u64, before: Option<u64>| {
+        let mut body = json!({"room": "news", "last": last});
+        if let Some(b) = before {
+            body["before"] = b.into();
+        }
+        let client = client.clone();
+        async move {
+            let r = ask(&client, "history", body).await;
+            let seqs: Vec<u64> = r["result"]["events"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{r}"))
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect();
+            (
+                seqs,
+                r["result"]["more"].as_bool().unwrap(),
+                r["result"]["events"].clone(),
+            )
+        }
+    };
+    let (seqs, more, events) = back(3, None).await;
+    assert_eq!((seqs, more), (vec![6, 7, 8], true));
+    assert_eq!(events[0]["prev"], 5, "the oldest's prev is the event before it");
+    assert_eq!(events.as_array().unwrap()[..], all.as_array().unwrap()[4..]);
+    assert_eq!(back(3, Some(6)).await.0, [2, 4, 5]);
+    assert!(back(3, Some(6)).await.1, "seq 1 is older");
+    let (seqs, more, events) = back(3, Some(2)).await;
+    assert_eq!((seqs, more, events[0]["prev"].clone()), (vec![1], false, json!(0)));
+    let (seqs, more, events) = back(100, None).await;
+    assert_eq!((seqs.len(), more), (7, false));
+    assert_eq!(events, all, "a whole room read backwards is the room read forwards");
+    assert_eq!(
+        back(2, Some(1_000_000)).await.0,
+        [7, 8],
+        "`before` past the stream's end"
+    );
+    assert_eq!(back(2, Some(1)).await, (vec![], false, json!([])));
+    let empty = ask(&client, "history", json!({"room": "nothing-here", "last": 5})).await;
+    assert_eq!(
+        empty,
+        json!({"result": {"room": "nothing-here", "events": [], "more": false}})
+    );
     let empty = ask(&client, "history", json!({"room": "nothing-here"})).await;
     assert_eq!(
         empty,
@@ -141,6 +187,9 @@ async fn publish_history_and_presence_answer_as_documented() {
         ("publish", json!({"room": "news", "data": 1, "key": "k".repeat(65)})),
         ("history", json!({"room": "news", "limit": 0})),
         ("history", json!({"room": "news", "since": "x"})),
+        ("history", json!({"room": "news", "last": 0})),
+        ("history", json!({"room": "news", "last": 2, "since": 1})),
+        ("history", json!({"room": "news", "before": 3})),
         ("presence", json!({"room": ""})),
         ("rooms", json!({"limit": 0})),
         ("rooms", json!({"prefix": "a b"})),

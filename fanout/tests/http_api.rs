@@ -121,6 +121,26 @@ async fn the_http_api_is_what_its_openapi_document_says() {
         "{seen:?}"
     );
 
+    // Reading backwards is documented too.
+    let back = json!({"room": "team:7", "last": 50, "before": 1_000_000});
+    let op = &paths["/api/history"]["post"];
+    assert_valid(
+        &doc,
+        &op["requestBody"]["content"]["application/json"]["schema"],
+        &back,
+        "a `last` read",
+    );
+    let answer = post(api, "/api/history", Some(KEY), &back.to_string()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let result = json_of(&answer);
+    assert_valid(
+        &doc,
+        &op["responses"]["200"]["content"]["application/json"]["schema"],
+        &result,
+        "a `last` read",
+    );
+    assert_eq!(result["result"]["events"].as_array().map(Vec::len), Some(1), "{result}");
+
     // Every error answer fits the document's error schema, with the documented status.
     let error_schema = json!({"$ref": "#/components/schemas/Error"});
     let history = |since: u64| json!({"room": "team:7", "since": since}).to_string();

@@ -150,7 +150,9 @@ pub enum PublishResult {
 }
 
 /// `herald.api.history`: up to `limit` stored events of `room` after seq `since`, oldest
-/// first; page on with the last one's seq while `more`.
+/// first; page on with the last one's seq while `more`. Or, with `last`, the room's newest
+/// `last` events (before seq `before`, when given), still oldest first; page back with the
+/// first one's seq as `before` while `more`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryRequest {
     pub room: String,
@@ -158,6 +160,19 @@ pub struct HistoryRequest {
     pub since: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+}
+
+/// Which way a [`HistoryRequest`] reads, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryRead {
+    /// Up to `limit` events after seq `since`.
+    Forward { since: u64, limit: usize },
+    /// The newest `last` events before seq `before` (all of them when `None`).
+    Backward { before: Option<u64>, last: usize },
 }
 
 /// A page of history: `event` frames, as clients get them.
@@ -165,7 +180,7 @@ pub struct HistoryRequest {
 pub struct HistoryResult {
     pub room: String,
     pub events: Vec<Box<serde_json::value::RawValue>>,
-    /// More events are stored after the page.
+    /// More events are stored after the page (before it, when reading with `last`).
     pub more: bool,
 }
 
@@ -356,14 +371,29 @@ impl RoomsRequest {
 }
 
 impl HistoryRequest {
-    /// The page size asked for (default 100), or why the request is refused.
-    pub fn checked_limit(&self) -> Result<usize, ApiError> {
+    /// The read asked for (a page of 100 when no size is given), or why it is refused.
+    pub fn checked(&self) -> Result<HistoryRead, ApiError> {
         crate::room::validate(&self.room).map_err(|e| ApiError::bad_request(format!("`room`: {e}")))?;
-        match self.limit.unwrap_or(DEFAULT_HISTORY_LIMIT) {
+        let size = |n: Option<usize>, name: &str| match n.unwrap_or(DEFAULT_HISTORY_LIMIT) {
             n @ 1..=MAX_HISTORY_LIMIT => Ok(n),
             _ => Err(ApiError::bad_request(format!(
-                "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
+                "`{name}` must be 1 to {MAX_HISTORY_LIMIT}"
             ))),
+        };
+        match (self.last, self.before) {
+            (None, None) => Ok(HistoryRead::Forward {
+                since: self.since,
+                limit: size(self.limit, "limit")?,
+            }),
+            (None, Some(_)) => Err(ApiError::bad_request("`before` pages back a read with `last`")),
+            (Some(_), _) if self.since != 0 || self.limit.is_some() => Err(ApiError::bad_request(
+                "`last` reads back from the newest event: use it without `since` and `limit`",
+            )),
+            (Some(_), Some(0)) => Err(ApiError::bad_request("`before` must be a seq, at least 1")),
+            (last, before) => Ok(HistoryRead::Backward {
+                before,
+                last: size(last, "last")?,
+            }),
         }
     }
 }
@@ -512,15 +542,41 @@ mod tests {
             decode::<PublishRequest>(br#"{"room":"a"}"#).is_err(),
             "`data` is required"
         );
-        let h: HistoryRequest = decode(br#"{"room":"a"}"#).unwrap();
-        assert_eq!((h.since, h.checked_limit().unwrap()), (0, 100));
+        let read = |body: &[u8]| decode::<HistoryRequest>(body).unwrap().checked();
+        assert_eq!(
+            read(br#"{"room":"a"}"#).unwrap(),
+            HistoryRead::Forward { since: 0, limit: 100 }
+        );
+        assert_eq!(
+            read(br#"{"room":"a","since":7,"limit":1000}"#).unwrap(),
+            HistoryRead::Forward { since: 7, limit: 1000 }
+        );
+        assert_eq!(
+            read(br#"{"room":"a","last":50}"#).unwrap(),
+            HistoryRead::Backward { before: None, last: 50 }
+        );
+        assert_eq!(
+            read(br#"{"room":"a","last":1,"before":9}"#).unwrap(),
+            HistoryRead::Backward {
+                before: Some(9),
+                last: 1
+            }
+        );
         for bad in [
             &br#"{"room":"a","limit":0}"#[..],
             br#"{"room":"a","limit":1001}"#,
             br#"{"room":"","limit":5}"#,
+            br#"{"room":"a","last":0}"#,
+            br#"{"room":"a","last":1001}"#,
+            br#"{"room":"a","last":5,"since":3}"#,
+            br#"{"room":"a","last":5,"limit":3}"#,
+            br#"{"room":"a","last":5,"before":0}"#,
+            br#"{"room":"a","before":5}"#,
         ] {
-            assert!(decode::<HistoryRequest>(bad).unwrap().checked_limit().is_err());
+            let e = read(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{}", String::from_utf8_lossy(bad));
         }
+        assert!(decode::<HistoryRequest>(br#"{"room":"a","before":-1,"last":2}"#).is_err());
         assert!(decode::<HistoryRequest>(br#"{"room":"a","since":-1}"#).is_err());
         let one = PublishResult::One(Published {
             room: "a".into(),

@@ -445,6 +445,73 @@ async fn last_page(
     }
 }
 
+/// One stored message, as [`stored_at_or_before`] reads it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub stored_ms: u64,
+    /// The message's own headers, then the server's.
+    pub headers: async_nats::HeaderMap,
+    pub payload: bytes::Bytes,
+}
+
+/// The newest message of literal `subject` in stream `stream` stored at or before stream seq
+/// `up_to` (the subject's newest when `None`), or `None` if there is none: one direct get
+/// (`multi_last` with `up_to_seq`, nats-server 2.11 and later), which is what reading a
+/// subject backwards takes. `up_to` must not pass the stream's last seq (the server then
+/// finds nothing). The answer's end-of-batch status comes after the message and is dropped.
+pub async fn stored_at_or_before(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    up_to: Option<u64>,
+    timeout: Duration,
+) -> Result<Option<Stored>, LastsError> {
+    let mut body = serde_json::json!({ "multi_last": [subject], "batch": 1 });
+    if let Some(up_to) = up_to {
+        body["up_to_seq"] = up_to.into();
+    }
+    let ask = client.request(
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        serde_json::to_vec(&body).expect("JSON of strings and numbers").into(),
+    );
+    let msg = tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| LastsError::TimedOut(timeout))?
+        .map_err(|e| LastsError::Nats(e.to_string()))?;
+    let header = |name: &'static str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get_all(name).last())
+            .map(|v| v.as_str())
+    };
+    if header(header::NATS_SEQUENCE).is_none() {
+        return match msg.status.map(|s| s.as_u16()) {
+            Some(404) => Ok(None),
+            code => Err(LastsError::Refused {
+                code: code.unwrap_or(0),
+                description: msg.description.clone().unwrap_or_default(),
+            }),
+        };
+    }
+    let seq = header(header::NATS_SEQUENCE)
+        .and_then(|s| s.parse().ok())
+        .ok_or(LastsError::Malformed(header::NATS_SEQUENCE))?;
+    let stored = header(header::NATS_TIME_STAMP)
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .ok_or(LastsError::Malformed(header::NATS_TIME_STAMP))?;
+    let stored_ms = stored
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Some(Stored {
+        seq,
+        stored_ms,
+        headers: msg.headers.unwrap_or_default(),
+        payload: msg.payload,
+    }))
+}
+
 /// The end of a batched direct get's answer: the last stream seq it considered.
 const NATS_UP_TO_SEQUENCE: &str = "Nats-UpTo-Sequence";
 
