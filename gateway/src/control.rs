@@ -186,7 +186,9 @@ enum Change {
 
 /// Subscribes every connection of `user` on this gateway to `room`, or takes it from them:
 /// WebSocket sessions through their mailbox, SSE streams and long-polls through their
-/// queue, polling sessions at their next poll.
+/// queue, polling sessions at their next poll. Each is subscribed at the room's last seq as
+/// the command came, whenever it gets there: an event published once the command is
+/// answered reaches every connection it reached.
 async fn change_rooms(shared: &Shared, user: &str, room: &str, change: Change) -> u64 {
     let conns = shared.conns.of_user(user);
     let polls = &shared.presence.polls;
@@ -203,6 +205,7 @@ async fn change_rooms(shared: &Shared, user: &str, room: &str, change: Change) -
             (Change::Subscribe { presence }, Some(mail)) => mail.post(Command::Subscribe {
                 room: room.to_owned(),
                 presence,
+                since: live_tail(shared, room, &mut tail).await,
             }),
             (Change::Unsubscribe, Some(mail)) => mail.post(Command::Unsubscribe { room: room.to_owned() }),
             (Change::Subscribe { .. }, None) => {

@@ -98,8 +98,16 @@ pub(crate) struct Registered {
 /// A command of the server API for one connection's task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
-    Subscribe { room: String, presence: bool },
-    Unsubscribe { room: String },
+    /// `since`: the room's last seq when the command came (events after it are the
+    /// connection's), `None` if the store did not say.
+    Subscribe {
+        room: String,
+        presence: bool,
+        since: Option<u64>,
+    },
+    Unsubscribe {
+        room: String,
+    },
 }
 
 /// A connection's commands, waiting for its task.

@@ -420,10 +420,10 @@ impl Session {
     async fn run_commands(&mut self) {
         for command in self.mail.take() {
             match command {
-                Command::Subscribe { room, presence } => {
+                Command::Subscribe { room, presence, since } => {
                     // A room the client holds already stays as it is.
                     if !self.rooms.contains(&room) {
-                        self.subscribe(None, room, None, presence, Asker::Server).await;
+                        self.subscribe(None, room, since, presence, Asker::Server).await;
                     }
                 }
                 Command::Unsubscribe { room } => {
@@ -460,6 +460,10 @@ impl Session {
         if since.is_some() && !self.shared.replays(&room) {
             since = None;
             unrecovered = true;
+        }
+        if by_server && self.shared.last_value(&room) {
+            // The server's subscribe comes at the room's last seq: its newest event is one back.
+            since = since.map(|s| s.saturating_sub(1));
         }
         if since.is_none() && self.shared.last_value(&room) {
             match self.shared.hub.last_seq(&room).await {
@@ -500,6 +504,18 @@ impl Session {
         // rest of the replay with the live events.
         let mut recovered = !unrecovered;
         let mut after = None;
+        // The server's subscribe is announced first, at the seq the events that follow come
+        // after (the room's last as the command came, when known), not as the attach's ack.
+        let announced = match (by_server, since) {
+            (true, Some(seq)) => {
+                self.send(&ServerFrame::Subscribed(Subscribed {
+                    room: room.clone(),
+                    seq,
+                }));
+                true
+            }
+            _ => false,
+        };
         if let Some(since) = since {
             let limit = self.shared.page_limit();
             let history = async {
@@ -514,12 +530,15 @@ impl Session {
                 Err(e) => {
                     self.rooms.remove(&room);
                     self.give_back_membership(presence);
-                    return self.error(id, ErrorCode::Unavailable, e.to_string());
+                    return self.subscribe_failed(id, announced, room, e.to_string());
                 }
             }
         }
         let (codec, ack_id, ack_room) = (self.codec, id.clone(), room.clone());
         let ack = move |seq| {
+            if announced {
+                return bytes::Bytes::new();
+            }
             if by_server {
                 let frame = ServerFrame::Subscribed(Subscribed { room: ack_room, seq });
                 return encode_for(Format::WebSocket(codec), &frame);
@@ -541,11 +560,20 @@ impl Session {
             Err(message) => {
                 self.rooms.remove(&room);
                 self.give_back_membership(presence);
-                return self.error(id, ErrorCode::Unavailable, message);
+                return self.subscribe_failed(id, announced, room, message);
             }
         }
         if presence {
             self.join_presence(id, room).await;
+        }
+    }
+
+    /// A subscribe that could not attach: the error, and an `unsubscribed` for a room the
+    /// server's subscribe announced already.
+    fn subscribe_failed(&mut self, id: Option<Id>, announced: bool, room: String, message: String) {
+        self.error(id, ErrorCode::Unavailable, message);
+        if announced {
+            self.send(&ServerFrame::Unsubscribed(Unsubscribed { room }));
         }
     }
 

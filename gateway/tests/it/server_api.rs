@@ -91,9 +91,11 @@ async fn a_polling_session_disconnected_mid_poll_is_told_once() {
         let (addr, path) = (gw.addr, path(20));
         tokio::spawn(async move { get(addr, &path).await })
     };
-    // Registered (and so reachable) before its room is attached.
+    // Registered, and so reachable, before its room is attached. (Asked of the gateway, not
+    // of its gauges: in-process gateways of other tests share the metrics.)
     wait_until(Duration::from_secs(5), "the long-poll is held", || async {
-        gw.metric("herald_gateway_room_subscriptions").await == 1.0
+        let reply = command(&client, &Control::Connections { user: "dan".into() }).await;
+        reply.conns.iter().any(|c| c.transport == "long-poll")
     })
     .await;
     let reply = command(&client, &disconnect("dan")).await;
