@@ -143,17 +143,17 @@ test("support desk: the agent sees a customer's message; a customer cannot open 
   const b = gateways[1]; // gateways[0] was killed by the previous test
   const context = await browser.newContext();
   const agent = await context.newPage();
-  await agent.goto(`${b}/support.html?company=acme&customers=ann,bob&token=${tokens.agentAcme}&gateways=${b}`);
+  await agent.goto(`${b}/support.html?company=acme&agent=agent-acme&customers=ann,bob&token=${tokens.agentAcme}&gateways=${b}`);
   await agent.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
   const customer = await (await browser.newContext()).newPage();
-  await customer.goto(`${b}/support.html?company=acme&customer=ann&token=${tokens.annAcme}&gateways=${b}`);
+  await customer.goto(`${b}/support.html?company=acme&customer=ann&agent=agent-acme&token=${tokens.annAcme}&gateways=${b}`);
   await customer.getByTestId("status").filter({ hasText: /^open$/ }).waitFor({ timeout: WAIT });
   await waitFor("the agent sees ann online", async () => {
     const badge = await agent.getByTestId("ticket-ann").locator("small").textContent();
     return badge === "online" || badge;
   });
-  await customer.getByTestId("input-ann").fill("my order is late");
-  await customer.getByTestId("input-ann").press("Enter");
+  await customer.getByTestId("input-agent-acme").fill("my order is late");
+  await customer.getByTestId("input-agent-acme").press("Enter");
   await waitFor("the agent gets ann's message", async () => {
     const got = await agent.getByTestId("messages-ann").locator("li").allTextContents();
     return got.includes("ann: my order is late") || got;
@@ -161,7 +161,7 @@ test("support desk: the agent sees a customer's message; a customer cannot open 
   await agent.screenshot({ path: join(artifacts, "support-agent.png") });
 
   const intruder = await (await browser.newContext()).newPage();
-  await intruder.goto(`${b}/support.html?company=globex&customer=ann&token=${tokens.annAcme}&gateways=${b}`);
+  await intruder.goto(`${b}/support.html?company=globex&customer=ann&agent=agent-acme&token=${tokens.annAcme}&gateways=${b}`);
   await waitFor("forbidden", async () => {
     const errors = await intruder.getByTestId("error").allTextContents();
     return errors.includes("error: forbidden") || errors;
@@ -176,7 +176,7 @@ test("hostile URL parameters, names and payloads never run script; the pages car
   // The support desk with markup in `customers`: shown as text, nothing runs.
   const agent = await context.newPage();
   const response = await agent.goto(
-    `${b}/support.html?company=acme&customers=${encodeURIComponent(attack(1))},ann&token=${tokens.agentAcme}&gateways=${b}`,
+    `${b}/support.html?company=acme&agent=agent-acme&customers=${encodeURIComponent(attack(1))},ann&token=${tokens.agentAcme}&gateways=${b}`,
   );
   const csp = response.headers()["content-security-policy"] ?? "";
   assert.match(csp, /script-src 'self'/, "the page has a script policy");

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::outbound::{close_frame_with, encode_for, Content, Format, Item, Pushed};
 use crate::presence::Pending;
-use crate::state::{Command, Shared};
+use crate::state::{Command, Registered, Shared};
 use crate::upstream::Upstream;
 
 /// The most a `connections` answer holds (a NATS message holds 1 MiB by default).
@@ -259,11 +259,21 @@ async fn live_tail(shared: &Shared, room: &str, tail: &mut Option<Option<u64>>) 
 /// Ends every connection of `user` on this gateway: a `disconnect` frame, then (WebSocket)
 /// a close frame with its code and reason; polling sessions get it in their next answer.
 fn disconnect(shared: &Shared, user: &str, frame: Disconnect) -> u64 {
+    let conns = shared.conns.of_user(user);
+    let frame = Arc::new(frame);
+    let closed = close_all(&conns, (*frame).clone());
+    let presence = &shared.presence;
+    let remember = shared.config.poll_session_ttl;
+    let sessions = presence.polls.disconnect(&presence.tracker, user, &frame, remember);
+    closed + sessions
+}
+
+/// Sends each of `conns` the `disconnect` frame (and a WebSocket its close); how many.
+fn close_all(conns: &[Registered], frame: Disconnect) -> u64 {
     let code = CloseCode(frame.code);
     let close = close_frame_with(code, &frame.reason);
     let frame = Arc::new(frame);
-    let conns = shared.conns.of_user(user);
-    for c in &conns {
+    for c in conns {
         let encoded = encode_for(c.format, &ServerFrame::Disconnect((*frame).clone()));
         match c.format {
             Format::WebSocket(_) => {
@@ -281,10 +291,7 @@ fn disconnect(shared: &Shared, user: &str, frame: Disconnect) -> u64 {
         }
         c.out.close(None);
     }
-    let presence = &shared.presence;
-    let remember = shared.config.poll_session_ttl;
-    let sessions = presence.polls.disconnect(&presence.tracker, user, &frame, remember);
-    conns.len() as u64 + sessions
+    conns.len() as u64
 }
 
 /// Follows the revocation bucket (fanout creates it; until then, retries).
@@ -307,7 +314,7 @@ async fn revocations(shared: Weak<Shared>, upstream: Arc<Upstream>) {
                     };
                     let Some(shared) = shared.upgrade() else { return };
                     match entry {
-                        Some(Ok(entry)) => follow(&shared, &entry.key, entry.operation, &entry.value),
+                        Some(Ok(entry)) => follow(&shared, &entry.key, entry.operation, &entry.value, SWEEP_AFTER),
                         Some(Err(e)) => {
                             debug!(error = %e, "Revocation watch failed; watching again");
                             break;
@@ -330,17 +337,61 @@ async fn revocations(shared: Weak<Shared>, upstream: Arc<Upstream>) {
     }
 }
 
-/// Applies one entry of the revocation bucket.
-fn follow(shared: &Shared, key: &str, op: Operation, value: &[u8]) {
+/// How long after a revocation reaches a gateway through the bucket it closes the user's
+/// connections the revocation's command did not: fanout writes the bucket before it sends
+/// the command, so this leaves the command time to close them with its own code and reason.
+const SWEEP_AFTER: Duration = Duration::from_secs(2);
+
+/// The close a connection gets that only the bucket told this gateway to end (it missed
+/// the command: it was cut off from NATS, or too slow to answer).
+fn revoked_frame() -> Disconnect {
+    Disconnect {
+        code: herald_proto::api::DEFAULT_DISCONNECT_CODE,
+        reason: "revoked".into(),
+        reconnect: false,
+    }
+}
+
+/// Applies one entry of the revocation bucket. A revocation of a user with connections here
+/// also closes, `sweep_after` later, those still open whose tokens it refuses: the ones a
+/// missed command left.
+fn follow(shared: &Arc<Shared>, key: &str, op: Operation, value: &[u8], sweep_after: Duration) {
     let Some(user) = user_of_revocation_key(key) else {
         return debug!(%key, "Revocation entry with a foreign key ignored");
     };
     let revocations = shared.auth.revocations();
     match op {
         Operation::Put => match serde_json::from_slice::<Revocation>(value) {
-            Ok(r) => revocations.set(&user, r, now_ms()),
+            Ok(r) => {
+                let now = now_ms();
+                revocations.set(&user, r, now);
+                if now < r.until && !shared.conns.of_user(&user).is_empty() {
+                    let shared = Arc::downgrade(shared);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(sweep_after).await;
+                        if let Some(shared) = shared.upgrade() {
+                            sweep(&shared, &user, &r);
+                        }
+                    });
+                }
+            }
             Err(e) => debug!(%user, error = %e, "Undecodable revocation ignored"),
         },
         Operation::Delete | Operation::Purge => revocations.remove(&user),
+    }
+}
+
+/// Closes `user`'s open connections whose tokens `revocation` refuses.
+fn sweep(shared: &Shared, user: &str, revocation: &Revocation) {
+    let now = now_ms();
+    let stale: Vec<Registered> = shared
+        .conns
+        .of_user(user)
+        .into_iter()
+        .filter(|c| revocation.refuses(c.iat, now) && !c.out.is_closing())
+        .collect();
+    if !stale.is_empty() {
+        let closed = close_all(&stale, revoked_frame());
+        warn!(%user, connections = closed, "Closed connections a revocation reached only through its bucket");
     }
 }

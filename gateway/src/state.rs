@@ -90,6 +90,8 @@ pub(crate) struct Registered {
     pub transport: &'static str,
     /// When it registered, in ms since the epoch.
     pub since: u64,
+    /// When its token was issued, in seconds since the epoch (`None`: unknown, or anonymous).
+    pub iat: Option<u64>,
     /// Commands for the connection's own task (WebSocket sessions, which own their
     /// subscriptions; the HTTP transports take theirs through `out`).
     pub mail: Option<Arc<Mailbox>>,
@@ -493,7 +495,7 @@ impl Slot {
     /// its client through `out` in `format`.
     pub(crate) fn register(
         &self,
-        user: &str,
+        (user, iat): (&str, Option<u64>),
         transport: &'static str,
         format: Format,
         out: Arc<Outbound>,
@@ -505,6 +507,7 @@ impl Slot {
             out,
             transport,
             since: herald_service::now_ms(),
+            iat,
             mail,
         };
         self.shared.conns.insert(self.conn_id, conn);

@@ -353,8 +353,48 @@ impl Program {
     /// not wait.
     pub fn spawn(binary: &Path, admin: Option<SocketAddr>, args: &[String], logs: &Logs) -> Result<Self> {
         let admin = admin.map_or_else(crate::free_addr, Ok)?;
+        let mut all = vec!["--admin-listen".to_owned(), admin.to_string()];
+        all.extend_from_slice(args);
+        Self::start(binary, admin, &all, logs)
+    }
+
+    /// Starts the support desk demo's backend (`binary`, or `demo-backend` in [`bin_dir`])
+    /// on `listen`, calling the server API at `api` with `api_key`, checking agents' tokens
+    /// with `secret`; does not wait. It answers `/readyz` on `listen`.
+    pub fn demo_backend(
+        binary: Option<PathBuf>,
+        listen: SocketAddr,
+        api: SocketAddr,
+        api_key: &str,
+        secret: &str,
+        logs: &Logs,
+    ) -> Result<Self> {
+        let binary = binary.map_or_else(|| program("demo-backend"), Ok)?;
+        let args = ["--listen", &listen.to_string(), "--api", &api.to_string()].map(String::from);
+        let mut p = Self::start_with_env(
+            &binary,
+            listen,
+            &args,
+            &[("HERALD_API_KEY", api_key), ("HERALD_AUTH_HS256_SECRET", secret)],
+            logs,
+        )?;
+        p.listen = Some(listen);
+        Ok(p)
+    }
+
+    fn start(binary: &Path, admin: SocketAddr, args: &[String], logs: &Logs) -> Result<Self> {
+        Self::start_with_env(binary, admin, args, &[], logs)
+    }
+
+    fn start_with_env(
+        binary: &Path,
+        admin: SocketAddr,
+        args: &[String],
+        env: &[(&str, &str)],
+        logs: &Logs,
+    ) -> Result<Self> {
         let mut cmd = Command::new(binary);
-        cmd.arg("--admin-listen").arg(admin.to_string()).args(args);
+        cmd.args(args).envs(env.iter().copied());
         logs.apply(&mut cmd)?;
         let child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
         Ok(Self {

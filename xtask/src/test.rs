@@ -100,8 +100,12 @@ pub(crate) fn autobahn() -> Result<()> {
     result
 }
 
-/// NATS, fanout and two gateways (`gw-a`, `gw-b`) for the browser tests, ready, their logs
-/// in `work`; the programs are fanout then the gateways.
+/// The server API key of the browser tests' fanout, which the support desk's backend holds.
+const BROWSER_API_KEY: &str = "herald-browser-test-api-key-0123456789";
+
+/// NATS, fanout (with the server API over HTTP), two gateways (`gw-a`, `gw-b`) and the
+/// support desk's backend for the browser tests, ready, their logs in `work`; the programs
+/// are fanout, the gateways, then the desk's backend.
 fn browser_stack(nats_bin: std::path::PathBuf, work: &std::path::Path, secret: &str) -> Result<(Nats, Vec<Program>)> {
     let log = |name: &str| Logs::File(work.join(format!("{name}.log")));
     let debug = root().join("target/debug");
@@ -113,9 +117,19 @@ fn browser_stack(nats_bin: std::path::PathBuf, work: &std::path::Path, secret: &
         ..NatsOptions::default()
     })?;
     let nats_url = nats.url();
+    let api = herald_harness::free_addr()?;
     let fanout = FanoutOptions {
         binary: Some(debug.join("herald-fanout")),
-        args: vec!["--leave-delay".into(), "2s".into()],
+        args: [
+            "--leave-delay",
+            "2s",
+            "--api-listen",
+            &api.to_string(),
+            "--api-key",
+            BROWSER_API_KEY,
+        ]
+        .map(String::from)
+        .to_vec(),
         logs: log("fanout"),
         ..FanoutOptions::default()
     };
@@ -144,6 +158,14 @@ fn browser_stack(nats_bin: std::path::PathBuf, work: &std::path::Path, secret: &
             },
         )?);
     }
+    programs.push(Program::demo_backend(
+        Some(debug.join("demo-backend")),
+        herald_harness::free_addr()?,
+        api,
+        BROWSER_API_KEY,
+        secret,
+        &log("demo-backend"),
+    )?);
     for p in &mut programs {
         p.wait_ready(START_TIMEOUT)?;
     }
@@ -212,6 +234,8 @@ pub(crate) fn browser() -> Result<()> {
         "herald-fanout",
         "-p",
         "loadtest",
+        "-p",
+        "demo-backend",
     ]))?;
     let nats_bin = install()?;
     let work = root().join("target/browser");
@@ -221,11 +245,11 @@ pub(crate) fn browser() -> Result<()> {
     let secret = "herald-browser-test-secret-0123456789";
     let debug = root().join("target/debug");
     let result = browser_stack(nats_bin, &work, secret).and_then(|(nats, programs)| {
-        let urls: Vec<String> = programs[1..].iter().map(Program::http_url).collect();
-        let pids: Vec<String> = programs[1..].iter().map(|p| p.pid().to_string()).collect();
+        let urls: Vec<String> = programs[1..3].iter().map(Program::http_url).collect();
+        let pids: Vec<String> = programs[1..3].iter().map(|p| p.pid().to_string()).collect();
         let tokens = serde_json::json!({
             "agentAcme": token("agent-acme", "Acme agent", &["support:acme:*"], secret)?,
-            "annAcme": token("ann", "Ann", &["support:acme:ann"], secret)?,
+            "annAcme": token("ann", "Ann", &["support:acme:ann:*"], secret)?,
             "publisher": token("bot", "Bot", &["*"], secret)?,
         });
         run(Command::new("node")
@@ -244,6 +268,8 @@ pub(crate) fn browser() -> Result<()> {
             .env("HERALD_FANOUT_PID", programs[0].pid().to_string())
             .env("HERALD_FANOUT_ADMIN", programs[0].admin_url())
             .env("HERALD_NATS_URL", nats.url())
+            // The support desk's backend, for the agent page's `backend=`.
+            .env("HERALD_DESK_BACKEND", programs[3].http_url())
             .env("HERALD_ARTIFACTS", work.join("screenshots")))
         // The stack stops here, on drop: the programs, then NATS.
     });

@@ -17,6 +17,8 @@ pub(crate) const DEV_SECRET: &str = "herald-dev-secret-for-this-machine-only";
 const DEV_API_KEY: &str = "herald-dev-api-key-for-this-machine-only";
 /// Where the local stack's fanout serves the server API over HTTP.
 const API_PORT: u16 = 9300;
+/// Where the support desk's app backend (`demo-backend`) listens for the agent page.
+const DESK_PORT: u16 = 9400;
 
 /// Event stream partitions of the local stack: more than one, so that the demo runs the
 /// partitioned path (the server's subject mapping, one stream per partition) that large
@@ -33,6 +35,8 @@ pub(crate) fn up() -> Result<()> {
         "herald-gateway",
         "-p",
         "herald-fanout",
+        "-p",
+        "demo-backend",
     ]))?;
     let bin = root().join("target/release");
     let localhost = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -86,6 +90,14 @@ pub(crate) fn up() -> Result<()> {
             },
         )?);
     }
+    programs.push(Program::demo_backend(
+        Some(bin.join("demo-backend")),
+        localhost(DESK_PORT),
+        localhost(API_PORT),
+        DEV_API_KEY,
+        DEV_SECRET,
+        &Logs::Inherit,
+    )?);
     for p in &mut programs {
         p.wait_ready(START_TIMEOUT)?;
     }
@@ -98,13 +110,20 @@ pub(crate) fn up() -> Result<()> {
 /// What to open, where to publish, and the token secret.
 fn print_links() -> Result<()> {
     let gateways = "http://127.0.0.1:8080,http://127.0.0.1:8081";
-    let agent = token("agent-acme", "Acme agent", &["support:acme:*"], DEV_SECRET)?;
-    let ann = token("ann", "Ann", &["support:acme:ann"], DEV_SECRET)?;
+    let alice = token("alice", "Alice (agent)", &["support:acme:*"], DEV_SECRET)?;
+    let carol = token("carol", "Carol (agent)", &["support:acme:*"], DEV_SECRET)?;
+    let ann = token("ann", "Ann", &["support:acme:ann:*"], DEV_SECRET)?;
+    let bob = token("bob", "Bob", &["support:acme:bob:*"], DEV_SECRET)?;
+    let desk = format!("company=acme&agents=alice,carol&backend=http://127.0.0.1:{DESK_PORT}");
     println!(
         "\nHerald is up.\n\n  chat demo      http://127.0.0.1:8080/?gateways={gateways}\n                 \
          (open it in several tabs; ?transport=sse, long-poll or poll forces a transport)\n  \
-         support desk   agent:    http://127.0.0.1:8080/support.html?company=acme&customers=ann,bob&token={agent}\n                 \
-         customer: http://127.0.0.1:8081/support.html?company=acme&customer=ann&token={ann}\n  \
+         support desk   agent Alice:  http://127.0.0.1:8080/support.html?{desk}&agent=alice&customers=ann,bob&token={alice}\n                 \
+         agent Carol:  http://127.0.0.1:8081/support.html?{desk}&agent=carol&customers=&token={carol}\n                 \
+         customer Ann: http://127.0.0.1:8081/support.html?company=acme&customer=ann&agent=alice&token={ann}\n                 \
+         customer Bob: http://127.0.0.1:8080/support.html?company=acme&customer=bob&agent=alice&token={bob}\n                 \
+         (Alice can end a customer's session, or move a customer to Carol: the desk's backend\n                 \
+         at http://127.0.0.1:{DESK_PORT} calls the server API; demo/src/main.rs)\n  \
          WebSocket      ws://127.0.0.1:8080/ws   and   ws://127.0.0.1:8081/ws   (anonymous allowed)\n  \
          NATS           nats://127.0.0.1:4222    (monitoring http://127.0.0.1:8222)\n  \
          server API     http://127.0.0.1:{API_PORT}/api/<method>   X-API-Key: {DEV_API_KEY}   (docs/api.openapi.json; or NATS herald.api.<method>)\n  \

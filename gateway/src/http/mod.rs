@@ -258,10 +258,16 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// `transport`: `sse` or `long-poll`.
-    pub(crate) fn new(shared: &Arc<Shared>, slot: Slot, conn_id: u64, user: &str, transport: &'static str) -> Self {
+    /// `who`: the user, and when its token was issued; `transport`: `sse` or `long-poll`.
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        slot: Slot,
+        conn_id: u64,
+        who: (&str, Option<u64>),
+        transport: &'static str,
+    ) -> Self {
         let out = Outbound::new(shared.config.outbound_buffer_bytes);
-        slot.register(user, transport, Format::Bare, Arc::clone(&out), None);
+        slot.register(who, transport, Format::Bare, Arc::clone(&out), None);
         Self {
             shared: Arc::clone(shared),
             conn_id,

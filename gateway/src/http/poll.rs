@@ -92,6 +92,7 @@ pub(crate) async fn poll(
     };
     let asked = Asked {
         user: who.user.clone(),
+        iat: who.claims.as_ref().and_then(|c| c.iat),
         rooms,
         members_of,
         watch,
@@ -108,6 +109,8 @@ pub(crate) async fn poll(
 /// What a poll asks for, parsed and checked.
 struct Asked {
     user: String,
+    /// When the poller's token was issued (seconds since the epoch), if it says.
+    iat: Option<u64>,
     rooms: Vec<String>,
     /// The rooms the poller is a member of (`presence=`).
     members_of: Vec<String>,
@@ -127,6 +130,7 @@ async fn answer(
 ) -> Result<Response<Body>, HttpError> {
     let Asked {
         user,
+        iat,
         rooms,
         members_of,
         watch,
@@ -173,7 +177,7 @@ async fn answer(
         return Ok(respond(transport, &events, &positions, &tail, slot));
     }
 
-    let mut reg = Registration::new(shared, slot, conn_id, user, "long-poll");
+    let mut reg = Registration::new(shared, slot, conn_id, (user, *iat), "long-poll");
     reg.attach_all(rooms, &positions).await?;
     // A presence or status change ends the wait too (the answer holds fresh snapshots).
     let subjects = &shared.subjects;

@@ -73,7 +73,8 @@ pub(crate) async fn sse(
     let watches = shared.watches_for(&who, watch.len())?;
     fail::fail_point!("sse.positions");
     let positions = start_positions(shared, &rooms, asked.as_ref()).await?;
-    let reg = Registration::new(shared, slot, conn_id, &who.user, "sse");
+    let iat = who.claims.as_ref().and_then(|c| c.iat);
+    let reg = Registration::new(shared, slot, conn_id, (&who.user, iat), "sse");
     fail::fail_point!("sse.membership");
     let membership = Membership::start(&shared.presence, conn_id, &conn, &who, &members_of).await;
 

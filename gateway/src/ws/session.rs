@@ -154,7 +154,7 @@ where
     } = *a;
     let mail = Arc::new(Mailbox::default());
     slot.register(
-        &identity.user,
+        (&identity.user, identity.claims.as_ref().and_then(|c| c.iat)),
         "websocket",
         Format::WebSocket(codec),
         Arc::clone(&out),

@@ -174,3 +174,74 @@ async fn subscription_tokens_are_checked_after_the_request_rate() {
     .await;
     assert_eq!(status, 429, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_reaches_a_gateway_only_through_its_bucket_closes_the_users_old_connections() {
+    let nats = NatsServer::start();
+    let gw = TestGateway::start(&nats.url()).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let claims = |user: &str, iat: u64| herald_proto::claims::Claims {
+        sub: user.to_owned(),
+        exp: jwt::now() + 600,
+        iat: Some(iat),
+        name: None,
+        herald: None,
+    };
+    let mut old = WsClient::connect(&gw.ws_url(), &jwt::sign(&claims("zed", jwt::now() - 60), jwt::SECRET)).await;
+    let mut fresh = WsClient::connect(&gw.ws_url(), &jwt::sign(&claims("zed", jwt::now() + 60), jwt::SECRET)).await;
+    let mut other = WsClient::connect(&gw.ws_url(), &jwt::sign(&claims("amy", jwt::now() - 60), jwt::SECRET)).await;
+
+    // What fanout writes before its command; the command itself never comes (this gateway
+    // was cut off, or too slow to answer).
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "HERALD_REVOKED".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("bucket");
+    let now_ms = jwt::now() * 1000;
+    let revocation = herald_proto::api::Revocation {
+        before: now_ms,
+        until: now_ms + 600_000,
+    };
+    bucket
+        .put(
+            herald_proto::api::revocation_key("zed"),
+            serde_json::to_vec(&revocation).unwrap().into(),
+        )
+        .await
+        .expect("stored");
+
+    // Within the bucket's retry (2 s), the watch, and the command's grace (2 s).
+    match old.next_within(Duration::from_secs(10)).await {
+        Some(herald_testkit::client::Incoming::Frame(herald_proto::frame::ServerFrame::Disconnect(d))) => {
+            assert_eq!((d.code, d.reason.as_str(), d.reconnect), (4000, "revoked", false));
+        }
+        other => panic!("expected a disconnect frame, got {other:?}"),
+    }
+    match old.next_within(Duration::from_secs(5)).await {
+        Some(herald_testkit::client::Incoming::Closed(code)) => assert_eq!(code, 4000),
+        other => panic!("expected the close, got {other:?}"),
+    }
+    // A token issued after the revocation, and another user: open.
+    for c in [&mut fresh, &mut other] {
+        c.op(json!({"op": "ping", "id": 1})).await;
+        assert!(
+            matches!(c.recv().await, herald_proto::frame::ServerFrame::Pong(_)),
+            "still open"
+        );
+    }
+    // And the revoked token is refused from now on.
+    let again = herald_testkit::http::get(
+        gw.addr,
+        &format!(
+            "/poll?rooms=lobby&wait=0&token={}",
+            jwt::sign(&claims("zed", jwt::now() - 60), jwt::SECRET)
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, 401, "{}", again.body);
+}
