@@ -60,6 +60,10 @@ test("the agent moves a customer to another agent: both pages follow, without a 
   const alice = await agentPage("alice", ["eve", "dan"]);
   const carol = await agentPage("carol", []);
   const eve = await customerPage("eve", "websocket");
+  await waitFor("alice sees eve online", async () => {
+    const badge = await alice.getByTestId("ticket-eve").locator("small").textContent();
+    return badge === "online" || badge;
+  });
   await eve.getByTestId("input-alice").fill("hello?");
   await eve.getByTestId("input-alice").press("Enter");
   await waitFor("alice gets eve's message", async () => {
@@ -99,6 +103,10 @@ test("the agent ends a customer's session: closed with the reason, not reconnect
   const token = customerToken("dan");
   const dan = await page({ customer: "dan", agent: "alice", transport: "long-poll", token }, "dan");
   const other = await customerPage("fay", "sse");
+  await waitFor("alice sees dan online", async () => {
+    const badge = await alice.getByTestId("ticket-dan").locator("small").textContent();
+    return badge === "online" || badge;
+  });
   await alice.getByTestId("end-dan").click();
   await waitFor("dan's page says the session ended", async () => {
     const ended = await dan.getByTestId("ended").allTextContents();
@@ -134,10 +142,16 @@ test("the desk's backend does only what the agent's token allows", async () => {
   assert.deepEqual(await call("move", ask, null), [401, "unauthorized"]);
   assert.deepEqual(await call("move", ask, "not.a.token"), [401, "unauthorized"]);
   assert.deepEqual(await call("move", ask, mint("alice", [`support:${company}:*`]).slice(0, -2)), [401, "unauthorized"]);
-  // A customer's token, or another company's agent: not an agent of this company.
+  // A customer's token, another company's agent, a token that grants the company's rooms to
+  // someone who is not one of its agents: not an agent of this company.
   assert.deepEqual(await call("end", ask, customerToken("gil")), [403, "forbidden"]);
   assert.deepEqual(await call("end", ask, mint("mallory", ["support:globex:*"])), [403, "forbidden"]);
+  assert.deepEqual(await call("end", ask, agentToken("mallory")), [403, "forbidden"]);
   const alice = agentToken("alice");
+  // An agent acts only on a customer in its own room now, and moves to agents only.
+  assert.deepEqual(await call("end", JSON.stringify({ company, customer: "gil" }), alice), [403, "forbidden"]);
+  assert.deepEqual(await call("end", JSON.stringify({ company, customer: "carol" }), alice), [403, "forbidden"]);
+  assert.deepEqual(await call("move", JSON.stringify({ company, customer: "gil", to: "gil" }), alice), [403, "forbidden"]);
   for (const body of [
     "{",
     JSON.stringify({ company, customer: "gil:x" }),

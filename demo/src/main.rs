@@ -10,9 +10,12 @@
 //!   `unsubscribe` both from the old one); answers `{"room"}`, the new room.
 //!
 //! Rooms are `support:<company>:<customer>:<agent>`, one customer's conversation with one
-//! agent. An agent's token grants `support:<company>:*`, which is what makes its holder an
-//! agent of that company here; a customer's grants `support:<company>:<customer>:*`.
+//! agent. An agent's token grants `support:<company>:*`; a customer's grants
+//! `support:<company>:<customer>:*`. Which agents a company has is this backend's own data
+//! (`--agent company:agent`, as an app keeps it in its database): a caller must be one of
+//! them, and may act only on a customer in its own room now (asked of Herald's presence).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +50,9 @@ struct Args {
     /// The gateways' `--auth-hs256-secret`: agents' tokens are checked with it.
     #[arg(long, env = "HERALD_AUTH_HS256_SECRET", hide_env_values = true)]
     auth_hs256_secret: String,
+    /// The desk's agents, `company:agent` (repeat, or a comma list).
+    #[arg(long = "agent", env = "DEMO_AGENTS", value_delimiter = ',', required = true)]
+    agents: Vec<String>,
 }
 
 /// What the desk's requests may carry.
@@ -55,6 +61,10 @@ const MAX_BODY: usize = 4 * 1024;
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// The close code a customer whose session an agent ended sees (4000–4999: the app's own).
 const ENDED: u16 = 4001;
+/// How long one desk request may take, body and server API calls included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Desk requests in hand at once; more are answered 503.
+const MAX_IN_HAND: usize = 64;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -63,10 +73,21 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let mut agents = HashSet::new();
+    for a in &args.agents {
+        match a.split_once(':') {
+            Some((company, agent)) if name(company) && name(agent) => {
+                agents.insert((company.to_owned(), agent.to_owned()));
+            }
+            _ => anyhow::bail!("--agent {a:?}: expected company:agent, plain names"),
+        }
+    }
     let desk = Arc::new(Desk {
         api: args.api,
         api_key: HeaderValue::from_str(&args.api_key).context("--api-key is not a header value")?,
         key: jsonwebtoken::DecodingKey::from_secret(args.auth_hs256_secret.as_bytes()),
+        agents,
+        in_hand: tokio::sync::Semaphore::new(MAX_IN_HAND),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -85,7 +106,23 @@ async fn main() -> Result<()> {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let desk = Arc::clone(&desk);
-                async move { Ok::<_, Infallible>(cors(desk.route(req).await)) }
+                async move {
+                    let Ok(_held) = desk.in_hand.try_acquire() else {
+                        return Ok::<_, Infallible>(cors(refused(Refused(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "busy; retry".into(),
+                        ))));
+                    };
+                    let answer = tokio::time::timeout(REQUEST_TIMEOUT, desk.route(req)).await;
+                    Ok(cors(answer.unwrap_or_else(|_| {
+                        refused(Refused(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "the request took too long".into(),
+                        ))
+                    })))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -102,6 +139,9 @@ struct Desk {
     api: SocketAddr,
     api_key: HeaderValue,
     key: jsonwebtoken::DecodingKey,
+    /// (company, agent) pairs.
+    agents: HashSet<(String, String)>,
+    in_hand: tokio::sync::Semaphore,
 }
 
 /// A desk request's body.
@@ -143,9 +183,7 @@ impl Desk {
         };
         match done {
             Ok(result) => respond(StatusCode::OK, Some(json!({ "result": result }))),
-            Err(Refused(status, code, message)) => {
-                respond(status, Some(json!({"error": {"code": code, "message": message}})))
-            }
+            Err(r) => refused(r),
         }
     }
 
@@ -169,11 +207,26 @@ impl Desk {
             }
         }
         let company_wide = format!("support:{}:*", ask.company);
-        if !agent.herald.as_ref().is_some_and(|g| g.sub.contains(&company_wide)) {
+        let is_agent = |who: &str| self.agents.contains(&(ask.company.clone(), who.to_owned()));
+        if !agent.herald.as_ref().is_some_and(|g| g.sub.contains(&company_wide)) || !is_agent(&agent.sub) {
             return Err(forbidden(format!("not an agent of {}", ask.company)));
         }
-        if !name(&agent.sub) {
-            return Err(forbidden("the agent's id is not a plain name".into()));
+        if let Some(to) = ask.to.as_deref() {
+            if to == agent.sub {
+                return Err(bad(format!("{} is with {to} already", ask.customer)));
+            }
+            if !is_agent(to) {
+                return Err(forbidden(format!("{to} is not an agent of {}", ask.company)));
+            }
+        }
+        // The customer is in the caller's room now: an agent acts on its own customers only.
+        let room = format!("support:{}:{}:{}", ask.company, ask.customer, agent.sub);
+        let presence = self.api("presence", json!({ "room": room })).await?;
+        let here = presence["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["user"] == ask.customer.as_str()));
+        if !here {
+            return Err(forbidden(format!("{} is not in your room", ask.customer)));
         }
         Ok((agent.sub, ask))
     }
@@ -185,7 +238,10 @@ impl Desk {
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("send the agent's token as `Authorization: Bearer <token>`".into()))?;
-        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        // As strict as the gateways: no leeway, `nbf` honoured.
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
         jsonwebtoken::decode::<Claims>(token, &self.key, &validation)
             .map(|t| t.claims)
             .map_err(|e| unauthorized(format!("the agent's token: {e}")))
@@ -224,9 +280,11 @@ impl Desk {
         self.api("subscribe", json!({"user": to, "room": new})).await?;
         self.api("subscribe", json!({"user": customer, "room": new})).await?;
         let note = format!("{from} handed this conversation to {to}");
+        // With a key: a retried move stores its note once.
+        let key = format!("moved-from-{from}");
         self.api(
             "publish",
-            json!({"room": new, "type": "system", "data": {"text": note}}),
+            json!({"room": new, "type": "system", "data": {"text": note}, "key": key}),
         )
         .await?;
         self.api("unsubscribe", json!({"user": customer, "room": old})).await?;
@@ -277,6 +335,10 @@ impl Desk {
             return Ok(answer["result"].take());
         }
         let message = answer["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        // What the request asked is refused as it is; anything else is this backend's trouble.
+        if status == StatusCode::BAD_REQUEST {
+            return Err(bad(format!("{method}: {message}")));
+        }
         Err(unavailable(format!("{method}: {status} {message}")))
     }
 }
@@ -292,6 +354,10 @@ fn forbidden(message: String) -> Refused {
 
 fn bad(message: String) -> Refused {
     Refused(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn refused(Refused(status, code, message): Refused) -> Answer {
+    respond(status, Some(json!({"error": {"code": code, "message": message}})))
 }
 
 fn respond(status: StatusCode, body: Option<Value>) -> Answer {

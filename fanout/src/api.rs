@@ -26,7 +26,7 @@ use herald_proto::api::{
     PublishResult, Published, Reached, Revocation, RoomCount, RoomsRequest, RoomsResult, SubscribeRequest,
     UnsubscribeRequest,
 };
-use herald_proto::frame::EventRef;
+use herald_proto::frame::{Disconnect, EventRef};
 use herald_proto::http::ErrorBody;
 use herald_proto::subject::{Partitions, Subjects};
 use herald_proto::sys::{Control, ControlReply};
@@ -70,6 +70,11 @@ pub(crate) struct Settings {
     /// The stream's `--history-size`.
     pub history_size: u64,
 }
+
+/// How often, and how far apart, a backwards `history` read asks again when a replica behind
+/// the others finds nothing older where the room has events.
+const LAGGING_RETRIES: usize = 3;
+const LAGGING_PAUSE: Duration = Duration::from_millis(50);
 
 /// Most bytes of event data one `history` answer holds (NATS's default payload limit is
 /// 1 MiB; the frames add their fields).
@@ -422,16 +427,45 @@ impl Api {
             partitions.stream_of(room),
             partitions.stored_subject(room),
         );
-        let at_or_before = |up_to| stream::stored_at_or_before(client, &name, &subject, up_to, STORE_WAIT);
         let fail = |e: stream::LastsError| unavailable(&e.to_string());
+        // The room's first stored seq, read once a lookup finds nothing older.
+        let mut first: Option<u64> = None;
+        // Direct gets go to any replica, and one behind the others finds nothing at a seq it
+        // has not reached: a lookup that comes back empty while the room's first event is at
+        // or before `up_to` is asked again, a few times, before the read gives up.
+        let mut at_or_before = async |up_to: Option<u64>| -> Result<Option<stream::Stored>, ApiError> {
+            let found = stream::stored_at_or_before(client, &name, &subject, up_to, STORE_WAIT)
+                .await
+                .map_err(fail)?;
+            let Some(up_to) = up_to.filter(|_| found.is_none()) else {
+                return Ok(found);
+            };
+            let first_seq = match first {
+                Some(f) => f,
+                None => *first.insert(self.first_seq(&name, &subject).await?),
+            };
+            for _ in 0..LAGGING_RETRIES {
+                if first_seq > up_to {
+                    return Ok(None);
+                }
+                tokio::time::sleep(LAGGING_PAUSE).await;
+                let found = stream::stored_at_or_before(client, &name, &subject, Some(up_to), STORE_WAIT)
+                    .await
+                    .map_err(fail)?;
+                if found.is_some() {
+                    return Ok(found);
+                }
+            }
+            Err(unavailable("a replica of the event stream is behind; retry"))
+        };
         // The newest first: a seq past the stream's last finds nothing, so `before` applies
         // only when it cuts into the room.
-        let mut next = at_or_before(None).await.map_err(fail)?;
+        let mut next = at_or_before(None).await?;
         if let (Some(m), Some(before)) = (&next, before) {
             if m.seq >= before {
                 next = match before - 1 {
                     0 => None,
-                    up_to => at_or_before(Some(up_to)).await.map_err(fail)?,
+                    up_to => at_or_before(Some(up_to)).await?,
                 };
             }
         }
@@ -446,7 +480,7 @@ impl Api {
             }
             bytes += m.payload.len();
             if let Some(up_to) = m.seq.checked_sub(1).filter(|s| *s > 0) {
-                next = at_or_before(Some(up_to)).await.map_err(fail)?;
+                next = at_or_before(Some(up_to)).await?;
             }
             newest_first.push(m);
         }
@@ -458,6 +492,21 @@ impl Api {
             prev = m.seq;
         }
         Ok((events, more))
+    }
+
+    /// The seq of the first event stored under `subject` in stream `name` (`u64::MAX`: none).
+    async fn first_seq(&self, name: &str, subject: &str) -> Result<u64, ApiError> {
+        let js = jetstream::new(self.api.client.clone());
+        let stream = js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?;
+        match tokio::time::timeout(STORE_WAIT, stream.direct_get_first_for_subject(subject)).await {
+            Ok(Ok(m)) => Ok(m.sequence),
+            Ok(Err(e)) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(u64::MAX),
+            Ok(Err(e)) => Err(unavailable(&e.to_string())),
+            Err(_) => Err(unavailable("timed out")),
+        }
     }
 
     /// The presence task's snapshot, asked as any backend asks it.
@@ -509,17 +558,27 @@ impl Api {
     async fn disconnect(&self, body: &[u8]) -> Result<Reached, ApiError> {
         let req = api::decode::<DisconnectRequest>(body)?.checked()?;
         let now = now_ms();
+        let (code, reason) = (
+            req.code.unwrap_or(api::DEFAULT_DISCONNECT_CODE),
+            req.reason.unwrap_or_default(),
+        );
         let revocation = req.revoke.then(|| Revocation {
             before: now,
             until: now.saturating_add(self.api.revocation_ttl.as_millis() as u64),
+            close: Some(Disconnect {
+                code,
+                reason: reason.clone(),
+                reconnect: req.reconnect,
+            }),
         });
-        if let Some(r) = revocation {
-            self.store_revocation(&req.user, r).await?;
+        if let Some(r) = &revocation {
+            self.store_revocation(&req.user, r.clone()).await?;
         }
+        let revoked_before = revocation.as_ref().map(|r| r.before);
         let command = Control::Disconnect {
             user: req.user.clone(),
-            code: req.code.unwrap_or(api::DEFAULT_DISCONNECT_CODE),
-            reason: req.reason.unwrap_or_default(),
+            code,
+            reason,
             reconnect: req.reconnect,
             revocation,
         };
@@ -533,7 +592,7 @@ impl Api {
             "Disconnect"
         );
         Ok(Reached {
-            revoked_before: revocation.map(|r| r.before),
+            revoked_before,
             ..answers
         })
     }

@@ -23,7 +23,7 @@ fn fan_out(c: &mut Criterion) {
                 "lobby",
                 i as u64,
                 Arc::clone(out),
-                Format::WebSocket(codecs[i % codecs.len()]),
+                Format::WebSocket(codecs[i % codecs.len()], None),
             );
             hub.activate("lobby", i as u64, &[], Some(0), |_| Bytes::new());
         }

@@ -296,14 +296,19 @@ impl Authenticator {
 
 impl Revocations {
     /// Records `user`'s revocation: of two, the later `before` holds, until the later `until`.
-    pub(crate) fn set(&self, user: &str, r: Revocation, now: u64) {
+    pub(crate) fn set(&self, user: &str, r: &Revocation, now: u64) {
         let mut lapsing = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Lapsing { map, sweep_at } = &mut *lapsing;
         if map.len() >= *sweep_at {
             map.retain(|_, old| old.until > now);
             *sweep_at = (2 * map.len()).max(SWEEP_MIN);
         }
-        let entry = map.entry(user.to_owned()).or_insert(r);
+        // The times alone: what closes connections is not kept per user.
+        let entry = map.entry(user.to_owned()).or_insert(Revocation {
+            before: r.before,
+            until: r.until,
+            close: None,
+        });
         entry.before = entry.before.max(r.before);
         entry.until = entry.until.max(r.until);
     }
@@ -628,15 +633,19 @@ mod tests {
     #[test]
     fn revocations_lapse_and_are_swept_as_they_grow() {
         let r = Revocations::default();
-        let at = |until| Revocation { before: 1_000, until };
-        r.set("gone", at(2_000), 0);
-        r.set("kept", at(u64::MAX), 0);
+        let at = |until| Revocation {
+            before: 1_000,
+            until,
+            close: None,
+        };
+        r.set("gone", &at(2_000), 0);
+        r.set("kept", &at(u64::MAX), 0);
         assert!(r.refuses("gone", Some(1), 1_500) && !r.refuses("gone", Some(1), 2_000));
         // Entries that lapse as fast as they come: the map stays within twice the sweep size.
         for i in 0..10 * SWEEP_MIN as u64 {
-            r.set(&format!("u{i}"), at(3_000 + i), 3_000 + i);
+            r.set(&format!("u{i}"), &at(3_000 + i), 3_000 + i);
         }
-        r.set("late", at(u64::MAX), 5_000);
+        r.set("late", &at(u64::MAX), 5_000);
         let lapsing = r.map.read().unwrap();
         assert!(!lapsing.map.contains_key("gone") && !lapsing.map.contains_key("u0"));
         assert!(lapsing.map.len() <= 2 * SWEEP_MIN, "{}", lapsing.map.len());

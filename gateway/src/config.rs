@@ -146,9 +146,20 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Largest client message in bytes; a larger WebSocket message closes with 1009.
+    /// Largest client message in bytes; a larger WebSocket message closes with 1009. A
+    /// compressed message counts as it inflates.
     #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
     pub max_message_bytes: usize,
+
+    /// permessage-deflate on `/ws` (RFC 7692): `on` accepts a client's offer (browsers make
+    /// one). Each event is then compressed once per codec, and the bytes are shared by every
+    /// subscriber that takes compressed frames; no compression state is kept per connection.
+    #[arg(long, env = "HERALD_WS_COMPRESSION", value_enum, default_value_t = Toggle::Off)]
+    pub ws_compression: Toggle,
+
+    /// The smallest event, in bytes as encoded, sent compressed; smaller ones go as they are.
+    #[arg(long, env = "HERALD_WS_COMPRESSION_MIN_BYTES", default_value_t = 256)]
+    pub ws_compression_min_bytes: u32,
 
     /// Most room subscriptions per connection.
     #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 128)]
@@ -460,6 +471,13 @@ impl Config {
             .filter(|o| !o.is_empty() && o != "*")
             .collect()
     }
+}
+
+/// A feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 /// How the gateway subscribes to live room events (`--room-subscriptions`).

@@ -96,7 +96,7 @@ pub(crate) async fn apply(shared: &Shared, command: Control) -> ControlReply {
             reconnect,
             revocation,
         } => {
-            if let Some(r) = revocation {
+            if let Some(r) = &revocation {
                 shared.auth.revocations().set(&user, r, now_ms());
             }
             let frame = Disconnect {
@@ -248,13 +248,22 @@ async fn change_rooms(shared: &Shared, user: &str, room: &str, change: Change) -
     reached
 }
 
-/// The room's last seq, read once per command (`None` if the stream does not answer).
+/// Where the connections a `subscribe` reaches start in the room, read once per command: its
+/// last seq (one before it in a last-value namespace, whose newest event a new subscriber
+/// gets); `None` if the stream does not answer within [`TAIL_WAIT`].
 async fn live_tail(shared: &Shared, room: &str, tail: &mut Option<Option<u64>>) -> Option<u64> {
     if tail.is_none() {
-        *tail = Some(shared.hub.last_seq(room).await.ok());
+        let last = tokio::time::timeout(TAIL_WAIT, shared.hub.last_seq(room)).await;
+        let last = last.ok().and_then(Result::ok);
+        let back = u64::from(shared.last_value(room));
+        *tail = Some(last.map(|seq| seq.saturating_sub(back)));
     }
     tail.flatten()
 }
+
+/// How long a command waits for a room's last seq: the gateway runs commands one at a time,
+/// and fanout hears from it within a second or names it missing.
+const TAIL_WAIT: Duration = Duration::from_millis(500);
 
 /// Ends every connection of `user` on this gateway: a `disconnect` frame, then (WebSocket)
 /// a close frame with its code and reason; polling sessions get it in their next answer.
@@ -276,7 +285,7 @@ fn close_all(conns: &[Registered], frame: Disconnect) -> u64 {
     for c in conns {
         let encoded = encode_for(c.format, &ServerFrame::Disconnect((*frame).clone()));
         match c.format {
-            Format::WebSocket(_) => {
+            Format::WebSocket(..) => {
                 c.out.push_frame(encoded);
                 // The close frame is queued: the writer sends it and ends the connection.
                 c.out.push_frame(close.clone());
@@ -339,11 +348,14 @@ async fn revocations(shared: Weak<Shared>, upstream: Arc<Upstream>) {
 
 /// How long after a revocation reaches a gateway through the bucket it closes the user's
 /// connections the revocation's command did not: fanout writes the bucket before it sends
-/// the command, so this leaves the command time to close them with its own code and reason.
+/// the command, so this leaves the command time to close them first.
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
 
-/// The close a connection gets that only the bucket told this gateway to end (it missed
-/// the command: it was cut off from NATS, or too slow to answer).
+/// A revocation this recent is swept for even when the user has no connection here yet: one
+/// may be registering, its token checked just before the revocation arrived.
+const SWEEP_RECENT_MS: u64 = 10_000;
+
+/// The close of an entry that does not say its own (written before entries carried it).
 fn revoked_frame() -> Disconnect {
     Disconnect {
         code: herald_proto::api::DEFAULT_DISCONNECT_CODE,
@@ -353,7 +365,8 @@ fn revoked_frame() -> Disconnect {
 }
 
 /// Applies one entry of the revocation bucket. A revocation of a user with connections here
-/// also closes, `sweep_after` later, those still open whose tokens it refuses: the ones a
+/// (or a recent one) also closes, `sweep_after` later, the user's connections still open
+/// whose tokens the revocations then refuse, with the entry's `disconnect`: the ones a
 /// missed command left.
 fn follow(shared: &Arc<Shared>, key: &str, op: Operation, value: &[u8], sweep_after: Duration) {
     let Some(user) = user_of_revocation_key(key) else {
@@ -364,13 +377,15 @@ fn follow(shared: &Arc<Shared>, key: &str, op: Operation, value: &[u8], sweep_af
         Operation::Put => match serde_json::from_slice::<Revocation>(value) {
             Ok(r) => {
                 let now = now_ms();
-                revocations.set(&user, r, now);
-                if now < r.until && !shared.conns.of_user(&user).is_empty() {
+                revocations.set(&user, &r, now);
+                let recent = r.before.saturating_add(SWEEP_RECENT_MS) > now;
+                if now < r.until && (recent || !shared.conns.of_user(&user).is_empty()) {
+                    let close = r.close.unwrap_or_else(revoked_frame);
                     let shared = Arc::downgrade(shared);
                     tokio::spawn(async move {
                         tokio::time::sleep(sweep_after).await;
                         if let Some(shared) = shared.upgrade() {
-                            sweep(&shared, &user, &r);
+                            sweep(&shared, &user, close);
                         }
                     });
                 }
@@ -381,17 +396,19 @@ fn follow(shared: &Arc<Shared>, key: &str, op: Operation, value: &[u8], sweep_af
     }
 }
 
-/// Closes `user`'s open connections whose tokens `revocation` refuses.
-fn sweep(shared: &Shared, user: &str, revocation: &Revocation) {
+/// Closes `user`'s open connections whose tokens are refused now (a revocation lifted in the
+/// meantime closes none) with `close`.
+fn sweep(shared: &Shared, user: &str, close: Disconnect) {
     let now = now_ms();
+    let revocations = shared.auth.revocations();
     let stale: Vec<Registered> = shared
         .conns
         .of_user(user)
         .into_iter()
-        .filter(|c| revocation.refuses(c.iat, now) && !c.out.is_closing())
+        .filter(|c| revocations.refuses(user, c.iat, now) && !c.out.is_closing())
         .collect();
     if !stale.is_empty() {
-        let closed = close_all(&stale, revoked_frame());
+        let closed = close_all(&stale, close);
         warn!(%user, connections = closed, "Closed connections a revocation reached only through its bucket");
     }
 }

@@ -284,7 +284,7 @@ impl Feeds {
         let content = content(kind);
         for r in feed.recipients.values_mut() {
             let slot = match r.format {
-                Format::WebSocket(codec) => usize::from(codec.is_binary()),
+                Format::WebSocket(codec, _) => usize::from(codec.is_binary()),
                 Format::Bare => 2,
             };
             let bytes = encoded[slot]

@@ -18,6 +18,7 @@ mod auth;
 mod config;
 mod control;
 mod deadline;
+mod deflate;
 mod feeds;
 mod http;
 mod hub;
@@ -53,7 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::info;
 
-pub use config::{Config, ConfigError, RoomSubscriptions};
+pub use config::{Config, ConfigError, RoomSubscriptions, Toggle};
 
 use crate::auth::Authenticator;
 use crate::hub::{Hub, Table};

@@ -29,6 +29,7 @@ pub(crate) const RESCANS: &str = "herald_gateway_room_rescans_total";
 pub(crate) const NATS_EVENTS: &str = "herald_gateway_nats_events_total";
 pub(crate) const REPLAYED: &str = "herald_gateway_replayed_events_total";
 pub(crate) const CLOSES: &str = "herald_gateway_closes_total";
+pub(crate) const COMPRESSION_BYTES: &str = "herald_gateway_compression_bytes_total";
 pub(crate) const READY: &str = "herald_gateway_ready";
 pub(crate) const NATS_CONNECTED: &str = "herald_gateway_nats_connected";
 
@@ -105,6 +106,12 @@ fn describe() {
         "Errors sent to clients (error frames, HTTP errors and close codes), by code."
     );
     describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written to clients, by transport.");
+    describe_counter!(
+        COMPRESSION_BYTES,
+        Unit::Bytes,
+        "Events compressed for WebSocket clients with permessage-deflate (once per event and \
+         codec, not per delivery), before (`side=\"plain\"`) and after (`side=\"compressed\"`)."
+    );
     describe_counter!(
         GAPS_REPAIRED,
         "Events fetched from the stream to fill a gap in the live feed."
@@ -230,6 +237,12 @@ pub(crate) fn sent(t: Transport, frames: u64, bytes: u64) {
     let h = write_handles();
     h.frames[t as usize].increment(frames);
     h.bytes[t as usize].increment(bytes);
+}
+
+/// An event compressed once: `plain` bytes became `compressed`.
+pub(crate) fn compressed(plain: usize, compressed: usize) {
+    counter!(COMPRESSION_BYTES, "side" => "plain").increment(plain as u64);
+    counter!(COMPRESSION_BYTES, "side" => "compressed").increment(compressed as u64);
 }
 
 pub(crate) fn received() {

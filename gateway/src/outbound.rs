@@ -38,13 +38,16 @@ pub(crate) mod opcode {
     pub(crate) const CLOSE: u8 = 0x8;
     pub(crate) const PING: u8 = 0x9;
     pub(crate) const PONG: u8 = 0xA;
+    /// RSV1 on a message's first frame: its payload is compressed (permessage-deflate).
+    pub(crate) const COMPRESSED: u8 = 0x40;
 }
 
 /// How a recipient's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// A whole WebSocket frame in the connection's codec.
-    WebSocket(Codec),
+    /// A whole WebSocket frame in the connection's codec. With permessage-deflate, the
+    /// smallest event (in bytes, as encoded) that goes compressed; other frames never do.
+    WebSocket(Codec, Option<u32>),
     /// The JSON frame alone, for the HTTP transports.
     Bare,
 }
@@ -52,23 +55,36 @@ pub enum Format {
 /// An event as a recipient in `format` receives it.
 pub(crate) fn event_frame(ev: EventRef<'_>, format: Format) -> Bytes {
     match format {
-        Format::WebSocket(Codec::Json) => ws_frame(opcode::TEXT, &Codec::Json.encode_event(ev)),
-        Format::WebSocket(Codec::MsgPack) => ws_frame(opcode::BINARY, &Codec::MsgPack.encode_event(ev)),
+        Format::WebSocket(codec, compress) => data_frame(data_opcode(codec), &codec.encode_event(ev), compress),
         Format::Bare => Bytes::from(Codec::Json.encode_event(ev)),
     }
+}
+
+/// The data opcode of a codec's frames.
+pub(crate) fn data_opcode(codec: Codec) -> u8 {
+    if codec.is_binary() {
+        opcode::BINARY
+    } else {
+        opcode::TEXT
+    }
+}
+
+/// A data frame (`op` text or binary), compressed when `compress` names a size the payload
+/// reaches and compressing makes it smaller.
+pub(crate) fn data_frame(op: u8, payload: &[u8], compress: Option<u32>) -> Bytes {
+    if compress.is_some_and(|min| payload.len() >= min as usize) {
+        if let Some(z) = crate::deflate::compress(payload) {
+            crate::metrics::compressed(payload.len(), z.len());
+            return ws_frame(opcode::COMPRESSED | op, &z);
+        }
+    }
+    ws_frame(op, payload)
 }
 
 /// Any other server frame as a recipient in `format` receives it.
 pub(crate) fn encode_for(format: Format, frame: &ServerFrame) -> Bytes {
     match format {
-        Format::WebSocket(codec) => {
-            let op = if codec.is_binary() {
-                opcode::BINARY
-            } else {
-                opcode::TEXT
-            };
-            ws_frame(op, &codec.encode_server(frame))
-        }
+        Format::WebSocket(codec, _) => ws_frame(data_opcode(codec), &codec.encode_server(frame)),
         Format::Bare => Bytes::from(Codec::Json.encode_server(frame)),
     }
 }
@@ -403,7 +419,8 @@ pub(crate) fn record_websocket_sent(items: &[Item], bytes: usize) {
     }
 }
 
-/// Encodes one unmasked server frame (FIN set): header and payload in one buffer.
+/// Encodes one unmasked server frame (FIN set): header and payload in one buffer. `opcode`
+/// may carry [`opcode::COMPRESSED`].
 pub(crate) fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut buf = BytesMut::with_capacity(len + 10);

@@ -24,7 +24,9 @@ use tracing::{debug, error, warn};
 
 use crate::addr::ClientAddr;
 use crate::auth::Identity;
+use crate::config::Toggle;
 use crate::deadline::{WriteDeadline, SOCKET_DEADLINE_MARGIN};
+use crate::deflate;
 use crate::http::{self as transport, full, token, Body, HttpError};
 use crate::state::Shared;
 use crate::sync::panic_message;
@@ -154,6 +156,22 @@ async fn upgrade(
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     let codec = negotiate(&req)?;
+    let agreed = match shared.config.ws_compression {
+        Toggle::On => deflate::negotiate(
+            req.headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
+        Toggle::Off => None,
+    };
+    let compression = ws::Compression {
+        inbound: agreed.is_some(),
+        events: agreed
+            .as_ref()
+            .filter(|a| a.compress_events)
+            .map(|_| shared.config.ws_compression_min_bytes),
+    };
     let (conn_id, conn) = shared.new_conn();
     let identity = match mode {
         Mode::Echo => None,
@@ -190,10 +208,14 @@ async fn upgrade(
         conn,
         identity,
         codec,
+        compression,
         mode,
     });
     tokio::spawn(ws::run(shared, fut, accepted));
     let (mut parts, _) = resp.into_parts();
+    if let Some(answer) = agreed.and_then(|a| HeaderValue::from_str(&a.answer).ok()) {
+        parts.headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
     if offered_protocol {
         parts.headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,

@@ -33,8 +33,9 @@ async fn an_event_published_after_the_answer_reaches_a_session_that_subscribes_l
     let first = publish(1).await;
     let mut ann = WsClient::connect(&gw.ws_url(), &jwt::token("ann", 600, &["lobby"], &[])).await;
 
-    // The session takes the command half a second after it was answered.
-    fail::cfg("ws.subscribe", "sleep(500)").expect("fail point configured");
+    // The session takes the command only after the event below is stored (the fail point
+    // holds its thread until removed).
+    fail::cfg("ws.subscribe", "pause").expect("fail point configured");
     let command = Control::Subscribe {
         user: "ann".into(),
         room: "race".into(),

@@ -53,7 +53,10 @@ if (!token || !company || !me || (!agentPage && !params.get("agent"))) {
 
   /** A conversation's panel, for a subscription the page asked for or the server gave. */
   function open(room, sub) {
-    const { customer, agent } = partiesOf(room);
+    // A name from the URL that does not fit a room part (`:`) opens nothing.
+    const parties = partiesOf(room);
+    if (!parties) return;
+    const { customer, agent } = parties;
     // The other party names the panel: the customer on an agent's page, the agent on a customer's.
     const party = agentPage ? customer : agent;
     panels.get(room)?.remove();
@@ -86,8 +89,8 @@ if (!token || !company || !me || (!agentPage && !params.get("agent"))) {
     desk.append(panel);
     panels.set(room, panel);
     if (agentPage) {
+      if (!badges.has(customer)) client.watch([customer]);
       badges.set(customer, badge);
-      client.watch([customer]);
     }
     sub.on("event", (ev) => {
       if (ev.type === "system") say(`— ${ev.data?.text ?? ""}`, "system");

@@ -360,13 +360,14 @@ impl Program {
 
     /// Starts the support desk demo's backend (`binary`, or `demo-backend` in [`bin_dir`])
     /// on `listen`, calling the server API at `api` with `api_key`, checking agents' tokens
-    /// with `secret`; does not wait. It answers `/readyz` on `listen`.
+    /// with `secret`, its agents `agents` (`company:agent`); does not wait. It answers
+    /// `/readyz` on `listen`.
     pub fn demo_backend(
         binary: Option<PathBuf>,
         listen: SocketAddr,
-        api: SocketAddr,
-        api_key: &str,
+        (api, api_key): (SocketAddr, &str),
         secret: &str,
+        agents: &[&str],
         logs: &Logs,
     ) -> Result<Self> {
         let binary = binary.map_or_else(|| program("demo-backend"), Ok)?;
@@ -375,7 +376,11 @@ impl Program {
             &binary,
             listen,
             &args,
-            &[("HERALD_API_KEY", api_key), ("HERALD_AUTH_HS256_SECRET", secret)],
+            &[
+                ("HERALD_API_KEY", api_key),
+                ("HERALD_AUTH_HS256_SECRET", secret),
+                ("DEMO_AGENTS", &agents.join(",")),
+            ],
             logs,
         )?;
         p.listen = Some(listen);

@@ -463,12 +463,17 @@ pub fn user_of_revocation_key(key: &str) -> Option<String> {
 }
 
 /// A user's entry in the revocation bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     /// Tokens issued at or before this time (ms since the epoch) are refused…
     pub before: u64,
     /// …until this time (ms since the epoch), when the entry lapses.
     pub until: u64,
+    /// The `disconnect` that came with it, for a gateway the command did not reach: it
+    /// closes the user's connections with this frame (entries written before it existed:
+    /// code 4000, reason `revoked`, no reconnect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<crate::frame::Disconnect>,
 }
 
 impl Revocation {
@@ -609,7 +614,25 @@ mod tests {
         let r = Revocation {
             before: 10_500,
             until: 20_000,
+            close: None,
         };
+        // An entry of an older fanout (no close) reads as one; a close round-trips.
+        assert_eq!(
+            serde_json::from_str::<Revocation>(r#"{"before":10500,"until":20000}"#).unwrap(),
+            r
+        );
+        let with = Revocation {
+            close: Some(crate::frame::Disconnect {
+                code: 4001,
+                reason: "banned".into(),
+                reconnect: false,
+            }),
+            ..r.clone()
+        };
+        assert_eq!(
+            serde_json::from_str::<Revocation>(&serde_json::to_string(&with).unwrap()).unwrap(),
+            with
+        );
         assert!(r.refuses(Some(10), 11_000));
         assert!(r.refuses(None, 11_000));
         assert!(!r.refuses(Some(11), 11_000));

@@ -93,9 +93,9 @@ pub(crate) fn up() -> Result<()> {
     programs.push(Program::demo_backend(
         Some(bin.join("demo-backend")),
         localhost(DESK_PORT),
-        localhost(API_PORT),
-        DEV_API_KEY,
+        (localhost(API_PORT), DEV_API_KEY),
         DEV_SECRET,
+        &["acme:alice", "acme:carol"],
         &Logs::Inherit,
     )?);
     for p in &mut programs {

@@ -114,7 +114,7 @@ enum Mode {
 /// An event's frames, encoded on first use per format.
 struct Frames<'e> {
     ev: &'e StoredEvent,
-    slots: [Option<Bytes>; 3],
+    slots: [Option<Bytes>; 5],
 }
 
 // === impl Table ===
@@ -339,7 +339,7 @@ impl Room {
         }
         let mut frames = Frames {
             ev,
-            slots: [None, None, None],
+            slots: [None, None, None, None, None],
         };
         let mut n = 0;
         let direct = live && self.subs.len() <= DIRECT_ROOM;
@@ -538,7 +538,7 @@ impl Rooms for Table {
 /// `recovered:false` on WebSocket (as a resume beyond the stream gets); for the HTTP
 /// transports, an item they turn into `unrecovered` (SSE's event, a poll answer's list).
 fn rewound_item(room: &str, format: Format) -> Item {
-    let Format::WebSocket(_) = format else {
+    let Format::WebSocket(..) = format else {
         return Item {
             bytes: Bytes::new(),
             content: Content::Unrecovered(Arc::from(room)),
@@ -571,9 +571,12 @@ pub(super) fn item(bytes: Bytes, ev: &StoredEvent, format: Format, stored_us: u6
 impl Frames<'_> {
     fn get(&mut self, format: Format) -> Bytes {
         let i = match format {
-            Format::WebSocket(Codec::Json) => 0,
-            Format::WebSocket(Codec::MsgPack) => 1,
+            Format::WebSocket(Codec::Json, None) => 0,
+            Format::WebSocket(Codec::MsgPack, None) => 1,
             Format::Bare => 2,
+            // One threshold per gateway (`--ws-compression-min-bytes`): one slot per codec.
+            Format::WebSocket(Codec::Json, Some(_)) => 3,
+            Format::WebSocket(Codec::MsgPack, Some(_)) => 4,
         };
         self.slots[i]
             .get_or_insert_with(|| event_frame(self.ev.event_ref(), format))
@@ -611,7 +614,7 @@ mod tests {
     fn pending_subscribers_get_replay_then_buffer_without_duplicates() {
         let hub = Table::default();
         let out = Outbound::new(1 << 20);
-        let joined = hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        let joined = hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json, None));
         assert!(joined.new_room);
         hub.set_ready("lobby", 5, 0);
         // Live events arrive while the replay is being fetched.
@@ -643,7 +646,7 @@ mod tests {
     fn live_room(last: u64) -> (Table, Arc<Outbound>) {
         let hub = Table::default();
         let out = Outbound::new(1 << 20);
-        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json, None));
         assert_eq!(hub.set_ready("lobby", last, 0), None, "nothing was held");
         hub.activate("lobby", 1, &[], None, |_| Bytes::new());
         (hub, out)
@@ -684,7 +687,7 @@ mod tests {
     #[test]
     fn joins_wait_only_while_a_room_starts_and_every_waiter_learns_how_it_ended() {
         let hub = Table::default();
-        let json = Format::WebSocket(Codec::Json);
+        let json = Format::WebSocket(Codec::Json, None);
         let (a, b) = (Outbound::new(1 << 20), Outbound::new(1 << 20));
         let waiting = [
             hub.join("lobby", 1, a.clone(), json).state,
@@ -775,7 +778,7 @@ mod tests {
     fn a_new_room_holds_live_events_until_its_last_seq_is_known() {
         let hub = Table::default();
         let out = Outbound::new(1 << 20);
-        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json, None));
         // Stored before the last seq was read (5) and after it.
         assert_eq!(hub.offer(ev(5, 4)), None);
         assert_eq!(hub.offer(ev(6, 5)), None);
@@ -896,7 +899,7 @@ mod tests {
     fn a_subscriber_pending_during_a_rewind_gets_only_the_new_stream() {
         let hub = Table::default();
         let out = Outbound::new(1 << 20);
-        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json, None));
         hub.set_ready("lobby", 5, 105);
         assert_eq!(hub.offer(ev_at(1, 0, 200)), None, "rewound and delivered");
         // Its replay was read from the old stream's position: not used.
@@ -923,7 +926,7 @@ mod tests {
     fn a_pending_buffer_is_bounded() {
         let hub = Table::default();
         let out = Outbound::new(1 << 30);
-        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json));
+        hub.join("lobby", 1, out.clone(), Format::WebSocket(Codec::Json, None));
         for seq in 1..=(MAX_PENDING_EVENTS as u64 + 1) {
             hub.deliver(&ev(seq, seq - 1));
         }
@@ -936,8 +939,8 @@ mod tests {
         let hub = Table::default();
         let a = Outbound::new(1 << 20);
         let b = Outbound::new(1 << 20);
-        hub.join("lobby", 1, a.clone(), Format::WebSocket(Codec::Json));
-        hub.join("lobby", 2, b.clone(), Format::WebSocket(Codec::Json));
+        hub.join("lobby", 1, a.clone(), Format::WebSocket(Codec::Json, None));
+        hub.join("lobby", 2, b.clone(), Format::WebSocket(Codec::Json, None));
         hub.activate("lobby", 1, &[], Some(0), |_| Bytes::new());
         hub.activate("lobby", 2, &[], Some(0), |_| Bytes::new());
         assert_eq!(hub.deliver(&ev(1, 0)), 2);
@@ -948,7 +951,7 @@ mod tests {
         assert_eq!(x[0].bytes.as_ptr(), y[0].bytes.as_ptr(), "the same bytes are shared");
         assert_eq!(hub.leave("lobby", 1), None);
         let generation = hub.leave("lobby", 2).unwrap();
-        hub.join("lobby", 3, a, Format::WebSocket(Codec::Json));
+        hub.join("lobby", 3, a, Format::WebSocket(Codec::Json, None));
         assert!(
             !hub.remove_if_idle("lobby", generation),
             "reused before the linger ended"

@@ -6,16 +6,30 @@
 //! header to know the frame's length), so when the reader returns a frame and `Input` holds
 //! nothing more, the reader's buffer is empty and the session can drop it. Between messages a
 //! connection then holds only this small struct.
+//!
+//! With permessage-deflate, it also tells the session which frames begin a compressed
+//! message (RSV1), and hands those to the frame reader as plain binary frames: the reader
+//! refuses reserved bits, and would check a text frame's compressed bytes as UTF-8.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Bytes read ahead from the socket are limited to this much at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// What the frame last handed over begins ([`Input`]'s `kind`).
+pub(super) mod kind {
+    /// Anything but a compressed message's first frame.
+    pub(in crate::ws) const PLAIN: u8 = 0;
+    /// A compressed binary message.
+    pub(in crate::ws) const COMPRESSED_BINARY: u8 = 1;
+    /// A compressed text message (handed over as binary).
+    pub(in crate::ws) const COMPRESSED_TEXT: u8 = 2;
+}
 
 /// A frame-at-a-time reader over the socket's read half.
 pub(super) struct Input<'a, R> {
@@ -26,17 +40,44 @@ pub(super) struct Input<'a, R> {
     frame_left: usize,
     /// Set when everything read so far has been handed over and ended a frame.
     idle: &'a AtomicBool,
+    /// Whether the client may compress messages (permessage-deflate was agreed).
+    inflates: bool,
+    /// What the current frame begins, one of [`kind`].
+    kind: &'a AtomicU8,
 }
 
 impl<'a, R: AsyncRead + Unpin> Input<'a, R> {
-    pub(super) fn new(rd: R, idle: &'a AtomicBool) -> Self {
+    pub(super) fn new(rd: R, idle: &'a AtomicBool, inflates: bool, kind: &'a AtomicU8) -> Self {
         idle.store(true, Ordering::Relaxed);
+        kind.store(kind::PLAIN, Ordering::Relaxed);
         Self {
             rd,
             pending: Vec::new(),
             frame_left: 0,
             idle,
+            inflates,
+            kind,
         }
+    }
+
+    /// Notes what the frame `pending` starts with begins; a compressed message's first frame
+    /// goes on with RSV1 clear, as binary. RSV1 anywhere else (a control or continuation
+    /// frame, or without the extension) stays, for the frame reader to refuse (1002).
+    fn note_frame(&mut self) {
+        let b0 = self.pending[0];
+        let op = b0 & 0x0f;
+        let compressed = self.inflates && b0 & 0x40 != 0 && (op == 0x1 || op == 0x2);
+        let k = if compressed {
+            self.pending[0] = (b0 & 0xb0) | 0x2;
+            if op == 0x1 {
+                kind::COMPRESSED_TEXT
+            } else {
+                kind::COMPRESSED_BINARY
+            }
+        } else {
+            kind::PLAIN
+        };
+        self.kind.store(k, Ordering::Relaxed);
     }
 
     /// Waits until the peer sends something; `false` at end of stream.
@@ -103,6 +144,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Input<'_, R> {
             if this.frame_left == 0 {
                 if let Some(len) = frame_len(&this.pending) {
                     this.frame_left = len;
+                    this.note_frame();
                 }
             }
             if this.frame_left > 0 && !this.pending.is_empty() {
@@ -155,7 +197,8 @@ mod tests {
         ]
         .concat();
         let idle = AtomicBool::new(false);
-        let mut input = Input::new(&wire[..], &idle);
+        let kind = AtomicU8::new(kind::PLAIN);
+        let mut input = Input::new(&wire[..], &idle, false, &kind);
         assert!(input.wait().await.unwrap());
         let mut buf = [0u8; 64];
         let n = input.read(&mut buf).await.unwrap();
@@ -166,5 +209,45 @@ mod tests {
         assert!(idle.load(Ordering::Relaxed));
         input.shrink();
         assert!(!input.wait().await.unwrap(), "end of stream");
+    }
+
+    #[tokio::test]
+    async fn compressed_first_frames_go_on_as_plain_binary_and_are_noted() {
+        use tokio::io::AsyncReadExt;
+        // A compressed text frame, a compressed binary one not finished, its continuation
+        // (RSV1 set, which only a first frame may carry), a ping with RSV1, RSV2 on text.
+        let frames: [&[u8]; 5] = [
+            &[0xc1, 0x80, 0, 0, 0, 0],
+            &[0x42, 0x80, 0, 0, 0, 0],
+            &[0xc0, 0x80, 0, 0, 0, 0],
+            &[0xc9, 0x80, 0, 0, 0, 0],
+            &[0xa1, 0x80, 0, 0, 0, 0],
+        ];
+        let expected = [
+            (0x82, kind::COMPRESSED_TEXT),
+            (0x02, kind::COMPRESSED_BINARY),
+            (0xc0, kind::PLAIN),
+            (0xc9, kind::PLAIN),
+            (0xa1, kind::PLAIN),
+        ];
+        for inflates in [true, false] {
+            let wire = frames.concat();
+            let (idle, k) = (AtomicBool::new(false), AtomicU8::new(kind::PLAIN));
+            let mut input = Input::new(&wire[..], &idle, inflates, &k);
+            for (i, (first, noted)) in expected.into_iter().enumerate() {
+                let mut buf = [0u8; 16];
+                let n = input.read(&mut buf).await.unwrap();
+                assert_eq!(n, 6);
+                if inflates {
+                    assert_eq!((buf[0], k.load(Ordering::Relaxed)), (first, noted), "frame {i}");
+                } else {
+                    assert_eq!(
+                        (buf[0], k.load(Ordering::Relaxed)),
+                        (frames[i][0], kind::PLAIN),
+                        "frame {i}"
+                    );
+                }
+            }
+        }
     }
 }

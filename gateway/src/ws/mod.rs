@@ -7,4 +7,4 @@ mod session;
 mod socket;
 mod writer;
 
-pub(crate) use session::{run, Accepted, Mode};
+pub(crate) use session::{run, Accepted, Compression, Mode};

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,14 +22,15 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tracing::{debug, error, Instrument};
 
 use crate::auth::{Access, Identity};
+use crate::deflate;
 use crate::feeds::Kind;
 use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
-use crate::outbound::{encode_for, opcode, ws_frame, Format, Item, Outbound, SharedWrite};
+use crate::outbound::{data_frame, encode_for, opcode, ws_frame, Format, Item, Outbound, SharedWrite};
 use crate::state::{Command, Mailbox, RateKind, RoomTokens, Shared, Slot};
 use crate::sync::panic_message;
 
-use super::input::Input;
+use super::input::{self, Input};
 use super::socket;
 use super::writer::{write_loop, BUSY, CLOSE_GRACE};
 
@@ -52,7 +53,17 @@ pub(crate) struct Accepted {
     pub conn: String,
     pub identity: Identity,
     pub codec: Codec,
+    pub compression: Compression,
     pub mode: Mode,
+}
+
+/// The permessage-deflate a connection agreed to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Compression {
+    /// The client may send compressed messages.
+    pub inbound: bool,
+    /// Events of at least this many bytes (as encoded) go compressed.
+    pub events: Option<u32>,
 }
 
 /// Everything a connection holds. Its `Drop` gives it all back (rooms, presence, watched
@@ -67,6 +78,8 @@ struct Session {
     conn: String,
     identity: Identity,
     codec: Codec,
+    /// permessage-deflate: events of at least this many bytes go compressed.
+    compress: Option<u32>,
     out: Arc<Outbound>,
     rooms: HashSet<String>,
     /// Rooms subscribed with `presence: true` (a subset of `rooms`).
@@ -138,7 +151,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let idle = AtomicBool::new(true);
-    let mut input = Input::new(rd, &idle);
+    let kind = AtomicU8::new(input::kind::PLAIN);
+    let mut input = Input::new(rd, &idle, a.compression.inbound, &kind);
     let out = Outbound::new(shared.config.outbound_buffer_bytes);
     if let Some(tcp) = direct {
         out.write_directly(tcp);
@@ -150,13 +164,14 @@ where
         conn,
         identity,
         codec,
+        compression,
         mode,
     } = *a;
     let mail = Arc::new(Mailbox::default());
     slot.register(
         (&identity.user, identity.claims.as_ref().and_then(|c| c.iat)),
         "websocket",
-        Format::WebSocket(codec),
+        Format::WebSocket(codec, compression.events),
         Arc::clone(&out),
         Some(Arc::clone(&mail)),
     );
@@ -168,6 +183,7 @@ where
         conn_id,
         conn,
         codec,
+        compress: compression.events,
         out: Arc::clone(&out),
         rooms: HashSet::new(),
         presence_rooms: HashSet::new(),
@@ -208,7 +224,7 @@ where
         });
     tokio::pin!(writer);
     let max = shared.config.max_message_bytes;
-    let reading = session.read_loop(&mut input, &idle, &last_seen, mode, max);
+    let reading = session.read_loop(&mut input, (&idle, &kind), &last_seen, mode, max);
     // Whether our close frame may still be on its way to a peer that has not closed.
     let linger = tokio::select! {
         end = reading => {
@@ -260,17 +276,22 @@ async fn read_until_close<R: AsyncRead + Unpin>(input: &mut Input<'_, R>, max: u
 }
 
 impl Session {
+    /// How this connection's frames are encoded.
+    fn format(&self) -> Format {
+        Format::WebSocket(self.codec, self.compress)
+    }
+
     /// Reads messages until the connection ends. A frame reader (and its buffer) exists only
     /// while a message is arriving; between messages the connection holds none.
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         input: &mut Input<'_, R>,
-        idle: &AtomicBool,
+        (idle, kind): (&AtomicBool, &AtomicU8),
         last_seen: &AtomicU64,
         mode: Mode,
         max: usize,
     ) -> End {
-        let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+        let mut fragments: Option<Fragments> = None;
         let mail = Arc::clone(&self.mail);
         loop {
             let ready = tokio::select! {
@@ -292,7 +313,7 @@ impl Session {
             }
             // Boxed: the frame reader and the op being run exist only while messages
             // arrive, and an idle connection's task does not carry room for them.
-            let read = self.read_messages(input, idle, last_seen, mode, max, &mut fragments);
+            let read = self.read_messages(input, (idle, kind), last_seen, mode, max, &mut fragments);
             if let Some(end) = Box::pin(read).await {
                 return end;
             }
@@ -305,11 +326,11 @@ impl Session {
     async fn read_messages<R: AsyncRead + Unpin>(
         &mut self,
         input: &mut Input<'_, R>,
-        idle: &AtomicBool,
+        (idle, kind): (&AtomicBool, &AtomicU8),
         last_seen: &AtomicU64,
         mode: Mode,
         max: usize,
-        fragments: &mut Option<(OpCode, Vec<u8>)>,
+        fragments: &mut Option<Fragments>,
     ) -> Option<End> {
         let out = Arc::clone(&self.out);
         // Pongs and close replies that the frame reader owes the peer go through the queue.
@@ -330,7 +351,7 @@ impl Session {
                 Err(e) => return Some(read_error(e)),
             };
             last_seen.store(now_ms(), Ordering::Relaxed);
-            match assemble(frame, fragments, max) {
+            match assemble(frame, kind.load(Ordering::Relaxed), fragments, max) {
                 Err(end) => return Some(end),
                 Ok(Some((op, payload))) => {
                     // While the op runs, frames are not read (a paced replay waits for the
@@ -368,7 +389,7 @@ impl Session {
             } else {
                 opcode::BINARY
             };
-            self.out.push_frame(ws_frame(code, &payload));
+            self.out.push_frame(data_frame(code, &payload, self.compress));
             return Ok(());
         }
         metrics::received();
@@ -461,10 +482,6 @@ impl Session {
             since = None;
             unrecovered = true;
         }
-        if by_server && self.shared.last_value(&room) {
-            // The server's subscribe comes at the room's last seq: its newest event is one back.
-            since = since.map(|s| s.saturating_sub(1));
-        }
         if since.is_none() && self.shared.last_value(&room) {
             match self.shared.hub.last_seq(&room).await {
                 Ok(last) if last > 0 => since = Some(last - 1),
@@ -497,7 +514,7 @@ impl Session {
             }
         }
         self.rooms.insert(room.clone());
-        let format = Format::WebSocket(self.codec);
+        let format = self.format();
         fail::fail_point!("ws.subscribe");
         let upstream = &self.shared.hub;
         // History first, in bursts the client reads one by one; then the hub splices the
@@ -541,7 +558,7 @@ impl Session {
             }
             if by_server {
                 let frame = ServerFrame::Subscribed(Subscribed { room: ack_room, seq });
-                return encode_for(Format::WebSocket(codec), &frame);
+                return encode_for(Format::WebSocket(codec, None), &frame);
             }
             let ack = Ack {
                 id: ack_id,
@@ -550,7 +567,7 @@ impl Session {
                 recovered: Some(recovered),
                 repeat: None,
             };
-            encode_for(Format::WebSocket(codec), &ServerFrame::Ack(ack))
+            encode_for(Format::WebSocket(codec, None), &ServerFrame::Ack(ack))
         };
         match upstream
             .attach(&room, self.conn_id, &self.out, format, after, ack)
@@ -608,7 +625,7 @@ impl Session {
             .join(&room, &self.conn, &self.identity.user, name)
             .await;
         fail::fail_point!("ws.presence.follow");
-        let format = Format::WebSocket(self.codec);
+        let format = self.format();
         match shared
             .presence
             .follow(self.conn_id, &self.out, format, &room, id.clone())
@@ -712,7 +729,7 @@ impl Session {
                     ))
                 }
             };
-            out.push_frame(encode_for(Format::WebSocket(codec), &frame));
+            out.push_frame(encode_for(Format::WebSocket(codec, None), &frame));
         });
         Ok(())
     }
@@ -763,7 +780,7 @@ impl Session {
             // Recorded first: a panic or cancel inside `add` still has it removed at the end.
             self.watching.insert(user.clone());
             fail::fail_point!("ws.watch");
-            let format = Format::WebSocket(self.codec);
+            let format = self.format();
             if shared
                 .presence
                 .feeds
@@ -870,7 +887,7 @@ impl Session {
     }
 
     fn send(&self, frame: &ServerFrame) {
-        let bytes = encode_for(Format::WebSocket(self.codec), frame);
+        let bytes = encode_for(self.format(), frame);
         self.out.push_now(Item::frame(bytes));
     }
 
@@ -893,24 +910,37 @@ impl Drop for Session {
     }
 }
 
-/// Turns frames into messages: a whole message when one is complete, `None` for control
-/// frames and unfinished fragments, or how to end the connection.
+/// A message arriving in fragments: its opcode, whether it is compressed, what came so far.
+type Fragments = (OpCode, bool, Vec<u8>);
+
+/// Adds a frame to the message arriving; returns a whole message (inflated, if it came
+/// compressed), or the close a bad frame earns. `kind` is what [`Input`] saw the frame
+/// begin ([`input::kind`]).
 fn assemble(
     frame: Frame<'_>,
-    fragments: &mut Option<(OpCode, Vec<u8>)>,
+    kind: u8,
+    fragments: &mut Option<Fragments>,
     max: usize,
 ) -> Result<Option<(OpCode, Vec<u8>)>, End> {
-    match frame.opcode {
+    let compressed = kind != input::kind::PLAIN;
+    // A compressed text message was handed over as binary.
+    let op = if kind == input::kind::COMPRESSED_TEXT {
+        OpCode::Text
+    } else {
+        frame.opcode
+    };
+    match op {
         OpCode::Close => Err(End::Peer),
         OpCode::Ping | OpCode::Pong => Ok(None),
         OpCode::Text | OpCode::Binary if fragments.is_some() => Err(End::Close(CloseCode::PROTOCOL_ERROR)),
         OpCode::Text | OpCode::Binary if !frame.fin => {
-            *fragments = Some((frame.opcode, frame.payload.to_vec()));
+            *fragments = Some((op, compressed, frame.payload.to_vec()));
             Ok(None)
         }
-        OpCode::Text | OpCode::Binary => Ok(Some((frame.opcode, frame.payload.to_vec()))),
+        // A whole uncompressed text frame's UTF-8 was checked by the frame reader.
+        OpCode::Text | OpCode::Binary => finish(op, compressed, frame.payload.to_vec(), compressed, max).map(Some),
         OpCode::Continuation => {
-            let Some((op, buf)) = fragments.as_mut() else {
+            let Some((op, _, buf)) = fragments.as_mut() else {
                 return Err(End::Close(CloseCode::PROTOCOL_ERROR));
             };
             if buf.len() + frame.payload.len() > max {
@@ -920,14 +950,36 @@ fn assemble(
             if !frame.fin {
                 return Ok(None);
             }
-            let (op, buf) = (*op, std::mem::take(buf));
-            *fragments = None;
-            if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
-                return Err(End::Close(CloseCode::INVALID_PAYLOAD));
-            }
-            Ok(Some((op, buf)))
+            let op = *op;
+            let (_, compressed, buf) = fragments.take().expect("a message in fragments");
+            finish(op, compressed, buf, true, max).map(Some)
         }
     }
+}
+
+/// A whole message: inflated if compressed (at most `max` bytes: more is 1009, a broken
+/// stream 1007), and a text message's UTF-8 checked when `check_text`.
+fn finish(
+    op: OpCode,
+    compressed: bool,
+    payload: Vec<u8>,
+    check_text: bool,
+    max: usize,
+) -> Result<(OpCode, Vec<u8>), End> {
+    let payload = if compressed {
+        deflate::inflate(&payload, max).map_err(|e| {
+            End::Close(match e {
+                deflate::InflateError::TooBig => CloseCode::TOO_BIG,
+                deflate::InflateError::Corrupt => CloseCode::INVALID_PAYLOAD,
+            })
+        })?
+    } else {
+        payload
+    };
+    if check_text && op == OpCode::Text && std::str::from_utf8(&payload).is_err() {
+        return Err(End::Close(CloseCode::INVALID_PAYLOAD));
+    }
+    Ok((op, payload))
 }
 
 fn read_error(e: WebSocketError) -> End {

@@ -4,6 +4,7 @@ mod anonymous;
 mod answers;
 mod backlog;
 mod bad_input;
+mod compression;
 mod drain;
 mod fallback;
 mod hostile;

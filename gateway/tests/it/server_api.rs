@@ -191,8 +191,8 @@ async fn a_revocation_that_reaches_a_gateway_only_through_its_bucket_closes_the_
     let mut fresh = WsClient::connect(&gw.ws_url(), &jwt::sign(&claims("zed", jwt::now() + 60), jwt::SECRET)).await;
     let mut other = WsClient::connect(&gw.ws_url(), &jwt::sign(&claims("amy", jwt::now() - 60), jwt::SECRET)).await;
 
-    // What fanout writes before its command; the command itself never comes (this gateway
-    // was cut off, or too slow to answer).
+    // What fanout writes before its command, with the command's close; the command itself
+    // never comes (this gateway was cut off, or too slow to answer).
     let js = async_nats::jetstream::new(client.clone());
     let bucket = js
         .create_key_value(async_nats::jetstream::kv::Config {
@@ -205,6 +205,11 @@ async fn a_revocation_that_reaches_a_gateway_only_through_its_bucket_closes_the_
     let revocation = herald_proto::api::Revocation {
         before: now_ms,
         until: now_ms + 600_000,
+        close: Some(herald_proto::frame::Disconnect {
+            code: 4011,
+            reason: "banned".into(),
+            reconnect: false,
+        }),
     };
     bucket
         .put(
@@ -217,12 +222,12 @@ async fn a_revocation_that_reaches_a_gateway_only_through_its_bucket_closes_the_
     // Within the bucket's retry (2 s), the watch, and the command's grace (2 s).
     match old.next_within(Duration::from_secs(10)).await {
         Some(herald_testkit::client::Incoming::Frame(herald_proto::frame::ServerFrame::Disconnect(d))) => {
-            assert_eq!((d.code, d.reason.as_str(), d.reconnect), (4000, "revoked", false));
+            assert_eq!((d.code, d.reason.as_str(), d.reconnect), (4011, "banned", false));
         }
         other => panic!("expected a disconnect frame, got {other:?}"),
     }
     match old.next_within(Duration::from_secs(5)).await {
-        Some(herald_testkit::client::Incoming::Closed(code)) => assert_eq!(code, 4000),
+        Some(herald_testkit::client::Incoming::Closed(code)) => assert_eq!(code, 4011),
         other => panic!("expected the close, got {other:?}"),
     }
     // A token issued after the revocation, and another user: open.
