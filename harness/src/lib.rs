@@ -7,6 +7,7 @@
 //! - [`admin`]: blocking `GET`s of admin endpoints (`/readyz`, `/metrics`) and port waits.
 
 pub mod admin;
+pub mod deflate;
 pub mod launch;
 pub mod ws;
 

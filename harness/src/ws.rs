@@ -2,6 +2,7 @@
 //! address, raw frames for hostile tests, and the handshake's head sizes for byte accounting.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -13,6 +14,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::deflate::{inflate, Marking, Marks};
 
 /// How to connect.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +32,9 @@ pub struct Connect {
     pub headers: Vec<(String, String)>,
     /// The local address to connect from (any by default).
     pub source: Option<IpAddr>,
+    /// Offers permessage-deflate ([`crate::deflate::OFFER`]); compressed messages are
+    /// inflated as they are read.
+    pub compression: bool,
 }
 
 /// Why a connection did not open.
@@ -71,6 +77,10 @@ pub enum Incoming {
 /// An open connection.
 pub struct WsConn {
     ws: WebSocket<TokioIo<Upgraded>>,
+    /// What the server's data frames were, when compression was offered.
+    marks: Option<Marks>,
+    /// The server accepted permessage-deflate.
+    pub compressed: bool,
     /// The codec the server chose (JSON unless it accepted MessagePack's protocol).
     pub codec: Codec,
     /// Bytes of the upgrade request's head, as sent on HTTP/1.1.
@@ -168,11 +178,19 @@ impl WsConn {
         for (k, v) in &opts.headers {
             req = req.header(k.as_str(), v.as_str());
         }
+        if opts.compression {
+            req = req.header("Sec-WebSocket-Extensions", crate::deflate::OFFER);
+        }
         let req = req
             .body(Empty::<Bytes>::new())
             .context("building the upgrade request")?;
         let request_head = head_bytes(&format!("GET {path} HTTP/1.1"), req.headers());
-        let (ws, resp) = match handshake::client(&SpawnExecutor, req, stream).await {
+        let marks = opts.compression.then(Marks::default);
+        let opened = match &marks {
+            Some(m) => handshake::client(&SpawnExecutor, req, Marking::new(stream, Arc::clone(m))).await,
+            None => handshake::client(&SpawnExecutor, req, stream).await,
+        };
+        let (ws, resp) = match opened {
             Ok(ok) => ok,
             Err(WebSocketError::InvalidStatusCode(status)) => return Err(OpenError::Refused(status)),
             Err(e) => return Err(OpenError::Failed(e.into())),
@@ -183,8 +201,15 @@ impl WsConn {
             .and_then(|v| v.to_str().ok())
             .and_then(Codec::from_protocol)
             .unwrap_or(Codec::Json);
+        let compressed = resp
+            .headers()
+            .get("Sec-WebSocket-Extensions")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("permessage-deflate"));
         Ok(Self {
             ws,
+            marks,
+            compressed,
             codec,
             request_head,
             response_head: head_bytes("HTTP/1.1 101 Switching Protocols", resp.headers()),
@@ -200,7 +225,28 @@ impl WsConn {
     /// through here); `None` at the end of the stream.
     pub async fn raw(&mut self) -> Option<(OpCode, Vec<u8>)> {
         let frame = self.ws.read_frame().await.ok()?;
-        Some((frame.opcode, frame.payload.to_vec()))
+        let (opcode, payload) = (frame.opcode, frame.payload.to_vec());
+        if matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return self.unmark(opcode, payload).ok();
+        }
+        Some((opcode, payload))
+    }
+
+    /// A data frame as the server meant it: inflated, and text again, if it came compressed.
+    fn unmark(&mut self, opcode: OpCode, payload: Vec<u8>) -> std::io::Result<(OpCode, Vec<u8>)> {
+        let mark = self.marks.as_ref().and_then(|m| {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()
+                .flatten()
+        });
+        match mark {
+            None => Ok((opcode, payload)),
+            Some(text) => {
+                let op = if text { OpCode::Text } else { OpCode::Binary };
+                Ok((op, inflate(&payload)?))
+            }
+        }
     }
 
     /// The next data frame, close or end of stream (pings and pongs are skipped).
@@ -210,7 +256,13 @@ impl WsConn {
                 return Incoming::Eof;
             };
             match frame.opcode {
-                OpCode::Text | OpCode::Binary => return Incoming::Data(Bytes::from(frame.payload.to_vec())),
+                OpCode::Text | OpCode::Binary => {
+                    let (opcode, payload) = (frame.opcode, frame.payload.to_vec());
+                    return match self.unmark(opcode, payload) {
+                        Ok((_, payload)) => Incoming::Data(Bytes::from(payload)),
+                        Err(_) => Incoming::Eof,
+                    };
+                }
                 OpCode::Close => {
                     let code = frame
                         .payload

@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Where report.md, report.json and report.html go.
     #[arg(long, default_value = "target/loadtest/bench")]
     report_dir: PathBuf,
+    /// The gateway's admin address (`/metrics`), for the bytes it wrote to WebSocket
+    /// clients per delivery; set by `--spawn`.
+    #[arg(long)]
+    gateway_admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +89,9 @@ struct Step {
     /// Whole-stack CPU-seconds per million deliveries.
     cpu_s_per_million: f64,
     gateway_cpu_s_per_million: f64,
+    /// Bytes the gateway wrote to WebSocket clients per delivery (frames and all; with
+    /// `--gateway-admin` or `--spawn`).
+    wire_bytes_per_delivery: Option<f64>,
 }
 
 pub async fn bench(mut a: BenchArgs) -> Result<()> {
@@ -135,9 +142,20 @@ fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Vec<stack::Pro
     let nats = stack::nats()?;
     std::fs::create_dir_all(&a.report_dir)?;
     let fanout = stack::fanout(&nats.url())?;
-    let g = stack::gateway(&nats.url(), "bench", &[], Some(&a.report_dir.join("gateway.log")))?;
+    let compression: Vec<String> = if a.common.compression {
+        ["--ws-compression", "on"].map(String::from).to_vec()
+    } else {
+        Vec::new()
+    };
+    let g = stack::gateway(
+        &nats.url(),
+        "bench",
+        &compression,
+        Some(&a.report_dir.join("gateway.log")),
+    )?;
     a.common.gateway = vec![g.ws_url()];
     a.gateway_pid = vec![g.pid()];
+    a.gateway_admin = Some(g.admin);
     a.nats_pid = nats.pid();
     a.fanout_pid = Some(fanout.pid());
     a.nats_url = nats.url();
@@ -165,6 +183,7 @@ impl Publisher {
         let gaps_before = self.tally.gaps.load(Relaxed);
         let duplicates_before = self.tally.duplicates.load(Relaxed);
         let usage_before = procs.sample();
+        let wire_before = wire_bytes(a.gateway_admin).await;
         let count = (rate * a.step_time.as_secs_f64()).round() as u64;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = tokio::time::Instant::now();
@@ -186,6 +205,10 @@ impl Publisher {
         let took = start.elapsed().as_secs_f64();
         let delivered = self.tally.delivered.load(Relaxed) - delivered_before;
         let shares = procs.shares(&usage_before, &procs.sample());
+        let wire = match (wire_before, wire_bytes(a.gateway_admin).await) {
+            (Some(b), Some(e)) => Some((e - b) / delivered.max(1) as f64),
+            _ => None,
+        };
         let cpu_s = usage::cpu_total(&shares);
         let gateway_cpu_s = usage::cpu_of(&shares, Role::Gateway);
         let (p50, p99, max) = self
@@ -217,9 +240,10 @@ impl Publisher {
             fanout_cpu_s: usage::cpu_of(&shares, Role::Fanout),
             cpu_s_per_million: cpu_s / delivered.max(1) as f64 * 1e6,
             gateway_cpu_s_per_million: gateway_cpu_s / delivered.max(1) as f64 * 1e6,
+            wire_bytes_per_delivery: wire,
         };
         eprintln!(
-            "rate {:>8.0}/s: {:>9.0} deliveries/s, p50 {} ms, p99 {} ms, {} of {} delivered, {} gaps, {} repeats, server CPU {} s ({} s per million; gateway {})",
+            "rate {:>8.0}/s: {:>9.0} deliveries/s, p50 {} ms, p99 {} ms, {} of {} delivered, {} gaps, {} repeats, server CPU {} s ({} s per million; gateway {}), {} bytes on the wire per delivery",
             s.rate,
             s.deliveries_per_s,
             num(s.p50_ms),
@@ -230,10 +254,22 @@ impl Publisher {
             s.duplicates,
             num(s.stack_cpu_s),
             num(s.cpu_s_per_million),
-            num(s.gateway_cpu_s_per_million)
+            num(s.gateway_cpu_s_per_million),
+            s.wire_bytes_per_delivery.map_or_else(|| "?".into(), num)
         );
         Ok(s)
     }
+}
+
+/// Bytes the gateway at `admin` has written to WebSocket clients, if it says.
+async fn wire_bytes(admin: Option<std::net::SocketAddr>) -> Option<f64> {
+    let admin = admin?;
+    let got = tokio::task::spawn_blocking(move || herald_harness::admin::get(admin, "/metrics")).await;
+    let (_, text) = got.ok()?.ok()?;
+    Some(herald_harness::admin::metric_sum(
+        &text,
+        "herald_gateway_bytes_sent_total{transport=\"websocket\"}",
+    ))
 }
 
 /// The best step that kept p99 under the limit and lost and repeated nothing.
@@ -278,6 +314,7 @@ fn report(a: &BenchArgs, procs: &Procs, steps: &[Step], n: u64, limit_ms: f64, v
         "server CPU-s",
         "CPU-s per million",
         "gateway CPU-s per million",
+        "wire bytes per delivery",
     ];
     let rows = steps
         .iter()
@@ -294,6 +331,7 @@ fn report(a: &BenchArgs, procs: &Procs, steps: &[Step], n: u64, limit_ms: f64, v
                 num(s.stack_cpu_s),
                 num(s.cpu_s_per_million),
                 num(s.gateway_cpu_s_per_million),
+                s.wire_bytes_per_delivery.map_or_else(|| "–".into(), num),
             ]
         })
         .collect();

@@ -67,17 +67,18 @@ impl Chain {
 
 impl Conn {
     pub async fn open(url: &str, source: IpAddr, token: Option<&str>) -> Result<Self> {
-        Ok(Self::open_with(url, source, token, &[]).await?.0)
+        Ok(Self::open_with(url, source, token, &[], false).await?.0)
     }
 
-    /// Opens with `extra` request headers and reads the welcome; also returns the
-    /// handshake's request and response head sizes in bytes (as sent and received on
-    /// HTTP/1.1).
+    /// Opens with `extra` request headers (offering permessage-deflate with `compression`)
+    /// and reads the welcome; also returns the handshake's request and response head sizes
+    /// in bytes (as sent and received on HTTP/1.1).
     pub async fn open_with(
         url: &str,
         source: IpAddr,
         token: Option<&str>,
         extra: &[(String, String)],
+        compression: bool,
     ) -> Result<(Self, u64, u64)> {
         let ws = WsConn::open(Connect {
             url: url.to_owned(),
@@ -85,9 +86,13 @@ impl Conn {
             token_in_header: true,
             headers: extra.to_vec(),
             source: Some(source),
+            compression,
             ..Connect::default()
         })
         .await?;
+        if compression && !ws.compressed {
+            bail!("the gateway did not accept permessage-deflate (is --ws-compression on?)");
+        }
         let (sent, got) = (ws.request_head, ws.response_head);
         let mut conn = Self {
             ws,

@@ -144,6 +144,11 @@ pub struct Common {
     /// The NATS subject prefix the stack uses (the gateway's `--subject-prefix`).
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = herald_proto::subject::DEFAULT_PREFIX)]
     subject_prefix: String,
+    /// Offer permessage-deflate on every WebSocket connection (a gateway with
+    /// `--ws-compression on` accepts; `bench --spawn` starts its gateway so), and inflate
+    /// what comes compressed.
+    #[arg(long)]
+    compression: bool,
 }
 
 fn main() -> ExitCode {
@@ -188,7 +193,10 @@ pub async fn connect_one(common: &Common, i: usize, room: &str) -> anyhow::Resul
     let url = &common.gateway[i % common.gateway.len()];
     let source = common.sources[(i / common.gateway.len()) % common.sources.len()];
     let open = async {
-        let mut c = client::Conn::open(url, source, common.token.as_deref()).await?;
+        let token = common.token.as_deref();
+        let mut c = client::Conn::open_with(url, source, token, &[], common.compression)
+            .await?
+            .0;
         if !room.is_empty() {
             c.subscribe(room).await?;
         }

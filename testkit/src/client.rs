@@ -66,6 +66,11 @@ impl WsClient {
         Self::opened(tokio::time::timeout(RECV_TIMEOUT, WsConn::open_on(stream, host, path, opts)).await)
     }
 
+    /// Whether the server accepted permessage-deflate (offered with `Connect::compression`).
+    pub fn compressed(&self) -> bool {
+        self.ws.compressed
+    }
+
     fn opened(result: Result<Result<WsConn, OpenError>, tokio::time::error::Elapsed>) -> Result<Self, u16> {
         match result {
             Ok(Ok(ws)) => Ok(Self {

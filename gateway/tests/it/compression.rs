@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use flate2::{Compress, Compression, FlushCompress};
 use herald_gateway::Toggle;
+use herald_testkit::client::Connect;
 use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -333,4 +334,35 @@ async fn bad_compressed_input_closes_that_connection_only() {
     }
     bystander.send(0xc1, &deflate(br#"{"op":"ping","id":9}"#)).await;
     assert_eq!(bystander.json().await.1, json!({"t": "pong", "id": 9}), "unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_client_offers_compression_and_reads_compressed_events() {
+    let nats = NatsServer::start();
+    let gw = compressing_gateway(&nats).await;
+    let opts = |compression| Connect {
+        url: gw.ws_url(),
+        token: Some(jwt::any_room("ann")),
+        compression,
+        ..Connect::default()
+    };
+    let mut zipped = WsClient::open(opts(true)).await.expect("opens");
+    assert!(zipped.compressed());
+    let plain = WsClient::open(opts(false)).await.expect("opens");
+    assert!(!plain.compressed());
+    assert!(matches!(
+        zipped.recv().await,
+        herald_proto::frame::ServerFrame::Welcome(_)
+    ));
+    zipped.subscribe("news", None).await;
+    let mut publisher = WsClient::connect(&gw.ws_url(), &jwt::any_room("bot")).await;
+    let big = json!({"text": "all work and no play makes jack a dull boy ".repeat(20)});
+    for data in [big.clone(), json!("tiny"), big.clone()] {
+        publisher.publish("news", data).await;
+    }
+    let got: Vec<Value> = [zipped.event().await, zipped.event().await, zipped.event().await]
+        .into_iter()
+        .map(|e| e.data.expect("JSON data"))
+        .collect();
+    assert_eq!(got, [big.clone(), json!("tiny"), big]);
 }

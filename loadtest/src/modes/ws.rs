@@ -17,7 +17,8 @@ pub(crate) async fn ws_connect(user: &mut GooseUser) -> TransactionResult {
     let started = Instant::now();
     let opened = async {
         let (mut conn, sent, got) =
-            crate::client::Conn::open_with(&run.p.ws, run.p.source, run.p.token.as_deref(), &run.headers).await?;
+            crate::client::Conn::open_with(&run.p.ws, run.p.source, run.p.token.as_deref(), &run.headers, false)
+                .await?;
         conn.subscribe(&run.rooms[room]).await?;
         Ok::<_, anyhow::Error>((conn, sent + got))
     }
