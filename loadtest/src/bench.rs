@@ -57,9 +57,12 @@ pub struct BenchArgs {
     /// Stop once a step's p99 delivery latency exceeds this.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     p99_limit: Duration,
-    /// Payload bytes per event (padding).
+    /// Payload bytes per event (about).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
+    /// What the payload is: padding, a chat message, or a ticker's state.
+    #[arg(long, value_enum, default_value_t = crate::payload::Kind::Pad)]
+    payload: crate::payload::Kind,
     /// Where report.md, report.json and report.html go.
     #[arg(long, default_value = "target/loadtest/bench")]
     report_dir: PathBuf,
@@ -109,7 +112,7 @@ pub async fn bench(mut a: BenchArgs) -> Result<()> {
         hist,
         nats: async_nats::connect(&a.nats_url).await.context("NATS")?,
         subject: herald_proto::subject::Subjects::new(a.common.subject_prefix.clone()).room(&room),
-        pad: "x".repeat(a.payload_bytes),
+        payload: (a.payload, a.payload_bytes),
         subscribers: n,
         published: 0,
     };
@@ -169,7 +172,8 @@ struct Publisher {
     hist: Arc<Mutex<Vec<Histogram<u64>>>>,
     nats: async_nats::Client,
     subject: String,
-    pad: String,
+    /// What each event carries, and about how many bytes of it.
+    payload: (crate::payload::Kind, usize),
     subscribers: u64,
     /// Events published so far (the `n` of the next one).
     published: u64,
@@ -191,8 +195,9 @@ impl Publisher {
             let scheduled = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(scheduled).await;
             let t0 = crate::scheduled_stamp(scheduled);
-            let (k, pad) = (self.published, &self.pad);
-            let body = format!(r#"{{"t0":{t0},"n":{k},"s":{step},"pad":"{pad}"}}"#);
+            let k = self.published;
+            let fields = crate::payload::fields(self.payload.0, k, self.payload.1);
+            let body = format!(r#"{{"t0":{t0},"n":{k},"s":{step}{fields}}}"#);
             self.nats.publish(self.subject.clone(), body.into()).await?;
             self.published += 1;
         }

@@ -24,6 +24,7 @@ mod flood;
 mod hold;
 mod modes;
 mod nchan;
+mod payload;
 mod presence;
 mod proc;
 mod report;
