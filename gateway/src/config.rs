@@ -154,8 +154,10 @@ pub struct Config {
     /// permessage-deflate on `/ws` (RFC 7692): `on` accepts a client's offer (browsers make
     /// one). Each event is then compressed once per codec, and the bytes are shared by every
     /// subscriber that takes compressed frames; no compression state is kept per connection.
-    #[arg(long, env = "HERALD_WS_COMPRESSION", value_enum, default_value_t = Toggle::Off)]
-    pub ws_compression: Toggle,
+    /// `per-connection` compresses each delivery again instead, as servers with a compressor
+    /// per connection do: for comparing what compressing once saves.
+    #[arg(long, env = "HERALD_WS_COMPRESSION", value_enum, default_value_t = WsCompression::Off)]
+    pub ws_compression: WsCompression,
 
     /// The smallest event, in bytes as encoded, sent compressed; smaller ones go as they are.
     #[arg(long, env = "HERALD_WS_COMPRESSION_MIN_BYTES", default_value_t = 256)]
@@ -473,11 +475,14 @@ impl Config {
     }
 }
 
-/// A feature on or off.
+/// permessage-deflate on `/ws` (`--ws-compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Toggle {
-    On,
+pub enum WsCompression {
     Off,
+    /// Each event compressed once per codec, shared by every compressing subscriber.
+    On,
+    /// Each delivery compressed on its own (for comparison).
+    PerConnection,
 }
 
 /// How the gateway subscribes to live room events (`--room-subscriptions`).

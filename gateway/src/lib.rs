@@ -54,7 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::info;
 
-pub use config::{Config, ConfigError, RoomSubscriptions, Toggle};
+pub use config::{Config, ConfigError, RoomSubscriptions, WsCompression};
 
 use crate::auth::Authenticator;
 use crate::hub::{Hub, Table};

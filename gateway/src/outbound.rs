@@ -45,11 +45,21 @@ pub(crate) mod opcode {
 /// How a recipient's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// A whole WebSocket frame in the connection's codec. With permessage-deflate, the
-    /// smallest event (in bytes, as encoded) that goes compressed; other frames never do.
-    WebSocket(Codec, Option<u32>),
+    /// A whole WebSocket frame in the connection's codec; events compressed as the
+    /// connection's permessage-deflate says (other frames never are).
+    WebSocket(Codec, Option<Deflate>),
     /// The JSON frame alone, for the HTTP transports.
     Bare,
+}
+
+/// How a WebSocket recipient's events are compressed: those of at least the given size (in
+/// bytes, as encoded) that compressing makes smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deflate {
+    /// Compressed once per event and codec, the bytes shared by every such recipient.
+    Shared(u32),
+    /// Compressed for each delivery (`--ws-compression per-connection`, for comparison).
+    PerDelivery(u32),
 }
 
 /// An event as a recipient in `format` receives it.
@@ -71,8 +81,9 @@ pub(crate) fn data_opcode(codec: Codec) -> u8 {
 
 /// A data frame (`op` text or binary), compressed when `compress` names a size the payload
 /// reaches and compressing makes it smaller.
-pub(crate) fn data_frame(op: u8, payload: &[u8], compress: Option<u32>) -> Bytes {
-    if compress.is_some_and(|min| payload.len() >= min as usize) {
+pub(crate) fn data_frame(op: u8, payload: &[u8], compress: Option<Deflate>) -> Bytes {
+    let min = compress.map(|(Deflate::Shared(min) | Deflate::PerDelivery(min))| min);
+    if min.is_some_and(|min| payload.len() >= min as usize) {
         if let Some(z) = crate::deflate::compress(payload) {
             crate::metrics::compressed(payload.len(), z.len());
             return ws_frame(opcode::COMPRESSED | op, &z);

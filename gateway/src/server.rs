@@ -24,10 +24,11 @@ use tracing::{debug, error, warn};
 
 use crate::addr::ClientAddr;
 use crate::auth::Identity;
-use crate::config::Toggle;
+use crate::config::WsCompression;
 use crate::deadline::{WriteDeadline, SOCKET_DEADLINE_MARGIN};
 use crate::deflate;
 use crate::http::{self as transport, full, token, Body, HttpError};
+use crate::outbound::Deflate;
 use crate::state::Shared;
 use crate::sync::panic_message;
 use crate::ws::{self, Accepted, Mode};
@@ -156,21 +157,26 @@ async fn upgrade(
         return Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     let codec = negotiate(&req)?;
-    let agreed = match shared.config.ws_compression {
-        Toggle::On => deflate::negotiate(
+    let config = &shared.config;
+    let agreed = match config.ws_compression {
+        WsCompression::Off => None,
+        WsCompression::On | WsCompression::PerConnection => deflate::negotiate(
             req.headers()
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
                 .filter_map(|v| v.to_str().ok()),
         ),
-        Toggle::Off => None,
     };
+    let min = config.ws_compression_min_bytes;
     let compression = ws::Compression {
         inbound: agreed.is_some(),
         events: agreed
             .as_ref()
             .filter(|a| a.compress_events)
-            .map(|_| shared.config.ws_compression_min_bytes),
+            .map(|_| match config.ws_compression {
+                WsCompression::PerConnection => Deflate::PerDelivery(min),
+                _ => Deflate::Shared(min),
+            }),
     };
     let (conn_id, conn) = shared.new_conn();
     let identity = match mode {

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Payload bytes per event (about).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
+    /// With `--spawn --compression`: the gateway compresses each delivery on its own
+    /// (`--ws-compression per-connection`) instead of once per event, for comparison.
+    #[arg(long, requires = "compression")]
+    per_connection: bool,
     /// What the payload is: padding, a chat message, or a ticker's state.
     #[arg(long, value_enum, default_value_t = crate::payload::Kind::Pad)]
     payload: crate::payload::Kind,
@@ -145,10 +149,10 @@ fn spawn_stack(a: &mut BenchArgs) -> Result<(Option<stack::Nats>, Vec<stack::Pro
     let nats = stack::nats()?;
     std::fs::create_dir_all(&a.report_dir)?;
     let fanout = stack::fanout(&nats.url())?;
-    let compression: Vec<String> = if a.common.compression {
-        ["--ws-compression", "on"].map(String::from).to_vec()
-    } else {
-        Vec::new()
+    let compression: Vec<String> = match (a.common.compression, a.per_connection) {
+        (false, _) => Vec::new(),
+        (true, false) => ["--ws-compression", "on"].map(String::from).to_vec(),
+        (true, true) => ["--ws-compression", "per-connection"].map(String::from).to_vec(),
     };
     let g = stack::gateway(
         &nats.url(),

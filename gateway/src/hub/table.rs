@@ -23,7 +23,7 @@ use herald_proto::Codec;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::outbound::{encode_for, event_frame, Content, Format, Item, Outbound, Pushed};
+use crate::outbound::{encode_for, event_frame, Content, Deflate, Format, Item, Outbound, Pushed};
 use crate::sync::lock;
 use crate::upstream::{Fetch, Rooms, StoredEvent};
 
@@ -575,8 +575,11 @@ impl Frames<'_> {
             Format::WebSocket(Codec::MsgPack, None) => 1,
             Format::Bare => 2,
             // One threshold per gateway (`--ws-compression-min-bytes`): one slot per codec.
-            Format::WebSocket(Codec::Json, Some(_)) => 3,
-            Format::WebSocket(Codec::MsgPack, Some(_)) => 4,
+            Format::WebSocket(Codec::Json, Some(Deflate::Shared(_))) => 3,
+            Format::WebSocket(Codec::MsgPack, Some(Deflate::Shared(_))) => 4,
+            Format::WebSocket(_, Some(Deflate::PerDelivery(_))) => {
+                return event_frame(self.ev.event_ref(), format);
+            }
         };
         self.slots[i]
             .get_or_insert_with(|| event_frame(self.ev.event_ref(), format))
@@ -599,6 +602,30 @@ mod tests {
             from: None,
             payload: Bytes::from_static(b"1"),
         })
+    }
+
+    #[test]
+    fn shared_compression_is_made_once_per_event_and_per_delivery_compression_every_time() {
+        let payload = Bytes::from(format!("\"{}\"", "all work and no play ".repeat(50)));
+        let ev = StoredEvent {
+            payload,
+            ..(*ev(1, 0)).clone()
+        };
+        let mut frames = Frames {
+            ev: &ev,
+            slots: [None, None, None, None, None],
+        };
+        let shared = Format::WebSocket(Codec::Json, Some(Deflate::Shared(0)));
+        let (a, b) = (frames.get(shared), frames.get(shared));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one compressed frame, shared");
+        assert_ne!(a[0] & 0x40, 0, "RSV1: compressed");
+        let each = Format::WebSocket(Codec::Json, Some(Deflate::PerDelivery(0)));
+        let (c, d) = (frames.get(each), frames.get(each));
+        assert_ne!(c.as_ptr(), d.as_ptr(), "compressed again for each delivery");
+        assert_eq!((&c, &d), (&a, &a), "the same bytes");
+        let plain = frames.get(Format::WebSocket(Codec::Json, None));
+        assert_eq!(plain[0] & 0x40, 0);
+        assert!(plain.len() > a.len() * 4, "{} → {}", plain.len(), a.len());
     }
 
     fn drain(out: &Outbound) -> Vec<String> {

@@ -26,7 +26,7 @@ use crate::deflate;
 use crate::feeds::Kind;
 use crate::limit::{Held, TokenBucket};
 use crate::metrics::{self, Transport};
-use crate::outbound::{data_frame, encode_for, opcode, ws_frame, Format, Item, Outbound, SharedWrite};
+use crate::outbound::{data_frame, encode_for, opcode, ws_frame, Deflate, Format, Item, Outbound, SharedWrite};
 use crate::state::{Command, Mailbox, RateKind, RoomTokens, Shared, Slot};
 use crate::sync::panic_message;
 
@@ -62,8 +62,8 @@ pub(crate) struct Accepted {
 pub(crate) struct Compression {
     /// The client may send compressed messages.
     pub inbound: bool,
-    /// Events of at least this many bytes (as encoded) go compressed.
-    pub events: Option<u32>,
+    /// How events go compressed, if they do.
+    pub events: Option<Deflate>,
 }
 
 /// Everything a connection holds. Its `Drop` gives it all back (rooms, presence, watched
@@ -78,8 +78,8 @@ struct Session {
     conn: String,
     identity: Identity,
     codec: Codec,
-    /// permessage-deflate: events of at least this many bytes go compressed.
-    compress: Option<u32>,
+    /// How events go compressed, if they do.
+    compress: Option<Deflate>,
     out: Arc<Outbound>,
     rooms: HashSet<String>,
     /// Rooms subscribed with `presence: true` (a subset of `rooms`).

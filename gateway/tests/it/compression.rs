@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flate2::{Compress, Compression, FlushCompress};
-use herald_gateway::Toggle;
+use herald_gateway::WsCompression;
 use herald_testkit::client::Connect;
 use herald_testkit::{jwt, NatsServer, TestGateway, WsClient};
 use serde_json::{json, Value};
@@ -181,7 +181,7 @@ fn inflate(data: &[u8]) -> Vec<u8> {
 
 async fn compressing_gateway(nats: &NatsServer) -> TestGateway {
     TestGateway::start_with(&nats.url(), |c| {
-        c.ws_compression = Toggle::On;
+        c.ws_compression = WsCompression::On;
         c.ws_compression_min_bytes = 200;
     })
     .await
