@@ -434,26 +434,22 @@ impl Api {
         // has not reached: a lookup that comes back empty while the room's first event is at
         // or before `up_to` is asked again, a few times, before the read gives up.
         let mut at_or_before = async |up_to: Option<u64>| -> Result<Option<stream::Stored>, ApiError> {
-            let found = stream::stored_at_or_before(client, &name, &subject, up_to, STORE_WAIT)
-                .await
-                .map_err(fail)?;
-            let Some(up_to) = up_to.filter(|_| found.is_none()) else {
-                return Ok(found);
-            };
-            let first_seq = match first {
-                Some(f) => f,
-                None => *first.insert(self.first_seq(&name, &subject).await?),
-            };
-            for _ in 0..LAGGING_RETRIES {
+            for retry in 0..=LAGGING_RETRIES {
+                let found = stream::stored_at_or_before(client, &name, &subject, up_to, STORE_WAIT)
+                    .await
+                    .map_err(fail)?;
+                let Some(up_to) = up_to.filter(|_| found.is_none()) else {
+                    return Ok(found);
+                };
+                let first_seq = match first {
+                    Some(f) => f,
+                    None => *first.insert(self.first_seq(&name, &subject).await?),
+                };
                 if first_seq > up_to {
                     return Ok(None);
                 }
-                tokio::time::sleep(LAGGING_PAUSE).await;
-                let found = stream::stored_at_or_before(client, &name, &subject, Some(up_to), STORE_WAIT)
-                    .await
-                    .map_err(fail)?;
-                if found.is_some() {
-                    return Ok(found);
+                if retry < LAGGING_RETRIES {
+                    tokio::time::sleep(LAGGING_PAUSE).await;
                 }
             }
             Err(unavailable("a replica of the event stream is behind; retry"))

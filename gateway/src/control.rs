@@ -270,7 +270,7 @@ const TAIL_WAIT: Duration = Duration::from_millis(500);
 fn disconnect(shared: &Shared, user: &str, frame: Disconnect) -> u64 {
     let conns = shared.conns.of_user(user);
     let frame = Arc::new(frame);
-    let closed = close_all(&conns, (*frame).clone());
+    let closed = close_all(&conns, &frame);
     let presence = &shared.presence;
     let remember = shared.config.poll_session_ttl;
     let sessions = presence.polls.disconnect(&presence.tracker, user, &frame, remember);
@@ -278,12 +278,11 @@ fn disconnect(shared: &Shared, user: &str, frame: Disconnect) -> u64 {
 }
 
 /// Sends each of `conns` the `disconnect` frame (and a WebSocket its close); how many.
-fn close_all(conns: &[Registered], frame: Disconnect) -> u64 {
+fn close_all(conns: &[Registered], frame: &Arc<Disconnect>) -> u64 {
     let code = CloseCode(frame.code);
     let close = close_frame_with(code, &frame.reason);
-    let frame = Arc::new(frame);
     for c in conns {
-        let encoded = encode_for(c.format, &ServerFrame::Disconnect((*frame).clone()));
+        let encoded = encode_for(c.format, &ServerFrame::Disconnect((**frame).clone()));
         match c.format {
             Format::WebSocket(..) => {
                 c.out.push_frame(encoded);
@@ -294,7 +293,7 @@ fn close_all(conns: &[Registered], frame: Disconnect) -> u64 {
             Format::Bare => {
                 c.out.push(Item {
                     bytes: encoded,
-                    content: Content::Disconnect(Arc::clone(&frame)),
+                    content: Content::Disconnect(Arc::clone(frame)),
                 });
             }
         }
@@ -408,7 +407,7 @@ fn sweep(shared: &Shared, user: &str, close: Disconnect) {
         .filter(|c| revocations.refuses(user, c.iat, now) && !c.out.is_closing())
         .collect();
     if !stale.is_empty() {
-        let closed = close_all(&stale, close);
+        let closed = close_all(&stale, &Arc::new(close));
         warn!(%user, connections = closed, "Closed connections a revocation reached only through its bucket");
     }
 }

@@ -403,12 +403,7 @@ async fn last_page(
             }
             pending = Some(left);
             let subject = header(header::NATS_SUBJECT).ok_or(LastsError::Malformed(header::NATS_SUBJECT))?;
-            let stored = header(header::NATS_TIME_STAMP)
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                .ok_or(LastsError::Malformed(header::NATS_TIME_STAMP))?;
-            let stored_us = stored
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+            let stored_us = time_stamp(header(header::NATS_TIME_STAMP))?.as_micros() as u64;
             found.insert(
                 subject.to_owned(),
                 Last {
@@ -498,18 +493,21 @@ pub async fn stored_at_or_before(
     let seq = header(header::NATS_SEQUENCE)
         .and_then(|s| s.parse().ok())
         .ok_or(LastsError::Malformed(header::NATS_SEQUENCE))?;
-    let stored = header(header::NATS_TIME_STAMP)
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .ok_or(LastsError::Malformed(header::NATS_TIME_STAMP))?;
-    let stored_ms = stored
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let stored_ms = time_stamp(header(header::NATS_TIME_STAMP))?.as_millis() as u64;
     Ok(Some(Stored {
         seq,
         stored_ms,
         headers: msg.headers.unwrap_or_default(),
         payload: msg.payload,
     }))
+}
+
+/// When a direct get's message was stored (its `Nats-Time-Stamp`), since the epoch.
+fn time_stamp(value: Option<&str>) -> Result<Duration, LastsError> {
+    let stored = value
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .ok_or(LastsError::Malformed(header::NATS_TIME_STAMP))?;
+    Ok(stored.duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
 }
 
 /// The end of a batched direct get's answer: the last stream seq it considered.
